@@ -1,0 +1,337 @@
+"""The `prefetch` command: thin click wrappers over `prefetch.sync` and `prefetch.offline`.
+
+Every command is one library call; this module only parses flags, picks the display, and maps
+errors to exit codes (through `errors.exit_code_for`, the single mapping).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from prefetch import __version__, offline
+from prefetch import sync as sync_mod
+from prefetch.auth import redact
+from prefetch.errors import ExitCode, PrefetchError, exit_code_for
+from prefetch.progress import Progress, human_bytes, make_progress, setup_logging
+
+log = logging.getLogger("prefetch")
+
+manifest_arg = click.argument(
+    "manifest", type=click.Path(path_type=Path), default="models.yaml", required=False
+)
+lock_arg = click.argument("lockfile", type=click.Path(path_type=Path), default="models.lock", required=False)
+cache_opt = click.option(
+    "--cache-dir", type=click.Path(path_type=Path), help="HF cache (default: HF_HUB_CACHE...)."
+)
+
+
+def network_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Flags shared by the commands that talk to the Hub."""
+    options = [
+        click.option(
+            "--lock", "lock_path", type=click.Path(path_type=Path), help="Lockfile (default: MANIFEST.lock)."
+        ),
+        cache_opt,
+        click.option("--endpoint", help="Hub URL (default: manifest, HF_ENDPOINT, https://huggingface.co)."),
+        click.option("--token-file", type=click.Path(path_type=Path), help="Read the token from this file."),
+        click.option(
+            "--proxy", "proxies", multiple=True, help="HTTP(S) proxy URL; repeat for failover order."
+        ),
+        click.option(
+            "--jobs",
+            "-j",
+            type=click.IntRange(1, 256),
+            default=8,
+            show_default=True,
+            help="Concurrent connections.",
+        ),
+        click.option(
+            "--retries", type=click.IntRange(1, 100), help="Attempts per request (manifest retry.attempts)."
+        ),
+        click.option("--max-wait", type=click.FloatRange(0, 3600), help="Longest backoff wait, seconds."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def settings_from(kw: dict[str, Any], offline_flag: bool = False) -> sync_mod.Settings:
+    return sync_mod.Settings(
+        lock_path=kw.get("lock_path"),
+        cache_dir=kw.get("cache_dir"),
+        endpoint=kw.get("endpoint"),
+        token_file=kw.get("token_file"),
+        proxies=tuple(kw.get("proxies") or ()),
+        jobs=kw.get("jobs") or 8,
+        retry_attempts=kw.get("retries"),
+        retry_max_wait=kw.get("max_wait"),
+        offline=offline_flag,
+    )
+
+
+class Context:
+    def __init__(self, verbose: int, quiet: bool, as_json: bool) -> None:
+        self.verbose, self.quiet, self.as_json = verbose, quiet, as_json
+
+    def progress(self) -> Progress:
+        return make_progress("json" if self.as_json else "quiet" if self.quiet else "auto")
+
+    def say(self, text: str) -> None:
+        if not self.quiet and not self.as_json:
+            click.echo(redact(text))
+
+    def emit(self, data: dict[str, Any]) -> None:
+        click.echo(redact(json.dumps(data, sort_keys=True, indent=None)))
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="prefetch")
+@click.option("--verbose", "-v", count=True, help="More log output (-vv: debug).")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON lines on stdout).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, as_json: bool) -> None:
+    """Prefetch Hugging Face Hub repos listed in a YAML manifest into the HF cache, verified and locked."""
+    setup_logging(verbose if not quiet else -1)
+    ctx.obj = Context(verbose, quiet, as_json)
+
+
+@cli.command()
+@manifest_arg
+@network_options
+@click.option(
+    "--frozen", is_flag=True, help="Use the lockfile exactly; fail (exit 6) if missing or out of date."
+)
+@click.option(
+    "--offline",
+    "offline_flag",
+    is_flag=True,
+    help="No network: materialize from the cache (also HF_HUB_OFFLINE=1).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be fetched; download nothing.")
+@click.option("--upgrade", is_flag=True, help="Re-resolve every entry instead of keeping locked commits.")
+@click.option(
+    "--upgrade-repo", "upgrade_repos", multiple=True, help="Re-resolve this repo only (repeatable)."
+)
+@pass_ctx
+def sync(
+    c: Context,
+    manifest: Path,
+    frozen: bool,
+    offline_flag: bool,
+    dry_run: bool,
+    upgrade: bool,
+    upgrade_repos: tuple[str, ...],
+    **kw: Any,
+) -> None:
+    """Download every manifest entry into the cache and write the lockfile."""
+    progress = c.progress()
+    try:
+        result = sync_mod.sync(
+            manifest,
+            settings=settings_from(kw, offline_flag),
+            frozen=frozen,
+            dry_run=dry_run,
+            upgrade=upgrade,
+            upgrade_repos=upgrade_repos,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    summary = result.summary()
+    if c.as_json:
+        progress.event("summary", dry_run=dry_run, **summary)
+        return
+    for line in result.changes:
+        c.say(line)
+    if dry_run:
+        c.say("dry run: nothing downloaded, lockfile not written")
+    else:
+        c.say(
+            f"synced {summary['entries']} entries ({summary['files']} files; fetched {summary['fetched_files']} "
+            f"files, {human_bytes(summary['fetched_bytes'])}) into {summary['cache_dir']}; "
+            f"lockfile {summary['lockfile']}"
+        )
+
+
+@cli.command()
+@manifest_arg
+@network_options
+@pass_ctx
+def plan(c: Context, manifest: Path, **kw: Any) -> None:
+    """What `sync` would fetch, per repo (same as `sync --dry-run`)."""
+    progress = c.progress()
+    result = sync_mod.sync(manifest, settings=settings_from(kw), dry_run=True, progress=progress)
+    if c.as_json:
+        progress.event("summary", dry_run=True, **result.summary())
+
+
+@cli.command()
+@manifest_arg
+@network_options
+@pass_ctx
+def check(c: Context, manifest: Path, **kw: Any) -> None:
+    """Check access to every entry (token, gating, visibility, revision) without downloading."""
+    report = sync_mod.check(manifest, settings=settings_from(kw))
+    if c.as_json:
+        c.emit(
+            {
+                "ok": report.ok,
+                "exit_code": int(report.exit_code),
+                "entries": [r.to_json() for r in report.results],
+            }
+        )
+    else:
+        click.echo(report.render())
+    if not report.ok:
+        raise SystemExit(int(report.exit_code))
+
+
+@cli.command(name="lock")
+@manifest_arg
+@network_options
+@click.option("--upgrade", is_flag=True, help="Re-resolve every entry.")
+@click.option(
+    "--upgrade-repo", "upgrade_repos", multiple=True, help="Re-resolve this repo only (repeatable)."
+)
+@pass_ctx
+def lock_cmd(c: Context, manifest: Path, upgrade: bool, upgrade_repos: tuple[str, ...], **kw: Any) -> None:
+    """Resolve revisions and write the lockfile, downloading nothing."""
+    result = sync_mod.lock(manifest, settings=settings_from(kw), upgrade=upgrade, upgrade_repos=upgrade_repos)
+    if c.as_json:
+        c.emit({"lockfile": str(result.lock_path), "changes": result.changes})
+        return
+    for line in result.changes or ["no changes"]:
+        c.say(line)
+    c.say(f"wrote {result.lock_path}")
+
+
+@cli.command()
+@lock_arg
+@cache_opt
+@click.option("--fast", is_flag=True, help="Check sizes only, not hashes.")
+@click.option(
+    "--jobs", "-j", type=click.IntRange(1, 256), help="Files hashed in parallel (default: CPU count)."
+)
+@pass_ctx
+def verify(c: Context, lockfile: Path, cache_dir: Path | None, fast: bool, jobs: int | None) -> None:
+    """Check, offline, that every locked file is in the cache intact (exit 7 if not)."""
+    report = offline.verify(lockfile, cache_dir=cache_dir, fast=fast, jobs=jobs)
+    if c.as_json:
+        c.emit(report.to_json())
+    else:
+        c.say(report.render())
+
+
+@cli.command()
+@lock_arg
+@cache_opt
+def env(lockfile: Path, cache_dir: Path | None) -> None:
+    """Print the `export` lines a runtime container needs (HF_HUB_CACHE, HF_HUB_OFFLINE=1)."""
+    for line in offline.env_exports(lockfile, cache_dir=cache_dir):
+        click.echo(line)
+
+
+@cli.command()
+@lock_arg
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here instead of stdout.")
+def sbom(lockfile: Path, output: Path | None) -> None:
+    """A CycloneDX JSON SBOM of the locked repos and files."""
+    text = json.dumps(offline.sbom(lockfile), indent=2, sort_keys=True) + "\n"
+    if output:
+        output.write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.option(
+    "--lock",
+    "lock_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Keep what this lockfile needs (repeatable).",
+)
+@cache_opt
+@click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
+@pass_ctx
+def prune(c: Context, lock_paths: tuple[Path, ...], cache_dir: Path | None, dry_run: bool) -> None:
+    """Remove cached revisions and blobs that no given lockfile needs."""
+    report = offline.prune(list(lock_paths), cache_dir=cache_dir, dry_run=dry_run)
+    if c.as_json:
+        c.emit(report.to_json())
+    else:
+        c.say(report.render())
+
+
+@cli.command()
+@lock_arg
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Tar file to write.")
+@cache_opt
+@pass_ctx
+def bundle(c: Context, lockfile: Path, output: Path, cache_dir: Path | None) -> None:
+    """Pack exactly the locked subset of the cache into a tar, for an air gap."""
+    report = offline.bundle(lockfile, output, cache_dir=cache_dir)
+    c.emit(report.to_json()) if c.as_json else c.say(report.render())
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@cache_opt
+@pass_ctx
+def unbundle(c: Context, archive: Path, cache_dir: Path | None) -> None:
+    """Verify and merge a bundle into a cache."""
+    report = offline.unbundle(archive, cache_dir=cache_dir)
+    c.emit(report.to_json()) if c.as_json else c.say(report.render())
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the command, map any error to its exit code, never print a secret."""
+    signal.signal(signal.SIGTERM, _on_sigterm)  # preemption: stop cleanly, keep partial files
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        code = cli.main(args=argv, prog_name="prefetch", standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns (not raises) ctx.exit codes here
+            raise SystemExit(code)
+    except click.ClickException as e:
+        e.show()
+        raise SystemExit(ExitCode.USAGE) from None
+    except click.exceptions.Abort:
+        raise SystemExit(ExitCode.INTERRUPTED) from None
+    except SystemExit:
+        raise
+    except BaseException as e:  # the one place errors become exit codes
+        code = exit_code_for(e)
+        if code == ExitCode.INTERRUPTED:
+            message = "interrupted; partial downloads are kept and the next run resumes them"
+        elif isinstance(e, PrefetchError) or code != ExitCode.INTERNAL:
+            message = str(e)
+        else:
+            message = f"internal error: {type(e).__name__}: {e}"
+            if log.isEnabledFor(logging.DEBUG) or os.environ.get("PREFETCH_TRACEBACK"):
+                message += "\n" + "".join(traceback.format_exception(e))
+            else:
+                message += " (run with -vv for the traceback; please report it)"
+        if as_json:
+            click.echo(redact(json.dumps({"event": "error", "exit_code": int(code), "message": message})))
+        click.echo(redact(f"prefetch: error: {message}"), err=True)
+        raise SystemExit(int(code)) from None

@@ -1,0 +1,114 @@
+"""One typed error hierarchy, and the one place that maps errors to exit codes.
+
+Every failure prefetch reports on purpose is a `PrefetchError`; its class decides the exit code.
+Messages must never contain a token: build them from token *sources*, never values.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes; the README's table is generated from this list."""
+
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    ACCESS = 3
+    NETWORK = 4
+    INTEGRITY = 5
+    LOCK_OUTDATED = 6
+    VERIFY_FAILED = 7
+    DISK_FULL = 8
+    INTERRUPTED = 130
+
+
+EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "ok",
+    ExitCode.INTERNAL: "internal error (a bug: please report it)",
+    ExitCode.USAGE: "bad usage, manifest or lockfile",
+    ExitCode.ACCESS: "access denied (auth, gated, private, not found, revision missing)",
+    ExitCode.NETWORK: "network: Hub or proxies unreachable after retries",
+    ExitCode.INTEGRITY: "integrity: a hash mismatch that retries did not fix",
+    ExitCode.LOCK_OUTDATED: "lockfile out of date or missing under --frozen",
+    ExitCode.VERIFY_FAILED: "verify found missing or corrupt files",
+    ExitCode.DISK_FULL: "not enough disk space",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C / SIGTERM)",
+}
+
+
+class PrefetchError(Exception):
+    """Base of every error prefetch reports deliberately."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class UsageError(PrefetchError):
+    """Bad command-line usage or a bad input file."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ManifestError(UsageError):
+    """A manifest problem, located at file:line:col and a key path such as `repos[2].revision`."""
+
+    def __init__(self, path: str, line: int, column: int, key_path: str, message: str) -> None:
+        self.path, self.line, self.column, self.key_path, self.message = path, line, column, key_path, message
+        where = f"{path}:{line}:{column}"
+        super().__init__(f"{where}: {key_path}: {message}" if key_path else f"{where}: {message}")
+
+
+class LockfileError(UsageError):
+    """A lockfile that cannot be read or does not have the expected shape."""
+
+
+class AccessError(PrefetchError):
+    """One or more entries cannot be read with the available credentials (the report lists them all)."""
+
+    exit_code = ExitCode.ACCESS
+
+
+class NetworkError(PrefetchError):
+    """The Hub or every proxy stayed unreachable after retries."""
+
+    exit_code = ExitCode.NETWORK
+
+
+class IntegrityError(PrefetchError):
+    """Downloaded bytes kept failing their hash check, or a server sent something unsafe (e.g. `../` paths)."""
+
+    exit_code = ExitCode.INTEGRITY
+
+
+class LockOutdatedError(PrefetchError):
+    """`--frozen` was asked for but the lockfile is missing or does not match the manifest."""
+
+    exit_code = ExitCode.LOCK_OUTDATED
+
+
+class VerifyError(PrefetchError):
+    """`verify` (or an offline sync) found missing or corrupt files in the cache."""
+
+    exit_code = ExitCode.VERIFY_FAILED
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(message)
+
+
+class DiskSpaceError(PrefetchError):
+    """The bytes to fetch do not fit on the cache's filesystem (or it filled up)."""
+
+    exit_code = ExitCode.DISK_FULL
+
+
+def exit_code_for(exc: BaseException) -> ExitCode:
+    """The exit code for any exception: the single mapping the CLI uses."""
+    if isinstance(exc, PrefetchError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC surfacing outside our own checks
+        return ExitCode.DISK_FULL
+    return ExitCode.INTERNAL

@@ -1,0 +1,118 @@
+"""The one module that speaks the Hub's API (revision info, tree listings, refs, auth-check, whoami).
+
+It builds URLs and parses answers; all HTTP goes through `transfer.Http` (retries, proxies).
+Paths the server sends are checked before anyone uses them to build a filesystem path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from prefetch.auth import Token
+from prefetch.cache import TYPE_PREFIX, safe_relpath
+from prefetch.errors import IntegrityError
+from prefetch.transfer import Http
+
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    commit: str
+    gated: bool | str  # False, "auto" or "manual"
+    private: bool
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    git_sha1: str  # the git object id (for an LFS file: of its pointer)
+    sha256: str | None  # LFS content hash
+
+    @property
+    def etag(self) -> str:
+        return self.sha256 or self.git_sha1
+
+
+class HubApi:
+    """Typed calls to one Hub endpoint."""
+
+    def __init__(self, http: Http) -> None:
+        self.http = http
+        self.endpoint = http.endpoint
+
+    def _api(self, repo: str, repo_type: str, *tail: str) -> str:
+        return "/".join([self.endpoint, "api", TYPE_PREFIX[repo_type], repo, *tail])
+
+    def repo_info(self, repo: str, repo_type: str, revision: str, token: Token | None) -> RepoInfo:
+        """Resolve `revision` (branch, tag or commit) to a commit. Says nothing about gated access."""
+        data, _ = self.http.get_json(self._api(repo, repo_type, "revision", quote(revision, safe="")), token)
+        commit = data.get("sha") if isinstance(data, dict) else None
+        if not isinstance(commit, str) or not COMMIT_RE.fullmatch(commit):
+            raise IntegrityError(f"{repo}@{revision}: the Hub answered without a valid commit hash")
+        return RepoInfo(commit=commit, gated=data.get("gated") or False, private=bool(data.get("private")))
+
+    def list_files(self, repo: str, repo_type: str, commit: str, token: Token | None) -> list[RemoteFile]:
+        """Every file at `commit`, with size and hashes, following the listing's pagination."""
+        url: str | None = self._api(repo, repo_type, "tree", commit) + "?recursive=true&expand=false"
+        files: list[RemoteFile] = []
+        while url:
+            data, headers = self.http.get_json(url, token)
+            if not isinstance(data, list):
+                raise IntegrityError(f"{repo}@{commit}: unexpected tree listing from the Hub")
+            files += [
+                _remote_file(repo, item)
+                for item in data
+                if isinstance(item, dict) and item.get("type") == "file"
+            ]
+            url = _next_link(headers.get("link", ""))
+        return sorted(files, key=lambda f: f.path)
+
+    def list_refs(self, repo: str, repo_type: str, token: Token | None) -> tuple[list[str], list[str]]:
+        """(branches, tags), to suggest revisions when one is not found."""
+        data, _ = self.http.get_json(self._api(repo, repo_type, "refs"), token)
+        return (
+            sorted(b["name"] for b in data.get("branches", []) if "name" in b),
+            sorted(t["name"] for t in data.get("tags", []) if "name" in t),
+        )
+
+    def auth_check(self, repo: str, repo_type: str, token: Token | None) -> None:
+        """Raises HttpStatusError when `token` cannot read the repo's files (gated, private...)."""
+        self.http.get_json(self._api(repo, repo_type, "auth-check"), token)
+
+    def whoami(self, token: Token) -> dict[str, Any]:
+        data, _ = self.http.get_json(f"{self.endpoint}/api/whoami-v2", token)
+        return data if isinstance(data, dict) else {}
+
+    def file_url(self, repo: str, repo_type: str, commit: str, path: str) -> str:
+        prefix = "" if repo_type == "model" else f"{TYPE_PREFIX[repo_type]}/"
+        return f"{self.endpoint}/{prefix}{repo}/resolve/{commit}/{quote(path)}"
+
+
+def _remote_file(repo: str, item: dict[str, Any]) -> RemoteFile:
+    path, size, oid = item.get("path"), item.get("size"), item.get("oid")
+    if not isinstance(path, str):
+        raise IntegrityError(f"{repo}: tree listing entry without a path")
+    safe_relpath(path)
+    lfs = item.get("lfs") if isinstance(item.get("lfs"), dict) else None
+    sha256 = lfs.get("oid") if lfs else None
+    if lfs and isinstance(lfs.get("size"), int):
+        size = lfs["size"]
+    if not isinstance(size, int) or size < 0 or not isinstance(oid, str) or not COMMIT_RE.fullmatch(oid):
+        raise IntegrityError(f"{repo}: tree listing entry for {path!r} lacks a valid size or object id")
+    if sha256 is not None and not (isinstance(sha256, str) and SHA256_RE.fullmatch(sha256)):
+        raise IntegrityError(f"{repo}: tree listing entry for {path!r} has an invalid LFS sha256")
+    return RemoteFile(path=path, size=size, git_sha1=oid, sha256=sha256)
+
+
+def _next_link(link_header: str) -> str | None:
+    for part in link_header.split(","):
+        match = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', part)
+        if match:
+            return match.group(1)
+    return None

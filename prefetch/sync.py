@@ -1,0 +1,471 @@
+"""The orchestrator: manifest -> access check -> plan -> transfer -> cache -> lock.
+
+Locks are sticky, as in uv or Cargo: an entry whose manifest line is unchanged keeps its locked
+commit (and file list) until `--upgrade`; so a warm re-sync makes no request at all.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub.utils import filter_repo_objects
+
+from prefetch import __version__
+from prefetch.access import AccessReport, AccessResult, check_entries, precheck, row_for_error
+from prefetch.auth import Token, entry_token, find_token
+from prefetch.cache import RepoCache, resolve_cache_dir
+from prefetch.errors import DiskSpaceError, LockOutdatedError, UsageError, VerifyError
+from prefetch.hub import HubApi, RemoteFile
+from prefetch.lockfile import (
+    Lock,
+    LockedEntry,
+    LockedFile,
+    default_lock_path,
+    diff_lock,
+    load_lock,
+    write_lock,
+)
+from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
+from prefetch.progress import Progress, QuietProgress
+from prefetch.transfer import FileJob, Http, RetryPolicy, Transfer, TransferStats, proxies_from_env
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DISK_MARGIN = 64 * 1024 * 1024  # keep this much free after the planned bytes
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run settings that do not live in the manifest (command-line flags, mostly)."""
+
+    lock_path: Path | None = None
+    cache_dir: Path | None = None
+    endpoint: str | None = None
+    token_file: Path | None = None
+    proxies: tuple[str, ...] = ()
+    jobs: int = 8
+    retry_attempts: int | None = None  # overrides the manifest's `retry:`
+    retry_max_wait: float | None = None
+    offline: bool = False
+    segment_threshold: int = 64 * 1024 * 1024
+    segment_size: int = 32 * 1024 * 1024
+
+
+@dataclass
+class EntryPlan:
+    """One entry, resolved: its locked content and the blobs the cache still lacks."""
+
+    entry: Entry
+    locked: LockedEntry
+    missing: list[LockedFile] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        files = self.locked.files
+        return {
+            "repo": self.entry.repo,
+            "type": self.entry.type,
+            "revision": self.entry.revision,
+            "commit": self.locked.commit,
+            "files": len(files),
+            "bytes": sum(f.size for f in files),
+            "cached_files": len(files) - len(self.missing),
+            "missing_files": len(self.missing),
+            "missing_bytes": sum(f.size for f in self.missing),
+        }
+
+
+@dataclass
+class SyncResult:
+    plans: list[EntryPlan]
+    lock: Lock
+    lock_path: Path
+    cache_dir: Path
+    stats: TransferStats = field(default_factory=TransferStats)
+    changes: list[str] = field(default_factory=list)
+    report: AccessReport | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "entries": len(self.plans),
+            "files": sum(len(p.locked.files) for p in self.plans),
+            "fetched_files": self.stats.files_fetched,
+            "linked_files": self.stats.files_linked,
+            "fetched_bytes": self.stats.bytes_fetched,
+            "lockfile": str(self.lock_path),
+            "cache_dir": str(self.cache_dir),
+            "changes": self.changes,
+        }
+
+
+class Run:
+    """Everything one command needs, built once: manifest, lock, cache, tokens, HTTP."""
+
+    def __init__(
+        self, manifest_path: str | Path, settings: Settings, progress: Progress | None = None
+    ) -> None:
+        self.settings = settings
+        self.progress = progress or QuietProgress()
+        self.manifest: Manifest = load_manifest(manifest_path)
+        self.lock_path = settings.lock_path or default_lock_path(self.manifest.path)
+        self.old_lock: Lock | None = load_lock(self.lock_path) if self.lock_path.exists() else None
+        self.cache_dir = resolve_cache_dir(settings.cache_dir or self.manifest.cache_dir)
+        self.offline = settings.offline or os.environ.get("HF_HUB_OFFLINE", "").upper() in (
+            "1",
+            "ON",
+            "YES",
+            "TRUE",
+        )
+        self.endpoint = (
+            settings.endpoint or self.manifest.endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+        ).rstrip("/")
+        self._http: Http | None = None
+        self._default_token: Token | None = None
+        self._token_loaded = False
+
+    # -- lazily built: an offline or warm run never touches tokens or the network -----------------------
+    @property
+    def http(self) -> Http:
+        if self._http is None:
+            env_proxies, no_proxy = proxies_from_env()
+            proxies = list(dict.fromkeys([*self.settings.proxies, *self.manifest.proxies, *env_proxies]))
+            retry = RetryPolicy(self.retry_settings(), on_retry=self.progress.retry)
+            self._http = Http(
+                self.endpoint,
+                proxies,
+                retry,
+                no_proxy=no_proxy,
+                pool_size=self.settings.jobs * 2 + 4,
+                offline=self.offline,
+            )
+        return self._http
+
+    def retry_settings(self) -> RetrySettings:
+        overrides = {"attempts": self.settings.retry_attempts, "max_wait": self.settings.retry_max_wait}
+        return replace(self.manifest.retry, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def hub(self) -> HubApi:
+        return HubApi(self.http)
+
+    def token(self, entry: Entry) -> Token | None:
+        if not self._token_loaded:
+            self._default_token = find_token(self.settings.token_file)
+            self._token_loaded = True
+        return entry_token(entry.token_env, self._default_token)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+
+    def repo_cache(self, entry: Entry | LockedEntry) -> RepoCache:
+        return RepoCache(self.cache_dir, entry.repo, entry.type)
+
+    # -- resolution ---------------------------------------------------------------------------------------
+    def resolve(
+        self, *, frozen: bool = False, upgrade: bool = False, upgrade_repos: tuple[str, ...] = ()
+    ) -> tuple[dict[str, LockedEntry], list[AccessResult]]:
+        """Locked content for every entry: kept from the lock when its line is unchanged, else resolved."""
+        entries = self.manifest.entries
+        if frozen or self.offline:
+            return self._from_lock(frozen), []
+        unknown = set(upgrade_repos) - {e.repo for e in entries}
+        if unknown:
+            raise UsageError(f"--upgrade-repo: not in the manifest: {', '.join(sorted(unknown))}")
+        kept: dict[str, LockedEntry] = {}
+        todo: list[Entry] = []
+        for entry in entries:
+            old = self.old_lock.entry(entry.key) if self.old_lock else None
+            if (
+                old is not None
+                and old.entry_digest == entry.digest()
+                and not upgrade
+                and entry.repo not in upgrade_repos
+            ):
+                kept[entry.key] = old
+            else:
+                todo.append(entry)
+        failures = [r for r in (precheck(e, self.token(e)) for e in todo) if r is not None]
+        if failures:  # knowable without the network: report before any request
+            raise AccessReport(failures).error()
+        resolved, failures = self._resolve_remote(todo)
+        return {**kept, **resolved}, failures
+
+    def _from_lock(self, frozen: bool) -> dict[str, LockedEntry]:
+        flag = "--frozen" if frozen else "--offline"
+        if self.old_lock is None:
+            raise LockOutdatedError(
+                f"{flag} needs a lockfile, and {self.lock_path} does not exist; run `prefetch lock`"
+            )
+        differences = diff_lock(self.old_lock, self.manifest)
+        if differences:
+            raise LockOutdatedError(
+                f"{flag}: {self.lock_path} is out of date with {self.manifest.path}; run `prefetch lock`:\n  - "
+                + "\n  - ".join(differences)
+            )
+        return {e.key: e for e in self.old_lock.entries}
+
+    def _resolve_remote(self, entries: list[Entry]) -> tuple[dict[str, LockedEntry], list[AccessResult]]:
+        """repo_info + tree listing per entry, concurrently; access problems become report rows."""
+        resolved: dict[str, LockedEntry] = {}
+        failures: list[AccessResult] = []
+        hub = self.hub
+
+        def one(entry: Entry) -> LockedEntry:
+            token = self.token(entry)
+            info = hub.repo_info(entry.repo, entry.type, entry.revision, token)
+            files = hub.list_files(entry.repo, entry.type, info.commit, token)
+            return locked_entry(entry, info.commit, files)
+
+        with cf.ThreadPoolExecutor(max_workers=max(1, min(8, len(entries)))) as pool:
+            futures = {entry.key: (entry, pool.submit(one, entry)) for entry in entries}
+            for key, (entry, future) in futures.items():
+                try:
+                    resolved[key] = future.result()
+                except Exception as exc:
+                    failures.append(row_for_error(hub, entry, self.token(entry), exc))
+        return resolved, failures
+
+    def new_lock(self, resolved: dict[str, LockedEntry]) -> Lock:
+        cache_dir = str(self.manifest.cache_dir) if self.manifest.cache_dir else None
+        return Lock(
+            manifest_digest=self.manifest.digest(),
+            tool_version=__version__,
+            entries=tuple(resolved[e.key] for e in self.manifest.entries),
+            cache_dir=cache_dir,
+        )
+
+    def plan(self, resolved: dict[str, LockedEntry]) -> list[EntryPlan]:
+        """What each resolved entry still lacks in the cache (entries that failed to resolve are left out)."""
+        plans = []
+        for entry in self.manifest.entries:
+            locked = resolved.get(entry.key)
+            if locked is None:
+                continue
+            cache = self.repo_cache(locked)
+            missing = [f for f in locked.files if not cache.has_blob(f.etag, f.size)]
+            plans.append(EntryPlan(entry, locked, missing))
+        return plans
+
+    def file_jobs(self, plans: list[EntryPlan]) -> tuple[list[FileJob], list[FileJob]]:
+        """(first, later) jobs: one job per blob; a blob a second repo shares waits and is hard-linked."""
+        first: dict[str, FileJob] = {}
+        seen: set[tuple[str, str]] = set()
+        later: list[FileJob] = []
+        for p in plans:
+            cache = self.repo_cache(p.locked)
+            for f in p.missing:
+                if (cache.folder.name, f.etag) in seen:
+                    continue
+                seen.add((cache.folder.name, f.etag))
+                job = FileJob(
+                    cache=cache,
+                    url=self.hub.file_url(p.locked.repo, p.locked.type, p.locked.commit, f.path),
+                    token=self.token(p.entry),
+                    etag=f.etag,
+                    size=f.size,
+                    lfs=f.is_lfs,
+                    label=f"{p.locked.repo}:{f.path}",
+                )
+                if f.etag in first:
+                    later.append(job)
+                else:
+                    first[f.etag] = job
+        return list(first.values()), later
+
+    def materialize(self, plans: list[EntryPlan]) -> None:
+        """Snapshot links, then refs, for every entry (after its blobs are in place)."""
+        missing = []
+        for p in plans:
+            cache = self.repo_cache(p.locked)
+            complete = True
+            for f in p.locked.files:
+                if cache.has_blob(f.etag, f.size):
+                    cache.link(p.locked.commit, f.path, f.etag)
+                else:
+                    complete = False
+                    missing.append(f"{p.locked.repo}@{p.locked.commit[:12]}: {f.path} ({f.size} bytes)")
+            if complete:
+                cache.write_ref(p.locked.revision, p.locked.commit)
+        if missing:
+            raise VerifyError(
+                f"{len(missing)} locked file(s) are not in the cache {self.cache_dir}:\n  - "
+                + "\n  - ".join(missing),
+                missing,
+            )
+
+    def check_space(self, jobs: list[FileJob]) -> None:
+        needed = sum(j.size - _bytes_on_disk(j) for j in jobs)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.cache_dir).free
+        if needed + DISK_MARGIN > free:
+            raise DiskSpaceError(
+                f"not enough disk space in {self.cache_dir}: {needed} bytes to fetch (+{DISK_MARGIN} margin), "
+                f"{free} bytes free. Free some space (`prefetch prune`) or choose another --cache-dir."
+            )
+
+
+def _bytes_on_disk(job: FileJob) -> int:
+    """Bytes of a blob already in its partial file (they need no new space)."""
+    return sum(b - a for a, b in job.cache.read_partial_state(job.etag, job.size))
+
+
+def locked_entry(entry: Entry, commit: str, files: list[RemoteFile]) -> LockedEntry:
+    """An entry's lock record: the commit and the files its include/exclude select."""
+    by_path = {f.path: f for f in files}
+    selected = filter_repo_objects(
+        items=list(by_path),
+        allow_patterns=list(entry.include) if entry.include is not None else None,
+        ignore_patterns=list(entry.exclude) or None,
+    )
+    locked_files = tuple(
+        LockedFile(path=f.path, size=f.size, sha256=f.sha256, git_sha1=None if f.sha256 else f.git_sha1)
+        for f in sorted((by_path[p] for p in selected), key=lambda f: f.path)
+    )
+    return LockedEntry(
+        repo=entry.repo,
+        type=entry.type,
+        revision=entry.revision,
+        commit=commit,
+        include=entry.include,
+        exclude=entry.exclude,
+        entry_digest=entry.digest(),
+        files=locked_files,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def sync(
+    manifest_path: str | Path,
+    *,
+    settings: Settings | None = None,
+    frozen: bool = False,
+    dry_run: bool = False,
+    upgrade: bool = False,
+    upgrade_repos: tuple[str, ...] = (),
+    progress: Progress | None = None,
+) -> SyncResult:
+    """Bring every manifest entry into the cache, verified, and write the lockfile last."""
+    run = Run(manifest_path, settings or Settings(), progress)
+    try:
+        resolved, failures = run.resolve(frozen=frozen, upgrade=upgrade, upgrade_repos=upgrade_repos)
+        if run.offline:
+            plans = run.plan(resolved)
+            run.materialize(plans)
+            return SyncResult(plans, run.old_lock or run.new_lock(resolved), run.lock_path, run.cache_dir)
+        plans = run.plan(resolved)
+        needing = [p for p in plans if p.missing]
+        report = _check_access(run, needing, failures)
+        lock = run.new_lock(resolved)
+        result = SyncResult(
+            plans, lock, run.lock_path, run.cache_dir, report=report, changes=lock_changes(run.old_lock, lock)
+        )
+        first, later = run.file_jobs(plans)
+        _announce(run, plans, first + later, dry_run)
+        if dry_run:
+            return result
+        run.check_space(first + later)
+        transfer = Transfer(
+            run.http,
+            jobs=run.settings.jobs,
+            segment_threshold=run.settings.segment_threshold,
+            segment_size=run.settings.segment_size,
+            reporter=run.progress,
+        )
+        transfer.run(first)
+        if later:
+            transfer.run(later)
+        result.stats = transfer.stats
+        run.materialize(plans)
+        write_lock(lock, run.lock_path)
+        return result
+    finally:
+        run.close()
+
+
+def _check_access(run: Run, needing: list[EntryPlan], failures: list[AccessResult]) -> AccessReport:
+    """Failed resolutions plus an access check of every entry that has bytes to fetch; raise if any fails."""
+    rows = list(failures)
+    if needing:
+        checked = check_entries(
+            run.hub,
+            [(p.entry, run.token(p.entry)) for p in needing],
+            commits={p.entry.key: p.locked.commit for p in needing},
+        )
+        rows += checked.results
+    report = AccessReport(rows)
+    for row in rows:
+        for warning in row.warnings:
+            run.progress.message(f"warning: {row.entry.label}: {warning}")
+    if not report.ok:
+        raise report.error()
+    return report
+
+
+def _announce(run: Run, plans: list[EntryPlan], jobs: list[FileJob], dry_run: bool) -> None:
+    total = sum(j.size for j in jobs)
+    run.progress.event(
+        "plan",
+        entries=[p.to_json() for p in plans],
+        fetch_files=len(jobs),
+        fetch_bytes=total,
+        dry_run=dry_run,
+    )
+    for p in plans:
+        info = p.to_json()
+        run.progress.message(
+            f"{p.entry.label} -> {p.locked.commit[:12]}: {info['files']} files, "
+            f"{info['cached_files']} cached, {info['missing_files']} to fetch ({info['missing_bytes']} bytes)"
+        )
+    run.progress.start(total, len(jobs), {})
+
+
+def lock_changes(old: Lock | None, new: Lock) -> list[str]:
+    """Human lines: entries added, removed, or moved to another commit."""
+    before = {e.key: e for e in old.entries} if old else {}
+    after = {e.key: e for e in new.entries}
+    lines = [f"+ {key} {e.commit[:12]}" for key, e in after.items() if key not in before]
+    lines += [f"- {key} {e.commit[:12]}" for key, e in before.items() if key not in after]
+    lines += [
+        f"~ {key} {before[key].commit[:12]} -> {e.commit[:12]}"
+        for key, e in after.items()
+        if key in before and before[key].commit != e.commit
+    ]
+    return lines
+
+
+def lock(
+    manifest_path: str | Path,
+    *,
+    settings: Settings | None = None,
+    upgrade: bool = False,
+    upgrade_repos: tuple[str, ...] = (),
+    progress: Progress | None = None,
+) -> SyncResult:
+    """Resolve and write the lockfile without downloading (sticky unless upgraded)."""
+    run = Run(manifest_path, settings or Settings(), progress)
+    try:
+        if run.offline:
+            raise UsageError("`prefetch lock` needs the network (HF_HUB_OFFLINE / --offline is set)")
+        resolved, failures = run.resolve(upgrade=upgrade, upgrade_repos=upgrade_repos)
+        if failures:
+            raise AccessReport(failures).error()
+        new = run.new_lock(resolved)
+        write_lock(new, run.lock_path)
+        return SyncResult([], new, run.lock_path, run.cache_dir, changes=lock_changes(run.old_lock, new))
+    finally:
+        run.close()
+
+
+def check(manifest_path: str | Path, *, settings: Settings | None = None) -> AccessReport:
+    """The access check alone, for every entry: token, gating, visibility, revision."""
+    run = Run(manifest_path, settings or Settings())
+    try:
+        if run.offline:
+            raise UsageError("`prefetch check` needs the network (HF_HUB_OFFLINE / --offline is set)")
+        return check_entries(run.hub, [(e, run.token(e)) for e in run.manifest.entries])
+    finally:
+        run.close()

@@ -1,0 +1,739 @@
+"""The transfer engine: owns HTTP, retries, proxies and the byte pipeline into the cache.
+
+- `RetryPolicy`: one tenacity policy for every network call (metadata and bytes), honouring
+  `Retry-After` / `RateLimit`, logging each retry once.
+- `Http`: one httpx2 client per route (a proxy, or direct), sticky failover across proxies,
+  manual redirects so the `Authorization` header never leaves the Hub's origin.
+- `Transfer`: a bounded pool fetching files as parallel Range segments into one partial file
+  per blob, with resumable on-disk state, streaming hash verification and atomic install.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import email.utils
+import errno
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import httpx2
+import tenacity
+
+from prefetch import __version__
+from prefetch.auth import Token, redact, redact_url
+from prefetch.cache import RepoCache
+from prefetch.errors import AccessError, DiskSpaceError, IntegrityError, NetworkError, PrefetchError
+from prefetch.manifest import RetrySettings
+
+log = logging.getLogger("prefetch")
+T = TypeVar("T")
+
+CHUNK = 1024 * 1024  # bytes read per socket read and written per pwrite
+SAVE_STATE_EVERY = 4 * CHUNK  # resume state is saved at least this often per file
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+PROXY_STATUS = frozenset({407, 502, 503, 504})
+ORIGIN_MARKERS = ("x-request-id", "x-error-code", "x-repo-commit", "x-linked-etag", "etag", "content-range")
+TIMEOUT = httpx2.Timeout(60.0, connect=10.0)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+class HttpStatusError(Exception):
+    """A non-success answer from the Hub or CDN, with the Hub's `X-Error-Code` when it sent one."""
+
+    def __init__(self, url: str, status: int, error_code: str | None, message: str, headers: httpx2.Headers):
+        self.url, self.status, self.error_code, self.message = url, status, error_code, message
+        self.retry_after = retry_after_seconds(headers) if status in (429, 503) else None
+        super().__init__(f"{status} from {urlsplit(url).path}" + (f": {message}" if message else ""))
+
+
+class ProxyRoutesFailed(Exception):
+    """Every route (proxy) failed for one request; each failure is kept for the final message."""
+
+    def __init__(self, failures: list[tuple[str, str]]):
+        self.failures = failures
+        super().__init__("; ".join(f"{route}: {reason}" for route, reason in failures))
+
+
+class TruncatedBody(Exception):
+    """The connection ended before the promised bytes arrived (retryable; resumes where it stopped)."""
+
+
+class RangeIgnored(Exception):
+    """The server answered 200 to a Range request: the file must start over as a single stream."""
+
+
+class Cancelled(Exception):
+    """Another task failed fatally or the user interrupted: stop at the next chunk."""
+
+
+def retry_after_seconds(headers: httpx2.Headers) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds or HTTP date) or `RateLimit` (`...;t=N`)."""
+    value = headers.get("retry-after")
+    if value:
+        if value.strip().isdigit():
+            return float(value.strip())
+        with contextlib.suppress(TypeError, ValueError):
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    for name in ("ratelimit", "ratelimit-reset"):
+        value = headers.get(name)
+        if value:
+            match = (
+                re.search(r"(?:^|;)\s*t=(\d+)", value)
+                if name == "ratelimit"
+                else re.match(r"\s*(\d+)", value)
+            )
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, HttpStatusError):
+        return exc.status in RETRYABLE_STATUS
+    return isinstance(exc, httpx2.TransportError | ProxyRoutesFailed | TruncatedBody)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for logs, free of secrets."""
+    if isinstance(exc, HttpStatusError | ProxyRoutesFailed | TruncatedBody):
+        return redact(str(exc))
+    return redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+# ---------------------------------------------------------------------------------------------- retries
+class RetryPolicy:
+    """Exponential backoff with jitter, capped per wait, bounded in attempts and total time."""
+
+    def __init__(self, settings: RetrySettings, on_retry: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.on_retry = on_retry
+        self._backoff = tenacity.wait_exponential_jitter(initial=0.25, max=settings.max_wait, jitter=0.25)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = getattr(exc, "retry_after", None)
+        if hinted is not None:  # the server said when: honour it, within the total time bound
+            remaining = self.settings.max_time - (state.seconds_since_start or 0.0)
+            return max(0.0, min(hinted, remaining))
+        return float(self._backoff(state))
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            message = (
+                f"retry {state.attempt_number}/{self.settings.attempts - 1} in {wait:.1f}s: "
+                f"{what}: {describe(exc) if exc else '?'}"
+            )
+            log.warning(message)
+            if self.on_retry:
+                self.on_retry(message)
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.settings.attempts)
+            | tenacity.stop_after_delay(self.settings.max_time),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(is_retryable),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(fn)
+
+
+# ---------------------------------------------------------------------------------------------- http
+@dataclass
+class Route:
+    proxy: str | None  # None: direct
+    client: httpx2.Client
+
+    @property
+    def label(self) -> str:
+        return f"proxy {redact_url(self.proxy)}" if self.proxy else "direct"
+
+
+def proxies_from_env(env: dict[str, str] | None = None) -> tuple[list[str], str]:
+    """(HTTPS_PROXY, HTTP_PROXY) in that order, and NO_PROXY, as curl and requests read them."""
+    env = dict(os.environ) if env is None else env
+    found = []
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        value = env.get(name, "").strip()
+        if value and value not in found:
+            found.append(value)
+    return found, env.get("NO_PROXY", env.get("no_proxy", ""))
+
+
+def bypasses_proxy(host: str, no_proxy: str) -> bool:
+    for pattern in (p.strip().lower() for p in no_proxy.split(",")):
+        if pattern == "*" or (
+            pattern and (host == pattern.lstrip(".") or host.endswith("." + pattern.lstrip(".")))
+        ):
+            return True
+    return False
+
+
+class Http:
+    """HTTP for the whole run: routes, retries, and the rule that tokens stay on the Hub's origin."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        proxies: list[str],
+        retry: RetryPolicy,
+        *,
+        no_proxy: str = "",
+        pool_size: int = 16,
+        offline: bool = False,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.retry = retry
+        self.no_proxy = no_proxy
+        self.offline = offline
+        limits = httpx2.Limits(max_connections=pool_size, max_keepalive_connections=pool_size)
+        headers = {"user-agent": f"prefetch/{__version__}"}
+
+        def client(proxy: str | None) -> httpx2.Client:
+            return httpx2.Client(
+                proxy=proxy,
+                trust_env=False,
+                timeout=TIMEOUT,
+                limits=limits,
+                headers=headers,
+                follow_redirects=False,
+            )
+
+        for proxy in proxies:
+            redact_url(proxy)  # registers its password as a secret
+        self.proxy_routes = [Route(p, client(p)) for p in proxies]
+        self.direct = Route(None, client(None))
+        self._current = 0
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def close(self) -> None:
+        for route in [*self.proxy_routes, self.direct]:
+            route.client.close()
+
+    def describe_routes(self) -> str:
+        if not self.proxy_routes:
+            return f"{self.endpoint} (direct)"
+        return f"{self.endpoint} via " + ", ".join(r.label for r in self.proxy_routes)
+
+    def _routes_for(self, url: str) -> list[Route]:
+        host = (urlsplit(url).hostname or "").lower()
+        if not self.proxy_routes or bypasses_proxy(host, self.no_proxy):
+            return [self.direct]
+        with self._lock:
+            start = self._current
+        n = len(self.proxy_routes)
+        return [self.proxy_routes[(start + i) % n] for i in range(n)]
+
+    def _stick_to(self, route: Route, failures: list[tuple[str, str]]) -> None:
+        if route not in self.proxy_routes:
+            return
+        with self._lock:
+            index = self.proxy_routes.index(route)
+            if index != self._current:
+                self._current = index
+                reasons = "; ".join(f"{label}: {reason}" for label, reason in failures)
+                log.warning("proxy failover: now using %s (%s)", route.label, reasons)
+
+    def _send_once(self, method: str, url: str, headers: dict[str, str]) -> httpx2.Response:
+        """One attempt over the routes: a failing proxy hands over to the next one."""
+        if self.offline:
+            raise PrefetchError(f"internal: network request attempted in offline mode: {method} {url}")
+        failures: list[tuple[str, str]] = []
+        for route in self._routes_for(url):
+            request = route.client.build_request(method, url, headers=headers)
+            try:
+                with self._lock:
+                    self.requests += 1
+                response = route.client.send(request, stream=True)
+            except (
+                httpx2.ProxyError,
+                httpx2.ConnectError,
+                httpx2.ConnectTimeout,
+                httpx2.RemoteProtocolError,
+            ) as e:
+                if route.proxy is None:
+                    raise
+                failures.append((route.label, describe(e)))
+                continue
+            if route.proxy is not None and _is_proxy_failure(response):
+                reason = f"answered {response.status_code} {response.reason_phrase}"
+                if response.status_code == 407:
+                    reason += " (the proxy needs credentials: put them in the proxy URL, http://user:pass@host:port)"
+                response.close()
+                failures.append((route.label, reason))
+                continue
+            self._stick_to(route, failures)
+            return response
+        raise ProxyRoutesFailed(failures)
+
+    def open(self, url: str, token: Token | None, headers: dict[str, str] | None = None) -> httpx2.Response:
+        """GET `url` (one attempt), following redirects by hand; the token only goes to the Hub's origin.
+
+        Returns a streaming response with a 2xx status; raises HttpStatusError otherwise.
+        """
+        for _ in range(5):
+            sent = dict(headers or {})
+            if token is not None and _same_origin(url, self.endpoint):
+                sent["authorization"] = f"Bearer {token.value}"
+            response = self._send_once("GET", url, sent)
+            if response.is_redirect:
+                location = response.headers.get("location", "")
+                response.close()
+                url = urljoin(url, location)
+                continue
+            if response.status_code >= 400:
+                raise _status_error(url, response)
+            return response
+        raise HttpStatusError(url, 310, None, "too many redirects", httpx2.Headers())
+
+    def locate(self, url: str, token: Token | None) -> str:
+        """Where the bytes of `url` are served: the CDN URL a Hub 302 points to, or `url` itself."""
+
+        def attempt() -> str:
+            sent = {"authorization": f"Bearer {token.value}"} if token is not None else {}
+            response = self._send_once("GET", url, sent)
+            try:
+                if response.is_redirect:
+                    return urljoin(url, response.headers.get("location", ""))
+                if response.status_code >= 400:
+                    raise _status_error(url, response)
+                return url
+            finally:
+                response.close()
+
+        return self.retry.call(attempt, f"GET {urlsplit(url).path}")
+
+    def get_json(self, url: str, token: Token | None) -> tuple[Any, httpx2.Headers]:
+        """GET a Hub API URL and parse its JSON, with retries."""
+
+        def attempt() -> tuple[Any, httpx2.Headers]:
+            with contextlib.closing(self.open(url, token)) as response:
+                response.read()
+                return response.json(), response.headers
+
+        return self.retry.call(attempt, f"GET {urlsplit(url).path}")
+
+
+def _same_origin(url: str, other: str) -> bool:
+    a, b = urlsplit(url), urlsplit(other)
+    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+
+
+def _is_proxy_failure(response: httpx2.Response) -> bool:
+    """Did the proxy itself refuse (407, or a 5xx it generated rather than relayed)?"""
+    if response.status_code == 407:
+        return True
+    if response.status_code not in PROXY_STATUS:
+        return False
+    headers = response.headers
+    return "proxy-status" in headers or not any(h in headers for h in ORIGIN_MARKERS)
+
+
+def _status_error(url: str, response: httpx2.Response) -> HttpStatusError:
+    try:
+        response.read()
+        body = response.json()
+        message = body.get("error", "") if isinstance(body, dict) else ""
+    except (ValueError, httpx2.HTTPError):
+        message = ""
+    finally:
+        response.close()
+    message = response.headers.get("x-error-message") or message or response.reason_phrase
+    return HttpStatusError(
+        url, response.status_code, response.headers.get("x-error-code"), str(message), response.headers
+    )
+
+
+def network_error(exc: BaseException, http: Http, what: str) -> PrefetchError:
+    """The typed error for a network call that failed for good."""
+    if isinstance(exc, HttpStatusError) and exc.status in (401, 403, 404):
+        return AccessError(f"{what}: {exc}")
+    if isinstance(exc, ProxyRoutesFailed):
+        lines = "\n".join(f"  - {route}: {reason}" for route, reason in exc.failures)
+        return NetworkError(f"{what}: every proxy failed (endpoint {http.endpoint}):\n{lines}")
+    return NetworkError(f"{what}: {describe(exc)} (tried {http.describe_routes()})")
+
+
+# ---------------------------------------------------------------------------------------------- files
+@dataclass(frozen=True)
+class FileJob:
+    """One blob to bring into the cache."""
+
+    cache: RepoCache
+    url: str  # /resolve/{commit}/{path} on the Hub
+    token: Token | None
+    etag: str
+    size: int
+    lfs: bool  # etag is a sha256 of the content (else a git blob sha1)
+    label: str  # `org/name:path`, for messages
+
+    def new_hash(self) -> Any:
+        if self.lfs:
+            return hashlib.sha256()
+        h = hashlib.sha1(usedforsecurity=False)
+        h.update(b"blob %d\0" % self.size)
+        return h
+
+
+class RangeSet:
+    """Sorted, merged [start, end) byte ranges."""
+
+    def __init__(self, ranges: list[tuple[int, int]] | None = None) -> None:
+        self.ranges: list[tuple[int, int]] = []
+        for a, b in ranges or []:
+            self.add(a, b)
+
+    def add(self, start: int, end: int) -> None:
+        merged = []
+        for a, b in self.ranges:
+            if b < start or a > end:
+                merged.append((a, b))
+            else:
+                start, end = min(a, start), max(b, end)
+        merged.append((start, end))
+        self.ranges = sorted(merged)
+
+    def covered_from(self, offset: int) -> int:
+        """End of the contiguous covered run that starts at `offset` (== offset when none)."""
+        for a, b in self.ranges:
+            if a <= offset < b:
+                return b
+        return offset
+
+    def missing(self, size: int) -> list[tuple[int, int]]:
+        gaps, pos = [], 0
+        for a, b in self.ranges:
+            if a > pos:
+                gaps.append((pos, a))
+            pos = max(pos, b)
+        if pos < size:
+            gaps.append((pos, size))
+        return gaps
+
+    def total(self) -> int:
+        return sum(b - a for a, b in self.ranges)
+
+
+class PartialFile:
+    """The partial file of one blob: positional writes from many segments, resume state, running hash.
+
+    The hash advances over the contiguous prefix as soon as it is written (from memory when the
+    chunk is next in line, else by reading back what other segments wrote), so a file is verified
+    as it streams and a resumed file re-hashes only its kept prefix.
+    """
+
+    def __init__(self, job: FileJob, done: list[tuple[int, int]]) -> None:
+        self.job = job
+        path = job.cache.partial_path(job.etag)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(self.fd, job.size)
+        self.done = RangeSet(done)
+        self._hash = job.new_hash()
+        self._hashed = 0
+        self._unsaved = 0
+        self._lock = threading.Lock()
+        self._hash_lock = threading.Lock()
+
+    def write(self, offset: int, data: bytes) -> None:
+        try:
+            os.pwrite(self.fd, data, offset)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DiskSpaceError(
+                    f"disk full while writing {self.job.label} into {self.job.cache.root}"
+                ) from e
+            raise
+        with self._lock:
+            self.done.add(offset, offset + len(data))
+            self._unsaved += len(data)
+            if self._unsaved >= SAVE_STATE_EVERY:
+                self._save_state()
+        if self._hash_lock.acquire(blocking=False):
+            try:
+                self._advance_hash(offset, data)
+            finally:
+                self._hash_lock.release()
+
+    def _save_state(self) -> None:
+        self.job.cache.write_partial_state(self.job.etag, self.job.size, self.done.ranges)
+        self._unsaved = 0
+
+    def _advance_hash(self, offset: int = -1, data: bytes = b"") -> None:
+        if offset == self._hashed and data:
+            self._hash.update(data)
+            self._hashed += len(data)
+        while True:
+            with self._lock:
+                end = self.done.covered_from(self._hashed)
+            if end <= self._hashed:
+                return
+            length = min(end - self._hashed, 8 * CHUNK)
+            self._hash.update(os.pread(self.fd, length, self._hashed))
+            self._hashed += length
+
+    def digest(self) -> str:
+        with self._hash_lock:
+            self._advance_hash()
+            if self._hashed != self.job.size:
+                raise TruncatedBody(f"{self.job.label}: only {self._hashed} of {self.job.size} bytes written")
+            return self._hash.hexdigest()
+
+    def close(self, keep_state: bool = True) -> None:
+        with self._lock:
+            if keep_state and self._unsaved:
+                self._save_state()
+        os.close(self.fd)
+
+
+@dataclass
+class TransferStats:
+    files_fetched: int = 0
+    files_linked: int = 0
+    files_cached: int = 0
+    bytes_fetched: int = 0
+    errors: list[PrefetchError] = field(default_factory=list)
+
+
+class Reporter:
+    """What the engine tells the outside world; `prefetch.progress` implements the displays."""
+
+    def file_started(self, job: FileJob) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def file_done(self, job: FileJob, how: str) -> None: ...
+    def retry(self, message: str) -> None: ...
+
+
+class Transfer:
+    """Fetch many blobs with `jobs` concurrent connections; big ones as parallel Range segments."""
+
+    def __init__(
+        self,
+        http: Http,
+        *,
+        jobs: int = 8,
+        segment_threshold: int = 64 * 1024 * 1024,
+        segment_size: int = 32 * 1024 * 1024,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.http = http
+        self.jobs = max(1, jobs)
+        self.segment_threshold = segment_threshold
+        self.segment_size = segment_size
+        self.reporter = reporter or Reporter()
+        self.cancel = threading.Event()
+        self.stats = TransferStats()
+        self._slots = threading.BoundedSemaphore(self.jobs)
+        self._stats_lock = threading.Lock()
+
+    # -- the pool ---------------------------------------------------------------------------------
+    def run(self, jobs: list[FileJob]) -> TransferStats:
+        """Fetch every job; raises the most severe error after the others finished or stopped."""
+        ordered = sorted(jobs, key=lambda j: -j.size)  # big files first: their segments fill the pool
+        files = cf.ThreadPoolExecutor(max_workers=self.jobs * 2, thread_name_prefix="prefetch-file")
+        self._segments = cf.ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="prefetch-seg")
+        try:
+            futures = {files.submit(self._fetch_file, job): job for job in ordered}
+            pending = set(futures)
+            while pending:
+                done, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    exc = future.exception()
+                    if exc is not None:
+                        self._failed(exc, futures[future])
+        except BaseException:
+            self.cancel.set()
+            raise
+        finally:
+            files.shutdown(wait=True, cancel_futures=True)
+            self._segments.shutdown(wait=True, cancel_futures=True)
+        if self.stats.errors:
+            raise _most_severe(self.stats.errors)
+        return self.stats
+
+    def _failed(self, exc: BaseException, job: FileJob) -> None:
+        if isinstance(exc, Cancelled):
+            return
+        if not isinstance(exc, PrefetchError):
+            exc = (
+                network_error(exc, self.http, f"downloading {job.label}")
+                if is_retryable(exc) or isinstance(exc, HttpStatusError)
+                else PrefetchError(f"downloading {job.label}: {describe(exc)}")
+            )
+        self.stats.errors.append(exc)
+        if not isinstance(exc, IntegrityError):  # network/access/disk problems stop everything else
+            self.cancel.set()
+
+    # -- one file ---------------------------------------------------------------------------------
+    def _fetch_file(self, job: FileJob) -> None:
+        cache = job.cache
+        if self.cancel.is_set():
+            raise Cancelled()
+        if cache.has_blob(job.etag, job.size):
+            return self._done(job, "cached")
+        with cache.blob_lock(job.etag):
+            if cache.has_blob(job.etag, job.size):  # another process fetched it while we waited
+                return self._done(job, "cached")
+            if self._link_from_other_repo(job):
+                return self._done(job, "linked")
+            self.reporter.file_started(job)
+            for attempt in (1, 2):
+                if self._download(job) == job.etag:
+                    cache.install_blob(job.etag)
+                    return self._done(job, "fetched")
+                cache.discard_partial(job.etag)
+                message = f"hash mismatch for {job.label} (attempt {attempt}/2): discarded, fetching again"
+                log.warning(message)
+                self.reporter.retry(message)
+            raise IntegrityError(
+                f"{job.label}: downloaded bytes do not match the expected hash {job.etag} twice; nothing was "
+                "stored. The server or a proxy is corrupting data."
+            )
+
+    def _done(self, job: FileJob, how: str) -> None:
+        with self._stats_lock:
+            if how == "fetched":
+                self.stats.files_fetched += 1
+            elif how == "linked":
+                self.stats.files_linked += 1
+            else:
+                self.stats.files_cached += 1
+        self.reporter.file_done(job, how)
+
+    def _link_from_other_repo(self, job: FileJob) -> bool:
+        """Hard-link a verified identical blob from another repo instead of downloading it again."""
+        source = job.cache.find_blob_elsewhere(job.etag, job.size)
+        if source is None:
+            return False
+        h = job.new_hash()
+        with open(source, "rb") as f:
+            while block := f.read(8 * CHUNK):
+                h.update(block)
+        if h.hexdigest() != job.etag:
+            return False
+        partial = job.cache.partial_path(job.etag)
+        job.cache.discard_partial(job.etag)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, partial)
+        except OSError:
+            return False
+        os.replace(partial, job.cache.blob_path(job.etag))
+        return True
+
+    def _download(self, job: FileJob, segmented: bool = True) -> str:
+        """Bring the partial file to full size and return its hash."""
+        done = job.cache.read_partial_state(job.etag, job.size)
+        partial = PartialFile(job, done)
+        try:
+            url = self.http.locate(job.url, job.token) if job.lfs else job.url
+            missing = partial.done.missing(job.size)
+            if done:
+                log.info(
+                    "resuming %s: %d of %d bytes already on disk", job.label, partial.done.total(), job.size
+                )
+                self.reporter.advance(partial.done.total())
+            pieces = self._split(missing, job.size) if segmented else missing
+            try:
+                self._run_segments(job, partial, url, pieces, use_range=segmented or bool(done))
+            except RangeIgnored:
+                log.warning("%s: server ignored the Range request; starting the file over", job.label)
+                partial.close(keep_state=False)
+                job.cache.discard_partial(job.etag)
+                partial = PartialFile(job, [])
+                self._run_segments(job, partial, url, [(0, job.size)], use_range=False)
+            return partial.digest()
+        finally:
+            partial.close()
+
+    def _split(self, missing: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+        if size < self.segment_threshold:
+            return missing
+        step = max(self.segment_size, 1)
+        return [(a, min(a + step, b)) for start, b in missing for a in range(start, b, step)]
+
+    def _run_segments(
+        self, job: FileJob, partial: PartialFile, url: str, pieces: list[tuple[int, int]], use_range: bool
+    ) -> None:
+        if len(pieces) == 1:
+            self._fetch_segment(job, partial, url, *pieces[0], use_range)
+            return
+        futures = [
+            self._segments.submit(self._fetch_segment, job, partial, url, a, b, True) for a, b in pieces
+        ]
+        errors = [f.exception() for f in futures]
+        for exc in errors:
+            if exc is not None and not isinstance(exc, Cancelled):
+                raise exc
+        for exc in errors:
+            if exc is not None:
+                raise exc
+
+    def _fetch_segment(
+        self, job: FileJob, partial: PartialFile, url: str, start: int, end: int, use_range: bool
+    ) -> None:
+        position = start
+
+        def attempt() -> None:
+            nonlocal position
+            headers = {"range": f"bytes={position}-{end - 1}"} if use_range or position > 0 else {}
+            with self._slots, contextlib.closing(self.http.open(url, job.token, headers)) as response:
+                if response.status_code == 200 and headers:
+                    if position > 0 or end < job.size:
+                        raise RangeIgnored()
+                elif response.status_code == 206:
+                    _check_content_range(response, position, job)
+                for chunk in response.iter_raw(CHUNK):
+                    if self.cancel.is_set():
+                        raise Cancelled()
+                    if position + len(chunk) > end:
+                        raise IntegrityError(f"{job.label}: server sent more bytes than the file has")
+                    partial.write(position, chunk)
+                    position += len(chunk)
+                    self.reporter.advance(len(chunk))
+                    with self._stats_lock:
+                        self.stats.bytes_fetched += len(chunk)
+            if position < end:
+                raise TruncatedBody(f"{job.label}: connection ended at byte {position} of {end}")
+
+        self.http.retry.call(attempt, f"GET {job.label} bytes {start}-{end - 1}")
+
+
+def _check_content_range(response: httpx2.Response, position: int, job: FileJob) -> None:
+    match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("content-range", ""))
+    if not match or int(match.group(1)) != position:
+        raise TruncatedBody(
+            f"{job.label}: unexpected Content-Range {response.headers.get('content-range')!r}"
+        )
+
+
+_SEVERITY = (DiskSpaceError, AccessError, NetworkError, IntegrityError)
+
+
+def _most_severe(errors: list[PrefetchError]) -> PrefetchError:
+    for kind in _SEVERITY:
+        same = [e for e in errors if isinstance(e, kind)]
+        if same:
+            if len(same) == 1:
+                return same[0]
+            return type(same[0])("\n".join(str(e) for e in same))
+    return errors[0]
+
+
+def iter_chunks(path: os.PathLike[str] | str, size: int = 8 * CHUNK) -> Iterator[bytes]:
+    """Read a file in large blocks (for hashing at disk speed)."""
+    with open(path, "rb") as f:
+        while block := f.read(size):
+            yield block

@@ -1,0 +1,250 @@
+"""Shared HTTP/1.1 plumbing for the Hub emulator and the test proxy.
+
+Why not plain ``http.server``: we need (a) loopback-only binding, (b) daemon threads that never keep pytest
+alive, (c) a way to cut every open keep-alive connection when a server stops, (d) a self-destruct timer, and
+(e) a fast body writer (1 MiB ``sendall`` slices from a memoryview) with optional throttling, corruption and
+TCP reset injection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import http
+import socket
+import socketserver
+import struct
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
+FAST_SLICE = 1 << 20  # 1 MiB: large enough to approach socket speed on loopback
+THROTTLE_SLICE = 64 << 10  # 64 KiB: fine-grained enough for smooth bandwidth caps
+SMALL_BODY = 64 << 10  # bodies up to this size go out in the same sendall as the headers
+
+
+def reason_phrase(status: int) -> str:
+    """Standard reason phrase, so clients that print it see something sensible."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def build_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    """Serialize a status line and header block (we write it ourselves to control every byte and syscall)."""
+    lines = [f"HTTP/1.1 {status} {reason_phrase(status)}\r\n"]
+    lines.extend(f"{k}: {v}\r\n" for k, v in headers)
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def http_date() -> str:
+    """RFC 7231 date for the Date header."""
+    return email.utils.formatdate(usegmt=True)
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """Threading HTTP server bound to 127.0.0.1 that tracks live connections so `stop` can cut them."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 512  # benchmarks open many connections at once; a backlog of 5 drops SYNs
+
+    def __init__(self, handler_cls: type[BaseHTTPRequestHandler], port: int = 0, owner: Any = None,
+                 origin: str = "") -> None:
+        self.owner = owner
+        self.origin = origin
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__((LOOPBACK, port), handler_cls)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's getfqdn() call, which can stall for seconds when DNS is unreachable."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept, disable Nagle (small responses must not wait for delayed ACKs) and remember the socket."""
+        sock, addr = self.socket.accept()
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._conns_lock:
+            self._conns.add(sock)
+        return sock, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget the connection before the stock close logic runs."""
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def close_all_connections(self) -> None:
+        """Wake every handler blocked on a keep-alive read; each handler thread then closes its own socket."""
+        with self._conns_lock:
+            conns = list(self._conns)
+            self._conns.clear()
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Client disconnects are routine in fault tests; stay quiet about them."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return
+        super().handle_error(request, client_address)
+
+
+class ServerRunner:
+    """Runs one LoopbackServer in a daemon thread with a self-stop safety timer."""
+
+    def __init__(self, server: LoopbackServer, max_lifetime: float, name: str) -> None:
+        self.server = server
+        self._name = name
+        self._max_lifetime = max_lifetime
+        self._thread: threading.Thread | None = None
+        self._timer: threading.Timer | None = None
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self, on_expire: Callable[[], None] | None = None) -> None:
+        """Serve in the background; `on_expire` (default: stop this server) fires after max_lifetime."""
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name=self._name, daemon=True
+        )
+        self._thread.start()
+        if self._max_lifetime and self._max_lifetime > 0:
+            self._timer = threading.Timer(self._max_lifetime, on_expire or self.stop)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def stop(self) -> None:
+        """Idempotent: stop accepting, close the listener and cut live connections."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        if self._timer is not None and self._timer is not threading.current_thread():
+            self._timer.cancel()
+        if self._thread is not None and self._thread.is_alive():
+            self.server.shutdown()  # only safe when serve_forever is running, else it blocks forever
+        self.server.server_close()
+        self.server.close_all_connections()
+
+
+class FastHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive handler base with a zero-copy body writer and fault helpers."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "hubemu/1.0"
+    timeout = 300  # idle keep-alive connections eventually free their thread
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence per-request logging (it would dominate benchmark time and test output)."""
+
+    def read_request_body(self) -> bytes:
+        """Consume the request body so the next keep-alive request parses cleanly."""
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            parts: list[bytes] = []
+            while True:
+                line = self.rfile.readline(65537)
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            return b"".join(parts)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.connection.sendall(data)
+
+    def write_response(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: memoryview,
+        *,
+        send_body: bool = True,
+        rate: float | None = None,
+        corrupt: bool = False,
+        limit: int | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Send headers then (part of) the body; returns body bytes handed to the kernel.
+
+        `rate` throttles in 64 KiB slices, `corrupt` flips the byte in the middle of what is sent, `limit`
+        truncates the body (the caller then aborts the connection). `on_progress` is told about each slice
+        *before* it is sent, so counters are already up to date when the client sees the last byte.
+        """
+        head = build_head(status, headers)
+        n = len(body) if send_body else 0
+        if limit is not None:
+            n = min(n, max(limit, 0))
+        if n == 0:
+            self.send_all(head)
+            return 0
+        if n <= SMALL_BODY and not rate and not corrupt:
+            if on_progress:
+                on_progress(n)
+            try:
+                self.send_all(head + body[:n].tobytes())
+            except OSError:
+                if on_progress:
+                    on_progress(-n)
+                raise
+            return n
+        self.send_all(head)
+        corrupt_at = n // 2 if corrupt else -1
+        step = THROTTLE_SLICE if rate else FAST_SLICE
+        pos = 0
+        t0 = time.monotonic()
+        while pos < n:
+            end = min(pos + step, n)
+            chunk: bytes | bytearray | memoryview = body[pos:end]
+            if pos <= corrupt_at < end:
+                patched = bytearray(chunk)
+                patched[corrupt_at - pos] ^= 0xFF
+                chunk = patched
+            if on_progress:
+                on_progress(end - pos)
+            try:
+                self.send_all(chunk)
+            except OSError:
+                if on_progress:
+                    on_progress(-(end - pos))
+                raise
+            pos = end
+            if rate:
+                delay = t0 + pos / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+        return pos
+
+    def abort_connection(self) -> None:
+        """Close with SO_LINGER 0 so the peer gets a TCP RST (a 'connection reset by peer')."""
+        self.close_connection = True
+        sock = self.connection
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):  # the makefile() reader holds a ref that would delay the close
+            self.rfile.close()
+        with contextlib.suppress(OSError):
+            sock.close()

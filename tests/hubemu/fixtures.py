@@ -1,0 +1,45 @@
+"""Pytest fixtures for the Hub emulator and the test proxy.
+
+Import them into a conftest or a test module::
+
+    from tests.hubemu.fixtures import hub, proxy_factory  # noqa: F401
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .hub import HubEmulator
+from .proxy import ForwardProxy
+
+ProxyFactory = Callable[..., ForwardProxy]
+
+
+@pytest.fixture
+def hub() -> Iterator[HubEmulator]:
+    """A started HubEmulator (function-scoped, no repos, no users), stopped at teardown."""
+    emulator = HubEmulator()
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[ProxyFactory]:
+    """`proxy_factory(mode="ok", credentials=None, **kw)` -> a *started* ForwardProxy, stopped at teardown."""
+    proxies: list[ForwardProxy] = []
+
+    def make(mode: str = "ok", credentials: tuple[str, str] | None = None, **kwargs: object) -> ForwardProxy:
+        proxy = ForwardProxy(mode=mode, credentials=credentials, **kwargs)  # type: ignore[arg-type]
+        proxies.append(proxy)
+        return proxy.start()
+
+    try:
+        yield make
+    finally:
+        for proxy in proxies:
+            proxy.stop()
