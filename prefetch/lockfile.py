@@ -159,6 +159,11 @@ def write_lock(lock: Lock, path: str | Path) -> None:
     try:
         # 0o644 through os.open, so the process umask applies as for any new file (mkstemp forces 0o600).
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise
+        raise LockfileError(f"{target}: cannot write the lockfile: {exc.strerror or exc}") from exc
+    try:
         try:
             view = memoryview(data)
             while view:
@@ -167,11 +172,11 @@ def write_lock(lock: Lock, path: str | Path) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, target)
-    except OSError as exc:
+    except BaseException as exc:  # also Ctrl-C: never leave the temp file behind
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if exc.errno == errno.ENOSPC:
-            raise  # maps to the disk-full exit code
+        if not isinstance(exc, OSError) or exc.errno == errno.ENOSPC:
+            raise  # ENOSPC maps to the disk-full exit code
         raise LockfileError(f"{target}: cannot write the lockfile: {exc.strerror or exc}") from exc
     _fsync_folder(folder)
 

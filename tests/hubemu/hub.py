@@ -81,6 +81,13 @@ class RequestRecord:
     client_port: int
     time: float = 0.0
 
+    @property
+    def kind(self) -> str:
+        """"file" (GET/HEAD on /resolve/, or any CDN request), "meta" (/api/...) or "other"."""
+        if self.origin == "cdn" or (self.method in ("GET", "HEAD") and "/resolve/" in self.path):
+            return "file"
+        return "meta" if self.path.startswith("/api/") else "other"
+
 
 @dataclass
 class _Token:
@@ -350,12 +357,6 @@ class HubEmulator:
         with self._records_lock:
             return [copy.copy(r) for r in self._records]
 
-    @staticmethod
-    def _kind_of(r: RequestRecord) -> str:
-        if r.origin == "cdn" or (r.method in ("GET", "HEAD") and "/resolve/" in r.path):
-            return "file"
-        return "meta" if r.path.startswith("/api/") else "other"
-
     def count(self, origin: str | None = None, method: str | None = None, path_contains: str | None = None,
               kind: str | None = None) -> int:
         """Number of recorded requests matching every given filter."""
@@ -364,14 +365,14 @@ class HubEmulator:
             if (origin is None or r.origin == origin)
             and (method is None or r.method == method.upper())
             and (path_contains is None or path_contains in r.path)
-            and (kind is None or self._kind_of(r) == kind)
+            and (kind is None or r.kind == kind)
         )
 
     def bytes_served(self, path_contains: str | None = None) -> int:
         """Body bytes sent for file GETs (API /resolve and CDN)."""
         return sum(
             r.body_bytes for r in self.requests
-            if r.method == "GET" and self._kind_of(r) == "file"
+            if r.method == "GET" and r.kind == "file"
             and (path_contains is None or path_contains in r.path)
         )
 

@@ -4,11 +4,12 @@
 
 Used by the application Dockerfile beside it: `prefetch sync` fills a BuildKit cache mount that keeps
 every model this build ever fetched (so rebuilds download nothing twice), and this copies into the
-image layer only the locked snapshots: for each entry of the lock, `snapshots/<commit>/` (relative
-symlinks, as the HF cache keeps them), the blobs those symlinks point to, `refs/<revision>` (so
-offline loaders resolve a branch or tag name) and huggingface_hub's `trees/<commit>.json` listing
-when present. Run `prefetch verify LOCK --cache-dir DST_CACHE` afterwards: it proves the copy is whole.
-Needs PyYAML (a dependency of prefetch and of huggingface_hub).
+image layer only what the lock pins: for each entry, its files under `snapshots/<commit>/` (relative
+symlinks, as the HF cache keeps them), the blobs those symlinks point to, and `refs/<revision>` (so
+offline loaders resolve a branch or tag name). Nothing else: no other revision or repo the cache
+mount holds, no lock files, no partial downloads. Run `prefetch verify LOCK --cache-dir DST_CACHE`
+afterwards: it proves the copy whole. Runs where prefetch is installed (it reads the lockfile with
+prefetch's own strict loader).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
-import yaml
+from prefetch.lockfile import load_lock
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -36,29 +36,24 @@ def copy_file(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def copy_snapshot(src_repo: Path, dst_repo: Path, commit: str) -> int:
-    """Copy `snapshots/<commit>` and its blobs; return the number of files."""
-    snapshot = src_repo / "snapshots" / commit
-    if not snapshot.is_dir():
-        raise SystemExit(f"copy-locked: {snapshot} is missing: did `prefetch sync` succeed?")
-    count = 0
-    for root, _dirs, files in os.walk(snapshot):
-        for name in files:
-            link = Path(root) / name
-            dst = dst_repo / link.relative_to(src_repo)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink():
-                target = os.readlink(link)
-                blob = Path(os.path.normpath(link.parent / target))
-                if src_repo / "blobs" not in blob.parents:
-                    raise SystemExit(f"copy-locked: {link} points outside the cache: {target}")
-                copy_file(blob, dst_repo / "blobs" / blob.name)
-                if not dst.is_symlink():
-                    dst.symlink_to(target)
-            else:  # a cache written where symlinks are unavailable holds plain files
-                copy_file(link, dst)
-            count += 1
-    return count
+def copy_snapshot(src_repo: Path, dst_repo: Path, commit: str, paths: list[str]) -> None:
+    """Copy the locked files of `snapshots/<commit>` (symlinks kept) and the blobs they point to."""
+    for path in paths:
+        link = src_repo / "snapshots" / commit / path
+        dst = dst_repo / "snapshots" / commit / path
+        if not (link.is_symlink() or link.is_file()):
+            raise SystemExit(f"copy-locked: {link} is missing: did `prefetch sync` succeed?")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            target = os.readlink(link)
+            blob = Path(os.path.normpath(link.parent / target))
+            if blob.parent != src_repo / "blobs":
+                raise SystemExit(f"copy-locked: {link} points outside the cache: {target}")
+            copy_file(blob, dst_repo / "blobs" / blob.name)
+            if not dst.is_symlink():
+                dst.symlink_to(target)
+        else:  # a cache written where symlinks are unavailable holds plain files
+            copy_file(link, dst)
 
 
 def main(argv: list[str]) -> int:
@@ -66,22 +61,17 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     lock_path, src, dst = Path(argv[1]), Path(argv[2]), Path(argv[3])
-    lock: dict[str, Any] = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}
-    entries: list[dict[str, Any]] = lock.get("entries") or lock.get("repos") or []
-    for entry in entries:
-        repo, commit = entry["repo"], entry["commit"]
-        revision = str(entry.get("revision") or commit)
-        folder = repo_folder(repo, entry.get("type") or "model")
+    for entry in load_lock(lock_path).entries:
+        repo, commit, revision = entry.repo, entry.commit, entry.revision
+        folder = repo_folder(repo, entry.type)
         src_repo, dst_repo = src / folder, dst / folder
-        count = copy_snapshot(src_repo, dst_repo, commit)
+        paths = [f.path for f in entry.files]
+        copy_snapshot(src_repo, dst_repo, commit, paths)
         if not COMMIT.match(revision):
             ref = dst_repo / "refs" / revision
             ref.parent.mkdir(parents=True, exist_ok=True)
             ref.write_text(commit, encoding="utf-8")  # no trailing newline, as huggingface_hub writes it
-        tree = src_repo / "trees" / f"{commit}.json"
-        if tree.is_file():
-            copy_file(tree, dst_repo / "trees" / tree.name)
-        print(f"copy-locked: {repo}@{revision} ({commit[:12]}): {count} files")
+        print(f"copy-locked: {repo}@{revision} ({commit[:12]}): {len(paths)} files")
     return 0
 
 

@@ -1,0 +1,123 @@
+"""Lock semantics like uv/Cargo: sticky locks, --upgrade, --frozen, --offline (issue 5)."""
+
+from __future__ import annotations
+
+import shutil
+
+import yaml
+
+from tests.conftest import PrefetchRunner
+from tests.hubemu import HubEmulator
+
+
+def two_commits(hub: HubEmulator) -> tuple[str, str]:
+    repo = hub.create_repo("org/model")
+    first = repo.commit({"config.json": b'{"v": 1}', "model.safetensors": b"w" * 2048})
+    hub.create_repo("org/other").commit({"config.json": b"{}"})
+    return first, repo.commit({"config.json": b'{"v": 2}'})
+
+
+def locked_commits(prefetch: PrefetchRunner) -> dict[str, str]:
+    lock = yaml.safe_load((prefetch.tmp / "models.lock").read_text())
+    return {e["repo"]: e["commit"] for e in lock["entries"]}
+
+
+def test_lock_writes_without_downloading_and_is_byte_identical(prefetch: PrefetchRunner, hub: HubEmulator):
+    two_commits(hub)
+    manifest = prefetch.manifest([{"repo": "org/model"}, {"repo": "org/other"}])
+    result = prefetch("lock", str(manifest))
+    assert result.code == 0, result
+    assert "+ model:org/model@main" in result.stdout
+    assert hub.count(kind="file") == 0
+    first = (prefetch.tmp / "models.lock").read_bytes()
+    (prefetch.tmp / "models.lock").unlink()
+    assert prefetch("lock", str(manifest)).code == 0
+    assert (prefetch.tmp / "models.lock").read_bytes() == first
+
+
+def test_locks_are_sticky_until_upgraded(prefetch: PrefetchRunner, hub: HubEmulator):
+    repo = hub.create_repo("org/model")
+    old = repo.commit({"config.json": b'{"v": 1}'})
+    other = hub.create_repo("org/other")
+    other_old = other.commit({"config.json": b"{}"})
+    manifest = prefetch.manifest([{"repo": "org/model"}, {"repo": "org/other"}])
+    assert prefetch("lock", str(manifest)).code == 0
+    new = repo.commit({"config.json": b'{"v": 2}'})
+    other_new = other.commit({"config.json": b"{ }"})
+
+    hub.reset_counters()
+    result = prefetch("lock", str(manifest))
+    assert result.code == 0 and "no changes" in result.stdout
+    assert hub.count() == 0
+    assert locked_commits(prefetch) == {"org/model": old, "org/other": other_old}
+
+    result = prefetch("lock", str(manifest), "--upgrade-repo", "org/model")
+    assert result.code == 0
+    assert f"~ model:org/model@main {old[:12]} -> {new[:12]}" in result.stdout
+    assert locked_commits(prefetch) == {"org/model": new, "org/other": other_old}
+
+    result = prefetch("lock", str(manifest), "--upgrade")
+    assert locked_commits(prefetch) == {"org/model": new, "org/other": other_new}
+    assert prefetch("lock", str(manifest), "--upgrade-repo", "org/nope").code == 2
+
+
+def test_sync_keeps_the_locked_commit_and_sync_upgrade_moves_it(prefetch: PrefetchRunner, hub: HubEmulator):
+    repo = hub.create_repo("org/model")
+    locked = repo.commit({"config.json": b'{"v": 1}'})
+    manifest = prefetch.manifest([{"repo": "org/model"}])
+    assert prefetch("sync", str(manifest)).code == 0
+    moved = repo.commit({"config.json": b'{"v": 2}'})
+
+    assert prefetch("sync", str(manifest)).code == 0
+    assert locked_commits(prefetch)["org/model"] == locked
+    assert (prefetch.cache_dir / "models--org--model" / "refs" / "main").read_text() == locked
+
+    result = prefetch("sync", str(manifest), "--upgrade")
+    assert result.code == 0, result
+    assert f"{locked[:12]} -> {moved[:12]}" in result.stdout
+    assert locked_commits(prefetch)["org/model"] == moved
+    assert (prefetch.cache_dir / "models--org--model" / "refs" / "main").read_text() == moved
+
+
+def test_frozen_uses_the_lock_and_refuses_a_stale_or_missing_one(prefetch: PrefetchRunner, hub: HubEmulator):
+    two_commits(hub)
+    manifest = prefetch.manifest([{"repo": "org/model"}])
+    result = prefetch("sync", str(manifest), "--frozen")
+    assert result.code == 6, result
+    assert "models.lock" in result.stderr and hub.count() == 0
+
+    assert prefetch("lock", str(manifest)).code == 0
+    hub.reset_counters()
+    result = prefetch("sync", str(manifest), "--frozen")
+    assert result.code == 0, result
+    assert not [r for r in hub.requests if "/revision/" in r.path or "/tree/" in r.path]
+
+    prefetch.manifest([{"repo": "org/model", "include": ["*.json"]}, {"repo": "org/other"}])
+    hub.reset_counters()
+    result = prefetch("sync", str(manifest), "--frozen")
+    assert result.code == 6, result
+    assert "org/other" in result.stderr and "org/model" in result.stderr
+    assert hub.count() == 0
+
+
+def test_offline_makes_zero_requests_and_lists_what_is_missing(prefetch: PrefetchRunner, hub: HubEmulator):
+    two_commits(hub)
+    manifest = prefetch.manifest([{"repo": "org/model"}])
+    assert prefetch("sync", str(manifest)).code == 0
+    # Remove the snapshot and ref: offline sync rebuilds them from blobs, without any request.
+    folder = prefetch.cache_dir / "models--org--model"
+    shutil.rmtree(folder / "snapshots")
+    shutil.rmtree(folder / "refs")
+    hub.reset_counters()
+    for args, env in ((["--offline"], None), ([], {"HF_HUB_OFFLINE": "1"})):
+        result = prefetch("sync", str(manifest), *args, env=env)
+        assert result.code == 0, result
+    assert hub.count() == 0
+    assert (folder / "refs" / "main").exists()
+
+    for blob in (folder / "blobs").iterdir():
+        blob.unlink()
+    result = prefetch("sync", str(manifest), "--offline")
+    assert result.code == 7, result
+    assert "config.json" in result.stderr and "model.safetensors" in result.stderr
+    assert hub.count() == 0
