@@ -400,6 +400,7 @@ def _check_access(run: Run, needing: list[EntryPlan], failures: list[AccessResul
     for row in rows:
         for warning in row.warnings:
             run.progress.message(f"warning: {row.entry.label}: {warning}")
+            run.progress.event("warning", repo=row.entry.repo, revision=row.entry.revision, message=warning)
     if not report.ok:
         raise report.error()
     return report

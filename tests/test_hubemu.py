@@ -471,11 +471,15 @@ def test_proxy_ok_relays_files_and_real_client(hub: HubEmulator, proxy_factory, 
         assert r.content == files["model.safetensors"] and r.headers["via"] == "1.1 prefetch-test-proxy"
         r = c.get(hub.file_url("org/model", "README.md"), headers={"Range": "bytes=2-5"})
         assert (r.status_code, r.content) == (206, files["README.md"][2:6])
+        for _ in range(2):
+            r = c.head(hub.file_url("org/model", "README.md"))
+            assert (r.status_code, r.headers["content-length"], r.content) == (200, str(len(files["README.md"])), b"")
         r = c.get("http://example.com/")
         assert r.status_code == 403
     api, cdn = hub.url.split("//")[1], hub.cdn_url.split("//")[1]
     assert [(m, t.split("/")[2], s) for m, t, s in proxy.requests] == [
-        ("GET", api, 200), ("GET", api, 302), ("GET", cdn, 200), ("GET", api, 206), ("GET", "example.com", 403)]
+        ("GET", api, 200), ("GET", api, 302), ("GET", cdn, 200), ("GET", api, 206), ("HEAD", api, 200),
+        ("HEAD", api, 200), ("GET", "example.com", 403)]
     assert len({r.client_port for r in hub.requests if r.origin == "api"}) == 1  # upstream keep-alive
 
     # The real client through the proxy (huggingface_hub only reads proxies at client creation).
@@ -489,7 +493,7 @@ def test_proxy_ok_relays_files_and_real_client(hub: HubEmulator, proxy_factory, 
     finally:
         hf_http.set_client_factory(hf_http.default_client_factory)
     assert all((Path(path) / p).read_bytes() == d for p, d in files.items())
-    assert proxy.count() == 5 + 2 + 2 * len(files)
+    assert proxy.count() == 7 + 2 + 2 * len(files)
 
     hub.inject(Fault(kind="reset", after_bytes=1000, origin="cdn"))  # origin reset propagates as a reset
     with httpx2.Client(proxy=proxy.url) as c, pytest.raises(httpx2.TransportError):

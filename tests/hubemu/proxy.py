@@ -244,6 +244,8 @@ class _ProxyHandler(FastHandler):
             resp.close()
             self.abort_connection()
             return
+        if not resp.isclosed():
+            resp.read()  # body-less (HEAD/304...): mark it done so the upstream connection can be reused
         if resp.will_close:
             conn = self._upstreams.pop(key, None)
             if conn is not None:

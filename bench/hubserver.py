@@ -1,0 +1,147 @@
+"""The test Hub for benchmarks, in its own process, driven over stdin/stdout (one JSON object per line).
+
+Why a separate process: the emulator is pure Python; inside the benchmark's process its threads
+would share a GIL (and on a 2-core machine, a core) with the bookkeeping of the runner, and a
+client measured in-process would share it too. Here the clients are subprocesses and the Hub is one
+more, so each competes only for CPU, as a real client and server would.
+
+    python bench/hubserver.py --repo bench/big:4:268435456:lfs --repo bench/small:2000:4096:small
+
+prints `{"ready": true, "url": ..., "cdn_url": ..., "repos": {...}}` once serving, then answers
+commands read from stdin, one per line:
+
+    {"cmd": "stats"}                 request counts and body bytes served since the last reset
+    {"cmd": "reset"}                 clear the counters
+    {"cmd": "bandwidth", "bps": N}   cap each CDN connection at N bytes/s (0 or null: no cap)
+    {"cmd": "cdn_urls", "repo": ID}  freshly signed CDN URLs of a repo's LFS files (for curl)
+    {"cmd": "quit"}                  stop (so does end of input)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.hubemu import HubEmulator  # noqa: E402
+
+LIFETIME = 4 * 3600.0  # the emulator stops by itself after this (a forgotten process cannot linger)
+
+
+def small_file(i: int, size: int) -> tuple[str, bytes]:
+    """A small regular (non-LFS) file: sizes vary from size/2 to 3*size/2, content is deterministic."""
+    n = max(1, size // 2 + (i * 7919) % max(size, 1))
+    rng = random.Random(i)
+    return f"data/part-{i // 250:03d}/sample-{i:05d}.json", rng.randbytes(n)
+
+
+def populate(hub: HubEmulator, specs: list[str]) -> dict[str, dict[str, Any]]:
+    """Create the repos named by `NAME:COUNT:SIZE:KIND` specs (KIND: lfs or small); one commit each."""
+    repos: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        name, count_s, size_s, kind = spec.rsplit(":", 3)
+        count, size = int(count_s), int(size_s)
+        files: dict[str, bytes] = {}
+        if kind == "lfs":
+            for i in range(count):
+                files[f"model-{i + 1:05d}-of-{count:05d}.safetensors"] = os.urandom(size)
+        elif kind == "small":
+            files.update(small_file(i, size) for i in range(count))
+        else:
+            raise SystemExit(f"unknown kind {kind!r} in --repo {spec}")
+        repo = hub.create_repo(name)
+        commit = repo.commit(files, message="benchmark content")
+        repos[name] = {
+            "commit": commit,
+            "files": len(files),
+            "bytes": sum(len(b) for b in files.values()),
+            "lfs": sorted(repo.lfs_paths(commit)),
+            "sha256": {p: repo.file_info(commit, p).sha256 for p in repo.lfs_paths(commit)},
+        }
+    return repos
+
+
+def stats(hub: HubEmulator) -> dict[str, Any]:
+    """Counters since the last reset: requests by kind and method, and file bytes served."""
+    records = hub.requests
+    out: dict[str, Any] = {
+        "requests": len(records),
+        "meta": 0,
+        "file": 0,
+        "other": 0,
+        "head": 0,
+        "get": 0,
+        "cdn": 0,
+        "telemetry": 0,
+        "bytes_served": 0,
+    }
+    for r in records:
+        out[hub._kind_of(r)] += 1
+        out["head"] += r.method == "HEAD"
+        out["get"] += r.method == "GET"
+        out["cdn"] += r.origin == "cdn"
+        out["telemetry"] += "agent-harnesses" in r.path
+        if r.method == "GET" and hub._kind_of(r) == "file":
+            out["bytes_served"] += r.body_bytes
+    return out
+
+
+def serve(hub: HubEmulator, repos: dict[str, dict[str, Any]]) -> None:
+    """Answer commands until `quit` or end of input."""
+
+    def reply(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    reply({"ready": True, "url": hub.url, "cdn_url": hub.cdn_url, "pid": os.getpid(), "repos": repos})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            cmd = json.loads(line)
+            what = cmd.get("cmd")
+            if what == "stats":
+                reply(stats(hub))
+            elif what == "reset":
+                hub.reset_counters()
+                reply({"ok": True})
+            elif what == "bandwidth":
+                hub.bandwidth_per_connection = float(cmd["bps"]) if cmd.get("bps") else None
+                reply({"ok": True, "bps": hub.bandwidth_per_connection})
+            elif what == "cdn_urls":
+                info = repos[cmd["repo"]]
+                reply({"urls": {p: hub.cdn_file_url(info["sha256"][p]) for p in info["lfs"]}})
+            elif what == "quit":
+                reply({"ok": True})
+                return
+            else:
+                reply({"error": f"unknown command {what!r}"})
+        except Exception as exc:  # a bad command must not kill the Hub mid-benchmark
+            reply({"error": repr(exc)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", action="append", default=[], help="NAME:COUNT:SIZE:KIND (lfs|small)")
+    parser.add_argument("--lifetime", type=float, default=LIFETIME, help="stop by itself after this (s)")
+    args = parser.parse_args(argv)
+    hub = HubEmulator(max_lifetime=args.lifetime)
+    repos = populate(hub, args.repo)
+    hub.start()
+    try:
+        serve(hub, repos)
+    finally:
+        hub.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
