@@ -71,27 +71,16 @@ def populate(hub: HubEmulator, specs: list[str]) -> dict[str, dict[str, Any]]:
 
 def stats(hub: HubEmulator) -> dict[str, Any]:
     """Counters since the last reset: requests by kind and method, and file bytes served."""
-    records = hub.requests
-    out: dict[str, Any] = {
-        "requests": len(records),
-        "meta": 0,
-        "file": 0,
-        "other": 0,
-        "head": 0,
-        "get": 0,
-        "cdn": 0,
-        "telemetry": 0,
-        "bytes_served": 0,
+    return {
+        "requests": hub.count(),
+        "meta": hub.count(kind="meta"),
+        "file": hub.count(kind="file"),
+        "head": hub.count(method="HEAD"),
+        "get": hub.count(method="GET"),
+        "cdn": hub.count(origin="cdn"),
+        "telemetry": hub.count(path_contains="agent-harnesses"),
+        "bytes_served": hub.bytes_served(),
     }
-    for r in records:
-        out[hub._kind_of(r)] += 1
-        out["head"] += r.method == "HEAD"
-        out["get"] += r.method == "GET"
-        out["cdn"] += r.origin == "cdn"
-        out["telemetry"] += "agent-harnesses" in r.path
-        if r.method == "GET" and hub._kind_of(r) == "file":
-            out["bytes_served"] += r.body_bytes
-    return out
 
 
 def serve(hub: HubEmulator, repos: dict[str, dict[str, Any]]) -> None:

@@ -2,27 +2,50 @@
 
 Metadata answers (revision info, tree) are 200 for gated repos whatever the token, so access is
 decided by the Hub's auth-check endpoint (or, on a mirror without it, a HEAD of one file).
-whoami is called at most once per distinct token per run.
+whoami is strictly rate-limited on the Hub, so it is only asked to *explain* a failure (which
+account a token belongs to, whether a fine-grained token may read gated repos), at most once per
+distinct token per run, in one attempt.
+
+`row_for_error` (through `_classify`) is the single place that turns a Hub answer into a verdict:
+both `check_entries` and the resolve step of `sync` use it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from prefetch.auth import Token, redact
+from prefetch.auth import Token, default_token_path, redact
 from prefetch.errors import AccessError, ExitCode, NetworkError, PrefetchError
 from prefetch.hub import HubApi, RepoInfo
 from prefetch.manifest import Entry
-from prefetch.transfer import RETRYABLE_STATUS, HttpStatusError, is_retryable, network_error
+from prefetch.transfer import (
+    RETRYABLE_STATUS,
+    Http,
+    HttpStatusError,
+    ProxyRoutesFailed,
+    is_retryable,
+    network_error,
+)
 
 LOGIN_HELP = (
     "log in with `hf auth login`, or set HF_TOKEN, or write the token to $HF_HOME/token "
-    "(default ~/.cache/huggingface/token); in a Docker build pass it as a BuildKit secret "
-    "(RUN --mount=type=secret,id=hf_token ...), never as ARG or ENV"
+    "(default ~/.cache/huggingface/token{here}); in a Docker build pass it as a BuildKit secret "
+    "(RUN --mount=type=secret,id=hf_token ...; it is read from /run/secrets/hf_token), never as ARG or ENV"
 )
+FINE_GRAINED_SETTING = "read access to contents of all public gated repos you can access"
+# A mirror without the auth-check endpoint answers one of these, without an X-Error-Code.
+NO_AUTH_CHECK = frozenset({404, 405, 501})
+
+
+def login_help() -> str:
+    """How to provide a token, naming the `$HF_HOME/token` this process reads."""
+    return LOGIN_HELP.format(here=f"; this run reads {default_token_path()}")
 
 
 @dataclass
@@ -59,9 +82,30 @@ class AccessResult:
         }
 
 
+class AccessCheckError(AccessError):
+    """Some entries cannot be read: the message is the whole report, `report` has the rows."""
+
+    def __init__(self, message: str, report: AccessReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class AccessNetworkError(NetworkError):
+    """The Hub could not be reached to check access (exit 4, not an access problem)."""
+
+    def __init__(self, message: str, report: AccessReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 @dataclass
 class AccessReport:
+    """Rows in manifest order, whichever step (resolution or check) produced them."""
+
     results: list[AccessResult]
+
+    def __post_init__(self) -> None:
+        self.results = sorted(self.results, key=lambda r: r.entry.index)
 
     @property
     def ok(self) -> bool:
@@ -91,20 +135,30 @@ class AccessReport:
 
     def error(self) -> PrefetchError:
         """The error to raise when the report is not ok (its message is the whole report)."""
-        cls = AccessError if self.exit_code == ExitCode.ACCESS else NetworkError
-        return cls("access check failed:\n" + self.render())
+        if self.exit_code == ExitCode.ACCESS:
+            return AccessCheckError("access check failed, nothing was downloaded:\n" + self.render(), self)
+        return AccessNetworkError(
+            "could not reach the Hub to check access (a network problem, not an access problem), "
+            "nothing was downloaded:\n" + self.render(),
+            self,
+        )
 
 
 def check_entries(
     hub: HubApi,
     entries: list[tuple[Entry, Token | None]],
     *,
-    commits: dict[str, str] | None = None,
+    commits: Mapping[str, str] | None = None,
+    hub_gated: Mapping[str, bool | str] | None = None,
     concurrency: int = 8,
 ) -> AccessReport:
-    """Check every entry (concurrently, bounded); `commits` maps entry keys already resolved (from a lock)."""
+    """Check every entry (concurrently, bounded); one row per entry, in manifest order.
+
+    `commits` maps entry keys already resolved (from a lock or this run's resolution) to their commit;
+    `hub_gated` gives the gating the resolution saw, which spares a second revision request.
+    """
     commits = commits or {}
-    whoami = _WhoamiOnce(hub)
+    hub_gated = hub_gated or {}
     results: dict[str, AccessResult] = {}
     to_check = []
     for entry, token in entries:
@@ -113,9 +167,12 @@ def check_entries(
             results[entry.key] = pre
         else:
             to_check.append((entry, token))
-    with cf.ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(to_check) or 1))) as pool:
+    workers = max(1, min(concurrency, len(to_check) or 1))
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch-access") as pool:
         futures = {
-            entry.key: pool.submit(_check_one, hub, entry, token, commits.get(entry.key), whoami)
+            entry.key: pool.submit(
+                _check_one, hub, entry, token, commits.get(entry.key), hub_gated.get(entry.key)
+            )
             for entry, token in to_check
         }
         for key, future in futures.items():
@@ -124,58 +181,118 @@ def check_entries(
 
 
 def precheck(entry: Entry, token: Token | None) -> AccessResult | None:
-    """Failures knowable without the network: a gated entry with no token at all."""
+    """Failures knowable without the network: a `gated: true` entry with no token at all."""
     if token is not None or not entry.gated:
         return None
     if entry.token_env:
         problem = f"gated repo, and ${entry.token_env} (this entry's token_env) is not set"
-        remedy = f"export {entry.token_env}=<a token of the account that accepted the conditions>"
+        remedy = (
+            f"set {entry.token_env} to a token of the account that accepted the repo's conditions "
+            "(in a Docker build, from a BuildKit secret, never ARG or ENV)"
+        )
     else:
-        problem = "gated repo, and no Hugging Face token was found"
-        remedy = LOGIN_HELP
+        problem = "gated repo (`gated: true` in the manifest), and no Hugging Face token was found"
+        remedy = login_help()
     return AccessResult(entry, "no-token", None, problem, remedy)
 
 
-class _WhoamiOnce:
-    """whoami is strictly rate-limited on the Hub: ask once per token per run."""
+# ------------------------------------------------------------------------------------------------ whoami
+class _Whoami:
+    """whoami answers for one run (one `Http`): each distinct token asked at most once, in one attempt.
 
-    def __init__(self, hub: HubApi) -> None:
-        self.hub = hub
-        self._answers: dict[str, BaseException | dict[str, Any]] = {}
+    One attempt because it only enriches a failure's explanation: a rate-limited whoami must not
+    stall the check with `Retry-After` waits.
+    """
+
+    def __init__(self) -> None:
+        self._answers: dict[str, dict[str, Any] | None] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, token: Token) -> dict[str, Any]:
+    def __call__(self, hub: HubApi, token: Token) -> dict[str, Any] | None:
         with self._lock:
             if token.value not in self._answers:
-                try:
-                    self._answers[token.value] = self.hub.whoami(token)
-                except Exception as e:
-                    self._answers[token.value] = e
-            answer = self._answers[token.value]
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
+                self._answers[token.value] = _ask_whoami(hub, token)
+            return self._answers[token.value]
 
 
-def _check_one(
-    hub: HubApi, entry: Entry, token: Token | None, commit: str | None, whoami: _WhoamiOnce
-) -> AccessResult:
-    result = AccessResult(entry, "ok", token.source if token else None, commit=commit)
+_runs: weakref.WeakKeyDictionary[Http, _Whoami] = weakref.WeakKeyDictionary()
+_runs_lock = threading.Lock()
+
+
+def _whoami(hub: HubApi, token: Token | None) -> dict[str, Any] | None:
+    """The whoami answer for `token` in this run (None: no token, or the Hub would not say)."""
+    if token is None:
+        return None
+    with _runs_lock:
+        memo = _runs.setdefault(hub.http, _Whoami())
+    return memo(hub, token)
+
+
+def _ask_whoami(hub: HubApi, token: Token) -> dict[str, Any] | None:
     try:
-        if token is not None:
-            whoami(token)
-        if commit is None:
-            info: RepoInfo = hub.repo_info(entry.repo, entry.type, entry.revision, token)
+        response = hub.http.open(f"{hub.endpoint}/api/whoami-v2", token)
+        try:
+            response.read()
+            data = response.json()
+        finally:
+            response.close()
+    except Exception:  # explanation only: any failure just means less detail
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _owner(hub: HubApi, token: Token | None) -> str:
+    """`the token from SOURCE (account NAME)`, the account when whoami tells."""
+    if token is None:
+        return "no token"
+    name = (_whoami(hub, token) or {}).get("name")
+    return f"the token from {token.source}" + (f" (account {name})" if isinstance(name, str) and name else "")
+
+
+def _fine_grained_without_gated(hub: HubApi, token: Token | None) -> bool:
+    access = ((_whoami(hub, token) or {}).get("auth") or {}).get("accessToken") or {}
+    fine = access.get("fineGrained") if isinstance(access, dict) else None
+    return (
+        isinstance(access, dict)
+        and access.get("role") == "fineGrained"
+        and isinstance(fine, dict)
+        and fine.get("canReadGatedRepos") is False
+    )
+
+
+# -------------------------------------------------------------------------------------------- one entry
+def _check_one(
+    hub: HubApi,
+    entry: Entry,
+    token: Token | None,
+    commit: str | None,
+    gated: bool | str | None,
+) -> AccessResult:
+    result = AccessResult(entry, "ok", token.source if token else None, commit=commit, hub_gated=gated)
+    if token is None and entry.token_env:
+        result.warnings.append(
+            f"{entry.token_env} (this entry's token_env) is not set: requests are anonymous"
+        )
+    try:
+        if commit is None or gated is None:
+            # Resolves the revision (or confirms a locked commit still exists) and says if it is gated.
+            info: RepoInfo = hub.repo_info(entry.repo, entry.type, commit or entry.revision, token)
             result.commit, result.hub_gated = info.commit, info.gated
-            _warn_gated_mismatch(result)
+        _warn_gated_mismatch(result)
         _auth_check(hub, entry, token, result.commit or entry.revision)
     except Exception as e:
-        row_for_error(hub, entry, token, e, result)
+        row_for_error(hub, entry, token, e, result, locked_commit=commit)
     return result
 
 
 def row_for_error(
-    hub: HubApi, entry: Entry, token: Token | None, exc: BaseException, result: AccessResult | None = None
+    hub: HubApi,
+    entry: Entry,
+    token: Token | None,
+    exc: BaseException,
+    result: AccessResult | None = None,
+    *,
+    locked_commit: str | None = None,
 ) -> AccessResult:
     """The report row for a failed Hub call: an access verdict with its remedy, or a network failure.
 
@@ -183,15 +300,24 @@ def row_for_error(
     """
     result = result or AccessResult(entry, "ok", token.source if token else None)
     if isinstance(exc, HttpStatusError) and exc.status not in RETRYABLE_STATUS:
-        _classify(hub, exc, result, token)
-    elif isinstance(exc, NetworkError | HttpStatusError) or is_retryable(exc):
+        _classify(hub, exc, result, token, locked_commit)
+    elif isinstance(exc, NetworkError | HttpStatusError | ProxyRoutesFailed) or is_retryable(exc):
+        # ProxyRoutesFailed even when not retryable (every proxy refused our credentials): still exit 4.
         result.status = "network"
-        result.problem = str(
-            exc if isinstance(exc, NetworkError) else network_error(exc, hub.http, entry.repo)
+        result.problem = redact(
+            str(exc if isinstance(exc, NetworkError) else network_error(exc, hub.http, entry.repo))
         )
-        result.remedy = (
-            f"check the network path to {hub.endpoint} and the proxies (tried {hub.http.describe_routes()})"
-        )
+        if isinstance(exc, HttpStatusError) and exc.status == 429:
+            result.remedy = (
+                f"the Hub at {hub.endpoint} kept rate-limiting requests: wait, then run again "
+                "(a token raises the limits)"
+            )
+        else:
+            result.remedy = (
+                f"check the network path to {hub.endpoint} and the proxies (tried {hub.http.describe_routes()}): "
+                "HTTPS_PROXY/HTTP_PROXY/NO_PROXY, --proxy, the manifest's `proxies:`, --endpoint / HF_ENDPOINT; "
+                "this is not an access problem"
+            )
     else:
         raise exc
     result.commit = None
@@ -202,85 +328,142 @@ def _auth_check(hub: HubApi, entry: Entry, token: Token | None, commit: str) -> 
     try:
         hub.auth_check(entry.repo, entry.type, token)
     except HttpStatusError as e:
-        if e.status != 404 or e.error_code is not None:
+        if e.status not in NO_AUTH_CHECK or e.error_code is not None:
             raise
-        # A mirror without the auth-check endpoint: ask for one real file instead.
+        # A mirror without the auth-check endpoint: ask for one real file's headers instead.
         files = hub.list_files(entry.repo, entry.type, commit, token)
         if files:
-            hub.http.locate(hub.file_url(entry.repo, entry.type, commit, files[0].path), token)
+            _probe(hub.http, hub.file_url(entry.repo, entry.type, commit, files[0].path), token)
+
+
+def _probe(http: Http, url: str, token: Token | None) -> None:
+    """HEAD a /resolve URL (with retries): raises HttpStatusError if the token may not read it.
+
+    A redirect (LFS file, to the CDN) means the Hub already granted access: it is not followed.
+    """
+
+    def attempt() -> None:
+        headers = {}
+        if token is not None and _same_origin(url, http.endpoint):
+            headers["authorization"] = f"Bearer {token.value}"
+        # Http has no public HEAD yet: see the note in the report on transfer.Http.head.
+        response = http._send_once("HEAD", url, headers)
+        response.close()
+        if response.status_code >= 400:
+            h = response.headers
+            message = h.get("x-error-message") or response.reason_phrase
+            raise HttpStatusError(url, response.status_code, h.get("x-error-code"), message, h)
+
+    http.retry.call(attempt, f"HEAD {urlsplit(url).path}")
+
+
+def _same_origin(url: str, other: str) -> bool:
+    a, b = urlsplit(url), urlsplit(other)
+    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
 def _warn_gated_mismatch(result: AccessResult) -> None:
     gated, said = result.hub_gated, result.entry.gated
     if gated and not said:
         result.warnings.append(
-            f"the Hub reports this repo as gated ({gated}) but the manifest does not say `gated: true`: add it, "
-            "so a missing token fails before any request"
+            f"the Hub reports this repo as gated ({gated}) but the manifest does not say so: add `gated: true` "
+            "to the entry, so a missing token fails before any request"
         )
-    elif said and not gated:
+    elif said and gated is False:
         result.warnings.append("the manifest says `gated: true` but the Hub reports this repo as not gated")
 
 
-def _classify(hub: HubApi, e: HttpStatusError, result: AccessResult, token: Token | None) -> None:
+# ------------------------------------------------------------------------------------------ the verdict
+def _classify(
+    hub: HubApi, e: HttpStatusError, result: AccessResult, token: Token | None, locked_commit: str | None
+) -> None:
+    """Set `result`'s status, problem and remedy from one Hub error answer (see hub-notes.md)."""
     entry, endpoint = result.entry, hub.endpoint
     repo_url = f"{endpoint}/{'' if entry.type == 'model' else entry.type + 's/'}{entry.repo}"
+    source = token.source if token else "no token"
     message = e.message.lower()
-    if e.status == 401 and e.error_code is None and token is not None:
+    if e.status == 401 and token is not None and e.error_code in (None, "GatedRepo"):
         result.status = "invalid-token"
-        result.problem = f"the token from {token.source} is invalid or revoked (the Hub answered 401)"
-        result.remedy = f"create a new token at {endpoint}/settings/tokens and put it in {token.source}"
-    elif e.error_code == "GatedRepo" and (e.status == 401 or token is None):
+        result.problem = f"the token from {source} is invalid or revoked (the Hub answered 401)"
+        result.remedy = f"create a new token at {endpoint}/settings/tokens and {token.replace_hint}"
+    elif e.error_code == "GatedRepo" and token is None:
         result.status = "no-token"
-        result.problem = (
-            "gated repo, and no token was sent" if token is None else "gated repo: login required"
-        )
-        result.remedy = LOGIN_HELP
+        result.problem = f"gated repo ({repo_url}), and no token was sent"
+        result.remedy = f"set {entry.token_env} (this entry's token_env)" if entry.token_env else login_help()
     elif e.error_code == "GatedRepo" and "awaiting" in message:
         result.status = "gated-pending"
-        result.problem = "gated repo: your access request is awaiting review by the repo authors"
-        result.remedy = f"wait for the authors' approval (see {repo_url}); nothing to change on this side"
+        result.problem = (
+            f"gated repo: the access request of the account of {_owner(hub, token)} "
+            "is awaiting review by the repo authors"
+        )
+        result.remedy = (
+            f"wait for the authors' approval (status at {repo_url}); nothing to change on this side"
+        )
     elif e.error_code == "GatedRepo":
+        owner = _owner(hub, token)
         result.status = "gated-not-accepted"
         result.problem = (
-            "gated repo: the token's account has not accepted the conditions / is not on the authorized list"
+            f"gated repo: the account of {owner} has not accepted its conditions "
+            "or is not on the authorized list"
         )
         result.remedy = (
             f"open {repo_url} and accept the conditions with the account that owns the token "
-            f"({token.source if token else 'no token'}); access may take a few minutes to propagate"
+            f"({owner}); access may take a few minutes to propagate"
         )
-    elif e.status == 403 and "fine-grained" in message:
+    elif (
+        e.status == 403
+        and e.error_code is None
+        and ("fine-grained" in message or _fine_grained_without_gated(hub, token))
+    ):
         result.status = "fine-grained-token"
-        result.problem = "the fine-grained token may not read gated repos"
-        result.remedy = (
-            f"at {endpoint}/settings/tokens, edit the token ({token.source if token else '?'}) and enable "
-            '"Read access to contents of all public gated repos you can access"'
-        )
+        result.problem = f"the fine-grained token from {source} may not read gated repos"
+        result.remedy = f'at {endpoint}/settings/tokens, edit that token and enable "{FINE_GRAINED_SETTING}"'
     elif e.error_code == "RevisionNotFound":
         result.status = "revision-not-found"
-        result.problem = f"revision {entry.revision!r} does not exist in {entry.repo}"
-        result.remedy = _revision_help(hub, entry, token)
-    elif e.error_code == "RepoNotFound" or e.status in (401, 404):
+        if locked_commit:
+            result.problem = (
+                f"the locked commit {locked_commit} of revision {entry.revision!r} no longer exists in "
+                f"{entry.repo}"
+            )
+        else:
+            result.problem = f"revision {entry.revision!r} does not exist in {entry.type} repo {entry.repo}"
+        result.remedy = _revision_help(hub, entry, token, relock=bool(locked_commit))
+    elif e.error_code == "RepoNotFound" or (e.status in (401, 404) and e.error_code is None):
         result.status = "not-found"
-        result.problem = f"{entry.type} repo {entry.repo!r} not found, or private and not visible to " + (
-            f"the token from {token.source}" if token else "anonymous requests (no token found)"
+        if token is not None:
+            seen_by = f"the account of {_owner(hub, token)}"
+        elif entry.token_env:
+            seen_by = f"anonymous requests ({entry.token_env}, this entry's token_env, is not set)"
+        else:
+            seen_by = "anonymous requests (no token found)"
+        result.problem = (
+            f"{entry.type} repo {entry.repo!r} not found, or private and not visible to {seen_by}"
         )
         result.remedy = (
-            f"check the repo id and `type:` ({entry.type}); if it is private, use a token of an account that can "
-            "see it" + ("" if token else f" ({LOGIN_HELP})")
+            f"check the repo id and type (`type: {entry.type}`: is it a model, dataset or space?), "
+            "and that the token's account can see it (private repos: a member of the owning org)"
         )
+        if token is None:
+            result.remedy += (
+                f"; set {entry.token_env}" if entry.token_env else f"; to use a token, {login_help()}"
+            )
     else:
         result.status = "forbidden"
         result.problem = f"the Hub answered {e.status}: {e.message}"
         result.remedy = f"check the token's permissions at {endpoint}/settings/tokens"
     result.problem = redact(result.problem)
+    result.remedy = redact(result.remedy)
 
 
-def _revision_help(hub: HubApi, entry: Entry, token: Token | None) -> str:
+def _revision_help(hub: HubApi, entry: Entry, token: Token | None, relock: bool) -> str:
+    advice = "use an existing branch, tag or full 40-character commit hash"
+    if relock:
+        advice = (
+            f"the history was rewritten: re-resolve with `prefetch sync --upgrade-repo {entry.repo}`, or "
+            + advice
+        )
     try:
         branches, tags = hub.list_refs(entry.repo, entry.type, token)
-    except Exception:
-        return "use an existing branch, tag or full 40-character commit hash"
-    return (
-        "use an existing branch, tag or full 40-character commit hash; "
-        f"branches: {', '.join(branches) or '(none)'}; tags: {', '.join(tags) or '(none)'}"
-    )
+    except Exception:  # the listing only helps: its failure is not the problem being reported
+        return advice
+    return f"{advice}; branches: {', '.join(branches) or '(none)'}; tags: {', '.join(tags) or '(none)'}"

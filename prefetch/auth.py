@@ -3,6 +3,8 @@
 A `Token` knows its value and its *source*; everything user-facing names the source only.
 Every secret seen is registered with `redact`, which all output paths (log handler, error
 printing, JSON events) run text through, so even an unexpected traceback cannot leak one.
+Token-shaped strings (`hf_...`, `Bearer ...`) are masked too, registered or not: defence in depth
+for a value that reached a message before anyone registered it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,22 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from prefetch.errors import UsageError
 
 DOCKER_SECRET_PATH = Path("/run/secrets/hf_token")
+MASK = "***"
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+
+_URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]*@")
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\",;]+")
+_HF_TOKEN_SHAPE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
+# A token is one HTTP header word: printable ASCII without spaces. Anything else (two lines pasted
+# into a file, a stray tab) would either break the request or end up in an error message.
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 
 
 def register_secret(value: str) -> None:
@@ -29,33 +41,43 @@ def register_secret(value: str) -> None:
 
 
 def redact(text: str) -> str:
-    """`text` with every registered secret and every URL password replaced by `***`."""
+    """`text` with every registered secret, URL password and token-shaped word replaced by `***`."""
     with _secrets_lock:
         secrets = sorted(_secrets, key=len, reverse=True)
     for secret in secrets:
-        text = text.replace(secret, "***")
-    return _URL_USERINFO.sub(r"\1***@", text)
-
-
-_URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]*@")
+        if secret in text:
+            text = text.replace(secret, MASK)
+    text = _URL_USERINFO.sub(rf"\1{MASK}@", text)
+    text = _BEARER.sub(rf"\1{MASK}", text)
+    return _HF_TOKEN_SHAPE.sub(MASK, text)
 
 
 def redact_url(url: str) -> str:
-    """A URL safe to print: its password (if any) replaced by `***`."""
+    """A URL safe to print: its password (if any) replaced by `***`, and registered as a secret."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
     register_secret(parts.password)
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    register_secret(unquote(parts.password))  # the form that goes into the Basic auth header
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{parts.username}:{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True)
 class Token:
-    """A Hub token and where it came from; `repr`/`str` never show the value."""
+    """A Hub token and where it came from; `repr`/`str` never show the value.
+
+    `source` is what reports print ("HF_TOKEN", "--token-file /x", a path); `env_var` or `path`
+    say where a replacement goes, for the remedy of an invalid token.
+    """
 
     value: str = field(repr=False)
     source: str
+    env_var: str | None = None
+    path: Path | None = None
 
     def __post_init__(self) -> None:
         register_secret(self.value)
@@ -63,55 +85,89 @@ class Token:
     def __str__(self) -> str:
         return f"token from {self.source}"
 
+    @property
+    def replace_hint(self) -> str:
+        """Where to put a new token so this source yields it."""
+        if self.path is not None:
+            return f"write it to {self.path}"
+        if self.env_var is not None:
+            return f"set {self.env_var} to it"
+        return f"put it in {self.source}"
+
+
+def _checked(value: str, source: str) -> str:
+    """The token, or a usage error naming its source (never its value) if it cannot be a token."""
+    register_secret(value)
+    if not _TOKEN_CHARS.fullmatch(value):
+        raise UsageError(
+            f"the token from {source} contains spaces, several lines or control characters; "
+            "it must be the token alone, on one line"
+        )
+    return value
+
 
 def _read_token_file(path: Path) -> str | None:
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        value = path.read_text(encoding="utf-8", errors="replace").strip()
     except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError):
         return None
     return value or None
 
 
-def _hf_home(env: Mapping[str, str]) -> Path:
+def hf_home(env: Mapping[str, str] | None = None) -> Path:
+    """`$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface` (as huggingface_hub)."""
+    env = os.environ if env is None else env
     xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(env.get("HF_HOME") or Path(xdg) / "huggingface").expanduser()
+
+
+def default_token_path(env: Mapping[str, str] | None = None) -> Path:
+    """Where `hf auth login` stores the token: `$HF_HOME/token`."""
+    return hf_home(env) / "token"
 
 
 def find_token(token_file: Path | None = None, env: Mapping[str, str] | None = None) -> Token | None:
     """The default token, from the first source that has one.
 
     Order: `--token-file`, `HF_TOKEN`, `HF_TOKEN_PATH`, `$HF_HOME/token`, `/run/secrets/hf_token`
-    (where a BuildKit `--mount=type=secret,id=hf_token` puts it).
+    (where a BuildKit `--mount=type=secret,id=hf_token` puts it). A blank source is skipped; a
+    malformed token is a usage error (exit 2) naming the source.
     """
     env = os.environ if env is None else env
+    env_value = env.get("HF_TOKEN", "").strip()
+    if env_value:
+        register_secret(env_value)  # even when --token-file wins, its value must never be printed
     if token_file is not None:
+        source = f"--token-file {token_file}"
         value = _read_token_file(token_file)
         if value is None:
-            from prefetch.errors import UsageError
-
-            raise UsageError(f"--token-file {token_file}: no token there (missing, unreadable or empty)")
-        return Token(value, f"--token-file {token_file}")
-    if env.get("HF_TOKEN", "").strip():
-        return Token(env["HF_TOKEN"].strip(), "HF_TOKEN")
+            raise UsageError(f"{source}: no token there (missing, unreadable or empty)")
+        return Token(_checked(value, source), source, path=token_file)
+    if env_value:
+        return Token(_checked(env_value, "HF_TOKEN"), "HF_TOKEN", env_var="HF_TOKEN")
     candidates: list[tuple[Path, str]] = []
     if env.get("HF_TOKEN_PATH"):
         path = Path(env["HF_TOKEN_PATH"]).expanduser()
         candidates.append((path, f"HF_TOKEN_PATH ({path})"))
-    home_token = _hf_home(env) / "token"
+    home_token = default_token_path(env)
     candidates += [(home_token, str(home_token)), (DOCKER_SECRET_PATH, str(DOCKER_SECRET_PATH))]
     for path, source in candidates:
         value = _read_token_file(path)
         if value is not None:
-            return Token(value, source)
+            return Token(_checked(value, source), source, path=path)
     return None
 
 
 def entry_token(
     token_env: str | None, default: Token | None, env: Mapping[str, str] | None = None
 ) -> Token | None:
-    """The token an entry uses: its own `token_env` variable when it names one, else the default."""
+    """The token an entry uses: its own `token_env` variable when it names one, else the default.
+
+    An entry naming a variable that is unset gets no token (not the default one: that would send
+    another account's token where the manifest asked for a specific one).
+    """
     if token_env is None:
         return default
     env = os.environ if env is None else env
     value = env.get(token_env, "").strip()
-    return Token(value, token_env) if value else None
+    return Token(_checked(value, token_env), token_env, env_var=token_env) if value else None

@@ -13,18 +13,20 @@ link to a blob that is not complete and verified.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
 import os
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 from filelock import FileLock, SoftFileLock, Timeout
 
-from prefetch.errors import IntegrityError
+from prefetch.errors import DiskSpaceError, IntegrityError
 
 log = logging.getLogger("prefetch")
 
@@ -57,17 +59,53 @@ def safe_relpath(path: str) -> PurePosixPath:
     return PurePosixPath(path)
 
 
-@functools.cache
-def _umask() -> int:
-    # Read once (os.umask is process-global and racy); called before worker threads start.
-    mask = os.umask(0)
-    os.umask(mask)
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask_by_setting() -> int:
+    """The umask via os.umask (set and restore): only where /proc is missing, and serialized."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
     return mask
+
+
+_IMPORT_UMASK = _umask_by_setting()  # at import, before any worker thread can create files
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it.
+
+    Why: `os.umask()` can only be read by setting it, and a worker thread creating a file in that
+    instant would get the temporary mask. Linux publishes it in /proc/self/status instead.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _IMPORT_UMASK
 
 
 def file_mode() -> int:
     """Mode of new blobs and refs: what `open()` would give, so group-shared caches (umask 002) stay shared."""
-    return 0o666 & ~_umask()
+    return 0o666 & ~current_umask()
+
+
+@functools.cache
+def boot_id() -> str | None:
+    """This boot's id: a partial file's state written under another boot only trusts fsynced ranges."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_dir(path: Path) -> None:
@@ -79,16 +117,24 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to `path` so readers see the old or the new content, never a torn one."""
+    """Write `data` to `path` so readers see the old or the new content, never a torn one.
+
+    The temporary file is removed when anything fails (a full disk must not leave litter behind).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.chmod(tmp, file_mode())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     if durable:
         fsync_dir(path.parent)
 
@@ -121,21 +167,42 @@ class RepoCache:
         return self.blobs / (etag + STATE_SUFFIX)
 
     def read_partial_state(self, etag: str, size: int) -> list[tuple[int, int]]:
-        """Byte ranges of the partial file already written and recorded, or [] if nothing usable."""
+        """Byte ranges of the partial file already written and recorded, or [] if nothing usable.
+
+        After a reboot (another boot id) only the ranges that were fsynced before the state was
+        saved are trusted: the others may have been lost with the page cache.
+        """
         try:
             state = json.loads(self.state_path(etag).read_text())
             partial_size = self.partial_path(etag).stat().st_size
-        except (FileNotFoundError, ValueError, OSError):
+            if not isinstance(state, dict) or state.get("size") != size:
+                return []
+            same_boot = state.get("boot_id") in (None, boot_id())
+            ranges = state.get("done" if same_boot else "synced") or []
+            limit = min(size, partial_size)
+            return [(a, b) for a, b in ((int(a), int(b)) for a, b in ranges) if 0 <= a < b <= limit]
+        except (OSError, ValueError, TypeError):  # missing, unreadable or malformed: start over
             return []
-        if state.get("size") != size:
-            return []
-        done = [(int(a), int(b)) for a, b in state.get("done", []) if 0 <= a < b <= min(size, partial_size)]
-        return done
 
-    def write_partial_state(self, etag: str, size: int, done: list[tuple[int, int]]) -> None:
-        # Not fsynced: it only matters across a process kill, where the page cache survives; after a
-        # power cut the final hash check catches any lost write.
-        atomic_write(self.state_path(etag), json.dumps({"size": size, "done": done}).encode(), durable=False)
+    def write_partial_state(
+        self,
+        etag: str,
+        size: int,
+        done: list[tuple[int, int]],
+        synced: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """Record the ranges written (`done`) and those already fsynced (`synced`), with the boot id.
+
+        Not fsynced itself: across a process kill the page cache survives, so `done` holds; after a
+        reboot `read_partial_state` falls back to `synced`, and the final hash check catches the rest.
+        """
+        state = {"size": size, "done": done, "synced": synced or [], "boot_id": boot_id()}
+        try:
+            atomic_write(self.state_path(etag), json.dumps(state).encode(), durable=False)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskSpaceError(f"disk full while saving download state in {self.blobs}") from e
+            raise
 
     def discard_partial(self, etag: str) -> None:
         for path in (self.partial_path(etag), self.state_path(etag)):
@@ -171,22 +238,42 @@ class RepoCache:
                     return candidate
         return None
 
+    def lock_path(self, etag: str) -> Path:
+        """huggingface_hub's lock file for this blob (`.locks/{repo folder}/{etag}.lock`)."""
+        return self.root / ".locks" / self.folder.name / f"{etag}.lock"
+
     @contextlib.contextmanager
-    def blob_lock(self, etag: str, on_wait: object = None) -> Iterator[None]:
-        """Hold huggingface_hub's per-blob lock, so concurrent downloaders fetch each blob once."""
-        path = self.root / ".locks" / self.folder.name / f"{etag}.lock"
+    def blob_lock(
+        self,
+        etag: str,
+        on_wait: Callable[[], None] | None = None,
+        interrupt: Callable[[], None] | None = None,
+    ) -> Iterator[None]:
+        """Hold huggingface_hub's per-blob lock, so concurrent downloaders fetch each blob once.
+
+        `on_wait` is called once if another process holds the lock; `interrupt` is called while
+        waiting and may raise to give up (so Ctrl-C does not hang behind another process).
+        """
+        path = self.lock_path(etag)
         path.parent.mkdir(parents=True, exist_ok=True)
         lock: FileLock | SoftFileLock = FileLock(str(path), mode=0o664)
-        waited = False
+        waited_since: float | None = None
+        last_log = 0.0
         while True:
+            if interrupt is not None:
+                interrupt()
             try:
-                lock.acquire(timeout=10 if waited else 0)
+                lock.acquire(timeout=0 if waited_since is None else 0.2)
                 break
             except Timeout:
-                if not waited and callable(on_wait):
-                    on_wait()
-                waited = True
-                log.info("waiting for another process to finish downloading %s", etag[:12])
+                now = time.monotonic()
+                if waited_since is None:
+                    waited_since = now
+                    if on_wait is not None:
+                        on_wait()
+                if now - last_log >= 10:
+                    last_log = now
+                    log.info("waiting for another process to finish downloading %s", etag[:12])
             except NotImplementedError:  # filesystem without flock: same fallback as huggingface_hub
                 lock = SoftFileLock(str(path))
         try:
@@ -220,6 +307,10 @@ class RepoCache:
             return
         link = self.snapshot_path(commit, path)
         link.parent.mkdir(parents=True, exist_ok=True)
+        snapshot = self.snapshot_dir(commit).resolve()
+        parent = link.parent.resolve()
+        if parent != snapshot and snapshot not in parent.parents:  # a symlinked folder on the way out
+            raise IntegrityError(f"refusing to link {path!r}: its folder leads outside {snapshot}")
         if link.is_dir() and not link.is_symlink():
             raise IntegrityError(f"cannot link {path}: a folder of that name exists in {link.parent}")
         tmp = link.with_name(f".{link.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")

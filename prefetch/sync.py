@@ -27,6 +27,7 @@ from prefetch.lockfile import (
     LockedFile,
     default_lock_path,
     diff_lock,
+    dump_lock,
     load_lock,
     write_lock,
 )
@@ -238,6 +239,11 @@ class Run:
             cache_dir=cache_dir,
         )
 
+    def save_lock(self, lock: Lock) -> None:
+        """Write the lockfile last, atomically, and only when its content changed (it may be read-only)."""
+        if self.old_lock is None or dump_lock(self.old_lock) != dump_lock(lock):
+            write_lock(lock, self.lock_path)
+
     def plan(self, resolved: dict[str, LockedEntry]) -> list[EntryPlan]:
         """What each resolved entry still lacks in the cache (entries that failed to resolve are left out)."""
         plans = []
@@ -380,7 +386,8 @@ def sync(
             transfer.run(later)
         result.stats = transfer.stats
         run.materialize(plans)
-        write_lock(lock, run.lock_path)
+        if not frozen:
+            run.save_lock(lock)
         return result
     finally:
         run.close()
@@ -455,7 +462,7 @@ def lock(
         if failures:
             raise AccessReport(failures).error()
         new = run.new_lock(resolved)
-        write_lock(new, run.lock_path)
+        run.save_lock(new)
         return SyncResult([], new, run.lock_path, run.cache_dir, changes=lock_changes(run.old_lock, new))
     finally:
         run.close()

@@ -13,10 +13,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import email.utils
-import errno
 import hashlib
+import ipaddress
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -30,15 +31,18 @@ import tenacity
 
 from prefetch import __version__
 from prefetch.auth import Token, redact, redact_url
-from prefetch.cache import RepoCache
+from prefetch.cache import RepoCache, file_mode, is_disk_full
 from prefetch.errors import AccessError, DiskSpaceError, IntegrityError, NetworkError, PrefetchError
 from prefetch.manifest import RetrySettings
 
 log = logging.getLogger("prefetch")
 T = TypeVar("T")
 
-CHUNK = 1024 * 1024  # bytes read per socket read and written per pwrite
-SAVE_STATE_EVERY = 4 * CHUNK  # resume state is saved at least this often per file
+CHUNK = 1024 * 1024  # bytes buffered per pwrite; a kill -9 loses at most this much per connection
+SAVE_STATE_EVERY = CHUNK  # resume state is saved after every chunk: a rerun re-fetches at most one chunk
+SYNC_EVERY = 64 * CHUNK  # partial data is fdatasync'ed this often, so resume also survives a reboot
+FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of the stored bytes
+MAX_URL_REFRESHES = 5  # signed CDN URLs that expire mid-download are asked for again at most this often
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 PROXY_STATUS = frozenset({407, 502, 503, 504})
 ORIGIN_MARKERS = ("x-request-id", "x-error-code", "x-repo-commit", "x-linked-etag", "etag", "content-range")
@@ -56,10 +60,14 @@ class HttpStatusError(Exception):
 
 
 class ProxyRoutesFailed(Exception):
-    """Every route (proxy) failed for one request; each failure is kept for the final message."""
+    """Every route (proxy) failed for one request; each failure is kept for the final message.
 
-    def __init__(self, failures: list[tuple[str, str]]):
+    `permanent` when every proxy refused our credentials (407): retrying cannot help, so fail fast.
+    """
+
+    def __init__(self, failures: list[tuple[str, str]], permanent: bool = False):
         self.failures = failures
+        self.permanent = permanent
         super().__init__("; ".join(f"{route}: {reason}" for route, reason in failures))
 
 
@@ -75,75 +83,133 @@ class Cancelled(Exception):
     """Another task failed fatally or the user interrupted: stop at the next chunk."""
 
 
+class StaleUrl(Exception):
+    """A signed CDN URL was refused (expired): it was asked for again, so the request is retried."""
+
+
+class BadBytes(Exception):
+    """The server sent bytes that cannot be this file (too many, wrong total): treated as a mismatch."""
+
+
+_RATELIMIT_RESET = (
+    re.compile(r"(?:^|[;,])\s*t\s*=\s*(\d+(?:\.\d+)?)"),  # RateLimit: "api";r=0;t=55 (IETF draft 08+)
+    re.compile(r"(?:^|[;,])\s*reset\s*=\s*(\d+(?:\.\d+)?)"),  # RateLimit: limit=10, remaining=0, reset=5
+)
+
+
 def retry_after_seconds(headers: httpx2.Headers) -> float | None:
-    """Seconds to wait from `Retry-After` (seconds or HTTP date) or `RateLimit` (`...;t=N`)."""
-    value = headers.get("retry-after")
+    """Seconds to wait from `Retry-After` (seconds or HTTP date) or `RateLimit` / `RateLimit-Reset`."""
+    value = (headers.get("retry-after") or "").strip()
     if value:
-        if value.strip().isdigit():
-            return float(value.strip())
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(value))
         with contextlib.suppress(TypeError, ValueError):
             return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    for name in ("ratelimit", "ratelimit-reset"):
-        value = headers.get(name)
-        if value:
-            match = (
-                re.search(r"(?:^|;)\s*t=(\d+)", value)
-                if name == "ratelimit"
-                else re.match(r"\s*(\d+)", value)
-            )
-            if match:
-                return float(match.group(1))
-    return None
+    value = headers.get("ratelimit") or ""
+    for pattern in _RATELIMIT_RESET:
+        match = pattern.search(value)
+        if match:
+            return float(match.group(1))
+    match = re.match(r"\s*(\d+(?:\.\d+)?)\s*$", headers.get("ratelimit-reset") or "")
+    return float(match.group(1)) if match else None
 
 
 def is_retryable(exc: BaseException) -> bool:
+    """Transient failures: connection errors, timeouts, resets mid-body, 408/429/5xx, expired CDN URLs."""
     if isinstance(exc, HttpStatusError):
         return exc.status in RETRYABLE_STATUS
-    return isinstance(exc, httpx2.TransportError | ProxyRoutesFailed | TruncatedBody)
+    if isinstance(exc, ProxyRoutesFailed):
+        return not exc.permanent
+    return isinstance(exc, httpx2.TransportError | TruncatedBody | StaleUrl)
 
 
 def describe(exc: BaseException) -> str:
     """A one-line reason for logs, free of secrets."""
-    if isinstance(exc, HttpStatusError | ProxyRoutesFailed | TruncatedBody):
+    if isinstance(exc, HttpStatusError | ProxyRoutesFailed | TruncatedBody | StaleUrl):
         return redact(str(exc))
     return redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
 # ---------------------------------------------------------------------------------------------- retries
 class RetryPolicy:
-    """Exponential backoff with jitter, capped per wait, bounded in attempts and total time."""
+    """Exponential backoff with jitter, capped per wait, bounded in attempts and total time.
+
+    A server's `Retry-After` / `RateLimit` hint (429, 503) replaces the backoff; when the hint
+    points past the total time budget there is no point in waiting, so the call fails at once.
+    """
 
     def __init__(self, settings: RetrySettings, on_retry: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.on_retry = on_retry
-        self._backoff = tenacity.wait_exponential_jitter(initial=0.25, max=settings.max_wait, jitter=0.25)
+
+    def backoff(self, attempt: int) -> float:
+        """0.25 s doubling per attempt, capped at `max_wait`, with "equal jitter" (half fixed, half
+        random) so that many clients failing together do not retry together."""
+        base = min(self.settings.max_wait, 0.25 * 2 ** min(attempt - 1, 32))
+        return base / 2 + random.uniform(0, base / 2)
+
+    def _remaining(self, state: tenacity.RetryCallState) -> float:
+        return self.settings.max_time - (state.seconds_since_start or 0.0)
+
+    @staticmethod
+    def _hint(state: tenacity.RetryCallState) -> float | None:
+        exc = state.outcome.exception() if state.outcome else None
+        return getattr(exc, "retry_after", None)
+
+    def _stop(self, state: tenacity.RetryCallState) -> bool:
+        if state.attempt_number >= self.settings.attempts or self._remaining(state) <= 0:
+            return True
+        hint = self._hint(state)
+        if hint is not None and hint > self._remaining(state):
+            log.warning(
+                "giving up: the server asked to wait %.0fs, beyond the retry time budget (retry.max_time %ss)",
+                hint,
+                self.settings.max_time,
+            )
+            return True
+        return False
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hinted = getattr(exc, "retry_after", None)
-        if hinted is not None:  # the server said when: honour it, within the total time bound
-            remaining = self.settings.max_time - (state.seconds_since_start or 0.0)
-            return max(0.0, min(hinted, remaining))
-        return float(self._backoff(state))
+        hint = self._hint(state)
+        wait = hint if hint is not None else self.backoff(state.attempt_number)  # a server hint wins
+        return max(0.0, min(wait, self._remaining(state)))
 
-    def call(self, fn: Callable[[], T], what: str) -> T:
+    def call(
+        self,
+        fn: Callable[[], T],
+        what: str | Callable[[], str],
+        cancel: threading.Event | None = None,
+    ) -> T:
+        """Run `fn` until it succeeds, fails for good, or the bounds are reached; log each retry once.
+
+        `what` names the request in the log (a callable is asked at each retry, e.g. for the byte
+        position a resumed download restarts from); a set `cancel` ends the wait between attempts.
+        """
+
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
+            label = what() if callable(what) else what
             message = (
                 f"retry {state.attempt_number}/{self.settings.attempts - 1} in {wait:.1f}s: "
-                f"{what}: {describe(exc) if exc else '?'}"
+                f"{label}: {describe(exc) if exc else '?'}"
             )
             log.warning(message)
             if self.on_retry:
                 self.on_retry(message)
 
+        def sleep(seconds: float) -> None:
+            if cancel is None:
+                time.sleep(seconds)
+            elif cancel.wait(seconds):
+                raise Cancelled()
+
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.settings.attempts)
-            | tenacity.stop_after_delay(self.settings.max_time),
+            stop=self._stop,
             wait=self._wait,
             retry=tenacity.retry_if_exception(is_retryable),
             before_sleep=before_sleep,
+            sleep=sleep,
             reraise=True,
         )
         return retrying(fn)
@@ -171,11 +237,32 @@ def proxies_from_env(env: dict[str, str] | None = None) -> tuple[list[str], str]
     return found, env.get("NO_PROXY", env.get("no_proxy", ""))
 
 
-def bypasses_proxy(host: str, no_proxy: str) -> bool:
-    for pattern in (p.strip().lower() for p in no_proxy.split(",")):
-        if pattern == "*" or (
-            pattern and (host == pattern.lstrip(".") or host.endswith("." + pattern.lstrip(".")))
-        ):
+def bypasses_proxy(host: str, no_proxy: str, port: int | None = None) -> bool:
+    """Does NO_PROXY exempt `host`? Names match themselves and their subdomains (`.corp` or `corp`),
+    `*` matches all, `host:port` only that port, and IP addresses also match CIDR blocks."""
+    host = host.strip("[]").lower()
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for pattern in (p.strip().lower() for p in no_proxy.replace(" ", ",").split(",")):
+        if not pattern:
+            continue
+        if pattern == "*":
+            return True
+        name, only_port = pattern, None
+        match = re.fullmatch(r"(\[[^\]]+\]|[^:]+):(\d+)", pattern)
+        if match:
+            name, only_port = match.group(1), int(match.group(2))
+        if only_port is not None and port is not None and only_port != port:
+            continue
+        name = name.strip("[]").lstrip(".")
+        if address is not None and ("/" in name or ":" in name or name[:1].isdigit()):
+            with contextlib.suppress(ValueError):
+                if address in ipaddress.ip_network(name, strict=False):
+                    return True
+            continue
+        if host == name or host.endswith("." + name):
             return True
     return False
 
@@ -228,8 +315,10 @@ class Http:
         return f"{self.endpoint} via " + ", ".join(r.label for r in self.proxy_routes)
 
     def _routes_for(self, url: str) -> list[Route]:
-        host = (urlsplit(url).hostname or "").lower()
-        if not self.proxy_routes or bypasses_proxy(host, self.no_proxy):
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        if not self.proxy_routes or bypasses_proxy(host, self.no_proxy, port):
             return [self.direct]
         with self._lock:
             start = self._current
@@ -247,36 +336,48 @@ class Http:
                 log.warning("proxy failover: now using %s (%s)", route.label, reasons)
 
     def _send_once(self, method: str, url: str, headers: dict[str, str]) -> httpx2.Response:
-        """One attempt over the routes: a failing proxy hands over to the next one."""
+        """One attempt over the routes: a failing proxy hands over to the next one.
+
+        A proxy fails when it cannot be reached, breaks the connection or tunnel before an answer,
+        or answers 407 / a 502-504 of its own; an answer relayed from the origin is not its failure.
+        """
         if self.offline:
             raise PrefetchError(f"internal: network request attempted in offline mode: {method} {url}")
         failures: list[tuple[str, str]] = []
+        needs_credentials = 0
         for route in self._routes_for(url):
             request = route.client.build_request(method, url, headers=headers)
             try:
                 with self._lock:
                     self.requests += 1
                 response = route.client.send(request, stream=True)
+            except httpx2.PoolTimeout:
+                raise
             except (
                 httpx2.ProxyError,
-                httpx2.ConnectError,
-                httpx2.ConnectTimeout,
+                httpx2.NetworkError,
+                httpx2.TimeoutException,
                 httpx2.RemoteProtocolError,
             ) as e:
                 if route.proxy is None:
                     raise
-                failures.append((route.label, describe(e)))
+                reason = describe(e)
+                if isinstance(e, httpx2.ProxyError) and "407" in str(e):  # CONNECT refused (https)
+                    needs_credentials += 1
+                    reason += _credentials_hint(route.proxy)
+                failures.append((route.label, reason))
                 continue
             if route.proxy is not None and _is_proxy_failure(response):
                 reason = f"answered {response.status_code} {response.reason_phrase}"
                 if response.status_code == 407:
-                    reason += " (the proxy needs credentials: put them in the proxy URL, http://user:pass@host:port)"
+                    needs_credentials += 1
+                    reason += _credentials_hint(route.proxy)
                 response.close()
                 failures.append((route.label, reason))
                 continue
             self._stick_to(route, failures)
             return response
-        raise ProxyRoutesFailed(failures)
+        raise ProxyRoutesFailed(failures, permanent=needs_credentials == len(failures))
 
     def open(self, url: str, token: Token | None, headers: dict[str, str] | None = None) -> httpx2.Response:
         """GET `url` (one attempt), following redirects by hand; the token only goes to the Hub's origin.
@@ -302,7 +403,9 @@ class Http:
         """Where the bytes of `url` are served: the CDN URL a Hub 302 points to, or `url` itself."""
 
         def attempt() -> str:
-            sent = {"authorization": f"Bearer {token.value}"} if token is not None else {}
+            sent = dict(FILE_HEADERS)
+            if token is not None:
+                sent["authorization"] = f"Bearer {token.value}"
             response = self._send_once("GET", url, sent)
             try:
                 if response.is_redirect:
@@ -324,6 +427,13 @@ class Http:
                 return response.json(), response.headers
 
         return self.retry.call(attempt, f"GET {urlsplit(url).path}")
+
+
+def _credentials_hint(proxy: str | None) -> str:
+    """Why a 407: the proxy wants credentials (none given) or refused the ones in its URL."""
+    if proxy and urlsplit(proxy).username:
+        return " (the proxy refused the credentials in its URL: check the user name and password)"
+    return " (the proxy needs credentials: put them in the proxy URL, http://user:pass@host:port)"
 
 
 def _same_origin(url: str, other: str) -> bool:
@@ -432,43 +542,95 @@ class PartialFile:
     The hash advances over the contiguous prefix as soon as it is written (from memory when the
     chunk is next in line, else by reading back what other segments wrote), so a file is verified
     as it streams and a resumed file re-hashes only its kept prefix.
+
+    The state file is saved after every chunk (a killed process loses at most one chunk per
+    connection); every `SYNC_EVERY` bytes the data is fdatasync'ed and the ranges covered so far are
+    recorded as `synced`, which is what a run after a reboot trusts.
     """
 
     def __init__(self, job: FileJob, done: list[tuple[int, int]]) -> None:
         self.job = job
         path = job.cache.partial_path(job.etag)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.ftruncate(self.fd, job.size)
+        try:
+            # Group-writable where the umask allows it, so another user of a shared cache can resume it.
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+        except PermissionError:  # left by a user whose umask kept it private: start it over
+            log.warning("%s: cannot reopen the partial file of another user; starting it over", job.label)
+            job.cache.discard_partial(job.etag)
+            done = []
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            os.ftruncate(self.fd, job.size)
+        except OSError:
+            os.close(self.fd)
+            raise
         self.done = RangeSet(done)
+        self._synced: list[tuple[int, int]] = []
         self._hash = job.new_hash()
         self._hashed = 0
         self._unsaved = 0
+        self._unsynced = 0
         self._lock = threading.Lock()
         self._hash_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
 
     def write(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset` (all of it: short writes are continued) and record it as done."""
+        view = memoryview(data)
         try:
-            os.pwrite(self.fd, data, offset)
+            written = 0
+            while written < len(view):
+                written += os.pwrite(self.fd, view[written:], offset + written)
         except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise DiskSpaceError(
-                    f"disk full while writing {self.job.label} into {self.job.cache.root}"
-                ) from e
+            if is_disk_full(e):
+                raise self._disk_full() from e
             raise
         with self._lock:
             self.done.add(offset, offset + len(data))
             self._unsaved += len(data)
+            self._unsynced += len(data)
             if self._unsaved >= SAVE_STATE_EVERY:
                 self._save_state()
+            must_sync = self._unsynced >= SYNC_EVERY
+        if must_sync:
+            self._sync()
         if self._hash_lock.acquire(blocking=False):
             try:
                 self._advance_hash(offset, data)
             finally:
                 self._hash_lock.release()
 
+    def _sync(self) -> None:
+        """fdatasync the data, then record what it covered as `synced` (one thread at a time)."""
+        if not self._sync_lock.acquire(blocking=False):
+            return
+        try:
+            with self._lock:
+                covered = list(self.done.ranges)
+                self._unsynced = 0
+            os.fdatasync(self.fd)
+            with self._lock:
+                self._synced = covered
+                self._save_state()
+        except OSError as e:
+            if is_disk_full(e):
+                raise self._disk_full() from e
+            raise
+        finally:
+            self._sync_lock.release()
+
+    def _disk_full(self) -> DiskSpaceError:
+        return DiskSpaceError(
+            f"disk full while writing {self.job.label} into {self.job.cache.root}; the partial download "
+            "is kept: free some space and run again to resume it"
+        )
+
     def _save_state(self) -> None:
-        self.job.cache.write_partial_state(self.job.etag, self.job.size, self.done.ranges)
+        try:
+            self.job.cache.write_partial_state(self.job.etag, self.job.size, self.done.ranges, self._synced)
+        except DiskSpaceError as e:
+            raise self._disk_full() from e
         self._unsaved = 0
 
     def _advance_hash(self, offset: int = -1, data: bytes = b"") -> None:
@@ -492,10 +654,17 @@ class PartialFile:
             return self._hash.hexdigest()
 
     def close(self, keep_state: bool = True) -> None:
-        with self._lock:
-            if keep_state and self._unsaved:
-                self._save_state()
-        os.close(self.fd)
+        """Close the file; with `keep_state`, make the data durable and save the final state for resume."""
+        try:
+            if keep_state and (self._unsaved or self._unsynced):
+                with contextlib.suppress(OSError):
+                    os.fdatasync(self.fd)
+                with self._lock:
+                    self._synced = list(self.done.ranges)
+                    self._unsynced = 0
+                    self._save_state()
+        finally:
+            os.close(self.fd)
 
 
 @dataclass
@@ -567,23 +736,27 @@ class Transfer:
         if isinstance(exc, Cancelled):
             return
         if not isinstance(exc, PrefetchError):
-            exc = (
-                network_error(exc, self.http, f"downloading {job.label}")
-                if is_retryable(exc) or isinstance(exc, HttpStatusError)
-                else PrefetchError(f"downloading {job.label}: {describe(exc)}")
-            )
+            if is_disk_full(exc):  # a full disk anywhere in the pipeline (state, fsync, rename) is exit 8
+                exc = DiskSpaceError(f"disk full while downloading {job.label} into {job.cache.root}: {exc}")
+            elif is_retryable(exc) or isinstance(exc, HttpStatusError):
+                exc = network_error(exc, self.http, f"downloading {job.label}")
+            else:
+                exc = PrefetchError(f"downloading {job.label}: {describe(exc)}")
         self.stats.errors.append(exc)
         if not isinstance(exc, IntegrityError):  # network/access/disk problems stop everything else
             self.cancel.set()
 
     # -- one file ---------------------------------------------------------------------------------
-    def _fetch_file(self, job: FileJob) -> None:
-        cache = job.cache
+    def _check_cancel(self) -> None:
         if self.cancel.is_set():
             raise Cancelled()
+
+    def _fetch_file(self, job: FileJob) -> None:
+        cache = job.cache
+        self._check_cancel()
         if cache.has_blob(job.etag, job.size):
             return self._done(job, "cached")
-        with cache.blob_lock(job.etag):
+        with cache.blob_lock(job.etag, interrupt=self._check_cancel):
             if cache.has_blob(job.etag, job.size):  # another process fetched it while we waited
                 return self._done(job, "cached")
             if self._link_from_other_repo(job):
@@ -593,10 +766,11 @@ class Transfer:
                 if self._download(job) == job.etag:
                     cache.install_blob(job.etag)
                     return self._done(job, "fetched")
-                cache.discard_partial(job.etag)
-                message = f"hash mismatch for {job.label} (attempt {attempt}/2): discarded, fetching again"
-                log.warning(message)
-                self.reporter.retry(message)
+                cache.discard_partial(job.etag)  # never resume from bytes that failed their hash
+                if attempt == 1:
+                    message = f"hash mismatch for {job.label}: discarded, fetching it again"
+                    log.warning(message)
+                    self.reporter.retry(message)
             raise IntegrityError(
                 f"{job.label}: downloaded bytes do not match the expected hash {job.etag} twice; nothing was "
                 "stored. The server or a proxy is corrupting data."
@@ -633,12 +807,13 @@ class Transfer:
         os.replace(partial, job.cache.blob_path(job.etag))
         return True
 
-    def _download(self, job: FileJob, segmented: bool = True) -> str:
-        """Bring the partial file to full size and return its hash."""
+    def _download(self, job: FileJob, segmented: bool = True) -> str | None:
+        """Bring the partial file to full size and return its hash (None: the server sent bad bytes)."""
         done = job.cache.read_partial_state(job.etag, job.size)
         partial = PartialFile(job, done)
         try:
-            url = self.http.locate(job.url, job.token) if job.lfs else job.url
+            source = _Source(self.http, job)
+            done = partial.done.ranges
             missing = partial.done.missing(job.size)
             if done:
                 log.info(
@@ -647,14 +822,17 @@ class Transfer:
                 self.reporter.advance(partial.done.total())
             pieces = self._split(missing, job.size) if segmented else missing
             try:
-                self._run_segments(job, partial, url, pieces, use_range=segmented or bool(done))
+                self._run_segments(job, partial, source, pieces, use_range=segmented or bool(done))
             except RangeIgnored:
                 log.warning("%s: server ignored the Range request; starting the file over", job.label)
                 partial.close(keep_state=False)
                 job.cache.discard_partial(job.etag)
                 partial = PartialFile(job, [])
-                self._run_segments(job, partial, url, [(0, job.size)], use_range=False)
+                self._run_segments(job, partial, source, [(0, job.size)], use_range=False)
             return partial.digest()
+        except BadBytes as e:
+            log.warning("%s", e)
+            return None
         finally:
             partial.close()
 
@@ -665,15 +843,24 @@ class Transfer:
         return [(a, min(a + step, b)) for start, b in missing for a in range(start, b, step)]
 
     def _run_segments(
-        self, job: FileJob, partial: PartialFile, url: str, pieces: list[tuple[int, int]], use_range: bool
+        self,
+        job: FileJob,
+        partial: PartialFile,
+        source: _Source,
+        pieces: list[tuple[int, int]],
+        use_range: bool,
     ) -> None:
         if len(pieces) == 1:
-            self._fetch_segment(job, partial, url, *pieces[0], use_range)
+            self._fetch_segment(job, partial, source, *pieces[0], use_range)
             return
         futures = [
-            self._segments.submit(self._fetch_segment, job, partial, url, a, b, True) for a, b in pieces
+            self._segments.submit(self._fetch_segment, job, partial, source, a, b, True) for a, b in pieces
         ]
         errors = [f.exception() for f in futures]
+        for kind in (DiskSpaceError, RangeIgnored, BadBytes):  # the most telling failure first
+            for exc in errors:
+                if isinstance(exc, kind):
+                    raise exc
         for exc in errors:
             if exc is not None and not isinstance(exc, Cancelled):
                 raise exc
@@ -682,33 +869,110 @@ class Transfer:
                 raise exc
 
     def _fetch_segment(
-        self, job: FileJob, partial: PartialFile, url: str, start: int, end: int, use_range: bool
+        self, job: FileJob, partial: PartialFile, source: _Source, start: int, end: int, use_range: bool
     ) -> None:
-        position = start
+        """Fetch [start, end) into the partial file; a retry resumes at the first byte not yet written."""
+        cursor = _Cursor(start)
 
         def attempt() -> None:
-            nonlocal position
-            headers = {"range": f"bytes={position}-{end - 1}"} if use_range or position > 0 else {}
-            with self._slots, contextlib.closing(self.http.open(url, job.token, headers)) as response:
-                if response.status_code == 200 and headers:
-                    if position > 0 or end < job.size:
-                        raise RangeIgnored()
-                elif response.status_code == 206:
-                    _check_content_range(response, position, job)
-                for chunk in response.iter_raw(CHUNK):
-                    if self.cancel.is_set():
-                        raise Cancelled()
-                    if position + len(chunk) > end:
-                        raise IntegrityError(f"{job.label}: server sent more bytes than the file has")
-                    partial.write(position, chunk)
-                    position += len(chunk)
-                    self.reporter.advance(len(chunk))
-                    with self._stats_lock:
-                        self.stats.bytes_fetched += len(chunk)
-            if position < end:
-                raise TruncatedBody(f"{job.label}: connection ended at byte {position} of {end}")
+            self._check_cancel()
+            ranged = use_range or cursor.position > 0
+            headers = dict(FILE_HEADERS)
+            if ranged:
+                headers["range"] = f"bytes={cursor.position}-{end - 1}"
+            url, generation = source.current()
+            try:
+                with self._slots, contextlib.closing(self.http.open(url, job.token, headers)) as response:
+                    if response.status_code == 200 and ranged:
+                        if start != 0 or end != job.size:
+                            raise RangeIgnored()
+                        if cursor.position > 0:  # a whole-file stream: take it from byte 0 again
+                            log.warning(
+                                "%s: server ignored the Range request; restarting the file from byte 0",
+                                job.label,
+                            )
+                            cursor.position = 0
+                    elif response.status_code == 206:
+                        _check_content_range(response, cursor.position, job)
+                    elif response.status_code != 200:
+                        raise TruncatedBody(f"{job.label}: unexpected answer {response.status_code}")
+                    self._stream(job, partial, response, cursor, end)
+            except HttpStatusError as e:
+                if e.status in (401, 403, 410) and source.refresh(generation):
+                    raise StaleUrl(
+                        f"{job.label}: the download URL was refused ({e.status}); got a new one"
+                    ) from e
+                raise
+            if cursor.position < end:
+                raise TruncatedBody(f"{job.label}: connection ended at byte {cursor.position} of {end}")
 
-        self.http.retry.call(attempt, f"GET {job.label} bytes {start}-{end - 1}")
+        self.http.retry.call(
+            attempt, lambda: f"GET {job.label} bytes {cursor.position}-{end - 1}", cancel=self.cancel
+        )
+
+    def _stream(
+        self, job: FileJob, partial: PartialFile, response: httpx2.Response, cursor: _Cursor, end: int
+    ) -> None:
+        """Copy the body into the partial file in CHUNK writes, advancing `cursor`.
+
+        Bytes received before a failure (reset, timeout, cancel) are still written, so the retry
+        or the next run resumes exactly where the connection stopped.
+        """
+        buffer = bytearray()
+
+        def flush() -> None:
+            if buffer:
+                partial.write(cursor.position, bytes(buffer))
+                cursor.position += len(buffer)
+                with self._stats_lock:
+                    self.stats.bytes_fetched += len(buffer)
+                self.reporter.advance(len(buffer))
+                buffer.clear()
+
+        try:
+            for piece in response.iter_raw():
+                if cursor.position + len(buffer) + len(piece) > end:
+                    raise BadBytes(f"{job.label}: the server sent more bytes than the file has; discarded")
+                buffer += piece
+                if len(buffer) >= CHUNK:
+                    flush()
+                if self.cancel.is_set():
+                    raise Cancelled()
+        finally:
+            flush()
+
+
+@dataclass
+class _Cursor:
+    """The next byte a segment will write (shared by its attempts)."""
+
+    position: int
+
+
+class _Source:
+    """Where one file's bytes come from, shared by its segments: a signed CDN URL expires, so a
+    refused one (401/403/410 from the CDN) is asked for again from the Hub, a bounded number of times."""
+
+    def __init__(self, http: Http, job: FileJob) -> None:
+        self.http, self.job = http, job
+        self.url = http.locate(job.url, job.token) if job.lfs else job.url
+        self.generation = 0
+        self._lock = threading.Lock()
+
+    def current(self) -> tuple[str, int]:
+        with self._lock:
+            return self.url, self.generation
+
+    def refresh(self, seen: int) -> bool:
+        """Ask the Hub for a fresh URL (unless another segment already did); False when pointless."""
+        with self._lock:
+            if seen != self.generation:
+                return True
+            if self.url == self.job.url or self.generation >= MAX_URL_REFRESHES:
+                return False
+            self.url = self.http.locate(self.job.url, self.job.token)
+            self.generation += 1
+            return True
 
 
 def _check_content_range(response: httpx2.Response, position: int, job: FileJob) -> None:
@@ -716,6 +980,10 @@ def _check_content_range(response: httpx2.Response, position: int, job: FileJob)
     if not match or int(match.group(1)) != position:
         raise TruncatedBody(
             f"{job.label}: unexpected Content-Range {response.headers.get('content-range')!r}"
+        )
+    if match.group(3) != "*" and int(match.group(3)) != job.size:
+        raise BadBytes(
+            f"{job.label}: the server's file is {match.group(3)} bytes, the lockfile says {job.size}; discarded"
         )
 
 

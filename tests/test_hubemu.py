@@ -45,15 +45,24 @@ ROOT = Path(__file__).resolve().parent.parent
 def hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Isolate huggingface_hub: tmp HF_HOME, no telemetry, no Xet, no ambient token (constants are import-time)."""
     home = tmp_path / "hf_home"
-    for name, value in {"HF_HOME": str(home), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1",
-                        "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
+    for name, value in {
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }.items():
         monkeypatch.setenv(name, value)
     for name in ("HF_TOKEN", "HF_ENDPOINT", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
-    for name, value in {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
-                        "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored"),
-                        "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
-                        "HF_HUB_DISABLE_TELEMETRY": True, "HF_HUB_DISABLE_XET": True}.items():
+    for name, value in {
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored"),
+        "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
+        "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HUB_DISABLE_XET": True,
+    }.items():
         monkeypatch.setattr(constants, name, value)
     return home
 
@@ -84,7 +93,9 @@ def cache_of(tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- real client
-def test_snapshot_download_exact_bytes_cache_layout_and_request_pattern(hub: HubEmulator, tmp_path: Path) -> None:
+def test_snapshot_download_exact_bytes_cache_layout_and_request_pattern(
+    hub: HubEmulator, tmp_path: Path
+) -> None:
     hub.add_user("alice", token=ALICE)
     repo, files = make_model(hub)
     head = repo.head("main")
@@ -161,12 +172,15 @@ def test_list_repo_tree_paginates_like_the_hub(hub: HubEmulator) -> None:
     assert file_entries["top.bin"].lfs is not None and file_entries["top.bin"].lfs.size == 10
     assert file_entries["top.bin"].lfs.sha256 == repo.file_info(sha, "top.bin").sha256
     assert file_entries["d0/sub0/f00.txt"].blob_id == git_blob_sha1(b"0")
-    assert [r.query.get("cursor") is not None for r in hub.requests] == [False] + [True] * (len(hub.requests) - 1)
+    assert [r.query.get("cursor") is not None for r in hub.requests] == [False] + [True] * (
+        len(hub.requests) - 1
+    )
 
     top = [e.path for e in api.list_repo_tree("org/many")]
     assert top == ["d0", "d1", "d2", "top.bin"]
     assert sorted(e.path for e in api.list_repo_tree("org/many", path_in_repo="d1/sub1")) == [
-        p for p in sorted(files) if p.startswith("d1/sub1/")]
+        p for p in sorted(files) if p.startswith("d1/sub1/")
+    ]
     with pytest.raises(RemoteEntryNotFoundError):
         list(api.list_repo_tree("org/many", path_in_repo="nope"))
     infos = api.get_paths_info("org/many", ["top.bin", "d0", "missing"])
@@ -188,24 +202,46 @@ def test_refs_repo_info_whoami_auth_check_commits(hub: HubEmulator) -> None:
 
     refs = api.list_repo_refs("org/model", include_pull_requests=True)
     assert {(b.name, b.ref, b.target_commit) for b in refs.branches} == {
-        ("main", "refs/heads/main", second), ("dev", "refs/heads/dev", first)}
+        ("main", "refs/heads/main", second),
+        ("dev", "refs/heads/dev", first),
+    }
     assert [(t.name, t.ref, t.target_commit) for t in refs.tags] == [("v1.0", "refs/tags/v1.0", first)]
     assert [p.ref for p in refs.pull_requests or []] == ["refs/pr/3"]
     assert refs.converts == []
 
     info = api.repo_info("org/model", files_metadata=True)
-    assert (info.id, info.sha, info.private, info.gated, info.disabled) == ("org/model", second, False, False, False)
+    assert (info.id, info.sha, info.private, info.gated, info.disabled) == (
+        "org/model",
+        second,
+        False,
+        False,
+        False,
+    )
     sib = {s.rfilename: s for s in info.siblings or []}
     assert sib.keys() == files.keys() | {"new.txt"}
     assert sib["model.safetensors"].lfs is not None
     assert sib["model.safetensors"].lfs.sha256 == repo.file_info(second, "model.safetensors").sha256
-    assert sib["config.json"].lfs is None and sib["config.json"].blob_id == git_blob_sha1(files["config.json"])
+    assert sib["config.json"].lfs is None and sib["config.json"].blob_id == git_blob_sha1(
+        files["config.json"]
+    )
     assert api.model_info("org/model", revision="v1.0").sha == first
     assert api.model_info("org/model", revision=first).sha == first
     raw = httpx2.get(f"{hub.url}/api/models/org/model/revision/main")
     assert raw.headers["content-type"].startswith("application/json") and raw.headers["x-request-id"]
-    assert set(raw.json()) >= {"_id", "id", "modelId", "sha", "private", "gated", "disabled", "lastModified",
-                               "siblings", "tags", "downloads", "likes"}
+    assert set(raw.json()) >= {
+        "_id",
+        "id",
+        "modelId",
+        "sha",
+        "private",
+        "gated",
+        "disabled",
+        "lastModified",
+        "siblings",
+        "tags",
+        "downloads",
+        "likes",
+    }
     assert "size" not in raw.json()["siblings"][0]
 
     ds = hub.create_repo("org/ds", repo_type="dataset")
@@ -312,17 +348,28 @@ def test_access_errors_match_the_real_hub(hub: HubEmulator, tmp_path: Path) -> N
 
     r = httpx2.get(f"{hub.url}/org/gated/resolve/main/config.json")
     assert (r.status_code, r.headers["x-error-code"], r.json()["error"]) == (
-        401, "GatedRepo", "Access to model org/gated is restricted. You must have access to it and be "
-        "authenticated to access it. Please log in.")
+        401,
+        "GatedRepo",
+        "Access to model org/gated is restricted. You must have access to it and be "
+        "authenticated to access it. Please log in.",
+    )
     r = httpx2.head(f"{hub.url}/org/public/resolve/main/missing.txt")
     assert (r.status_code, r.headers["x-error-code"]) == (404, "EntryNotFound")
-    assert r.headers["x-error-message"] == 'missing.txt does not exist on "main"' and r.headers["x-repo-commit"]
+    assert (
+        r.headers["x-error-message"] == 'missing.txt does not exist on "main"' and r.headers["x-repo-commit"]
+    )
     r = httpx2.get(f"{hub.url}/api/models/org/public/revision/nope")
     assert (r.status_code, r.headers["x-error-code"], r.json()) == (
-        404, "RevisionNotFound", {"error": "Invalid rev id: nope"})
+        404,
+        "RevisionNotFound",
+        {"error": "Invalid rev id: nope"},
+    )
     r = httpx2.get(f"{hub.url}/api/datasets/org/nothing", headers={"authorization": f"Bearer {CAROL}"})
     assert (r.status_code, r.headers["x-error-code"], r.json()) == (
-        404, "RepoNotFound", {"error": "Repository not found"})
+        404,
+        "RepoNotFound",
+        {"error": "Repository not found"},
+    )
     r = httpx2.get(f"{hub.url}/api/models/org/public", headers={"authorization": f"Bearer {ALICE}"})
     assert r.status_code == 401 and "x-error-code" not in r.headers
     assert r.json() == {"error": "Invalid credentials in Authorization header"}
@@ -353,11 +400,16 @@ def test_resolve_headers_ranges_and_keep_alive(hub: HubEmulator) -> None:
 
         data = files["model.safetensors"]
         loc = r.headers["location"]
-        for url, body in ((hub.file_url("org/model", "sub/dir/deeper/b.txt"), files["sub/dir/deeper/b.txt"]),
-                          (loc, data)):
+        for url, body in (
+            (hub.file_url("org/model", "sub/dir/deeper/b.txt"), files["sub/dir/deeper/b.txt"]),
+            (loc, data),
+        ):
             r = c.get(url, headers={"Range": "bytes=10-19"})
-            assert (r.status_code, r.content, r.headers["content-range"]) == (206, body[10:20],
-                                                                              f"bytes 10-19/{len(body)}")
+            assert (r.status_code, r.content, r.headers["content-range"]) == (
+                206,
+                body[10:20],
+                f"bytes 10-19/{len(body)}",
+            )
             r = c.get(url, headers={"Range": "bytes=-5"})
             assert (r.status_code, r.content) == (206, body[-5:])
             r = c.get(url, headers={"Range": "bytes=100-"})
@@ -398,6 +450,12 @@ def test_each_fault_kind_fires(hub: HubEmulator) -> None:
         assert reset.fired == 1 and bytes(got) == data[: len(got)] and len(got) <= 100_000
         assert hub.requests[-1].body_bytes == 100_000
 
+        truncate = hub.inject(Fault(kind="truncate", after_bytes=100_000, origin="cdn"))
+        with pytest.raises(httpx2.RemoteProtocolError), c.stream("GET", loc) as resp:  # FIN, not RST
+            for _ in resp.iter_raw():
+                pass
+        assert truncate.fired == 1 and hub.requests[-1].body_bytes == 100_000
+
         corrupt = hub.inject(Fault(kind="corrupt", origin="cdn"))
         body = c.get(loc).content
         assert corrupt.fired == 1 and len(body) == len(data) and body != data
@@ -422,6 +480,23 @@ def test_each_fault_kind_fires(hub: HubEmulator) -> None:
         assert c.get(loc).content == data
         assert time.monotonic() - t0 >= 0.25
         hub.bandwidth_per_connection = None
+
+
+def test_real_client_resumes_a_truncated_download_with_range(hub: HubEmulator, tmp_path: Path) -> None:
+    data = rnd(9, 12 << 20)
+    hub.create_repo("org/big").commit({"model.safetensors": data})
+    mib = 1 << 20
+    hub.inject(Fault(kind="truncate", after_bytes=11 * mib, origin="cdn"))
+    path = hf_hub_download(
+        "org/big", "model.safetensors", endpoint=hub.url, cache_dir=cache_of(tmp_path), token=False
+    )
+    assert Path(path).read_bytes() == data
+    # huggingface_hub retries a RemoteProtocolError (not a RST's ReadError) after 1 s with a Range request,
+    # but only from the last whole 10 MiB chunk it wrote: the extra 1 MiB received is thrown away.
+    assert [(r.status, r.range, r.body_bytes) for r in hub.requests if r.origin == "cdn"] == [
+        (200, None, 11 * mib),
+        (206, f"bytes={10 * mib}-", 2 * mib),
+    ]
 
 
 def test_stop_lifetime_and_context_manager() -> None:
@@ -466,26 +541,44 @@ def test_proxy_ok_relays_files_and_real_client(hub: HubEmulator, proxy_factory, 
     proxy = proxy_factory()
     with httpx2.Client(proxy=proxy.url) as c:
         r = c.get(hub.file_url("org/model", "config.json"))
-        assert (r.status_code, r.content, r.headers["via"]) == (200, files["config.json"], "1.1 prefetch-test-proxy")
+        assert (r.status_code, r.content, r.headers["via"]) == (
+            200,
+            files["config.json"],
+            "1.1 prefetch-test-proxy",
+        )
         r = c.get(hub.file_url("org/model", "model.safetensors"), follow_redirects=True)
         assert r.content == files["model.safetensors"] and r.headers["via"] == "1.1 prefetch-test-proxy"
         r = c.get(hub.file_url("org/model", "README.md"), headers={"Range": "bytes=2-5"})
         assert (r.status_code, r.content) == (206, files["README.md"][2:6])
         for _ in range(2):
             r = c.head(hub.file_url("org/model", "README.md"))
-            assert (r.status_code, r.headers["content-length"], r.content) == (200, str(len(files["README.md"])), b"")
+            assert (r.status_code, r.headers["content-length"], r.content) == (
+                200,
+                str(len(files["README.md"])),
+                b"",
+            )
         r = c.get("http://example.com/")
         assert r.status_code == 403
     api, cdn = hub.url.split("//")[1], hub.cdn_url.split("//")[1]
     assert [(m, t.split("/")[2], s) for m, t, s in proxy.requests] == [
-        ("GET", api, 200), ("GET", api, 302), ("GET", cdn, 200), ("GET", api, 206), ("HEAD", api, 200),
-        ("HEAD", api, 200), ("GET", "example.com", 403)]
+        ("GET", api, 200),
+        ("GET", api, 302),
+        ("GET", cdn, 200),
+        ("GET", api, 206),
+        ("HEAD", api, 200),
+        ("HEAD", api, 200),
+        ("GET", "example.com", 403),
+    ]
     assert len({r.client_port for r in hub.requests if r.origin == "api"}) == 1  # upstream keep-alive
 
     # The real client through the proxy (huggingface_hub only reads proxies at client creation).
     def factory() -> httpx2.Client:
-        return httpx2.Client(proxy=proxy.url, event_hooks={"request": [hf_http.hf_request_event_hook]},
-                             follow_redirects=True, timeout=None)
+        return httpx2.Client(
+            proxy=proxy.url,
+            event_hooks={"request": [hf_http.hf_request_event_hook]},
+            follow_redirects=True,
+            timeout=None,
+        )
 
     hf_http.set_client_factory(factory)
     try:
@@ -539,8 +632,10 @@ def test_proxy_failure_modes_and_auth(hub: HubEmulator, proxy_factory) -> None:
     hub_port = int(hub.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", authed.port), timeout=5) as s:
         cred = base64.b64encode(b"user:p@ss").decode()
-        s.sendall(f"CONNECT 127.0.0.1:{hub_port} HTTP/1.1\r\nHost: 127.0.0.1:{hub_port}\r\n"
-                  f"Proxy-Authorization: Basic {cred}\r\n\r\n".encode())
+        s.sendall(
+            f"CONNECT 127.0.0.1:{hub_port} HTTP/1.1\r\nHost: 127.0.0.1:{hub_port}\r\n"
+            f"Proxy-Authorization: Basic {cred}\r\n\r\n".encode()
+        )
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
         s.sendall(b"GET /org/model/resolve/main/config.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         reply = b""
@@ -554,8 +649,12 @@ def test_proxy_failure_modes_and_auth(hub: HubEmulator, proxy_factory) -> None:
 
 # -------------------------------------------------------------------------------------------------- demo
 def test_demo_cli_serves_the_demo_hub(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.hubemu", "--lifetime", "30"], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.hubemu", "--lifetime", "30"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         endpoint = proc.stdout.readline().strip()

@@ -90,7 +90,8 @@ def test_frozen_uses_the_lock_and_refuses_a_stale_or_missing_one(prefetch: Prefe
     hub.reset_counters()
     result = prefetch("sync", str(manifest), "--frozen")
     assert result.code == 0, result
-    assert not [r for r in hub.requests if "/revision/" in r.path or "/tree/" in r.path]
+    # Nothing is resolved: no branch lookup, no tree listing (the access check may confirm the locked commit).
+    assert not [r for r in hub.requests if r.path.endswith("/revision/main") or "/tree/" in r.path]
 
     prefetch.manifest([{"repo": "org/model", "include": ["*.json"]}, {"repo": "org/other"}])
     hub.reset_counters()
@@ -121,3 +122,23 @@ def test_offline_makes_zero_requests_and_lists_what_is_missing(prefetch: Prefetc
     assert result.code == 7, result
     assert "config.json" in result.stderr and "model.safetensors" in result.stderr
     assert hub.count() == 0
+
+
+def test_frozen_never_writes_the_lockfile(prefetch: PrefetchRunner, hub: HubEmulator):
+    """Kubernetes mounts the lock read-only from a ConfigMap: --frozen must only read it."""
+    two_commits(hub)
+    manifest = prefetch.manifest([{"repo": "org/model"}])
+    assert prefetch("lock", str(manifest)).code == 0
+    lock = prefetch.tmp / "models.lock"
+    lock.chmod(0o444)
+    prefetch.tmp.chmod(0o555)  # as root, a read-only mode is not enough: also make writing pointless to try
+    try:
+        before = lock.stat().st_mtime_ns
+        result = prefetch("sync", str(manifest), "--frozen")
+        assert result.code == 0, result
+        assert lock.stat().st_mtime_ns == before
+        result = prefetch("sync", str(manifest))
+        assert result.code == 0, result
+        assert lock.stat().st_mtime_ns == before  # unchanged content is not rewritten either
+    finally:
+        prefetch.tmp.chmod(0o755)

@@ -55,12 +55,14 @@ class LoopbackServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 512  # benchmarks open many connections at once; a backlog of 5 drops SYNs
 
-    def __init__(self, handler_cls: type[BaseHTTPRequestHandler], port: int = 0, owner: Any = None,
-                 origin: str = "") -> None:
+    def __init__(
+        self, handler_cls: type[BaseHTTPRequestHandler], port: int = 0, owner: Any = None, origin: str = ""
+    ) -> None:
         self.owner = owner
         self.origin = origin
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        self.stopping = threading.Event()  # wakes throttled writers so stop() is immediate
         super().__init__((LOOPBACK, port), handler_cls)
 
     def server_bind(self) -> None:
@@ -141,6 +143,7 @@ class ServerRunner:
             self._timer.cancel()
         if self._thread is not None and self._thread.is_alive():
             self.server.shutdown()  # only safe when serve_forever is running, else it blocks forever
+        self.server.stopping.set()
         self.server.server_close()
         self.server.close_all_connections()
 
@@ -234,7 +237,10 @@ class FastHandler(BaseHTTPRequestHandler):
             pos = end
             if rate:
                 delay = t0 + pos / rate - time.monotonic()
-                if delay > 0:
+                stopping: threading.Event | None = getattr(self.server, "stopping", None)
+                if delay > 0 and stopping is not None and stopping.wait(delay):
+                    raise ConnectionAbortedError("server stopping")
+                if delay > 0 and stopping is None:
                     time.sleep(delay)
         return pos
 

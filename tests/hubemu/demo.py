@@ -25,8 +25,13 @@ def seeded_bytes(seed: int, size: int) -> bytes:
 def tiny_safetensors(seed: int, rows: int = 512, cols: int = 1024) -> bytes:
     """A valid safetensors file (one F32 tensor) with seeded content: rows*cols*4 bytes of data."""
     nbytes = rows * cols * 4
-    header = json.dumps({"weight": {"dtype": "F32", "shape": [rows, cols], "data_offsets": [0, nbytes]},
-                         "__metadata__": {"format": "pt"}}, separators=(",", ":")).encode()
+    header = json.dumps(
+        {
+            "weight": {"dtype": "F32", "shape": [rows, cols], "data_offsets": [0, nbytes]},
+            "__metadata__": {"format": "pt"},
+        },
+        separators=(",", ":"),
+    ).encode()
     header += b" " * (-len(header) % 8)
     return struct.pack("<Q", len(header)) + header + seeded_bytes(seed, nbytes)
 
@@ -39,25 +44,40 @@ def populate_demo(hub: HubEmulator) -> None:
     config = {"architectures": ["TinyModel"], "hidden_size": 1024, "model_type": "tiny", "vocab_size": 512}
     vocab = {f"tok{i}": i for i in range(512)}
     tokenizer = {"version": "1.0", "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "tok0"}}
-    v1 = model.commit({
-        "config.json": json.dumps(config, indent=2, sort_keys=True).encode() + b"\n",
-        "tokenizer.json": json.dumps(tokenizer, sort_keys=True).encode(),
-        "model.safetensors": tiny_safetensors(1),  # ~2 MiB, LFS
-    }, message="Initial upload", date=_T0)
+    v1 = model.commit(
+        {
+            "config.json": json.dumps(config, indent=2, sort_keys=True).encode() + b"\n",
+            "tokenizer.json": json.dumps(tokenizer, sort_keys=True).encode(),
+            "model.safetensors": tiny_safetensors(1),  # ~2 MiB, LFS
+        },
+        message="Initial upload",
+        date=_T0,
+    )
     model.create_tag("v1.0", at=v1)
-    model.commit({"README.md": b"# tiny-model\n\nA deterministic demo model served by hubemu.\n"},
-                 message="Add model card", date=_T0 + 60)
+    model.commit(
+        {"README.md": b"# tiny-model\n\nA deterministic demo model served by hubemu.\n"},
+        message="Add model card",
+        date=_T0 + 60,
+    )
 
     dataset = hub.create_repo("demo/tiny-dataset", repo_type="dataset", owner="demo-org")
-    files = {f"data/train-{i:05d}-of-00003.csv": b"id,text\n" + b"".join(
-        f"{j},row {j} of shard {i} {seeded_bytes(100 * i + j, 8).hex()}\n".encode() for j in range(200))
-        for i in range(3)}
-    files["data/validation.jsonl"] = b"".join(json.dumps({"id": j, "text": f"val {j}"}).encode() + b"\n"
-                                              for j in range(50))
+    files = {
+        f"data/train-{i:05d}-of-00003.csv": b"id,text\n"
+        + b"".join(
+            f"{j},row {j} of shard {i} {seeded_bytes(100 * i + j, 8).hex()}\n".encode() for j in range(200)
+        )
+        for i in range(3)
+    }
+    files["data/validation.jsonl"] = b"".join(
+        json.dumps({"id": j, "text": f"val {j}"}).encode() + b"\n" for j in range(50)
+    )
     files["README.md"] = b"# tiny-dataset\n"
     dataset.commit(files, message="Initial upload", date=_T0 + 120)
 
     gated = hub.create_repo("demo/gated-model", gated="manual", owner="demo-org")
-    gated.commit({"config.json": b'{"model_type": "tiny"}\n',
-                  "model.safetensors": tiny_safetensors(2, 64, 64)}, message="Initial upload", date=_T0 + 180)
+    gated.commit(
+        {"config.json": b'{"model_type": "tiny"}\n', "model.safetensors": tiny_safetensors(2, 64, 64)},
+        message="Initial upload",
+        date=_T0 + 180,
+    )
     hub.grant_gated("demo/gated-model", DEMO_USER, status="accepted")

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlspli
 from ._httpbase import FastHandler, LoopbackServer, ServerRunner, http_date
 from .store import LFS_SUFFIXES, Commit, Repo
 
-FAULT_KINDS = ("status", "reset", "corrupt", "slow", "ignore_range")
+FAULT_KINDS = ("status", "reset", "truncate", "corrupt", "slow", "ignore_range")
 ROLES = ("read", "write", "fineGrained")
 _TYPE_PLURALS = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
@@ -40,7 +40,13 @@ _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 @dataclass
 class Fault:
-    """A fault-injection rule. `times=None` means forever; `fired` counts how often it was applied."""
+    """A fault-injection rule. `times=None` means forever; `fired` counts how often it was applied.
+
+    kinds: "status" (answer `status` + `headers` instead of routing), "reset" (headers + `after_bytes` of body,
+    then TCP RST), "truncate" (same but a clean FIN: clients see an incomplete body, not a reset), "corrupt"
+    (flip the middle byte of the body), "slow" (throttle the body to `bytes_per_sec`), "ignore_range" (answer
+    200 + full body to a Range request). Body faults are only used up by responses they can affect.
+    """
 
     kind: str
     times: int | None = 1
@@ -83,7 +89,7 @@ class RequestRecord:
 
     @property
     def kind(self) -> str:
-        """"file" (GET/HEAD on /resolve/, or any CDN request), "meta" (/api/...) or "other"."""
+        """ "file" (GET/HEAD on /resolve/, or any CDN request), "meta" (/api/...) or "other"."""
         if self.origin == "cdn" or (self.method in ("GET", "HEAD") and "/resolve/" in self.path):
             return "file"
         return "meta" if self.path.startswith("/api/") else "other"
@@ -165,9 +171,15 @@ class _HubHandler(FastHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         body = self.read_request_body()
         rec = RequestRecord(
-            origin=origin, method=self.command, path=split.path or "/",
-            query=dict(parse_qsl(split.query, keep_blank_values=True)), status=0, headers=headers,
-            body_bytes=0, range=headers.get("range"), client_port=int(self.client_address[1]),
+            origin=origin,
+            method=self.command,
+            path=split.path or "/",
+            query=dict(parse_qsl(split.query, keep_blank_values=True)),
+            status=0,
+            headers=headers,
+            body_bytes=0,
+            range=headers.get("range"),
+            client_port=int(self.client_address[1]),
             time=time.time(),
         )
         fault = hub._take_fault(rec, "status")
@@ -206,32 +218,56 @@ class _HubHandler(FastHandler):
             out.append(("Connection", "close"))
         rec.status = status
         reset = hub._take_fault(rec, "reset")
+        truncate = None if reset else hub._take_fault(rec, "truncate")
+        cut = reset or truncate
         has_body = send_body and len(body) > 0
         corrupt = has_body and hub._take_fault(rec, "corrupt") is not None
         slow = hub._take_fault(rec, "slow") if has_body else None
-        rates = [r for r in (slow.bytes_per_sec if slow else None,
-                             hub.bandwidth_per_connection if rec.origin == "cdn" else None) if r]
+        rates = [
+            r
+            for r in (
+                slow.bytes_per_sec if slow else None,
+                hub.bandwidth_per_connection if rec.origin == "cdn" else None,
+            )
+            if r
+        ]
         hub._record(rec)
 
         def progress(n: int) -> None:
             rec.body_bytes += n
 
         try:
-            self.write_response(status, out, body, send_body=send_body, rate=min(rates) if rates else None,
-                                corrupt=corrupt, limit=reset.after_bytes if reset else None,
-                                on_progress=progress)
+            self.write_response(
+                status,
+                out,
+                body,
+                send_body=send_body,
+                rate=min(rates) if rates else None,
+                corrupt=corrupt,
+                limit=cut.after_bytes if cut else None,
+                on_progress=progress,
+            )
         except OSError:
             self.close_connection = True
             return
         if reset is not None:
             self.abort_connection()
+        elif truncate is not None:
+            self.close_connection = True  # the stock finish() then closes the socket normally (FIN)
 
 
 class HubEmulator:
     """A local, loopback-only Hugging Face Hub (API/resolve on `url`, LFS bytes on `cdn_url`)."""
 
-    def __init__(self, page_size: int = 1000, lfs_threshold: int = 10 * 1024 * 1024,
-                 max_lifetime: float = 900.0, *, port: int = 0, cdn_port: int = 0) -> None:
+    def __init__(
+        self,
+        page_size: int = 1000,
+        lfs_threshold: int = 10 * 1024 * 1024,
+        max_lifetime: float = 900.0,
+        *,
+        port: int = 0,
+        cdn_port: int = 0,
+    ) -> None:
         self.page_size = page_size
         self.lfs_threshold = lfs_threshold
         self.max_lifetime = max_lifetime
@@ -291,8 +327,14 @@ class HubEmulator:
         return f"http://127.0.0.1:{self._cdn.port}"
 
     # ------------------------------------------------------------------------------------ repos & users
-    def create_repo(self, repo_id: str, repo_type: str = "model", gated: bool | str = False,
-                    private: bool = False, owner: str | None = None) -> Repo:
+    def create_repo(
+        self,
+        repo_id: str,
+        repo_type: str = "model",
+        gated: bool | str = False,
+        private: bool = False,
+        owner: str | None = None,
+    ) -> Repo:
         """Create an empty repo (no commits). `owner` defaults to the namespace of `repo_id`."""
         with self._lock:
             key = (repo_type, repo_id)
@@ -310,8 +352,14 @@ class HubEmulator:
         with self._lock:
             del self._repos[(repo_type, repo_id)]
 
-    def add_user(self, name: str, token: str, role: str = "read", can_read_gated: bool = True,
-                 fullname: str | None = None) -> None:
+    def add_user(
+        self,
+        name: str,
+        token: str,
+        role: str = "read",
+        can_read_gated: bool = True,
+        fullname: str | None = None,
+    ) -> None:
         """Register a user and one of its tokens (call again to give a user more tokens)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -331,8 +379,9 @@ class HubEmulator:
             raise KeyError(f"no repo {repo_id!r}" + (f" of type {repo_type}" if repo_type else ""))
         return found
 
-    def grant_gated(self, repo_id: str, user: str, status: str = "accepted",
-                    repo_type: str | None = None) -> None:
+    def grant_gated(
+        self, repo_id: str, user: str, status: str = "accepted", repo_type: str | None = None
+    ) -> None:
         """Record a gated-access decision ("accepted", "pending"; "rejected"/None removes it)."""
         for repo in self._repos_named(repo_id, repo_type):
             with self._lock:
@@ -357,11 +406,17 @@ class HubEmulator:
         with self._records_lock:
             return [copy.copy(r) for r in self._records]
 
-    def count(self, origin: str | None = None, method: str | None = None, path_contains: str | None = None,
-              kind: str | None = None) -> int:
+    def count(
+        self,
+        origin: str | None = None,
+        method: str | None = None,
+        path_contains: str | None = None,
+        kind: str | None = None,
+    ) -> int:
         """Number of recorded requests matching every given filter."""
         return sum(
-            1 for r in self.requests
+            1
+            for r in self.requests
             if (origin is None or r.origin == origin)
             and (method is None or r.method == method.upper())
             and (path_contains is None or path_contains in r.path)
@@ -371,9 +426,9 @@ class HubEmulator:
     def bytes_served(self, path_contains: str | None = None) -> int:
         """Body bytes sent for file GETs (API /resolve and CDN)."""
         return sum(
-            r.body_bytes for r in self.requests
-            if r.method == "GET" and r.kind == "file"
-            and (path_contains is None or path_contains in r.path)
+            r.body_bytes
+            for r in self.requests
+            if r.method == "GET" and r.kind == "file" and (path_contains is None or path_contains in r.path)
         )
 
     def reset_counters(self) -> None:
@@ -458,8 +513,9 @@ class HubEmulator:
     def _web_url(self, repo_type: str, repo_id: str) -> str:
         return f"{self.url}/{_URL_PREFIX[repo_type]}{repo_id}"
 
-    def _check_access(self, repo: Repo | None, repo_type: str, repo_id: str, token: _Token | None,
-                      gate: bool) -> _Response | None:
+    def _check_access(
+        self, repo: Repo | None, repo_type: str, repo_id: str, token: _Token | None, gate: bool
+    ) -> _Response | None:
         """Visibility (private/unknown) always; gating only when `gate` (auth-check and /resolve)."""
         user = token.user if token else None
         with self._lock:
@@ -471,18 +527,33 @@ class HubEmulator:
             grant = repo.grants.get(user) if user else None
         kind = repo_type
         if token is None:
-            return _error(401, "GatedRepo", f"Access to {kind} {repo_id} is restricted. You must have access "
-                          "to it and be authenticated to access it. Please log in.")
+            return _error(
+                401,
+                "GatedRepo",
+                f"Access to {kind} {repo_id} is restricted. You must have access "
+                "to it and be authenticated to access it. Please log in.",
+            )
         if token.role == "fineGrained" and not token.can_read_gated:
-            return _error(403, None, "Please enable access to public gated repositories in your fine-grained "
-                          "token settings to view this repository.")
+            return _error(
+                403,
+                None,
+                "Please enable access to public gated repositories in your fine-grained "
+                "token settings to view this repository.",
+            )
         if grant == "accepted":
             return None
         if grant == "pending":
-            return _error(403, "GatedRepo", f"Your request to access {kind} {repo_id} is awaiting a review "
-                          "from the repo authors.")
-        return _error(403, "GatedRepo", f"Access to {kind} {repo_id} is restricted and you are not in the "
-                      f"authorized list. Visit {self._web_url(repo_type, repo_id)} to ask for access.")
+            return _error(
+                403,
+                "GatedRepo",
+                f"Your request to access {kind} {repo_id} is awaiting a review from the repo authors.",
+            )
+        return _error(
+            403,
+            "GatedRepo",
+            f"Access to {kind} {repo_id} is restricted and you are not in the "
+            f"authorized list. Visit {self._web_url(repo_type, repo_id)} to ask for access.",
+        )
 
     # ------------------------------------------------------------------------------------------- /api
     def _route_api(self, rec: RequestRecord, segs: list[str], token: _Token | None, body: bytes) -> _Response:
@@ -498,16 +569,25 @@ class HubEmulator:
         if not repo_id:
             return _error(404, None, "Not Found")
         sub = rest[0] if rest else ""
-        if (sub, method) not in {("", "GET"), ("", "HEAD"), ("revision", "GET"), ("revision", "HEAD"),
-                                 ("tree", "GET"), ("refs", "GET"), ("auth-check", "GET"),
-                                 ("paths-info", "POST"), ("commits", "GET")}:
+        if (sub, method) not in {
+            ("", "GET"),
+            ("", "HEAD"),
+            ("revision", "GET"),
+            ("revision", "HEAD"),
+            ("tree", "GET"),
+            ("refs", "GET"),
+            ("auth-check", "GET"),
+            ("paths-info", "POST"),
+            ("commits", "GET"),
+        }:
             return _error(404, None, "Not Found")
         denied = self._check_access(repo, repo_type, repo_id, token, gate=(sub == "auth-check"))
         if denied is not None or repo is None:
             return denied or _error(404, "RepoNotFound", "Repository not found")
         if sub == "auth-check":
             if rest[1:2] == ["write"] and not (
-                token and token.role in ("write", "fineGrained")
+                token
+                and token.role in ("write", "fineGrained")
                 and (token.user == repo.owner or token.user in repo.members)
             ):
                 return _error(403, None, "You don't have write access to this repository.")
@@ -529,18 +609,31 @@ class HubEmulator:
     def _whoami(self, token: _Token | None) -> _Response:
         if token is None:
             return _error(401, None, INVALID_CREDENTIALS)
-        access: dict[str, Any] = {"displayName": token.display_name, "role": token.role,
-                                  "createdAt": "2024-01-01T00:00:00.000Z"}
+        access: dict[str, Any] = {
+            "displayName": token.display_name,
+            "role": token.role,
+            "createdAt": "2024-01-01T00:00:00.000Z",
+        }
         if token.role == "fineGrained":
             access["fineGrained"] = {"canReadGatedRepos": token.can_read_gated, "scoped": [], "global": []}
         with self._lock:
             fullname = self._users.get(token.user, token.user)
-        return _json(200, {
-            "type": "user", "id": hashlib.sha1(token.user.encode()).hexdigest()[:24], "name": token.user,
-            "fullname": fullname, "email": f"{token.user}@example.invalid", "emailVerified": True,
-            "isPro": False, "canPay": False, "avatarUrl": "", "orgs": [],
-            "auth": {"type": "access_token", "accessToken": access},
-        })
+        return _json(
+            200,
+            {
+                "type": "user",
+                "id": hashlib.sha1(token.user.encode()).hexdigest()[:24],
+                "name": token.user,
+                "fullname": fullname,
+                "email": f"{token.user}@example.invalid",
+                "emailVerified": True,
+                "isPro": False,
+                "canPay": False,
+                "avatarUrl": "",
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": access},
+            },
+        )
 
     def _repo_info(self, repo: Repo, commit: Commit, query: dict[str, str]) -> _Response:
         blobs = query.get("blobs", "").lower() in ("1", "true")
@@ -557,13 +650,22 @@ class HubEmulator:
         info: dict[str, Any] = {"_id": repo.object_id, "id": repo.repo_id}
         if repo.repo_type == "model":
             info["modelId"] = repo.repo_id
-        info.update({
-            "author": repo.repo_id.split("/")[0] if "/" in repo.repo_id else repo.owner,
-            "sha": commit.sha, "lastModified": _iso(commit.date), "createdAt": _iso(repo.created),
-            "private": repo.private, "gated": repo.gated, "disabled": False, "tags": [], "downloads": 0,
-            "likes": 0, "siblings": siblings,
-            "usedStorage": sum(f.size for f in commit.files.values()),
-        })
+        info.update(
+            {
+                "author": repo.repo_id.split("/")[0] if "/" in repo.repo_id else repo.owner,
+                "sha": commit.sha,
+                "lastModified": _iso(commit.date),
+                "createdAt": _iso(repo.created),
+                "private": repo.private,
+                "gated": repo.gated,
+                "disabled": False,
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+                "siblings": siblings,
+                "usedStorage": sum(f.size for f in commit.files.values()),
+            }
+        )
         if repo.repo_type == "space":
             info.update({"sdk": "static", "subdomain": repo.repo_id.replace("/", "-").lower()})
         return _json(200, info)
@@ -578,11 +680,17 @@ class HubEmulator:
             if f.lfs:
                 out["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": f.pointer_size}
         if expand:
-            out["lastCommit"] = {"id": commit.last_changed.get(path, commit.sha), "title": commit.title,
-                                 "date": _iso(commit.date)}
+            out["lastCommit"] = {
+                "id": commit.last_changed.get(path, commit.sha),
+                "title": commit.title,
+                "date": _iso(commit.date),
+            }
             if f is not None:
-                out["securityFileStatus"] = {"status": "safe", "pickleImportScan": None,
-                                             "avScan": {"virusFound": False, "virusNames": None}}
+                out["securityFileStatus"] = {
+                    "status": "safe",
+                    "pickleImportScan": None,
+                    "avScan": {"virusFound": False, "virusNames": None},
+                }
         return out
 
     def _paginate(self, rec: RequestRecord, items: list[Any]) -> _Response:
@@ -612,7 +720,7 @@ class HubEmulator:
         prefix = f"{subpath}/" if subpath else ""
         paths = [p for p in list(commit.files) + [d for d in commit.dir_oids if d] if p.startswith(prefix)]
         if not recursive:
-            paths = [p for p in paths if "/" not in p[len(prefix):]]
+            paths = [p for p in paths if "/" not in p[len(prefix) :]]
         return self._paginate(rec, [self._entry(commit, p, expand) for p in sorted(paths)])
 
     def _paths_info(self, rec: RequestRecord, commit: Commit, body: bytes) -> _Response:
@@ -636,19 +744,31 @@ class HubEmulator:
 
         branches = repo.branches
         data: dict[str, Any] = {
-            "branches": [ref(n, f"refs/heads/{n}", s) for n, s in sorted(branches.items())
-                         if not n.startswith("refs/pr/")],
+            "branches": [
+                ref(n, f"refs/heads/{n}", s)
+                for n, s in sorted(branches.items())
+                if not n.startswith("refs/pr/")
+            ],
             "converts": [],
             "tags": [ref(n, f"refs/tags/{n}", s) for n, s in sorted(repo.tags.items())],
         }
         if query.get("include_prs", "").lower() in ("1", "true"):
-            data["pullRequests"] = [ref(n, n, s) for n, s in sorted(branches.items())
-                                    if n.startswith("refs/pr/")]
+            data["pullRequests"] = [
+                ref(n, n, s) for n, s in sorted(branches.items()) if n.startswith("refs/pr/")
+            ]
         return _json(200, data)
 
     def _commits(self, rec: RequestRecord, repo: Repo, commit: Commit) -> _Response:
-        items = [{"id": c.sha, "title": c.title, "message": "", "date": _iso(c.date),
-                  "authors": [{"user": repo.owner, "avatar": ""}]} for c in repo.history(commit.sha)]
+        items = [
+            {
+                "id": c.sha,
+                "title": c.title,
+                "message": "",
+                "date": _iso(c.date),
+                "authors": [{"user": repo.owner, "avatar": ""}],
+            }
+            for c in repo.history(commit.sha)
+        ]
         return self._paginate(rec, items)
 
     # --------------------------------------------------------------------------------------- /resolve
@@ -670,21 +790,37 @@ class HubEmulator:
         path = unquote("/".join(tail))
         f = commit.files.get(path)
         if f is None:
-            return _error(404, "EntryNotFound", f'{path} does not exist on "{rev}"',
-                          {"X-Repo-Commit": commit.sha})
+            return _error(
+                404, "EntryNotFound", f'{path} does not exist on "{rev}"', {"X-Repo-Commit": commit.sha}
+            )
         name = path.rsplit("/", 1)[-1]
         disposition = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\";"
         if f.lfs and f.sha256:
-            return _Response(302, {
-                "Location": self._signed_cdn_url(f.sha256),
-                "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(f.size), "X-Repo-Commit": commit.sha,
-                "ETag": f'"{f.oid}"', "Content-Disposition": disposition, "Vary": "Origin, Accept-Encoding",
-            })
+            return _Response(
+                302,
+                {
+                    "Location": self._signed_cdn_url(f.sha256),
+                    "X-Linked-Etag": f'"{f.sha256}"',
+                    "X-Linked-Size": str(f.size),
+                    "X-Repo-Commit": commit.sha,
+                    "ETag": f'"{f.oid}"',
+                    "Content-Disposition": disposition,
+                    "Vary": "Origin, Accept-Encoding",
+                },
+            )
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return _Response(200, {
-            "ETag": f'"{f.oid}"', "X-Repo-Commit": commit.sha, "Content-Type": ctype,
-            "Content-Disposition": disposition, "Vary": "Origin, Accept-Encoding",
-        }, f.data, ranged=True)
+        return _Response(
+            200,
+            {
+                "ETag": f'"{f.oid}"',
+                "X-Repo-Commit": commit.sha,
+                "Content-Type": ctype,
+                "Content-Disposition": disposition,
+                "Vary": "Origin, Accept-Encoding",
+            },
+            f.data,
+            ranged=True,
+        )
 
     # -------------------------------------------------------------------------------------------- CDN
     def _signature(self, sha256: str, expires: str) -> str:
@@ -708,8 +844,16 @@ class HubEmulator:
             data = self._lfs_blobs.get(sha256)
         if data is None:
             return _Response(404, {"Content-Type": "text/plain"}, b"NoSuchKey")
-        return _Response(200, {"ETag": f'"{sha256}"', "Content-Type": "application/octet-stream",
-                               "Cache-Control": "public, max-age=604800, immutable"}, data, ranged=True)
+        return _Response(
+            200,
+            {
+                "ETag": f'"{sha256}"',
+                "Content-Type": "application/octet-stream",
+                "Cache-Control": "public, max-age=604800, immutable",
+            },
+            data,
+            ranged=True,
+        )
 
     # --------------------------------------------------------------------------------------- helpers
     def file_url(self, repo_id: str, path: str, revision: str = "main", repo_type: str = "model") -> str:

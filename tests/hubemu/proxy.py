@@ -21,10 +21,19 @@ MODES = ("ok", "refuse", "407", "502", "503", "504", "reset")
 VIA = "1.1 prefetch-test-proxy"
 PROXY_STATUS = "prefetch-test-proxy; error=destination_unavailable"
 ALLOWED_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
-    "trailer", "transfer-encoding", "upgrade",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 RELAY_CHUNK = 1 << 20
 
 
@@ -65,8 +74,10 @@ class _ProxyHandler(FastHandler):
     def _html_error(self, status: int, extra: list[tuple[str, str]] | None = None) -> None:
         from ._httpbase import reason_phrase
 
-        body = (f"<html><head><title>{status} {reason_phrase(status)}</title></head><body>"
-                f"<h1>{status} {reason_phrase(status)}</h1><p>prefetch-test-proxy</p></body></html>").encode()
+        body = (
+            f"<html><head><title>{status} {reason_phrase(status)}</title></head><body>"
+            f"<h1>{status} {reason_phrase(status)}</h1><p>prefetch-test-proxy</p></body></html>"
+        ).encode()
         self._reply(status, [("Content-Type", "text/html; charset=utf-8"), *(extra or [])], body)
 
     def _authorized(self, proxy: ForwardProxy) -> bool:
@@ -206,8 +217,14 @@ class _ProxyHandler(FastHandler):
         assert resp is not None
         self._relay(proxy, method, target, resp, (host, port))
 
-    def _relay(self, proxy: ForwardProxy, method: str, target: str, resp: http.client.HTTPResponse,
-               key: tuple[str, int]) -> None:
+    def _relay(
+        self,
+        proxy: ForwardProxy,
+        method: str,
+        target: str,
+        resp: http.client.HTTPResponse,
+        key: tuple[str, int],
+    ) -> None:
         status = resp.status
         proxy._log(method, target, status)
         drop = HOP_BY_HOP | {h.strip().lower() for h in (resp.getheader("Connection") or "").split(",")}
@@ -255,8 +272,14 @@ class _ProxyHandler(FastHandler):
 class ForwardProxy:
     """Loopback-only forward proxy whose failure `mode` can be switched at runtime."""
 
-    def __init__(self, mode: str = "ok", credentials: tuple[str, str] | None = None,
-                 max_lifetime: float = 900.0, *, port: int = 0) -> None:
+    def __init__(
+        self,
+        mode: str = "ok",
+        credentials: tuple[str, str] | None = None,
+        max_lifetime: float = 900.0,
+        *,
+        port: int = 0,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.credentials = credentials

@@ -17,8 +17,20 @@ if TYPE_CHECKING:
     from .hub import HubEmulator
 
 LFS_SUFFIXES = frozenset(
-    {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".model",
-     ".parquet", ".arrow"}
+    {
+        ".safetensors",
+        ".bin",
+        ".pt",
+        ".pth",
+        ".ckpt",
+        ".h5",
+        ".msgpack",
+        ".gguf",
+        ".onnx",
+        ".model",
+        ".parquet",
+        ".arrow",
+    }
 )
 REPO_TYPES = ("model", "dataset", "space")
 
@@ -90,11 +102,18 @@ def _tree_oids(files: dict[str, StoredFile]) -> dict[str, str]:
         items = []
         for name, (is_dir, oid) in entries[d].items():
             child = f"{d}/{name}" if d else name
-            items.append((name + "/" if is_dir else name, name, "40000" if is_dir else "100644",
-                          oids[child] if is_dir else oid))
+            items.append(
+                (
+                    name + "/" if is_dir else name,
+                    name,
+                    "40000" if is_dir else "100644",
+                    oids[child] if is_dir else oid,
+                )
+            )
         items.sort(key=lambda it: it[0].encode())
-        body = b"".join(mode.encode() + b" " + name.encode() + b"\0" + bytes.fromhex(oid)
-                        for _, name, mode, oid in items)
+        body = b"".join(
+            mode.encode() + b" " + name.encode() + b"\0" + bytes.fromhex(oid) for _, name, mode, oid in items
+        )
         oids[d] = hashlib.sha1(b"tree %d\0" % len(body) + body).hexdigest()
     return oids
 
@@ -102,8 +121,9 @@ def _tree_oids(files: dict[str, StoredFile]) -> dict[str, str]:
 class Repo:
     """A Hub repository: branches, tags and commits. Mutations are thread-safe (guarded by the hub lock)."""
 
-    def __init__(self, hub: HubEmulator, repo_id: str, repo_type: str, gated: bool | str, private: bool,
-                 owner: str) -> None:
+    def __init__(
+        self, hub: HubEmulator, repo_id: str, repo_type: str, gated: bool | str, private: bool, owner: str
+    ) -> None:
         if repo_type not in REPO_TYPES:
             raise ValueError(f"repo_type must be one of {REPO_TYPES}, got {repo_type!r}")
         if gated is True:
@@ -130,8 +150,15 @@ class Repo:
         return f"Repo({self.repo_type}:{self.repo_id})"
 
     # ----------------------------------------------------------------------------------------- mutations
-    def commit(self, files: dict[str, bytes | None], branch: str = "main", lfs: set[str] | None = None, *,
-               message: str | None = None, date: float | None = None) -> str:
+    def commit(
+        self,
+        files: dict[str, bytes | None],
+        branch: str = "main",
+        lfs: set[str] | None = None,
+        *,
+        message: str | None = None,
+        date: float | None = None,
+    ) -> str:
         """Create a commit on `branch` (created if missing); unnamed paths carry over, None deletes."""
         with self._lock:
             parent = self._branches.get(branch)
@@ -164,14 +191,17 @@ class Repo:
             if parent:
                 text += f"parent {parent}\n"
             sig = f"{self.owner} <{self.owner}@users.noreply.hubemu> {int(when)} +0000"
-            text += (f"author {sig}\ncommitter {sig}\n\n{title}\n\n"
-                     f"Hubemu-Commit: {self.repo_type}/{self.repo_id}#{self._seq}\n")
+            text += (
+                f"author {sig}\ncommitter {sig}\n\n{title}\n\n"
+                f"Hubemu-Commit: {self.repo_type}/{self.repo_id}#{self._seq}\n"
+            )
             raw = text.encode()
             sha = hashlib.sha1(b"commit %d\0" % len(raw) + raw).hexdigest()
             for path in changed:
                 last_changed[path] = sha
-            self._commits[sha] = Commit(sha, parent, new_files, last_changed, when, title, dir_oids[""],
-                                        dir_oids)
+            self._commits[sha] = Commit(
+                sha, parent, new_files, last_changed, when, title, dir_oids[""], dir_oids
+            )
             self._branches[branch] = sha
             for sf in changed.values():
                 if sf.lfs and sf.sha256:
@@ -222,8 +252,8 @@ class Repo:
             if rev in self._tags:
                 return self._tags[rev]
             for prefix, table in (("refs/heads/", self._branches), ("refs/tags/", self._tags)):
-                if rev.startswith(prefix) and rev[len(prefix):] in table:
-                    return table[rev[len(prefix):]]
+                if rev.startswith(prefix) and rev[len(prefix) :] in table:
+                    return table[rev[len(prefix) :]]
             if len(rev) == 40 and rev.lower() in self._commits:
                 return rev.lower()
             return None

