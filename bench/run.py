@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import mmap
 import os
 import platform
 import shutil
@@ -134,6 +133,7 @@ class Run:
     rss_mb: float
     cpu_user: float
     cpu_sys: float
+    faults: int = 0  # minor page faults: fresh memory is expensive on a VM (see prime_page_cache)
     requests: int = 0
     heads: int = 0
     bytes_served: int = 0
@@ -151,7 +151,8 @@ class Bench:
     prefetch_root: Path
     prefetch_args: list[str]
     hf: list[str]
-    warm_memory: bool = True
+    prime: bool = True
+    tools: list[str] = field(default_factory=list)  # empty: every tool
     runs: list[Run] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
     counter: int = 0
@@ -219,13 +220,13 @@ class Bench:
     ) -> Run:
         """Run `argv` to completion; wall time, exit code, peak RSS and the Hub's counters for it.
 
-        `touch`: bytes the run will write; that much memory is touched and freed just before it starts
-        (see `warm_pages`).
+        `touch`: bytes the run will write; a scratch file that big is written and deleted just before
+        it starts (see `prime_page_cache`).
         """
+        if touch and self.prime:
+            prime_page_cache(folder, touch)
         os.sync()  # the previous run's dirty pages must not be written back during this one
         self.hub.reset()
-        if touch and self.warm_memory:
-            warm_pages(touch + touch // 4 + 64 * MiB)
         name = f"{workload}-{tool}".replace(" ", "_")
         with open(folder / f"{name}.out", "wb") as out, open(folder / f"{name}.err", "wb") as err:
             started = time.perf_counter()
@@ -250,6 +251,7 @@ class Bench:
             rss_mb=usage.ru_maxrss / 1024,
             cpu_user=usage.ru_utime,
             cpu_sys=usage.ru_stime,
+            faults=usage.ru_minflt,
             requests=stats["requests"],
             heads=stats["head"],
             bytes_served=stats["bytes_served"],
@@ -263,7 +265,7 @@ class Bench:
             self.runs.append(run)
         print(
             f"  {workload:<14} {tool:<18} {wall:7.2f} s  rss {run.rss_mb:6.0f} MB  cpu {run.cpu_user:5.2f}u"
-            f" {run.cpu_sys:5.2f}s  requests {run.requests:5d}  served {run.bytes_served / MiB:8.1f} MiB"
+            f" {run.cpu_sys:5.2f}s  faults {run.faults / 1000:6.0f}k  requests {run.requests:5d}  served {run.bytes_served / MiB:8.1f} MiB"
             + (f"  [{run.note}]" if run.note else ""),
             flush=True,
         )
@@ -271,6 +273,7 @@ class Bench:
 
     def cold(self, workload: str, repo: str, tools: Sequence[str]) -> dict[str, list[Run]]:
         """`reps` cold runs of each tool, in a rotating order so no tool always runs first."""
+        tools = [t for t in tools if not self.tools or t in self.tools]
         runs: dict[str, list[Run]] = {t: [] for t in tools}
         for rep in range(self.sizes.reps):
             order = list(tools[rep % len(tools) :]) + list(tools[: rep % len(tools)])
@@ -285,27 +288,39 @@ class Bench:
         return runs
 
 
-def warm_pages(nbytes: int) -> None:
-    """Touch `nbytes` of fresh memory and free it, so the next run's page cache starts on warm pages.
+def prime_page_cache(folder: Path, nbytes: int) -> None:
+    """Write `nbytes` to a scratch file, flush it and delete it, so the run that follows starts alike.
 
-    On a VM with free page reporting (virtio-balloon, as on the machine these numbers come from),
-    memory freed for a few seconds goes back to the host, and the next first touch of each page
-    costs a fault in the host: writing 1 GiB into the page cache then takes ~3 s instead of ~0.4 s.
-    Whichever tool ran after a pause paid that; touching the memory here, outside the timed window,
-    gives every run the same start.
+    On the VM these numbers come from, writing 1 GiB into the page cache takes ~3 s when nothing was
+    written for a few seconds, but ~0.4 s right after another file of that size was written and
+    deleted (measured with a plain `os.write` loop; touching anonymous memory does not have this
+    effect). Without this, whichever tool ran first after a pause paid ~2.5 s more; with it, every
+    run starts in the "right after a previous download" state.
     """
-    area = mmap.mmap(-1, nbytes)
     block = b"\1" * MiB
+    scratch = folder / ".prime"
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        for _ in range(nbytes // MiB):
-            area.write(block)
+        for _ in range(max(1, nbytes // MiB)):
+            os.write(fd, block)
     finally:
-        area.close()
+        os.close(fd)
+    os.sync()
+    scratch.unlink()
 
 
 def median(runs: list[Run], attr: str = "wall") -> float:
     ok = [getattr(r, attr) for r in runs if r.code == 0]
     return statistics.median(ok) if ok else float("nan")
+
+
+def get(d: dict[str, Any], *keys: str) -> Any:
+    """`d[k1][k2]...`, or nan when a tool or value was not measured."""
+    for key in keys:
+        if not isinstance(d, dict) or key not in d:
+            return float("nan")
+        d = d[key]
+    return d
 
 
 def ratio(a: float, b: float) -> float:
@@ -318,9 +333,8 @@ def bench_cold(b: Bench) -> None:
     tools = ["hf", "prefetch"] + (["curl"] if shutil.which("curl") else [])
     runs = b.cold("cold", BIG, tools)
     out = {t: summarize(r) for t, r in runs.items()}
-    out["ratio_hf"] = ratio(out["prefetch"]["wall"], out["hf"]["wall"])
-    if "curl" in out:
-        out["ratio_curl"] = ratio(out["prefetch"]["wall"], out["curl"]["wall"])
+    out["ratio_hf"] = ratio(get(out, "prefetch", "wall"), get(out, "hf", "wall"))
+    out["ratio_curl"] = ratio(get(out, "prefetch", "wall"), get(out, "curl", "wall"))
     b.results["cold"] = out
 
 
@@ -333,7 +347,7 @@ def bench_cap(b: Bench) -> None:
     finally:
         b.hub.bandwidth(None)
     out = {t: summarize(r) for t, r in runs.items()}
-    out["ratio_hf"] = ratio(out["prefetch"]["wall"], out["hf"]["wall"])
+    out["ratio_hf"] = ratio(get(out, "prefetch", "wall"), get(out, "hf", "wall"))
     out["cap_mb_s"] = mbps
     b.results["cap"] = out
 
@@ -345,7 +359,7 @@ def bench_small(b: Bench) -> None:
     out: dict[str, Any] = {t: summarize(r) for t, r in runs.items()}
     for tool in runs:
         out[tool]["requests_per_file"] = median(runs[tool], "requests") / files
-    out["ratio_hf"] = ratio(out["prefetch"]["wall"], out["hf"]["wall"])
+    out["ratio_hf"] = ratio(get(out, "prefetch", "wall"), get(out, "hf", "wall"))
     out["files"] = files
     b.results["small"] = out
 
@@ -587,21 +601,21 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
     big = f"{sizes.big_files} × {sizes.big_size // MiB} MiB"
     if "cold" in results:
         c = results["cold"]
-        add(f"1. cold, {big}", fmt(c["hf"]["wall"]), fmt(c["prefetch"]["wall"]), fmt(c["ratio_hf"], ""),
-            "≤ 0.60 × hf", c["ratio_hf"] <= 0.6)  # fmt: skip
-        if "curl" in c:
-            add("1. … against parallel curl", fmt(c["curl"]["wall"]) + " (curl)", fmt(c["prefetch"]["wall"]),
-                fmt(c["ratio_curl"], ""), "≤ 1.30 × curl", c["ratio_curl"] <= 1.3)  # fmt: skip
+        add(f"1. cold, {big}", fmt(get(c, "hf", "wall")), fmt(get(c, "prefetch", "wall")), fmt(get(c, "ratio_hf"), ""),
+            "≤ 0.60 × hf", get(c, "ratio_hf") <= 0.6)  # fmt: skip
+        if "curl" in c:  # fmt: skip
+            add("1. … against parallel curl", fmt(get(c, "curl", "wall")) + " (curl)", fmt(get(c, "prefetch", "wall")),
+                fmt(get(c, "ratio_curl"), ""), "≤ 1.30 × curl", get(c, "ratio_curl") <= 1.3)  # fmt: skip
     if "cap" in results:
         c = results["cap"]
-        add(f"2. cold, {big}, CDN capped at {c['cap_mb_s']:.0f} MB/s per connection", fmt(c["hf"]["wall"]),
-            fmt(c["prefetch"]["wall"]), fmt(c["ratio_hf"], ""), "≤ 0.25 × hf", c["ratio_hf"] <= 0.25)  # fmt: skip
+        add(f"2. cold, {big}, CDN capped at {c['cap_mb_s']:.0f} MB/s per connection", fmt(get(c, "hf", "wall")),
+            fmt(get(c, "prefetch", "wall")), fmt(get(c, "ratio_hf"), ""), "≤ 0.25 × hf", get(c, "ratio_hf") <= 0.25)  # fmt: skip
     if "small" in results:
         c = results["small"]
-        add(f"3. cold, {c['files']:,} small files", fmt(c["hf"]["wall"]), fmt(c["prefetch"]["wall"]),
-            fmt(c["ratio_hf"], ""), "≤ 0.50 × hf", c["ratio_hf"] <= 0.5)  # fmt: skip
-        add("3. … requests per file", fmt(c["hf"]["requests_per_file"], "", 3),
-            fmt(c["prefetch"]["requests_per_file"], "", 3), "", "≤ 1.05", c["prefetch"]["requests_per_file"] <= 1.05)  # fmt: skip
+        add(f"3. cold, {c['files']:,} small files", fmt(get(c, "hf", "wall")), fmt(get(c, "prefetch", "wall")),
+            fmt(get(c, "ratio_hf"), ""), "≤ 0.50 × hf", get(c, "ratio_hf") <= 0.5)  # fmt: skip
+        add("3. … requests per file", fmt(get(c, "hf", "requests_per_file"), "", 3),
+            fmt(get(c, "prefetch", "requests_per_file"), "", 3), "", "≤ 1.05", get(c, "prefetch", "requests_per_file") <= 1.05)  # fmt: skip
     for label, w in results.get("warm", {}).items():
         add(f"4. warm no-op re-sync ({label}), online", fmt(w["hf"]["wall"]), fmt(w["prefetch"]["wall"]),
             fmt(w["ratio_hf"], ""), "≤ 1.00 × hf", w["ratio_hf"] <= 1.0)  # fmt: skip
@@ -696,12 +710,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="repetitions per measurement (default 3; 1 with --quick)")
     parser.add_argument("--only", help=f"comma-separated subset of: {','.join(WORKLOADS)}")
     parser.add_argument("--skip", default="", help="comma-separated workloads to leave out")
+    parser.add_argument("--tools", help="only these tools (e.g. prefetch,curl), for tuning sweeps")
     parser.add_argument("--prefetch-arg", action="append", default=[], help="extra `prefetch sync` flag (repeat)")
     parser.add_argument("--prefetch-root", type=Path, default=ROOT, help="source tree of prefetch to measure")
     parser.add_argument("--workdir", type=Path, help="where caches go (default: a temp folder, removed after)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
-        "--no-warm-memory", action="store_true", help="do not touch memory before each run (see warm_pages)"
+        "--no-prime", action="store_true", help="no scratch write before each run (see prime_page_cache)"
     )
     parser.add_argument("--json", type=Path, help="write all results as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the results table (Markdown) here")
@@ -730,7 +745,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"test Hub at {hub.url} (pid {hub.pid}) after {time.monotonic() - started:.1f} s", flush=True)
             b = Bench(
                 hub, sizes, work, args.prefetch_root.resolve(), args.prefetch_arg, hf_command(),
-                warm_memory=not args.no_warm_memory,
+                prime=not args.no_prime,
+                tools=args.tools.split(",") if args.tools else [],
             )  # fmt: skip
             for name in wanted:
                 WORKLOADS[name](b)

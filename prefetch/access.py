@@ -268,6 +268,7 @@ def _check_one(
     commit: str | None,
     gated: bool | str | None,
 ) -> AccessResult:
+    """One entry's row: revision info (for the gating, unless known) then auth-check, never file bytes."""
     result = AccessResult(entry, "ok", token.source if token else None, commit=commit, hub_gated=gated)
     if token is None and entry.token_env:
         result.warnings.append(

@@ -21,6 +21,7 @@ import click
 from prefetch import __version__, offline
 from prefetch import sync as sync_mod
 from prefetch.auth import redact
+from prefetch.cache import atomic_write
 from prefetch.errors import ExitCode, PrefetchError, exit_code_for
 from prefetch.progress import Progress, human_bytes, make_progress, setup_logging
 
@@ -252,7 +253,7 @@ def sbom(lockfile: Path, output: Path | None) -> None:
     """A CycloneDX JSON SBOM of the locked repos and files."""
     text = json.dumps(offline.sbom(lockfile), indent=2, sort_keys=True) + "\n"
     if output:
-        output.write_text(text)
+        atomic_write(output, text.encode())
     else:
         click.echo(text, nl=False)
 

@@ -23,6 +23,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prefetch import __version__
 from prefetch.errors import LockfileError
+from prefetch.paths import revision_problem, unsafe_path_reason
 
 if TYPE_CHECKING:
     from prefetch.manifest import Entry, Manifest
@@ -292,15 +293,9 @@ class _LockReader:
         if repo_type not in _REPO_TYPES:
             self.fail(items["type"], f"{key_path}.type", f"expected one of {', '.join(_REPO_TYPES)}")
         revision = self.string(items["revision"], f"{key_path}.revision")
-        if (
-            not revision
-            or not revision.isprintable()
-            or any(c.isspace() for c in revision)
-            or revision.startswith("/")
-            or ".." in revision
-            or "\\" in revision
-        ):
-            self.fail(items["revision"], f"{key_path}.revision", f"invalid revision {revision!r}")
+        problem = revision_problem(revision)
+        if problem:
+            self.fail(items["revision"], f"{key_path}.revision", problem)
         include = None
         if not self.is_null(items["include"]):
             include = self.strings(items["include"], f"{key_path}.include")
@@ -403,24 +398,6 @@ class _LockReader:
         if not isinstance(node, SequenceNode):
             self.fail(node, key_path, "expected a list of strings")
         return tuple(self.string(child, f"{key_path}[{i}]") for i, child in enumerate(node.value))
-
-
-def unsafe_path_reason(path: str) -> str | None:
-    """Why a repo-relative file path could escape the cache folder (None when it is safe)."""
-    if not path:
-        return "empty path"
-    if path.startswith("/"):
-        return "absolute path"
-    if "\\" in path:
-        return "backslash in path"
-    if "\0" in path:
-        return "NUL character in path"
-    segments = path.split("/")
-    if any(s == ".." for s in segments):
-        return "'..' segment"
-    if any(s in ("", ".") for s in segments):
-        return "empty or '.' segment"
-    return None
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prefetch.errors import ManifestError
+from prefetch.paths import revision_problem
 
 REPO_TYPES = ("model", "dataset", "space")
 MANIFEST_VERSION = 1
@@ -88,7 +89,8 @@ class Manifest:
     path: Path
     entries: tuple[Entry, ...]
     version: int = 1
-    cache_dir: Path | None = None
+    cache_dir: Path | None = None  # absolute (a relative one is resolved against the manifest's folder)
+    cache_dir_text: str | None = None  # as written, for the lockfile (an absolute path is machine-specific)
     endpoint: str | None = None
     proxies: tuple[str, ...] = ()
     retry: RetrySettings = field(default_factory=RetrySettings)
@@ -311,14 +313,9 @@ class _Parser:
     def revision(self, node: Node, key_path: str) -> str:
         """A branch, tag or commit: also used as a file name under `refs/` in the cache, hence strict."""
         value = self.string(node, key_path)
-        if not value:
-            self.fail(node, key_path, "expected a revision (a branch, tag or 40-hex commit), got ''")
-        if any(c.isspace() for c in value) or not value.isprintable():
-            self.fail(node, key_path, f"revision {value!r} must not contain whitespace or control characters")
-        if value.startswith("/"):
-            self.fail(node, key_path, f"revision {value!r} must not start with '/'")
-        if ".." in value or "\\" in value:
-            self.fail(node, key_path, f"revision {value!r} must not contain '..' or '\\'")
+        problem = revision_problem(value)
+        if problem:
+            self.fail(node, key_path, problem)
         return value
 
     def token_env(self, node: Node, key_path: str) -> str:
@@ -415,6 +412,7 @@ class _Parser:
         items = self.mapping(root, "", TOP_KEYS)
 
         cache_dir = self.optional(items, "cache_dir", "", self.cache_dir)
+        cache_dir_text = self.optional(items, "cache_dir", "", self.string)
         endpoint = self.optional(items, "endpoint", "", lambda n, p: self.url(n, p, credentials=False))
         proxies = self.optional(items, "proxies", "", self.proxies) or ()
         retry = self.optional(items, "retry", "", self.retry) or RetrySettings()
@@ -427,6 +425,7 @@ class _Parser:
             entries=entries,
             version=version,
             cache_dir=cache_dir,
+            cache_dir_text=cache_dir_text,
             endpoint=endpoint.rstrip("/") if endpoint else None,
             proxies=proxies,
             retry=retry,

@@ -38,7 +38,8 @@ from urllib.parse import quote
 from prefetch import __version__
 from prefetch.cache import RepoCache, fsync_dir, is_regular_blob, resolve_cache_dir, safe_relpath
 from prefetch.errors import DiskSpaceError, IntegrityError, PrefetchError, UsageError, VerifyError
-from prefetch.lockfile import Lock, LockedEntry, LockedFile, load_lock, parse_lock, unsafe_path_reason
+from prefetch.lockfile import Lock, LockedEntry, LockedFile, load_lock, parse_lock
+from prefetch.paths import unsafe_path_reason
 from prefetch.progress import human_bytes
 from prefetch.sync import DISK_MARGIN
 from prefetch.transfer import CHUNK, iter_chunks

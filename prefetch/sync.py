@@ -231,7 +231,10 @@ class Run:
         return resolved, failures
 
     def new_lock(self, resolved: dict[str, LockedEntry]) -> Lock:
-        cache_dir = str(self.manifest.cache_dir) if self.manifest.cache_dir else None
+        cache_dir = self.manifest.cache_dir_text
+        if cache_dir and self.manifest.cache_dir and not os.path.isabs(os.path.expanduser(cache_dir)):
+            # Relative in the manifest: keep it relative, to the lock's folder, so the lock travels.
+            cache_dir = os.path.relpath(self.manifest.cache_dir, self.lock_path.absolute().parent)
         return Lock(
             manifest_digest=self.manifest.digest(),
             tool_version=__version__,

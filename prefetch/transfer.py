@@ -212,7 +212,13 @@ class RetryPolicy:
             sleep=sleep,
             reraise=True,
         )
-        return retrying(fn)
+        try:
+            return retrying(fn)
+        except Exception as e:
+            if is_retryable(e):  # gave up on a transient failure: say how hard we tried
+                with contextlib.suppress(AttributeError):
+                    e.prefetch_attempts = retrying.statistics.get("attempt_number", 1)  # type: ignore[attr-defined]
+            raise
 
 
 # ---------------------------------------------------------------------------------------------- http
@@ -473,7 +479,9 @@ def network_error(exc: BaseException, http: Http, what: str) -> PrefetchError:
     if isinstance(exc, ProxyRoutesFailed):
         lines = "\n".join(f"  - {route}: {reason}" for route, reason in exc.failures)
         return NetworkError(f"{what}: every proxy failed (endpoint {http.endpoint}):\n{lines}")
-    return NetworkError(f"{what}: {describe(exc)} (tried {http.describe_routes()})")
+    attempts = getattr(exc, "prefetch_attempts", None)
+    gave_up = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}; " if attempts else ""
+    return NetworkError(f"{what}: {describe(exc)} ({gave_up}tried {http.describe_routes()})")
 
 
 # ---------------------------------------------------------------------------------------------- files

@@ -42,8 +42,13 @@ def add_repo(
     repo.commit({"config.json": b'{"model_type": "tiny"}\n', "model.safetensors": b"\x00" * 4096})
 
 
-def run(prefetch: PrefetchRunner, command: str, *args: str, env: dict[str, str | None] | None = None,
-        json_out: bool = False) -> CliResult:
+def run(
+    prefetch: PrefetchRunner,
+    command: str,
+    *args: str,
+    env: dict[str, str | None] | None = None,
+    json_out: bool = False,
+) -> CliResult:
     """`prefetch [--json] COMMAND models.yaml ARGS --retries 2 --max-wait 0.1`."""
     head = ("--json",) if json_out else ()
     return prefetch(*head, command, "models.yaml", *args, *FAST, env=env)
@@ -64,7 +69,9 @@ class Case:
     exit_code: int
     remedy: list[str]  # snippets that must appear (the `{endpoint}` placeholder is the test Hub's URL)
     source: str | None  # the token source the report must name ("no token" when None)
-    setup: Callable[[HubEmulator, PrefetchRunner, Any], tuple[dict[str, Any], dict[str, str | None], list[str]]]
+    setup: Callable[
+        [HubEmulator, PrefetchRunner, Any], tuple[dict[str, Any], dict[str, str | None], list[str]]
+    ]
     extra: list[str] = field(default_factory=list)
 
 
@@ -146,35 +153,63 @@ LOGIN = ["hf auth login", "HF_TOKEN", "$HF_HOME/token", "~/.cache/huggingface/to
 CASES = {
     "no-token-gated": Case("no-token", 3, LOGIN, None, _no_token_gated),
     "invalid-token": Case(
-        "invalid-token", 3, ["{endpoint}/settings/tokens", "invalid or revoked", "HF_TOKEN"], "HF_TOKEN",
+        "invalid-token",
+        3,
+        ["{endpoint}/settings/tokens", "invalid or revoked", "HF_TOKEN"],
+        "HF_TOKEN",
         _invalid_token,
     ),
     "gated-auto-not-accepted": Case(
-        "gated-not-accepted", 3,
+        "gated-not-accepted",
+        3,
         ["open {endpoint}/org/gated", "accept the conditions", "account that owns the token", "propagate"],
-        "HF_TOKEN", _gated_not_accepted("auto"),
+        "HF_TOKEN",
+        _gated_not_accepted("auto"),
     ),
     "gated-manual-not-on-list": Case(
-        "gated-not-accepted", 3,
-        ["open {endpoint}/org/gated", "accept the conditions", "account that owns the token", "propagate",
-         "alice"],
-        "HF_TOKEN", _gated_not_accepted("manual"),
+        "gated-not-accepted",
+        3,
+        [
+            "open {endpoint}/org/gated",
+            "accept the conditions",
+            "account that owns the token",
+            "propagate",
+            "alice",
+        ],
+        "HF_TOKEN",
+        _gated_not_accepted("manual"),
     ),
     "gated-pending": Case("gated-pending", 3, ["wait for the authors' approval"], "HF_TOKEN", _gated_pending),
     "fine-grained": Case(
-        "fine-grained-token", 3,
+        "fine-grained-token",
+        3,
         ["read access to contents of all public gated repos you can access", "{endpoint}/settings/tokens"],
-        "HF_TOKEN", _fine_grained,
+        "HF_TOKEN",
+        _fine_grained,
     ),
     "private-with-token": Case(
-        "not-found", 3, ["check the repo id and type", "alice", "can see it"], "HF_TOKEN", _private_with_token,
+        "not-found",
+        3,
+        ["check the repo id and type", "alice", "can see it"],
+        "HF_TOKEN",
+        _private_with_token,
     ),
     "private-no-token": Case(
-        "not-found", 3, ["check the repo id and type", "hf auth login"], None, _private_no_token,
+        "not-found",
+        3,
+        ["check the repo id and type", "hf auth login"],
+        None,
+        _private_no_token,
     ),
-    "unknown-type": Case("not-found", 3, ["check the repo id and type", "dataset"], "HF_TOKEN", _unknown_dataset),
+    "unknown-type": Case(
+        "not-found", 3, ["check the repo id and type", "dataset"], "HF_TOKEN", _unknown_dataset
+    ),
     "revision-not-found": Case(
-        "revision-not-found", 3, ["'v9-missing'", "branches: dev, main", "tags: v1.0"], None, _revision_not_found,
+        "revision-not-found",
+        3,
+        ["'v9-missing'", "branches: dev, main", "tags: v1.0"],
+        None,
+        _revision_not_found,
     ),
     "proxy-refused": Case("network", 4, ["{endpoint}", "proxy http://127.0.0.1:"], None, _proxy("refuse")),
     "proxy-502": Case("network", 4, ["{endpoint}", "proxy http://127.0.0.1:", "502"], None, _proxy("502")),
@@ -237,7 +272,9 @@ def test_sync_fails_before_any_file_byte_with_the_same_remedy(
     assert not (prefetch.tmp / "models.lock").exists()
     if case.status == "network":
         assert "could not reach the Hub" in result.stderr and "not an access problem" in result.stderr
-    assert not any(p.is_file() for p in prefetch.cache_dir.rglob("*")) if prefetch.cache_dir.exists() else True
+    assert (
+        not any(p.is_file() for p in prefetch.cache_dir.rglob("*")) if prefetch.cache_dir.exists() else True
+    )
 
     as_json = run(prefetch, "sync", *args, env=env, json_out=True)
     assert as_json.code == case.exit_code
@@ -248,10 +285,16 @@ def test_sync_fails_before_any_file_byte_with_the_same_remedy(
 
 
 # ------------------------------------------------------------------------------ manifest-level behaviour
-def test_gated_true_without_token_fails_before_any_request(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+def test_gated_true_without_token_fails_before_any_request(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
     add_repo(hub, "org/gated", gated="manual")
-    prefetch.manifest([{"repo": "org/gated", "gated": True}, {"repo": "org/other", "gated": True,
-                                                              "token_env": "ORG_B_TOKEN"}])
+    prefetch.manifest(
+        [
+            {"repo": "org/gated", "gated": True},
+            {"repo": "org/other", "gated": True, "token_env": "ORG_B_TOKEN"},
+        ]
+    )
     for command in ("check", "sync"):
         result = run(prefetch, command)
         assert result.code == 3, result
@@ -272,31 +315,50 @@ def test_several_failures_are_all_reported_in_one_run(prefetch: PrefetchRunner, 
     add_repo(hub, "org/fg-gated", gated="auto")
     hub.grant_gated("org/fg-gated", "fg")
     add_repo(hub, "bob/secret", private=True)
-    prefetch.manifest([
-        {"repo": "org/public"},
-        {"repo": "org/gated", "gated": True},
-        {"repo": "org/pending", "gated": True},
-        {"repo": "org/fg-gated", "gated": True, "token_env": "FG_TOKEN"},
-        {"repo": "bob/secret"},
-        {"repo": "org/public", "revision": "nope"},
-    ])
+    prefetch.manifest(
+        [
+            {"repo": "org/public"},
+            {"repo": "org/gated", "gated": True},
+            {"repo": "org/pending", "gated": True},
+            {"repo": "org/fg-gated", "gated": True, "token_env": "FG_TOKEN"},
+            {"repo": "bob/secret"},
+            {"repo": "org/public", "revision": "nope"},
+        ]
+    )
     env = {"HF_TOKEN": CANARY_TOKEN, "FG_TOKEN": FG_TOKEN}
-    expected = ["gated-not-accepted", "gated-pending", "fine-grained-token", "not-found", "revision-not-found"]
+    expected = [
+        "gated-not-accepted",
+        "gated-pending",
+        "fine-grained-token",
+        "not-found",
+        "revision-not-found",
+    ]
 
     result = run(prefetch, "check", env=env, json_out=True)
     assert result.code == 3, result
     rows = json.loads(result.stdout)["entries"]
     assert [r["status"] for r in rows] == ["ok", *expected]
-    assert [r["token_source"] for r in rows] == ["HF_TOKEN", "HF_TOKEN", "HF_TOKEN", "FG_TOKEN", "HF_TOKEN",
-                                                  "HF_TOKEN"]
+    assert [r["token_source"] for r in rows] == [
+        "HF_TOKEN",
+        "HF_TOKEN",
+        "HF_TOKEN",
+        "FG_TOKEN",
+        "HF_TOKEN",
+        "HF_TOKEN",
+    ]
 
     text = run(prefetch, "check", env=env)
     assert text.stdout.count("FAIL  ") == 5 and "1 of 6 entries readable" in text.stdout
 
     synced = run(prefetch, "sync", env=env)
     assert synced.code == 3, synced
-    for label in ("org/gated@main", "org/pending@main", "org/fg-gated@main", "bob/secret@main",
-                  "org/public@nope"):
+    for label in (
+        "org/gated@main",
+        "org/pending@main",
+        "org/fg-gated@main",
+        "bob/secret@main",
+        "org/public@nope",
+    ):
         assert label in synced.stderr, (label, synced)
     assert synced.stderr.count("FAIL  ") == 5
     assert hub.count(kind="file") == 0
@@ -312,11 +374,17 @@ def test_whoami_at_most_once_per_token_per_run(prefetch: PrefetchRunner, hub: Hu
     add_repo(hub, "org/public")
     add_repo(hub, "bob/secret", private=True)
     hub.revoke_token(OTHER_TOKEN)
-    prefetch.manifest([
-        {"repo": "org/a"}, {"repo": "org/b"}, {"repo": "org/c"}, {"repo": "org/public"}, {"repo": "bob/secret"},
-        {"repo": "org/d", "token_env": "ORG_B_TOKEN"}, {"repo": "org/public", "type": "dataset",
-                                                         "token_env": "ORG_B_TOKEN"},
-    ])
+    prefetch.manifest(
+        [
+            {"repo": "org/a"},
+            {"repo": "org/b"},
+            {"repo": "org/c"},
+            {"repo": "org/public"},
+            {"repo": "bob/secret"},
+            {"repo": "org/d", "token_env": "ORG_B_TOKEN"},
+            {"repo": "org/public", "type": "dataset", "token_env": "ORG_B_TOKEN"},
+        ]
+    )
     env = {"HF_TOKEN": CANARY_TOKEN, "ORG_B_TOKEN": OTHER_TOKEN}
     for command in ("check", "sync"):
         hub.reset_counters()
@@ -357,11 +425,13 @@ def test_a_sync_that_passes_the_check_downloads(prefetch: PrefetchRunner, hub: H
     add_repo(hub, "bob/secret", private=True)
     add_repo(hub, "org/data", repo_type="dataset", gated="auto")
     hub.grant_gated("org/data", "alice")
-    prefetch.manifest([
-        {"repo": "org/gated", "gated": True},
-        {"repo": "bob/secret", "token_env": "ORG_B_TOKEN"},
-        {"repo": "org/data", "type": "dataset", "gated": True},
-    ])
+    prefetch.manifest(
+        [
+            {"repo": "org/gated", "gated": True},
+            {"repo": "bob/secret", "token_env": "ORG_B_TOKEN"},
+            {"repo": "org/data", "type": "dataset", "gated": True},
+        ]
+    )
     env = {"HF_TOKEN": CANARY_TOKEN, "ORG_B_TOKEN": OTHER_TOKEN}
     checked = run(prefetch, "check", env=env)
     assert checked.code == 0, checked
@@ -411,8 +481,47 @@ def test_locked_and_cached_entry_makes_no_request(prefetch: PrefetchRunner, hub:
     assert hub.count() == 0
 
 
+def test_verdicts_do_not_depend_on_whoami(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    """whoami only enriches messages: a mirror without it (or a rate-limited one) gives the same rows."""
+    hub.inject(
+        Fault("status", times=None, match=r"/api/whoami-v2$", status=429, headers={"Retry-After": "3600"})
+    )
+    hub.add_user("alice", token=CANARY_TOKEN)
+    hub.add_user("fg", token=FG_TOKEN, role="fineGrained", can_read_gated=False)
+    add_repo(hub, "org/gated", gated="manual")
+    add_repo(hub, "org/fg", gated="auto")
+    hub.grant_gated("org/fg", "fg")
+    add_repo(hub, "bob/secret", private=True)
+    prefetch.manifest(
+        [{"repo": "org/gated"}, {"repo": "org/fg", "token_env": "FG_TOKEN"}, {"repo": "bob/secret"}]
+    )
+    result = run(prefetch, "check", env={"HF_TOKEN": CANARY_TOKEN, "FG_TOKEN": FG_TOKEN}, json_out=True)
+    assert result.code == 3, result
+    rows = json.loads(result.stdout)["entries"]
+    assert [r["status"] for r in rows] == ["gated-not-accepted", "fine-grained-token", "not-found"]
+    assert hub.count(path_contains="/api/whoami-v2") <= 2  # one attempt per token: no Retry-After wait
+
+
+def test_a_locked_commit_that_vanished_is_reported_before_any_byte(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    add_repo(hub, "org/model")
+    prefetch.manifest([{"repo": "org/model"}])
+    assert prefetch("lock", "models.yaml").code == 0
+    hub.delete_repo("org/model")  # history rewritten: same repo, new commits
+    hub.create_repo("org/model").commit({"config.json": b"{}"})
+    hub.reset_counters()
+    result = run(prefetch, "sync")
+    assert result.code == 3, result
+    assert "no longer exists" in result.stderr and "--upgrade-repo org/model" in result.stderr
+    assert "branches: main" in result.stderr
+    assert hub.count(kind="file") == 0
+
+
 # ----------------------------------------------------------------------------------------- mirror fallback
-def test_mirror_without_auth_check_falls_back_to_a_file_probe(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+def test_mirror_without_auth_check_falls_back_to_a_file_probe(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
     hub.inject(Fault("status", times=None, match=r"/auth-check$", status=404))
     hub.add_user("alice", token=CANARY_TOKEN)
     add_repo(hub, "org/ok", gated="manual")
@@ -426,10 +535,14 @@ def test_mirror_without_auth_check_falls_back_to_a_file_probe(prefetch: Prefetch
     result = run(prefetch, "check", env=env, json_out=True)
     assert result.code == 3, result
     assert [r["status"] for r in json.loads(result.stdout)["entries"]] == [
-        "ok", "gated-not-accepted", "gated-pending"]
+        "ok",
+        "gated-not-accepted",
+        "gated-pending",
+    ]
     probes = [r for r in hub.requests if "/resolve/" in r.path]
     assert probes and all(r.method == "HEAD" and r.body_bytes == 0 for r in probes), [
-        (r.method, r.path) for r in probes]
+        (r.method, r.path) for r in probes
+    ]
     assert hub.bytes_served() == 0
 
     hub.reset_counters()
@@ -481,7 +594,7 @@ def test_token_source_order(winner: str, prefetch: PrefetchRunner, hub: HubEmula
     add_repo(hub, "org/gated", gated="manual")
     hub.grant_gated("org/gated", "alice")
     prefetch.manifest([{"repo": "org/gated", "gated": True}])
-    offered = SOURCES[SOURCES.index(winner):]
+    offered = SOURCES[SOURCES.index(winner) :]
     args, env = _offer(secrets, offered, good=winner)
     expected = {
         "--token-file": f"--token-file {secrets / 'flag-token'}",
@@ -496,7 +609,9 @@ def test_token_source_order(winner: str, prefetch: PrefetchRunner, hub: HubEmula
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_a_bad_token_names_its_source(source: str, prefetch: PrefetchRunner, hub: HubEmulator, secrets: Path) -> None:
+def test_a_bad_token_names_its_source(
+    source: str, prefetch: PrefetchRunner, hub: HubEmulator, secrets: Path
+) -> None:
     hub.add_user("alice", token=CANARY_TOKEN)
     hub.revoke_token(CANARY_TOKEN)
     add_repo(hub, "org/public")

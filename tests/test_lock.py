@@ -142,3 +142,15 @@ def test_frozen_never_writes_the_lockfile(prefetch: PrefetchRunner, hub: HubEmul
         assert lock.stat().st_mtime_ns == before  # unchanged content is not rewritten either
     finally:
         prefetch.tmp.chmod(0o755)
+
+
+def test_lockfile_keeps_a_relative_cache_dir_relative(prefetch: PrefetchRunner, hub: HubEmulator):
+    """An absolute path of this machine in the lock would send verify/env/bundle elsewhere on another one."""
+    two_commits(hub)
+    manifest = prefetch.manifest([{"repo": "org/other"}], cache_dir="./hub-cache")
+    (prefetch.tmp / "locks").mkdir()
+    assert prefetch("sync", str(manifest), "--lock", "locks/m.lock").code == 0
+    lock = yaml.safe_load((prefetch.tmp / "locks" / "m.lock").read_text())
+    assert lock["cache_dir"] == "../hub-cache"
+    assert (prefetch.tmp / "hub-cache" / "models--org--other").is_dir()
+    assert str(prefetch.tmp) not in (prefetch.tmp / "locks" / "m.lock").read_text()

@@ -22,10 +22,10 @@ from prefetch.lockfile import (
     dump_lock,
     load_lock,
     parse_lock,
-    unsafe_path_reason,
     write_lock,
 )
 from prefetch.manifest import Manifest, parse_manifest
+from prefetch.paths import unsafe_path_reason
 
 SHA1 = "0123456789abcdef0123456789abcdef01234567"
 SHA256 = "0123456789abcdef" * 4
@@ -330,8 +330,9 @@ def test_newer_version_checked_before_unknown_keys() -> None:
             "m.lock:7:9: entries[0].type: expected one of model, dataset, space",
         ),
         ("- repo: acme/model", "- repo: a--b/c", "m.lock:6:9: entries[0].repo: invalid repo id"),
-        ("  revision: main", "  revision: ../../x", "m.lock:8:13: entries[0].revision: invalid revision"),
-        ("  revision: main", "  revision: /x", "m.lock:8:13: entries[0].revision: invalid revision"),
+        ("  revision: main", "  revision: ../../x", "m.lock:8:13: entries[0].revision: revision '../../x' must not"),
+        ("  revision: main", "  revision: /x", "m.lock:8:13: entries[0].revision: revision '/x' must not start"),
+        ("  revision: main", "  revision: a//b", "m.lock:8:13: entries[0].revision: revision 'a//b' cannot name"),
         (
             "  include: null",
             "  include: '*.json'",

@@ -254,6 +254,7 @@ def test_attempts_are_bounded_and_configurable(prefetch, hub, flags, retry, expe
     result = sync(prefetch, *flags)
     assert result.code == 4, result
     assert hub.count(path_contains="/revision/") == expected
+    assert f"gave up after {expected} attempts" in result.stderr
     lines = retry_lines(result.stderr)
     assert [line.split(" in ")[0] for line in lines] == [
         f"retry {n}/{expected - 1}" for n in range(1, expected)

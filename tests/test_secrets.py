@@ -100,8 +100,14 @@ def test_redact_url_masks_the_password_in_both_forms() -> None:
 
 def test_reports_and_logs_are_redacted() -> None:
     token = Token("report-secret-2468", "HF_TOKEN")
-    row = AccessResult(Entry(repo="org/x"), "forbidden", token.source, problem=f"odd {token.value}",
-                       remedy=f"see {token.value}", warnings=[token.value])
+    row = AccessResult(
+        Entry(repo="org/x"),
+        "forbidden",
+        token.source,
+        problem=f"odd {token.value}",
+        remedy=f"see {token.value}",
+        warnings=[token.value],
+    )
     report = AccessReport([row])
     assert token.value not in report.render()
     assert token.value not in json.dumps(row.to_json())
@@ -146,7 +152,12 @@ def test_invalid_token_errors_never_print_it(
     prefetch.manifest(MANIFEST)
     token_file = secrets / "token"
     token_file.write_text(CANARY_TOKEN)
-    for flags, command in [((), "check"), (("-vv",), "sync"), (("--json",), "check"), (("-vv", "--json"), "lock")]:
+    for flags, command in [
+        ((), "check"),
+        (("-vv",), "sync"),
+        (("--json",), "check"),
+        (("-vv", "--json"), "lock"),
+    ]:
         result = prefetch(*flags, command, "models.yaml", "--token-file", str(token_file), *FAST)
         assert result.code == 3, result
         assert_clean(result)

@@ -1,0 +1,216 @@
+"""The cache layout module: modes, resume state, atomic writes, locks shared with huggingface_hub."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import prefetch.cache as cache_mod
+from prefetch.cache import RepoCache, atomic_write, boot_id, file_mode, safe_relpath
+from prefetch.errors import DiskSpaceError, IntegrityError
+
+ETAG = "ab" * 32
+COMMIT = "c" * 40
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> RepoCache:
+    return RepoCache(tmp_path / "hub", "org/name", "model")
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    """Set the process umask for one test and restore it after."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+
+    def set_mask(mask: int) -> None:
+        os.umask(mask)
+
+    yield set_mask
+    os.umask(saved)
+
+
+def test_file_mode_follows_the_umask_without_touching_it(umask, monkeypatch):
+    """os.umask() can only be read by setting it: another thread would create files with the wrong mask."""
+    umask(0o027)
+    assert file_mode() == 0o640
+    umask(0o002)
+
+    def no_umask(mask: int) -> int:
+        raise AssertionError("os.umask must not be called while threads may be creating files")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    assert file_mode() == 0o664  # the current mask, not one cached earlier
+
+
+def write_state(repo: RepoCache, state: object, partial_size: int = 1000) -> None:
+    repo.blobs.mkdir(parents=True, exist_ok=True)
+    with open(repo.partial_path(ETAG), "wb") as f:
+        f.truncate(partial_size)
+    repo.state_path(ETAG).write_text(json.dumps(state))
+
+
+def test_partial_state_round_trip(repo):
+    write_state(repo, {})
+    repo.write_partial_state(ETAG, 1000, [(0, 100), (200, 300)], [(0, 100)])
+    assert repo.read_partial_state(ETAG, 1000) == [(0, 100), (200, 300)]
+    state = json.loads(repo.state_path(ETAG).read_text())
+    assert state["boot_id"] == boot_id() and state["synced"] == [[0, 100]]
+
+
+def test_after_a_reboot_only_synced_ranges_count(repo):
+    write_state(repo, {"size": 1000, "done": [[0, 600]], "synced": [[0, 200]], "boot_id": "another-boot"})
+    assert repo.read_partial_state(ETAG, 1000) == [(0, 200)]
+    write_state(repo, {"size": 1000, "done": [[0, 600]], "boot_id": "another-boot"})
+    assert repo.read_partial_state(ETAG, 1000) == []
+
+
+def test_state_without_boot_id_is_trusted(repo):
+    write_state(repo, {"size": 1000, "done": [[0, 600]]})
+    assert repo.read_partial_state(ETAG, 1000) == [(0, 600)]
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"size": 999, "done": [[0, 10]]},
+        {"size": 1000, "done": "nonsense"},
+        {"size": 1000, "done": [[0]]},
+        {"size": 1000, "done": [["a", "b"]]},
+        {"size": 1000, "done": 5},
+        [1, 2],
+        "text",
+    ],
+)
+def test_unusable_state_means_start_over(repo, state):
+    write_state(repo, state)
+    assert repo.read_partial_state(ETAG, 1000) == []
+
+
+def test_ranges_beyond_the_partial_file_are_dropped(repo):
+    write_state(repo, {"size": 1000, "done": [[0, 100], [500, 1000], [-5, 3]]}, partial_size=600)
+    assert repo.read_partial_state(ETAG, 1000) == [(0, 100)]
+
+
+def test_state_without_its_partial_file_is_ignored(repo):
+    write_state(repo, {"size": 1000, "done": [[0, 100]]})
+    repo.partial_path(ETAG).unlink()
+    assert repo.read_partial_state(ETAG, 1000) == []
+
+
+def test_a_full_disk_while_saving_state_is_a_disk_space_error(repo, monkeypatch):
+    def full(path: Path, data: bytes, *, durable: bool = True) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_mod, "atomic_write", full)
+    with pytest.raises(DiskSpaceError, match="disk full"):
+        repo.write_partial_state(ETAG, 10, [(0, 5)])
+
+
+def test_atomic_write_leaves_no_temporary_file_when_it_fails(tmp_path, monkeypatch):
+    target = tmp_path / "refs" / "main"
+
+    def fail(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        atomic_write(target, b"x")
+    assert list(target.parent.iterdir()) == []
+
+
+def test_atomic_write_mode_follows_the_umask(tmp_path, umask):
+    umask(0o002)
+    atomic_write(tmp_path / "a", b"x")
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o664
+
+
+def test_install_blob_makes_the_partial_the_blob(repo, umask):
+    umask(0o002)
+    write_state(repo, {"size": 1000, "done": [[0, 1000]]})
+    os.chmod(repo.partial_path(ETAG), 0o600)
+    repo.install_blob(ETAG)
+    blob = repo.blob_path(ETAG)
+    assert blob.stat().st_size == 1000 and blob.stat().st_mode & 0o777 == 0o664
+    assert not repo.partial_path(ETAG).exists() and not repo.state_path(ETAG).exists()
+    assert repo.has_blob(ETAG, 1000) and not repo.has_blob(ETAG, 999)
+
+
+def test_links_are_relative_and_nested(repo):
+    repo.blobs.mkdir(parents=True)
+    repo.blob_path(ETAG).write_bytes(b"x")
+    repo.link(COMMIT, "a/b/c.json", ETAG)
+    link = repo.snapshot_path(COMMIT, "a/b/c.json")
+    assert os.readlink(link) == f"../../../../blobs/{ETAG}"
+    assert link.read_bytes() == b"x" and repo.is_linked(COMMIT, "a/b/c.json", ETAG)
+
+
+def test_a_link_never_goes_through_a_symlinked_folder(repo, tmp_path):
+    """A folder of the snapshot replaced by a symlink must not lead a link outside the cache."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    repo.snapshot_dir(COMMIT).mkdir(parents=True)
+    (repo.snapshot_dir(COMMIT) / "sub").symlink_to(outside)
+    with pytest.raises(IntegrityError, match="outside"):
+        repo.link(COMMIT, "sub/file.txt", ETAG)
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["", "/abs", "../x", "a/../../x", "a//b", "./a", "a\\..\\b", "a/."])
+def test_unsafe_paths_are_refused(path):
+    with pytest.raises(IntegrityError, match="unsafe"):
+        safe_relpath(path)
+
+
+def test_the_lock_is_huggingface_hubs_lock(repo):
+    from huggingface_hub.file_download import repo_folder_name
+
+    expected = repo.root / ".locks" / repo_folder_name(repo_id="org/name", repo_type="model") / f"{ETAG}.lock"
+    assert repo.lock_path(ETAG) == expected
+
+
+def test_blob_lock_waits_for_huggingface_hub_and_can_be_interrupted(repo):
+    from huggingface_hub.utils import WeakFileLock
+
+    class Stop(Exception):
+        pass
+
+    waits: list[float] = []
+    started = time.monotonic()
+
+    def interrupt() -> None:
+        if time.monotonic() - started > 0.5:
+            raise Stop()
+
+    repo.lock_path(ETAG).parent.mkdir(parents=True)
+    with WeakFileLock(repo.lock_path(ETAG)), pytest.raises(Stop):  # noqa: SIM117
+        with repo.blob_lock(ETAG, on_wait=lambda: waits.append(time.monotonic()), interrupt=interrupt):
+            pytest.fail("acquired a lock that huggingface_hub holds")
+    assert len(waits) == 1
+
+
+def test_blob_lock_is_taken_once_the_holder_releases_it(repo):
+    order: list[str] = []
+    holding = threading.Event()
+
+    def holder() -> None:
+        with repo.blob_lock(ETAG):
+            holding.set()
+            time.sleep(0.3)
+            order.append("first done")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    holding.wait(5)
+    with repo.blob_lock(ETAG):
+        order.append("second in")
+    thread.join()
+    assert order == ["first done", "second in"]
