@@ -316,11 +316,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         raise SystemExit(ExitCode.USAGE) from None
-    except click.exceptions.Abort:
-        raise SystemExit(ExitCode.INTERRUPTED) from None
     except SystemExit:
         raise
     except BaseException as e:  # the one place errors become exit codes
+        if isinstance(e, click.exceptions.Abort):  # click's wrapping of Ctrl-C
+            e = KeyboardInterrupt()
         code = exit_code_for(e)
         if code == ExitCode.INTERRUPTED:
             message = "interrupted; partial downloads are kept and the next run resumes them"

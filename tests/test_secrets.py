@@ -60,7 +60,10 @@ def gated_hub(hub: HubEmulator) -> HubEmulator:
     return hub
 
 
-MANIFEST = [{"repo": "org/gated", "gated": True}, {"repo": "alice/private-data", "type": "dataset"}]
+MANIFEST: list[dict[str, Any]] = [
+    {"repo": "org/gated", "gated": True},
+    {"repo": "alice/private-data", "type": "dataset"},
+]
 
 
 # ----------------------------------------------------------------------------------------------- unit
@@ -136,7 +139,7 @@ SUCCESS_RUNS = [
 
 def test_successful_runs_never_print_the_token(prefetch: PrefetchRunner, gated_hub: HubEmulator) -> None:
     prefetch.manifest(MANIFEST)
-    env = {"HF_TOKEN": CANARY_TOKEN}
+    env: dict[str, str | None] = {"HF_TOKEN": CANARY_TOKEN}
     for flags, command in SUCCESS_RUNS:
         result = prefetch(*flags, command, "models.yaml", *FAST, env=env)
         assert result.code == 0, result
@@ -212,7 +215,7 @@ def test_an_internal_error_traceback_never_prints_the_token(
     """A bug whose exception message carries the token: the traceback is shown, the token is not."""
     (secrets / "sitecustomize.py").write_text(CRASH.format(method=method))
     prefetch.manifest(MANIFEST)
-    env = {"HF_TOKEN": CANARY_TOKEN, "PYTHONPATH": f"{secrets}{os.pathsep}{ROOT}"}
+    env: dict[str, str | None] = {"HF_TOKEN": CANARY_TOKEN, "PYTHONPATH": f"{secrets}{os.pathsep}{ROOT}"}
     if traceback_env:
         env["PREFETCH_TRACEBACK"] = "1"
     result = prefetch(*flags, command, "models.yaml", *FAST, env=env)
