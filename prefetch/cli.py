@@ -333,6 +333,10 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 message += " (run with -vv for the traceback; please report it)"
         if as_json:
-            click.echo(redact(json.dumps({"event": "error", "exit_code": int(code), "message": message})))
+            event: dict[str, Any] = {"event": "error", "exit_code": int(code), "message": message}
+            report = getattr(e, "report", None)  # an access check failure carries its rows
+            if report is not None:
+                event["entries"] = [row.to_json() for row in report.results]
+            click.echo(redact(json.dumps(event)))
         click.echo(redact(f"prefetch: error: {message}"), err=True)
         raise SystemExit(int(code)) from None

@@ -1,10 +1,21 @@
 """What a run shows while it works: a bar on a terminal, a line every few seconds in CI logs,
-one JSON event per line for tools (`--json`), or nothing (`--quiet`). All text is redacted."""
+one JSON event per line for tools (`--json`), or nothing (`--quiet`). All text is redacted.
+
+- `TtyProgress` (stderr is a terminal): one overall tqdm bar (bytes, rate, ETA, files done) and a
+  second line naming the files in flight.
+- `LineProgress` (no terminal, e.g. CI logs): one status line every `interval` seconds (default 5,
+  `PREFETCH_PROGRESS_INTERVAL` overrides), from a ticker thread, so a stalled or retrying transfer
+  still shows up in the log.
+- `JsonProgress` (`--json`): one JSON object per line on stdout and nothing else there: `plan`,
+  `file` (one per file done), `retry`, `warning`, `summary` (and `error`, written by the CLI).
+- `QuietProgress` (`--quiet`): nothing; errors still reach stderr through the CLI.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -15,13 +26,27 @@ from prefetch.transfer import FileJob, Reporter
 
 log = logging.getLogger("prefetch")
 
+DEFAULT_INTERVAL = 5.0  # seconds between two status lines without a terminal
+ACTIVE_SHOWN = 3  # files named on the "active" line
+
 
 def human_bytes(n: float) -> str:
+    """`1536` -> `1.5 KiB` (binary units, one decimal)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def human_duration(value: float) -> str:
+    """`75` -> `1m15s`; `3725` -> `1h02m`."""
+    seconds = max(0, round(value))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class RedactingFormatter(logging.Formatter):
@@ -41,8 +66,14 @@ def setup_logging(verbosity: int, stream: IO[str] | None = None) -> None:
     logger.propagate = False
 
 
+def short_name(label: str) -> str:
+    """`org/name:dir/model.safetensors` -> `model.safetensors` (what fits on a status line)."""
+    return label.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+
+
 class Progress(Reporter):
-    """Counts bytes and files; subclasses decide how to show them."""
+    """Counts bytes and files (thread-safe: the transfer engine reports from many threads); subclasses
+    decide how to show them."""
 
     def __init__(self) -> None:
         self.total_bytes = 0
@@ -50,12 +81,15 @@ class Progress(Reporter):
         self.done_bytes = 0
         self.done_files = 0
         self.started = time.monotonic()
-        self.active: dict[str, int] = {}
+        self.active: dict[str, int] = {}  # label -> size, in start order
         self._lock = threading.Lock()
 
+    # -- what the engine and the orchestrator call --------------------------------------------------
     def start(self, total_bytes: int, total_files: int, plan: dict[str, Any]) -> None:
-        self.total_bytes, self.total_files = total_bytes, total_files
-        self.started = time.monotonic()
+        """The transfer begins: `total_bytes` in `total_files` files to fetch."""
+        with self._lock:
+            self.total_bytes, self.total_files = total_bytes, total_files
+            self.started = time.monotonic()
 
     def file_started(self, job: FileJob) -> None:
         with self._lock:
@@ -71,127 +105,212 @@ class Progress(Reporter):
             self.done_files += 1
 
     def retry(self, message: str) -> None:
-        pass
+        """A request failed and will be tried again (the engine also logs it as a warning)."""
 
     def message(self, text: str) -> None:
-        """A line for the user (plan, summary) — goes to stderr except in JSON mode."""
-        print(redact(text), file=sys.stderr)
+        """A line for the user (plan, warnings): stderr, except in JSON and quiet modes."""
+        print(redact(text), file=sys.stderr, flush=True)
 
     def event(self, kind: str, **fields: Any) -> None:
         """A structured event; only the JSON display prints these."""
 
     def close(self) -> None:
-        pass
+        """The run is over (successfully or not): stop tickers, leave the terminal clean."""
 
+    # -- shared formatting ----------------------------------------------------------------------------
     def rate(self) -> float:
         return self.done_bytes / max(time.monotonic() - self.started, 1e-6)
 
-    def status_line(self) -> str:
+    def eta(self) -> float | None:
         rate = self.rate()
-        eta = (self.total_bytes - self.done_bytes) / rate if rate > 0 else 0
-        percent = 100 * self.done_bytes / self.total_bytes if self.total_bytes else 100
-        return (
-            f"{human_bytes(self.done_bytes)} / {human_bytes(self.total_bytes)} ({percent:.0f}%), "
-            f"{human_bytes(rate)}/s, ETA {eta:.0f}s, files {self.done_files}/{self.total_files}"
+        if rate <= 0:
+            return None
+        return max(0.0, self.total_bytes - self.done_bytes) / rate
+
+    def active_names(self, limit: int = ACTIVE_SHOWN) -> str:
+        """`a.safetensors, b.safetensors (+3 more)`, or `` when nothing is in flight."""
+        with self._lock:
+            names = [short_name(label) for label in self.active]
+        if not names:
+            return ""
+        shown = ", ".join(names[:limit])
+        return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+    def status_line(self) -> str:
+        """`460.0 MiB / 1.0 GiB (45%), 215.3 MiB/s, ETA 3s, files 1/4; active: a, b`."""
+        with self._lock:
+            done, total = self.done_bytes, self.total_bytes
+            files, total_files = self.done_files, self.total_files
+        eta = self.eta()
+        percent = 100 * done / total if total else 100
+        line = (
+            f"{human_bytes(done)} / {human_bytes(total)} ({percent:.0f}%), {human_bytes(self.rate())}/s, "
+            f"ETA {human_duration(eta) if eta is not None else '?'}, files {files}/{total_files}"
         )
+        active = self.active_names()
+        return line + (f"; active: {active}" if active else "")
 
 
 class QuietProgress(Progress):
+    """`--quiet`: shows nothing."""
+
     def message(self, text: str) -> None:
         pass
 
 
 class LineProgress(Progress):
-    """For CI logs (no TTY): one status line every `interval` seconds."""
+    """For CI logs (no TTY): one status line every `interval` seconds while bytes are being fetched."""
 
-    def __init__(self, interval: float = 5.0) -> None:
+    def __init__(self, interval: float | None = None, stream: IO[str] | None = None) -> None:
         super().__init__()
-        self.interval = interval
-        self._last = time.monotonic()
-
-    def advance(self, nbytes: int) -> None:
-        super().advance(nbytes)
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            self._last = now
-            print(f"prefetch: {self.status_line()}", file=sys.stderr, flush=True)
-
-
-class TtyProgress(Progress):
-    """For terminals: one overall tqdm bar (bytes, rate, ETA, files) naming the active files."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bar: Any = None
+        if interval is None:
+            try:
+                interval = float(os.environ.get("PREFETCH_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
+            except ValueError:
+                interval = DEFAULT_INTERVAL
+        self.interval = max(0.05, interval)
+        self.stream = stream
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def start(self, total_bytes: int, total_files: int, plan: dict[str, Any]) -> None:
         super().start(total_bytes, total_files, plan)
+        if total_files and self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="prefetch-progress", daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._print(f"prefetch: {self.status_line()}")
+
+    def _print(self, text: str) -> None:
+        print(redact(text), file=self.stream or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=1)
+            self._ticker = None
+
+
+class TtyProgress(Progress):
+    """For terminals: one overall tqdm bar (bytes, rate, ETA, files done) and a line naming the files in
+    flight."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        super().__init__()
+        self.stream = stream
+        self.bar: Any = None
+        self.line: Any = None
+        self._draw = threading.Lock()
+        self._drawn = 0.0  # when the files line was last redrawn
+
+    def start(self, total_bytes: int, total_files: int, plan: dict[str, Any]) -> None:
+        super().start(total_bytes, total_files, plan)
+        if not total_files:
+            return
         from tqdm import tqdm
 
+        out = self.stream or sys.stderr
         self.bar = tqdm(
             total=total_bytes,
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
-            file=sys.stderr,
+            file=out,
             dynamic_ncols=True,
             desc="prefetch",
+            mininterval=0.2,
+            bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
+            "{rate_fmt}{postfix}]",
         )
+        self.line = tqdm(total=0, file=out, position=1, leave=False, bar_format="{desc}", dynamic_ncols=True)
+        self._refresh_files(force=True)
+
+    def _refresh_files(self, force: bool = False) -> None:
+        """Redraw the files count and the active line (at most 5 times a second: thousands of small
+        files must not turn into thousands of terminal writes)."""
+        now = time.monotonic()
+        if self.bar is None or (not force and now - self._drawn < 0.2):
+            return
+        self._drawn = now
+        active = self.active_names()
+        with self._draw:
+            if self.bar is None:
+                return
+            self.bar.set_postfix_str(f"files {self.done_files}/{self.total_files}", refresh=False)
+            self.line.set_description_str(f"  active: {active}" if active else "", refresh=True)
+
+    def file_started(self, job: FileJob) -> None:
+        super().file_started(job)
+        self._refresh_files()
 
     def advance(self, nbytes: int) -> None:
         super().advance(nbytes)
         if self.bar is not None:
-            self.bar.update(nbytes)
+            with self._draw:
+                self.bar.update(nbytes)
 
     def file_done(self, job: FileJob, how: str) -> None:
         super().file_done(job, how)
-        if self.bar is not None:
-            active = ", ".join(name.rsplit("/", 1)[-1] for name in list(self.active)[:3])
-            self.bar.set_postfix_str(
-                f"files {self.done_files}/{self.total_files}" + (f" [{active}]" if active else "")
-            )
+        self._refresh_files()
 
     def message(self, text: str) -> None:
         if self.bar is not None:
-            self.bar.write(redact(text), file=sys.stderr)
+            with self._draw:
+                self.bar.write(redact(text), file=self.stream or sys.stderr)
         else:
             super().message(text)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        with self._draw:
+            if self.line is not None:
+                self.line.close()
+                self.line = None
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"files {self.done_files}/{self.total_files}", refresh=False)
+                self.bar.close()
+                self.bar = None
 
 
 class JsonProgress(Progress):
-    """`--json`: one JSON object per line on stdout (plan, file, retry, warning, summary)."""
+    """`--json`: one JSON object per line on stdout (plan, file, retry, warning, summary); nothing else."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         super().__init__()
-        self.stream = stream or sys.stdout
+        self.stream = stream
         self._out = threading.Lock()
 
     def event(self, kind: str, **fields: Any) -> None:
-        line = redact(json.dumps({"event": kind, **fields}, sort_keys=True))
+        line = redact(json.dumps({"event": kind, **fields}, sort_keys=True, default=str))
         with self._out:
-            print(line, file=self.stream, flush=True)
-
-    def start(self, total_bytes: int, total_files: int, plan: dict[str, Any]) -> None:
-        super().start(total_bytes, total_files, plan)
+            print(line, file=self.stream or sys.stdout, flush=True)
 
     def file_done(self, job: FileJob, how: str) -> None:
         super().file_done(job, how)
         repo, _, path = job.label.partition(":")
-        self.event("file", repo=repo, path=path, size=job.size, result=how)
+        self.event(
+            "file", repo=repo, path=path, size=job.size, etag=job.etag, result=how,
+            done_files=self.done_files, total_files=self.total_files,
+        )  # fmt: skip
 
     def retry(self, message: str) -> None:
         self.event("retry", message=message)
 
     def message(self, text: str) -> None:
-        pass
+        """Plan lines are already in the `plan` event; warnings become `warning` events."""
+        if text.startswith("warning: "):
+            self.event("warning", message=text.removeprefix("warning: "))
 
 
 def make_progress(mode: str) -> Progress:
-    """`mode`: auto | tty | lines | quiet | json."""
+    """`mode`: auto | tty | lines | quiet | json (`auto`: a bar when stderr is a terminal, else lines)."""
     if mode == "auto":
         mode = "tty" if sys.stderr.isatty() else "lines"
-    return {"tty": TtyProgress, "lines": LineProgress, "quiet": QuietProgress, "json": JsonProgress}[mode]()
+    displays: dict[str, type[Progress]] = {
+        "tty": TtyProgress,
+        "lines": LineProgress,
+        "quiet": QuietProgress,
+        "json": JsonProgress,
+    }
+    return displays[mode]()

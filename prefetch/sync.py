@@ -126,6 +126,7 @@ class Run:
         self._http: Http | None = None
         self._default_token: Token | None = None
         self._token_loaded = False
+        self.hub_gated: dict[str, bool | str] = {}  # entry key -> gating seen by this run's resolution
 
     # -- lazily built: an offline or warm run never touches tokens or the network -----------------------
     @property
@@ -218,6 +219,7 @@ class Run:
         def one(entry: Entry) -> LockedEntry:
             token = self.token(entry)
             info = hub.repo_info(entry.repo, entry.type, entry.revision, token)
+            self.hub_gated[entry.key] = info.gated
             files = hub.list_files(entry.repo, entry.type, info.commit, token)
             return locked_entry(entry, info.commit, files)
 
@@ -404,6 +406,7 @@ def _check_access(run: Run, needing: list[EntryPlan], failures: list[AccessResul
             run.hub,
             [(p.entry, run.token(p.entry)) for p in needing],
             commits={p.entry.key: p.locked.commit for p in needing},
+            hub_gated=run.hub_gated,
         )
         rows += checked.results
     report = AccessReport(rows)

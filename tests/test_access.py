@@ -469,7 +469,6 @@ def test_locked_entry_with_missing_files_is_checked_again(prefetch: PrefetchRunn
     assert hub.count(kind="file") == 0
 
 
-@pytest.mark.xfail(reason="needs sync.py to pass hub_gated to check_entries (see the report)", strict=False)
 def test_a_fresh_entry_is_resolved_once(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
     """The check reuses the gating the resolution saw: one revision request per entry, not two."""
     add_repo(hub, "org/gated", gated="auto")

