@@ -94,6 +94,13 @@ class Context:
     def emit(self, data: dict[str, Any]) -> None:
         click.echo(redact(json.dumps(data, sort_keys=True, indent=None)))
 
+    def show(self, report: Any) -> None:
+        """A command's report: its JSON form under --json, else its text."""
+        if self.as_json:
+            self.emit(report.to_json())
+        else:
+            self.say(report.render())
+
 
 pass_ctx = click.make_pass_decorator(Context)
 
@@ -231,10 +238,7 @@ def lock_cmd(c: Context, manifest: Path, upgrade: bool, upgrade_repos: tuple[str
 def verify(c: Context, lockfile: Path, cache_dir: Path | None, fast: bool, jobs: int | None) -> None:
     """Check, offline, that every locked file is in the cache intact (exit 7 if not)."""
     report = offline.verify(lockfile, cache_dir=cache_dir, fast=fast, jobs=jobs)
-    if c.as_json:
-        c.emit(report.to_json())
-    else:
-        c.say(report.render())
+    c.show(report)
 
 
 @cli.command()
@@ -273,10 +277,7 @@ def sbom(lockfile: Path, output: Path | None) -> None:
 def prune(c: Context, lock_paths: tuple[Path, ...], cache_dir: Path | None, dry_run: bool) -> None:
     """Remove cached revisions and blobs that no given lockfile needs."""
     report = offline.prune(list(lock_paths), cache_dir=cache_dir, dry_run=dry_run)
-    if c.as_json:
-        c.emit(report.to_json())
-    else:
-        c.say(report.render())
+    c.show(report)
 
 
 @cli.command()
@@ -287,7 +288,7 @@ def prune(c: Context, lock_paths: tuple[Path, ...], cache_dir: Path | None, dry_
 def bundle(c: Context, lockfile: Path, output: Path, cache_dir: Path | None) -> None:
     """Pack exactly the locked subset of the cache into a tar, for an air gap."""
     report = offline.bundle(lockfile, output, cache_dir=cache_dir)
-    c.emit(report.to_json()) if c.as_json else c.say(report.render())
+    c.show(report)
 
 
 @cli.command()
@@ -297,7 +298,7 @@ def bundle(c: Context, lockfile: Path, output: Path, cache_dir: Path | None) -> 
 def unbundle(c: Context, archive: Path, cache_dir: Path | None) -> None:
     """Verify and merge a bundle into a cache."""
     report = offline.unbundle(archive, cache_dir=cache_dir)
-    c.emit(report.to_json()) if c.as_json else c.say(report.render())
+    c.show(report)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
