@@ -209,6 +209,23 @@ class RepoCache:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    def has_partial(self, etag: str) -> bool:
+        return self.partial_path(etag).exists() or self.state_path(etag).exists()
+
+    def discard_stale_partial(self, etag: str, size: int) -> bool:
+        """Remove a partial download whose blob is complete after all (another process finished it).
+
+        Taken under the blob's lock, so a download in progress is never touched. Returns whether
+        anything was removed.
+        """
+        if not self.has_partial(etag) or not self.has_blob(etag, size):
+            return False
+        with self.blob_lock(etag):
+            if not self.has_blob(etag, size):
+                return False
+            self.discard_partial(etag)
+        return True
+
     def install_blob(self, etag: str) -> None:
         """Make the verified partial file the blob: fsync, set mode, rename, fsync the folder."""
         partial = self.partial_path(etag)

@@ -26,6 +26,8 @@ from prefetch.errors import ExitCode, PrefetchError, exit_code_for
 from prefetch.progress import Progress, human_bytes, make_progress, setup_logging
 
 log = logging.getLogger("prefetch")
+DEFAULTS = sync_mod.Settings()
+MiB = 1024 * 1024
 
 manifest_arg = click.argument(
     "manifest", type=click.Path(path_type=Path), default="models.yaml", required=False
@@ -52,7 +54,7 @@ def network_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--jobs",
             "-j",
             type=click.IntRange(1, 256),
-            default=8,
+            default=DEFAULTS.jobs,
             show_default=True,
             help="Concurrent connections.",
         ),
@@ -60,6 +62,20 @@ def network_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--retries", type=click.IntRange(1, 100), help="Attempts per request (manifest retry.attempts)."
         ),
         click.option("--max-wait", type=click.FloatRange(0, 3600), help="Longest backoff wait, seconds."),
+        click.option(
+            "--segment-size",
+            type=click.IntRange(1, 4096),
+            default=DEFAULTS.segment_size // MiB,
+            show_default=True,
+            help="Big files are fetched as parallel Range segments of this many MiB.",
+        ),
+        click.option(
+            "--segment-threshold",
+            type=click.IntRange(1, 1 << 20),
+            default=DEFAULTS.segment_threshold // MiB,
+            show_default=True,
+            help="Files of at least this many MiB are split into segments.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -73,10 +89,12 @@ def settings_from(kw: dict[str, Any], offline_flag: bool = False) -> sync_mod.Se
         endpoint=kw.get("endpoint"),
         token_file=kw.get("token_file"),
         proxies=tuple(kw.get("proxies") or ()),
-        jobs=kw.get("jobs") or 8,
+        jobs=kw.get("jobs") or DEFAULTS.jobs,
         retry_attempts=kw.get("retries"),
         retry_max_wait=kw.get("max_wait"),
         offline=offline_flag,
+        segment_size=(kw.get("segment_size") or DEFAULTS.segment_size // MiB) * MiB,
+        segment_threshold=(kw.get("segment_threshold") or DEFAULTS.segment_threshold // MiB) * MiB,
     )
 
 

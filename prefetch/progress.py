@@ -13,9 +13,11 @@ one JSON event per line for tools (`--json`), or nothing (`--quiet`). All text i
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -193,6 +195,20 @@ class LineProgress(Progress):
             self._ticker = None
 
 
+def _terminal_width(stream: IO[str]) -> int | None:
+    """None when the terminal reports its width (tqdm then follows resizes); else a fixed fallback.
+
+    A pseudo-terminal nobody sized (some CI wrappers, `docker run -t`) reports 0 columns, and tqdm
+    would then draw an empty bar.
+    """
+    try:
+        if os.get_terminal_size(stream.fileno()).columns > 0:
+            return None
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+    return shutil.get_terminal_size((100, 24)).columns
+
+
 class TtyProgress(Progress):
     """For terminals: one overall tqdm bar (bytes, rate, ETA, files done) and a line naming the files in
     flight."""
@@ -212,19 +228,23 @@ class TtyProgress(Progress):
         from tqdm import tqdm
 
         out = self.stream or sys.stderr
+        width = _terminal_width(out)
         self.bar = tqdm(
             total=total_bytes,
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
             file=out,
-            dynamic_ncols=True,
+            dynamic_ncols=width is None,
+            ncols=width,
             desc="prefetch",
             mininterval=0.2,
             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
             "{rate_fmt}{postfix}]",
         )
-        self.line = tqdm(total=0, file=out, position=1, leave=False, bar_format="{desc}", dynamic_ncols=True)
+        self.line = tqdm(
+            total=0, file=out, position=1, leave=False, bar_format="{desc}", dynamic_ncols=width is None, ncols=width
+        )
         self._refresh_files(force=True)
 
     def _refresh_files(self, force: bool = False) -> None:
@@ -249,7 +269,9 @@ class TtyProgress(Progress):
         super().advance(nbytes)
         if self.bar is not None:
             with self._draw:
-                self.bar.update(nbytes)
+                if self.bar is not None:
+                    self.bar.update(nbytes)
+            self._refresh_files()
 
     def file_done(self, job: FileJob, how: str) -> None:
         super().file_done(job, how)
@@ -298,9 +320,7 @@ class JsonProgress(Progress):
         self.event("retry", message=message)
 
     def message(self, text: str) -> None:
-        """Plan lines are already in the `plan` event; warnings become `warning` events."""
-        if text.startswith("warning: "):
-            self.event("warning", message=text.removeprefix("warning: "))
+        """Human lines stay off stdout: the plan and warnings arrive as their own events."""
 
 
 def make_progress(mode: str) -> Progress:

@@ -27,12 +27,11 @@ from prefetch.lockfile import (
     LockedFile,
     default_lock_path,
     diff_lock,
-    dump_lock,
     load_lock,
     write_lock,
 )
 from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
-from prefetch.progress import Progress, QuietProgress
+from prefetch.progress import Progress, QuietProgress, human_bytes
 from prefetch.transfer import FileJob, Http, RetryPolicy, Transfer, TransferStats, proxies_from_env
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -246,7 +245,7 @@ class Run:
 
     def save_lock(self, lock: Lock) -> None:
         """Write the lockfile last, atomically, and only when its content changed (it may be read-only)."""
-        if self.old_lock is None or dump_lock(self.old_lock) != dump_lock(lock):
+        if self.old_lock != lock:
             write_lock(lock, self.lock_path)
 
     def plan(self, resolved: dict[str, LockedEntry]) -> list[EntryPlan]:
@@ -431,8 +430,8 @@ def _announce(run: Run, plans: list[EntryPlan], jobs: list[FileJob], dry_run: bo
     for p in plans:
         info = p.to_json()
         run.progress.message(
-            f"{p.entry.label} -> {p.locked.commit[:12]}: {info['files']} files, "
-            f"{info['cached_files']} cached, {info['missing_files']} to fetch ({info['missing_bytes']} bytes)"
+            f"{p.entry.label} -> {p.locked.commit[:12]}: {info['files']} files ({human_bytes(info['bytes'])}), "
+            f"{info['cached_files']} cached, {info['missing_files']} to fetch ({human_bytes(info['missing_bytes'])})"
         )
     run.progress.start(total, len(jobs), {})
 

@@ -49,6 +49,23 @@ ORIGIN_MARKERS = ("x-request-id", "x-error-code", "x-repo-commit", "x-linked-eta
 TIMEOUT = httpx2.Timeout(60.0, connect=10.0)
 
 
+_SHUTDOWN = threading.Event()
+
+
+def interrupt() -> None:
+    """Make every retry wait, lock wait and transfer of this process stop at its next check.
+
+    For process shutdown (Ctrl-C, SIGTERM): only the main thread sees KeyboardInterrupt, and a
+    worker thread waiting out a backoff would otherwise keep the process alive until its retries
+    run out. Call it from the signal handler, before raising KeyboardInterrupt.
+    """
+    _SHUTDOWN.set()
+
+
+def interrupted() -> bool:
+    return _SHUTDOWN.is_set()
+
+
 # ---------------------------------------------------------------------------------------------- errors
 class HttpStatusError(Exception):
     """A non-success answer from the Hub or CDN, with the Hub's `X-Error-Code` when it sent one."""
@@ -199,10 +216,22 @@ class RetryPolicy:
                 self.on_retry(message)
 
         def sleep(seconds: float) -> None:
-            if cancel is None:
-                time.sleep(seconds)
-            elif cancel.wait(seconds):
+            deadline = time.monotonic() + seconds
+            while True:
+                if _SHUTDOWN.is_set() or (cancel is not None and cancel.is_set()):
+                    raise Cancelled()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                if cancel is None:
+                    _SHUTDOWN.wait(remaining)
+                else:  # two events to watch: wait on the run's, look at the process's often
+                    cancel.wait(min(remaining, 0.1))
+
+        def attempt() -> T:
+            if _SHUTDOWN.is_set():
                 raise Cancelled()
+            return fn()
 
         retrying = tenacity.Retrying(
             stop=self._stop,
@@ -213,7 +242,7 @@ class RetryPolicy:
             reraise=True,
         )
         try:
-            return retrying(fn)
+            return retrying(attempt)
         except Exception as e:
             if is_retryable(e):  # gave up on a transient failure: say how hard we tried
                 with contextlib.suppress(AttributeError):
@@ -665,10 +694,14 @@ class PartialFile:
         """Close the file; with `keep_state`, make the data durable and save the final state for resume."""
         try:
             if keep_state and (self._unsaved or self._unsynced):
-                with contextlib.suppress(OSError):
-                    os.fdatasync(self.fd)
                 with self._lock:
-                    self._synced = list(self.done.ranges)
+                    covered = list(self.done.ranges)
+                try:
+                    os.fdatasync(self.fd)
+                except OSError:  # the state still holds for a rerun in this boot; not after a reboot
+                    covered = self._synced
+                with self._lock:
+                    self._synced = covered
                     self._unsynced = 0
                     self._save_state()
         finally:
@@ -756,16 +789,17 @@ class Transfer:
 
     # -- one file ---------------------------------------------------------------------------------
     def _check_cancel(self) -> None:
-        if self.cancel.is_set():
+        if self.cancel.is_set() or _SHUTDOWN.is_set():
             raise Cancelled()
 
     def _fetch_file(self, job: FileJob) -> None:
         cache = job.cache
         self._check_cancel()
-        if cache.has_blob(job.etag, job.size):
+        if cache.has_blob(job.etag, job.size) and not cache.has_partial(job.etag):
             return self._done(job, "cached")
         with cache.blob_lock(job.etag, interrupt=self._check_cancel):
             if cache.has_blob(job.etag, job.size):  # another process fetched it while we waited
+                cache.discard_partial(job.etag)  # our own earlier partial of it is garbage now
                 return self._done(job, "cached")
             if self._link_from_other_repo(job):
                 return self._done(job, "linked")
@@ -944,8 +978,7 @@ class Transfer:
                 buffer += piece
                 if len(buffer) >= CHUNK:
                     flush()
-                if self.cancel.is_set():
-                    raise Cancelled()
+                self._check_cancel()
         finally:
             flush()
 

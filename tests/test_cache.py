@@ -214,3 +214,13 @@ def test_blob_lock_is_taken_once_the_holder_releases_it(repo):
         order.append("second in")
     thread.join()
     assert order == ["first done", "second in"]
+
+
+def test_a_stale_partial_is_removed_once_its_blob_is_complete(repo):
+    write_state(repo, {"size": 1000, "done": [[0, 400]]})
+    assert not repo.discard_stale_partial(ETAG, 1000)  # no blob yet: the partial is still useful
+    assert repo.has_partial(ETAG)
+    repo.blob_path(ETAG).write_bytes(b"\0" * 1000)  # e.g. huggingface_hub finished the download
+    assert repo.discard_stale_partial(ETAG, 1000)
+    assert not repo.has_partial(ETAG) and repo.has_blob(ETAG, 1000)
+    assert not repo.discard_stale_partial(ETAG, 1000)

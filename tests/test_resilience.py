@@ -639,6 +639,27 @@ def test_ctrl_c_while_waiting_for_another_downloaders_lock_exits_promptly(prefet
     assert hub.count(path_contains=model.etag("model.safetensors")) == 0
 
 
+def test_when_another_downloader_completes_the_blob_our_partial_is_dropped(prefetch, hub):
+    model = make_model(hub, big=6 * MiB)
+    prefetch.manifest([{"repo": model.repo_id}])
+    assert cut_network_midway(prefetch, hub, model, at=2 * MiB) > 0
+    sha = model.etag("model.safetensors")
+    blobs = model.folder(prefetch.cache_dir) / "blobs"
+    hub.reset_counters()
+    with FileLock(str(prefetch.cache_dir / ".locks" / "models--org--model" / f"{sha}.lock")):
+        proc = prefetch.popen("-v", "sync", str(prefetch.tmp / "models.yaml"), *FAST)
+        wait_for(lambda: hub.count(path_contains="auth-check") >= 1, what="the access check")
+        time.sleep(0.5)
+        (blobs / sha).write_bytes(
+            model.files["model.safetensors"]
+        )  # as huggingface_hub would, under the lock
+    code, _, err = finish(proc)
+    assert code == 0, err
+    assert hub.bytes_served(path_contains=sha) == 0
+    assert not list(blobs.glob(f"{sha}.*"))  # the stale partial and its state are gone
+    assert_cache_verifies(prefetch.cache_dir, model)
+
+
 # ---------------------------------------------------------------------------------------------- disk
 def test_not_enough_space_stops_before_the_first_byte_with_exit_8(prefetch, hub):
     model = make_model(hub, big=8 * MiB)
@@ -776,6 +797,46 @@ def test_retry_policy_waits_are_capped_and_cancellable():
     with pytest.raises(Cancelled):
         policy.call(failing, "GET x", cancel=cancel)
     assert time.monotonic() - started < 5 and len(calls) >= 1
+
+
+def test_interrupt_wakes_every_retry_wait_of_the_process(monkeypatch):
+    """Worker threads never see KeyboardInterrupt: the signal handler calls `interrupt()` instead."""
+    import prefetch.transfer as transfer
+
+    monkeypatch.setattr(transfer, "_SHUTDOWN", threading.Event())
+    policy = RetryPolicy(RetrySettings(attempts=100, max_wait=30, max_time=600))
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            policy.call(lambda: (_ for _ in ()).throw(httpx2.ConnectError("refused")), "GET x")
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)  # past the first short backoffs: now in a long wait
+    started = time.monotonic()
+    transfer.interrupt()
+    for thread in threads:
+        thread.join(5)
+    assert time.monotonic() - started < 1
+    assert len(errors) == 3 and all(isinstance(e, Cancelled) for e in errors)
+
+
+@pytest.mark.xfail(strict=True, reason="cli.py must call prefetch.transfer.interrupt() on SIGINT/SIGTERM")
+def test_ctrl_c_during_a_metadata_outage_exits_promptly(prefetch, hub):
+    model = make_model(hub)
+    prefetch.manifest([{"repo": model.repo_id}])
+    hub.inject(Fault(kind="status", status=503, times=None, match="/revision/"))
+    proc = prefetch.popen("sync", str(prefetch.tmp / "models.yaml"), "--retries", "6", "--max-wait", "4")
+    wait_for(lambda: hub.count(path_contains="/revision/") >= 4, what="a few retries")
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    code, _, err = finish(proc, timeout=30)
+    assert code == 130, err
+    assert time.monotonic() - started < 2
 
 
 @pytest.mark.parametrize(
