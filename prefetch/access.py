@@ -18,7 +18,6 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from prefetch.auth import Token, default_token_path, redact
 from prefetch.errors import AccessError, ExitCode, NetworkError, PrefetchError
@@ -334,33 +333,7 @@ def _auth_check(hub: HubApi, entry: Entry, token: Token | None, commit: str) -> 
         # A mirror without the auth-check endpoint: ask for one real file's headers instead.
         files = hub.list_files(entry.repo, entry.type, commit, token)
         if files:
-            _probe(hub.http, hub.file_url(entry.repo, entry.type, commit, files[0].path), token)
-
-
-def _probe(http: Http, url: str, token: Token | None) -> None:
-    """HEAD a /resolve URL (with retries): raises HttpStatusError if the token may not read it.
-
-    A redirect (LFS file, to the CDN) means the Hub already granted access: it is not followed.
-    """
-
-    def attempt() -> None:
-        headers = {}
-        if token is not None and _same_origin(url, http.endpoint):
-            headers["authorization"] = f"Bearer {token.value}"
-        # Http has no public HEAD yet: see the note in the report on transfer.Http.head.
-        response = http._send_once("HEAD", url, headers)
-        response.close()
-        if response.status_code >= 400:
-            h = response.headers
-            message = h.get("x-error-message") or response.reason_phrase
-            raise HttpStatusError(url, response.status_code, h.get("x-error-code"), message, h)
-
-    http.retry.call(attempt, f"HEAD {urlsplit(url).path}")
-
-
-def _same_origin(url: str, other: str) -> bool:
-    a, b = urlsplit(url), urlsplit(other)
-    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+            hub.http.head(hub.file_url(entry.repo, entry.type, commit, files[0].path), token)
 
 
 def _warn_gated_mismatch(result: AccessResult) -> None:

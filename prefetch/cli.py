@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from prefetch import __version__, offline
+from prefetch import __version__, offline, transfer
 from prefetch import sync as sync_mod
 from prefetch.auth import redact
 from prefetch.cache import atomic_write
@@ -319,13 +319,16 @@ def unbundle(c: Context, archive: Path, cache_dir: Path | None) -> None:
     c.show(report)
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
+def _on_signal(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM (preemption): stop every worker at once, keep partial files, exit 130."""
+    transfer.interrupt()  # worker threads never see KeyboardInterrupt
     raise KeyboardInterrupt()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, map any error to its exit code, never print a secret."""
-    signal.signal(signal.SIGTERM, _on_sigterm)  # preemption: stop cleanly, keep partial files
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:

@@ -256,7 +256,12 @@ class Run:
             if locked is None:
                 continue
             cache = self.repo_cache(locked)
-            missing = [f for f in locked.files if not cache.has_blob(f.etag, f.size)]
+            missing = []
+            for f in locked.files:
+                if cache.has_blob(f.etag, f.size):
+                    cache.discard_stale_partial(f.etag, f.size)  # left by a run that another one beat
+                else:
+                    missing.append(f)
             plans.append(EntryPlan(entry, locked, missing))
         return plans
 
@@ -377,7 +382,7 @@ def sync(
         _announce(run, plans, first + later, dry_run)
         if dry_run:
             return result
-        run.check_space(first + later)
+        run.check_space(first)  # `later` are the same blobs, hard-linked
         transfer = Transfer(
             run.http,
             jobs=run.settings.jobs,

@@ -420,10 +420,7 @@ class Http:
         Returns a streaming response with a 2xx status; raises HttpStatusError otherwise.
         """
         for _ in range(5):
-            sent = dict(headers or {})
-            if token is not None and _same_origin(url, self.endpoint):
-                sent["authorization"] = f"Bearer {token.value}"
-            response = self._send_once("GET", url, sent)
+            response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
             if response.is_redirect:
                 location = response.headers.get("location", "")
                 response.close()
@@ -438,10 +435,7 @@ class Http:
         """Where the bytes of `url` are served: the CDN URL a Hub 302 points to, or `url` itself."""
 
         def attempt() -> str:
-            sent = dict(FILE_HEADERS)
-            if token is not None:
-                sent["authorization"] = f"Bearer {token.value}"
-            response = self._send_once("GET", url, sent)
+            response = self._send_once("GET", url, {**FILE_HEADERS, **self._auth(url, token)})
             try:
                 if response.is_redirect:
                     return urljoin(url, response.headers.get("location", ""))
@@ -452,6 +446,24 @@ class Http:
                 response.close()
 
         return self.retry.call(attempt, f"GET {urlsplit(url).path}")
+
+    def head(self, url: str, token: Token | None) -> httpx2.Headers:
+        """HEAD `url` with retries, redirects not followed (a 3xx is an answer); HttpStatusError if >= 400."""
+
+        def attempt() -> httpx2.Headers:
+            response = self._send_once("HEAD", url, self._auth(url, token))
+            if response.status_code >= 400:
+                raise _status_error(url, response)
+            response.close()
+            return response.headers
+
+        return self.retry.call(attempt, f"HEAD {urlsplit(url).path}")
+
+    def _auth(self, url: str, token: Token | None) -> dict[str, str]:
+        """The Authorization header, for the Hub's own origin only (never a CDN or another host)."""
+        if token is None or not _same_origin(url, self.endpoint):
+            return {}
+        return {"authorization": f"Bearer {token.value}"}
 
     def get_json(self, url: str, token: Token | None) -> tuple[Any, httpx2.Headers]:
         """GET a Hub API URL and parse its JSON, with retries."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 import fcntl
 import io
 import json
-import re
 import os
 import pty
+import re
 import select
 import struct
 import subprocess
@@ -185,8 +185,8 @@ def test_dry_run_lists_each_repo_with_files_bytes_and_cached(prefetch: PrefetchR
         lines = result.stderr.splitlines()
         cached = next(line for line in lines if "org/cached" in line)
         fresh = next(line for line in lines if "org/fresh" in line)
-        assert re.search(r"4 files \([\d.]+ (B|KiB)\), 4 cached, 0 to fetch \(0 B\)", cached), cached
-        assert re.search(r"6 files \([\d.]+ (B|KiB)\), 0 cached, 6 to fetch \([\d.]+ (B|KiB)\)", fresh), fresh
+        assert re.search(r"4 files \([\d.]+ (B|KiB|MiB)\), 4 cached, 0 to fetch \(0 B\)", cached), cached
+        assert re.search(r"6 files \([\d.]+ (B|KiB|MiB)\), 0 cached, 6 to fetch \([\d.]+ (B|KiB|MiB)\)", fresh), fresh
     assert hub.count(kind="file") == 0  # nothing downloaded
     assert not (prefetch.tmp / "models.lock").exists()  # and no lockfile written
 

@@ -825,7 +825,6 @@ def test_interrupt_wakes_every_retry_wait_of_the_process(monkeypatch):
     assert len(errors) == 3 and all(isinstance(e, Cancelled) for e in errors)
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py must call prefetch.transfer.interrupt() on SIGINT/SIGTERM")
 def test_ctrl_c_during_a_metadata_outage_exits_promptly(prefetch, hub):
     model = make_model(hub)
     prefetch.manifest([{"repo": model.repo_id}])
