@@ -131,7 +131,9 @@ def _bullets(problems: list[str], limit: int = 200) -> str:
 
 
 def _verify_error(what: str, root: Path, problems: list[str]) -> VerifyError:
-    return VerifyError(f"{what}: {len(problems)} problem(s) in the cache {root}:{_bullets(problems)}", problems)
+    return VerifyError(
+        f"{what}: {len(problems)} problem(s) in the cache {root}:{_bullets(problems)}", problems
+    )
 
 
 # ------------------------------------------------------------------------------------------------ verify
@@ -232,7 +234,9 @@ def _check_links(cache: RepoCache, entry: LockedEntry) -> list[str]:
             problems.append(f"{label}: {f.path}: {link} is not a symlink (expected -> {expected})")
             continue
         if target != expected:
-            problems.append(f"{label}: {f.path}: snapshot link {link} points at {target!r}, expected {expected!r}")
+            problems.append(
+                f"{label}: {f.path}: snapshot link {link} points at {target!r}, expected {expected!r}"
+            )
     if entry.revision != entry.commit:
         try:
             ref = cache.read_ref(entry.revision)
@@ -282,7 +286,9 @@ def _hash_all(groups: dict[tuple[int, int, bool], list[_Blob]], jobs: int | None
             elif result[0] != blob.size:
                 problems.append(f"blob {blob.etag} for {blob.who()} changed size while being read")
             elif result[1] != blob.etag:
-                problems.append(f"corrupt blob {blob.etag} for {blob.who()}: {_alg(blob)} is {result[1]}: {blob.path}")
+                problems.append(
+                    f"corrupt blob {blob.etag} for {blob.who()}: {_alg(blob)} is {result[1]}: {blob.path}"
+                )
     return problems
 
 
@@ -358,7 +364,9 @@ def _sbom_component(entry: LockedEntry) -> dict[str, Any]:
         component["purl"] = f"pkg:huggingface/{path}@{entry.commit.lower()}"
     if entry.type == "dataset":
         component["data"] = [{"type": "dataset", "name": entry.repo}]
-    component["externalReferences"] = [{"type": "vcs", "url": f"{HUB_URL}/{_URL_PREFIX[entry.type]}{entry.repo}"}]
+    component["externalReferences"] = [
+        {"type": "vcs", "url": f"{HUB_URL}/{_URL_PREFIX[entry.type]}{entry.repo}"}
+    ]
     properties = [
         {"name": "prefetch:repo_type", "value": entry.type},
         {"name": "prefetch:revision", "value": entry.revision},
@@ -373,7 +381,11 @@ def _sbom_component(entry: LockedEntry) -> dict[str, Any]:
 
 
 def _sbom_file(parent_ref: str, f: LockedFile) -> dict[str, Any]:
-    item: dict[str, Any] = {"type": "file", "bom-ref": f"{parent_ref}#{quote(f.path, safe='/')}", "name": f.path}
+    item: dict[str, Any] = {
+        "type": "file",
+        "bom-ref": f"{parent_ref}#{quote(f.path, safe='/')}",
+        "name": f.path,
+    }
     if f.sha256:
         item["hashes"] = [{"alg": "SHA-256", "content": f.sha256}]
     else:
@@ -499,7 +511,9 @@ def _prune_repo(
             except OSError:
                 continue
             if commit not in k.commits:
-                report.refs.append(f"{folder.name}/refs/{ref.relative_to(refs_dir).as_posix()} ({commit[:12]})")
+                report.refs.append(
+                    f"{folder.name}/refs/{ref.relative_to(refs_dir).as_posix()} ({commit[:12]})"
+                )
                 if not dry:
                     ref.unlink()
         if not dry:
@@ -647,10 +661,14 @@ def _layout(lock: Lock, root: Path) -> _Layout:
         for f in entry.files:
             link = _Link(cache, entry.commit, f.path, f.etag)
             if links.setdefault(link.member, link) != link:
-                problems.append(f"{_label(entry)}: {f.path}: two entries lock different blobs for {link.member}")
+                problems.append(
+                    f"{_label(entry)}: {f.path}: two entries lock different blobs for {link.member}"
+                )
             member = f"{cache.folder.name}/blobs/{f.etag}"
             if sizes.setdefault(member, f.size) != f.size:
-                problems.append(f"{_label(entry)}: {f.path}: blob {f.etag} is locked with two different sizes")
+                problems.append(
+                    f"{_label(entry)}: {f.path}: blob {f.etag} is locked with two different sizes"
+                )
         if entry.revision != entry.commit:
             safe_relpath(entry.revision)
             ref = _Ref(cache, entry.revision, entry.commit)
@@ -701,9 +719,7 @@ class _HashingWriter:
         self.f.flush()
 
 
-def bundle(
-    lock_path: str | Path, output: str | Path, *, cache_dir: str | Path | None = None
-) -> BundleReport:
+def bundle(lock_path: str | Path, output: str | Path, *, cache_dir: str | Path | None = None) -> BundleReport:
     """Write a tar of exactly the locked part of the cache (+ the lockfile), verifying every blob on the way.
 
     Links and refs come from the lock, so only the blobs must be in the cache. The tar is written to a
@@ -731,7 +747,10 @@ def bundle(
         with open(tmp, "wb") as raw:
             out = _HashingWriter(raw)
             tar = tarfile.TarFile(
-                fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=8 * CHUNK  # type: ignore[arg-type]
+                fileobj=out,
+                mode="w",
+                format=tarfile.PAX_FORMAT,
+                copybufsize=8 * CHUNK,  # type: ignore[arg-type]
             )
             with tar:
                 tar.addfile(_tarinfo(BUNDLE_LOCK_NAME, size=len(lock_bytes)), io.BytesIO(lock_bytes))
@@ -775,7 +794,9 @@ def _add_blobs(tar: tarfile.TarFile, blobs: Iterable[_Blob]) -> list[str]:
             problem = f"blob {blob.etag} for {blob.who()}: {exc.strerror or exc}"
             raise _verify_error("cannot bundle", blob.cache.root, [*problems, problem]) from None
         if h.hexdigest() != blob.etag:
-            problems.append(f"corrupt blob {blob.etag} for {blob.who()}: {_alg(blob)} is {h.hexdigest()}: {blob.path}")
+            problems.append(
+                f"corrupt blob {blob.etag} for {blob.who()}: {_alg(blob)} is {h.hexdigest()}: {blob.path}"
+            )
     return problems
 
 
@@ -815,7 +836,9 @@ class UnbundleReport:
 
 
 def _archive_error(archive: Path, problems: list[str]) -> IntegrityError:
-    return IntegrityError(f"{archive}: refusing the bundle, nothing was changed in the cache:{_bullets(problems)}")
+    return IntegrityError(
+        f"{archive}: refusing the bundle, nothing was changed in the cache:{_bullets(problems)}"
+    )
 
 
 def _member_problem(m: tarfile.TarInfo, layout: _Layout, dirs: set[str]) -> str | None:
@@ -869,7 +892,9 @@ def unbundle(archive: str | Path, *, cache_dir: str | Path | None = None) -> Unb
             raise IntegrityError(f"{archive}: the archive is damaged: {exc}") from None
         lock_members = [m for m in members if m.name == BUNDLE_LOCK_NAME]
         if len(lock_members) != 1 or not lock_members[0].isreg() or lock_members[0].size > _MAX_LOCK_BYTES:
-            raise UsageError(f"{archive}: not a prefetch bundle (it needs exactly one regular {BUNDLE_LOCK_NAME})")
+            raise UsageError(
+                f"{archive}: not a prefetch bundle (it needs exactly one regular {BUNDLE_LOCK_NAME})"
+            )
         lock_text = _read_member(tar, lock_members[0]).decode("utf-8", errors="replace")
         lock = parse_lock(lock_text, f"{archive}:{BUNDLE_LOCK_NAME}")
         root = _cache_root(lock, archive, cache_dir)
@@ -916,7 +941,12 @@ def _read_member(tar: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
 
 
 def _unbundle_into(
-    tar: tarfile.TarFile, archive: Path, root: Path, lock: Lock, layout: _Layout, by_name: dict[str, tarfile.TarInfo]
+    tar: tarfile.TarFile,
+    archive: Path,
+    root: Path,
+    lock: Lock,
+    layout: _Layout,
+    by_name: dict[str, tarfile.TarInfo],
 ) -> UnbundleReport:
     """Stage and verify the blobs the cache lacks, then install blobs, links and refs in that order."""
     blobs = list(layout.blobs.values())

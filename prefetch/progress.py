@@ -243,7 +243,13 @@ class TtyProgress(Progress):
             "{rate_fmt}{postfix}]",
         )
         self.line = tqdm(
-            total=0, file=out, position=1, leave=False, bar_format="{desc}", dynamic_ncols=width is None, ncols=width
+            total=0,
+            file=out,
+            position=1,
+            leave=False,
+            bar_format="{desc}",
+            dynamic_ncols=width is None,
+            ncols=width,
         )
         self._refresh_files(force=True)
 

@@ -49,8 +49,19 @@ HOST_CACHE_TAG = "localhost/prefetch-app-example-host-cache:test"
 CANARY = "hf_CANARYdockerBuildSecretXq7Lm2Vb9Tz4"
 SETUP_STATUS = Path(os.environ.get("TMPDIR", "/tmp")) / "prefetch-container-setup.status"
 BUILDAH_CACHE_DIRS = (Path("/var/tmp/buildah-cache"), Path("/var/tmp/buildah-cache-0"))
-SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".ruff_cache", ".pytest_cache",
-             "build", "dist", ".tox", "hf-cache"}
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    "venv",
+    "node_modules",
+    "__pycache__",
+    ".ruff_cache",
+    ".pytest_cache",
+    "build",
+    "dist",
+    ".tox",
+    "hf-cache",
+}
 
 
 # ===================================================================================== file discovery
@@ -172,8 +183,10 @@ def dockerfile_token_problems(text: str, name: str = "Dockerfile") -> list[str]:
         for key, value in pairs:
             refs = [r for r in VAR_REF.findall(value) if SENSITIVE_NAME.search(r)]
             if SENSITIVE_NAME.search(key) or refs or TOKEN_VALUE.search(value):
-                problems.append(f"{name}:{no}: {instruction} {key} passes a token/secret "
-                                "(use RUN --mount=type=secret,id=hf_token instead)")
+                problems.append(
+                    f"{name}:{no}: {instruction} {key} passes a token/secret "
+                    "(use RUN --mount=type=secret,id=hf_token instead)"
+                )
     return problems
 
 
@@ -259,7 +272,9 @@ def test_token_scan_accepts(name: str) -> None:
 def test_token_scan_catches_build_args_and_markdown(tmp_path: Path) -> None:
     assert shell_token_problems("docker build --build-arg HF_TOKEN=$HF_TOKEN .", "ci.sh")
     assert shell_token_problems('docker build --build-arg "HF_TOKEN" .', "ci.sh")
-    assert not shell_token_problems("docker build --build-arg HF_ENDPOINT=https://x --secret id=hf_token .", "ok")
+    assert not shell_token_problems(
+        "docker build --build-arg HF_ENDPOINT=https://x --secret id=hf_token .", "ok"
+    )
     doc = tmp_path / "bad.md"
     doc.write_text("Do:\n\n```dockerfile\nFROM x\nARG HF_TOKEN\n```\n")
     assert token_problems(doc)
@@ -289,17 +304,24 @@ def test_docs_quote_the_shipped_dockerfiles() -> None:
 
 def test_dockerignore_keeps_tokens_and_caches_out() -> None:
     for ignore in (ROOT / ".dockerignore", EXAMPLE_APP / ".dockerignore"):
-        lines = [ln.strip() for ln in ignore.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        lines = [
+            ln.strip() for ln in ignore.read_text().splitlines() if ln.strip() and not ln.startswith("#")
+        ]
         assert lines[0] == "*", f"{rel(ignore)} should be an allowlist (start with '*')"
         assert not any("token" in ln.lower() for ln in lines if ln.startswith("!")), rel(ignore)
 
 
 # ==================================================================================== podman helpers
-def podman(*args: str, timeout: float = 600, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, **kw)
+def podman(
+    *args: str, timeout: float = 600, check: bool = True, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw
+    )
     if check and proc.returncode != 0:
-        pytest.fail(f"podman {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"podman {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -314,8 +336,12 @@ def container_skip_reason() -> str | None:
         return "podman is not installed" + setup_note()
     if subprocess.run(["podman", "image", "exists", BASE_IMAGE], capture_output=True).returncode != 0:
         return f"no {BASE_IMAGE} image in podman (no registry is reachable here)" + setup_note()
-    probe = subprocess.run(["podman", "run", "--rm", "--network", "none", BASE_IMAGE, "true"],
-                           capture_output=True, text=True, timeout=120)
+    probe = subprocess.run(
+        ["podman", "run", "--rm", "--network", "none", BASE_IMAGE, "true"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if probe.returncode != 0:
         return f"podman cannot run containers here: {probe.stderr.strip()[-300:]}" + setup_note()
     return None
@@ -333,8 +359,9 @@ def engine() -> str:
 def prefetch_image(engine: str) -> str:
     """The top-level Dockerfile, built once for the module (layers cached between runs)."""
     before = podman("image", "inspect", "--format", "{{.Id}}", IMAGE_TAG, check=False).stdout.strip()
-    podman("build", "--network", "host", "-t", IMAGE_TAG, "-f", str(ROOT / "Dockerfile"), str(ROOT),
-           timeout=900)
+    podman(
+        "build", "--network", "host", "-t", IMAGE_TAG, "-f", str(ROOT / "Dockerfile"), str(ROOT), timeout=900
+    )
     after = podman("image", "inspect", "--format", "{{.Id}}", IMAGE_TAG).stdout.strip()
     if before and before != after:  # drop the previous run's image, now untagged (fails harmlessly if in use)
         podman("rmi", before, check=False)
@@ -357,9 +384,18 @@ def host_prefetch(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Comp
     """The package under test, on the host (to write lockfiles and host caches for the examples)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     full_env.update(PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(cwd / ".hf-home"), **env)
-    proc = subprocess.run([sys.executable, "-m", "prefetch", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, f"prefetch {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefetch", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, (
+        f"prefetch {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+    )
     return proc
 
 
@@ -396,7 +432,9 @@ def _scan_tar(data: bytes, needle: bytes, where: str, hits: list[str], depth: in
             content = f.read()
             if needle in content:
                 hits.append(f"{where}!{member.name}")
-            if depth < 2 and (member.name.endswith((".tar", ".tar.gz", ".tgz")) or content[:2] == b"\x1f\x8b"):
+            if depth < 2 and (
+                member.name.endswith((".tar", ".tar.gz", ".tgz")) or content[:2] == b"\x1f\x8b"
+            ):
                 _scan_tar(content, needle, f"{where}!{member.name}", hits, depth + 1)
 
 
@@ -456,7 +494,9 @@ def test_image_is_small_non_root_with_documented_settings(prefetch_image: str) -
     assert env["HF_HOME"] == "/data/huggingface" and env["HF_HUB_CACHE"] == "/data/huggingface/hub"
     assert "/data/huggingface" in (config.get("Volumes") or {})
     assert not any(SENSITIVE_NAME.search(k) for k in env), env
-    uid = podman("run", "--rm", "--network", "none", "--entrypoint", "id", prefetch_image, "-u").stdout.strip()
+    uid = podman(
+        "run", "--rm", "--network", "none", "--entrypoint", "id", prefetch_image, "-u"
+    ).stdout.strip()
     assert uid == "10001"
     # what the image adds to its base: the venv (prefetch and its dependencies), nothing else
     added = info["Size"] - inspect(BASE_IMAGE)["Size"]
@@ -465,16 +505,35 @@ def test_image_is_small_non_root_with_documented_settings(prefetch_image: str) -
 
 @pytest.mark.container
 @pytest.mark.timeout(600)
-def test_image_syncs_from_the_test_hub_and_verifies_offline(prefetch_image: str, hub: Any, tmp_path: Path) -> None:
+def test_image_syncs_from_the_test_hub_and_verifies_offline(
+    prefetch_image: str, hub: Any, tmp_path: Path
+) -> None:
     weights = os.urandom(64 * 1024)
     repo = hub.create_repo("acme/tiny-public")
-    repo.commit({"config.json": b'{"model_type": "tiny"}', "model.safetensors": weights, "README.md": b"# tiny\n"})
+    repo.commit(
+        {"config.json": b'{"model_type": "tiny"}', "model.safetensors": weights, "README.md": b"# tiny\n"}
+    )
     work, cache = writable_dir(tmp_path / "work"), writable_dir(tmp_path / "cache")
-    (work / "models.yaml").write_text(yaml.safe_dump(
-        {"version": 1, "repos": [{"repo": "acme/tiny-public", "include": ["*.json", "*.safetensors"]}]}))
+    (work / "models.yaml").write_text(
+        yaml.safe_dump(
+            {"version": 1, "repos": [{"repo": "acme/tiny-public", "include": ["*.json", "*.safetensors"]}]}
+        )
+    )
     mounts = ["-v", f"{work}:/work", "-v", f"{cache}:/data/huggingface/hub"]
-    sync = podman("run", "--rm", "--network", "host", "-e", f"HF_ENDPOINT={hub.url}", *mounts,
-                  prefetch_image, "sync", "models.yaml", check=False, timeout=300)
+    sync = podman(
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "-e",
+        f"HF_ENDPOINT={hub.url}",
+        *mounts,
+        prefetch_image,
+        "sync",
+        "models.yaml",
+        check=False,
+        timeout=300,
+    )
     assert sync.returncode == 0, sync.stdout + sync.stderr
     lock = yaml.safe_load((work / "models.lock").read_text())
     assert [f["path"] for f in lock["entries"][0]["files"]] == ["config.json", "model.safetensors"]
@@ -482,12 +541,37 @@ def test_image_syncs_from_the_test_hub_and_verifies_offline(prefetch_image: str,
     assert (snapshot / "model.safetensors").read_bytes() == weights
     assert hub.count(kind="file") >= 2
     # read-only, as the DaemonSet's verify container mounts the cache
-    verify = podman("run", "--rm", "--network", "none", "-v", f"{work}:/work:ro", "-v",
-                    f"{cache}:/data/huggingface/hub:ro", prefetch_image, "verify", "models.lock",
-                    check=False, timeout=300)
+    verify = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{work}:/work:ro",
+        "-v",
+        f"{cache}:/data/huggingface/hub:ro",
+        prefetch_image,
+        "verify",
+        "models.lock",
+        check=False,
+        timeout=300,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    frozen = podman("run", "--rm", "--network", "host", "-e", f"HF_ENDPOINT={hub.url}", *mounts,
-                    prefetch_image, "sync", "models.yaml", "--frozen", check=False, timeout=300)
+    frozen = podman(
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "-e",
+        f"HF_ENDPOINT={hub.url}",
+        *mounts,
+        prefetch_image,
+        "sync",
+        "models.yaml",
+        "--frozen",
+        check=False,
+        timeout=300,
+    )
     assert frozen.returncode == 0, frozen.stdout + frozen.stderr
 
 
@@ -517,10 +601,18 @@ def test_app_example_bakes_models_with_the_token_only_as_a_secret(
     repo = hub.create_repo("acme/private-tiny", private=True)
     hub.add_user("builder", CANARY)
     hub.add_member("acme/private-tiny", "builder")
-    repo.commit({"config.json": b'{"model_type": "tiny"}', "model.safetensors": os.urandom(256 * 1024),
-                 "tokenizer.json": b"{}", "README.md": b"# not in the image\n"})
-    manifest = {"version": 1, "repos": [{"repo": "acme/private-tiny", "revision": "main",
-                                         "include": ["*.json", "*.safetensors"]}]}
+    repo.commit(
+        {
+            "config.json": b'{"model_type": "tiny"}',
+            "model.safetensors": os.urandom(256 * 1024),
+            "tokenizer.json": b"{}",
+            "README.md": b"# not in the image\n",
+        }
+    )
+    manifest = {
+        "version": 1,
+        "repos": [{"repo": "acme/private-tiny", "revision": "main", "include": ["*.json", "*.safetensors"]}],
+    }
     ctx = example_context(tmp_path, manifest)
     host_prefetch("lock", "models.yaml", cwd=ctx, env={"HF_ENDPOINT": hub.url, "HF_TOKEN": CANARY})
     assert CANARY not in (ctx / "models.lock").read_text()
@@ -528,12 +620,21 @@ def test_app_example_bakes_models_with_the_token_only_as_a_secret(
     secret.parent.mkdir()
     secret.write_text(CANARY + "\n")
 
-    build_args = ["--network", "host", "--secret", f"id=hf_token,src={secret}",
-                  "--build-arg", f"PREFETCH_IMAGE={prefetch_image}", "--build-arg", f"HF_ENDPOINT={hub.url}"]
+    build_args = [
+        "--network",
+        "host",
+        "--secret",
+        f"id=hf_token,src={secret}",
+        "--build-arg",
+        f"PREFETCH_IMAGE={prefetch_image}",
+        "--build-arg",
+        f"HF_ENDPOINT={hub.url}",
+    ]
     hub.reset_counters()
     podman("build", *build_args, "-t", APP_TAG, str(ctx), timeout=900)
-    assert any(r.headers.get("authorization") == f"Bearer {CANARY}" for r in hub.requests), \
+    assert any(r.headers.get("authorization") == f"Bearer {CANARY}" for r in hub.requests), (
         "the build never presented the secret token to the Hub"
+    )
     # the models stage is build cache too: tag it (no rebuild, every step is cached) to scan it
     models_tag = APP_TAG.replace(":test", "-models:test")
     podman("build", *build_args, "--target", "models", "-t", models_tag, str(ctx), timeout=600)
@@ -542,8 +643,12 @@ def test_app_example_bakes_models_with_the_token_only_as_a_secret(
     run = podman("run", "--rm", "--network", "none", APP_TAG, timeout=120)
     assert "HF_HUB_OFFLINE=1" in run.stdout
     assert "acme/private-tiny: 3 files" in run.stdout, run.stdout
-    listing = podman("run", "--rm", "--network", "none", "--entrypoint", "find", APP_TAG, "/models/hub").stdout
-    assert "README.md" not in listing and ".locks" not in listing and "prefetch-partial" not in listing, listing
+    listing = podman(
+        "run", "--rm", "--network", "none", "--entrypoint", "find", APP_TAG, "/models/hub"
+    ).stdout
+    assert "README.md" not in listing and ".locks" not in listing and "prefetch-partial" not in listing, (
+        listing
+    )
     config_env = dict(e.split("=", 1) for e in inspect(APP_TAG)["Config"]["Env"])
     assert config_env.get("HF_HUB_OFFLINE") == "1" and not any(SENSITIVE_NAME.search(k) for k in config_env)
 
@@ -557,18 +662,42 @@ def test_app_example_bakes_models_with_the_token_only_as_a_secret(
 @pytest.mark.timeout(900)
 def test_host_cache_example_copies_a_synced_cache(engine: str, hub: Any, tmp_path: Path) -> None:
     repo = hub.create_repo("acme/tiny-host")
-    repo.commit({"config.json": b'{"model_type": "tiny"}', "model.safetensors": os.urandom(128 * 1024),
-                 "sub/vocab.txt": b"a\nb\n"})
+    repo.commit(
+        {
+            "config.json": b'{"model_type": "tiny"}',
+            "model.safetensors": os.urandom(128 * 1024),
+            "sub/vocab.txt": b"a\nb\n",
+        }
+    )
     ctx = example_context(tmp_path, {"version": 1, "repos": [{"repo": "acme/tiny-host"}]})
     env = {"HF_ENDPOINT": hub.url}
     host_prefetch("lock", "models.yaml", cwd=ctx, env=env)
     host_prefetch("sync", "models.yaml", "--frozen", "--cache-dir", "hf-cache", cwd=ctx, env=env)
-    podman("build", "--network", "host", "-f", str(ctx / "Dockerfile.host-cache"), "-t", HOST_CACHE_TAG,
-           str(ctx), timeout=900)
+    podman(
+        "build",
+        "--network",
+        "host",
+        "-f",
+        str(ctx / "Dockerfile.host-cache"),
+        "-t",
+        HOST_CACHE_TAG,
+        str(ctx),
+        timeout=900,
+    )
     run = podman("run", "--rm", "--network", "none", HOST_CACHE_TAG, timeout=120)
     assert "acme/tiny-host: 3 files" in run.stdout, run.stdout
-    listing = podman("run", "--rm", "--network", "none", "--entrypoint", "find", HOST_CACHE_TAG,
-                     "/models/hub", "-printf", "%y %p\n").stdout
+    listing = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "find",
+        HOST_CACHE_TAG,
+        "/models/hub",
+        "-printf",
+        "%y %p\n",
+    ).stdout
     assert ".locks" not in listing, listing
     assert "l /models/hub/models--acme--tiny-host/snapshots/" in listing, "COPY should keep the symlinks"
 
@@ -579,9 +708,21 @@ class PodmanPod:
     the commands, users, capabilities, read-only root filesystems and mounts work together:
     init containers in order to completion, then the main containers detached."""
 
-    def __init__(self, spec: dict[str, Any], image: str, volumes: dict[str, Path], secrets: dict[str, str],
-                 network: str) -> None:
-        self.spec, self.image, self.volumes, self.secrets, self.network = spec, image, volumes, secrets, network
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        image: str,
+        volumes: dict[str, Path],
+        secrets: dict[str, str],
+        network: str,
+    ) -> None:
+        self.spec, self.image, self.volumes, self.secrets, self.network = (
+            spec,
+            image,
+            volumes,
+            secrets,
+            network,
+        )
         self.started: list[str] = []
 
     def args(self, container: dict[str, Any]) -> list[str]:
@@ -593,7 +734,9 @@ class PodmanPod:
         if sc.get("allowPrivilegeEscalation") is False:
             out += ["--security-opt", "no-new-privileges"]
         caps = sc.get("capabilities", {})
-        out += [f"--cap-drop={c}" for c in caps.get("drop", [])] + [f"--cap-add={c}" for c in caps.get("add", [])]
+        out += [f"--cap-drop={c}" for c in caps.get("drop", [])] + [
+            f"--cap-add={c}" for c in caps.get("add", [])
+        ]
         for env in container.get("env", []):
             if "value" in env:
                 out += ["-e", f"{env['name']}={env['value']}"]
@@ -621,7 +764,9 @@ class PodmanPod:
         return name
 
     def probe(self, name: str, probe: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-        return podman("exec", name, *probe["exec"]["command"], check=False, timeout=probe.get("timeoutSeconds", 60))
+        return podman(
+            "exec", name, *probe["exec"]["command"], check=False, timeout=probe.get("timeoutSeconds", 60)
+        )
 
     def stop(self) -> None:
         for name in self.started:
@@ -638,8 +783,9 @@ def test_daemonset_pod_warms_a_node_as_written(prefetch_image: str, hub: Any, tm
     hub.add_member("acme/node-model", "warmer")
     repo.commit({"config.json": b"{}", "model.safetensors": os.urandom(96 * 1024)})
     configmap = writable_dir(tmp_path / "configmap")
-    (configmap / "models.yaml").write_text(yaml.safe_dump(
-        {"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/node-model"}]}))
+    (configmap / "models.yaml").write_text(
+        yaml.safe_dump({"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/node-model"}]})
+    )
     host_prefetch("lock", "models.yaml", cwd=configmap, env={"HF_TOKEN": CANARY})
     for f in configmap.iterdir():
         f.chmod(0o644)
@@ -663,7 +809,9 @@ def test_daemonset_pod_warms_a_node_as_written(prefetch_image: str, hub: Any, tm
         pod.run_init_containers()
         lock = yaml.safe_load((configmap / "models.lock").read_text())
         commit = lock["entries"][0]["commit"]
-        assert (host_cache / "models--acme--node-model" / "snapshots" / commit / "model.safetensors").is_file()
+        assert (
+            host_cache / "models--acme--node-model" / "snapshots" / commit / "model.safetensors"
+        ).is_file()
         main = spec["containers"][0]
         name = pod.start(main)
         probe = main["readinessProbe"]
@@ -684,14 +832,17 @@ def test_daemonset_pod_warms_a_node_as_written(prefetch_image: str, hub: Any, tm
 
 @pytest.mark.container
 @pytest.mark.timeout(900)
-def test_shared_volume_job_pod_fills_and_verifies_as_written(prefetch_image: str, hub: Any, tmp_path: Path) -> None:
+def test_shared_volume_job_pod_fills_and_verifies_as_written(
+    prefetch_image: str, hub: Any, tmp_path: Path
+) -> None:
     """deploy/kubernetes/job-shared-volume.yaml's pod, in podman: sync into the claim, then verify exits 0."""
     repo = hub.create_repo("acme/shared-model")
     repo.commit({"config.json": b"{}", "model.safetensors": os.urandom(80 * 1024)})
     configmap = tmp_path / "configmap"
     configmap.mkdir()
-    (configmap / "models.yaml").write_text(yaml.safe_dump(
-        {"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/shared-model"}]}))
+    (configmap / "models.yaml").write_text(
+        yaml.safe_dump({"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/shared-model"}]})
+    )
     host_prefetch("lock", "models.yaml", cwd=configmap, env={})
     configmap.chmod(0o755)
     docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "job-shared-volume.yaml").read_text()))

@@ -40,8 +40,11 @@ def _netns_unavailable() -> str | None:
 
 NETNS_UNAVAILABLE = _netns_unavailable()
 OFFLINE_MODES = [
-    pytest.param("netns", id="unshare-n", marks=pytest.mark.skipif(NETNS_UNAVAILABLE is not None,
-                                                                   reason=str(NETNS_UNAVAILABLE))),
+    pytest.param(
+        "netns",
+        id="unshare-n",
+        marks=pytest.mark.skipif(NETNS_UNAVAILABLE is not None, reason=str(NETNS_UNAVAILABLE)),
+    ),
     pytest.param("plain", id="HF_HUB_OFFLINE"),
 ]
 
@@ -81,8 +84,9 @@ print(json.dumps(out))
 """
 
 
-def run_consumer(prefetch: PrefetchRunner, calls: list[dict[str, Any]], *, mode: str, online: bool = False,
-                 hub: Any = None) -> list[dict[str, Any]]:
+def run_consumer(
+    prefetch: PrefetchRunner, calls: list[dict[str, Any]], *, mode: str, online: bool = False, hub: Any = None
+) -> list[dict[str, Any]]:
     """Run huggingface_hub calls in a fresh process: offline (`mode` netns or plain), or online for setup."""
     env = prefetch.env_with({"HF_HUB_OFFLINE": None if online else "1", "PYTHONPATH": None})
     command = [sys.executable, "-c", CONSUMER, json.dumps(calls)]
@@ -90,8 +94,15 @@ def run_consumer(prefetch: PrefetchRunner, calls: list[dict[str, Any]], *, mode:
         command = ["unshare", "-n", *command]
     if hub is not None and not online:
         hub.reset_counters()
-    proc = subprocess.run(command, env=env, cwd=prefetch.tmp, capture_output=True, text=True, timeout=90,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        command,
+        env=env,
+        cwd=prefetch.tmp,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, f"consumer failed:\n{proc.stdout}\n{proc.stderr}"
     if hub is not None and not online:
         assert hub.count() == 0, f"an offline consumer reached the Hub: {[r.path for r in hub.requests]}"
@@ -116,34 +127,51 @@ def sync(prefetch: PrefetchRunner, repos: list[dict[str, Any]], *args: str) -> P
 def make_hub_repos(hub: Any) -> dict[str, Any]:
     """A model with a tag and a newer main, a dataset with nested paths, a repo pinned by commit."""
     model = hub.create_repo("org/model")
-    v1 = model.commit({
-        "config.json": b'{"model_type": "tiny"}\n',
-        "model.safetensors": os.urandom(64 * 1024),
-        "tokenizer/tokenizer.json": b'{"version": "1.0"}',
-        "tokenizer/special/map.json": b'{"<s>": 0}',
-        "weights/extra.bin": os.urandom(20 * 1024),
-        "README.md": b"# model\n",
-    })
+    v1 = model.commit(
+        {
+            "config.json": b'{"model_type": "tiny"}\n',
+            "model.safetensors": os.urandom(64 * 1024),
+            "tokenizer/tokenizer.json": b'{"version": "1.0"}',
+            "tokenizer/special/map.json": b'{"<s>": 0}',
+            "weights/extra.bin": os.urandom(20 * 1024),
+            "README.md": b"# model\n",
+        }
+    )
     model.create_tag("v1", at=v1)
-    main = model.commit({"model.safetensors": os.urandom(64 * 1024), "docs/deep/nested/notes.txt": b"notes\n"})
+    main = model.commit(
+        {"model.safetensors": os.urandom(64 * 1024), "docs/deep/nested/notes.txt": b"notes\n"}
+    )
     data = hub.create_repo("org/data", repo_type="dataset")
-    data_main = data.commit({
-        "data/train/part-00000.parquet": os.urandom(32 * 1024),
-        "data/train/part-00001.parquet": os.urandom(32 * 1024),
-        "data/validation/val.csv": b"id,text\n1,a\n",
-        "README.md": b"# data\n",
-    })
+    data_main = data.commit(
+        {
+            "data/train/part-00000.parquet": os.urandom(32 * 1024),
+            "data/train/part-00001.parquet": os.urandom(32 * 1024),
+            "data/validation/val.csv": b"id,text\n1,a\n",
+            "README.md": b"# data\n",
+        }
+    )
     pinned = hub.create_repo("org/pinned")
     pinned_commit = pinned.commit({"config.json": b"{}", "sub/a.txt": b"a\n"})
     pinned.commit({"config.json": b'{"newer": true}'})  # main moves on; the entry stays on its commit
-    return {"model": model, "v1": v1, "main": main, "data": data, "data_main": data_main, "pinned": pinned,
-            "pinned_commit": pinned_commit}
+    return {
+        "model": model,
+        "v1": v1,
+        "main": main,
+        "data": data,
+        "data_main": data_main,
+        "pinned": pinned,
+        "pinned_commit": pinned_commit,
+    }
 
 
 def manifest_repos(r: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        {"repo": "org/model", "revision": "main", "include": ["*.json", "*.safetensors", "docs/**"],
-         "exclude": ["tokenizer/special/*"]},
+        {
+            "repo": "org/model",
+            "revision": "main",
+            "include": ["*.json", "*.safetensors", "docs/**"],
+            "exclude": ["tokenizer/special/*"],
+        },
         {"repo": "org/model", "revision": "v1"},
         {"repo": "org/data", "type": "dataset", "revision": "main"},
         {"repo": "org/pinned", "revision": r["pinned_commit"]},
@@ -156,7 +184,11 @@ def test_huggingface_hub_loads_synced_cache_offline(prefetch: PrefetchRunner, hu
     lock_path = sync(prefetch, manifest_repos(r))
     entries = locked(lock_path)
     assert [f["path"] for f in entries[0]["files"]] == [  # the filter left README.md, weights/, special/ out
-        "config.json", "docs/deep/nested/notes.txt", "model.safetensors", "tokenizer/tokenizer.json"]
+        "config.json",
+        "docs/deep/nested/notes.txt",
+        "model.safetensors",
+        "tokenizer/tokenizer.json",
+    ]
     assert len(entries[1]["files"]) == 6
     cache = str(prefetch.cache_dir)
     calls: list[dict[str, Any]] = []
@@ -171,15 +203,28 @@ def test_huggingface_hub_loads_synced_cache_offline(prefetch: PrefetchRunner, hu
         calls.append({"call": "snapshot_download", "kwargs": base})
         expected.append({"ok": want})  # each commit here is used by one entry: its snapshot is exactly it
         if e["include"] is not None:
-            calls.append({"call": "snapshot_download",
-                          "kwargs": {**base, "allow_patterns": e["include"], "ignore_patterns": e["exclude"]}})
+            calls.append(
+                {
+                    "call": "snapshot_download",
+                    "kwargs": {**base, "allow_patterns": e["include"], "ignore_patterns": e["exclude"]},
+                }
+            )
             expected.append({"ok": want})
         for path, digest in want.items():
             calls.append({"call": "hf_hub_download", "kwargs": {**base, "filename": path}})
             expected.append({"ok": digest})
     # A file the filter left out is (correctly) not found offline.
-    calls.append({"call": "hf_hub_download", "kwargs": {"repo_id": "org/model", "revision": "main",
-                                                         "filename": "README.md", "cache_dir": cache}})
+    calls.append(
+        {
+            "call": "hf_hub_download",
+            "kwargs": {
+                "repo_id": "org/model",
+                "revision": "main",
+                "filename": "README.md",
+                "cache_dir": cache,
+            },
+        }
+    )
     expected.append("not-found")
     calls.append({"call": "scan_cache_dir", "kwargs": {"cache_dir": cache}})
     expected.append("scan")
@@ -204,18 +249,30 @@ def test_huggingface_hub_loads_synced_cache_offline(prefetch: PrefetchRunner, hu
     assert not (prefetch.cache_dir / "models--org--model" / "trees" / f"{main_commit}.json").exists()
 
 
-def test_trees_json_from_huggingface_hub_makes_whole_repo_loads_strict(prefetch: PrefetchRunner, hub: Any) -> None:
+def test_trees_json_from_huggingface_hub_makes_whole_repo_loads_strict(
+    prefetch: PrefetchRunner, hub: Any
+) -> None:
     """(b) huggingface_hub wrote the full listing first; prefetch then syncs a filtered subset of that commit.
 
     Offline, `snapshot_download()` without patterns must then raise IncompleteSnapshotError (the listing
     proves files are missing: correct), while the same patterns as the manifest's filter succeed.
     """
     repo = hub.create_repo("org/tj")
-    commit = repo.commit({"config.json": b"{}", "model.safetensors": os.urandom(16 * 1024),
-                          "extra.bin": os.urandom(8 * 1024)})
+    commit = repo.commit(
+        {"config.json": b"{}", "model.safetensors": os.urandom(16 * 1024), "extra.bin": os.urandom(8 * 1024)}
+    )
     cache = str(prefetch.cache_dir)
-    online = run_consumer(prefetch, [{"call": "online_snapshot_download", "kwargs": {
-        "repo_id": "org/tj", "allow_patterns": ["config.json"], "cache_dir": cache}}], mode="plain", online=True)
+    online = run_consumer(
+        prefetch,
+        [
+            {
+                "call": "online_snapshot_download",
+                "kwargs": {"repo_id": "org/tj", "allow_patterns": ["config.json"], "cache_dir": cache},
+            }
+        ],
+        mode="plain",
+        online=True,
+    )
     assert list(online[0]["ok"]) == ["config.json"], online
     trees = prefetch.cache_dir / "models--org--tj" / "trees" / f"{commit}.json"
     assert sorted(json.loads(trees.read_text())["files"]) == ["config.json", "extra.bin", "model.safetensors"]
@@ -224,11 +281,16 @@ def test_trees_json_from_huggingface_hub_makes_whole_repo_loads_strict(prefetch:
     lock_path = sync(prefetch, [{"repo": "org/tj", "include": include}])
     assert prefetch("verify", str(lock_path)).code == 0
     base = {"repo_id": "org/tj", "revision": "main", "cache_dir": cache}
-    results = run_consumer(prefetch, [
-        {"call": "snapshot_download", "kwargs": base},
-        {"call": "snapshot_download", "kwargs": {**base, "allow_patterns": include}},
-        {"call": "hf_hub_download", "kwargs": {**base, "filename": "model.safetensors"}},
-    ], mode="plain", hub=hub)
+    results = run_consumer(
+        prefetch,
+        [
+            {"call": "snapshot_download", "kwargs": base},
+            {"call": "snapshot_download", "kwargs": {**base, "allow_patterns": include}},
+            {"call": "hf_hub_download", "kwargs": {**base, "filename": "model.safetensors"}},
+        ],
+        mode="plain",
+        hub=hub,
+    )
 
     assert results[0]["error"] == "IncompleteSnapshotError", results[0]
     assert "extra.bin" in results[0]["message"]

@@ -71,8 +71,10 @@ def test_manifest_validates_against_kubernetes_schemas(path: Path) -> None:
                 pytest.fail(f"{path.name}: {e.message}")
             except kubernetes_validate.ValidationError as e:
                 where = ".".join(str(p) for p in e.path)
-                pytest.fail(f"{path.name}: {doc['kind']}/{doc['metadata']['name']} invalid for "
-                            f"Kubernetes {version} at {where}: {e.message}")
+                pytest.fail(
+                    f"{path.name}: {doc['kind']}/{doc['metadata']['name']} invalid for "
+                    f"Kubernetes {version} at {where}: {e.message}"
+                )
 
 
 def test_strict_validation_rejects_unknown_fields() -> None:
@@ -319,6 +321,17 @@ def test_job_is_non_root_with_requests_and_token_from_secret() -> None:
 # --------------------------------------------------------------------------------------------- README
 def test_readme_documents_commands_and_trusted_filesystems() -> None:
     readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
-    for needle in ("prefetch sync", "--frozen", "prefetch verify", "ReadWriteMany", "flock", "NFSv4",
-                   "CephFS", "Lustre", "GPFS", "HF_HUB_OFFLINE=1", "kubectl -n prefetch create secret"):
+    for needle in (
+        "prefetch sync",
+        "--frozen",
+        "prefetch verify",
+        "ReadWriteMany",
+        "flock",
+        "NFSv4",
+        "CephFS",
+        "Lustre",
+        "GPFS",
+        "HF_HUB_OFFLINE=1",
+        "kubectl -n prefetch create secret",
+    ):
         assert needle in readme, f"deploy/kubernetes/README.md should mention {needle!r}"

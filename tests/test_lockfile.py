@@ -330,9 +330,21 @@ def test_newer_version_checked_before_unknown_keys() -> None:
             "m.lock:7:9: entries[0].type: expected one of model, dataset, space",
         ),
         ("- repo: acme/model", "- repo: a--b/c", "m.lock:6:9: entries[0].repo: invalid repo id"),
-        ("  revision: main", "  revision: ../../x", "m.lock:8:13: entries[0].revision: revision '../../x' must not"),
-        ("  revision: main", "  revision: /x", "m.lock:8:13: entries[0].revision: revision '/x' must not start"),
-        ("  revision: main", "  revision: a//b", "m.lock:8:13: entries[0].revision: revision 'a//b' cannot name"),
+        (
+            "  revision: main",
+            "  revision: ../../x",
+            "m.lock:8:13: entries[0].revision: revision '../../x' must not",
+        ),
+        (
+            "  revision: main",
+            "  revision: /x",
+            "m.lock:8:13: entries[0].revision: revision '/x' must not start",
+        ),
+        (
+            "  revision: main",
+            "  revision: a//b",
+            "m.lock:8:13: entries[0].revision: revision 'a//b' cannot name",
+        ),
         (
             "  include: null",
             "  include: '*.json'",

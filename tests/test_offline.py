@@ -32,12 +32,14 @@ LFS = "model.safetensors"
 def make_model(hub: Any) -> dict[str, Any]:
     """org/model with an LFS file, nested paths and a tag; org/data, a dataset."""
     model = hub.create_repo("org/model")
-    c1 = model.commit({
-        "config.json": b'{"model_type": "tiny"}\n',
-        LFS: os.urandom(48 * 1024),
-        "nested/dir/tokenizer.json": b'{"version": "1.0"}',
-        "README.md": b"# model\n",
-    })
+    c1 = model.commit(
+        {
+            "config.json": b'{"model_type": "tiny"}\n',
+            LFS: os.urandom(48 * 1024),
+            "nested/dir/tokenizer.json": b'{"version": "1.0"}',
+            "README.md": b"# model\n",
+        }
+    )
     model.create_tag("v1", at=c1)
     data = hub.create_repo("org/data", repo_type="dataset")
     data.commit({"data/train.csv": b"id,text\n1,a\n", "README.md": b"# data\n"})
@@ -81,8 +83,14 @@ def tree_state(root: Path) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ verify
 def test_verify_passes_after_sync(prefetch: PrefetchRunner, hub: Any) -> None:
     make_model(hub)
-    lock = sync(prefetch, [{"repo": "org/model"}, {"repo": "org/model", "revision": "v1", "include": ["*.json"]},
-                           {"repo": "org/data", "type": "dataset"}])
+    lock = sync(
+        prefetch,
+        [
+            {"repo": "org/model"},
+            {"repo": "org/model", "revision": "v1", "include": ["*.json"]},
+            {"repo": "org/data", "type": "dataset"},
+        ],
+    )
     result = prefetch("verify", str(lock))
     assert result.code == 0, result
     assert result.stdout.startswith("ok: 8 files of 3 entries verified")
@@ -161,8 +169,12 @@ def test_env_prints_shell_exports(prefetch: PrefetchRunner, hub: Any) -> None:
     odd = prefetch.tmp / "a cache; with $(odd) chars"
     quoted = prefetch("env", str(lock), "--cache-dir", str(odd))
     assert quoted.code == 0, quoted
-    shell = subprocess.run(["sh", "-c", quoted.stdout + 'printf "%s|%s" "$HF_HUB_CACHE" "$HF_HUB_OFFLINE"'],
-                           capture_output=True, text=True, check=True)
+    shell = subprocess.run(
+        ["sh", "-c", quoted.stdout + 'printf "%s|%s" "$HF_HUB_CACHE" "$HF_HUB_OFFLINE"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert shell.stdout == f"{odd}|1"
     assert shlex.split(quoted.stdout.splitlines()[0]) == ["export", f"HF_HUB_CACHE={odd}"]
 
@@ -170,13 +182,19 @@ def test_env_prints_shell_exports(prefetch: PrefetchRunner, hub: Any) -> None:
 # ------------------------------------------------------------------------------------------------ sbom
 def test_sbom_is_valid_cyclonedx_and_deterministic(prefetch: PrefetchRunner, hub: Any) -> None:
     cdx_json = pytest.importorskip(
-        "cyclonedx.validation.json", reason="needs cyclonedx-python-lib[json-validation] (the CycloneDX schemas)"
+        "cyclonedx.validation.json",
+        reason="needs cyclonedx-python-lib[json-validation] (the CycloneDX schemas)",
     )
     from cyclonedx.schema import SchemaVersion
 
     r = make_model(hub)
-    lock = sync(prefetch, [{"repo": "org/model", "include": ["*.json", "*.safetensors"]},
-                           {"repo": "org/data", "type": "dataset"}])
+    lock = sync(
+        prefetch,
+        [
+            {"repo": "org/model", "include": ["*.json", "*.safetensors"]},
+            {"repo": "org/data", "type": "dataset"},
+        ],
+    )
     first = prefetch("sbom", str(lock))
     assert first.code == 0, first
     second = prefetch("sbom", str(lock), "-o", str(prefetch.tmp / "sbom.json"))
@@ -187,8 +205,9 @@ def test_sbom_is_valid_cyclonedx_and_deterministic(prefetch: PrefetchRunner, hub
     assert validator.validate_str(first.stdout) is None
     bom = json.loads(first.stdout)
     assert bom["specVersion"] == "1.6" and "timestamp" not in bom["metadata"]
-    assert re.fullmatch(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
-                        bom["serialNumber"])
+    assert re.fullmatch(
+        r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", bom["serialNumber"]
+    )
     assert bom["metadata"]["tools"]["components"][0]["name"] == "prefetch"
     model, data = bom["components"]
     assert model["type"] == "machine-learning-model"
@@ -266,14 +285,20 @@ def test_prune_keeps_needed_blobs_and_removes_old_revision(prefetch: PrefetchRun
     assert prefetch("verify", str(prefetch.tmp / "other.lock")).code == 0
     info = scan_cache_dir(prefetch.cache_dir)
     assert info.warnings == []
-    assert {(repo.repo_id, len(repo.revisions)) for repo in info.repos} == {("org/model", 1), ("org/other", 1)}
+    assert {(repo.repo_id, len(repo.revisions)) for repo in info.repos} == {
+        ("org/model", 1),
+        ("org/other", 1),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ bundle
 def bundle_setup(prefetch: PrefetchRunner, hub: Any) -> tuple[dict[str, Any], Path, Path]:
     r = make_model(hub)
-    manifest_repos = [{"repo": "org/model", "include": ["*.json", "*.safetensors"]},
-                      {"repo": "org/model", "revision": "v1"}, {"repo": "org/data", "type": "dataset"}]
+    manifest_repos = [
+        {"repo": "org/model", "include": ["*.json", "*.safetensors"]},
+        {"repo": "org/model", "revision": "v1"},
+        {"repo": "org/data", "type": "dataset"},
+    ]
     lock = sync(prefetch, manifest_repos)
     archive = prefetch.tmp / "out" / "models.tar"
     result = prefetch("bundle", str(lock), "-o", str(archive))
@@ -282,7 +307,9 @@ def bundle_setup(prefetch: PrefetchRunner, hub: Any) -> tuple[dict[str, Any], Pa
 
 
 @pytest.mark.parametrize("mode", OFFLINE_MODES)
-def test_bundle_unbundles_into_empty_cache_and_loads_offline(prefetch: PrefetchRunner, hub: Any, mode: str) -> None:
+def test_bundle_unbundles_into_empty_cache_and_loads_offline(
+    prefetch: PrefetchRunner, hub: Any, mode: str
+) -> None:
     _, lock, archive = bundle_setup(prefetch, hub)
     again = offline.bundle(lock, prefetch.tmp / "again.tar", cache_dir=prefetch.cache_dir)
     assert archive.read_bytes() == again.output.read_bytes()  # same cache, same bytes
@@ -298,7 +325,9 @@ def test_bundle_unbundles_into_empty_cache_and_loads_offline(prefetch: PrefetchR
     assert all(m.linkname.startswith("../../") and "/blobs/" in m.linkname for m in links)
 
     target = prefetch.tmp / "airgap" / "hub"
-    unbundled = prefetch("unbundle", str(archive), "--cache-dir", str(target), env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    unbundled = prefetch(
+        "unbundle", str(archive), "--cache-dir", str(target), env={"HF_ENDPOINT": "http://127.0.0.1:9"}
+    )
     assert unbundled.code == 0, unbundled
     assert "6 blobs added" in unbundled.stdout
     verified = prefetch("verify", str(lock), "--cache-dir", str(target))
@@ -307,7 +336,12 @@ def test_bundle_unbundles_into_empty_cache_and_loads_offline(prefetch: PrefetchR
 
     calls = []
     for e in entries(lock):
-        base = {"repo_id": e["repo"], "repo_type": e["type"], "revision": e["revision"], "cache_dir": str(target)}
+        base = {
+            "repo_id": e["repo"],
+            "repo_type": e["type"],
+            "revision": e["revision"],
+            "cache_dir": str(target),
+        }
         calls.append({"call": "snapshot_download", "kwargs": base})
     calls.append({"call": "scan_cache_dir", "kwargs": {"cache_dir": str(target)}})
     results = run_consumer(prefetch, calls, mode=mode, hub=hub if mode == "plain" else None)
@@ -337,8 +371,15 @@ def test_unbundle_merges_into_existing_cache(prefetch: PrefetchRunner, hub: Any)
     # The air-gap side then materializes the manifest from the cache alone.
     shutil.copy(prefetch.tmp / "models.yaml", target.parent / "models.yaml")
     shutil.copy(lock, target.parent / "models.lock")
-    offline_sync = prefetch("sync", str(target.parent / "models.yaml"), "--offline", "--frozen",
-                            "--cache-dir", str(target), env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    offline_sync = prefetch(
+        "sync",
+        str(target.parent / "models.yaml"),
+        "--offline",
+        "--frozen",
+        "--cache-dir",
+        str(target),
+        env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+    )
     assert offline_sync.code == 0, offline_sync
 
 
@@ -384,7 +425,9 @@ def _file(name: str, data: bytes, kind: bytes = tarfile.REGTYPE, linkname: str =
     return info, None
 
 
-def test_unbundle_rejects_hostile_archives_and_leaves_cache_untouched(prefetch: PrefetchRunner, hub: Any) -> None:
+def test_unbundle_rejects_hostile_archives_and_leaves_cache_untouched(
+    prefetch: PrefetchRunner, hub: Any
+) -> None:
     r, lock, archive = bundle_setup(prefetch, hub)
     good = _members(archive)
     names = [m.name for m, _ in good]
@@ -418,18 +461,37 @@ def test_unbundle_rejects_hostile_archives_and_leaves_cache_untouched(prefetch: 
         m.size = len(hostile_lock.encode())
         return m, hostile_lock.encode()
 
-    hostile_lock = (prefetch.tmp / "models.lock").read_text().replace("path: config.json", "path: ../../../pwned")
+    hostile_lock = (
+        (prefetch.tmp / "models.lock").read_text().replace("path: config.json", "path: ../../../pwned")
+    )
     variants: dict[str, tuple[list[Member], int, str]] = {
         "dotdot": (with_member(_file("../pwned", b"x")), 5, "'..' segment"),
         "absolute": (with_member(_file(str(outside), b"x")), 5, "absolute path"),
         "escaping symlink": (replaced(link, escaping), 5, "expected exactly '../../"),
-        "unlisted symlink": (with_member(_file(f"models--org--model/snapshots/{r['c1']}/evil", b"",
-                                               tarfile.SYMTYPE, "/etc/passwd")), 5, "symlink to '/etc/passwd'"),
+        "unlisted symlink": (
+            with_member(
+                _file(f"models--org--model/snapshots/{r['c1']}/evil", b"", tarfile.SYMTYPE, "/etc/passwd")
+            ),
+            5,
+            "symlink to '/etc/passwd'",
+        ),
         "corrupt blob": (replaced(lfs_blob, flipped), 5, "corrupt, its sha256 is"),
-        "device file": (with_member(_file("models--org--model/blobs/dev", b"", tarfile.CHRTYPE)), 5, "device file"),
+        "device file": (
+            with_member(_file("models--org--model/blobs/dev", b"", tarfile.CHRTYPE)),
+            5,
+            "device file",
+        ),
         "hard link": (replaced(lfs_blob, hardlink), 5, "hard link"),
-        "unlisted file": (with_member(_file("models--org--model/blobs/" + "0" * 40, b"x")), 5, "not named by"),
-        "duplicate": (with_member(next((copy.copy(m), d) for m, d in good if m.name == lfs_blob)), 5, "twice"),
+        "unlisted file": (
+            with_member(_file("models--org--model/blobs/" + "0" * 40, b"x")),
+            5,
+            "not named by",
+        ),
+        "duplicate": (
+            with_member(next((copy.copy(m), d) for m, d in good if m.name == lfs_blob)),
+            5,
+            "twice",
+        ),
         "hostile lock": (replaced("prefetch.lock", with_lock), 2, "unsafe file path"),
     }
     target = prefetch.tmp / "target"

@@ -65,7 +65,12 @@ def test_json_emits_plan_files_and_summary_only(prefetch: PrefetchRunner, hub: H
     assert entry["repo"] == "org/model" and entry["files"] == 4 and entry["cached_files"] == 0
     assert entry["bytes"] == plan["fetch_bytes"] > 2 * MiB
     files = [e for e in events if e["event"] == "file"]
-    assert sorted(e["path"] for e in files) == ["config-0.json", "config-1.json", "config-2.json", "model.safetensors"]
+    assert sorted(e["path"] for e in files) == [
+        "config-0.json",
+        "config-1.json",
+        "config-2.json",
+        "model.safetensors",
+    ]
     assert all(e["repo"] == "org/model" and e["result"] == "fetched" for e in files)
     assert files[-1]["done_files"] == files[-1]["total_files"] == 4
     summary = events[-1]
@@ -171,7 +176,9 @@ def test_terminal_shows_one_bar_with_files(prefetch: PrefetchRunner, hub: HubEmu
 
 
 # ---------------------------------------------------------------------------------------------- plan / dry run
-def test_dry_run_lists_each_repo_with_files_bytes_and_cached(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+def test_dry_run_lists_each_repo_with_files_bytes_and_cached(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
     make_repo(hub, "org/cached")
     make_repo(hub, "org/fresh", small=5)
     prefetch.manifest([{"repo": "org/cached"}])
@@ -186,7 +193,9 @@ def test_dry_run_lists_each_repo_with_files_bytes_and_cached(prefetch: PrefetchR
         cached = next(line for line in lines if "org/cached" in line)
         fresh = next(line for line in lines if "org/fresh" in line)
         assert re.search(r"4 files \([\d.]+ (B|KiB|MiB)\), 4 cached, 0 to fetch \(0 B\)", cached), cached
-        assert re.search(r"6 files \([\d.]+ (B|KiB|MiB)\), 0 cached, 6 to fetch \([\d.]+ (B|KiB|MiB)\)", fresh), fresh
+        assert re.search(
+            r"6 files \([\d.]+ (B|KiB|MiB)\), 0 cached, 6 to fetch \([\d.]+ (B|KiB|MiB)\)", fresh
+        ), fresh
     assert hub.count(kind="file") == 0  # nothing downloaded
     assert not (prefetch.tmp / "models.lock").exists()  # and no lockfile written
 

@@ -28,4 +28,6 @@ def test_readme_install_command_runs_the_main_job():
 
 def test_exit_code_table_matches_the_code():
     rows = dict(re.findall(r"^\| (\d+) \| (.+?) \|$", README, flags=re.M))
-    assert {int(code): text for code, text in rows.items()} == {int(c): m for c, m in EXIT_CODE_MEANINGS.items()}
+    assert {int(code): text for code, text in rows.items()} == {
+        int(c): m for c, m in EXIT_CODE_MEANINGS.items()
+    }

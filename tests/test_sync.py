@@ -36,7 +36,9 @@ def make_repos(hub: HubEmulator) -> dict[str, str]:
     v2 = model.commit({"config.json": b'{"hidden": 16}'}, branch="main")
     model.create_branch("dev", at=v1)
     data = hub.create_repo("org/data", repo_type="dataset")
-    d1 = data.commit({"data/train.csv": b"a,b\n1,2\n", "data/test.csv": b"a,b\n3,4\n", "README.md": b"# data"})
+    d1 = data.commit(
+        {"data/train.csv": b"a,b\n1,2\n", "data/test.csv": b"a,b\n3,4\n", "README.md": b"# data"}
+    )
     return {"v1": v1, "v2": v2, "data": d1}
 
 
@@ -52,7 +54,9 @@ def run_python(code: str, env: dict[str, str], no_network: bool = True) -> subpr
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_sync_fills_the_cache_and_huggingface_hub_reads_it_offline(prefetch: PrefetchRunner, hub: HubEmulator):
+def test_sync_fills_the_cache_and_huggingface_hub_reads_it_offline(
+    prefetch: PrefetchRunner, hub: HubEmulator
+):
     commits = make_repos(hub)
     manifest = prefetch.manifest(
         [
@@ -95,7 +99,12 @@ def test_sync_fills_the_cache_and_huggingface_hub_reads_it_offline(prefetch: Pre
     proc = run_python(code, env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["v1_files"] == ["config.json", "model.safetensors", "nested/deeper/notes.txt", "tokenizer.json"]
+    assert out["v1_files"] == [
+        "config.json",
+        "model.safetensors",
+        "nested/deeper/notes.txt",
+        "tokenizer.json",
+    ]
     assert out["lfs"] == sha256(LFS_BYTES)
     assert out["nested"] == "nested file"
     assert out["main_config"] == '{"hidden": 16}'
@@ -112,7 +121,10 @@ def test_layout_matches_huggingface_hub(prefetch: PrefetchRunner, hub: HubEmulat
     folder = prefetch.cache_dir / "models--org--model"
     assert (folder / "refs" / "v1.0").read_bytes() == commits["v1"].encode()  # no trailing newline
     link = folder / "snapshots" / commits["v1"] / "nested" / "deeper" / "notes.txt"
-    assert os.readlink(link) == f"../../../../blobs/{hashlib.sha1(b'blob 11' + bytes(1) + b'nested file').hexdigest()}"
+    assert (
+        os.readlink(link)
+        == f"../../../../blobs/{hashlib.sha1(b'blob 11' + bytes(1) + b'nested file').hexdigest()}"
+    )
     assert os.readlink(folder / "snapshots" / commits["v1"] / "model.safetensors") == (
         f"../../blobs/{sha256(LFS_BYTES)}"
     )
@@ -134,10 +146,14 @@ def test_warm_resync_makes_no_request_and_changed_manifest_fetches_only_the_diff
     assert hub.count() == 0, hub.requests
     assert (prefetch.tmp / "models.lock").read_bytes() == first_lock
 
-    manifest = prefetch.manifest([{"repo": "org/model", "revision": "v1.0", "include": ["*.json", "*.safetensors"]}])
+    manifest = prefetch.manifest(
+        [{"repo": "org/model", "revision": "v1.0", "include": ["*.json", "*.safetensors"]}]
+    )
     hub.reset_counters()
     assert prefetch("sync", str(manifest)).code == 0
-    fetched = [r.path for r in hub.requests if r.method == "GET" and (r.origin == "cdn" or "/resolve/" in r.path)]
+    fetched = [
+        r.path for r in hub.requests if r.method == "GET" and (r.origin == "cdn" or "/resolve/" in r.path)
+    ]
     assert fetched and all("model.safetensors" in p or r"/lfs/" in p for p in fetched), fetched
     assert hub.bytes_served() == len(LFS_BYTES)
 
@@ -154,7 +170,9 @@ def test_a_blob_shared_by_two_repos_is_downloaded_once(prefetch: PrefetchRunner,
     assert a.stat().st_ino == b.stat().st_ino  # stored once (hard link)
 
 
-def test_files_are_fetched_from_the_resolved_commit_not_the_branch(prefetch: PrefetchRunner, hub: HubEmulator):
+def test_files_are_fetched_from_the_resolved_commit_not_the_branch(
+    prefetch: PrefetchRunner, hub: HubEmulator
+):
     commits = make_repos(hub)
     manifest = prefetch.manifest([{"repo": "org/model", "revision": "main", "include": ["*.json"]}])
     assert prefetch("sync", str(manifest)).code == 0
@@ -165,9 +183,13 @@ def test_files_are_fetched_from_the_resolved_commit_not_the_branch(prefetch: Pre
 
 def test_lockfile_is_deterministic_and_written_with_lock_path(prefetch: PrefetchRunner, hub: HubEmulator):
     make_repos(hub)
-    manifest = prefetch.manifest([{"repo": "org/model", "revision": "v1.0"}, {"repo": "org/data", "type": "dataset"}])
+    manifest = prefetch.manifest(
+        [{"repo": "org/model", "revision": "v1.0"}, {"repo": "org/data", "type": "dataset"}]
+    )
     assert prefetch("sync", str(manifest), "--lock", "a.lock").code == 0
-    assert prefetch("sync", str(manifest), "--lock", "b.lock", "--cache-dir", str(prefetch.tmp / "c2")).code == 0
+    assert (
+        prefetch("sync", str(manifest), "--lock", "b.lock", "--cache-dir", str(prefetch.tmp / "c2")).code == 0
+    )
     a, b = (prefetch.tmp / "a.lock").read_bytes(), (prefetch.tmp / "b.lock").read_bytes()
     assert a == b
     assert not (prefetch.tmp / "models.lock").exists()
@@ -187,14 +209,22 @@ def test_token_goes_to_the_hub_but_never_to_the_cdn(prefetch: PrefetchRunner, hu
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("version: 1\nrepos:\n  - repo: org/model\n    inlcude: ['*.json']\n", "models.yaml:4:5: repos[0].inlcude"),
-        ("version: 1\nrepos:\n  - repo: org/model\n    revision: 1.0\n", "models.yaml:4:15: repos[0].revision"),
+        (
+            "version: 1\nrepos:\n  - repo: org/model\n    inlcude: ['*.json']\n",
+            "models.yaml:4:5: repos[0].inlcude",
+        ),
+        (
+            "version: 1\nrepos:\n  - repo: org/model\n    revision: 1.0\n",
+            "models.yaml:4:15: repos[0].revision",
+        ),
         ("version: 2\nrepos: []\n", "unsupported manifest version 2"),
         ("version: 1\nrepos:\n  - repo: not a repo\n", "repos[0].repo"),
         ("version: 1\nrepos: [\n", "models.yaml:"),
     ],
 )
-def test_bad_manifest_exits_2_and_touches_nothing(prefetch: PrefetchRunner, hub: HubEmulator, content, expected):
+def test_bad_manifest_exits_2_and_touches_nothing(
+    prefetch: PrefetchRunner, hub: HubEmulator, content, expected
+):
     (prefetch.tmp / "models.yaml").write_text(content)
     result = prefetch("sync", "models.yaml")
     assert result.code == 2, result
@@ -206,7 +236,9 @@ def test_bad_manifest_exits_2_and_touches_nothing(prefetch: PrefetchRunner, hub:
 
 
 def test_unknown_key_suggests_the_close_one(prefetch: PrefetchRunner):
-    (prefetch.tmp / "models.yaml").write_text("version: 1\nrepos:\n  - repo: org/model\n    inlcude: ['*.json']\n")
+    (prefetch.tmp / "models.yaml").write_text(
+        "version: 1\nrepos:\n  - repo: org/model\n    inlcude: ['*.json']\n"
+    )
     result = prefetch("sync")
     assert result.code == 2
     assert "did you mean 'include'" in result.stderr
