@@ -6,8 +6,8 @@
     {cache}/models--org--name/refs/{revision}               commit hash, no trailing newline
     {cache}/.locks/models--org--name/{etag}.lock            the per-blob lock huggingface_hub takes too
 
-Order of visibility: blob (fsync, rename) -> snapshot link -> ref. A reader therefore never sees a
-link to a blob that is not complete and verified.
+Order of visibility: blob (fsync, rename, fsync of blobs/) -> snapshot link -> ref. A reader
+therefore never sees a link to a blob that is not complete and verified.
 """
 
 from __future__ import annotations
@@ -226,8 +226,31 @@ class RepoCache:
             self.discard_partial(etag)
         return True
 
-    def install_blob(self, etag: str) -> None:
-        """Make the verified partial file the blob: fsync, set mode, rename, fsync the folder."""
+    def install_bytes(self, etag: str, data: bytes | bytearray) -> None:
+        """Make verified in-memory bytes (a small blob) the blob: write the partial file, fsync, rename.
+
+        One new file and no state or `chmod` (a new file gets the umask's mode: `file_mode()`).
+        The folder's fsync is the caller's, as with `install_blob(sync_folder=False)`. For blobs
+        without a partial file (one left by another user could not be truncated).
+        """
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        partial = self.partial_path(etag)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, self.blob_path(etag))
+
+    def install_blob(self, etag: str, *, sync_folder: bool = True) -> None:
+        """Make the verified partial file the blob: fsync, set mode, rename, fsync the folder.
+
+        `sync_folder=False` leaves the folder's fsync to the caller, who must do it (`fsync_dir`)
+        before any snapshot link to the blob is written: one fsync for many blobs.
+        """
         partial = self.partial_path(etag)
         fd = os.open(partial, os.O_RDONLY)
         try:
@@ -236,7 +259,8 @@ class RepoCache:
             os.close(fd)
         os.chmod(partial, file_mode())
         os.replace(partial, self.blob_path(etag))
-        fsync_dir(self.blobs)
+        if sync_folder:
+            fsync_dir(self.blobs)
         with contextlib.suppress(FileNotFoundError):
             self.state_path(etag).unlink()
 

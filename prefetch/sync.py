@@ -47,12 +47,12 @@ class Settings:
     endpoint: str | None = None
     token_file: Path | None = None
     proxies: tuple[str, ...] = ()
-    jobs: int = 8
+    jobs: int = 32  # connections; 32 beats per-connection CDN caps (docs/benchmarks.md)
     retry_attempts: int | None = None  # overrides the manifest's `retry:`
     retry_max_wait: float | None = None
     offline: bool = False
     segment_threshold: int = 64 * 1024 * 1024
-    segment_size: int = 32 * 1024 * 1024
+    segment_size: int = 16 * 1024 * 1024
 
 
 @dataclass
