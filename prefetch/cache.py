@@ -13,13 +13,11 @@ therefore never sees a link to a blob that is not complete and verified.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import logging
 import os
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
@@ -27,6 +25,8 @@ from pathlib import Path, PurePosixPath
 from filelock import FileLock, SoftFileLock, Timeout
 
 from prefetch.errors import DiskSpaceError, IntegrityError
+from prefetch.files import atomic_write, file_mode, fsync_dir, is_disk_full
+from prefetch.paths import unsafe_path_reason
 
 log = logging.getLogger("prefetch")
 
@@ -53,45 +53,9 @@ def repo_folder_name(repo_id: str, repo_type: str) -> str:
 
 def safe_relpath(path: str) -> PurePosixPath:
     """A repo file path that cannot escape its snapshot folder; anything else is refused."""
-    parts = path.split("/")
-    if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+    if unsafe_path_reason(path):
         raise IntegrityError(f"refusing unsafe file path from the server: {path!r}")
     return PurePosixPath(path)
-
-
-_UMASK_LOCK = threading.Lock()
-
-
-def _umask_by_setting() -> int:
-    """The umask via os.umask (set and restore): only where /proc is missing, and serialized."""
-    with _UMASK_LOCK:
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return mask
-
-
-_IMPORT_UMASK = _umask_by_setting()  # at import, before any worker thread can create files
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it.
-
-    Why: `os.umask()` can only be read by setting it, and a worker thread creating a file in that
-    instant would get the temporary mask. Linux publishes it in /proc/self/status instead.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return _IMPORT_UMASK
-
-
-def file_mode() -> int:
-    """Mode of new blobs and refs: what `open()` would give, so group-shared caches (umask 002) stay shared."""
-    return 0o666 & ~current_umask()
 
 
 @functools.cache
@@ -102,41 +66,6 @@ def boot_id() -> str | None:
             return f.read().strip() or None
     except OSError:
         return None
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to `path` so readers see the old or the new content, never a torn one.
-
-    The temporary file is removed when anything fails (a full disk must not leave litter behind).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if durable:
-        fsync_dir(path.parent)
 
 
 class RepoCache:
@@ -368,19 +297,9 @@ class RepoCache:
         """refs/{revision} = commit, without newline; nothing to write when the revision is the commit."""
         if revision == commit or self.read_ref(revision) == commit:
             return
-        safe_relpath(revision)
-        atomic_write(self.folder / "refs" / revision, commit.encode())
-
-    def write_tree_listing(self, commit: str, files: dict[str, dict[str, object]]) -> None:
-        """Write huggingface_hub's `trees/{commit}.json` (only ever for a commit fetched in full).
-
-        With it, huggingface_hub can tell a complete snapshot from a partial one; a listing of a
-        filtered subset would make it treat the subset as the whole repo, so callers must not.
-        """
-        data = {"format_version": 1, "files": {p: files[p] for p in sorted(files)}}
-        path = self.folder / "trees" / f"{commit}.json"
-        if not path.exists():
-            atomic_write(path, json.dumps(data, indent=1).encode(), durable=False)
+        ref = self.folder / "refs" / safe_relpath(revision)
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(ref, commit.encode())
 
 
 def is_regular_blob(path: Path) -> bool:

@@ -21,8 +21,8 @@ import click
 from prefetch import __version__, offline, transfer
 from prefetch import sync as sync_mod
 from prefetch.auth import redact
-from prefetch.cache import atomic_write
 from prefetch.errors import ExitCode, PrefetchError, exit_code_for
+from prefetch.files import atomic_write
 from prefetch.progress import Progress, human_bytes, make_progress, setup_logging
 
 log = logging.getLogger("prefetch")

@@ -6,12 +6,8 @@ cache, so loading it validates every field strictly: a hostile lockfile must not
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -23,6 +19,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prefetch import __version__
 from prefetch.errors import LockfileError
+from prefetch.files import atomic_write, is_disk_full
 from prefetch.paths import revision_problem, unsafe_path_reason
 
 if TYPE_CHECKING:
@@ -159,46 +156,12 @@ def _entry_data(entry: LockedEntry) -> dict[str, object]:
 def write_lock(lock: Lock, path: str | Path) -> None:
     """Atomic replace, so a crash or a full disk never leaves a half-written lockfile behind."""
     target = Path(path)
-    folder = target.parent
-    data = dump_lock(lock).encode("utf-8")
-    tmp = folder / f".{target.name}.{secrets.token_hex(6)}.tmp"
     try:
-        # 0o644 through os.open, so the process umask applies as for any new file (mkstemp forces 0o600).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        atomic_write(target, dump_lock(lock).encode("utf-8"))
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise
+        if is_disk_full(exc):
+            raise  # keeps its errno: the disk-full exit code
         raise LockfileError(f"{target}: cannot write the lockfile: {exc.strerror or exc}") from exc
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException as exc:  # also Ctrl-C: never leave the temp file behind
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if not isinstance(exc, OSError) or exc.errno == errno.ENOSPC:
-            raise  # ENOSPC maps to the disk-full exit code
-        raise LockfileError(f"{target}: cannot write the lockfile: {exc.strerror or exc}") from exc
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; not possible on every platform, hence best effort."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -36,8 +36,9 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from prefetch import __version__
-from prefetch.cache import RepoCache, fsync_dir, is_regular_blob, resolve_cache_dir, safe_relpath
+from prefetch.cache import RepoCache, is_regular_blob, resolve_cache_dir, safe_relpath
 from prefetch.errors import DiskSpaceError, IntegrityError, PrefetchError, UsageError, VerifyError
+from prefetch.files import fsync_dir
 from prefetch.lockfile import Lock, LockedEntry, LockedFile, load_lock, parse_lock
 from prefetch.paths import unsafe_path_reason
 from prefetch.progress import human_bytes

@@ -35,8 +35,9 @@ import tenacity
 
 from prefetch import __version__
 from prefetch.auth import Token, redact, redact_url
-from prefetch.cache import RepoCache, file_mode, fsync_dir, is_disk_full
+from prefetch.cache import RepoCache
 from prefetch.errors import AccessError, DiskSpaceError, IntegrityError, NetworkError, PrefetchError
+from prefetch.files import file_mode, fsync_dir, is_disk_full
 from prefetch.manifest import RetrySettings
 
 log = logging.getLogger("prefetch")

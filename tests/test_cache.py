@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 import prefetch.cache as cache_mod
-from prefetch.cache import RepoCache, atomic_write, boot_id, file_mode, safe_relpath
+from prefetch.cache import RepoCache, boot_id, safe_relpath
 from prefetch.errors import DiskSpaceError, IntegrityError
+from prefetch.files import atomic_write, file_mode
 
 ETAG = "ab" * 32
 COMMIT = "c" * 40
@@ -117,6 +118,7 @@ def test_a_full_disk_while_saving_state_is_a_disk_space_error(repo, monkeypatch)
 
 def test_atomic_write_leaves_no_temporary_file_when_it_fails(tmp_path, monkeypatch):
     target = tmp_path / "refs" / "main"
+    target.parent.mkdir()
 
     def fail(src: object, dst: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
