@@ -288,8 +288,9 @@ class RepoCache:
         os.replace(tmp, link)
 
     def read_ref(self, revision: str) -> str | None:
+        """The commit a ref names, as huggingface_hub reads it (verbatim); None when there is none."""
         try:
-            return (self.folder / "refs" / revision).read_text()
+            return (self.folder / "refs" / revision).read_bytes().decode("utf-8", errors="replace")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 

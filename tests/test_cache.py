@@ -226,3 +226,14 @@ def test_a_stale_partial_is_removed_once_its_blob_is_complete(repo):
     assert repo.discard_stale_partial(ETAG, 1000)
     assert not repo.has_partial(ETAG) and repo.has_blob(ETAG, 1000)
     assert not repo.discard_stale_partial(ETAG, 1000)
+
+
+def test_a_garbage_ref_is_replaced_not_a_crash(tmp_path):
+    """A ref file holding non-UTF-8 bytes (a torn write by another tool) is overwritten with the commit."""
+    cache = RepoCache(tmp_path, "org/model", "model")
+    ref = cache.folder / "refs" / "main"
+    ref.parent.mkdir(parents=True)
+    ref.write_bytes(b"\xff\xfe garbage")
+    assert cache.read_ref("main") is not None
+    cache.write_ref("main", "a" * 40)
+    assert ref.read_bytes() == b"a" * 40
