@@ -312,10 +312,15 @@ def bundle(c: Context, lockfile: Path, output: Path, cache_dir: Path | None) -> 
 @cli.command()
 @click.argument("archive", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @cache_opt
+@click.option(
+    "--lock-out",
+    type=click.Path(path_type=Path),
+    help="Also write the bundled lockfile here (e.g. models.lock).",
+)
 @pass_ctx
-def unbundle(c: Context, archive: Path, cache_dir: Path | None) -> None:
+def unbundle(c: Context, archive: Path, cache_dir: Path | None, lock_out: Path | None) -> None:
     """Verify and merge a bundle into a cache."""
-    report = offline.unbundle(archive, cache_dir=cache_dir)
+    report = offline.unbundle(archive, cache_dir=cache_dir, lock_out=lock_out)
     c.show(report)
 
 

@@ -38,7 +38,7 @@ from urllib.parse import quote
 from prefetch import __version__
 from prefetch.cache import RepoCache, is_regular_blob, resolve_cache_dir, safe_relpath
 from prefetch.errors import DiskSpaceError, IntegrityError, PrefetchError, UsageError, VerifyError
-from prefetch.files import fsync_dir
+from prefetch.files import atomic_write, fsync_dir
 from prefetch.lockfile import Lock, LockedEntry, LockedFile, load_lock, parse_lock
 from prefetch.paths import unsafe_path_reason
 from prefetch.progress import human_bytes
@@ -819,7 +819,7 @@ class UnbundleReport:
             f"unbundled {self.archive} into {self.cache_dir}: {self.files} files of {self.entries} entries; "
             f"{self.blobs_added} blobs added ({human_bytes(self.bytes_added)}, each verified), "
             f"{self.blobs_present} already present and verified; {self.links} links, {self.refs} refs. "
-            f"The bundle's lockfile is its member {BUNDLE_LOCK_NAME} (tar -xf ARCHIVE {BUNDLE_LOCK_NAME})"
+            f"The bundle's lockfile is its member {BUNDLE_LOCK_NAME} (--lock-out PATH writes it out)"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -876,14 +876,17 @@ def _member_problem(m: tarfile.TarInfo, layout: _Layout, dirs: set[str]) -> str 
     return f"{name!r}: not named by the bundled lock"
 
 
-def unbundle(archive: str | Path, *, cache_dir: str | Path | None = None) -> UnbundleReport:
+def unbundle(
+    archive: str | Path, *, cache_dir: str | Path | None = None, lock_out: str | Path | None = None
+) -> UnbundleReport:
     """Merge a bundle into a cache, treating the archive as hostile.
 
     Every member header is checked against the bundled lock before anything is written (exact names, types,
     sizes, link targets; no absolute paths, `..`, devices or hard links). Blobs are then copied into a private
     staging folder and hashed; only when every one verified are they renamed into the cache under the
     per-blob lock (blob, then links, then refs). Any failure leaves the cache as it was. Blobs the cache
-    already holds with the right content are kept and not copied.
+    already holds with the right content are kept and not copied. `lock_out`: also write the bundled
+    lockfile there, once everything is in place.
     """
     archive = Path(archive)
     with _open_archive(archive) as tar:
@@ -923,7 +926,10 @@ def unbundle(archive: str | Path, *, cache_dir: str | Path | None = None) -> Unb
                 problems.append(f"{name!r}: does not hold the locked commit {ref.commit}")
         if problems:
             raise _archive_error(archive, problems)
-        return _unbundle_into(tar, archive, root, lock, layout, by_name)
+        report = _unbundle_into(tar, archive, root, lock, layout, by_name)
+    if lock_out is not None:  # the bundled lock, byte for byte: what verify / sync --offline --frozen read
+        atomic_write(Path(lock_out), lock_text.encode("utf-8"))
+    return report
 
 
 def _open_archive(archive: Path) -> tarfile.TarFile:

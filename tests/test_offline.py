@@ -325,12 +325,20 @@ def test_bundle_unbundles_into_empty_cache_and_loads_offline(
     assert all(m.linkname.startswith("../../") and "/blobs/" in m.linkname for m in links)
 
     target = prefetch.tmp / "airgap" / "hub"
+    airgap_lock = prefetch.tmp / "airgap" / "models.lock"
     unbundled = prefetch(
-        "unbundle", str(archive), "--cache-dir", str(target), env={"HF_ENDPOINT": "http://127.0.0.1:9"}
+        "unbundle",
+        str(archive),
+        "--cache-dir",
+        str(target),
+        "--lock-out",
+        str(airgap_lock),
+        env={"HF_ENDPOINT": "http://127.0.0.1:9"},
     )
     assert unbundled.code == 0, unbundled
     assert "6 blobs added" in unbundled.stdout
-    verified = prefetch("verify", str(lock), "--cache-dir", str(target))
+    assert airgap_lock.read_bytes() == lock.read_bytes()  # the bundled lock, byte for byte
+    verified = prefetch("verify", str(airgap_lock), "--cache-dir", str(target))
     assert verified.code == 0, verified
     assert not (target / ".locks" / ".prefetch-staging").exists()
 
