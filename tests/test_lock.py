@@ -130,8 +130,9 @@ def test_frozen_never_writes_the_lockfile(prefetch: PrefetchRunner, hub: HubEmul
     manifest = prefetch.manifest([{"repo": "org/model"}])
     assert prefetch("lock", str(manifest)).code == 0
     lock = prefetch.tmp / "models.lock"
+    # Read-only like a ConfigMap mount. Root ignores these modes, so the mtime checks below are the proof.
     lock.chmod(0o444)
-    prefetch.tmp.chmod(0o555)  # as root, a read-only mode is not enough: also make writing pointless to try
+    prefetch.tmp.chmod(0o555)
     try:
         before = lock.stat().st_mtime_ns
         result = prefetch("sync", str(manifest), "--frozen")
