@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from filelock import FileLock, SoftFileLock, Timeout
 
@@ -56,6 +58,29 @@ def safe_relpath(path: str) -> PurePosixPath:
     if unsafe_path_reason(path):
         raise IntegrityError(f"refusing unsafe file path from the server: {path!r}")
     return PurePosixPath(path)
+
+
+READ_BLOCK = 8 * 1024 * 1024  # read size for hashing blobs at disk speed
+
+
+def blob_hasher(lfs: bool, size: int) -> Any:
+    """How the cache names a blob: sha256 of the content for LFS files, the git blob sha1 otherwise."""
+    if lfs:
+        return hashlib.sha256()
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(b"blob %d\0" % size)
+    return h
+
+
+def hash_file(path: Path, lfs: bool, size: int) -> tuple[int, str]:
+    """(bytes read, blob name) of a file, read in large blocks (hashlib releases the GIL meanwhile)."""
+    h = blob_hasher(lfs, size)
+    n = 0
+    with open(path, "rb") as f:
+        while block := f.read(READ_BLOCK):
+            h.update(block)
+            n += len(block)
+    return n, h.hexdigest()
 
 
 @functools.cache

@@ -36,14 +36,21 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from prefetch import __version__
-from prefetch.cache import RepoCache, is_regular_blob, resolve_cache_dir, safe_relpath
+from prefetch.cache import (
+    READ_BLOCK,
+    RepoCache,
+    blob_hasher,
+    hash_file,
+    is_regular_blob,
+    resolve_cache_dir,
+    safe_relpath,
+)
 from prefetch.errors import DiskSpaceError, IntegrityError, PrefetchError, UsageError, VerifyError
 from prefetch.files import atomic_write, fsync_dir
 from prefetch.lockfile import Lock, LockedEntry, LockedFile, load_lock, parse_lock
 from prefetch.paths import unsafe_path_reason
 from prefetch.progress import human_bytes
 from prefetch.sync import DISK_MARGIN
-from prefetch.transfer import CHUNK, iter_chunks
 
 BUNDLE_LOCK_NAME = "prefetch.lock"
 CYCLONEDX_SPEC = "1.6"
@@ -69,25 +76,6 @@ def _label(entry: LockedEntry) -> str:
     """How messages name an entry: `org/name@main`, `dataset:org/name@main`."""
     kind = "" if entry.type == "model" else f"{entry.type}:"
     return f"{kind}{entry.repo}@{entry.revision}"
-
-
-def _new_hash(lfs: bool, size: int) -> Any:
-    """sha256 of the content for LFS files; the git blob sha1 (`blob {size}\\0` + content) otherwise."""
-    if lfs:
-        return hashlib.sha256()
-    h = hashlib.sha1()
-    h.update(b"blob %d\0" % size)
-    return h
-
-
-def _hash_file(path: Path, lfs: bool, size: int) -> tuple[int, str]:
-    """(bytes read, hex digest) of a cached blob, read in large blocks (hashlib releases the GIL)."""
-    h = _new_hash(lfs, size)
-    n = 0
-    for block in iter_chunks(path):
-        h.update(block)
-        n += len(block)
-    return n, h.hexdigest()
 
 
 @dataclass
@@ -265,7 +253,7 @@ def _digests(blobs: list[_Blob], jobs: int | None = None) -> list[tuple[int, str
 
     def one(i: int) -> tuple[int, str] | OSError:
         try:
-            return _hash_file(blobs[i].path, blobs[i].lfs, blobs[i].size)
+            return hash_file(blobs[i].path, blobs[i].lfs, blobs[i].size)
         except OSError as exc:
             return exc
 
@@ -751,7 +739,7 @@ def bundle(lock_path: str | Path, output: str | Path, *, cache_dir: str | Path |
                 fileobj=out,
                 mode="w",
                 format=tarfile.PAX_FORMAT,
-                copybufsize=8 * CHUNK,  # type: ignore[arg-type]
+                copybufsize=READ_BLOCK,  # type: ignore[arg-type]
             )
             with tar:
                 tar.addfile(_tarinfo(BUNDLE_LOCK_NAME, size=len(lock_bytes)), io.BytesIO(lock_bytes))
@@ -787,7 +775,7 @@ def _add_blobs(tar: tarfile.TarFile, blobs: Iterable[_Blob]) -> list[str]:
     """Add each blob, hashing the bytes as tarfile reads them; return the blobs that did not match."""
     problems: list[str] = []
     for blob in blobs:
-        h = _new_hash(blob.lfs, blob.size)
+        h = blob_hasher(blob.lfs, blob.size)
         try:
             with open(blob.path, "rb") as f:
                 tar.addfile(_tarinfo(blob.member, size=blob.size), _HashingReader(f, h))  # type: ignore[arg-type]
@@ -1011,9 +999,9 @@ def _stage(tar: tarfile.TarFile, m: tarfile.TarInfo, blob: _Blob, path: Path) ->
     source = tar.extractfile(m)
     if source is None:  # not reachable: the member was checked to be a regular file
         raise PrefetchError(f"internal: {m.name} has no content")
-    h = _new_hash(blob.lfs, blob.size)
+    h = blob_hasher(blob.lfs, blob.size)
     with source, open(path, "wb") as out:
-        for block in iter(lambda: source.read(8 * CHUNK), b""):
+        for block in iter(lambda: source.read(READ_BLOCK), b""):
             h.update(block)
             out.write(block)
         out.flush()

@@ -15,7 +15,6 @@ import concurrent.futures as cf
 import contextlib
 import ctypes
 import email.utils
-import hashlib
 import ipaddress
 import logging
 import os
@@ -23,7 +22,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +34,7 @@ import tenacity
 
 from prefetch import __version__
 from prefetch.auth import Token, redact, redact_url
-from prefetch.cache import RepoCache
+from prefetch.cache import RepoCache, blob_hasher, hash_file
 from prefetch.errors import AccessError, DiskSpaceError, IntegrityError, NetworkError, PrefetchError
 from prefetch.files import file_mode, fsync_dir, is_disk_full
 from prefetch.manifest import RetrySettings
@@ -569,11 +568,7 @@ class FileJob:
     label: str  # `org/name:path`, for messages
 
     def new_hash(self) -> Any:
-        if self.lfs:
-            return hashlib.sha256()
-        h = hashlib.sha1(usedforsecurity=False)
-        h.update(b"blob %d\0" % self.size)
-        return h
+        return blob_hasher(self.lfs, self.size)
 
 
 class RangeSet:
@@ -925,11 +920,7 @@ class Transfer:
         source = job.cache.find_blob_elsewhere(job.etag, job.size)
         if source is None:
             return False
-        h = job.new_hash()
-        with open(source, "rb") as f:
-            while block := f.read(8 * CHUNK):
-                h.update(block)
-        if h.hexdigest() != job.etag:
+        if hash_file(source, job.lfs, job.size)[1] != job.etag:
             return False
         partial = job.cache.partial_path(job.etag)
         job.cache.discard_partial(job.etag)
@@ -1187,10 +1178,3 @@ def _most_severe(errors: list[PrefetchError]) -> PrefetchError:
                 return same[0]
             return type(same[0])("\n".join(str(e) for e in same))
     return errors[0]
-
-
-def iter_chunks(path: os.PathLike[str] | str, size: int = 8 * CHUNK) -> Iterator[bytes]:
-    """Read a file in large blocks (for hashing at disk speed)."""
-    with open(path, "rb") as f:
-        while block := f.read(size):
-            yield block

@@ -143,13 +143,13 @@ def test_verify_hashes_each_shared_blob_once(prefetch: PrefetchRunner, hub: Any,
     make_model(hub)
     lock = sync(prefetch, [{"repo": "org/model"}, {"repo": "org/model", "revision": "v1"}])  # same commit
     calls: list[Path] = []
-    real = offline._hash_file
+    real = offline.hash_file
 
     def counting(path: Path, lfs: bool, size: int) -> tuple[int, str]:
         calls.append(path)
         return real(path, lfs, size)
 
-    monkeypatch.setattr(offline, "_hash_file", counting)
+    monkeypatch.setattr(offline, "hash_file", counting)
     report = offline.verify(lock, cache_dir=prefetch.cache_dir)
     assert (report.files, report.blobs) == (8, 4)
     assert len(calls) == len(set(calls)) == 4
