@@ -7,6 +7,7 @@ commit (and file list) until `--upgrade`; so a warm re-sync makes no request at 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import os
 import shutil
 from dataclasses import dataclass, field, replace
@@ -122,45 +123,41 @@ class Run:
         self.endpoint = (
             settings.endpoint or self.manifest.endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
         ).rstrip("/")
-        self._http: Http | None = None
-        self._default_token: Token | None = None
-        self._token_loaded = False
         self.hub_gated: dict[str, bool | str] = {}  # entry key -> gating seen by this run's resolution
 
     # -- lazily built: an offline or warm run never touches tokens or the network -----------------------
-    @property
+    @functools.cached_property
     def http(self) -> Http:
-        if self._http is None:
-            env_proxies, no_proxy = proxies_from_env()
-            proxies = list(dict.fromkeys([*self.settings.proxies, *self.manifest.proxies, *env_proxies]))
-            retry = RetryPolicy(self.retry_settings(), on_retry=self.progress.retry)
-            self._http = Http(
-                self.endpoint,
-                proxies,
-                retry,
-                no_proxy=no_proxy,
-                pool_size=self.settings.jobs * 2 + 4,
-                offline=self.offline,
-            )
-        return self._http
+        env_proxies, no_proxy = proxies_from_env()
+        proxies = list(dict.fromkeys([*self.settings.proxies, *self.manifest.proxies, *env_proxies]))
+        retry = RetryPolicy(self.retry_settings(), on_retry=self.progress.retry)
+        return Http(
+            self.endpoint,
+            proxies,
+            retry,
+            no_proxy=no_proxy,
+            pool_size=self.settings.jobs * 2 + 4,
+            offline=self.offline,
+        )
 
     def retry_settings(self) -> RetrySettings:
         overrides = {"attempts": self.settings.retry_attempts, "max_wait": self.settings.retry_max_wait}
         return replace(self.manifest.retry, **{k: v for k, v in overrides.items() if v is not None})
 
-    @property
+    @functools.cached_property
     def hub(self) -> HubApi:
         return HubApi(self.http)
 
+    @functools.cached_property
+    def default_token(self) -> Token | None:
+        return find_token(self.settings.token_file)
+
     def token(self, entry: Entry) -> Token | None:
-        if not self._token_loaded:
-            self._default_token = find_token(self.settings.token_file)
-            self._token_loaded = True
-        return entry_token(entry.token_env, self._default_token)
+        return entry_token(entry.token_env, self.default_token)
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
+        if "http" in self.__dict__:  # built only if the run touched the network
+            self.http.close()
 
     def repo_cache(self, entry: Entry | LockedEntry) -> RepoCache:
         return RepoCache(self.cache_dir, entry.repo, entry.type)
@@ -367,11 +364,10 @@ def sync(
     run = Run(manifest_path, settings or Settings(), progress)
     try:
         resolved, failures = run.resolve(frozen=frozen, upgrade=upgrade, upgrade_repos=upgrade_repos)
+        plans = run.plan(resolved)
         if run.offline:
-            plans = run.plan(resolved)
             run.materialize(plans)
             return SyncResult(plans, run.old_lock or run.new_lock(resolved), run.lock_path, run.cache_dir)
-        plans = run.plan(resolved)
         needing = [p for p in plans if p.missing]
         report = _check_access(run, needing, failures)
         lock = run.new_lock(resolved)
