@@ -231,7 +231,6 @@ def _ask_whoami(hub: HubApi, token: Token) -> dict[str, Any] | None:
     try:
         response = hub.http.open(f"{hub.endpoint}/api/whoami-v2", token)
         try:
-            response.read()
             data = response.json()
         finally:
             response.close()

@@ -2,8 +2,8 @@
 
 - `RetryPolicy`: one tenacity policy for every network call (metadata and bytes), honouring
   `Retry-After` / `RateLimit`, logging each retry once.
-- `Http`: one httpx2 client per route (a proxy, or direct), sticky failover across proxies,
-  manual redirects so the `Authorization` header never leaves the Hub's origin.
+- `Http`: one connection pool per route (a proxy, or direct; `prefetch.httpclient`), sticky
+  failover across proxies, manual redirects so the `Authorization` header never leaves the Hub's origin.
 - `Transfer`: a bounded pool fetching files as parallel Range segments into one partial file
   per blob, with resumable on-disk state, streaming hash verification and atomic install; files
   under `SMALL_FILE` are fetched into memory and written once, verified.
@@ -13,72 +13,57 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import ctypes
 import email.utils
 import ipaddress
+import json
 import logging
 import os
 import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
-import httpcore2
-import httpx2
 import tenacity
 
 from prefetch import __version__
 from prefetch.auth import Token, redact, redact_url
 from prefetch.cache import RepoCache, blob_hasher, hash_file
-from prefetch.errors import AccessError, DiskSpaceError, IntegrityError, NetworkError, PrefetchError
+from prefetch.errors import (
+    AccessError,
+    DiskSpaceError,
+    IntegrityError,
+    NetworkError,
+    PrefetchError,
+    UsageError,
+)
 from prefetch.files import file_mode, fsync_dir, is_disk_full
+from prefetch.httpclient import CertificateError, Headers, Pool, ProxyError, Response, TransportError
 from prefetch.manifest import RetrySettings
 
 log = logging.getLogger("prefetch")
 T = TypeVar("T")
 
-CHUNK = 1024 * 1024  # bytes buffered per pwrite; a kill -9 loses at most this much per connection
+CHUNK = 1024 * 1024  # bytes read per pwrite at most; a kill -9 loses at most this much per connection
+FLUSH_AFTER = 0.5  # seconds: a slow connection's bytes are written (and reported) at least this often
 SAVE_STATE_EVERY = CHUNK  # resume state is saved after every chunk: a rerun re-fetches at most one chunk
 SYNC_EVERY = 64 * CHUNK  # partial data is fdatasync'ed this often, so resume also survives a reboot
 SMALL_FILE = CHUNK  # files below this size are fetched into memory and written once, without resume state
-MAX_PIECES = 64  # reads gathered per pwritev at most (a trickling server sends many small ones)
-READ_SIZE = 256 * 1024  # bytes per socket read (httpcore2 reads 64 KiB: h11 parses each read in Python)
 FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of the stored bytes
 MAX_URL_REFRESHES = 5  # signed CDN URLs that expire mid-download are asked for again at most this often
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 PROXY_STATUS = frozenset({407, 502, 503, 504})
 ORIGIN_MARKERS = ("x-request-id", "x-error-code", "x-repo-commit", "x-linked-etag", "etag", "content-range")
-TIMEOUT = httpx2.Timeout(60.0, connect=10.0)
+CONNECT_TIMEOUT = 10.0  # seconds to connect (TLS handshake and proxy tunnel included)
+READ_TIMEOUT = 60.0  # seconds without a byte from the server
 
+HeaderLookup = Headers | Mapping[str, str]
 
 _SHUTDOWN = threading.Event()
-
-# httpcore2 has no per-client setting for this. A read returns what the socket holds (at most this
-# much), so latency is unchanged; fewer, larger reads cut h11's per-read Python work 4 times (more
-# would hold more memory per connection for little gain).
-httpcore2.HTTP11Connection.READ_NUM_BYTES = READ_SIZE
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc keep freed heap memory instead of returning it to the kernel at once.
-
-    Every read allocates a fresh READ_SIZE buffer; with glibc's defaults freed ones go back to the
-    kernel and the next read faults new zeroed pages in (~130 k page faults per GiB, ~8 % of a cold
-    download's time). Peak memory is unchanged: it is the same buffers, reused. No-op elsewhere.
-    """
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None)
-        libc.mallopt(m_trim_threshold, 64 * CHUNK)
-        libc.mallopt(m_mmap_threshold, 4 * CHUNK)
-
-
-_keep_freed_memory()
 
 
 def interrupt() -> None:
@@ -99,7 +84,7 @@ def interrupted() -> bool:
 class HttpStatusError(Exception):
     """A non-success answer from the Hub or CDN, with the Hub's `X-Error-Code` when it sent one."""
 
-    def __init__(self, url: str, status: int, error_code: str | None, message: str, headers: httpx2.Headers):
+    def __init__(self, url: str, status: int, error_code: str | None, message: str, headers: HeaderLookup):
         self.url, self.status, self.error_code, self.message = url, status, error_code, message
         self.retry_after = retry_after_seconds(headers) if status in (429, 503) else None
         super().__init__(f"{status} from {urlsplit(url).path}" + (f": {message}" if message else ""))
@@ -143,7 +128,7 @@ _RATELIMIT_RESET = (
 )
 
 
-def retry_after_seconds(headers: httpx2.Headers) -> float | None:
+def retry_after_seconds(headers: HeaderLookup) -> float | None:
     """Seconds to wait from `Retry-After` (seconds or HTTP date) or `RateLimit` / `RateLimit-Reset`."""
     value = (headers.get("retry-after") or "").strip()
     if value:
@@ -161,12 +146,17 @@ def retry_after_seconds(headers: httpx2.Headers) -> float | None:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Transient failures: connection errors, timeouts, resets mid-body, 408/429/5xx, expired CDN URLs."""
+    """Transient failures: connection errors, timeouts, resets mid-body, 408/429/5xx, expired CDN URLs.
+
+    Not a TLS certificate that does not verify: that needs a fix (SSL_CERT_FILE), not a retry.
+    """
     if isinstance(exc, HttpStatusError):
         return exc.status in RETRYABLE_STATUS
     if isinstance(exc, ProxyRoutesFailed):
         return not exc.permanent
-    return isinstance(exc, httpx2.TransportError | TruncatedBody | StaleUrl)
+    if isinstance(exc, CertificateError):
+        return False
+    return isinstance(exc, TransportError | TruncatedBody | StaleUrl)
 
 
 def describe(exc: BaseException) -> str:
@@ -283,7 +273,7 @@ class RetryPolicy:
 @dataclass
 class Route:
     proxy: str | None  # None: direct
-    client: httpx2.Client
+    pool: Pool
 
     @property
     def label(self) -> str:
@@ -348,30 +338,30 @@ class Http:
         self.retry = retry
         self.no_proxy = no_proxy
         self.offline = offline
-        limits = httpx2.Limits(max_connections=pool_size, max_keepalive_connections=pool_size)
-        headers = {"user-agent": f"prefetch/{__version__}"}
 
-        def client(proxy: str | None) -> httpx2.Client:
-            return httpx2.Client(
-                proxy=proxy,
-                trust_env=False,
-                timeout=TIMEOUT,
-                limits=limits,
-                headers=headers,
-                follow_redirects=False,
-            )
+        def pool(proxy: str | None) -> Pool:
+            try:
+                return Pool(
+                    proxy,
+                    user_agent=f"prefetch/{__version__}",
+                    max_idle=pool_size,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    read_timeout=READ_TIMEOUT,
+                )
+            except ValueError as e:
+                raise UsageError(f"proxy {redact_url(proxy)}: {e}") from None
 
         for proxy in proxies:
             redact_url(proxy)  # registers its password as a secret
-        self.proxy_routes = [Route(p, client(p)) for p in proxies]
-        self.direct = Route(None, client(None))
+        self.proxy_routes = [Route(p, pool(p)) for p in proxies]
+        self.direct = Route(None, pool(None))
         self._current = 0
         self._lock = threading.Lock()
         self.requests = 0
 
     def close(self) -> None:
         for route in [*self.proxy_routes, self.direct]:
-            route.client.close()
+            route.pool.close()
 
     def describe_routes(self) -> str:
         if not self.proxy_routes:
@@ -399,7 +389,7 @@ class Http:
                 reasons = "; ".join(f"{label}: {reason}" for label, reason in failures)
                 log.warning("proxy failover: now using %s (%s)", route.label, reasons)
 
-    def _send_once(self, method: str, url: str, headers: dict[str, str]) -> httpx2.Response:
+    def _send_once(self, method: str, url: str, headers: dict[str, str]) -> Response:
         """One attempt over the routes: a failing proxy hands over to the next one.
 
         A proxy fails when it cannot be reached, breaks the connection or tunnel before an answer,
@@ -410,23 +400,17 @@ class Http:
         failures: list[tuple[str, str]] = []
         needs_credentials = 0
         for route in self._routes_for(url):
-            request = route.client.build_request(method, url, headers=headers)
             try:
                 with self._lock:
                     self.requests += 1
-                response = route.client.send(request, stream=True)
-            except httpx2.PoolTimeout:
-                raise
-            except (
-                httpx2.ProxyError,
-                httpx2.NetworkError,
-                httpx2.TimeoutException,
-                httpx2.RemoteProtocolError,
-            ) as e:
-                if route.proxy is None:
+                response = route.pool.request(method, url, headers)
+            except TransportError as e:
+                if route.proxy is None or isinstance(
+                    e, CertificateError
+                ):  # no other proxy verifies it either
                     raise
                 reason = describe(e)
-                if isinstance(e, httpx2.ProxyError) and "407" in str(e):  # CONNECT refused (https)
+                if isinstance(e, ProxyError) and e.status == 407:  # CONNECT refused (https)
                     needs_credentials += 1
                     reason += _credentials_hint(route.proxy)
                 failures.append((route.label, reason))
@@ -443,7 +427,7 @@ class Http:
             return response
         raise ProxyRoutesFailed(failures, permanent=needs_credentials == len(failures))
 
-    def open(self, url: str, token: Token | None, headers: dict[str, str] | None = None) -> httpx2.Response:
+    def open(self, url: str, token: Token | None, headers: dict[str, str] | None = None) -> Response:
         """GET `url` (one attempt), following redirects by hand; the token only goes to the Hub's origin.
 
         Returns a streaming response with a 2xx status; raises HttpStatusError otherwise.
@@ -458,7 +442,7 @@ class Http:
             if response.status_code >= 400:
                 raise _status_error(url, response)
             return response
-        raise HttpStatusError(url, 310, None, "too many redirects", httpx2.Headers())
+        raise HttpStatusError(url, 310, None, "too many redirects", {})
 
     def locate(self, url: str, token: Token | None) -> str:
         """Where the bytes of `url` are served: the CDN URL a Hub 302 points to, or `url` itself."""
@@ -476,10 +460,10 @@ class Http:
 
         return self.retry.call(attempt, f"GET {urlsplit(url).path}")
 
-    def head(self, url: str, token: Token | None) -> httpx2.Headers:
+    def head(self, url: str, token: Token | None) -> Headers:
         """HEAD `url` with retries, redirects not followed (a 3xx is an answer); HttpStatusError if >= 400."""
 
-        def attempt() -> httpx2.Headers:
+        def attempt() -> Headers:
             response = self._send_once("HEAD", url, self._auth(url, token))
             if response.status_code >= 400:
                 raise _status_error(url, response)
@@ -494,12 +478,11 @@ class Http:
             return {}
         return {"authorization": f"Bearer {token.value}"}
 
-    def get_json(self, url: str, token: Token | None) -> tuple[Any, httpx2.Headers]:
+    def get_json(self, url: str, token: Token | None) -> tuple[Any, Headers]:
         """GET a Hub API URL and parse its JSON, with retries."""
 
-        def attempt() -> tuple[Any, httpx2.Headers]:
+        def attempt() -> tuple[Any, Headers]:
             with contextlib.closing(self.open(url, token)) as response:
-                response.read()
                 return response.json(), response.headers
 
         return self.retry.call(attempt, f"GET {urlsplit(url).path}")
@@ -517,7 +500,7 @@ def _same_origin(url: str, other: str) -> bool:
     return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
-def _is_proxy_failure(response: httpx2.Response) -> bool:
+def _is_proxy_failure(response: Response) -> bool:
     """Did the proxy itself refuse (407, or a 5xx it generated rather than relayed)?"""
     if response.status_code == 407:
         return True
@@ -527,12 +510,11 @@ def _is_proxy_failure(response: httpx2.Response) -> bool:
     return "proxy-status" in headers or not any(h in headers for h in ORIGIN_MARKERS)
 
 
-def _status_error(url: str, response: httpx2.Response) -> HttpStatusError:
+def _status_error(url: str, response: Response) -> HttpStatusError:
     try:
-        response.read()
-        body = response.json()
+        body = json.loads(response.read())
         message = body.get("error", "") if isinstance(body, dict) else ""
-    except (ValueError, httpx2.HTTPError):
+    except (ValueError, TransportError):
         message = ""
     finally:
         response.close()
@@ -653,21 +635,16 @@ class PartialFile:
         self._sync_lock = threading.Lock()
         self._state_lock = threading.Lock()
 
-    def write(self, offset: int, *pieces: bytes) -> None:
-        """Write `pieces` back to back at `offset` and record them as done.
+    def write(self, offset: int, data: memoryview) -> None:
+        """Write `data` at `offset` and record it as done; hash it while it is in memory if next in line.
 
-        One `pwritev` of the pieces as received: joining them first would copy every byte again.
         A short write (nearly full disk) is continued from where it stopped.
         """
-        size = sum(len(p) for p in pieces)
+        size = len(data)
         try:
-            written = os.pwritev(self.fd, pieces, offset) if len(pieces) > 1 else 0
-            if written < size:
-                rest = memoryview(b"".join(pieces) if len(pieces) > 1 else pieces[0])[written:]
-                while rest:
-                    n = os.pwrite(self.fd, rest, offset + written)
-                    written += n
-                    rest = rest[n:]
+            written = 0
+            while written < size:
+                written += os.pwrite(self.fd, data[written:], offset + written)
         except OSError as e:
             if is_disk_full(e):
                 raise self._disk_full() from e
@@ -686,7 +663,7 @@ class PartialFile:
             self._save_state(version)
         if self._hash_lock.acquire(blocking=False):
             try:
-                self._advance_hash(offset, pieces)
+                self._advance_hash(offset, data)
             finally:
                 self._hash_lock.release()
 
@@ -735,11 +712,10 @@ class PartialFile:
                 raise self._disk_full() from e
             self._saved_version = version
 
-    def _advance_hash(self, offset: int = -1, pieces: tuple[bytes, ...] = ()) -> None:
-        if offset == self._hashed:
-            for piece in pieces:
-                self._hash.update(piece)
-                self._hashed += len(piece)
+    def _advance_hash(self, offset: int = -1, data: memoryview | None = None) -> None:
+        if offset == self._hashed and data is not None:
+            self._hash.update(data)
+            self._hashed += len(data)
         while True:
             with self._lock:
                 end = self.done.covered_from(self._hashed)
@@ -819,6 +795,7 @@ class Transfer:
         self.cancel = threading.Event()
         self.stats = TransferStats()
         self._slots = threading.BoundedSemaphore(self.jobs)
+        self._buffers = _Buffers(CHUNK)
         self._stats_lock = threading.Lock()
         self._blob_folders: set[Path] = set()  # renamed blobs into these: fsync them before `run` returns
 
@@ -1070,40 +1047,64 @@ class Transfer:
         self,
         job: FileJob,
         partial: PartialFile | _MemoryFile,
-        response: httpx2.Response,
+        response: Response,
         cursor: _Cursor,
         end: int,
     ) -> None:
-        """Copy the body into the partial file in CHUNK writes, advancing `cursor`.
+        """Read the body into the partial file, advancing `cursor` with every write.
 
-        Bytes received before a failure (reset, timeout, cancel) are still written, so the retry
-        or the next run resumes exactly where the connection stopped.
+        Socket reads land in one reused buffer, written out when full (or every FLUSH_AFTER seconds
+        on a slow connection). Bytes received before a failure (reset, timeout, cancel) are still
+        written, so the retry or the next run resumes exactly where the connection stopped.
         """
-        pieces: list[bytes] = []
-        pending = 0
+        with self._buffers.lease() as buffer:
+            filled = 0
+            last_flush = time.monotonic()
 
-        def flush() -> None:
-            nonlocal pending
-            if pieces:
-                partial.write(cursor.position, *pieces)
-                cursor.position += pending
-                with self._stats_lock:
-                    self.stats.bytes_fetched += pending
-                self.reporter.advance(pending)
-                pieces.clear()
-                pending = 0
+            def flush() -> None:
+                nonlocal filled, last_flush
+                if filled:
+                    partial.write(cursor.position, buffer[:filled])
+                    cursor.position += filled
+                    with self._stats_lock:
+                        self.stats.bytes_fetched += filled
+                    self.reporter.advance(filled)
+                    filled = 0
+                last_flush = time.monotonic()
 
+            try:
+                while n := response.readinto(buffer[filled:]):
+                    if cursor.position + filled + n > end:
+                        raise BadBytes(
+                            f"{job.label}: the server sent more bytes than the file has; discarded"
+                        )
+                    filled += n
+                    if filled == len(buffer) or time.monotonic() - last_flush >= FLUSH_AFTER:
+                        flush()
+                    self._check_cancel()
+            finally:
+                flush()
+
+
+class _Buffers:
+    """Read buffers, reused: one per active connection (fresh pages cost more than the bytes' copy)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[memoryview] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[memoryview]:
+        with self._lock:
+            buffer = self._free.pop() if self._free else None
+        if buffer is None:
+            buffer = memoryview(bytearray(self.size))
         try:
-            for piece in response.iter_raw():
-                pending += len(piece)
-                if cursor.position + pending > end:
-                    raise BadBytes(f"{job.label}: the server sent more bytes than the file has; discarded")
-                pieces.append(piece)
-                if pending >= CHUNK or len(pieces) >= MAX_PIECES:
-                    flush()
-                self._check_cancel()
+            yield buffer
         finally:
-            flush()
+            with self._lock:
+                self._free.append(buffer)
 
 
 class _MemoryFile:
@@ -1116,10 +1117,8 @@ class _MemoryFile:
     def __init__(self, size: int) -> None:
         self.data = bytearray(size)
 
-    def write(self, offset: int, *pieces: bytes) -> None:
-        for piece in pieces:
-            self.data[offset : offset + len(piece)] = piece
-            offset += len(piece)
+    def write(self, offset: int, data: memoryview) -> None:
+        self.data[offset : offset + len(data)] = data
 
 
 @dataclass
@@ -1155,7 +1154,7 @@ class _Source:
             return True
 
 
-def _check_content_range(response: httpx2.Response, position: int, job: FileJob) -> None:
+def _check_content_range(response: Response, position: int, job: FileJob) -> None:
     match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("content-range", ""))
     if not match or int(match.group(1)) != position:
         raise TruncatedBody(
