@@ -21,6 +21,7 @@ from typing import Any
 
 from prefetch.auth import Token, default_token_path, redact
 from prefetch.errors import AccessError, ExitCode, NetworkError, PrefetchError
+from prefetch.httpclient import CertificateError, TransportError
 from prefetch.hub import HubApi, RepoInfo
 from prefetch.manifest import Entry
 from prefetch.transfer import (
@@ -300,8 +301,11 @@ def row_for_error(
     result = result or AccessResult(entry, "ok", token.source if token else None)
     if isinstance(exc, HttpStatusError) and exc.status not in RETRYABLE_STATUS:
         _classify(hub, exc, result, token, locked_commit)
-    elif isinstance(exc, NetworkError | HttpStatusError | ProxyRoutesFailed) or is_retryable(exc):
-        # ProxyRoutesFailed even when not retryable (every proxy refused our credentials): still exit 4.
+    elif isinstance(exc, NetworkError | HttpStatusError | ProxyRoutesFailed | TransportError) or is_retryable(
+        exc
+    ):
+        # Also when not retryable (every proxy refused our credentials, a certificate that does not
+        # verify): still a network problem, exit 4.
         result.status = "network"
         result.problem = redact(
             str(exc if isinstance(exc, NetworkError) else network_error(exc, hub.http, entry.repo))
@@ -310,6 +314,11 @@ def row_for_error(
             result.remedy = (
                 f"the Hub at {hub.endpoint} kept rate-limiting requests: wait, then run again "
                 "(a token raises the limits)"
+            )
+        elif isinstance(exc, CertificateError):
+            result.remedy = (
+                "if a proxy or a private Hub uses its own certificate authority, point SSL_CERT_FILE (or "
+                "SSL_CERT_DIR) at CA certificates that include it"
             )
         else:
             result.remedy = (

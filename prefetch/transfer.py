@@ -842,7 +842,7 @@ class Transfer:
         if not isinstance(exc, PrefetchError):
             if is_disk_full(exc):  # a full disk anywhere in the pipeline (state, fsync, rename) is exit 8
                 exc = DiskSpaceError(f"disk full while downloading {job.label} into {job.cache.root}: {exc}")
-            elif is_retryable(exc) or isinstance(exc, HttpStatusError):
+            elif is_retryable(exc) or isinstance(exc, HttpStatusError | TransportError):
                 exc = network_error(exc, self.http, f"downloading {job.label}")
             else:
                 exc = PrefetchError(f"downloading {job.label}: {describe(exc)}")

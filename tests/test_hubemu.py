@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (pytest fixtures `hub`/`proxy_factory` are imported below and used as arguments)
+# ruff: noqa: F811  (pytest fixtures `hub`/`tls_hub`/`proxy_factory` are imported below and used as arguments)
 """Proves the Hub emulator and the test proxy are faithful enough to build prefetch on.
 
 The real huggingface_hub client (2.4.x) is driven against the emulator: if it downloads, lists, resolves and
@@ -9,14 +9,17 @@ httpx2 / socket requests so each behaviour is observed directly.
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import os
 import random
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -33,7 +36,7 @@ from huggingface_hub.utils import _http as hf_http
 
 from tests.hubemu import Fault, ForwardProxy, HubEmulator, Repo, git_blob_sha1
 from tests.hubemu.demo import DEMO_TOKEN
-from tests.hubemu.fixtures import hub, proxy_factory  # noqa: F401
+from tests.hubemu.fixtures import hub, proxy_factory, tls_hub  # noqa: F401
 
 ALICE = "hf_alice_read_token"
 BOB = "hf_bob_finegrained_token"
@@ -674,3 +677,222 @@ def test_demo_cli_serves_the_demo_hub(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------------- TLS
+def tls_client(hub: HubEmulator, **kw: object) -> httpx2.Client:
+    """httpx2 trusting only the emulator's CA (an explicit context: no SSL_CERT_FILE, no system store)."""
+    return httpx2.Client(verify=ssl.create_default_context(cafile=hub.ca_file), **kw)  # type: ignore[arg-type]
+
+
+def raw_tls_read_until_error(hub: HubEmulator, url: str) -> tuple[bytes, BaseException | None]:
+    """GET `url` over TLS on a plain socket (ssl.MemoryBIO), so a TCP RST shows as ConnectionResetError.
+
+    Python's SSLSocket reports a reset under TLS as a (suppressed) unexpected EOF, which hides whether the
+    server sent a RST or a FIN; reading the TCP socket ourselves does not.
+    """
+    split = urlsplit(url)
+    sock = socket.create_connection(("127.0.0.1", split.port), timeout=5)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = hub.client_ssl_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+
+    def flush() -> None:
+        if outgoing.pending:
+            sock.sendall(outgoing.read())
+
+    received = bytearray()
+    error: BaseException | None = None
+    with sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flush()
+                data = sock.recv(65536)
+                incoming.write(data) if data else incoming.write_eof()
+        flush()
+        tls.write(f"GET {split.path}?{split.query} HTTP/1.1\r\nHost: {split.netloc}\r\n\r\n".encode())
+        flush()
+        try:
+            while data := sock.recv(65536):
+                incoming.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    while chunk := tls.read(65536):
+                        received += chunk
+        except OSError as exc:
+            error = exc
+    return bytes(received), error
+
+
+def test_tls_ca_file_urls_and_handshake_in_the_handler_thread(tls_hub: HubEmulator) -> None:
+    assert tls_hub.url.startswith("https://127.0.0.1:") and tls_hub.cdn_url.startswith("https://127.0.0.1:")
+    pem = Path(tls_hub.ca_file).read_text()
+    assert pem.startswith("-----BEGIN CERTIFICATE-----")
+    with pytest.raises(RuntimeError, match="tls=True"):
+        HubEmulator().ca_file  # noqa: B018
+    # A client that connects and never says hello must not block accept (the handshake is per thread).
+    port = urlsplit(tls_hub.url).port
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    idle_ports = {sock.getsockname()[1] for sock in idle}
+    try:
+        t0 = time.monotonic()
+        with tls_client(tls_hub, timeout=5) as c:
+            assert c.get(f"{tls_hub.url}/api/agent-harnesses").status_code == 200
+        assert time.monotonic() - t0 < 2
+        # the certificate is for 127.0.0.1 and localhost
+        with tls_client(tls_hub, timeout=5) as c:
+            assert c.get(f"https://localhost:{port}/api/agent-harnesses").status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()
+    served = [h for h in tls_hub.tls_handshakes if h.client_port not in idle_ports]
+    assert [h.ok for h in served] == [True, True]
+    ca_dir = Path(tls_hub.ca_file).parent
+    tls_hub.stop()
+    assert not ca_dir.exists()  # the CA is removed on stop
+
+
+def test_tls_api_redirect_to_https_cdn_ranges_and_keep_alive(tls_hub: HubEmulator) -> None:
+    tls_hub.add_user("alice", token=ALICE)
+    repo, files = make_model(tls_hub, private=True, owner="alice")
+    head = repo.head()
+    auth = {"Authorization": f"Bearer {ALICE}"}
+    with tls_client(tls_hub) as c:
+        info = c.get(f"{tls_hub.url}/api/models/org/model/revision/main?blobs=true", headers=auth).json()
+        assert info["sha"] == head and info["private"] is True
+        assert len(info["siblings"]) == len(files)
+        assert c.get(f"{tls_hub.url}/api/models/org/model").status_code == 401  # private, no token
+        r = c.get(tls_hub.file_url("org/model", "config.json"), headers=auth)
+        assert (r.status_code, r.content) == (200, files["config.json"])
+        r = c.get(tls_hub.file_url("org/model", "model.safetensors"), headers=auth)
+        sha = repo.file_info(head, "model.safetensors").sha256
+        assert r.status_code == 302 and r.headers["location"].startswith(f"{tls_hub.cdn_url}/lfs/{sha}?")
+        loc = r.headers["location"]
+        assert loc.startswith("https://")
+        data = files["model.safetensors"]
+        assert c.get(loc).content == data
+        r = c.get(loc, headers={"Range": "bytes=10-19"})
+        assert (r.status_code, r.content, r.headers["content-range"]) == (
+            206,
+            data[10:20],
+            f"bytes 10-19/{len(data)}",
+        )
+        r = c.get(tls_hub.file_url("org/model", "README.md"), headers={**auth, "Range": "bytes=2-"})
+        assert (r.status_code, r.content) == (206, files["README.md"][2:])
+        # paginated listings link to the https origin
+        tls_hub.page_size = 2
+        r = c.get(f"{tls_hub.url}/api/models/org/model/tree/main?recursive=true", headers=auth)
+        assert r.headers["link"].startswith(f"<{tls_hub.url}/api/models/org/model/tree/main?")
+    # keep-alive over TLS: one connection (one handshake) per origin
+    assert [(h.origin, h.ok) for h in tls_hub.tls_handshakes] == [("api", True), ("cdn", True)]
+    assert len({r.client_port for r in tls_hub.requests if r.origin == "api"}) == 1
+    assert tls_hub.bytes_served(path_contains=sha) == len(data) + 10
+
+
+def test_tls_faults_and_an_untrusted_client(tls_hub: HubEmulator) -> None:
+    _, files = make_model(tls_hub)
+    data = files["model.safetensors"]
+    with tls_client(tls_hub) as c:
+        loc = c.head(tls_hub.file_url("org/model", "model.safetensors")).headers["location"]
+        tls_hub.inject(Fault(kind="status", status=503, origin="cdn"))
+        assert c.get(loc).status_code == 503
+
+        reset = tls_hub.inject(Fault(kind="reset", after_bytes=100_000, origin="cdn"))
+        got = bytearray()
+        # Python's ssl turns a RST under TLS into an unexpected EOF: httpx2 says RemoteProtocolError
+        with pytest.raises(httpx2.TransportError), c.stream("GET", loc) as resp:
+            assert resp.status_code == 200
+            for chunk in resp.iter_raw():
+                got += chunk
+        assert reset.fired == 1 and bytes(got) == data[: len(got)] and len(got) <= 100_000
+        assert tls_hub.requests[-1].body_bytes == 100_000
+
+        corrupt = tls_hub.inject(Fault(kind="corrupt", origin="cdn"))
+        body = c.get(loc).content
+        assert corrupt.fired == 1 and sum(a != b for a, b in zip(body, data, strict=True)) == 1
+
+        slow = tls_hub.inject(Fault(kind="slow", bytes_per_sec=5_000_000, origin="cdn"))
+        t0 = time.monotonic()
+        assert c.get(loc).content == data and slow.fired == 1
+        assert time.monotonic() - t0 >= 0.25
+
+        tls_hub.inject(Fault(kind="truncate", after_bytes=50_000, origin="cdn"))
+        with pytest.raises(httpx2.RemoteProtocolError), c.stream("GET", loc) as resp:
+            for _ in resp.iter_raw():
+                pass
+
+    # On the wire, `reset` really is a TCP RST (and `truncate` a clean close) under TLS too.
+    tls_hub.inject(Fault(kind="reset", after_bytes=100_000, origin="cdn"))
+    reply, error = raw_tls_read_until_error(tls_hub, loc)
+    assert isinstance(error, ConnectionResetError), error
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(data[100_000 - 200 : 100_000])
+    tls_hub.inject(Fault(kind="truncate", after_bytes=100_000, origin="cdn"))
+    reply, error = raw_tls_read_until_error(tls_hub, loc)
+    assert error is None and reply.endswith(data[100_000 - 200 : 100_000])
+
+    # A client that does not trust the CA fails the handshake; the emulator records why, and no request.
+    tls_hub.reset_counters()
+    with httpx2.Client(verify=ssl.create_default_context()) as c, pytest.raises(httpx2.ConnectError) as e:
+        c.get(f"{tls_hub.url}/api/agent-harnesses")
+    assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
+    deadline = time.monotonic() + 5
+    while not tls_hub.tls_handshakes and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server thread records the failure right after the client gave up
+    (shake,) = tls_hub.tls_handshakes
+    assert not shake.ok and "unknown ca" in (shake.error or "").lower()
+    assert tls_hub.count() == 0
+
+
+def test_tls_stop_cuts_keep_alive_connections(tls_hub: HubEmulator) -> None:
+    with tls_client(tls_hub, timeout=5) as c:
+        assert c.get(f"{tls_hub.url}/api/agent-harnesses").status_code == 200
+        assert c.get(f"{tls_hub.cdn_url}/lfs/x").status_code == 403  # unsigned
+        t0 = time.monotonic()
+        tls_hub.stop()
+        assert time.monotonic() - t0 < 2
+        with pytest.raises(httpx2.TransportError):
+            c.get(f"{tls_hub.url}/api/agent-harnesses")
+    assert all(h.ok for h in tls_hub.tls_handshakes)
+
+
+def test_tls_real_client_honours_ssl_cert_file(
+    tls_hub: HubEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """huggingface_hub's default client trusts SSL_CERT_FILE: the baseline prefetch is held to."""
+    _, files = make_model(tls_hub)
+    monkeypatch.setenv("SSL_CERT_FILE", tls_hub.ca_file)
+    hf_http.set_client_factory(hf_http.default_client_factory)  # a fresh client reads SSL_CERT_FILE
+    try:
+        path = snapshot_download("org/model", endpoint=tls_hub.url, cache_dir=cache_of(tmp_path), token=False)
+    finally:
+        hf_http.set_client_factory(hf_http.default_client_factory)  # drop the client that trusts the CA
+    assert all((Path(path) / p).read_bytes() == d for p, d in files.items())
+    assert {r.origin for r in tls_hub.requests} == {"api", "cdn"}
+
+
+def test_tls_connect_tunnel_through_the_forward_proxy(tls_hub: HubEmulator, proxy_factory) -> None:
+    _, files = make_model(tls_hub)
+    proxy = proxy_factory(credentials=("user", "p@ss"))
+    with tls_client(tls_hub, proxy=proxy.url) as c:
+        r = c.get(tls_hub.file_url("org/model", "config.json"))
+        assert (r.status_code, r.content) == (200, files["config.json"])
+        assert "via" not in r.headers  # end-to-end TLS: the proxy cannot touch the response
+        r = c.get(tls_hub.file_url("org/model", "model.safetensors"), follow_redirects=True)
+        assert r.content == files["model.safetensors"]
+        r = c.get(tls_hub.file_url("org/model", "README.md"), headers={"Range": "bytes=2-5"})
+        assert (r.status_code, r.content) == (206, files["README.md"][2:6])
+    api, cdn = tls_hub.url.split("//")[1], tls_hub.cdn_url.split("//")[1]
+    assert proxy.requests == [("CONNECT", api, 200), ("CONNECT", cdn, 200)]  # one tunnel per origin
+    assert [(r.origin, r.status) for r in tls_hub.requests] == [
+        ("api", 200),
+        ("api", 302),
+        ("cdn", 200),
+        ("api", 206),
+    ]
+
+    tls_hub.inject(Fault(kind="reset", after_bytes=1000, origin="cdn"))  # a reset inside the tunnel
+    with tls_client(tls_hub, proxy=proxy.url) as c, pytest.raises(httpx2.TransportError):
+        c.get(tls_hub.file_url("org/model", "model.safetensors"), follow_redirects=True)
+    with tls_client(tls_hub, proxy=f"http://127.0.0.1:{proxy.port}") as c, pytest.raises(httpx2.ProxyError):
+        c.get(tls_hub.file_url("org/model", "config.json"))  # CONNECT without credentials: 407

@@ -3,7 +3,9 @@
 Why not plain ``http.server``: we need (a) loopback-only binding, (b) daemon threads that never keep pytest
 alive, (c) a way to cut every open keep-alive connection when a server stops, (d) a self-destruct timer, and
 (e) a fast body writer (1 MiB ``sendall`` slices from a memoryview) with optional throttling, corruption and
-TCP reset injection.
+TCP reset injection, and (f) optional TLS: the accept loop only accepts, each handler thread does its own
+handshake (a slow or hostile client never blocks `accept`), and the wrapped socket replaces the raw one in the
+set of live connections so `close_all_connections` and resets keep working over TLS.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import email.utils
 import http
 import socket
 import socketserver
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,6 +28,7 @@ LOOPBACK = "127.0.0.1"
 FAST_SLICE = 1 << 20  # 1 MiB: large enough to approach socket speed on loopback
 THROTTLE_SLICE = 64 << 10  # 64 KiB: fine-grained enough for smooth bandwidth caps
 SMALL_BODY = 64 << 10  # bodies up to this size go out in the same sendall as the headers
+HANDSHAKE_TIMEOUT = 10.0  # seconds a client gets to finish the TLS handshake
 
 
 def reason_phrase(status: int) -> str:
@@ -47,8 +52,26 @@ def http_date() -> str:
     return email.utils.formatdate(usegmt=True)
 
 
+@dataclass(frozen=True)
+class HandshakeRecord:
+    """One TLS handshake attempt seen by a server (`error` is None when it succeeded)."""
+
+    origin: str
+    client_port: int
+    error: str | None
+    time: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 class LoopbackServer(ThreadingHTTPServer):
-    """Threading HTTP server bound to 127.0.0.1 that tracks live connections so `stop` can cut them."""
+    """Threading HTTP server bound to 127.0.0.1 that tracks live connections so `stop` can cut them.
+
+    With `ssl_context` it speaks HTTPS: `get_request` still only accepts (the handshake happens in the handler
+    thread, see `FastHandler.setup` and `start_tls`), and every handshake is recorded in `handshakes`.
+    """
 
     daemon_threads = True
     block_on_close = False
@@ -56,11 +79,20 @@ class LoopbackServer(ThreadingHTTPServer):
     request_queue_size = 512  # benchmarks open many connections at once; a backlog of 5 drops SYNs
 
     def __init__(
-        self, handler_cls: type[BaseHTTPRequestHandler], port: int = 0, owner: Any = None, origin: str = ""
+        self,
+        handler_cls: type[BaseHTTPRequestHandler],
+        port: int = 0,
+        owner: Any = None,
+        origin: str = "",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.owner = owner
         self.origin = origin
+        self.ssl_context = ssl_context
+        self.handshake_timeout = HANDSHAKE_TIMEOUT
+        self.handshakes: list[HandshakeRecord] = []
         self._conns: set[socket.socket] = set()
+        self._tls: dict[socket.socket, ssl.SSLSocket] = {}  # raw accepted socket -> its TLS wrapper
         self._conns_lock = threading.Lock()
         self.stopping = threading.Event()  # wakes throttled writers so stop() is immediate
         super().__init__((LOOPBACK, port), handler_cls)
@@ -81,10 +113,43 @@ class LoopbackServer(ThreadingHTTPServer):
             self._conns.add(sock)
         return sock, addr
 
+    def start_tls(self, sock: socket.socket, client_address: Any) -> ssl.SSLSocket:
+        """Wrap an accepted socket and run the server-side handshake (called from the handler thread).
+
+        `wrap_socket` detaches `sock` (its fd now belongs to the wrapper), so the wrapper takes its place among
+        the live connections: otherwise `close_all_connections` would shut down a dead object.
+        """
+        assert self.ssl_context is not None
+        with self._conns_lock:
+            if sock not in self._conns:  # close_all_connections already cut it: do not resurrect it
+                raise ConnectionAbortedError("server stopping")
+            tls = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            self._conns.discard(sock)
+            self._conns.add(tls)
+            self._tls[sock] = tls
+        port = int(client_address[1]) if isinstance(client_address, tuple) else 0
+        tls.settimeout(self.handshake_timeout)
+        try:
+            tls.do_handshake()
+        except (OSError, ValueError) as exc:
+            self._note_handshake(port, f"{type(exc).__name__}: {exc}")
+            raise
+        self._note_handshake(port, None)
+        return tls
+
+    def _note_handshake(self, port: int, error: str | None) -> None:
+        with self._conns_lock:
+            self.handshakes.append(HandshakeRecord(self.origin, port, error, time.time()))
+
     def shutdown_request(self, request: Any) -> None:
-        """Forget the connection before the stock close logic runs."""
+        """Forget the connection (and its TLS wrapper) before the stock close logic runs."""
         with self._conns_lock:
             self._conns.discard(request)
+            tls = self._tls.pop(request, None)
+            if tls is not None:
+                self._conns.discard(tls)
+        if tls is not None:
+            super().shutdown_request(tls)
         super().shutdown_request(request)
 
     def close_all_connections(self) -> None:
@@ -94,7 +159,9 @@ class LoopbackServer(ThreadingHTTPServer):
             self._conns.clear()
         for sock in conns:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                # The plain socket method, also for TLS sockets: SSLSocket.shutdown would drop the SSL state
+                # under the feet of the handler thread still reading from it.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Client disconnects are routine in fault tests; stay quiet about them."""
@@ -154,6 +221,13 @@ class FastHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "hubemu/1.0"
     timeout = 300  # idle keep-alive connections eventually free their thread
+
+    def setup(self) -> None:
+        """On a TLS server, handshake here, in this connection's own thread, before the stock setup."""
+        server = self.server
+        if isinstance(server, LoopbackServer) and server.ssl_context is not None:
+            self.request = server.start_tls(self.request, self.client_address)
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging (it would dominate benchmark time and test output)."""

@@ -2,7 +2,7 @@
 
 Import them into a conftest or a test module::
 
-    from tests.hubemu.fixtures import hub, proxy_factory  # noqa: F401
+    from tests.hubemu.fixtures import hub, proxy_factory, tls_hub  # noqa: F401
 """
 
 from __future__ import annotations
@@ -21,6 +21,17 @@ ProxyFactory = Callable[..., ForwardProxy]
 def hub() -> Iterator[HubEmulator]:
     """A started HubEmulator (function-scoped, no repos, no users), stopped at teardown."""
     emulator = HubEmulator()
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def tls_hub() -> Iterator[HubEmulator]:
+    """Like `hub`, but both origins speak HTTPS; trust `tls_hub.ca_file` (e.g. via SSL_CERT_FILE)."""
+    emulator = HubEmulator(tls=True)
     emulator.start()
     try:
         yield emulator

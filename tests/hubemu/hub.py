@@ -4,6 +4,9 @@ Why: prefetch's tests and benchmarks must run without internet, yet exercise the
 speaks (see /work/shared/hub-notes.md): JSON shapes, X-Error-Code headers, 302 to a different origin for LFS
 files, Range requests, pagination via Link headers, gating and private repos. Faults (status codes, resets,
 corruption, throttling, ignored ranges) are injectable per request.
+
+`HubEmulator(tls=True)` serves both origins over HTTPS with a certificate for 127.0.0.1 and localhost, issued
+by a throwaway CA (`trustme`, imported only then); `hub.ca_file` is that CA's PEM, for SSL_CERT_FILE.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import json
 import mimetypes
 import re
 import secrets
+import shutil
+import ssl
+import tempfile
 import threading
 import time
 import uuid
@@ -24,7 +30,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit
 
-from ._httpbase import FastHandler, LoopbackServer, ServerRunner, http_date
+from ._httpbase import FastHandler, HandshakeRecord, LoopbackServer, ServerRunner, http_date
 from .store import LFS_SUFFIXES, Commit, Repo
 
 FAULT_KINDS = ("status", "reset", "truncate", "corrupt", "slow", "ignore_range")
@@ -257,7 +263,11 @@ class _HubHandler(FastHandler):
 
 
 class HubEmulator:
-    """A local, loopback-only Hugging Face Hub (API/resolve on `url`, LFS bytes on `cdn_url`)."""
+    """A local, loopback-only Hugging Face Hub (API/resolve on `url`, LFS bytes on `cdn_url`).
+
+    `tls=True`: both origins speak HTTPS (certificate for 127.0.0.1 and localhost from a per-emulator CA whose
+    PEM is at `ca_file` while the emulator runs); `url`, `cdn_url` and every URL the Hub hands out are https://.
+    """
 
     def __init__(
         self,
@@ -267,7 +277,11 @@ class HubEmulator:
         *,
         port: int = 0,
         cdn_port: int = 0,
+        tls: bool = False,
     ) -> None:
+        self.tls = tls
+        self._tls_dir: str | None = None
+        self._ca_file: str | None = None
         self.page_size = page_size
         self.lfs_threshold = lfs_threshold
         self.max_lifetime = max_lifetime
@@ -293,8 +307,9 @@ class HubEmulator:
         """Bind both servers on 127.0.0.1 and serve in daemon threads (idempotent)."""
         if self._api is not None:
             return self
-        api = LoopbackServer(_HubHandler, self._ports[0], owner=self, origin="api")
-        cdn = LoopbackServer(_HubHandler, self._ports[1], owner=self, origin="cdn")
+        context = self._make_tls() if self.tls else None
+        api = LoopbackServer(_HubHandler, self._ports[0], owner=self, origin="api", ssl_context=context)
+        cdn = LoopbackServer(_HubHandler, self._ports[1], owner=self, origin="cdn", ssl_context=context)
         self._api = ServerRunner(api, self.max_lifetime, "hubemu-api")
         self._cdn = ServerRunner(cdn, 0, "hubemu-cdn")
         self._cdn.start()
@@ -307,6 +322,22 @@ class HubEmulator:
         for runner in (self._api, self._cdn):
             if runner is not None:
                 runner.stop()
+        if self._tls_dir is not None:
+            shutil.rmtree(self._tls_dir, ignore_errors=True)
+
+    def _make_tls(self) -> ssl.SSLContext:
+        """A fresh CA (PEM written to a private temp dir) and a server context with its leaf certificate."""
+        import trustme  # only TLS needs it; the plain emulator stays standard library only
+
+        ca = trustme.CA(organization_name="hubemu test CA")
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        self._tls_dir = tempfile.mkdtemp(prefix="hubemu-tls-")
+        self._ca_file = f"{self._tls_dir}/ca.pem"
+        ca.cert_pem.write_to_path(self._ca_file)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.set_alpn_protocols(["http/1.1"])
+        leaf.configure_cert(context)
+        return context
 
     def __enter__(self) -> HubEmulator:
         return self.start()
@@ -315,16 +346,45 @@ class HubEmulator:
         self.stop()
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def url(self) -> str:
         if self._api is None:
             raise RuntimeError("HubEmulator not started")
-        return f"http://127.0.0.1:{self._api.port}"
+        return f"{self.scheme}://127.0.0.1:{self._api.port}"
 
     @property
     def cdn_url(self) -> str:
         if self._cdn is None:
             raise RuntimeError("HubEmulator not started")
-        return f"http://127.0.0.1:{self._cdn.port}"
+        return f"{self.scheme}://127.0.0.1:{self._cdn.port}"
+
+    @property
+    def ca_file(self) -> str:
+        """Path of the CA certificate (PEM) that signed both origins' certificate (tls=True, started only).
+
+        Point SSL_CERT_FILE at it, or `ssl.create_default_context(cafile=hub.ca_file)`. Removed by `stop()`.
+        """
+        if not self.tls:
+            raise RuntimeError("HubEmulator was created without tls=True: it has no CA file")
+        if self._ca_file is None:
+            raise RuntimeError("HubEmulator not started")
+        return self._ca_file
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A client SSLContext that trusts this emulator's CA (and nothing else)."""
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    @property
+    def tls_handshakes(self) -> list[HandshakeRecord]:
+        """Every TLS handshake attempt on either origin, oldest first (`record.ok`, `record.error`)."""
+        records: list[HandshakeRecord] = []
+        for runner in (self._api, self._cdn):
+            if runner is not None:
+                records.extend(runner.server.handshakes)
+        return sorted(records, key=lambda r: r.time)
 
     # ------------------------------------------------------------------------------------ repos & users
     def create_repo(
@@ -434,6 +494,9 @@ class HubEmulator:
     def reset_counters(self) -> None:
         with self._records_lock:
             self._records.clear()
+        for runner in (self._api, self._cdn):
+            if runner is not None:
+                runner.server.handshakes.clear()
 
     def _record(self, rec: RequestRecord) -> None:
         with self._records_lock:
