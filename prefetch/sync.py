@@ -293,14 +293,13 @@ class Run:
         missing = []
         for p in plans:
             cache = self.repo_cache(p.locked)
-            complete = True
+            present: list[LockedFile] = []
+            absent: list[LockedFile] = []
             for f in p.locked.files:
-                if cache.has_blob(f.etag, f.size):
-                    cache.link(p.locked.commit, f.path, f.etag)
-                else:
-                    complete = False
-                    missing.append(f"{p.locked.repo}@{p.locked.commit[:12]}: {f.path} ({f.size} bytes)")
-            if complete:
+                (present if cache.has_blob(f.etag, f.size) else absent).append(f)
+            cache.link_all(p.locked.commit, [(f.path, f.etag) for f in present])
+            missing += [f"{p.locked.repo}@{p.locked.commit[:12]}: {f.path} ({f.size} bytes)" for f in absent]
+            if not absent:
                 cache.write_ref(p.locked.revision, p.locked.commit)
         if missing:
             raise VerifyError(

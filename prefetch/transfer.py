@@ -32,7 +32,7 @@ import tenacity
 
 from prefetch import __version__
 from prefetch.auth import Token, redact, redact_url
-from prefetch.cache import RepoCache, blob_hasher, hash_file
+from prefetch.cache import BlobIndex, RepoCache, blob_hasher, hash_file
 from prefetch.errors import (
     AccessError,
     DiskSpaceError,
@@ -796,6 +796,7 @@ class Transfer:
         self.stats = TransferStats()
         self._slots = threading.BoundedSemaphore(self.jobs)
         self._buffers = _Buffers(CHUNK)
+        self._blob_index = BlobIndex()
         self._stats_lock = threading.Lock()
         self._blob_folders: set[Path] = set()  # renamed blobs into these: fsync them before `run` returns
 
@@ -824,9 +825,10 @@ class Transfer:
             raise _most_severe(self.stats.errors)
         return self.stats
 
-    def _installed_into(self, cache: RepoCache) -> None:
+    def _installed(self, job: FileJob) -> None:
+        self._blob_index.add(job.cache, job.etag)
         with self._stats_lock:
-            self._blob_folders.add(cache.blobs)
+            self._blob_folders.add(job.cache.blobs)
 
     def _sync_blob_folders(self) -> None:
         """Make this run's blob renames durable: once per folder, not once per blob, and before the
@@ -870,7 +872,7 @@ class Transfer:
             small = job.size < SMALL_FILE and not cache.has_partial(job.etag)
             for attempt in (1, 2):
                 if (self._download_small(job) if small else self._download(job)) == job.etag:
-                    self._installed_into(cache)
+                    self._installed(job)
                     return self._done(job, "fetched")
                 cache.discard_partial(job.etag)  # never resume from bytes that failed their hash
                 if attempt == 1:
@@ -894,7 +896,7 @@ class Transfer:
 
     def _link_from_other_repo(self, job: FileJob) -> bool:
         """Hard-link a verified identical blob from another repo instead of downloading it again."""
-        source = job.cache.find_blob_elsewhere(job.etag, job.size)
+        source = self._blob_index.find_elsewhere(job.cache, job.etag, job.size)
         if source is None:
             return False
         if hash_file(source, job.lfs, job.size)[1] != job.etag:
@@ -907,7 +909,7 @@ class Transfer:
         except OSError:
             return False
         os.replace(partial, job.cache.blob_path(job.etag))
-        self._installed_into(job.cache)
+        self._installed(job)
         return True
 
     def _download(self, job: FileJob) -> str | None:
