@@ -237,3 +237,25 @@ def test_a_garbage_ref_is_replaced_not_a_crash(tmp_path):
     assert cache.read_ref("main") is not None
     cache.write_ref("main", "a" * 40)
     assert ref.read_bytes() == b"a" * 40
+
+
+def test_huggingface_hub_waits_while_prefetch_holds_the_blob_lock(repo):
+    """prefetch takes the lock with a bare flock: huggingface_hub's filelock must still see it held."""
+    from filelock import FileLock, Timeout
+
+    with repo.blob_lock(ETAG):
+        with pytest.raises(Timeout):
+            FileLock(str(repo.lock_path(ETAG))).acquire(timeout=0.2)
+    with FileLock(str(repo.lock_path(ETAG))).acquire(timeout=1):
+        pass  # released with the block
+
+
+def test_blob_lock_files_are_group_writable_past_the_umask(repo):
+    """Another user of a shared cache must be able to open the lock file for writing, as filelock allows."""
+    old = os.umask(0o077)
+    try:
+        with repo.blob_lock(ETAG):
+            pass
+    finally:
+        os.umask(old)
+    assert repo.lock_path(ETAG).stat().st_mode & 0o777 == 0o664
