@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from filelock import SoftFileLock, Timeout
-
 from prefetch.errors import DiskSpaceError, IntegrityError
 from prefetch.files import atomic_write, file_mode, fsync_dir, is_disk_full
 from prefetch.paths import unsafe_path_reason
@@ -441,6 +439,8 @@ def _wait_for_flock(
 
 @contextlib.contextmanager
 def _soft_lock(path: Path, interrupt: Callable[[], None] | None) -> Iterator[None]:
+    from filelock import SoftFileLock, Timeout  # rarely needed: not imported by every run
+
     lock = SoftFileLock(str(path))
     while True:
         if interrupt is not None:

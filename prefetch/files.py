@@ -8,10 +8,13 @@ so group-shared caches stay shared.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 _UMASK_LOCK = threading.Lock()
 
@@ -50,6 +53,32 @@ def file_mode() -> int:
 
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux (or not glibc): writeback starts at the fsync
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # from linux/fs.h: start writeback of the range's dirty pages, do not wait
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing bytes just written to disk, without waiting (Linux `sync_file_range`).
+
+    Why: the kernel otherwise holds a download's dirty pages until the fsync before the rename,
+    which then writes the whole file while the CPU idles (~0.4 s per GiB here); started early,
+    the writes overlap the download and that fsync has little left to do. Durability still comes
+    from the fsync alone.
+    """
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a failure only means no head start
 
 
 def fsync_dir(path: Path) -> None:

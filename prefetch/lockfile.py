@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import yaml
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prefetch import __version__
 from prefetch.errors import LockfileError
 from prefetch.files import atomic_write, is_disk_full
-from prefetch.paths import revision_problem, unsafe_path_reason
+from prefetch.paths import repo_id_problem, revision_problem, unsafe_path_reason
 
 if TYPE_CHECKING:
     from prefetch.manifest import Entry, Manifest
@@ -253,10 +252,9 @@ class _LockReader:
     def entry(self, node: Node, key_path: str) -> LockedEntry:
         items = self.mapping(node, key_path, _ENTRY_KEYS, required=_ENTRY_KEYS)
         repo = self.string(items["repo"], f"{key_path}.repo")
-        try:
-            validate_repo_id(repo)
-        except HFValidationError as exc:
-            self.fail(items["repo"], f"{key_path}.repo", f"invalid repo id: {exc}")
+        problem = repo_id_problem(repo)
+        if problem:
+            self.fail(items["repo"], f"{key_path}.repo", f"invalid repo id: {problem}")
         repo_type = self.string(items["type"], f"{key_path}.type")
         if repo_type not in _REPO_TYPES:
             self.fail(items["type"], f"{key_path}.type", f"expected one of {', '.join(_REPO_TYPES)}")

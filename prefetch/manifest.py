@@ -20,12 +20,11 @@ from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prefetch.errors import ManifestError
-from prefetch.paths import revision_problem
+from prefetch.paths import repo_id_problem, revision_problem
 
 REPO_TYPES = ("model", "dataset", "space")
 MANIFEST_VERSION = 1
@@ -331,10 +330,9 @@ class _Parser:
 
     def repo_id(self, node: Node, key_path: str) -> str:
         value = self.string(node, key_path)
-        try:
-            validate_repo_id(value)
-        except HFValidationError as exc:
-            self.fail(node, key_path, f"invalid repo id: {exc}")
+        problem = repo_id_problem(value)
+        if problem:
+            self.fail(node, key_path, f"invalid repo id: {problem}")
         if "/" not in value:
             message = (
                 f"repo id {value!r} needs the 'namespace/name' form "

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub.utils import filter_repo_objects
-
 from prefetch import __version__
 from prefetch.access import AccessReport, AccessResult, check_entries, precheck, row_for_error
 from prefetch.auth import Token, entry_token, find_token
@@ -32,6 +30,7 @@ from prefetch.lockfile import (
     write_lock,
 )
 from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
+from prefetch.paths import select_paths
 from prefetch.progress import Progress, QuietProgress, human_bytes
 from prefetch.transfer import FileJob, Http, RetryPolicy, Transfer, TransferStats, proxies_from_env
 
@@ -327,11 +326,7 @@ def _bytes_on_disk(job: FileJob) -> int:
 def locked_entry(entry: Entry, commit: str, files: list[RemoteFile]) -> LockedEntry:
     """An entry's lock record: the commit and the files its include/exclude select."""
     by_path = {f.path: f for f in files}
-    selected = filter_repo_objects(
-        items=list(by_path),
-        allow_patterns=list(entry.include) if entry.include is not None else None,
-        ignore_patterns=list(entry.exclude) or None,
-    )
+    selected = select_paths(by_path, entry.include, entry.exclude)
     locked_files = tuple(
         LockedFile(path=f.path, size=f.size, sha256=f.sha256, git_sha1=None if f.sha256 else f.git_sha1)
         for f in sorted((by_path[p] for p in selected), key=lambda f: f.path)

@@ -15,9 +15,12 @@ import concurrent.futures as cf
 import contextlib
 import email.utils
 import ipaddress
+import itertools
 import json
 import logging
+import math
 import os
+import queue
 import random
 import re
 import threading
@@ -41,7 +44,7 @@ from prefetch.errors import (
     PrefetchError,
     UsageError,
 )
-from prefetch.files import file_mode, fsync_dir, is_disk_full
+from prefetch.files import file_mode, fsync_dir, is_disk_full, start_writeback
 from prefetch.httpclient import CertificateError, Headers, Pool, ProxyError, Response, TransportError
 from prefetch.manifest import RetrySettings
 
@@ -645,6 +648,7 @@ class PartialFile:
             written = 0
             while written < size:
                 written += os.pwrite(self.fd, data[written:], offset + written)
+            start_writeback(self.fd, offset, size)
         except OSError as e:
             if is_disk_full(e):
                 raise self._disk_full() from e
@@ -805,7 +809,7 @@ class Transfer:
         """Fetch every job; raises the most severe error after the others finished or stopped."""
         ordered = sorted(jobs, key=lambda j: -j.size)  # big files first: their segments fill the pool
         files = cf.ThreadPoolExecutor(max_workers=self.jobs * 2, thread_name_prefix="prefetch-file")
-        self._segments = cf.ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="prefetch-seg")
+        self._segments = _SegmentPool(self.jobs)
         try:
             futures = {files.submit(self._fetch_file, job): job for job in ordered}
             # as_completed waits on all futures at once; cf.wait in a loop would re-register a
@@ -819,7 +823,7 @@ class Transfer:
             raise
         finally:
             files.shutdown(wait=True, cancel_futures=True)
-            self._segments.shutdown(wait=True, cancel_futures=True)
+            self._segments.shutdown()
             self._sync_blob_folders()
         if self.stats.errors:
             raise _most_severe(self.stats.errors)
@@ -983,7 +987,7 @@ class Transfer:
             self._fetch_segment(job, partial, source, *pieces[0], use_range)
             return
         futures = [
-            self._segments.submit(self._fetch_segment, job, partial, source, a, b, True) for a, b in pieces
+            self._segments.submit(a, self._fetch_segment, job, partial, source, a, b, True) for a, b in pieces
         ]
         errors = [f.exception() for f in futures]
         for kind in (DiskSpaceError, RangeIgnored, BadBytes):  # the most telling failure first
@@ -1086,6 +1090,56 @@ class Transfer:
                     self._check_cancel()
             finally:
                 flush()
+
+
+class _SegmentPool:
+    """Worker threads that fetch segments lowest file offset first, across all files.
+
+    Every file's contiguous prefix, which is what its hash can take, then grows while the rest is
+    still downloading; in submission order, each file's segments would finish together at the end
+    and all the hashing would be left for after the last byte.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.PriorityQueue[tuple[float, int, Any]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"prefetch-seg-{i}", daemon=True) for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, offset: int, fn: Callable[..., None], *args: Any) -> cf.Future[None]:
+        future: cf.Future[None] = cf.Future()
+        self._queue.put((offset, next(self._order), (future, fn, args)))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            _, _, task = self._queue.get()
+            if task is None:
+                return
+            future, fn, args = task
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # handed to the waiting file thread, as an executor does
+                future.set_exception(e)
+
+    def shutdown(self) -> None:
+        """Cancel what has not started, wait for what has."""
+        while True:
+            try:
+                _, _, task = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task[0].cancel()
+        for _ in self._threads:
+            self._queue.put((math.inf, next(self._order), None))
+        for thread in self._threads:
+            thread.join()
 
 
 class _Buffers:
