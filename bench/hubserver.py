@@ -118,7 +118,9 @@ def serve(hub: HubEmulator, repos: dict[str, dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repo", action="append", default=[], help="NAME:COUNT:SIZE:KIND (lfs|small)")
     parser.add_argument("--lifetime", type=float, default=LIFETIME, help="stop by itself after this (s)")
     args = parser.parse_args(argv)

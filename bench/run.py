@@ -169,7 +169,8 @@ class Bench:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("HF_", "HUGGING")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+            if not k.startswith(("HF_", "HUGGING"))
+            and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
         }
         env.update(
             HF_ENDPOINT=self.hub.url,
@@ -195,7 +196,9 @@ class Bench:
 
     # -- commands ---------------------------------------------------------------------------------
     def prefetch_cmd(self, folder: Path, repo: str, *extra: str) -> list[str]:
-        manifest = self.manifest(folder, repo) if not (folder / "models.yaml").exists() else folder / "models.yaml"
+        manifest = (
+            self.manifest(folder, repo) if not (folder / "models.yaml").exists() else folder / "models.yaml"
+        )
         return [
             sys.executable, "-m", "prefetch", "--quiet", "sync", str(manifest),
             "--cache-dir", str(folder / "cache"), "--lock", str(folder / "models.lock"),
@@ -268,14 +271,16 @@ class Bench:
         if run.code != 0:
             tail = (folder / f"{name}.err").read_text(errors="replace")[-1500:]
             run.note = f"exit {run.code}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"
-            print(f"    ! {tool} failed (exit {run.code}); log: {folder / (name + '.err')}\n{tail}", file=sys.stderr)
+            print(
+                f"    ! {tool} failed (exit {run.code}); log: {folder / (name + '.err')}\n{tail}",
+                file=sys.stderr,
+            )
         if record:
             self.runs.append(run)
         print(
             f"  {workload:<14} {tool:<18} {wall:7.2f} s  rss {run.rss_mb:6.0f} MB  cpu {run.cpu_user:5.2f}u"
             f" {run.cpu_sys:5.2f}s  faults {run.faults / 1000:6.0f}k  requests {run.requests:5d}"
-            f"  served {run.bytes_served / MiB:8.1f} MiB"
-            + (f"  [{run.note}]" if run.note else ""),
+            f"  served {run.bytes_served / MiB:8.1f} MiB" + (f"  [{run.note}]" if run.note else ""),
             flush=True,
         )
         return run
@@ -351,7 +356,9 @@ def bench_cold(b: Bench) -> None:
 
 def bench_cap(b: Bench) -> None:
     mbps = b.sizes.cap_bps / 1e6
-    print(f"cap: {b.sizes.big_files} x {b.sizes.big_size // MiB} MiB, CDN capped at {mbps:.0f} MB/s per connection")
+    print(
+        f"cap: {b.sizes.big_files} x {b.sizes.big_size // MiB} MiB, CDN capped at {mbps:.0f} MB/s per connection"
+    )
     b.hub.bandwidth(b.sizes.cap_bps)
     try:
         runs = b.cold("cap", BIG, ["hf", "prefetch"])
@@ -463,7 +470,9 @@ def bench_resume(b: Bench) -> None:
             served = b.hub.stats()["bytes_served"]
             b.hub.bandwidth(None)
             cache = folder / "cache"
-            installed = sum(p.stat().st_size for p in cache.rglob("blobs/*") if p.is_file() and "." not in p.name)
+            installed = sum(
+                p.stat().st_size for p in cache.rglob("blobs/*") if p.is_file() and "." not in p.name
+            )
             on_disk = partial_bytes(cache) + installed
             missing = total - on_disk
             rerun = b.measure(tool, "resume-rerun", argv, folder, touch=missing)
@@ -580,7 +589,9 @@ def machine() -> dict[str, str]:
             from importlib.metadata import version
 
             versions[name] = version(name)
-    curl = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
+    curl = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=False).stdout.split(
+        "\n"
+    )[0]
     return {
         "cpu": f"{cpu}, {os.cpu_count()} cores",
         "memory": mem,
@@ -719,15 +730,21 @@ def workdir(path: Path | None, keep: bool) -> Iterator[Path]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small data, one repetition (< 60 s)")
     parser.add_argument("--reps", type=int, help="repetitions per measurement (default 3; 1 with --quick)")
     parser.add_argument("--only", help=f"comma-separated subset of: {','.join(WORKLOADS)}")
     parser.add_argument("--skip", default="", help="comma-separated workloads to leave out")
     parser.add_argument("--tools", help="only these tools (e.g. prefetch,curl), for tuning sweeps")
-    parser.add_argument("--prefetch-arg", action="append", default=[], help="extra `prefetch sync` flag (repeat)")
+    parser.add_argument(
+        "--prefetch-arg", action="append", default=[], help="extra `prefetch sync` flag (repeat)"
+    )
     parser.add_argument("--prefetch-root", type=Path, default=ROOT, help="source tree of prefetch to measure")
-    parser.add_argument("--workdir", type=Path, help="where caches go (default: a temp folder, removed after)")
+    parser.add_argument(
+        "--workdir", type=Path, help="where caches go (default: a temp folder, removed after)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
         "--no-prime", action="store_true", help="no scratch write before each run (see prime_page_cache)"
@@ -743,7 +760,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.reps:
         sizes = Sizes(**{**asdict(sizes), "reps": args.reps})
-    wanted = [w for w in (args.only.split(",") if args.only else WORKLOADS) if w and w not in args.skip.split(",")]
+    wanted = [
+        w for w in (args.only.split(",") if args.only else WORKLOADS) if w and w not in args.skip.split(",")
+    ]
     unknown = set(wanted) - set(WORKLOADS)
     if unknown:
         raise SystemExit(f"unknown workload(s): {', '.join(sorted(unknown))}")
@@ -759,7 +778,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"work folder {work}; starting the test Hub (generating the repos)...", flush=True)
         hub = Hub(sizes, work)
         try:
-            print(f"test Hub at {hub.url} (pid {hub.pid}) after {time.monotonic() - started:.1f} s", flush=True)
+            print(
+                f"test Hub at {hub.url} (pid {hub.pid}) after {time.monotonic() - started:.1f} s", flush=True
+            )
             b = Bench(
                 hub, sizes, work, args.prefetch_root.resolve(), args.prefetch_arg, hf_command(),
                 prime=not args.no_prime,
@@ -774,7 +795,12 @@ def main(argv: list[str] | None = None) -> int:
                                            if a not in ("--update-doc",)])  # fmt: skip
     print("\n" + text)
     print(f"(benchmark took {time.monotonic() - started:.0f} s)")
-    payload = {"machine": info, "sizes": asdict(sizes), "results": results, "runs": [asdict(r) for r in b.runs]}
+    payload = {
+        "machine": info,
+        "sizes": asdict(sizes),
+        "results": results,
+        "runs": [asdict(r) for r in b.runs],
+    }
     if args.json:
         args.json.write_text(json.dumps(payload, indent=1, default=str))
     if args.markdown:

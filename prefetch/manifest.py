@@ -355,14 +355,19 @@ class _Parser:
         """An http(s) URL; never echoed, since proxy URLs may carry a password."""
         value = self.string(node, key_path, echo=False)
         example = "http://proxy.example:3128" if credentials else "https://huggingface.co"
-        message = f"expected an http(s) URL such as {example}"
+        schemes = ("http",) if credentials else ("http", "https")
+        message = f"expected an {'http' if credentials else 'http(s)'} URL such as {example}"
+        if credentials and value.startswith("https://"):
+            message += (
+                " (prefetch talks plain HTTP to proxies; https:// traffic still crosses them encrypted)"
+            )
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
             self.fail(node, key_path, message)
         if (
-            parts.scheme not in ("http", "https")
+            parts.scheme not in schemes
             or not parts.hostname
             or parts.query
             or parts.fragment
@@ -456,7 +461,7 @@ class _Parser:
             return (self.url(node, key_path, credentials=True),)
         if not isinstance(node, SequenceNode):
             found = self.describe(node, key_path)
-            self.fail(node, key_path, f"expected a list of strings (http(s) proxy URLs), got {found}")
+            self.fail(node, key_path, f"expected a list of strings (http:// proxy URLs), got {found}")
         return tuple(
             self.url(child, f"{key_path}[{i}]", credentials=True) for i, child in enumerate(node.value)
         )

@@ -243,9 +243,8 @@ def test_huggingface_hub_waits_while_prefetch_holds_the_blob_lock(repo):
     """prefetch takes the lock with a bare flock: huggingface_hub's filelock must still see it held."""
     from filelock import FileLock, Timeout
 
-    with repo.blob_lock(ETAG):
-        with pytest.raises(Timeout):
-            FileLock(str(repo.lock_path(ETAG))).acquire(timeout=0.2)
+    with repo.blob_lock(ETAG), pytest.raises(Timeout):
+        FileLock(str(repo.lock_path(ETAG))).acquire(timeout=0.2)
     with FileLock(str(repo.lock_path(ETAG))).acquire(timeout=1):
         pass  # released with the block
 

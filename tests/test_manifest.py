@@ -529,7 +529,13 @@ def test_endpoint_without_credentials() -> None:
 
 def test_proxy_errors_do_not_echo_passwords() -> None:
     text = "version: 1\nproxies:\n  - http://ok:3128\n  - socks5://user:hunter2@p:1\nrepos: [{repo: a/b}]\n"
-    exc = check(text, 4, 5, "proxies[1]", "expected an http(s) URL")
+    exc = check(text, 4, 5, "proxies[1]", "expected an http URL")
+    assert "hunter2" not in str(exc)
+
+
+def test_https_proxies_are_refused_with_the_reason() -> None:
+    text = "version: 1\nproxies:\n  - https://user:hunter2@p:3128\nrepos: [{repo: a/b}]\n"
+    exc = check(text, 3, 5, "proxies[0]", "talks plain HTTP to proxies")
     assert "hunter2" not in str(exc)
 
 
