@@ -923,6 +923,7 @@ class Transfer:
         """
         done = job.cache.read_partial_state(job.etag, job.size)
         partial = PartialFile(job, done)
+        digest: str | None = None
         try:
             source = _Source(self.http, job)
             done = partial.done.ranges
@@ -945,7 +946,9 @@ class Transfer:
             log.warning("%s", e)
             return None
         finally:
-            partial.close()
+            # Resume state only for a rerun's sake: a hashed file is either installed (its fsync
+            # makes it durable) or discarded.
+            partial.close(keep_state=digest is None)
         if digest == job.etag:
             job.cache.install_blob(job.etag, sync_folder=False)
         return digest
