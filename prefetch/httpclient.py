@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import io
 import json
 import select
 import socket
@@ -26,7 +27,7 @@ import ssl
 import threading
 from email.message import Message
 from http.client import HTTPException, parse_headers
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 READER_BUFFER = 64 * 1024  # head lines and small reads go through this; larger reads bypass it
@@ -106,7 +107,7 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader = sock.makefile("rb", buffering=READER_BUFFER)
+        self.reader = cast(io.BufferedReader, sock.makefile("rb", buffering=READER_BUFFER))
 
     def send(self, data: bytes) -> None:
         try:

@@ -264,10 +264,11 @@ class _Parser:
 
     def positive_number(self, node: Node, key_path: str) -> float:
         value = self.scalar(node, key_path) if isinstance(node, ScalarNode) else None
-        ok = node.tag in (_INT, _FLOAT) and isinstance(value, int | float)
-        if not ok or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type]
+        if node.tag not in (_INT, _FLOAT) or not isinstance(value, int | float):
             self.fail(node, key_path, f"expected a number > 0 (seconds), got {self.found(node, key_path)}")
-        return float(value)  # type: ignore[arg-type]
+        if not math.isfinite(value) or value <= 0:
+            self.fail(node, key_path, f"expected a number > 0 (seconds), got {self.found(node, key_path)}")
+        return float(value)
 
     def found(self, node: Node, key_path: str) -> str:
         """What a numeric check found: the literal for scalars, the kind otherwise."""

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import quote
 
 from prefetch import __version__
@@ -736,7 +736,7 @@ def bundle(lock_path: str | Path, output: str | Path, *, cache_dir: str | Path |
         with open(tmp, "wb") as raw:
             out = _HashingWriter(raw)
             tar = tarfile.TarFile(
-                fileobj=out,
+                fileobj=cast(IO[bytes], out),
                 mode="w",
                 format=tarfile.PAX_FORMAT,
                 copybufsize=READ_BLOCK,  # type: ignore[arg-type]

@@ -140,8 +140,12 @@ class Run:
         )
 
     def retry_settings(self) -> RetrySettings:
-        overrides = {"attempts": self.settings.retry_attempts, "max_wait": self.settings.retry_max_wait}
-        return replace(self.manifest.retry, **{k: v for k, v in overrides.items() if v is not None})
+        retry = self.manifest.retry
+        if self.settings.retry_attempts is not None:
+            retry = replace(retry, attempts=self.settings.retry_attempts)
+        if self.settings.retry_max_wait is not None:
+            retry = replace(retry, max_wait=self.settings.retry_max_wait)
+        return retry
 
     @functools.cached_property
     def hub(self) -> HubApi:

@@ -352,7 +352,7 @@ class Http:
                     read_timeout=READ_TIMEOUT,
                 )
             except ValueError as e:
-                raise UsageError(f"proxy {redact_url(proxy)}: {e}") from None
+                raise UsageError(f"proxy {redact_url(proxy or '')}: {e}") from None
 
         for proxy in proxies:
             redact_url(proxy)  # registers its password as a secret

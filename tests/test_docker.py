@@ -57,6 +57,7 @@ SKIP_DIRS = {
     "__pycache__",
     ".ruff_cache",
     ".pytest_cache",
+    ".mypy_cache",
     "build",
     "dist",
     ".tox",
