@@ -16,7 +16,6 @@ import contextlib
 import email.utils
 import ipaddress
 import itertools
-import json
 import logging
 import math
 import os
@@ -408,9 +407,8 @@ class Http:
                     self.requests += 1
                 response = route.pool.request(method, url, headers)
             except TransportError as e:
-                if route.proxy is None or isinstance(
-                    e, CertificateError
-                ):  # no other proxy verifies it either
+                # Not a proxy's failure: no route left to try, or a certificate no other proxy verifies either.
+                if route.proxy is None or isinstance(e, CertificateError):
                     raise
                 reason = describe(e)
                 if isinstance(e, ProxyError) and e.status == 407:  # CONNECT refused (https)
@@ -515,7 +513,7 @@ def _is_proxy_failure(response: Response) -> bool:
 
 def _status_error(url: str, response: Response) -> HttpStatusError:
     try:
-        body = json.loads(response.read())
+        body = response.json()
         message = body.get("error", "") if isinstance(body, dict) else ""
     except (ValueError, TransportError):
         message = ""
