@@ -299,13 +299,12 @@ def row_for_error(
     Anything else (a bug, a server sending unsafe paths) is not an access problem and propagates.
     """
     result = result or AccessResult(entry, "ok", token.source if token else None)
+    # Network trouble also when not retryable (every proxy refused our credentials, a certificate
+    # that does not verify): still exit 4.
+    network = isinstance(exc, NetworkError | HttpStatusError | ProxyRoutesFailed | TransportError)
     if isinstance(exc, HttpStatusError) and exc.status not in RETRYABLE_STATUS:
         _classify(hub, exc, result, token, locked_commit)
-    elif isinstance(exc, NetworkError | HttpStatusError | ProxyRoutesFailed | TransportError) or is_retryable(
-        exc
-    ):
-        # Also when not retryable (every proxy refused our credentials, a certificate that does not
-        # verify): still a network problem, exit 4.
+    elif network or is_retryable(exc):
         result.status = "network"
         result.problem = redact(
             str(exc if isinstance(exc, NetworkError) else network_error(exc, hub.http, entry.repo))

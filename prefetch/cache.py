@@ -242,13 +242,13 @@ class RepoCache:
         path = self.lock_path(etag)
         fd = _open_lock_file(path)
         try:
-            locked = _wait_for_flock(fd, etag, on_wait, interrupt)
+            locked = _wait_for(lambda: _try_flock(fd), etag, on_wait, interrupt)
             if locked:
                 yield
         finally:
             os.close(fd)  # releases the lock
         if not locked:  # a filesystem without flock: the same fallback as huggingface_hub
-            with _soft_lock(path, interrupt):
+            with _soft_lock(path, etag, on_wait, interrupt):
                 yield
 
     # snapshots and refs --------------------------------------------------------------------------
@@ -359,10 +359,12 @@ class BlobIndex:
             folders = sorted(index.get(etag, ()))
         for folder in folders:
             candidate = folder / "blobs" / etag
-            if folder != cache.folder and is_regular_blob(candidate):
-                with contextlib.suppress(OSError):
-                    if candidate.stat().st_size == size:
-                        return candidate
+            if folder == cache.folder:
+                continue
+            with contextlib.suppress(OSError):
+                info = candidate.lstat()
+                if stat.S_ISREG(info.st_mode) and info.st_size == size:
+                    return candidate
         return None
 
 
@@ -408,24 +410,35 @@ def _open_lock_file(path: Path) -> int:
     return fd
 
 
-def _wait_for_flock(
-    fd: int, etag: str, on_wait: Callable[[], None] | None, interrupt: Callable[[], None] | None
+def _try_flock(fd: int) -> bool | None:
+    """Take the exclusive flock if free: True, False if held elsewhere, None if flock is unsupported."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return None
+        raise
+
+
+def _wait_for(
+    try_lock: Callable[[], bool | None],
+    etag: str,
+    on_wait: Callable[[], None] | None,
+    interrupt: Callable[[], None] | None,
 ) -> bool:
-    """Take the exclusive flock, polling so that `interrupt` can give up; False if flock is unsupported."""
+    """Poll `try_lock` until it takes the lock (True) or cannot work here (False); `interrupt` may
+    raise to give up, `on_wait` is told once that another process holds it."""
     waited_since: float | None = None
     last_log = 0.0
     while True:
         if interrupt is not None:
             interrupt()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            pass
-        except OSError as e:
-            if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                return False
-            raise
+        taken = try_lock()
+        if taken is not False:
+            return bool(taken)
         now = time.monotonic()
         if waited_since is None:
             waited_since = now
@@ -438,18 +451,21 @@ def _wait_for_flock(
 
 
 @contextlib.contextmanager
-def _soft_lock(path: Path, interrupt: Callable[[], None] | None) -> Iterator[None]:
+def _soft_lock(
+    path: Path, etag: str, on_wait: Callable[[], None] | None, interrupt: Callable[[], None] | None
+) -> Iterator[None]:
     from filelock import SoftFileLock, Timeout  # rarely needed: not imported by every run
 
     lock = SoftFileLock(str(path))
-    while True:
-        if interrupt is not None:
-            interrupt()
+
+    def try_lock() -> bool:
         try:
-            lock.acquire(timeout=LOCK_POLL)
-            break
+            lock.acquire(timeout=0)
         except Timeout:
-            continue
+            return False
+        return True
+
+    _wait_for(try_lock, etag, on_wait, interrupt)
     try:
         yield
     finally:

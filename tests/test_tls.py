@@ -13,12 +13,10 @@ SSL_CERT_DIR to the system bundle), so trust comes only from what the test passe
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ import yaml
 from tests.conftest import CANARY_TOKEN, CliResult, PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
 from tests.hubemu.fixtures import proxy_factory, tls_hub  # noqa: F401
+from tests.test_interop import run_consumer
 
 MiB = 1 << 20
 FAST = ("--max-wait", "0.2")
@@ -97,34 +96,14 @@ def assert_blobs(cache: Path, model: Model) -> None:
         assert link.is_symlink() and link.resolve() == blob.resolve(), path
 
 
-# Runs in a fresh interpreter with HF_HUB_OFFLINE=1: huggingface_hub reads what prefetch wrote.
-CONSUMER = r"""
-import hashlib, json, sys
-from huggingface_hub import hf_hub_download
-out = {}
-for path in json.loads(sys.argv[2]):
-    local = hf_hub_download(sys.argv[1], path, local_files_only=True)
-    out[path] = hashlib.sha256(open(local, "rb").read()).hexdigest()
-print(json.dumps(out))
-"""
-
-
 def load_offline(runner: PrefetchRunner, hub: HubEmulator, model: Model) -> dict[str, str]:
     """sha256 of each file as huggingface_hub loads it offline; the https hub must see no request."""
-    env = runner.env_with({"HF_HUB_OFFLINE": "1", "PYTHONPATH": None})
-    hub.reset_counters()
-    proc = subprocess.run(
-        [sys.executable, "-c", CONSUMER, model.repo_id, json.dumps(sorted(model.files))],
-        env=env,
-        cwd=runner.tmp,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, f"offline load failed:\n{proc.stdout}\n{proc.stderr}"
-    assert hub.count() == 0 and hub.tls_handshakes == [], "an offline load reached the Hub"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    paths = sorted(model.files)
+    calls = [{"call": "hf_hub_download", "kwargs": {"repo_id": model.repo_id, "filename": p}} for p in paths]
+    results = run_consumer(runner, calls, mode="plain", hub=hub)  # asserts the hub saw no request
+    assert hub.tls_handshakes == [], "an offline load reached the Hub"
+    assert all("ok" in r for r in results), results
+    return {path: r["ok"] for path, r in zip(paths, results, strict=True)}
 
 
 def hashed_ca_dir(ca_file: str, folder: Path) -> Path:
