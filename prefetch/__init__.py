@@ -2,7 +2,8 @@
 
 Data flows one way: manifest -> access check -> plan -> transfer -> cache -> lock.
 The CLI (`prefetch.cli`) is a thin layer over the library: `prefetch.sync` (`sync`, `lock`,
-`check`) and `prefetch.offline` (`verify`, `env_exports`, `sbom`, `prune`, `bundle`, `unbundle`).
+`check`) and the offline commands in `prefetch.offline`, one module each (`verify.verify`,
+`runtime_env.env_exports`, `sbom.sbom`, `prune.prune`, `bundle.bundle`, `unbundle.unbundle`).
 """
 
 __version__ = "0.1.0"

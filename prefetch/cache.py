@@ -4,7 +4,12 @@
     {cache}/models--org--name/blobs/{etag}.prefetch-partial  bytes in flight (+ `.json` state: done ranges)
     {cache}/models--org--name/snapshots/{commit}/{path}     relative symlink to ../../blobs/{etag}
     {cache}/models--org--name/refs/{revision}               commit hash, no trailing newline
+    {cache}/models--org--name/trees/{commit}.json           huggingface_hub's listing (prefetch writes none)
     {cache}/.locks/models--org--name/{etag}.lock            the per-blob lock huggingface_hub takes too
+    {cache}/.locks/.prefetch-staging/                       unbundle's blobs until they are verified
+
+A bundle's members mirror this layout: a member's name is its path relative to the cache root
+(`RepoCache.relpath`).
 
 Order of visibility: blob (fsync, rename, fsync of blobs/) -> snapshot link -> ref. A reader
 therefore never sees a link to a blob that is not complete and verified.
@@ -52,6 +57,19 @@ def resolve_cache_dir(explicit: str | Path | None = None, env: dict[str, str] | 
 def repo_folder_name(repo_id: str, repo_type: str) -> str:
     """`models--org--name`, as huggingface_hub names it."""
     return "--".join([TYPE_PREFIX[repo_type], *repo_id.split("/")])
+
+
+def repo_folders(root: Path) -> list[Path]:
+    """The repo folders of a cache (`models--org--name`, ...), sorted; none when the cache is missing."""
+    try:
+        return sorted(p for p in root.iterdir() if "--" in p.name and p.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def staging_dir(root: Path) -> Path:
+    """Where unbundle stages blobs: under `.locks/`, which huggingface_hub's `scan_cache_dir` skips."""
+    return root / ".locks" / ".prefetch-staging"
 
 
 def safe_relpath(path: str) -> PurePosixPath:
@@ -103,6 +121,12 @@ class RepoCache:
         self.repo_type = repo_type
         self.folder = root / repo_folder_name(repo_id, repo_type)
         self.blobs = self.folder / "blobs"
+        self.snapshots = self.folder / "snapshots"
+        self.refs = self.folder / "refs"
+
+    def relpath(self, path: Path) -> str:
+        """A path in this cache as POSIX text relative to the cache root: the name of its bundle member."""
+        return path.relative_to(self.root).as_posix()
 
     # blobs --------------------------------------------------------------------------------------
     def blob_path(self, etag: str) -> Path:
@@ -253,7 +277,7 @@ class RepoCache:
 
     # snapshots and refs --------------------------------------------------------------------------
     def snapshot_dir(self, commit: str) -> Path:
-        return self.folder / "snapshots" / commit
+        return self.snapshots / commit
 
     def snapshot_path(self, commit: str, path: str) -> Path:
         return self.snapshot_dir(commit) / safe_relpath(path)
@@ -311,10 +335,17 @@ class RepoCache:
         os.symlink(target, tmp)
         os.replace(tmp, link)
 
+    def tree_path(self, commit: str) -> Path:
+        """huggingface_hub's file listing of a commit (it writes one; prefetch does not, see docs/offline.md)."""
+        return self.folder / "trees" / f"{commit}.json"
+
+    def ref_path(self, revision: str) -> Path:
+        return self.refs / safe_relpath(revision)
+
     def read_ref(self, revision: str) -> str | None:
         """The commit a ref names, as huggingface_hub reads it (verbatim); None when there is none."""
         try:
-            return (self.folder / "refs" / revision).read_bytes().decode("utf-8", errors="replace")
+            return self.ref_path(revision).read_bytes().decode("utf-8", errors="replace")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
@@ -322,7 +353,7 @@ class RepoCache:
         """refs/{revision} = commit, without newline; nothing to write when the revision is the commit."""
         if revision == commit or self.read_ref(revision) == commit:
             return
-        ref = self.folder / "refs" / safe_relpath(revision)
+        ref = self.ref_path(revision)
         ref.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(ref, commit.encode())
 
@@ -340,11 +371,9 @@ class BlobIndex:
             index = self._folders.get(root)
             if index is None:
                 index = self._folders[root] = {}
-                with contextlib.suppress(FileNotFoundError):
-                    for folder in root.iterdir():
-                        if "--" in folder.name:
-                            for name in _blob_names(folder / "blobs"):
-                                index.setdefault(name, set()).add(folder)
+                for folder in repo_folders(root):
+                    for name in _blob_names(folder / "blobs"):
+                        index.setdefault(name, set()).add(folder)
             return index
 
     def add(self, cache: RepoCache, etag: str) -> None:

@@ -18,11 +18,17 @@ from typing import Any
 
 import click
 
-from prefetch import __version__, offline, transfer
+from prefetch import __version__, transfer
 from prefetch import sync as sync_mod
 from prefetch.auth import redact
 from prefetch.errors import ExitCode, PrefetchError, exit_code_for
 from prefetch.files import atomic_write
+from prefetch.offline import bundle as bundle_mod
+from prefetch.offline import prune as prune_mod
+from prefetch.offline import runtime_env
+from prefetch.offline import sbom as sbom_mod
+from prefetch.offline import unbundle as unbundle_mod
+from prefetch.offline import verify as verify_mod
 from prefetch.progress import Progress, human_bytes, make_progress, setup_logging
 
 log = logging.getLogger("prefetch")
@@ -255,7 +261,7 @@ def lock_cmd(c: Context, manifest: Path, upgrade: bool, upgrade_repos: tuple[str
 @pass_ctx
 def verify(c: Context, lockfile: Path, cache_dir: Path | None, fast: bool, jobs: int | None) -> None:
     """Check, offline, that every locked file is in the cache intact (exit 7 if not)."""
-    report = offline.verify(lockfile, cache_dir=cache_dir, fast=fast, jobs=jobs)
+    report = verify_mod.verify(lockfile, cache_dir=cache_dir, fast=fast, jobs=jobs)
     c.show(report)
 
 
@@ -264,7 +270,7 @@ def verify(c: Context, lockfile: Path, cache_dir: Path | None, fast: bool, jobs:
 @cache_opt
 def env(lockfile: Path, cache_dir: Path | None) -> None:
     """Print the `export` lines a runtime container needs (HF_HUB_CACHE, HF_HUB_OFFLINE=1)."""
-    for line in offline.env_exports(lockfile, cache_dir=cache_dir):
+    for line in runtime_env.env_exports(lockfile, cache_dir=cache_dir):
         click.echo(line)
 
 
@@ -273,7 +279,7 @@ def env(lockfile: Path, cache_dir: Path | None) -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here instead of stdout.")
 def sbom(lockfile: Path, output: Path | None) -> None:
     """A CycloneDX JSON SBOM of the locked repos and files."""
-    text = json.dumps(offline.sbom(lockfile), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(sbom_mod.sbom(lockfile), indent=2, sort_keys=True) + "\n"
     if output:
         atomic_write(output, text.encode())
     else:
@@ -294,7 +300,7 @@ def sbom(lockfile: Path, output: Path | None) -> None:
 @pass_ctx
 def prune(c: Context, lock_paths: tuple[Path, ...], cache_dir: Path | None, dry_run: bool) -> None:
     """Remove cached revisions and blobs that no given lockfile needs."""
-    report = offline.prune(list(lock_paths), cache_dir=cache_dir, dry_run=dry_run)
+    report = prune_mod.prune(list(lock_paths), cache_dir=cache_dir, dry_run=dry_run)
     c.show(report)
 
 
@@ -305,7 +311,7 @@ def prune(c: Context, lock_paths: tuple[Path, ...], cache_dir: Path | None, dry_
 @pass_ctx
 def bundle(c: Context, lockfile: Path, output: Path, cache_dir: Path | None) -> None:
     """Pack exactly the locked subset of the cache into a tar, for an air gap."""
-    report = offline.bundle(lockfile, output, cache_dir=cache_dir)
+    report = bundle_mod.bundle(lockfile, output, cache_dir=cache_dir)
     c.show(report)
 
 
@@ -320,7 +326,7 @@ def bundle(c: Context, lockfile: Path, output: Path, cache_dir: Path | None) -> 
 @pass_ctx
 def unbundle(c: Context, archive: Path, cache_dir: Path | None, lock_out: Path | None) -> None:
     """Verify and merge a bundle into a cache."""
-    report = offline.unbundle(archive, cache_dir=cache_dir, lock_out=lock_out)
+    report = unbundle_mod.unbundle(archive, cache_dir=cache_dir, lock_out=lock_out)
     c.show(report)
 
 

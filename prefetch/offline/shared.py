@@ -1,0 +1,131 @@
+"""What the offline commands share: the cache a lockfile names, the distinct blobs it needs (hashed in
+parallel), problem lists, and one JSON form for every command's report.
+
+The cache folder is, in order: the `cache_dir` argument, the lockfile's `cache_dir`, then
+`resolve_cache_dir(None)` (HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefetch import cache
+from prefetch.cache import RepoCache, resolve_cache_dir
+from prefetch.errors import VerifyError
+from prefetch.lockfile import Lock, LockedEntry
+
+
+def cache_root(lock: Lock, lock_path: Path, explicit: str | Path | None) -> Path:
+    """`--cache-dir` > the lock's `cache_dir` (relative: to the lock's folder) > HF_HUB_CACHE etc."""
+    if explicit:
+        return resolve_cache_dir(explicit)
+    if lock.cache_dir:
+        path = Path(lock.cache_dir).expanduser()
+        return path if path.is_absolute() else Path(lock_path).parent / path
+    return resolve_cache_dir(None)
+
+
+def label(entry: LockedEntry) -> str:
+    """How messages name an entry: `org/name@main`, `dataset:org/name@main`."""
+    kind = "" if entry.type == "model" else f"{entry.type}:"
+    return f"{kind}{entry.repo}@{entry.revision}"
+
+
+@dataclass
+class LockedBlob:
+    """One distinct blob of one repo folder, and the locked files that use it (for messages)."""
+
+    cache: RepoCache
+    etag: str
+    size: int
+    lfs: bool
+    users: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return self.cache.blob_path(self.etag)
+
+    @property
+    def member(self) -> str:
+        """Its name in a bundle."""
+        return self.cache.relpath(self.path)
+
+    @property
+    def hash_name(self) -> str:
+        """What its name is the digest of, for messages."""
+        return "its sha256" if self.lfs else "its git blob sha1"
+
+    def who(self) -> str:
+        more = f" (+{len(self.users) - 2} more)" if len(self.users) > 2 else ""
+        return ", ".join(self.users[:2]) + more
+
+
+def locked_blobs(lock: Lock, root: Path) -> dict[tuple[str, str], LockedBlob]:
+    """Every distinct (repo folder, etag) the lock needs, in a stable order."""
+    blobs: dict[tuple[str, str], LockedBlob] = {}
+    for entry in lock.entries:
+        repo = RepoCache(root, entry.repo, entry.type)
+        for f in entry.files:
+            key = (repo.folder.name, f.etag)
+            blob = blobs.setdefault(key, LockedBlob(repo, f.etag, f.size, f.is_lfs))
+            blob.users.append(f"{label(entry)}: {f.path}")
+    return dict(sorted(blobs.items()))
+
+
+def digests(blobs: list[LockedBlob], jobs: int | None = None) -> list[tuple[int, str] | OSError]:
+    """(bytes read, digest) or the read error of each blob, hashed in parallel, largest first."""
+    results: list[tuple[int, str] | OSError] = [OSError("not hashed")] * len(blobs)
+    if not blobs:
+        return results
+    order = sorted(range(len(blobs)), key=lambda i: -blobs[i].size)
+
+    def one(i: int) -> tuple[int, str] | OSError:
+        try:
+            return cache.hash_file(blobs[i].path, blobs[i].lfs, blobs[i].size)
+        except OSError as exc:
+            return exc
+
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(blobs)))
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch-hash") as pool:
+        for i, result in zip(order, pool.map(one, order), strict=True):
+            results[i] = result
+    return results
+
+
+def bullets(problems: list[str], limit: int = 200) -> str:
+    """One problem a line; a cache missing everything must not print a million lines (JSON has them all)."""
+    shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+    return "".join(f"\n  - {p}" for p in shown)
+
+
+def verify_error(what: str, root: Path, problems: list[str]) -> VerifyError:
+    return VerifyError(
+        f"{what}: {len(problems)} problem(s) in the cache {root}:{bullets(problems)}", problems
+    )
+
+
+def json_name(name: str | None) -> dict[str, str | None]:
+    """A report field's `metadata`: its key in the JSON form (None: left out of it)."""
+    return {"json": name}
+
+
+@dataclass
+class Report:
+    """The base of the commands' reports: each has `render()` for people and this `to_json()` for --json.
+
+    The JSON form is every field, paths as text, keyed by its name or by `json_name` in its metadata.
+    """
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            key = f.metadata.get("json", f.name)
+            if key is not None:
+                value = getattr(self, f.name)
+                out[key] = str(value) if isinstance(value, Path) else value
+        return out

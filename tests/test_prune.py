@@ -1,0 +1,72 @@
+"""`prefetch prune` through the real CLI: only what no given lockfile needs goes, only in the repos they name.
+
+The cache is always written by a real `prefetch sync` against the test Hub, then upgraded and littered by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import PrefetchRunner
+from tests.offline_helpers import LFS, blob_of, entries, make_model, tree_state
+from tests.test_interop import sync
+
+
+def test_prune_keeps_needed_blobs_and_removes_old_revision(prefetch: PrefetchRunner, hub: Any) -> None:
+    from huggingface_hub import scan_cache_dir
+
+    r = make_model(hub)
+    other = hub.create_repo("org/other")
+    other.commit({"config.json": b"{}"})
+    other_lock = sync(prefetch, [{"repo": "org/other"}])
+    shutil.move(other_lock, prefetch.tmp / "other.lock")
+    lock = sync(prefetch, [{"repo": "org/model"}, {"repo": "org/model", "revision": "v1"}])
+    shutil.copy(lock, prefetch.tmp / "old.lock")
+    old_lfs = blob_of(prefetch.cache_dir, lock, LFS)
+    c2 = r["model"].commit({LFS: os.urandom(40 * 1024)})
+    lock = sync(prefetch, [{"repo": "org/model"}], "--upgrade")
+    assert entries(lock)[0]["commit"] == c2
+    folder = prefetch.cache_dir / "models--org--model"
+    shared = blob_of(prefetch.cache_dir, lock, "config.json")
+    new_lfs = blob_of(prefetch.cache_dir, lock, LFS)
+    (folder / "blobs" / (old_lfs.name + ".prefetch-partial")).write_bytes(b"x" * 100)  # not needed: goes
+    (folder / "blobs" / (new_lfs.name + ".prefetch-partial")).write_bytes(b"y" * 10)  # needed: resumable
+    stray = folder / "snapshots" / c2 / "stray.bin"
+    stray.symlink_to(f"../../blobs/{old_lfs.name}")  # a link no lock lists, in a kept snapshot
+
+    before = tree_state(prefetch.cache_dir)
+    dry = prefetch("prune", "--lock", str(lock), "--dry-run")
+    assert dry.code == 0, dry
+    assert tree_state(prefetch.cache_dir) == before
+    assert dry.stdout.startswith("would remove 1 snapshot(s), 1 stray link(s), 1 ref(s), 1 blob(s)")
+    assert "left alone (no lockfile names them): models--org--other" in dry.stdout
+
+    both = prefetch("--json", "prune", "--lock", str(lock), "--lock", str(prefetch.tmp / "old.lock"))
+    assert both.code == 0, both
+    report = json.loads(both.stdout)
+    assert (report["removed_snapshots"], report["removed_blobs"], report["removed_links"]) == ([], 0, 1)
+    assert old_lfs.exists() and (folder / "snapshots" / r["c1"]).is_dir() and not stray.is_symlink()
+
+    pruned = prefetch("--json", "prune", "--lock", str(lock))
+    assert pruned.code == 0, pruned
+    report = json.loads(pruned.stdout)
+    assert report["removed_snapshots"] == [f"models--org--model@{r['c1']}"]
+    assert report["removed_refs"] == [f"models--org--model/refs/v1 ({r['c1'][:12]})"]
+    assert (report["removed_blobs"], report["removed_partials"]) == (1, 1)
+    assert report["freed_bytes"] == 48 * 1024 + 100
+    assert not old_lfs.exists() and not (folder / "snapshots" / r["c1"]).exists()
+    assert shared.exists() and new_lfs.exists() and Path(str(new_lfs) + ".prefetch-partial").exists()
+    assert (folder / "refs" / "main").read_text() == c2 and not (folder / "refs" / "v1").exists()
+    assert (prefetch.cache_dir / "models--org--other" / "refs" / "main").exists()
+    assert prefetch("verify", str(lock)).code == 0
+    assert prefetch("verify", str(prefetch.tmp / "other.lock")).code == 0
+    info = scan_cache_dir(prefetch.cache_dir)
+    assert info.warnings == []
+    assert {(repo.repo_id, len(repo.revisions)) for repo in info.repos} == {
+        ("org/model", 1),
+        ("org/other", 1),
+    }
