@@ -44,6 +44,18 @@ def test_bundle_unbundles_into_empty_cache_and_loads_offline(
     assert archive.read_bytes() == again.output.read_bytes()  # same cache, same bytes
     assert again.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
     assert sorted(p.name for p in archive.parent.iterdir()) == ["models.tar"]  # no temp file left
+    as_json = prefetch("--json", "bundle", str(lock), "-o", str(prefetch.tmp / "as-json.tar"))
+    assert as_json.code == 0, as_json
+    assert json.loads(as_json.stdout) == {
+        "output": str(prefetch.tmp / "as-json.tar"),
+        "cache_dir": str(prefetch.cache_dir),
+        "entries": 3,
+        "files": again.files,
+        "blobs": 6,
+        "bytes": again.bytes,
+        "archive_bytes": archive.stat().st_size,
+        "sha256": again.sha256,
+    }
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
     assert members[0].name == "prefetch.lock"
@@ -97,6 +109,17 @@ def test_unbundle_merges_into_existing_cache(prefetch: PrefetchRunner, hub: Any)
     again = prefetch("--json", "unbundle", str(archive), "--cache-dir", str(target))
     assert again.code == 0, again
     assert (json.loads(again.stdout)["blobs_added"], json.loads(again.stdout)["blobs_present"]) == (0, 6)
+    assert json.loads(again.stdout) == {
+        "archive": str(archive),
+        "cache_dir": str(target),
+        "entries": 3,
+        "files": sum(len(e["files"]) for e in entries(lock)),
+        "blobs_added": 0,
+        "blobs_present": 6,
+        "bytes_added": 0,
+        "links": 6,  # main and v1 are one commit: 4 links, and 2 in the dataset
+        "refs": 3,
+    }
 
     flip_byte(blob_of(target, lock, LFS))  # damaged in the target: the bundle's verified copy replaces it
     assert prefetch("verify", str(lock), "--cache-dir", str(target)).code == 7

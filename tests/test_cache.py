@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import prefetch.cache as cache_mod
-from prefetch.cache import RepoCache, boot_id, safe_relpath
+from prefetch.cache import RepoCache, boot_id, repo_folders, safe_relpath
 from prefetch.errors import DiskSpaceError, IntegrityError
 from prefetch.files import atomic_write, file_mode
 
@@ -170,6 +170,29 @@ def test_a_link_never_goes_through_a_symlinked_folder(repo, tmp_path):
 def test_unsafe_paths_are_refused(path):
     with pytest.raises(IntegrityError, match="unsafe"):
         safe_relpath(path)
+
+
+def test_layout_paths_and_their_bundle_member_names(repo):
+    """A bundle member is named by its path relative to the cache root, in the cache's own layout."""
+    assert repo.relpath(repo.blob_path(ETAG)) == f"models--org--name/blobs/{ETAG}"
+    assert (
+        repo.relpath(repo.snapshot_path(COMMIT, "a/b.json"))
+        == f"models--org--name/snapshots/{COMMIT}/a/b.json"
+    )
+    assert repo.relpath(repo.ref_path("release/v1")) == "models--org--name/refs/release/v1"
+    assert repo.tree_path(COMMIT) == repo.folder / "trees" / f"{COMMIT}.json"
+    with pytest.raises(IntegrityError, match="unsafe"):
+        repo.ref_path("../../escape")
+
+
+def test_repo_folders_are_the_folders_named_like_repos(tmp_path):
+    root = tmp_path / "hub"
+    assert repo_folders(root) == []  # no cache yet
+    RepoCache(root, "org/b", "dataset").blobs.mkdir(parents=True)
+    RepoCache(root, "org/a", "model").blobs.mkdir(parents=True)
+    (root / ".locks").mkdir()
+    (root / "models--not--a-folder").write_text("")
+    assert [p.name for p in repo_folders(root)] == ["datasets--org--b", "models--org--a"]
 
 
 def test_the_lock_is_huggingface_hubs_lock(repo):

@@ -37,6 +37,10 @@ def test_prune_keeps_needed_blobs_and_removes_old_revision(prefetch: PrefetchRun
     (folder / "blobs" / (new_lfs.name + ".prefetch-partial")).write_bytes(b"y" * 10)  # needed: resumable
     stray = folder / "snapshots" / c2 / "stray.bin"
     stray.symlink_to(f"../../blobs/{old_lfs.name}")  # a link no lock lists, in a kept snapshot
+    trees = folder / "trees"  # huggingface_hub's listings: one goes with its snapshot
+    trees.mkdir()
+    (trees / f"{r['c1']}.json").write_text("[]")
+    (trees / f"{c2}.json").write_text("[]")
 
     before = tree_state(prefetch.cache_dir)
     dry = prefetch("prune", "--lock", str(lock), "--dry-run")
@@ -58,7 +62,11 @@ def test_prune_keeps_needed_blobs_and_removes_old_revision(prefetch: PrefetchRun
     assert report["removed_refs"] == [f"models--org--model/refs/v1 ({r['c1'][:12]})"]
     assert (report["removed_blobs"], report["removed_partials"]) == (1, 1)
     assert report["freed_bytes"] == 48 * 1024 + 100
+    assert report["busy"] == [] and report["dry_run"] is False
+    assert (report["repos"], report["untouched"]) == (["models--org--model"], ["models--org--other"])
+    assert report["cache_dir"] == str(prefetch.cache_dir)
     assert not old_lfs.exists() and not (folder / "snapshots" / r["c1"]).exists()
+    assert not (trees / f"{r['c1']}.json").exists() and (trees / f"{c2}.json").exists()
     assert shared.exists() and new_lfs.exists() and Path(str(new_lfs) + ".prefetch-partial").exists()
     assert (folder / "refs" / "main").read_text() == c2 and not (folder / "refs" / "v1").exists()
     assert (prefetch.cache_dir / "models--org--other" / "refs" / "main").exists()

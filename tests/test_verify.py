@@ -34,6 +34,17 @@ def test_verify_passes_after_sync(prefetch: PrefetchRunner, hub: Any) -> None:
     report = json.loads(as_json.stdout)
     assert report["ok"] is True and report["files"] == 8 and report["problems"] == []
     assert report["cache_dir"] == str(prefetch.cache_dir)
+    assert report == {
+        "ok": True,
+        "lockfile": str(lock),
+        "cache_dir": str(prefetch.cache_dir),
+        "entries": 3,
+        "files": 8,
+        "blobs": report["blobs"],
+        "bytes": report["bytes"],
+        "fast": False,
+        "problems": [],
+    }
 
 
 def test_verify_finds_flipped_byte_and_fast_checks_only_sizes(prefetch: PrefetchRunner, hub: Any) -> None:

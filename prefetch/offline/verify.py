@@ -25,6 +25,7 @@ from prefetch.progress import human_bytes
 
 @dataclass
 class VerifyReport(Report):
+    ok: bool = field(default=True, init=False)  # with problems, verify raises VerifyError instead
     lock_path: Path = field(metadata=json_name("lockfile"))
     cache_dir: Path
     entries: int
@@ -33,7 +34,6 @@ class VerifyReport(Report):
     bytes: int
     fast: bool
     seconds: float = field(metadata=json_name(None))
-    ok: bool = field(default=True, init=False)  # with problems, verify raises VerifyError instead
     problems: list[str] = field(default_factory=list, init=False)
 
     def render(self) -> str:
