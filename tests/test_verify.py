@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import prefetch.cache as cache_mod
+from prefetch.offline import shared as shared_mod
 from prefetch.offline import verify as verify_mod
 from tests.conftest import PrefetchRunner
 from tests.offline_helpers import LFS, blob_of, flip_byte, make_model
@@ -89,13 +89,13 @@ def test_verify_hashes_each_shared_blob_once(prefetch: PrefetchRunner, hub: Any,
     make_model(hub)
     lock = sync(prefetch, [{"repo": "org/model"}, {"repo": "org/model", "revision": "v1"}])  # same commit
     calls: list[Path] = []
-    real = cache_mod.hash_file
+    real = shared_mod.hash_file
 
     def counting(path: Path, lfs: bool, size: int) -> tuple[int, str]:
         calls.append(path)
         return real(path, lfs, size)
 
-    monkeypatch.setattr(cache_mod, "hash_file", counting)
+    monkeypatch.setattr(shared_mod, "hash_file", counting)
     report = verify_mod.verify(lock, cache_dir=prefetch.cache_dir)
     assert (report.files, report.blobs) == (8, 4)
     assert len(calls) == len(set(calls)) == 4

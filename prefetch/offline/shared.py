@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefetch import cache
-from prefetch.cache import RepoCache, resolve_cache_dir
+from prefetch.cache import RepoCache, hash_file, resolve_cache_dir
 from prefetch.errors import VerifyError
 from prefetch.lockfile import Lock, LockedEntry
 
@@ -86,7 +85,7 @@ def digests(blobs: list[LockedBlob], jobs: int | None = None) -> list[tuple[int,
 
     def one(i: int) -> tuple[int, str] | OSError:
         try:
-            return cache.hash_file(blobs[i].path, blobs[i].lfs, blobs[i].size)
+            return hash_file(blobs[i].path, blobs[i].lfs, blobs[i].size)
         except OSError as exc:
             return exc
 
