@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from prefetch import settings
 from prefetch.errors import DiskSpaceError, IntegrityError
 from prefetch.files import atomic_write, file_mode, fsync_dir, is_disk_full
 from prefetch.paths import unsafe_path_reason
@@ -39,14 +40,8 @@ TYPE_PREFIX = {"model": "models", "dataset": "datasets", "space": "spaces"}
 
 
 def resolve_cache_dir(explicit: str | Path | None = None, env: dict[str, str] | None = None) -> Path:
-    """`--cache-dir`/manifest value, else HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
-    env = dict(os.environ) if env is None else env
-    if explicit:
-        return Path(explicit).expanduser()
-    if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"]).expanduser()
-    xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(env.get("HF_HOME") or Path(xdg) / "huggingface").expanduser() / "hub"
+    """Moved to `prefetch.settings` (kept only until the coordinator's merge)."""
+    return settings.resolve_cache_dir(explicit, env)
 
 
 def repo_folder_name(repo_id: str, repo_type: str) -> str:

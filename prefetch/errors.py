@@ -7,6 +7,10 @@ Messages must never contain a token: build them from token *sources*, never valu
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prefetch.access import AccessReport
 
 
 class ExitCode(IntEnum):
@@ -42,6 +46,7 @@ class PrefetchError(Exception):
     """Base of every error prefetch reports deliberately."""
 
     exit_code: ExitCode = ExitCode.INTERNAL
+    shown = False  # the command printed it already (as its report): only the exit code remains
 
 
 class UsageError(PrefetchError):
@@ -101,6 +106,22 @@ class DiskSpaceError(PrefetchError):
     """The bytes to fetch do not fit on the cache's filesystem (or it filled up)."""
 
     exit_code = ExitCode.DISK_FULL
+
+
+class AccessCheckError(AccessError):
+    """Some entries cannot be read: the message is the whole report, `report` has the rows."""
+
+    def __init__(self, message: str, report: AccessReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class AccessNetworkError(NetworkError):
+    """The Hub could not be reached to check access (exit 4, not an access problem)."""
+
+    def __init__(self, message: str, report: AccessReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def exit_code_for(exc: BaseException) -> ExitCode:

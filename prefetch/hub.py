@@ -6,6 +6,7 @@ Paths the server sends are checked before anyone uses them to build a filesystem
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,6 @@ SHA256_RE = re.compile(r"[0-9a-f]{64}")
 class RepoInfo:
     commit: str
     gated: bool | str  # False, "auto" or "manual"
-    private: bool
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class HubApi:
         commit = data.get("sha") if isinstance(data, dict) else None
         if not isinstance(commit, str) or not COMMIT_RE.fullmatch(commit):
             raise IntegrityError(f"{repo}@{revision}: the Hub answered without a valid commit hash")
-        return RepoInfo(commit=commit, gated=data.get("gated") or False, private=bool(data.get("private")))
+        return RepoInfo(commit=commit, gated=data.get("gated") or False)
 
     def list_files(self, repo: str, repo_type: str, commit: str, token: Token | None) -> list[RemoteFile]:
         """Every file at `commit`, with size and hashes, following the listing's pagination."""
@@ -86,7 +86,9 @@ class HubApi:
         self.http.get_json(self._api(repo, repo_type, "auth-check"), token)
 
     def whoami(self, token: Token) -> dict[str, Any]:
-        data, _ = self.http.get_json(f"{self.endpoint}/api/whoami-v2", token)
+        """The token's account and scopes, in one attempt: whoami is strictly rate-limited on the Hub."""
+        with contextlib.closing(self.http.open(f"{self.endpoint}/api/whoami-v2", token)) as response:
+            data = response.json()
         return data if isinstance(data, dict) else {}
 
     def file_url(self, repo: str, repo_type: str, commit: str, path: str) -> str:

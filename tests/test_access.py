@@ -739,7 +739,7 @@ class _FakeHub:
         time.sleep(0.05)
         with self.lock:
             self.active -= 1
-        return RepoInfo(commit="0" * 40, gated=False, private=False)
+        return RepoInfo(commit="0" * 40, gated=False)
 
     def auth_check(self, repo: str, repo_type: str, token: Token | None) -> None:
         return None
