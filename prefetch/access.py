@@ -21,12 +21,21 @@ from enum import Enum
 from typing import Any
 
 from prefetch.auth import Token, default_token_path, redact
-from prefetch.errors import AccessCheckError, AccessNetworkError, ExitCode, NetworkError, PrefetchError
+from prefetch.errors import (
+    AccessCheckError,
+    AccessNetworkError,
+    ExitCode,
+    GatedRepoError,
+    HubHttpError,
+    NetworkError,
+    PrefetchError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+)
 from prefetch.httpclient import CertificateError, TransportError
 from prefetch.hub import HubApi, RepoInfo
 from prefetch.manifest import Entry
 from prefetch.transfer import (
-    RETRYABLE_STATUS,
     Http,
     HttpStatusError,
     ProxyRoutesFailed,
@@ -305,7 +314,7 @@ def row_for_error(
     # Network trouble also when not retryable (every proxy refused our credentials, a certificate
     # that does not verify): still exit 4.
     network = isinstance(exc, NetworkError | HttpStatusError | ProxyRoutesFailed | TransportError)
-    if isinstance(exc, HttpStatusError) and exc.status not in RETRYABLE_STATUS:
+    if isinstance(exc, HubHttpError):  # the Hub's final answer (HubApi types it)
         _classify(hub, exc, result, token, locked_commit)
     elif network or is_retryable(exc):
         result.status = AccessStatus.NETWORK
@@ -337,13 +346,13 @@ def row_for_error(
 def _auth_check(hub: HubApi, entry: Entry, token: Token | None, commit: str) -> None:
     try:
         hub.auth_check(entry.repo, entry.type, token)
-    except HttpStatusError as e:
+    except HubHttpError as e:
         if e.status not in NO_AUTH_CHECK or e.error_code is not None:
             raise
         # A mirror without the auth-check endpoint: ask for one real file's headers instead.
         files = hub.list_files(entry.repo, entry.type, commit, token)
         if files:
-            hub.http.head(hub.file_url(entry.repo, entry.type, commit, files[0].path), token)
+            hub.head_file(entry.repo, entry.type, commit, files[0].path, token)
 
 
 def _warn_gated_mismatch(result: AccessResult) -> None:
@@ -359,22 +368,22 @@ def _warn_gated_mismatch(result: AccessResult) -> None:
 
 # ------------------------------------------------------------------------------------------ the verdict
 def _classify(
-    hub: HubApi, e: HttpStatusError, result: AccessResult, token: Token | None, locked_commit: str | None
+    hub: HubApi, e: HubHttpError, result: AccessResult, token: Token | None, locked_commit: str | None
 ) -> None:
     """Set `result`'s status, problem and remedy from one Hub error answer (see hub-notes.md)."""
     entry, endpoint = result.entry, hub.endpoint
     repo_url = f"{endpoint}/{'' if entry.type == 'model' else entry.type + 's/'}{entry.repo}"
     source = token.source if token else "no token"
     message = e.message.lower()
-    if e.status == 401 and token is not None and e.error_code in (None, "GatedRepo"):
+    if e.status == 401 and token is not None and (e.error_code is None or isinstance(e, GatedRepoError)):
         result.status = AccessStatus.INVALID_TOKEN
         result.problem = f"the token from {source} is invalid or revoked (the Hub answered 401)"
         result.remedy = f"create a new token at {endpoint}/settings/tokens and {token.replace_hint}"
-    elif e.error_code == "GatedRepo" and token is None:
+    elif isinstance(e, GatedRepoError) and token is None:
         result.status = AccessStatus.NO_TOKEN
         result.problem = f"gated repo ({repo_url}), and no token was sent"
         result.remedy = f"set {entry.token_env} (this entry's token_env)" if entry.token_env else login_help()
-    elif e.error_code == "GatedRepo" and "awaiting" in message:
+    elif isinstance(e, GatedRepoError) and "awaiting" in message:
         result.status = AccessStatus.GATED_PENDING
         result.problem = (
             f"gated repo: the access request of the account of {_owner(hub, token)} "
@@ -383,7 +392,7 @@ def _classify(
         result.remedy = (
             f"wait for the authors' approval (status at {repo_url}); nothing to change on this side"
         )
-    elif e.error_code == "GatedRepo":
+    elif isinstance(e, GatedRepoError):
         owner = _owner(hub, token)
         result.status = AccessStatus.GATED_NOT_ACCEPTED
         result.problem = (
@@ -402,7 +411,7 @@ def _classify(
         result.status = AccessStatus.FINE_GRAINED_TOKEN
         result.problem = f"the fine-grained token from {source} may not read gated repos"
         result.remedy = f'at {endpoint}/settings/tokens, edit that token and enable "{FINE_GRAINED_SETTING}"'
-    elif e.error_code == "RevisionNotFound":
+    elif isinstance(e, RevisionNotFoundError):
         result.status = AccessStatus.REVISION_NOT_FOUND
         if locked_commit:
             result.problem = (
@@ -412,7 +421,7 @@ def _classify(
         else:
             result.problem = f"revision {entry.revision!r} does not exist in {entry.type} repo {entry.repo}"
         result.remedy = _revision_help(hub, entry, token, relock=bool(locked_commit))
-    elif e.error_code == "RepoNotFound" or (e.status in (401, 404) and e.error_code is None):
+    elif isinstance(e, RepoNotFoundError) or (e.status in (401, 404) and e.error_code is None):
         result.status = AccessStatus.NOT_FOUND
         if token is not None:
             seen_by = f"the account of {_owner(hub, token)}"
