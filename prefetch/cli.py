@@ -144,7 +144,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, as_json: bool) -> None:
     "--offline",
     "offline_flag",
     is_flag=True,
-    help="No network: materialize from the cache (also HF_HUB_OFFLINE=1).",
+    help="No network: materialize from the cache (also HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1).",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be fetched; download nothing.")
 @click.option("--upgrade", is_flag=True, help="Re-resolve every entry instead of keeping locked commits.")
