@@ -17,15 +17,25 @@ import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from prefetch.auth import Token, default_token_path, redact
-from prefetch.errors import AccessError, ExitCode, NetworkError, PrefetchError
+from prefetch.errors import (
+    AccessCheckError,
+    AccessNetworkError,
+    ExitCode,
+    GatedRepoError,
+    HubHttpError,
+    NetworkError,
+    PrefetchError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+)
 from prefetch.httpclient import CertificateError, TransportError
 from prefetch.hub import HubApi, RepoInfo
 from prefetch.manifest import Entry
 from prefetch.transfer import (
-    RETRYABLE_STATUS,
     Http,
     HttpStatusError,
     ProxyRoutesFailed,
@@ -48,13 +58,27 @@ def login_help() -> str:
     return LOGIN_HELP.format(here=f"; this run reads {default_token_path()}")
 
 
+class AccessStatus(str, Enum):
+    """An entry's verdict; the value is what `--json` prints."""
+
+    OK = "ok"
+    NO_TOKEN = "no-token"
+    INVALID_TOKEN = "invalid-token"
+    GATED_NOT_ACCEPTED = "gated-not-accepted"
+    GATED_PENDING = "gated-pending"
+    FINE_GRAINED_TOKEN = "fine-grained-token"
+    NOT_FOUND = "not-found"
+    REVISION_NOT_FOUND = "revision-not-found"
+    FORBIDDEN = "forbidden"
+    NETWORK = "network"
+
+
 @dataclass
 class AccessResult:
     """The verdict for one entry."""
 
     entry: Entry
-    status: str  # ok | no-token | invalid-token | gated-not-accepted | gated-pending | fine-grained-token
-    #              | not-found | revision-not-found | forbidden | network
+    status: AccessStatus
     token_source: str | None
     problem: str = ""
     remedy: str = ""
@@ -64,14 +88,14 @@ class AccessResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == AccessStatus.OK
 
     def to_json(self) -> dict[str, Any]:
         return {
             "repo": self.entry.repo,
             "type": self.entry.type,
             "revision": self.entry.revision,
-            "status": self.status,
+            "status": self.status.value,
             "ok": self.ok,
             "token_source": self.token_source,
             "commit": self.commit,
@@ -80,22 +104,6 @@ class AccessResult:
             "remedy": redact(self.remedy),
             "warnings": [redact(w) for w in self.warnings],
         }
-
-
-class AccessCheckError(AccessError):
-    """Some entries cannot be read: the message is the whole report, `report` has the rows."""
-
-    def __init__(self, message: str, report: AccessReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-class AccessNetworkError(NetworkError):
-    """The Hub could not be reached to check access (exit 4, not an access problem)."""
-
-    def __init__(self, message: str, report: AccessReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 @dataclass
@@ -113,9 +121,9 @@ class AccessReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        if any(not r.ok and r.status != "network" for r in self.results):
+        if any(not r.ok and r.status != AccessStatus.NETWORK for r in self.results):
             return ExitCode.ACCESS
-        if any(r.status == "network" for r in self.results):
+        if any(r.status == AccessStatus.NETWORK for r in self.results):
             return ExitCode.NETWORK
         return ExitCode.OK
 
@@ -133,15 +141,22 @@ class AccessReport:
         lines.append(f"{len(self.results) - failed} of {len(self.results)} entries readable")
         return redact("\n".join(lines))
 
-    def error(self) -> PrefetchError:
-        """The error to raise when the report is not ok (its message is the whole report)."""
+    def error(self, *, shown: bool = False) -> PrefetchError:
+        """The error to raise when the report is not ok (its message is the whole report).
+
+        `shown`: the command printed the report itself (`check`), so the error only sets the exit code.
+        """
+        error: PrefetchError
         if self.exit_code == ExitCode.ACCESS:
-            return AccessCheckError("access check failed, nothing was downloaded:\n" + self.render(), self)
-        return AccessNetworkError(
-            "could not reach the Hub to check access (a network problem, not an access problem), "
-            "nothing was downloaded:\n" + self.render(),
-            self,
-        )
+            error = AccessCheckError("access check failed, nothing was downloaded:\n" + self.render(), self)
+        else:
+            error = AccessNetworkError(
+                "could not reach the Hub to check access (a network problem, not an access problem), "
+                "nothing was downloaded:\n" + self.render(),
+                self,
+            )
+        error.shown = shown
+        return error
 
 
 def check_entries(
@@ -193,7 +208,7 @@ def precheck(entry: Entry, token: Token | None) -> AccessResult | None:
     else:
         problem = "gated repo (`gated: true` in the manifest), and no Hugging Face token was found"
         remedy = login_help()
-    return AccessResult(entry, "no-token", None, problem, remedy)
+    return AccessResult(entry, AccessStatus.NO_TOKEN, None, problem, remedy)
 
 
 # ------------------------------------------------------------------------------------------------ whoami
@@ -230,14 +245,9 @@ def _whoami(hub: HubApi, token: Token | None) -> dict[str, Any] | None:
 
 def _ask_whoami(hub: HubApi, token: Token) -> dict[str, Any] | None:
     try:
-        response = hub.http.open(f"{hub.endpoint}/api/whoami-v2", token)
-        try:
-            data = response.json()
-        finally:
-            response.close()
+        return hub.whoami(token)
     except Exception:  # explanation only: any failure just means less detail
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _owner(hub: HubApi, token: Token | None) -> str:
@@ -268,7 +278,9 @@ def _check_one(
     gated: bool | str | None,
 ) -> AccessResult:
     """One entry's row: revision info (for the gating, unless known) then auth-check, never file bytes."""
-    result = AccessResult(entry, "ok", token.source if token else None, commit=commit, hub_gated=gated)
+    result = AccessResult(
+        entry, AccessStatus.OK, token.source if token else None, commit=commit, hub_gated=gated
+    )
     if token is None and entry.token_env:
         result.warnings.append(
             f"{entry.token_env} (this entry's token_env) is not set: requests are anonymous"
@@ -298,14 +310,14 @@ def row_for_error(
 
     Anything else (a bug, a server sending unsafe paths) is not an access problem and propagates.
     """
-    result = result or AccessResult(entry, "ok", token.source if token else None)
+    result = result or AccessResult(entry, AccessStatus.OK, token.source if token else None)
     # Network trouble also when not retryable (every proxy refused our credentials, a certificate
     # that does not verify): still exit 4.
     network = isinstance(exc, NetworkError | HttpStatusError | ProxyRoutesFailed | TransportError)
-    if isinstance(exc, HttpStatusError) and exc.status not in RETRYABLE_STATUS:
+    if isinstance(exc, HubHttpError):  # the Hub's final answer (HubApi types it)
         _classify(hub, exc, result, token, locked_commit)
     elif network or is_retryable(exc):
-        result.status = "network"
+        result.status = AccessStatus.NETWORK
         result.problem = redact(
             str(exc if isinstance(exc, NetworkError) else network_error(exc, hub.http, entry.repo))
         )
@@ -334,13 +346,13 @@ def row_for_error(
 def _auth_check(hub: HubApi, entry: Entry, token: Token | None, commit: str) -> None:
     try:
         hub.auth_check(entry.repo, entry.type, token)
-    except HttpStatusError as e:
+    except HubHttpError as e:
         if e.status not in NO_AUTH_CHECK or e.error_code is not None:
             raise
         # A mirror without the auth-check endpoint: ask for one real file's headers instead.
         files = hub.list_files(entry.repo, entry.type, commit, token)
         if files:
-            hub.http.head(hub.file_url(entry.repo, entry.type, commit, files[0].path), token)
+            hub.head_file(entry.repo, entry.type, commit, files[0].path, token)
 
 
 def _warn_gated_mismatch(result: AccessResult) -> None:
@@ -356,23 +368,23 @@ def _warn_gated_mismatch(result: AccessResult) -> None:
 
 # ------------------------------------------------------------------------------------------ the verdict
 def _classify(
-    hub: HubApi, e: HttpStatusError, result: AccessResult, token: Token | None, locked_commit: str | None
+    hub: HubApi, e: HubHttpError, result: AccessResult, token: Token | None, locked_commit: str | None
 ) -> None:
     """Set `result`'s status, problem and remedy from one Hub error answer (see hub-notes.md)."""
     entry, endpoint = result.entry, hub.endpoint
     repo_url = f"{endpoint}/{'' if entry.type == 'model' else entry.type + 's/'}{entry.repo}"
     source = token.source if token else "no token"
     message = e.message.lower()
-    if e.status == 401 and token is not None and e.error_code in (None, "GatedRepo"):
-        result.status = "invalid-token"
+    if e.status == 401 and token is not None and (e.error_code is None or isinstance(e, GatedRepoError)):
+        result.status = AccessStatus.INVALID_TOKEN
         result.problem = f"the token from {source} is invalid or revoked (the Hub answered 401)"
         result.remedy = f"create a new token at {endpoint}/settings/tokens and {token.replace_hint}"
-    elif e.error_code == "GatedRepo" and token is None:
-        result.status = "no-token"
+    elif isinstance(e, GatedRepoError) and token is None:
+        result.status = AccessStatus.NO_TOKEN
         result.problem = f"gated repo ({repo_url}), and no token was sent"
         result.remedy = f"set {entry.token_env} (this entry's token_env)" if entry.token_env else login_help()
-    elif e.error_code == "GatedRepo" and "awaiting" in message:
-        result.status = "gated-pending"
+    elif isinstance(e, GatedRepoError) and "awaiting" in message:
+        result.status = AccessStatus.GATED_PENDING
         result.problem = (
             f"gated repo: the access request of the account of {_owner(hub, token)} "
             "is awaiting review by the repo authors"
@@ -380,9 +392,9 @@ def _classify(
         result.remedy = (
             f"wait for the authors' approval (status at {repo_url}); nothing to change on this side"
         )
-    elif e.error_code == "GatedRepo":
+    elif isinstance(e, GatedRepoError):
         owner = _owner(hub, token)
-        result.status = "gated-not-accepted"
+        result.status = AccessStatus.GATED_NOT_ACCEPTED
         result.problem = (
             f"gated repo: the account of {owner} has not accepted its conditions "
             "or is not on the authorized list"
@@ -396,11 +408,11 @@ def _classify(
         and e.error_code is None
         and ("fine-grained" in message or _fine_grained_without_gated(hub, token))
     ):
-        result.status = "fine-grained-token"
+        result.status = AccessStatus.FINE_GRAINED_TOKEN
         result.problem = f"the fine-grained token from {source} may not read gated repos"
         result.remedy = f'at {endpoint}/settings/tokens, edit that token and enable "{FINE_GRAINED_SETTING}"'
-    elif e.error_code == "RevisionNotFound":
-        result.status = "revision-not-found"
+    elif isinstance(e, RevisionNotFoundError):
+        result.status = AccessStatus.REVISION_NOT_FOUND
         if locked_commit:
             result.problem = (
                 f"the locked commit {locked_commit} of revision {entry.revision!r} no longer exists in "
@@ -409,8 +421,8 @@ def _classify(
         else:
             result.problem = f"revision {entry.revision!r} does not exist in {entry.type} repo {entry.repo}"
         result.remedy = _revision_help(hub, entry, token, relock=bool(locked_commit))
-    elif e.error_code == "RepoNotFound" or (e.status in (401, 404) and e.error_code is None):
-        result.status = "not-found"
+    elif isinstance(e, RepoNotFoundError) or (e.status in (401, 404) and e.error_code is None):
+        result.status = AccessStatus.NOT_FOUND
         if token is not None:
             seen_by = f"the account of {_owner(hub, token)}"
         elif entry.token_env:
@@ -429,7 +441,7 @@ def _classify(
                 f"; set {entry.token_env}" if entry.token_env else f"; to use a token, {login_help()}"
             )
     else:
-        result.status = "forbidden"
+        result.status = AccessStatus.FORBIDDEN
         result.problem = f"the Hub answered {e.status}: {e.message}"
         result.remedy = f"check the token's permissions at {endpoint}/settings/tokens"
     result.problem = redact(result.problem)

@@ -9,7 +9,6 @@ for a value that reached a message before anyone registered it.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Mapping
@@ -17,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from prefetch import settings
 from prefetch.errors import UsageError
+from prefetch.settings import DOCKER_SECRET_PATH
 
-DOCKER_SECRET_PATH = Path("/run/secrets/hf_token")
 MASK = "***"
 
 _secrets: set[str] = set()
@@ -114,40 +114,34 @@ def _read_token_file(path: Path) -> str | None:
     return value or None
 
 
-def hf_home(env: Mapping[str, str] | None = None) -> Path:
-    """`$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface` (as huggingface_hub)."""
-    env = os.environ if env is None else env
-    xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(env.get("HF_HOME") or Path(xdg) / "huggingface").expanduser()
-
-
 def default_token_path(env: Mapping[str, str] | None = None) -> Path:
     """Where `hf auth login` stores the token: `$HF_HOME/token`."""
-    return hf_home(env) / "token"
+    return settings.hf_home(env) / "token"
 
 
 def find_token(token_file: Path | None = None, env: Mapping[str, str] | None = None) -> Token | None:
     """The default token, from the first source that has one.
 
-    Order: `--token-file`, `HF_TOKEN`, `HF_TOKEN_PATH`, `$HF_HOME/token`, `/run/secrets/hf_token`
-    (where a BuildKit `--mount=type=secret,id=hf_token` puts it). A blank source is skipped; a
+    Order: `--token-file`, `HF_TOKEN` (or the legacy `HUGGING_FACE_HUB_TOKEN`), `HF_TOKEN_PATH`,
+    `$HF_HOME/token`, `/run/secrets/hf_token` (where a BuildKit `--mount=type=secret,id=hf_token`
+    puts it). A blank source is skipped; a
     malformed token is a usage error (exit 2) naming the source.
     """
-    env = os.environ if env is None else env
-    env_value = env.get("HF_TOKEN", "").strip()
-    if env_value:
-        register_secret(env_value)  # even when --token-file wins, its value must never be printed
+    from_env = settings.env_token(env)
+    if from_env:
+        register_secret(from_env[1])  # even when --token-file wins, its value must never be printed
     if token_file is not None:
         source = f"--token-file {token_file}"
         value = _read_token_file(token_file)
         if value is None:
             raise UsageError(f"{source}: no token there (missing, unreadable or empty)")
         return Token(_checked(value, source), source, path=token_file)
-    if env_value:
-        return Token(_checked(env_value, "HF_TOKEN"), "HF_TOKEN", env_var="HF_TOKEN")
+    if from_env:
+        name, value = from_env
+        return Token(_checked(value, name), name, env_var=name)
     candidates: list[tuple[Path, str]] = []
-    if env.get("HF_TOKEN_PATH"):
-        path = Path(env["HF_TOKEN_PATH"]).expanduser()
+    if settings.token_path_is_set(env):
+        path = settings.token_path(env)
         candidates.append((path, f"HF_TOKEN_PATH ({path})"))
     home_token = default_token_path(env)
     candidates += [(home_token, str(home_token)), (DOCKER_SECRET_PATH, str(DOCKER_SECRET_PATH))]
@@ -168,6 +162,5 @@ def entry_token(
     """
     if token_env is None:
         return default
-    env = os.environ if env is None else env
-    value = env.get(token_env, "").strip()
+    value = settings.token_env_value(token_env, env)
     return Token(_checked(value, token_env), token_env, env_var=token_env) if value else None

@@ -43,17 +43,6 @@ STATE_SUFFIX = ".prefetch-partial.json"
 TYPE_PREFIX = {"model": "models", "dataset": "datasets", "space": "spaces"}
 
 
-def resolve_cache_dir(explicit: str | Path | None = None, env: dict[str, str] | None = None) -> Path:
-    """`--cache-dir`/manifest value, else HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
-    env = dict(os.environ) if env is None else env
-    if explicit:
-        return Path(explicit).expanduser()
-    if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"]).expanduser()
-    xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(env.get("HF_HOME") or Path(xdg) / "huggingface").expanduser() / "hub"
-
-
 def repo_folder_name(repo_id: str, repo_type: str) -> str:
     """`models--org--name`, as huggingface_hub names it."""
     return "--".join([TYPE_PREFIX[repo_type], *repo_id.split("/")])

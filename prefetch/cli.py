@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import traceback
@@ -18,7 +17,7 @@ from typing import Any
 
 import click
 
-from prefetch import __version__, transfer
+from prefetch import __version__, settings, transfer
 from prefetch import sync as sync_mod
 from prefetch.auth import redact
 from prefetch.errors import ExitCode, PrefetchError, exit_code_for
@@ -151,7 +150,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, as_json: bool) -> None:
     "--offline",
     "offline_flag",
     is_flag=True,
-    help="No network: materialize from the cache (also HF_HUB_OFFLINE=1).",
+    help="No network: materialize from the cache (also HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1).",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be fetched; download nothing.")
 @click.option("--upgrade", is_flag=True, help="Re-resolve every entry instead of keeping locked commits.")
@@ -229,7 +228,7 @@ def check(c: Context, manifest: Path, **kw: Any) -> None:
     else:
         click.echo(report.render())
     if not report.ok:
-        raise SystemExit(int(report.exit_code))
+        raise report.error(shown=True)
 
 
 @cli.command(name="lock")
@@ -340,7 +339,6 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, map any error to its exit code, never print a secret."""
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
         code = cli.main(args=argv, prog_name="prefetch", standalone_mode=False)
@@ -355,13 +353,15 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, click.exceptions.Abort):  # click's wrapping of Ctrl-C
             e = KeyboardInterrupt()
         code = exit_code_for(e)
+        if isinstance(e, PrefetchError) and e.shown:  # the command already printed it as its output
+            raise SystemExit(int(code)) from None
         if code == ExitCode.INTERRUPTED:
             message = "interrupted; partial downloads are kept and the next run resumes them"
         elif isinstance(e, PrefetchError) or code != ExitCode.INTERNAL:
             message = str(e)
         else:
             message = f"internal error: {type(e).__name__}: {e}"
-            if log.isEnabledFor(logging.DEBUG) or os.environ.get("PREFETCH_TRACEBACK"):
+            if log.isEnabledFor(logging.DEBUG) or settings.show_traceback():
                 message += "\n" + "".join(traceback.format_exception(e))
             else:
                 message += " (run with -vv for the traceback; please report it)"

@@ -6,7 +6,14 @@ Messages must never contain a token: build them from token *sources*, never valu
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from enum import IntEnum
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from prefetch.access import AccessReport
 
 
 class ExitCode(IntEnum):
@@ -42,6 +49,7 @@ class PrefetchError(Exception):
     """Base of every error prefetch reports deliberately."""
 
     exit_code: ExitCode = ExitCode.INTERNAL
+    shown = False  # the command printed it already (as its report): only the exit code remains
 
 
 class UsageError(PrefetchError):
@@ -101,6 +109,79 @@ class DiskSpaceError(PrefetchError):
     """The bytes to fetch do not fit on the cache's filesystem (or it filled up)."""
 
     exit_code = ExitCode.DISK_FULL
+
+
+class AccessCheckError(AccessError):
+    """Some entries cannot be read: the message is the whole report, `report` has the rows."""
+
+    def __init__(self, message: str, report: AccessReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class AccessNetworkError(NetworkError):
+    """The Hub could not be reached to check access (exit 4, not an access problem)."""
+
+    def __init__(self, message: str, report: AccessReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class HubHttpError(PrefetchError):
+    """An error answer from the Hub, typed by its `X-Error-Code` (subclasses below).
+
+    401/403/404 are access answers (exit 3); anything else (429, 5xx after retries) is exit 4.
+    """
+
+    def __init__(self, url: str, status: int, error_code: str | None, message: str) -> None:
+        self.url, self.status, self.error_code, self.message = url, status, error_code, message
+        self.exit_code = ExitCode.ACCESS if status in (401, 403, 404) else ExitCode.NETWORK
+        super().__init__(f"{status} from {urlsplit(url).path}" + (f": {message}" if message else ""))
+
+
+class GatedRepoError(HubHttpError):
+    """`X-Error-Code: GatedRepo`: the repo is gated and this token (or none) may not read it yet."""
+
+
+class RepoNotFoundError(HubHttpError):
+    """`X-Error-Code: RepoNotFound`: unknown, or private and not visible to this token."""
+
+
+class RevisionNotFoundError(HubHttpError):
+    """`X-Error-Code: RevisionNotFound`: no such branch, tag or commit."""
+
+
+class EntryNotFoundError(HubHttpError):
+    """`X-Error-Code: EntryNotFound`: no such file at that revision."""
+
+
+_BY_ERROR_CODE: dict[str, type[HubHttpError]] = {
+    "GatedRepo": GatedRepoError,
+    "RepoNotFound": RepoNotFoundError,
+    "RevisionNotFound": RevisionNotFoundError,
+    "EntryNotFound": EntryNotFoundError,
+}
+
+
+def hub_http_error(url: str, status: int, header: Callable[[str], str | None], body: bytes) -> HubHttpError:
+    """The one translation of an error answer into a typed error, as huggingface_hub's `hf_raise_for_status`.
+
+    `header` looks a header up by lower-case name; `body` is what the caller read of the answer (bounded):
+    its JSON `error` is the message when the Hub sent no `X-Error-Message`. Nothing else of the body is
+    kept: a server's text must not flood a report.
+    """
+    error_code = header("x-error-code")
+    message = header("x-error-message") or _json_error(body)
+    return _BY_ERROR_CODE.get(error_code or "", HubHttpError)(url, status, error_code, message[:500])
+
+
+def _json_error(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:  # also UnicodeDecodeError
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, str) else ""
 
 
 def exit_code_for(exc: BaseException) -> ExitCode:

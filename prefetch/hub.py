@@ -6,15 +6,18 @@ Paths the server sends are checked before anyone uses them to build a filesystem
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from prefetch.auth import Token
 from prefetch.cache import TYPE_PREFIX, safe_relpath
-from prefetch.errors import IntegrityError
-from prefetch.transfer import Http
+from prefetch.errors import IntegrityError, hub_http_error
+from prefetch.httpclient import Headers
+from prefetch.transfer import Http, HttpStatusError, is_retryable
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -24,7 +27,6 @@ SHA256_RE = re.compile(r"[0-9a-f]{64}")
 class RepoInfo:
     commit: str
     gated: bool | str  # False, "auto" or "manual"
-    private: bool
 
 
 @dataclass(frozen=True)
@@ -46,23 +48,27 @@ class HubApi:
         self.http = http
         self.endpoint = http.endpoint
 
+    def _get_json(self, url: str, token: Token | None) -> tuple[Any, Headers]:
+        with _typed_errors():
+            return self.http.get_json(url, token)
+
     def _api(self, repo: str, repo_type: str, *tail: str) -> str:
         return "/".join([self.endpoint, "api", TYPE_PREFIX[repo_type], repo, *tail])
 
     def repo_info(self, repo: str, repo_type: str, revision: str, token: Token | None) -> RepoInfo:
         """Resolve `revision` (branch, tag or commit) to a commit. Says nothing about gated access."""
-        data, _ = self.http.get_json(self._api(repo, repo_type, "revision", quote(revision, safe="")), token)
+        data, _ = self._get_json(self._api(repo, repo_type, "revision", quote(revision, safe="")), token)
         commit = data.get("sha") if isinstance(data, dict) else None
         if not isinstance(commit, str) or not COMMIT_RE.fullmatch(commit):
             raise IntegrityError(f"{repo}@{revision}: the Hub answered without a valid commit hash")
-        return RepoInfo(commit=commit, gated=data.get("gated") or False, private=bool(data.get("private")))
+        return RepoInfo(commit=commit, gated=data.get("gated") or False)
 
     def list_files(self, repo: str, repo_type: str, commit: str, token: Token | None) -> list[RemoteFile]:
         """Every file at `commit`, with size and hashes, following the listing's pagination."""
         url: str | None = self._api(repo, repo_type, "tree", commit) + "?recursive=true&expand=false"
         files: list[RemoteFile] = []
         while url:
-            data, headers = self.http.get_json(url, token)
+            data, headers = self._get_json(url, token)
             if not isinstance(data, list):
                 raise IntegrityError(f"{repo}@{commit}: unexpected tree listing from the Hub")
             files += [
@@ -75,23 +81,48 @@ class HubApi:
 
     def list_refs(self, repo: str, repo_type: str, token: Token | None) -> tuple[list[str], list[str]]:
         """(branches, tags), to suggest revisions when one is not found."""
-        data, _ = self.http.get_json(self._api(repo, repo_type, "refs"), token)
+        data, _ = self._get_json(self._api(repo, repo_type, "refs"), token)
         return (
             sorted(b["name"] for b in data.get("branches", []) if "name" in b),
             sorted(t["name"] for t in data.get("tags", []) if "name" in t),
         )
 
     def auth_check(self, repo: str, repo_type: str, token: Token | None) -> None:
-        """Raises HttpStatusError when `token` cannot read the repo's files (gated, private...)."""
-        self.http.get_json(self._api(repo, repo_type, "auth-check"), token)
+        """Raises a HubHttpError when `token` cannot read the repo's files (gated, private...)."""
+        self._get_json(self._api(repo, repo_type, "auth-check"), token)
 
     def whoami(self, token: Token) -> dict[str, Any]:
-        data, _ = self.http.get_json(f"{self.endpoint}/api/whoami-v2", token)
+        """The token's account and scopes, in one attempt: whoami is strictly rate-limited on the Hub."""
+        with (
+            _typed_errors(),
+            contextlib.closing(self.http.open(f"{self.endpoint}/api/whoami-v2", token)) as r,
+        ):
+            data = r.json()
         return data if isinstance(data, dict) else {}
+
+    def head_file(self, repo: str, repo_type: str, commit: str, path: str, token: Token | None) -> None:
+        """Can `token` read this file? (A HEAD, for mirrors without the auth-check endpoint.)"""
+        with _typed_errors():
+            self.http.head(self.file_url(repo, repo_type, commit, path), token)
 
     def file_url(self, repo: str, repo_type: str, commit: str, path: str) -> str:
         prefix = "" if repo_type == "model" else f"{TYPE_PREFIX[repo_type]}/"
         return f"{self.endpoint}/{prefix}{repo}/resolve/{commit}/{quote(path)}"
+
+
+@contextlib.contextmanager
+def _typed_errors() -> Iterator[None]:
+    """The Hub's final error answers (not those still worth a retry) as typed errors (`errors.hub_http_error`).
+
+    Retryable ones (429, 5xx) stay `HttpStatusError`: once retries are spent they are network failures.
+    """
+    try:
+        yield
+    except HttpStatusError as e:
+        if is_retryable(e):
+            raise
+        headers = {"x-error-code": e.error_code, "x-error-message": e.message}
+        raise hub_http_error(e.url, e.status, headers.get, b"") from e
 
 
 def _remote_file(repo: str, item: dict[str, Any]) -> RemoteFile:

@@ -3,9 +3,9 @@ one JSON event per line for tools (`--json`), or nothing (`--quiet`). All text i
 
 - `TtyProgress` (stderr is a terminal): one overall tqdm bar (bytes, rate, ETA, files done) and a
   second line naming the files in flight.
-- `LineProgress` (no terminal, e.g. CI logs): one status line every `interval` seconds (default 5,
-  `PREFETCH_PROGRESS_INTERVAL` overrides), from a ticker thread, so a stalled or retrying transfer
-  still shows up in the log.
+- `LineProgress` (no terminal, e.g. CI logs, or `HF_HUB_DISABLE_PROGRESS_BARS` set): one status line
+  every `interval` seconds (default 5, `PREFETCH_PROGRESS_INTERVAL` overrides), from a ticker thread,
+  so a stalled or retrying transfer still shows up in the log.
 - `JsonProgress` (`--json`): one JSON object per line on stdout and nothing else there: `plan`,
   `file` (one per file done), `retry`, `warning`, `summary` (and `error`, written by the CLI).
 - `QuietProgress` (`--quiet`): nothing; errors still reach stderr through the CLI.
@@ -23,12 +23,12 @@ import threading
 import time
 from typing import IO, Any
 
+from prefetch import settings
 from prefetch.auth import redact
 from prefetch.transfer import FileJob, Reporter
 
 log = logging.getLogger("prefetch")
 
-DEFAULT_INTERVAL = 5.0  # seconds between two status lines without a terminal
 ACTIVE_SHOWN = 3  # files named on the "active" line
 
 
@@ -87,7 +87,7 @@ class Progress(Reporter):
         self._lock = threading.Lock()
 
     # -- what the engine and the orchestrator call --------------------------------------------------
-    def start(self, total_bytes: int, total_files: int, plan: dict[str, Any]) -> None:
+    def start(self, total_bytes: int, total_files: int) -> None:
         """The transfer begins: `total_bytes` in `total_files` files to fetch."""
         with self._lock:
             self.total_bytes, self.total_files = total_bytes, total_files
@@ -166,17 +166,14 @@ class LineProgress(Progress):
     def __init__(self, interval: float | None = None, stream: IO[str] | None = None) -> None:
         super().__init__()
         if interval is None:
-            try:
-                interval = float(os.environ.get("PREFETCH_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
-            except ValueError:
-                interval = DEFAULT_INTERVAL
+            interval = settings.progress_interval()
         self.interval = max(0.05, interval)
         self.stream = stream
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
-    def start(self, total_bytes: int, total_files: int, plan: dict[str, Any]) -> None:
-        super().start(total_bytes, total_files, plan)
+    def start(self, total_bytes: int, total_files: int) -> None:
+        super().start(total_bytes, total_files)
         if total_files and self._ticker is None:
             self._ticker = threading.Thread(target=self._tick, name="prefetch-progress", daemon=True)
             self._ticker.start()
@@ -221,8 +218,8 @@ class TtyProgress(Progress):
         self._draw = threading.Lock()
         self._drawn = 0.0  # when the files line was last redrawn
 
-    def start(self, total_bytes: int, total_files: int, plan: dict[str, Any]) -> None:
-        super().start(total_bytes, total_files, plan)
+    def start(self, total_bytes: int, total_files: int) -> None:
+        super().start(total_bytes, total_files)
         if not total_files:
             return
         from tqdm import tqdm
@@ -332,7 +329,8 @@ class JsonProgress(Progress):
 def make_progress(mode: str) -> Progress:
     """`mode`: auto | tty | lines | quiet | json (`auto`: a bar when stderr is a terminal, else lines)."""
     if mode == "auto":
-        mode = "tty" if sys.stderr.isatty() else "lines"
+        # HF_HUB_DISABLE_PROGRESS_BARS: no bar, but the periodic lines a log would get
+        mode = "tty" if sys.stderr.isatty() and not settings.progress_bars_disabled() else "lines"
     displays: dict[str, type[Progress]] = {
         "tty": TtyProgress,
         "lines": LineProgress,

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from prefetch import __version__
+from prefetch import settings as env_settings
 from prefetch.access import AccessReport, AccessResult, check_entries, precheck, row_for_error
 from prefetch.auth import Token, entry_token, find_token
-from prefetch.cache import RepoCache, resolve_cache_dir
+from prefetch.cache import RepoCache
 from prefetch.errors import DiskSpaceError, LockOutdatedError, UsageError, VerifyError
 from prefetch.hub import HubApi, RemoteFile
 from prefetch.lockfile import (
@@ -32,9 +33,8 @@ from prefetch.lockfile import (
 from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
 from prefetch.paths import select_paths
 from prefetch.progress import Progress, QuietProgress, human_bytes
-from prefetch.transfer import FileJob, Http, RetryPolicy, Transfer, TransferStats, proxies_from_env
+from prefetch.transfer import FileJob, Http, RetryPolicy, Transfer, TransferStats
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 DISK_MARGIN = 64 * 1024 * 1024  # keep this much free after the planned bytes
 
 
@@ -47,12 +47,12 @@ class Settings:
     endpoint: str | None = None
     token_file: Path | None = None
     proxies: tuple[str, ...] = ()
-    jobs: int = 32  # connections; 32 beats per-connection CDN caps (docs/benchmarks.md)
+    jobs: int = env_settings.DEFAULT_JOBS
     retry_attempts: int | None = None  # overrides the manifest's `retry:`
     retry_max_wait: float | None = None
     offline: bool = False
-    segment_threshold: int = 64 * 1024 * 1024
-    segment_size: int = 16 * 1024 * 1024
+    segment_threshold: int = env_settings.DEFAULT_SEGMENT_THRESHOLD
+    segment_size: int = env_settings.DEFAULT_SEGMENT_SIZE
 
 
 @dataclass
@@ -112,22 +112,20 @@ class Run:
         self.manifest: Manifest = load_manifest(manifest_path)
         self.lock_path = settings.lock_path or default_lock_path(self.manifest.path)
         self.old_lock: Lock | None = load_lock(self.lock_path) if self.lock_path.exists() else None
-        self.cache_dir = resolve_cache_dir(settings.cache_dir or self.manifest.cache_dir)
-        self.offline = settings.offline or os.environ.get("HF_HUB_OFFLINE", "").upper() in (
-            "1",
-            "ON",
-            "YES",
-            "TRUE",
-        )
+        self.cache_dir = env_settings.resolve_cache_dir(settings.cache_dir or self.manifest.cache_dir)
+        self.offline = settings.offline or env_settings.offline()
         self.endpoint = (
-            settings.endpoint or self.manifest.endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+            settings.endpoint
+            or self.manifest.endpoint
+            or env_settings.endpoint()
+            or env_settings.DEFAULT_ENDPOINT
         ).rstrip("/")
         self.hub_gated: dict[str, bool | str] = {}  # entry key -> gating seen by this run's resolution
 
     # -- lazily built: an offline or warm run never touches tokens or the network -----------------------
     @functools.cached_property
     def http(self) -> Http:
-        env_proxies, no_proxy = proxies_from_env()
+        env_proxies, no_proxy = env_settings.proxies()
         proxies = list(dict.fromkeys([*self.settings.proxies, *self.manifest.proxies, *env_proxies]))
         retry = RetryPolicy(self.retry_settings(), on_retry=self.progress.retry)
         return Http(
@@ -432,7 +430,7 @@ def _announce(run: Run, plans: list[EntryPlan], jobs: list[FileJob], dry_run: bo
             f"{p.entry.label} -> {p.locked.commit[:12]}: {info['files']} files ({human_bytes(info['bytes'])}), "
             f"{info['cached_files']} cached, {info['missing_files']} to fetch ({human_bytes(info['missing_bytes'])})"
         )
-    run.progress.start(total, len(jobs), {})
+    run.progress.start(total, len(jobs))
 
 
 def lock_changes(old: Lock | None, new: Lock) -> list[str]:

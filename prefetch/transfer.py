@@ -32,7 +32,7 @@ from urllib.parse import urljoin, urlsplit
 
 import tenacity
 
-from prefetch import __version__
+from prefetch import __version__, settings
 from prefetch.auth import Token, redact, redact_url
 from prefetch.cache import BlobIndex, RepoCache, blob_hasher, hash_file
 from prefetch.errors import (
@@ -283,14 +283,8 @@ class Route:
 
 
 def proxies_from_env(env: dict[str, str] | None = None) -> tuple[list[str], str]:
-    """(HTTPS_PROXY, HTTP_PROXY) in that order, and NO_PROXY, as curl and requests read them."""
-    env = dict(os.environ) if env is None else env
-    found = []
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        value = env.get(name, "").strip()
-        if value and value not in found:
-            found.append(value)
-    return found, env.get("NO_PROXY", env.get("no_proxy", ""))
+    """Moved to `prefetch.settings.proxies` (kept only until the coordinator's merge)."""
+    return settings.proxies(env)
 
 
 def bypasses_proxy(host: str, no_proxy: str, port: int | None = None) -> bool:
@@ -784,9 +778,9 @@ class Transfer:
         self,
         http: Http,
         *,
-        jobs: int = 8,
-        segment_threshold: int = 64 * 1024 * 1024,
-        segment_size: int = 32 * 1024 * 1024,
+        jobs: int = settings.DEFAULT_JOBS,
+        segment_threshold: int = settings.DEFAULT_SEGMENT_THRESHOLD,
+        segment_size: int = settings.DEFAULT_SEGMENT_SIZE,
         reporter: Reporter | None = None,
     ) -> None:
         self.http = http

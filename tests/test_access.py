@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from prefetch import access, auth
+from prefetch import access, auth, errors
 from prefetch.auth import Token, find_token
 from prefetch.errors import UsageError
 from prefetch.hub import RepoInfo
@@ -739,7 +739,7 @@ class _FakeHub:
         time.sleep(0.05)
         with self.lock:
             self.active -= 1
-        return RepoInfo(commit="0" * 40, gated=False, private=False)
+        return RepoInfo(commit="0" * 40, gated=False)
 
     def auth_check(self, repo: str, repo_type: str, token: Token | None) -> None:
         return None
@@ -752,3 +752,50 @@ def test_entries_are_checked_concurrently_and_bounded() -> None:
     assert report.ok and len(report.results) == 12
     assert [r.entry.repo for r in report.results] == [f"org/r{i}" for i in range(12)]
     assert 1 < hub.peak <= 4
+
+
+# ------------------------------------------------------------------------------- the error translator
+@pytest.mark.parametrize(
+    ("code", "status", "kind", "exit_code"),
+    [
+        ("GatedRepo", 401, errors.GatedRepoError, 3),
+        ("GatedRepo", 403, errors.GatedRepoError, 3),
+        ("RepoNotFound", 404, errors.RepoNotFoundError, 3),
+        ("RevisionNotFound", 404, errors.RevisionNotFoundError, 3),
+        ("EntryNotFound", 404, errors.EntryNotFoundError, 3),
+        (None, 403, errors.HubHttpError, 3),
+        ("SomethingNew", 404, errors.HubHttpError, 3),
+        (None, 429, errors.HubHttpError, 4),
+        (None, 500, errors.HubHttpError, 4),
+    ],
+)
+def test_hub_answers_become_typed_errors_with_one_exit_code(
+    code: str | None, status: int, kind: type, exit_code: int
+) -> None:
+    headers = {"x-error-code": code}
+    error = errors.hub_http_error("https://hub/api/models/org/x", status, headers.get, b"")
+    assert type(error) is kind and error.status == status and error.error_code == code
+    assert errors.exit_code_for(error) == exit_code
+
+
+def test_hub_error_message_from_header_else_bounded_json_body() -> None:
+    def translate(headers: dict[str, str | None], body: bytes) -> errors.HubHttpError:
+        return errors.hub_http_error("https://hub/api/x", 403, headers.get, body)
+
+    assert translate({"x-error-message": "from header"}, b'{"error": "from body"}').message == "from header"
+    assert translate({}, b'{"error": "from body"}').message == "from body"
+    assert translate({}, b"<html>oops</html>").message == ""
+    assert translate({}, b"\xff\xfe").message == ""
+    assert len(translate({}, b'{"error": "%s"}' % (b"x" * 5000)).message) == 500
+    assert str(translate({}, b'{"error": "no"}')) == "403 from /api/x: no"
+
+
+def test_check_exits_through_the_shared_mapping(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    """`check` prints its report (text or one JSON object) and nothing else; the exit code is errors'."""
+    prefetch.manifest([{"repo": "org/missing"}])
+    text = run(prefetch, "check")
+    assert text.code == errors.ExitCode.ACCESS and "FAIL  repos[0]" in text.stdout, text
+    assert "prefetch: error" not in text.stderr, text
+    as_json = run(prefetch, "check", json_out=True)
+    assert as_json.code == errors.ExitCode.ACCESS
+    assert json.loads(as_json.stdout)["entries"][0]["status"] == "not-found"

@@ -131,14 +131,16 @@ def test_quiet_still_reports_errors(prefetch: PrefetchRunner, hub: HubEmulator) 
 
 
 # ---------------------------------------------------------------------------------------------- terminal
-def run_in_pty(prefetch: PrefetchRunner, *args: str, timeout: float = 60) -> tuple[int, str]:
+def run_in_pty(
+    prefetch: PrefetchRunner, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """Run the CLI with stdout and stderr on a pseudo-terminal; returns (exit code, everything shown)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))  # 30 rows, 120 columns
     proc = subprocess.Popen(
         prefetch.command(*args),
         cwd=prefetch.tmp,
-        env=prefetch.env_with({"COLUMNS": "120", "TERM": "xterm"}),
+        env=prefetch.env_with({"COLUMNS": "120", "TERM": "xterm", **(env or {})}),
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=slave,
@@ -173,6 +175,40 @@ def test_terminal_shows_one_bar_with_files(prefetch: PrefetchRunner, hub: HubEmu
     assert "files 3/3" in screen and "active: model.safetensors" in screen, screen
     assert "\r" in screen  # redrawn in place, not one line per update
     assert "synced 1 entries" in screen
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES"])
+def test_hf_hub_disable_progress_bars_gives_lines_on_a_terminal(
+    prefetch: PrefetchRunner, hub: HubEmulator, value: str
+) -> None:
+    """huggingface_hub's switch (set in prefetch's own image): no bar, but the CI status lines."""
+    make_repo(hub, small=2, lfs_size=3 * MiB)
+    hub.bandwidth_per_connection = 2 * MiB
+    prefetch.manifest([{"repo": "org/model"}])
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": value, "PREFETCH_PROGRESS_INTERVAL": "0.2"}
+    code, screen = run_in_pty(prefetch, "sync", "models.yaml", env=env)
+    assert code == 0, screen
+    assert "100%|" not in screen and "\r" not in screen.replace("\r\n", ""), screen  # no bar redraws
+    assert any(line.startswith("prefetch: ") and "ETA" in line for line in screen.splitlines()), screen
+    assert "synced 1 entries" in screen
+
+
+def test_hf_hub_disable_progress_bars_false_keeps_the_bar(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    make_repo(hub, small=1, lfs_size=3 * MiB)
+    hub.bandwidth_per_connection = 4 * MiB
+    prefetch.manifest([{"repo": "org/model"}])
+    code, screen = run_in_pty(prefetch, "sync", "models.yaml", env={"HF_HUB_DISABLE_PROGRESS_BARS": "0"})
+    assert code == 0, screen
+    assert "prefetch 100%|" in screen, screen
+
+
+def test_hf_hub_disable_progress_bars_leaves_json_alone(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    make_repo(hub, small=1, lfs_size=MiB)
+    prefetch.manifest([{"repo": "org/model"}])
+    result = prefetch("--json", "sync", "models.yaml", env={"HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    assert result.code == 0, result
+    kinds = [json.loads(line)["event"] for line in result.stdout.splitlines()]
+    assert kinds[0] == "plan" and kinds[-1] == "summary" and "file" in kinds, kinds
 
 
 # ---------------------------------------------------------------------------------------------- plan / dry run
@@ -217,7 +253,7 @@ class _Job:
 
 def test_status_line_names_active_files() -> None:
     progress = Progress()
-    progress.start(4 * MiB, 5, {})
+    progress.start(4 * MiB, 5)
     for i in range(5):
         progress.file_started(_Job(f"org/m:dir/f{i}.bin", MiB))  # type: ignore[arg-type]
     progress.advance(2 * MiB)
@@ -230,7 +266,7 @@ def test_status_line_names_active_files() -> None:
 def test_line_progress_ticks_until_closed() -> None:
     out = io.StringIO()
     progress = LineProgress(interval=0.05, stream=out)
-    progress.start(10, 1, {})
+    progress.start(10, 1)
     progress.advance(5)
     time.sleep(0.3)
     progress.close()
@@ -244,7 +280,7 @@ def test_line_progress_ticks_until_closed() -> None:
 def test_json_progress_is_one_object_per_line() -> None:
     out = io.StringIO()
     progress = JsonProgress(stream=out)
-    progress.start(1, 1, {})
+    progress.start(1, 1)
     progress.message("repos[0] (org/m@main) -> abc: 1 files")  # human text: never on stdout
     progress.event("warning", repo="org/m", message="something")
     progress.retry("retry 1/7 in 0.3s: GET x: 503")

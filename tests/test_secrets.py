@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from prefetch.access import AccessReport, AccessResult
+from prefetch.access import AccessReport, AccessResult, AccessStatus
 from prefetch.auth import Token, redact, redact_url, register_secret
 from prefetch.manifest import Entry
 from prefetch.progress import setup_logging
@@ -105,7 +105,7 @@ def test_reports_and_logs_are_redacted() -> None:
     token = Token("report-secret-2468", "HF_TOKEN")
     row = AccessResult(
         Entry(repo="org/x"),
-        "forbidden",
+        AccessStatus.FORBIDDEN,
         token.source,
         problem=f"odd {token.value}",
         remedy=f"see {token.value}",

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefetch.cache import RepoCache, hash_file, resolve_cache_dir
+from prefetch.cache import RepoCache, hash_file
 from prefetch.errors import VerifyError
 from prefetch.lockfile import Lock, LockedEntry
+from prefetch.settings import resolve_cache_dir
 
 
 def cache_root(lock: Lock, lock_path: Path, explicit: str | Path | None) -> Path:

@@ -1,0 +1,153 @@
+"""Every environment variable prefetch reads, and every default, in one place.
+
+The Hugging Face variables follow huggingface_hub 2.4.0's `constants.py` rule for rule (`~` and
+`$VARS` expanded in paths, the legacy `HUGGINGFACE_HUB_CACHE`, `TRANSFORMERS_OFFLINE`, the same
+truthy words), so prefetch fills the cache that transformers and vLLM will read. They are restated
+rather than imported (importing huggingface_hub costs every run ~45 ms); tests/test_settings.py holds
+them to huggingface_hub's by running both on the same environments.
+
+Each function takes an optional `env` mapping (default: `os.environ`, read at call time), so there is
+no process-wide state and tests need not touch the real environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_JOBS = 32  # connections; 32 beats per-connection CDN caps (docs/benchmarks.md)
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024  # big files are fetched as parallel Range segments of this size
+DEFAULT_SEGMENT_THRESHOLD = 64 * 1024 * 1024  # files of at least this size are split into segments
+DEFAULT_PROGRESS_INTERVAL = 5.0  # seconds between two status lines without a terminal
+DOCKER_SECRET_PATH = Path(
+    "/run/secrets/hf_token"
+)  # where BuildKit's `--mount=type=secret,id=hf_token` puts it
+
+# huggingface_hub's ENV_VARS_TRUE_VALUES
+TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
+# Read, in this order, for the proxies to try (as curl and requests read them).
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+Env = Mapping[str, str]
+
+
+def _env(env: Env | None) -> Env:
+    return os.environ if env is None else env
+
+
+def is_true(value: str | None) -> bool:
+    """huggingface_hub's `_is_true`: 1, ON, YES, TRUE in any case."""
+    return value is not None and value.upper() in TRUE_VALUES
+
+
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # posixpath.expandvars' pattern
+
+
+def _expand(path: str, env: Env) -> str:
+    """`os.path.expandvars(os.path.expanduser(path))` as on POSIX, reading `env` instead of os.environ."""
+    if (path == "~" or path.startswith("~/")) and "HOME" in env:
+        path = (env["HOME"].rstrip("/") + path[1:]) or "/"
+    else:
+        path = os.path.expanduser(path)  # `~user`, or no HOME: the password database
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        name = name[1:-1] if name.startswith("{") and name.endswith("}") else name
+        return env.get(name, match.group(0))
+
+    return _VARIABLE.sub(value, path)
+
+
+def hf_home(env: Env | None = None) -> Path:
+    """`$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`; `~` and `$VARS` expanded."""
+    env = _env(env)
+    default = os.path.join(
+        env.get("XDG_CACHE_HOME", os.path.join(_expand("~", env), ".cache")), "huggingface"
+    )
+    return Path(_expand(env.get("HF_HOME", default), env))
+
+
+def hub_cache(env: Env | None = None) -> Path:
+    """`$HF_HUB_CACHE`, else the legacy `$HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub`."""
+    env = _env(env)
+    legacy = env.get("HUGGINGFACE_HUB_CACHE", os.path.join(hf_home(env), "hub"))
+    return Path(_expand(env.get("HF_HUB_CACHE", legacy), env))
+
+
+def resolve_cache_dir(explicit: str | Path | None = None, env: Env | None = None) -> Path:
+    """The cache to fill: `--cache-dir` or the manifest's `cache_dir` (with `~`), else `hub_cache()`."""
+    if explicit:
+        return Path(explicit).expanduser()
+    return hub_cache(env)
+
+
+def offline(env: Env | None = None) -> bool:
+    """`HF_HUB_OFFLINE`, else `TRANSFORMERS_OFFLINE` (the first one set and non-empty decides)."""
+    env = _env(env)
+    return is_true(env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE"))
+
+
+def endpoint(env: Env | None = None) -> str | None:
+    """`$HF_ENDPOINT` without its trailing `/`, or None when unset (the caller falls back further)."""
+    value = _env(env).get("HF_ENDPOINT")
+    return None if value is None else value.rstrip("/")
+
+
+def env_token(env: Env | None = None) -> tuple[str, str] | None:
+    """(variable name, token) from `HF_TOKEN`, else the legacy `HUGGING_FACE_HUB_TOKEN`; blank is unset."""
+    env = _env(env)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        value = env.get(name, "").strip()
+        if value:
+            return name, value
+        if env.get(name):  # huggingface_hub: `HF_TOKEN or HUGGING_FACE_HUB_TOKEN`, then strip
+            return None
+    return None
+
+
+def token_path(env: Env | None = None) -> Path:
+    """`$HF_TOKEN_PATH`, else `$HF_HOME/token` (where `hf auth login` writes); `~` and `$VARS` expanded."""
+    env = _env(env)
+    return Path(_expand(env.get("HF_TOKEN_PATH", os.path.join(hf_home(env), "token")), env))
+
+
+def token_path_is_set(env: Env | None = None) -> bool:
+    """Did the user point HF_TOKEN_PATH somewhere (reports then name the variable)?"""
+    return "HF_TOKEN_PATH" in _env(env)
+
+
+def progress_bars_disabled(env: Env | None = None) -> bool:
+    """`HF_HUB_DISABLE_PROGRESS_BARS` set to a true value: no progress bar on a terminal."""
+    return is_true(_env(env).get("HF_HUB_DISABLE_PROGRESS_BARS"))
+
+
+def proxies(env: Env | None = None) -> tuple[list[str], str]:
+    """(proxy URLs in failover order: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, either case), and NO_PROXY."""
+    env = _env(env)
+    found: list[str] = []
+    for name in PROXY_VARIABLES:
+        value = env.get(name, "").strip()
+        if value and value not in found:
+            found.append(value)
+    return found, env.get("NO_PROXY", env.get("no_proxy", ""))
+
+
+def token_env_value(name: str, env: Env | None = None) -> str:
+    """The value of an entry's `token_env` variable, stripped ("" when unset)."""
+    return _env(env).get(name, "").strip()
+
+
+def progress_interval(env: Env | None = None) -> float:
+    """`PREFETCH_PROGRESS_INTERVAL` seconds between CI status lines (default 5; unparsable: default)."""
+    try:
+        return float(_env(env).get("PREFETCH_PROGRESS_INTERVAL", DEFAULT_PROGRESS_INTERVAL))
+    except ValueError:
+        return DEFAULT_PROGRESS_INTERVAL
+
+
+def show_traceback(env: Env | None = None) -> bool:
+    """`PREFETCH_TRACEBACK` set (non-empty): print the traceback of an internal error."""
+    return bool(_env(env).get("PREFETCH_TRACEBACK"))
