@@ -20,18 +20,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefetch.auth import Token, default_token_path, redact
-from prefetch.errors import AccessError, ExitCode, NetworkError, PrefetchError
-from prefetch.httpclient import CertificateError, TransportError
+from prefetch.errors import (
+    AccessError,
+    CertificateError,
+    ExitCode,
+    HttpStatusError,
+    NetworkError,
+    PrefetchError,
+    ProxyRoutesFailed,
+    TransportError,
+)
 from prefetch.hub import HubApi, RepoInfo
 from prefetch.manifest import Entry
-from prefetch.transfer import (
-    RETRYABLE_STATUS,
-    Http,
-    HttpStatusError,
-    ProxyRoutesFailed,
-    is_retryable,
-    network_error,
-)
+from prefetch.net.retry import RETRYABLE_STATUS, is_retryable
+from prefetch.net.session import Http, network_error
 
 LOGIN_HELP = (
     "log in with `hf auth login`, or set HF_TOKEN, or write the token to $HF_HOME/token "

@@ -24,7 +24,7 @@ import time
 from typing import IO, Any
 
 from prefetch.auth import redact
-from prefetch.transfer import FileJob, Reporter
+from prefetch.download.job import FileJob, Reporter
 
 log = logging.getLogger("prefetch")
 
