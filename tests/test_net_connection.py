@@ -1,4 +1,5 @@
-"""prefetch.net.connection (http.client underneath) against a scripted server on real sockets: framing, keep-alive, errors, proxies.
+"""prefetch.net.connection (on http.client) against a scripted server on real sockets: framing, keep-alive,
+errors, proxies.
 
 The Hub emulator always answers well-formed, Content-Length-framed HTTP; servers in the wild also send
 chunked and close-delimited bodies, interim 1xx answers, garbage, and close idle connections. Each
@@ -192,6 +193,24 @@ def test_a_body_cut_short_is_a_protocol_error_after_what_arrived(
     assert bytes(buffer[:got]) == b"only this"
     with pytest.raises(RemoteProtocolError, match="before the end of the body"):
         response.readinto(buffer)
+
+
+def test_a_chunked_body_cut_short_is_a_protocol_error_after_what_arrived(
+    server: Callable[..., ScriptedServer],
+) -> None:
+    s = server(send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\nonly", keep=False))
+    response = make_pool().request("GET", f"{s.url}/cut", {})
+    with pytest.raises(RemoteProtocolError, match="before the end of the body"):
+        read_all(response)
+
+
+def test_a_short_body_is_not_kept_for_reuse(server: Callable[..., ScriptedServer]) -> None:
+    s = server(send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort", keep=False), ok(b"x"))
+    pool = make_pool()
+    with pytest.raises(RemoteProtocolError):
+        read_all(pool.request("GET", f"{s.url}/1", {}))
+    assert read_all(pool.request("GET", f"{s.url}/2", {})) == b"x"
+    assert s.connections == 2
 
 
 @pytest.mark.parametrize(

@@ -122,8 +122,8 @@ def _is_idle_and_open(conn: Connection) -> bool:
 
 
 def _body_error(e: Exception, timeout: float) -> TransportError:
-    if isinstance(e, http.client.IncompleteRead) and e.expected is None:  # a chunk-size line, or none
-        return RemoteProtocolError("bad chunk size line (or the connection closed before one)")
+    if isinstance(e, http.client.IncompleteRead) and isinstance(e.__context__, ValueError):
+        return RemoteProtocolError("bad chunk size line (or the connection closed before one)")  # int(line, 16)
     if isinstance(e, http.client.IncompleteRead):
         return RemoteProtocolError("the server closed the connection before the end of the body")
     if isinstance(e, http.client.HTTPException):
