@@ -121,9 +121,19 @@ def _is_idle_and_open(conn: Connection) -> bool:
     return not poller.poll(0)  # readable while idle: closed by the server, or garbage
 
 
+def _caused_by(e: BaseException, kind: type[BaseException]) -> bool:
+    """Is `kind` in the chain of exceptions `e` was raised while handling? (http.client re-raises.)"""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__context__
+    return False
+
+
 def _body_error(e: Exception, timeout: float) -> TransportError:
-    if isinstance(e, http.client.IncompleteRead) and isinstance(e.__context__, ValueError):
-        return RemoteProtocolError("bad chunk size line (or the connection closed before one)")  # int(line, 16)
+    if isinstance(e, http.client.IncompleteRead) and _caused_by(e, ValueError):  # int(line, 16) failed
+        return RemoteProtocolError("bad chunk size line (or the connection closed before one)")
     if isinstance(e, http.client.IncompleteRead):
         return RemoteProtocolError("the server closed the connection before the end of the body")
     if isinstance(e, http.client.HTTPException):
