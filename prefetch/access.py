@@ -24,24 +24,22 @@ from prefetch.auth import Token, default_token_path, redact
 from prefetch.errors import (
     AccessCheckError,
     AccessNetworkError,
+    CertificateError,
     ExitCode,
     GatedRepoError,
+    HttpStatusError,
     HubHttpError,
     NetworkError,
     PrefetchError,
+    ProxyRoutesFailed,
     RepoNotFoundError,
     RevisionNotFoundError,
+    TransportError,
 )
-from prefetch.httpclient import CertificateError, TransportError
 from prefetch.hub import HubApi, RepoInfo
 from prefetch.manifest import Entry
-from prefetch.transfer import (
-    Http,
-    HttpStatusError,
-    ProxyRoutesFailed,
-    is_retryable,
-    network_error,
-)
+from prefetch.net.retry import is_retryable
+from prefetch.net.session import Http, network_error
 
 LOGIN_HELP = (
     "log in with `hf auth login`, or set HF_TOKEN, or write the token to $HF_HOME/token "

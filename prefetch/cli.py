@@ -6,6 +6,7 @@ errors to exit codes (through `errors.exit_code_for`, the single mapping).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -17,9 +18,10 @@ from typing import Any
 
 import click
 
-from prefetch import __version__, settings, transfer
+from prefetch import __version__, settings
 from prefetch import sync as sync_mod
 from prefetch.auth import redact
+from prefetch.cancel import CancelToken
 from prefetch.errors import ExitCode, PrefetchError, exit_code_for
 from prefetch.files import atomic_write
 from prefetch.offline import bundle as bundle_mod
@@ -104,8 +106,9 @@ def settings_from(kw: dict[str, Any], offline_flag: bool = False) -> sync_mod.Se
 
 
 class Context:
-    def __init__(self, verbose: int, quiet: bool, as_json: bool) -> None:
+    def __init__(self, verbose: int, quiet: bool, as_json: bool, cancel: CancelToken | None = None) -> None:
         self.verbose, self.quiet, self.as_json = verbose, quiet, as_json
+        self.cancel = cancel or CancelToken()  # the command's run: Ctrl-C / SIGTERM cancel it
 
     def progress(self) -> Progress:
         return make_progress("json" if self.as_json else "quiet" if self.quiet else "auto")
@@ -137,7 +140,7 @@ pass_ctx = click.make_pass_decorator(Context)
 def cli(ctx: click.Context, verbose: int, quiet: bool, as_json: bool) -> None:
     """Prefetch Hugging Face Hub repos listed in a YAML manifest into the HF cache, verified and locked."""
     setup_logging(verbose if not quiet else -1)
-    ctx.obj = Context(verbose, quiet, as_json)
+    ctx.obj = Context(verbose, quiet, as_json, cancel=ctx.obj)  # main() passes the run's token
 
 
 @cli.command()
@@ -179,6 +182,7 @@ def sync(
             upgrade=upgrade,
             upgrade_repos=upgrade_repos,
             progress=progress,
+            cancel=c.cancel,
         )
     finally:
         progress.close()
@@ -205,7 +209,9 @@ def sync(
 def plan(c: Context, manifest: Path, **kw: Any) -> None:
     """What `sync` would fetch, per repo (same as `sync --dry-run`)."""
     progress = c.progress()
-    result = sync_mod.sync(manifest, settings=settings_from(kw), dry_run=True, progress=progress)
+    result = sync_mod.sync(
+        manifest, settings=settings_from(kw), dry_run=True, progress=progress, cancel=c.cancel
+    )
     if c.as_json:
         progress.event("summary", dry_run=True, **result.summary())
 
@@ -216,7 +222,7 @@ def plan(c: Context, manifest: Path, **kw: Any) -> None:
 @pass_ctx
 def check(c: Context, manifest: Path, **kw: Any) -> None:
     """Check access to every entry (token, gating, visibility, revision) without downloading."""
-    report = sync_mod.check(manifest, settings=settings_from(kw))
+    report = sync_mod.check(manifest, settings=settings_from(kw), cancel=c.cancel)
     if c.as_json:
         c.emit(
             {
@@ -241,7 +247,9 @@ def check(c: Context, manifest: Path, **kw: Any) -> None:
 @pass_ctx
 def lock_cmd(c: Context, manifest: Path, upgrade: bool, upgrade_repos: tuple[str, ...], **kw: Any) -> None:
     """Resolve revisions and write the lockfile, downloading nothing."""
-    result = sync_mod.lock(manifest, settings=settings_from(kw), upgrade=upgrade, upgrade_repos=upgrade_repos)
+    result = sync_mod.lock(
+        manifest, settings=settings_from(kw), upgrade=upgrade, upgrade_repos=upgrade_repos, cancel=c.cancel
+    )
     if c.as_json:
         c.emit({"lockfile": str(result.lock_path), "changes": result.changes})
         return
@@ -329,19 +337,20 @@ def unbundle(c: Context, archive: Path, cache_dir: Path | None, lock_out: Path |
     c.show(report)
 
 
-def _on_signal(signum: int, frame: object) -> None:
+def _on_signal(cancel: CancelToken, signum: int, frame: object) -> None:
     """Ctrl-C or SIGTERM (preemption): stop every worker at once, keep partial files, exit 130."""
-    transfer.interrupt()  # worker threads never see KeyboardInterrupt
+    cancel.cancel()  # worker threads never see KeyboardInterrupt: they watch the run's token
     raise KeyboardInterrupt()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, map any error to its exit code, never print a secret."""
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    cancel = CancelToken()  # this command's run
+    signal.signal(signal.SIGTERM, functools.partial(_on_signal, cancel))
+    signal.signal(signal.SIGINT, functools.partial(_on_signal, cancel))
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
-        code = cli.main(args=argv, prog_name="prefetch", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="prefetch", standalone_mode=False, obj=cancel)
         if isinstance(code, int) and code:  # click returns (not raises) ctx.exit codes here
             raise SystemExit(code)
     except click.ClickException as e:

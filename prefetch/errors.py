@@ -193,3 +193,90 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC surfacing outside our own checks
         return ExitCode.DISK_FULL
     return ExitCode.INTERNAL
+
+
+# --- transport and download errors (prefetch/net, prefetch/download) ---
+# Raised inside the HTTP layer and the download engine; they become the typed errors above (with
+# an exit code) where a request fails for good (`prefetch.net.session.network_error`).
+class TransportError(Exception):
+    """The request did not complete over the network: worth a retry, or another proxy."""
+
+
+class ConnectError(TransportError):
+    """No connection: refused, unreachable, no such host, or the TLS handshake failed."""
+
+
+class ConnectTimeout(ConnectError):
+    """The connection (or its TLS handshake, or its proxy tunnel) took longer than the connect timeout."""
+
+
+class ReadError(TransportError):
+    """The connection broke while sending the request or receiving the answer."""
+
+
+class ReadTimeout(ReadError):
+    """The server sent nothing for longer than the read timeout."""
+
+
+class RemoteProtocolError(TransportError):
+    """The peer closed early or sent something that is not HTTP/1.1."""
+
+
+class ProxyError(TransportError):
+    """A proxy refused to open a CONNECT tunnel; `status` is its answer."""
+
+    def __init__(self, message: str, status: int) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class CertificateError(ConnectError):
+    """The server's TLS certificate did not verify. Retrying cannot help, so it is not retried."""
+
+
+class HttpStatusError(Exception):
+    """A non-success answer from the Hub or CDN, with the Hub's `X-Error-Code` when it sent one.
+
+    `retry_after`: the seconds the server asked to wait (429, 503), which replace the backoff.
+    """
+
+    def __init__(
+        self, url: str, status: int, error_code: str | None, message: str, retry_after: float | None = None
+    ) -> None:
+        from urllib.parse import urlsplit  # here, so that this block stays self-contained
+
+        self.url, self.status, self.error_code, self.message = url, status, error_code, message
+        self.retry_after = retry_after
+        super().__init__(f"{status} from {urlsplit(url).path}" + (f": {message}" if message else ""))
+
+
+class ProxyRoutesFailed(Exception):
+    """Every route (proxy) failed for one request; each failure is kept for the final message.
+
+    `permanent` when every proxy refused our credentials (407): retrying cannot help, so fail fast.
+    """
+
+    def __init__(self, failures: list[tuple[str, str]], permanent: bool = False) -> None:
+        self.failures = failures
+        self.permanent = permanent
+        super().__init__("; ".join(f"{route}: {reason}" for route, reason in failures))
+
+
+class TruncatedBody(Exception):
+    """The connection ended before the promised bytes arrived (retryable; resumes where it stopped)."""
+
+
+class RangeIgnored(Exception):
+    """The server answered 200 to a Range request: the file must start over as a single stream."""
+
+
+class Cancelled(Exception):
+    """The run was cancelled (Ctrl-C, or its `CancelToken`), or another file failed fatally: stop now."""
+
+
+class StaleUrl(Exception):
+    """A signed CDN URL was refused (expired): it was asked for again, so the request is retried."""
+
+
+class BadBytes(Exception):
+    """The server sent bytes that cannot be this file (too many, wrong total): treated as a mismatch."""

@@ -1,6 +1,6 @@
 """The one module that speaks the Hub's API (revision info, tree listings, refs, auth-check, whoami).
 
-It builds URLs and parses answers; all HTTP goes through `transfer.Http` (retries, proxies).
+It builds URLs and parses answers; all HTTP goes through `net.session.Http` (retries, proxies).
 Paths the server sends are checked before anyone uses them to build a filesystem path.
 """
 
@@ -15,9 +15,10 @@ from urllib.parse import quote
 
 from prefetch.auth import Token
 from prefetch.cache import TYPE_PREFIX, safe_relpath
-from prefetch.errors import IntegrityError, hub_http_error
-from prefetch.httpclient import Headers
-from prefetch.transfer import Http, HttpStatusError, is_retryable
+from prefetch.errors import HttpStatusError, IntegrityError, hub_http_error
+from prefetch.net.connection import Headers
+from prefetch.net.retry import is_retryable
+from prefetch.net.session import Http
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")

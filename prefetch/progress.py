@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from prefetch import settings
 from prefetch.auth import redact
-from prefetch.transfer import FileJob, Reporter
+from prefetch.download.job import FileJob, Reporter
 
 log = logging.getLogger("prefetch")
 

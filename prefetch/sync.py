@@ -19,6 +19,9 @@ from prefetch import settings as env_settings
 from prefetch.access import AccessReport, AccessResult, check_entries, precheck, row_for_error
 from prefetch.auth import Token, entry_token, find_token
 from prefetch.cache import RepoCache
+from prefetch.cancel import CancelToken
+from prefetch.download.engine import Transfer
+from prefetch.download.job import FileJob, TransferStats
 from prefetch.errors import DiskSpaceError, LockOutdatedError, UsageError, VerifyError
 from prefetch.hub import HubApi, RemoteFile
 from prefetch.lockfile import (
@@ -31,9 +34,10 @@ from prefetch.lockfile import (
     write_lock,
 )
 from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
+from prefetch.net.retry import RetryPolicy
+from prefetch.net.session import Http
 from prefetch.paths import select_paths
 from prefetch.progress import Progress, QuietProgress, human_bytes
-from prefetch.transfer import FileJob, Http, RetryPolicy, Transfer, TransferStats
 
 DISK_MARGIN = 64 * 1024 * 1024  # keep this much free after the planned bytes
 
@@ -105,10 +109,15 @@ class Run:
     """Everything one command needs, built once: manifest, lock, cache, tokens, HTTP."""
 
     def __init__(
-        self, manifest_path: str | Path, settings: Settings, progress: Progress | None = None
+        self,
+        manifest_path: str | Path,
+        settings: Settings,
+        progress: Progress | None = None,
+        cancel: CancelToken | None = None,
     ) -> None:
         self.settings = settings
         self.progress = progress or QuietProgress()
+        self.cancel = cancel or CancelToken()  # this run's: every retry wait and transfer watches it
         self.manifest: Manifest = load_manifest(manifest_path)
         self.lock_path = settings.lock_path or default_lock_path(self.manifest.path)
         self.old_lock: Lock | None = load_lock(self.lock_path) if self.lock_path.exists() else None
@@ -127,7 +136,7 @@ class Run:
     def http(self) -> Http:
         env_proxies, no_proxy = env_settings.proxies()
         proxies = list(dict.fromkeys([*self.settings.proxies, *self.manifest.proxies, *env_proxies]))
-        retry = RetryPolicy(self.retry_settings(), on_retry=self.progress.retry)
+        retry = RetryPolicy(self.retry_settings(), on_retry=self.progress.retry, cancel=self.cancel)
         return Http(
             self.endpoint,
             proxies,
@@ -355,9 +364,14 @@ def sync(
     upgrade: bool = False,
     upgrade_repos: tuple[str, ...] = (),
     progress: Progress | None = None,
+    cancel: CancelToken | None = None,
 ) -> SyncResult:
-    """Bring every manifest entry into the cache, verified, and write the lockfile last."""
-    run = Run(manifest_path, settings or Settings(), progress)
+    """Bring every manifest entry into the cache, verified, and write the lockfile last.
+
+    Cancelling `cancel` (from another thread, or a signal handler) stops the run with `Cancelled`;
+    its partial downloads are kept for the next run to resume.
+    """
+    run = Run(manifest_path, settings or Settings(), progress, cancel)
     try:
         resolved, failures = run.resolve(frozen=frozen, upgrade=upgrade, upgrade_repos=upgrade_repos)
         plans = run.plan(resolved)
@@ -381,6 +395,7 @@ def sync(
             segment_threshold=run.settings.segment_threshold,
             segment_size=run.settings.segment_size,
             reporter=run.progress,
+            cancel=run.cancel,
         )
         transfer.run(first)
         if later:
@@ -454,9 +469,10 @@ def lock(
     upgrade: bool = False,
     upgrade_repos: tuple[str, ...] = (),
     progress: Progress | None = None,
+    cancel: CancelToken | None = None,
 ) -> SyncResult:
     """Resolve and write the lockfile without downloading (sticky unless upgraded)."""
-    run = Run(manifest_path, settings or Settings(), progress)
+    run = Run(manifest_path, settings or Settings(), progress, cancel)
     try:
         if run.offline:
             raise UsageError("`prefetch lock` needs the network (HF_HUB_OFFLINE / --offline is set)")
@@ -470,9 +486,11 @@ def lock(
         run.close()
 
 
-def check(manifest_path: str | Path, *, settings: Settings | None = None) -> AccessReport:
+def check(
+    manifest_path: str | Path, *, settings: Settings | None = None, cancel: CancelToken | None = None
+) -> AccessReport:
     """The access check alone, for every entry: token, gating, visibility, revision."""
-    run = Run(manifest_path, settings or Settings())
+    run = Run(manifest_path, settings or Settings(), cancel=cancel)
     try:
         if run.offline:
             raise UsageError("`prefetch check` needs the network (HF_HUB_OFFLINE / --offline is set)")

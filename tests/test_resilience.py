@@ -31,23 +31,15 @@ import pytest
 from filelock import FileLock
 
 from prefetch.cache import RepoCache
-from prefetch.errors import DiskSpaceError
-from prefetch.httpclient import ConnectError
+from prefetch.cancel import CancelToken
+from prefetch.download.engine import Transfer
+from prefetch.download.job import FileJob
+from prefetch.download.partial import CHUNK, PartialFile, RangeSet
+from prefetch.errors import Cancelled, ConnectError, DiskSpaceError, ProxyRoutesFailed
 from prefetch.manifest import RetrySettings
-from prefetch.transfer import (
-    CHUNK,
-    Cancelled,
-    FileJob,
-    Http,
-    PartialFile,
-    ProxyRoutesFailed,
-    RangeSet,
-    RetryPolicy,
-    Transfer,
-    bypasses_proxy,
-    is_retryable,
-    retry_after_seconds,
-)
+from prefetch.net.proxies import bypasses_proxy
+from prefetch.net.retry import RetryPolicy, is_retryable, retry_after_seconds
+from prefetch.net.session import Http
 from tests.conftest import PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
 from tests.hubemu.hub import _json
@@ -477,6 +469,43 @@ def test_ctrl_c_says_the_partial_download_is_kept(prefetch, hub):
     assert "interrupted; partial downloads are kept and the next run resumes them" in err
 
 
+def test_a_cancelled_sync_stops_and_the_next_sync_in_the_same_process_completes(prefetch, hub, monkeypatch):
+    """A library caller cancels one `sync()` from another thread (as the CLI's signal handler does);
+    the cancellation belongs to that run: the next `sync()` in the same process fetches and verifies."""
+    from prefetch import sync as sync_mod
+
+    for key in [k for k in os.environ if k.startswith(("HF_", "HUGGING")) or "proxy" in k.lower()]:
+        monkeypatch.delenv(key)
+    for key, value in prefetch.env.items():
+        monkeypatch.setenv(key, value)
+    model = make_model(hub, big=8 * MiB)
+    manifest = prefetch.manifest([{"repo": model.repo_id}])
+    settings = sync_mod.Settings(retry_max_wait=0.2)
+    hub.bandwidth_per_connection = 2 * MiB
+    cancel = CancelToken()
+
+    def cancel_after_a_mebibyte() -> None:
+        wait_for(lambda: model.done_bytes(prefetch.cache_dir, "model.safetensors") >= MiB, what="1 MiB")
+        cancel.cancel()
+
+    threading.Thread(target=cancel_after_a_mebibyte, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        sync_mod.sync(manifest, settings=settings, cancel=cancel)
+    assert time.monotonic() - started < 15
+    done = model.done_bytes(prefetch.cache_dir, "model.safetensors")
+    assert MiB <= done < 8 * MiB  # stopped midway, the partial download kept
+    assert not (prefetch.tmp / "models.lock").exists()
+
+    hub.bandwidth_per_connection = None
+    hub.reset_counters()
+    result = sync_mod.sync(manifest, settings=settings)
+    assert result.stats.files_fetched >= 1  # the big file at least (the small ones may be in already)
+    assert hub.bytes_served(path_contains=model.etag("model.safetensors")) == 8 * MiB - done  # resumed
+    assert (prefetch.tmp / "models.lock").exists()
+    assert_cache_verifies(prefetch.cache_dir, model)
+
+
 # ---------------------------------------------------------------------------------------------- proxies
 @pytest.mark.parametrize("mode", ["refuse", "407", "502", "503", "504", "reset"])
 def test_a_failing_proxy_hands_over_to_the_next_and_the_run_stays_there(prefetch, hub, proxy_factory, mode):
@@ -789,26 +818,24 @@ def test_retry_after_seconds(headers, seconds):
 
 def test_retry_policy_waits_are_capped_and_cancellable():
     policy = RetryPolicy(RetrySettings(attempts=100, max_wait=30, max_time=60))
-    cancel = threading.Event()
+    cancel = CancelToken()
     calls = []
 
     def failing() -> None:
         calls.append(time.monotonic())
         raise ConnectError("refused")
 
-    threading.Timer(0.3, cancel.set).start()
+    threading.Timer(0.3, cancel.cancel).start()
     started = time.monotonic()
     with pytest.raises(Cancelled):
         policy.call(failing, "GET x", cancel=cancel)
     assert time.monotonic() - started < 5 and len(calls) >= 1
 
 
-def test_interrupt_wakes_every_retry_wait_of_the_process(monkeypatch):
-    """Worker threads never see KeyboardInterrupt: the signal handler calls `interrupt()` instead."""
-    import prefetch.transfer as transfer
-
-    monkeypatch.setattr(transfer, "_SHUTDOWN", threading.Event())
-    policy = RetryPolicy(RetrySettings(attempts=100, max_wait=30, max_time=600))
+def test_cancelling_the_run_wakes_every_retry_wait_of_the_run():
+    """Worker threads never see KeyboardInterrupt: the signal handler cancels the run's token instead."""
+    run = CancelToken()
+    policy = RetryPolicy(RetrySettings(attempts=100, max_wait=30, max_time=600), cancel=run)
     errors: list[BaseException] = []
 
     def waiter() -> None:
@@ -822,7 +849,7 @@ def test_interrupt_wakes_every_retry_wait_of_the_process(monkeypatch):
         thread.start()
     time.sleep(1.5)  # past the first short backoffs: now in a long wait
     started = time.monotonic()
-    transfer.interrupt()
+    run.cancel()
     for thread in threads:
         thread.join(5)
     assert time.monotonic() - started < 1
@@ -895,9 +922,9 @@ def test_short_writes_are_completed(tmp_path, monkeypatch):
 
 
 def test_data_is_fsynced_periodically_and_recorded_as_synced(tmp_path, monkeypatch):
-    import prefetch.transfer as transfer
+    import prefetch.download.partial as partial_module
 
-    monkeypatch.setattr(transfer, "SYNC_EVERY", 2 * CHUNK)
+    monkeypatch.setattr(partial_module, "SYNC_EVERY", 2 * CHUNK)
     synced = []
     monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(fd))
     data = random.Random(2).randbytes(5 * CHUNK)

@@ -1,0 +1,357 @@
+"""Keep-alive HTTP/1.1 connections per route (a proxy, or direct) and origin, on `http.client`.
+
+Why not httpx2, which huggingface_hub brings: its parser (h11) copies every body byte three times
+in Python and httpcore2 a fourth, and a cold download is CPU-bound on that path. Here a body is read
+with one socket read per `readinto`, straight into the caller's buffer (a reused one, or a small
+file's memory): a cold 1 GiB download takes a quarter of the CPU time (docs/benchmarks.md).
+
+What it speaks is http.client's: GET and HEAD; bodies framed by Content-Length, chunked, or the
+connection's close; http and https (the system's trust store, or SSL_CERT_FILE / SSL_CERT_DIR, as
+huggingface_hub); http:// proxies, in absolute form for http URLs and through CONNECT tunnels
+(`set_tunnel`) for https ones, with Basic credentials from the proxy URL. Retries, redirects and
+failover belong to `prefetch.net.session`.
+
+Network failures are raised as `TransportError`s, so the engine can tell them (retry, or another
+proxy) from local ones (a full disk is not retried).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.client
+import io
+import json
+import re
+import select
+import ssl
+import threading
+from collections.abc import Callable
+from email.message import Message
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from prefetch.errors import (
+    CertificateError,
+    ConnectError,
+    ConnectTimeout,
+    ProxyError,
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    TransportError,
+)
+
+READ_SIZE = 64 * 1024  # `Response.read` collects a whole (small) body in reads of this size
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})\b ?(.*)")  # http.client's CONNECT failure
+
+Headers = Message  # case-insensitive `get` and `in`, as `http.client` parses them
+
+
+# ---------------------------------------------------------------------------------------------- TLS
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The system's trust store; OpenSSL reads SSL_CERT_FILE / SSL_CERT_DIR when set (as huggingface_hub
+    does through httpx2). certifi's bundle only where the system has no CA certificates at all."""
+    context = ssl.create_default_context()
+    if not context.cert_store_stats()["x509_ca"] and not context.get_ca_certs():
+        try:
+            import certifi
+        except ImportError:
+            return context
+        context.load_verify_locations(certifi.where())
+    return context
+
+
+def basic_auth(username: str | None, password: str | None) -> str | None:
+    """The Proxy-Authorization value for the (percent-encoded) credentials of a proxy URL."""
+    if not username:
+        return None
+    raw = f"{unquote(username)}:{unquote(password or '')}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------- wire
+class _OneReadPerCall:
+    """An answer's buffered socket reader whose `readinto` makes at most one socket read.
+
+    `HTTPResponse.readinto` asks its reader to fill the whole buffer: a trickling server's bytes
+    would wait until a megabyte arrived (stalling progress, resume state and cancellation), and be
+    lost when the read then times out. `readinto1` returns what has arrived. Everything else (status
+    line, headers, chunk framing) reads through the wrapped reader unchanged.
+    """
+
+    def __init__(self, reader: io.BufferedReader) -> None:
+        self._reader = reader
+
+    def readinto(self, buffer: memoryview) -> int:
+        return self._reader.readinto1(buffer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+
+class _Answer(http.client.HTTPResponse):
+    """http.client's response, reading its body one socket read per `readinto`."""
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp = _OneReadPerCall(self.fp)  # type: ignore[assignment]
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    response_class = _Answer
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    response_class = _Answer
+
+
+Connection = http.client.HTTPConnection
+
+
+def _is_idle_and_open(conn: Connection) -> bool:
+    """Can this kept-alive connection carry another request? (The server may have closed it.)"""
+    sock = conn.sock
+    if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+        return False
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return not poller.poll(0)  # readable while idle: closed by the server, or garbage
+
+
+def _caused_by(e: BaseException, kind: type[BaseException]) -> bool:
+    """Is `kind` in the chain of exceptions `e` was raised while handling? (http.client re-raises.)"""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__context__
+    return False
+
+
+def _body_error(e: Exception, timeout: float) -> TransportError:
+    if isinstance(e, http.client.IncompleteRead) and _caused_by(e, ValueError):  # int(line, 16) failed
+        return RemoteProtocolError("bad chunk size line (or the connection closed before one)")
+    if isinstance(e, http.client.IncompleteRead):
+        return RemoteProtocolError("the server closed the connection before the end of the body")
+    if isinstance(e, http.client.HTTPException):
+        return RemoteProtocolError(f"bad body framing: {e}")
+    if isinstance(e, TimeoutError):
+        return ReadTimeout(f"no data for {timeout:.0f}s")
+    return ReadError(str(e))
+
+
+class Response:
+    """A response whose body is read on demand.
+
+    `close()` hands the connection back for the next request when the body was read to its end and
+    the server keeps the connection alive; otherwise the connection is closed.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        answer: http.client.HTTPResponse,
+        release: Callable[[Connection], None],
+        read_timeout: float,
+    ) -> None:
+        self.status_code, self.reason_phrase, self.headers = answer.status, answer.reason, answer.headers
+        self._conn: Connection | None = conn
+        self._answer = answer
+        self._release = release
+        self._read_timeout = read_timeout
+        self._broken = False
+        self._content: bytes | None = None
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.status_code in (301, 302, 303, 307, 308) and "location" in self.headers
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Read up to len(buffer) body bytes into `buffer`, with one socket read for a body of known
+        length; 0 at the end. A body cut short raises RemoteProtocolError after what arrived."""
+        if not len(buffer):
+            return 0
+        answer = self._answer
+        try:
+            n = answer.readinto(buffer)
+        except (OSError, http.client.HTTPException) as e:
+            self._broken = True
+            raise _body_error(e, self._read_timeout) from e
+        if not n and answer.length:  # http.client ends a body cut short quietly; its length tells
+            self._broken = True
+            raise RemoteProtocolError("the server closed the connection before the end of the body")
+        return n
+
+    def read(self) -> bytes:
+        """The whole body (read once, then kept: `json()` after `read()` parses the same bytes)."""
+        if self._content is None:
+            data = bytearray()
+            buffer = memoryview(bytearray(READ_SIZE))
+            while n := self.readinto(buffer):
+                data += buffer[:n]
+            self._content = bytes(data)
+        return self._content
+
+    def json(self) -> Any:
+        return json.loads(self.read())
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._answer.isclosed() and not self._answer.will_close and not self._broken:
+            self._release(conn)
+        else:
+            self._answer.close()
+            conn.close()
+
+
+# ---------------------------------------------------------------------------------------------- pool
+class Pool:
+    """Keep-alive connections through one route: an http:// proxy URL, or None for direct."""
+
+    def __init__(
+        self,
+        proxy: str | None,
+        *,
+        user_agent: str,
+        max_idle: int,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        self.proxy = urlsplit(proxy) if proxy else None
+        if self.proxy is not None and (self.proxy.scheme != "http" or not self.proxy.hostname):
+            raise ValueError(
+                "only http:// proxies are supported (an https:// origin is still tunnelled over TLS)"
+            )
+        self._proxy_auth = basic_auth(self.proxy.username, self.proxy.password) if self.proxy else None
+        self.user_agent = user_agent
+        self.max_idle = max_idle
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self._idle: dict[tuple[str, str, int], list[Connection]] = {}
+        self._lock = threading.Lock()
+
+    def request(self, method: str, url: str, headers: dict[str, str]) -> Response:
+        """Send one request and read the answer's head; the body is the caller's to read and close."""
+        parts = urlsplit(url)
+        scheme, host = parts.scheme, parts.hostname or ""
+        if scheme not in DEFAULT_PORTS or not host:
+            raise ConnectError(f"cannot fetch {scheme or '?'}:// URLs")
+        port = parts.port or DEFAULT_PORTS[scheme]
+        key = (scheme, host, port)
+        absolute = self.proxy is not None and scheme == "http"  # plain http goes through the proxy as-is
+        target = (
+            url.split("#", 1)[0]
+            if absolute
+            else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        )
+        fields = {"user-agent": self.user_agent, **headers}
+        if absolute and self._proxy_auth:
+            fields["proxy-authorization"] = self._proxy_auth
+        conn = self._checkout(key) or self._connect(scheme, host, port)
+        try:
+            answer = self._exchange(conn, method, target, fields)
+        except BaseException:
+            conn.close()
+            raise
+        return Response(conn, answer, functools.partial(self._checkin, key), self.read_timeout)
+
+    def _exchange(
+        self, conn: Connection, method: str, target: str, fields: dict[str, str]
+    ) -> http.client.HTTPResponse:
+        try:
+            conn.request(method, target, headers=fields)
+        except TimeoutError as e:
+            raise ReadTimeout(f"timed out sending the request: {e}") from e
+        except OSError as e:
+            raise ReadError(str(e)) from e
+        try:
+            return conn.getresponse()
+        except http.client.RemoteDisconnected as e:
+            raise RemoteProtocolError("the server closed the connection without answering") from e
+        except http.client.BadStatusLine as e:
+            raise RemoteProtocolError(f"not an HTTP/1.1 answer: {str(e)[:40]!r}") from e
+        except http.client.HTTPException as e:
+            raise RemoteProtocolError(f"bad headers: {e}") from e
+        except TimeoutError as e:
+            raise ReadTimeout(f"no answer for {self.read_timeout:.0f}s") from e
+        except OSError as e:
+            raise ReadError(str(e)) from e
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+    def _checkout(self, key: tuple[str, str, int]) -> Connection | None:
+        while True:
+            with self._lock:
+                conns = self._idle.get(key)
+                if not conns:
+                    return None
+                conn = conns.pop()
+            if _is_idle_and_open(conn):
+                return conn
+            conn.close()
+
+    def _checkin(self, key: tuple[str, str, int], conn: Connection) -> None:
+        with self._lock:
+            conns = self._idle.setdefault(key, [])
+            if len(conns) < self.max_idle:
+                conns.append(conn)
+                return
+        conn.close()
+
+    def _new_connection(self, scheme: str, host: str, port: int) -> Connection:
+        """Not connected yet: to the origin, or to the proxy (with a CONNECT tunnel for https)."""
+        address = (host, port) if self.proxy is None else (self.proxy.hostname or "", self.proxy.port or 80)
+        if scheme == "http":
+            return _HTTPConnection(*address, timeout=self.connect_timeout)
+        conn = _HTTPSConnection(*address, timeout=self.connect_timeout, context=tls_context())
+        if self.proxy is not None:
+            tunnel = {"User-Agent": self.user_agent}
+            if self._proxy_auth:
+                tunnel["Proxy-Authorization"] = self._proxy_auth
+            conn.set_tunnel(host, port, headers=tunnel)
+        return conn
+
+    def _connect(self, scheme: str, host: str, port: int) -> Connection:
+        conn = self._new_connection(scheme, host, port)
+        try:
+            conn.connect()  # TCP, then the proxy tunnel and the TLS handshake: all within the connect timeout
+            assert conn.sock is not None
+            conn.sock.settimeout(self.read_timeout)
+        except ssl.SSLCertVerificationError as e:
+            conn.close()
+            raise CertificateError(
+                f"the TLS certificate of {host} could not be verified ({e.verify_message}); if a proxy or a "
+                "private Hub uses its own certificate authority, point SSL_CERT_FILE at a CA bundle that "
+                "includes it"
+            ) from e
+        except TimeoutError as e:
+            conn.close()
+            raise ConnectTimeout(
+                f"connecting to {conn.host}:{conn.port} (for {host}:{port}) timed out"
+            ) from e
+        except http.client.RemoteDisconnected as e:
+            conn.close()
+            raise RemoteProtocolError("the proxy closed the connection without answering CONNECT") from e
+        except http.client.HTTPException as e:
+            conn.close()
+            raise RemoteProtocolError(f"bad answer to CONNECT: {e}") from e
+        except ssl.SSLError as e:
+            conn.close()
+            raise ConnectError(f"TLS handshake with {host}:{port} failed: {e}") from e
+        except OSError as e:
+            conn.close()
+            refused = _TUNNEL_REFUSED.match(str(e))
+            if refused:
+                status, reason = int(refused.group(1)), refused.group(2)
+                raise ProxyError(f"the proxy answered CONNECT with {status} {reason}".rstrip(), status) from e
+            raise ConnectError(str(e)) from e
+        return conn

@@ -1,0 +1,198 @@
+"""The run's HTTP session: routes and failover, retries, redirects, and the rule that tokens stay on
+the Hub's origin (redirects are followed by hand, so the `Authorization` header never reaches a CDN)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from prefetch import __version__
+from prefetch.auth import Token, redact_url
+from prefetch.errors import (
+    AccessError,
+    CertificateError,
+    HttpStatusError,
+    NetworkError,
+    PrefetchError,
+    ProxyError,
+    ProxyRoutesFailed,
+    TransportError,
+    UsageError,
+)
+from prefetch.net.connection import Headers, Pool, Response
+from prefetch.net.proxies import Route, Routes, credentials_hint, is_proxy_failure
+from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
+
+FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of the stored bytes
+CONNECT_TIMEOUT = 10.0  # seconds to connect (TLS handshake and proxy tunnel included)
+READ_TIMEOUT = 60.0  # seconds without a byte from the server
+MAX_REDIRECTS = 5
+
+
+class Http:
+    """HTTP for the whole run: routes, retries, and the rule that tokens stay on the Hub's origin."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        proxies: list[str],
+        retry: RetryPolicy,
+        *,
+        no_proxy: str = "",
+        pool_size: int = 16,
+        offline: bool = False,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.retry = retry
+        self.offline = offline
+
+        def pool(proxy: str | None) -> Pool:
+            try:
+                return Pool(
+                    proxy,
+                    user_agent=f"prefetch/{__version__}",
+                    max_idle=pool_size,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    read_timeout=READ_TIMEOUT,
+                )
+            except ValueError as e:
+                raise UsageError(f"proxy {redact_url(proxy or '')}: {e}") from None
+
+        for proxy in proxies:
+            redact_url(proxy)  # registers its password as a secret
+        self.routes = Routes([Route(p, pool(p)) for p in proxies], Route(None, pool(None)), no_proxy)
+
+    def close(self) -> None:
+        self.routes.close()
+
+    def describe_routes(self) -> str:
+        return self.routes.describe(self.endpoint)
+
+    def _send_once(self, method: str, url: str, headers: dict[str, str]) -> Response:
+        """One attempt over the routes: a failing proxy hands over to the next one.
+
+        A proxy fails when it cannot be reached, breaks the connection or tunnel before an answer,
+        or answers 407 / a 502-504 of its own; an answer relayed from the origin is not its failure.
+        """
+        if self.offline:
+            raise PrefetchError(f"internal: network request attempted in offline mode: {method} {url}")
+        failures: list[tuple[str, str]] = []
+        needs_credentials = 0
+        for route in self.routes.for_url(url):
+            try:
+                response = route.pool.request(method, url, headers)
+            except TransportError as e:
+                # Not a proxy's failure: no route left to try, or a certificate no other proxy verifies either.
+                if route.proxy is None or isinstance(e, CertificateError):
+                    raise
+                reason = describe(e)
+                if isinstance(e, ProxyError) and e.status == 407:  # CONNECT refused (https)
+                    needs_credentials += 1
+                    reason += credentials_hint(route.proxy)
+                failures.append((route.label, reason))
+                continue
+            if route.proxy is not None and is_proxy_failure(response):
+                reason = f"answered {response.status_code} {response.reason_phrase}"
+                if response.status_code == 407:
+                    needs_credentials += 1
+                    reason += credentials_hint(route.proxy)
+                response.close()
+                failures.append((route.label, reason))
+                continue
+            self.routes.stick_to(route, failures)
+            return response
+        raise ProxyRoutesFailed(failures, permanent=needs_credentials == len(failures))
+
+    def open(self, url: str, token: Token | None, headers: dict[str, str] | None = None) -> Response:
+        """GET `url` (one attempt), following redirects by hand; the token only goes to the Hub's origin.
+
+        Returns a streaming response with a 2xx status; raises HttpStatusError otherwise.
+        """
+        for _ in range(MAX_REDIRECTS):
+            response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
+            if response.is_redirect:
+                location = response.headers.get("location", "")
+                response.close()
+                url = urljoin(url, location)
+                continue
+            if response.status_code >= 400:
+                raise http_status_error(url, response)
+            return response
+        raise HttpStatusError(url, 310, None, "too many redirects")
+
+    def locate(self, url: str, token: Token | None) -> str:
+        """Where the bytes of `url` are served: the CDN URL a Hub 302 points to, or `url` itself."""
+
+        def attempt() -> str:
+            response = self._send_once("GET", url, {**FILE_HEADERS, **self._auth(url, token)})
+            try:
+                if response.is_redirect:
+                    return urljoin(url, response.headers.get("location", ""))
+                if response.status_code >= 400:
+                    raise http_status_error(url, response)
+                return url
+            finally:
+                response.close()
+
+        return self.retry.call(attempt, f"GET {urlsplit(url).path}")
+
+    def head(self, url: str, token: Token | None) -> Headers:
+        """HEAD `url` with retries, redirects not followed (a 3xx is an answer); HttpStatusError if >= 400."""
+
+        def attempt() -> Headers:
+            response = self._send_once("HEAD", url, self._auth(url, token))
+            if response.status_code >= 400:
+                raise http_status_error(url, response)
+            response.close()
+            return response.headers
+
+        return self.retry.call(attempt, f"HEAD {urlsplit(url).path}")
+
+    def _auth(self, url: str, token: Token | None) -> dict[str, str]:
+        """The Authorization header, for the Hub's own origin only (never a CDN or another host)."""
+        if token is None or not _same_origin(url, self.endpoint):
+            return {}
+        return {"authorization": f"Bearer {token.value}"}
+
+    def get_json(self, url: str, token: Token | None) -> tuple[Any, Headers]:
+        """GET a Hub API URL and parse its JSON, with retries."""
+
+        def attempt() -> tuple[Any, Headers]:
+            with contextlib.closing(self.open(url, token)) as response:
+                return response.json(), response.headers
+
+        return self.retry.call(attempt, f"GET {urlsplit(url).path}")
+
+
+def _same_origin(url: str, other: str) -> bool:
+    a, b = urlsplit(url), urlsplit(other)
+    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+
+
+def http_status_error(url: str, response: Response) -> HttpStatusError:
+    """The error for an HTTP answer >= 400: its status, the Hub's X-Error-Code and message, and the
+    wait a 429 / 503 asked for. (Reads and closes the response.)"""
+    try:
+        body = response.json()
+        message = body.get("error", "") if isinstance(body, dict) else ""
+    except (ValueError, TransportError):
+        message = ""
+    finally:
+        response.close()
+    headers = response.headers
+    message = headers.get("x-error-message") or message or response.reason_phrase
+    retry_after = retry_after_seconds(headers) if response.status_code in (429, 503) else None
+    return HttpStatusError(url, response.status_code, headers.get("x-error-code"), str(message), retry_after)
+
+
+def network_error(exc: BaseException, http: Http, what: str) -> PrefetchError:
+    """The typed error (with its exit code) for a network call that failed for good."""
+    if isinstance(exc, HttpStatusError) and exc.status in (401, 403, 404):
+        return AccessError(f"{what}: {exc}")
+    if isinstance(exc, ProxyRoutesFailed):
+        lines = "\n".join(f"  - {route}: {reason}" for route, reason in exc.failures)
+        return NetworkError(f"{what}: every proxy failed (endpoint {http.endpoint}):\n{lines}")
+    attempts = getattr(exc, "prefetch_attempts", None)
+    gave_up = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}; " if attempts else ""
+    return NetworkError(f"{what}: {describe(exc)} ({gave_up}tried {http.describe_routes()})")
