@@ -129,7 +129,15 @@ def start_olah(workdir: Path, basic: dict[str, str | int | list[str]], offline: 
     env.update(NO_PROXY="*", no_proxy="*", PYTHONUNBUFFERED="1")
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "olah.server", "--config", str(config), "--log-path", str(workdir / "logs")],
+            [
+                sys.executable,
+                "-m",
+                "olah.server",
+                "--config",
+                str(config),
+                "--log-path",
+                str(workdir / "logs"),
+            ],
             cwd=workdir,
             env=env,
             stdout=out,

@@ -14,4 +14,13 @@ from .hub import PROFILES, Fault, HubEmulator, RequestRecord
 from .proxy import ForwardProxy
 from .store import Repo, StoredFile, git_blob_sha1
 
-__all__ = ["PROFILES", "Fault", "ForwardProxy", "HubEmulator", "Repo", "RequestRecord", "StoredFile", "git_blob_sha1"]
+__all__ = [
+    "PROFILES",
+    "Fault",
+    "ForwardProxy",
+    "HubEmulator",
+    "Repo",
+    "RequestRecord",
+    "StoredFile",
+    "git_blob_sha1",
+]
