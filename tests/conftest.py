@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.hubemu.fixtures import hub, proxy_factory  # noqa: F401  (fixtures)
+from tests.olah_fixture import olah_factory  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 # The token every test user holds. It must never appear in any output or file prefetch writes.

@@ -10,8 +10,17 @@ Usage::
         ...  # point huggingface_hub / prefetch at hub.url
 """
 
-from .hub import Fault, HubEmulator, RequestRecord
+from .hub import PROFILES, Fault, HubEmulator, RequestRecord
 from .proxy import ForwardProxy
 from .store import Repo, StoredFile, git_blob_sha1
 
-__all__ = ["Fault", "ForwardProxy", "HubEmulator", "Repo", "RequestRecord", "StoredFile", "git_blob_sha1"]
+__all__ = [
+    "PROFILES",
+    "Fault",
+    "ForwardProxy",
+    "HubEmulator",
+    "Repo",
+    "RequestRecord",
+    "StoredFile",
+    "git_blob_sha1",
+]

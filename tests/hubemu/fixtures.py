@@ -3,6 +3,9 @@
 Import them into a conftest or a test module::
 
     from tests.hubemu.fixtures import hub, proxy_factory, tls_hub  # noqa: F401
+
+`hub` is the Hub's profile unless parametrized indirectly; `@over_both_profiles` runs a test (and every
+fixture built on `hub`, such as `prefetch`) once against the Hub profile and once against the mirror one.
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .hub import HubEmulator
+from .hub import PROFILES, HubEmulator
 from .proxy import ForwardProxy
 
 ProxyFactory = Callable[..., ForwardProxy]
+over_both_profiles = pytest.mark.parametrize("hub", PROFILES, indirect=True)
 
 
 @pytest.fixture
-def hub() -> Iterator[HubEmulator]:
-    """A started HubEmulator (function-scoped, no repos, no users), stopped at teardown."""
-    emulator = HubEmulator()
+def hub(request: pytest.FixtureRequest) -> Iterator[HubEmulator]:
+    """A started HubEmulator (function-scoped, no repos, no users), stopped at teardown.
+
+    Its profile is "hub" unless the test parametrizes `hub` indirectly (see `over_both_profiles`).
+    """
+    emulator = HubEmulator(profile=getattr(request, "param", "hub"))
     emulator.start()
     try:
         yield emulator

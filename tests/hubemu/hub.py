@@ -5,6 +5,12 @@ speaks (see /work/shared/hub-notes.md): JSON shapes, X-Error-Code headers, 302 t
 files, Range requests, pagination via Link headers, gating and private repos. Faults (status codes, resets,
 corruption, throttling, ignored ranges) are injectable per request.
 
+`HubEmulator(profile="mirror")` answers like a typical Hub mirror (olah and the like) instead: the routes in
+`hub.missing_routes` fall through to a catch-all 404 carrying `X-Error-Code: RepoNotFound`, listings carry no
+`lfs` object (an LFS file's `oid` is its pointer's git sha1), the root listing `tree/{rev}` is a 307 to
+`tree/{rev}/`, /resolve serves LFS bytes itself (ETag: the pointer's git sha1) with neither `X-Linked-Etag`
+nor a redirect, and its GET bodies are chunked (no Content-Length) and ignore Range.
+
 `HubEmulator(tls=True)` serves both origins over HTTPS with a certificate for 127.0.0.1 and localhost, issued
 by a throwaway CA (`trustme`, imported only then); `hub.ca_file` is that CA's PEM, for SSL_CERT_FILE.
 """
@@ -41,6 +47,12 @@ _API_SUBRESOURCES = {"revision", "tree", "refs", "auth-check", "paths-info", "co
 # Served at /api/agent-harnesses: huggingface_hub calls `.get()` on it, so it must be this dict, not a list.
 AGENT_HARNESSES: dict[str, Any] = {"standardEnvVars": [], "harnesses": {}}
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+PROFILES = ("hub", "mirror")
+# API routes a mirror may lack (olah 0.5.4 serving local repos lacks auth-check and whoami; artifact managers
+# serve little beyond what `hf download` needs: revision info, the tree listing, /resolve). On a mirror they
+# reach the catch-all 404 below.
+MIRROR_MISSING_ROUTES = frozenset({"whoami-v2", "auth-check", "paths-info", "refs", "commits"})
+MIRROR_CATCH_ALL = "Sorry, we can't find the page you are looking for."
 _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
@@ -116,6 +128,7 @@ class _Response:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     ranged: bool = False  # honour Range / If-Range on this body
+    chunked: bool = False  # send the body with Transfer-Encoding: chunked (no Content-Length)
 
 
 def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> _Response:
@@ -134,6 +147,19 @@ def _error(status: int, code: str | None, message: str, headers: dict[str, str] 
     if headers:
         h.update(headers)
     return _json(status, {"error": message}, h)
+
+
+def _chunk_encode(body: memoryview, corrupt: bool) -> bytes:
+    """`body` in HTTP/1.1 chunked framing (1 MiB chunks); `corrupt` flips the payload's middle byte first."""
+    payload = bytearray(body)
+    if corrupt:
+        payload[len(payload) // 2] ^= 0xFF
+    step = 1024 * 1024
+    out = bytearray()
+    for start in range(0, len(payload), step):
+        chunk = payload[start : start + step]
+        out += b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+    return bytes(out + b"0\r\n\r\n")
 
 
 def _iso(ts: float) -> str:
@@ -219,7 +245,9 @@ class _HubHandler(FastHandler):
         send_body = self.command != "HEAD" and status not in (204, 304) and not 100 <= status < 200
         out: list[tuple[str, str]] = [("Date", http_date()), ("X-Request-Id", str(uuid.uuid4()))]
         out.extend((k, str(v)) for k, v in headers.items() if k.lower() != "content-length")
-        out.append(("Content-Length", str(len(body))))
+        chunked = resp.chunked and send_body
+        if not chunked:
+            out.append(("Content-Length", str(len(body))))
         if self.close_connection:
             out.append(("Connection", "close"))
         rec.status = status
@@ -228,6 +256,9 @@ class _HubHandler(FastHandler):
         cut = reset or truncate
         has_body = send_body and len(body) > 0
         corrupt = has_body and hub._take_fault(rec, "corrupt") is not None
+        if chunked:  # corruption hits the payload, never the chunk framing
+            out.append(("Transfer-Encoding", "chunked"))
+            body, corrupt = memoryview(_chunk_encode(body, corrupt)), False
         slow = hub._take_fault(rec, "slow") if has_body else None
         rates = [
             r
@@ -278,7 +309,13 @@ class HubEmulator:
         port: int = 0,
         cdn_port: int = 0,
         tls: bool = False,
+        profile: str = "hub",
     ) -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+        self.profile = profile
+        # Routes answered by the catch-all 404 (tests may change the set, e.g. to serve a lfs-less listing).
+        self.missing_routes: set[str] = set(MIRROR_MISSING_ROUTES) if profile == "mirror" else set()
         self.tls = tls
         self._tls_dir: str | None = None
         self._ca_file: str | None = None
@@ -619,8 +656,14 @@ class HubEmulator:
         )
 
     # ------------------------------------------------------------------------------------------- /api
+    @property
+    def is_mirror(self) -> bool:
+        return self.profile == "mirror"
+
     def _route_api(self, rec: RequestRecord, segs: list[str], token: _Token | None, body: bytes) -> _Response:
         method = rec.method
+        if segs[:1] == ["whoami-v2"] and "whoami-v2" in self.missing_routes:
+            return _error(404, "RepoNotFound", MIRROR_CATCH_ALL)
         if segs == ["whoami-v2"] and method in ("GET", "HEAD"):
             return self._whoami(token)
         if segs == ["agent-harnesses"] and method in ("GET", "HEAD"):
@@ -632,6 +675,8 @@ class HubEmulator:
         if not repo_id:
             return _error(404, None, "Not Found")
         sub = rest[0] if rest else ""
+        if sub in self.missing_routes:
+            return _error(404, "RepoNotFound", MIRROR_CATCH_ALL)
         if (sub, method) not in {
             ("", "GET"),
             ("", "HEAD"),
@@ -663,6 +708,10 @@ class HubEmulator:
             return _error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         if sub in ("", "revision"):
             return self._repo_info(repo, commit, rec.query)
+        if sub == "tree" and self.is_mirror and len(rest) == 2 and not rec.path.endswith("/"):
+            # Like olah: the listing of the root lives at `tree/{rev}/`, a 307 away.
+            location = f"{self.url}{rec.path}/" + (f"?{urlencode(rec.query)}" if rec.query else "")
+            return _Response(307, {"Location": location})
         if sub == "tree":
             return self._tree(rec, repo, commit, rev, unquote("/".join(tail)).strip("/"))
         if sub == "paths-info":
@@ -707,7 +756,7 @@ class HubEmulator:
                 f = commit.files[path]
                 entry["size"] = f.size
                 entry["blobId"] = f.oid
-                if f.lfs:
+                if f.lfs and not self.is_mirror:
                     entry["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": f.pointer_size}
             siblings.append(entry)
         info: dict[str, Any] = {"_id": repo.object_id, "id": repo.repo_id}
@@ -733,14 +782,13 @@ class HubEmulator:
             info.update({"sdk": "static", "subdomain": repo.repo_id.replace("/", "-").lower()})
         return _json(200, info)
 
-    @staticmethod
-    def _entry(commit: Commit, path: str, expand: bool) -> dict[str, Any]:
+    def _entry(self, commit: Commit, path: str, expand: bool) -> dict[str, Any]:
         f = commit.files.get(path)
         if f is None:
             out: dict[str, Any] = {"type": "directory", "oid": commit.dir_oids[path], "size": 0, "path": path}
         else:
             out = {"type": "file", "oid": f.oid, "size": f.size, "path": path}
-            if f.lfs:
+            if f.lfs and not self.is_mirror:  # a mirror's listing: `oid` is the pointer's git sha1, no more
                 out["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": f.pointer_size}
         if expand:
             out["lastCommit"] = {
@@ -858,7 +906,7 @@ class HubEmulator:
             )
         name = path.rsplit("/", 1)[-1]
         disposition = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\";"
-        if f.lfs and f.sha256:
+        if f.lfs and f.sha256 and not self.is_mirror:
             return _Response(
                 302,
                 {
@@ -882,7 +930,8 @@ class HubEmulator:
                 "Vary": "Origin, Accept-Encoding",
             },
             f.data,
-            ranged=True,
+            ranged=not self.is_mirror,
+            chunked=self.is_mirror,
         )
 
     # -------------------------------------------------------------------------------------------- CDN
