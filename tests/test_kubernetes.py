@@ -19,12 +19,12 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
@@ -199,7 +199,7 @@ def check_sync_then_verify(workload: Doc, expected: list[str]) -> tuple[Doc, Doc
     subcommands = [call[0] for _, call in calls]
     assert subcommands == expected, f"prefetch commands run in order: {calls}"
     sync_name, sync = next((n, c) for n, c in calls if c[0] == "sync")
-    verify_name, verify = next((n, c) for n, c in calls if c[0] == "verify" and "--fast" not in c)
+    verify_name = next(n for n, c in calls if c[0] == "verify" and "--fast" not in c)
     assert "--frozen" in sync, f"sync must use the lockfile exactly (--frozen): {sync}"
     for banned in ("--offline", "--token-file", "--endpoint"):
         assert banned not in sync, sync
@@ -214,7 +214,9 @@ def check_sync_then_verify(workload: Doc, expected: list[str]) -> tuple[Doc, Doc
         if call[0] == "prune":
             assert option(call, "--lock") == lock, f"prune keeps what the lock names: {call}"
         elif call[0] == "verify":
-            assert (positionals(call) or ["models.lock"])[0] == lock, f"verify checks {call}, sync uses {lock}"
+            assert (positionals(call) or ["models.lock"])[0] == lock, (
+                f"verify checks {call}, sync uses {lock}"
+            )
         assert option(call, "--cache-dir") == cache, (call, cache)
 
     # manifest and lock come from the ConfigMap; the cache is the same volume in both containers
@@ -341,6 +343,7 @@ def test_daemonset_rolls_out_under_max_unavailable() -> None:
 def test_daemonset_is_non_root_with_small_lifetime_requests() -> None:
     ds = one("DaemonSet")
     check_security_and_resources(ds, allowed_root=frozenset({"prepare-cache"}))
+
     # The pod's effective request is max(each init container, sum of containers) for its whole life:
     # no init container may ask for more than the long-running containers do.
     def quantity(value: str) -> float:
@@ -367,7 +370,9 @@ def test_daemonset_token_from_secret_file() -> None:
 def test_daemonset_selects_gpu_nodes_with_or_without_feature_discovery() -> None:
     spec = pod_spec(one("DaemonSet"))
     assert "nodeSelector" not in spec, "a nodeSelector is ANDed: one missing label and no pod is scheduled"
-    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
     keys = [e["key"] for t in terms for e in t["matchExpressions"]]
     assert all(len(t["matchExpressions"]) == 1 for t in terms), "each term alone selects (terms are ORed)"
     assert "nvidia.com/gpu.present" in keys, "GPU feature discovery's label"
@@ -442,7 +447,9 @@ def test_mirror_serves_on_its_service_with_its_cache_on_a_volume() -> None:
 def check_security_and_resources_of(workload: Doc) -> None:
     for c in containers(workload):
         sc = c.get("securityContext", {})
-        assert sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities", {}).get("drop") == ["ALL"]
+        assert sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities", {}).get("drop") == [
+            "ALL"
+        ]
         assert effective(c, workload, "runAsNonRoot") is True
         assert c["readinessProbe"] and c["resources"]["limits"]["memory"]
 
@@ -478,7 +485,11 @@ def test_overlay_gives_each_lock_its_own_configmap_and_pod_template(overlay: Pat
     def rendered() -> tuple[str, Doc, list[Doc]]:
         docs = kustomize(overlay)
         ds = next(d for d in docs if d["kind"] == "DaemonSet")
-        maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("prefetch-models-")]
+        maps = [
+            d
+            for d in docs
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("prefetch-models-")
+        ]
         assert len(maps) == 1 and maps[0].get("immutable") is True, maps
         used = next(v["configMap"]["name"] for v in pod_spec(ds)["volumes"] if "configMap" in v)
         assert used == maps[0]["metadata"]["name"], "the DaemonSet mounts the generated ConfigMap"
@@ -489,7 +500,9 @@ def test_overlay_gives_each_lock_its_own_configmap_and_pod_template(overlay: Pat
     for doc in docs:
         for version in validation_versions():
             kubernetes_validate.validate(doc, version, strict=True)
-    mirror_config = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("hf-mirror-config-")]
+    mirror_config = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("hf-mirror-config-")
+    ]
     assert len(mirror_config) == 1
     (overlay / "models.lock").write_text("# lock B\n")
     second, ds_b, _ = rendered()
