@@ -19,6 +19,7 @@ CI prepares both with .ci/container-setup.sh):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -621,15 +622,16 @@ def test_app_example_bakes_models_with_the_token_only_as_a_secret(
     secret.parent.mkdir()
     secret.write_text(CANARY + "\n")
 
+    lock = (ctx / "models.lock").read_bytes()
+    cache_id = hashlib.sha256(lock + secret.read_bytes()).hexdigest()[:32]  # as docs/docker.md computes it
+    common = ["--network", "host", "--build-arg", f"PREFETCH_IMAGE={prefetch_image}"]
+    common += ["--build-arg", f"HF_ENDPOINT={hub.url}"]
     build_args = [
-        "--network",
-        "host",
+        *common,
         "--secret",
         f"id=hf_token,src={secret}",
         "--build-arg",
-        f"PREFETCH_IMAGE={prefetch_image}",
-        "--build-arg",
-        f"HF_ENDPOINT={hub.url}",
+        f"MODELS_CACHE_ID={cache_id}",
     ]
     hub.reset_counters()
     podman("build", *build_args, "-t", APP_TAG, str(ctx), timeout=900)
@@ -657,6 +659,43 @@ def test_app_example_bakes_models_with_the_token_only_as_a_secret(
     hits += leaks_in_build_cache(CANARY)
     assert not hits, "the canary token leaked into:\n" + "\n".join(hits)
     podman("rmi", models_tag, check=False)
+
+    # the baked models belong to root and the app user (10001) cannot write them
+    probe = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "sh",
+        APP_TAG,
+        "-c",
+        "for f in /models/hub/*/blobs/* /models/hub/*/snapshots/*/*; do "
+        'stat -L -c "%u %n" "$f"; if (echo x >> "$f") 2>/dev/null; then echo "WROTE $f"; fi; done; '
+        'touch /models/hub/new 2>/dev/null && echo "WROTE /models/hub/new"; true',
+    ).stdout
+    owners = [line.split()[0] for line in probe.splitlines() if not line.startswith("WROTE")]
+    assert owners and set(owners) == {"0"}, probe
+    assert "WROTE" not in probe, probe
+
+    # the same lock without the secret: refused, whether the builder's caches are reused or not
+    public_id = hashlib.sha256(lock).hexdigest()[:32]  # docs/docker.md's id for a build without a token
+    for args in (
+        ["--build-arg", f"MODELS_CACHE_ID={public_id}"],
+        ["--no-cache", "--build-arg", f"MODELS_CACHE_ID={cache_id}"],
+    ):
+        hub.reset_counters()
+        stolen = podman(
+            "build", *common, *args, "-t", "localhost/prefetch-app-stolen:test", str(ctx), check=False
+        )
+        assert stolen.returncode != 0, f"a build without the secret baked the private model ({args})"
+        assert (
+            "acme/private-tiny" in stolen.stdout + stolen.stderr
+            and "no token" in stolen.stdout + stolen.stderr
+        )
+        assert hub.bytes_served() == 0
+    unscoped = podman("build", *common, "-t", "localhost/prefetch-app-stolen:test", str(ctx), check=False)
+    assert unscoped.returncode != 0 and "MODELS_CACHE_ID" in unscoped.stdout + unscoped.stderr
 
 
 @pytest.mark.container
