@@ -7,8 +7,8 @@ Static tests (always run):
   `--build-arg`), with unit tests proving the scan catches the bad patterns;
 - the Dockerfiles quoted in docs/docker.md are the shipped ones, word for word.
 
-Container tests (`-m container`; skipped, with the reason, where podman or the base image is missing;
-CI prepares both with .ci/container-setup.sh):
+Container tests (`-m container`; where podman or the base image is missing they are skipped, with the
+reason, and under CI=true they fail; CI prepares both with .ci/container-setup.sh):
 - build the prefetch image once per module, run `prefetch --version`, check user/entrypoint/env;
 - `prefetch sync` inside the image against the test Hub (`--network host`), then `verify` offline;
 - build the documented application example with a canary token passed as a BuildKit secret, run it
@@ -330,7 +330,7 @@ def podman(
 def setup_note() -> str:
     if SETUP_STATUS.is_file():
         return f" (.ci/container-setup.sh said: {SETUP_STATUS.read_text().strip()})"
-    return " (run .ci/container-setup.sh, or ../shared/tools/make-base-image.sh, to prepare one)"
+    return " (run .ci/container-setup.sh, or .ci/make-base-image.sh, to prepare one)"
 
 
 def container_skip_reason() -> str | None:
@@ -352,6 +352,8 @@ def container_skip_reason() -> str | None:
 @pytest.fixture(scope="module")
 def engine() -> str:
     reason = container_skip_reason()
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"container tests cannot run in CI: {reason}")  # never a green CI without them
     if reason:
         pytest.skip(reason)
     return "podman"
@@ -1082,3 +1084,128 @@ def test_shared_volume_job_pod_fills_and_verifies_as_written(
         proc = podman("run", "--rm", *pod.args(main), check=False, timeout=300)
         assert proc.returncode == 0, f"{main['name']} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
     assert list((volumes["cache"] / "models--acme--shared-model" / "blobs").iterdir())
+
+
+# ============================================================= CI cannot go green without containers
+def test_container_tests_fail_instead_of_skipping_under_ci(tmp_path: Path) -> None:
+    """Without podman, a container test is skipped on a developer's machine and fails under CI=true."""
+    python_only = tmp_path / "bin"
+    python_only.mkdir()
+    (python_only / "python").symlink_to(sys.executable)
+    test = f"{Path(__file__).relative_to(ROOT)}::test_image_builds_and_reports_its_version"
+    outcomes = {}
+    for ci in ("", "true"):
+        env = {**os.environ, "PATH": str(python_only), "CI": ci, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", test],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        outcomes[ci] = (proc.returncode, proc.stdout[-2000:])
+    assert outcomes[""][0] == 0 and "1 skipped" in outcomes[""][1], outcomes[""]
+    assert outcomes["true"][0] == 1 and "container tests cannot run in CI" in outcomes["true"][1], outcomes[
+        "true"
+    ]
+
+
+def test_container_setup_needs_nothing_outside_the_checkout() -> None:
+    setup = (ROOT / ".ci" / "container-setup.sh").read_text(encoding="utf-8")
+    assert "../shared" not in setup and '$(dirname "$repo")' not in setup
+    assert "${PREFETCH_BASE_IMAGE_SCRIPT:-$repo/.ci/make-base-image.sh}" in setup
+    assert (ROOT / ".ci" / "make-base-image.sh").is_file()
+
+
+# ========================================================= docs/docker.md's commands, as written
+DOC_SHIMS = """
+# The test's stand-ins: docker is podman, reaching the test Hub on 127.0.0.1 (host network, its
+# HF_ENDPOINT); prefetch is the package under test; id reports a non-root user (uid 1000).
+docker() {
+  local sub=$1; shift
+  case "$sub $*" in
+    build*) podman build --network host --build-arg HF_ENDPOINT="$HF_ENDPOINT" "$@" ;;
+    run*--network*) podman run "$@" ;;
+    run*) podman run --network host -e HF_ENDPOINT "$@" ;;
+    *) podman "$sub" "$@" ;;
+  esac
+}
+prefetch() { "$PREFETCH_PYTHON" -m prefetch "$@"; }
+id() { case "${1:-}" in -u|-g) echo 1000 ;; *) command id "$@" ;; esac; }
+"""
+DOC_TAGS = ("localhost/prefetch:latest", "localhost/my-app:latest")
+
+
+def doc_shell_blocks() -> list[str]:
+    doc = (ROOT / "docs" / "docker.md").read_text(encoding="utf-8")
+    return [m.group(2) for m in FENCE.finditer(doc) if m.group(1) == "sh"]
+
+
+@pytest.mark.container
+@pytest.mark.timeout(1500)
+def test_docker_md_shell_blocks_run_as_written(engine: str, hub: Any, tmp_path: Path) -> None:
+    """Every shell block of docs/docker.md, in order, each from the root of a copy of the checkout, as
+    a user with uid 1000 who owns the example folder, with a fresh named volume and the example's own
+    models.yaml served by the test Hub (the public model plus a token the Hub knows)."""
+    blocks = doc_shell_blocks()
+    assert len(blocks) >= 4 and all("/path/to" not in b for b in blocks), "no placeholders in runnable blocks"
+    repo = hub.create_repo("sentence-transformers/all-MiniLM-L6-v2")
+    repo.commit(
+        {
+            "config.json": b'{"model_type": "bert"}',
+            "tokenizer.json": b"{}",
+            "vocab.txt": b"[PAD]\nhello\n",
+            "model.safetensors": os.urandom(48 * 1024),
+            "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true}',
+            "pytorch_model.bin": b"not included",
+            "README.md": b"# not included\n",
+        }
+    )
+    hub.add_user("docs-reader", CANARY)
+    checkout = tmp_path / "prefetch"
+    shutil.copytree(
+        ROOT,
+        checkout,
+        ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "hf-cache", ".*_cache"),
+    )
+    (checkout / "docs" / "examples" / "app" / "models.lock").unlink(missing_ok=True)
+    for path in [
+        checkout / "docs" / "examples" / "app",
+        *(checkout / "docs" / "examples" / "app").rglob("*"),
+    ]:
+        os.chown(path, 1000, 1000)
+    home = tmp_path / "home"
+    (home / ".cache" / "huggingface").mkdir(parents=True)
+    (home / ".cache" / "huggingface" / "token").write_text(CANARY + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(
+        HOME=str(home),
+        HF_TOKEN=CANARY,
+        HF_ENDPOINT=hub.url,
+        PREFETCH_PYTHON=sys.executable,
+        PYTHONPATH=str(ROOT),
+    )
+    podman("volume", "rm", "-f", "hf-cache", check=False)
+    try:
+        outputs = []
+        for block in blocks:
+            proc = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", DOC_SHIMS + block],
+                cwd=checkout,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1200,
+                stdin=subprocess.DEVNULL,
+            )
+            assert proc.returncode == 0, (
+                f"docs/docker.md block exited {proc.returncode}:\n{block}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+            )
+            outputs.append(proc.stdout)
+    finally:
+        podman("volume", "rm", "-f", "hf-cache", check=False)
+        podman("rmi", "-f", *DOC_TAGS, check=False)
+    assert prefetch.__version__ in outputs[0]
+    for out in (outputs[2], outputs[3]):  # the baked image and the host-cache image, run
+        assert "sentence-transformers/all-MiniLM-L6-v2: 5 files" in out, out
