@@ -555,3 +555,23 @@ def test_readme_documents_commands_and_trusted_filesystems() -> None:
         "docs/fleet.md",
     ):
         assert needle in readme, f"deploy/kubernetes/README.md should mention {needle!r}"
+
+
+def test_fleet_doc_covers_mirror_p2p_and_a_rollout_walkthrough() -> None:
+    doc = (ROOT / "docs" / "fleet.md").read_text(encoding="utf-8")
+    for needle in (
+        "maxUnavailable",
+        "minReadySeconds",
+        "immutable",
+        "kubectl apply -k",
+        "rollout undo",
+        "olah",
+        "not trusted",
+        "dfdaemon",
+        "--proxy",
+        "SSL_CERT_FILE",
+        "restartPolicy: Always",
+        "MIN_FREE_PERCENT",
+        "test_daemonset_rolls_a_new_lock_out_node_by_node",
+    ):
+        assert needle in doc, f"docs/fleet.md should cover {needle!r}"
