@@ -4,6 +4,8 @@
 #   docker run --rm -v hf-cache:/data/huggingface -v "$PWD:/work" prefetch sync models.yaml
 #
 # The HF cache lives in the volume /data/huggingface (HF_HOME; HF_HUB_CACHE=/data/huggingface/hub).
+# Its folders are writable by any user, sticky like /tmp, so a fresh named volume (which takes the
+# image's modes) also works with `docker run --user "$(id -u):$(id -g)"`.
 # No token is ever baked in: pass HF_TOKEN at run time, mount a file and use --token-file, or in a
 # BuildKit build mount the secret `hf_token` (read from /run/secrets/hf_token). See docs/docker.md.
 
@@ -27,7 +29,8 @@ RUN groupadd --system --gid 10001 prefetch \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/prefetch --create-home \
       --shell /usr/sbin/nologin prefetch \
  && mkdir -p /data/huggingface/hub /work \
- && chown -R 10001:10001 /data/huggingface /work
+ && chown -R 10001:10001 /data/huggingface /work \
+ && chmod 1777 /data/huggingface /data/huggingface/hub
 COPY --from=build /opt/prefetch /opt/prefetch
 ENV PATH=/opt/prefetch/bin:$PATH \
     HF_HOME=/data/huggingface \

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Prepare what tests/test_docker.py's container tests need: podman that can run containers on this
-# machine, and a local `python:3.11-slim` (no container registry is reachable, so the shared
-# tools/make-base-image.sh builds a Debian bookworm stand-in with that tag).
+# machine, and a local `python:3.11-slim` (no container registry is reachable, so
+# .ci/make-base-image.sh beside this file, or the script named by $PREFETCH_BASE_IMAGE_SCRIPT, builds
+# a Debian bookworm stand-in with that tag).
 #
-# Idempotent (a second run takes seconds) and never fails CI: when something cannot be had, it says
-# why, writes the reason to $TMPDIR/prefetch-container-setup.status (the skipped tests quote it) and
-# exits 0. Needs root (apt-get, /etc/containers). .ci/run calls it when CI=true; by hand:
+# Idempotent (a second run takes seconds). When something cannot be had, it says why, writes the
+# reason to $TMPDIR/prefetch-container-setup.status and exits 0: the container tests then quote it,
+# skipping on a developer's machine and FAILING under CI=true, so CI never goes green without them.
+# Needs root (apt-get, /etc/containers). .ci/run calls it when CI=true; by hand:
 #   bash .ci/container-setup.sh
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-shared=${PREFETCH_SHARED_DIR:-$(dirname "$repo")/shared}
+base_image_script=${PREFETCH_BASE_IMAGE_SCRIPT:-$repo/.ci/make-base-image.sh}
 base=python:3.11-slim
 status=${TMPDIR:-/tmp}/prefetch-container-setup.status
 conf=/etc/containers/containers.conf
@@ -22,7 +24,7 @@ export DEBIAN_FRONTEND=noninteractive
 say() { echo "container-setup: $*"; }
 elapsed() { echo "$(($(date +%s) - started))s"; }
 give_up() {
-  say "$1 ($(elapsed)); the container tests will be skipped"
+  say "$1 ($(elapsed)); the container tests will fail under CI=true (elsewhere they are skipped)"
   printf '%s\n' "$1" >"$status"
   exit 0
 }
@@ -97,11 +99,10 @@ rm -f "$errors"
 if podman image exists "$base"; then
   say "$base already present"
 else
-  script=$shared/tools/make-base-image.sh
-  [ -f "$script" ] || give_up "no $base image and no $script to build one"
-  say "building $base with $script (a few minutes)"
+  [ -f "$base_image_script" ] || give_up "no $base image and no $base_image_script to build one (PREFETCH_BASE_IMAGE_SCRIPT)"
+  say "building $base with $base_image_script (a few minutes)"
   log=$(mktemp)
-  if ! timeout 1500 bash "$script" "$base" >"$log" 2>&1; then
+  if ! timeout 1500 bash "$base_image_script" "$base" >"$log" 2>&1; then
     give_up "make-base-image.sh failed: $(tail -n 5 "$log" | tr '\n' ' ' | tail -c 400)"
   fi
   tail -n 2 "$log"

@@ -3,19 +3,27 @@
 Every document validates (strict: unknown fields are errors) against the Kubernetes schemas that
 kubernetes-validate ships, for the oldest version we support and the newest it knows. Then the
 warm-up workloads are checked for their contract: `prefetch sync --frozen` then `prefetch verify` on
-the same lock and cache, non-root, resource requests, readiness tied to verify, the token only ever
-from a Secret, and a ReadWriteMany claim for the shared-volume Job.
+the same lock and cache (the DaemonSet also prunes to the lock and watches the cache), non-root,
+small lifetime requests, readiness tied to the pod's own lock with a tolerant probe, the token only
+ever as the Secret file /run/secrets/hf_token (not optional), node selection with and without GPU
+feature discovery, a non-preempting priority class, the pull-through mirror they point at, and a
+ReadWriteMany claim for the shared-volume Job. Where kubectl is installed, the kustomize overlay of
+docs/examples/fleet is rendered: a new lock gives a new ConfigMap name, hence a new pod template.
+The pods' commands themselves run under podman in tests/test_docker.py.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
@@ -30,8 +38,14 @@ HF_TOKEN_LITERAL = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 Doc = dict[str, Any]
 
 
+KUSTOMIZE_API = "kustomize.config.k8s.io/"
+
+
 def manifest_files() -> list[Path]:
-    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
+    """Kubernetes objects; kustomization.yaml is kustomize's own input, checked separately."""
+    return sorted(
+        p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml") and p.name != "kustomization.yaml"
+    )
 
 
 def documents(path: Path) -> list[Doc]:
@@ -56,7 +70,7 @@ def validation_versions() -> list[str]:
 # ------------------------------------------------------------------------------------------ schemas
 def test_there_are_manifests() -> None:
     names = {p.name for p in manifest_files()}
-    assert {"daemonset.yaml", "job-shared-volume.yaml"} <= names, names
+    assert {"daemonset.yaml", "job-shared-volume.yaml", "mirror.yaml", "priorityclass.yaml"} <= names, names
 
 
 @pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -102,12 +116,28 @@ def argv(container: Doc) -> list[str]:
     return [str(a) for a in [*container.get("command", []), *container.get("args", [])]]
 
 
+SHELLS = ("sh", "/bin/sh", "bash", "/bin/bash")
+GLOBAL_OPTIONS = ("-q", "--quiet", "-v", "-vv", "--verbose", "--json")
+PREFETCH_CALL = re.compile(r"(?:^|[\s;&|!(])(?:/opt/prefetch/bin/)?prefetch\s+([^;&|\n]*)")
+ASSIGNMENT = re.compile(r"\b([a-z_]+)=(\S+)")
+
+
+def script_calls(script: str) -> Iterator[list[str]]:
+    """The `prefetch ...` commands of a shell script, with its simple `name=value` variables expanded."""
+    variables = dict(ASSIGNMENT.findall(script))
+    for name, value in variables.items():
+        script = script.replace(f'"${name}"', value).replace(f"${{{name}}}", value).replace(f"${name}", value)
+    for m in PREFETCH_CALL.finditer(script):
+        words = shlex.split(m.group(1))
+        while words and words[0] in GLOBAL_OPTIONS:
+            words = words[1:]
+        yield words
+
+
 def prefetch_calls(words: list[str]) -> Iterator[list[str]]:
-    """The `prefetch ...` invocations of an argv, looking inside `sh -c "a && b"` scripts."""
-    if len(words) >= 3 and words[0] in ("sh", "/bin/sh", "bash", "/bin/bash") and words[1] == "-c":
-        script = words[2]
-        for part in re.split(r"&&|\|\||;", script):
-            yield from prefetch_calls(shlex.split(part))
+    """The `prefetch ...` invocations of an argv, looking inside `sh -c SCRIPT`."""
+    if len(words) >= 3 and words[0] in SHELLS and words[1] == "-c":
+        yield from script_calls(words[2])
         return
     if words and words[0] in ("prefetch", "/opt/prefetch/bin/prefetch"):
         yield words[1:]
@@ -158,27 +188,35 @@ def volume(workload: Doc, name: str) -> Doc:
     raise AssertionError(f"no volume {name!r}")
 
 
-def check_sync_then_verify(workload: Doc) -> tuple[Doc, Doc]:
-    """Exactly `prefetch sync MANIFEST --frozen` then `prefetch verify LOCK`, on the same lock and cache.
+def check_sync_then_verify(workload: Doc, expected: list[str]) -> tuple[Doc, Doc]:
+    """`prefetch sync MANIFEST --frozen` ... `prefetch verify LOCK`, every call on the same lock and cache.
 
-    Returns the sync container and the verify container.
+    `expected` is the order of the subcommands. Returns the sync container and the container of the
+    first full (not --fast) verify.
     """
     calls = workload_calls(workload)
     subcommands = [call[0] for _, call in calls]
-    assert subcommands == ["sync", "verify"], f"prefetch commands run in order: {calls}"
-    (sync_name, sync), (verify_name, verify) = calls
+    assert subcommands == expected, f"prefetch commands run in order: {calls}"
+    sync_name, sync = next((n, c) for n, c in calls if c[0] == "sync")
+    verify_name = next(n for n, c in calls if c[0] == "verify" and "--fast" not in c)
     assert "--frozen" in sync, f"sync must use the lockfile exactly (--frozen): {sync}"
-    for banned in ("--offline", "--token-file"):
+    for banned in ("--offline", "--token-file", "--endpoint"):
         assert banned not in sync, sync
     by_name = {c["name"]: c for c in containers(workload)}
     sync_c, verify_c = by_name[sync_name], by_name[verify_name]
 
     manifest = positionals(sync)[0]
     lock = option(sync, "--lock") or str(Path(manifest).with_suffix(".lock"))
-    verify_lock = positionals(verify)[0] if positionals(verify) else "models.lock"
-    assert verify_lock == lock, f"verify checks {verify_lock}, sync writes/uses {lock}"
     cache = option(sync, "--cache-dir")
-    assert cache and option(verify, "--cache-dir") == cache, (sync, verify)
+    assert cache, sync
+    for _, call in calls:
+        if call[0] == "prune":
+            assert option(call, "--lock") == lock, f"prune keeps what the lock names: {call}"
+        elif call[0] == "verify":
+            assert (positionals(call) or ["models.lock"])[0] == lock, (
+                f"verify checks {call}, sync uses {lock}"
+            )
+        assert option(call, "--cache-dir") == cache, (call, cache)
 
     # manifest and lock come from the ConfigMap; the cache is the same volume in both containers
     for path in (manifest, lock):
@@ -217,16 +255,35 @@ def check_security_and_resources(workload: Doc, allowed_root: frozenset[str] = f
         assert "memory" in c.get("resources", {}).get("limits", {}), f"{c['name']} lacks a memory limit"
 
 
-def check_token_from_secret(workload: Doc, sync_c: Doc) -> None:
+def check_token_from_secret_file(workload: Doc, sync_c: Doc) -> None:
+    """The token reaches sync only as /run/secrets/hf_token from a Secret that is not optional (a typo
+    in its name must stop the pod with a clear event, not run it without a token), never as a variable."""
     for c in containers(workload):
         for env in c.get("env", []):
-            if re.search(r"TOKEN|SECRET", env["name"], re.I):
-                assert "value" not in env, f"{c['name']}: {env['name']} is a literal"
-                source = env.get("valueFrom", {})
-                assert "secretKeyRef" in source, f"{c['name']}: {env['name']} not from a Secret"
-                assert c is sync_c, f"only the sync container needs the token, not {c['name']}"
-    names = [e["name"] for e in sync_c.get("env", [])]
-    assert "HF_TOKEN" in names, "sync gets HF_TOKEN from the Secret"
+            assert not re.search(r"TOKEN|SECRET", env["name"], re.I), f"{c['name']}: {env['name']} in env"
+        for m in c.get("volumeMounts", []):
+            if "secret" in volume(workload, m["name"]):
+                assert c is sync_c, f"only the syncing container needs the token, not {c['name']}"
+    mount = mount_of(sync_c, "/run/secrets/hf_token")
+    assert mount.get("readOnly") is True and mount["mountPath"] == "/run/secrets", mount
+    secret = volume(workload, mount["name"])["secret"]
+    assert secret["secretName"] == "hf-token" and not secret.get("optional"), secret
+    assert {"key": "token", "path": "hf_token"} in secret["items"], secret
+    # readable by the pod's group only: fsGroup 10001, mode 0440 (no world bits)
+    assert pod_spec(workload)["securityContext"].get("fsGroup") == PREFETCH_USER
+    assert secret["defaultMode"] & 0o007 == 0 and secret["defaultMode"] & 0o040, oct(secret["defaultMode"])
+
+
+def check_points_at_the_mirror(workload: Doc, sync_c: Doc) -> None:
+    """HF_ENDPOINT of the syncing container is the mirror Service of mirror.yaml, at its port."""
+    endpoint = next(e["value"] for e in sync_c["env"] if e["name"] == "HF_ENDPOINT")
+    m = re.fullmatch(r"http://([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)", endpoint)
+    assert m, endpoint
+    service = next(
+        d for d in all_documents() if d["kind"] == "Service" and d["metadata"]["name"] == m.group(1)
+    )
+    assert service["metadata"]["namespace"] == m.group(2) == workload["metadata"]["namespace"]
+    assert int(m.group(3)) in [p["port"] for p in service["spec"]["ports"]]
 
 
 def test_no_token_literal_anywhere() -> None:
@@ -237,47 +294,117 @@ def test_no_token_literal_anywhere() -> None:
 
 
 # ------------------------------------------------------------------------------------------ DaemonSet
-def test_daemonset_syncs_frozen_then_verifies() -> None:
+DAEMONSET_CALLS = ["verify", "prune", "sync", "prune", "verify", "verify"]
+
+
+def test_daemonset_syncs_frozen_prunes_verifies_and_watches() -> None:
+    """One long-running container: `verify --fast` (anything to do?), the disk guard's prune, sync
+    --frozen, prune to the lock, full verify, then the `verify --fast` watch loop that repairs."""
     ds = one("DaemonSet")
-    sync_c, verify_c = check_sync_then_verify(ds)
+    sync_c, verify_c = check_sync_then_verify(ds, DAEMONSET_CALLS)
     spec = pod_spec(ds)
-    sync_names = [c["name"] for c in spec.get("initContainers", [])]
-    assert sync_c["name"] in sync_names, "sync runs to completion in an init container"
-    assert verify_c in spec["containers"], "verify runs in the long-running container"
-    # the long-running container stays up once verified: it must not just exit (a DaemonSet restarts it)
-    assert "sleep infinity" in " ".join(argv(verify_c)), argv(verify_c)
+    assert sync_c is verify_c and sync_c in spec["containers"], "sync runs where it can run again (repair)"
+    script = argv(sync_c)[2]
+    assert "set -e" in script, "a failing step must end the container with prefetch's exit code"
+    assert re.search(r"while prefetch .*verify .*--fast.*; do sleep", script), "the watch loop"
+    assert "exit 7" in script and "exit 8" in script, script
+    assert [c["name"] for c in spec.get("initContainers", [])] == ["prepare-cache"]
 
 
 def test_daemonset_warms_a_node_local_cache() -> None:
     ds = one("DaemonSet")
-    sync_c, _ = check_sync_then_verify(ds)
-    cache = option(next(prefetch_calls(argv(sync_c))), "--cache-dir") or ""
-    cache_vol = volume(ds, mount_of(sync_c, cache)["name"])
-    if "hostPath" in cache_vol:
-        assert cache_vol["hostPath"]["path"].startswith("/"), cache_vol
-    else:  # a local PV through a claim is fine too
-        assert "persistentVolumeClaim" in cache_vol, cache_vol
+    sync_c, _ = check_sync_then_verify(ds, DAEMONSET_CALLS)
+    cache_vol = volume(ds, mount_of(sync_c, "/cache")["name"])
+    assert cache_vol["hostPath"]["path"].startswith("/"), cache_vol
 
 
-def test_daemonset_readiness_is_verify() -> None:
+def test_daemonset_readiness_is_the_pods_own_lock() -> None:
+    """Ready = the node holds the lock this pod was started with: the probe verifies the mounted lock,
+    whose ConfigMap the overlay makes immutable and names by content. Tolerant of one slow probe."""
     ds = one("DaemonSet")
-    _, verify_c = check_sync_then_verify(ds)
-    probe = verify_c.get("readinessProbe", {})
-    cmd = [str(a) for a in probe.get("exec", {}).get("command", [])]
-    calls = list(prefetch_calls(cmd))
-    assert calls and calls[-1][0] == "verify", f"readiness probe should run prefetch verify: {cmd}"
-    lock = positionals(next(prefetch_calls(argv(verify_c))))[0]
-    assert positionals(calls[-1])[0] == lock
+    _, verify_c = check_sync_then_verify(ds, DAEMONSET_CALLS)
+    probe = verify_c["readinessProbe"]
+    calls = list(prefetch_calls([str(a) for a in probe["exec"]["command"]]))
+    assert calls and calls[-1][0] == "verify" and "--fast" in calls[-1], calls
+    assert positionals(calls[-1])[0] == "/etc/prefetch/models.lock"
+    assert volume(ds, mount_of(verify_c, "/etc/prefetch/models.lock")["name"])["configMap"]
+    assert probe["failureThreshold"] > 1 and probe["timeoutSeconds"] >= 10, probe
+    assert probe["periodSeconds"] >= probe["timeoutSeconds"], probe
+    assert ds["spec"].get("minReadySeconds", 0) > 0
 
 
-def test_daemonset_is_non_root_with_requests() -> None:
-    check_security_and_resources(one("DaemonSet"), allowed_root=frozenset({"prepare-cache"}))
+def test_daemonset_rolls_out_under_max_unavailable() -> None:
+    strategy = one("DaemonSet")["spec"]["updateStrategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] not in (0, "0%", "100%"), strategy
 
 
-def test_daemonset_token_from_secret() -> None:
+def test_daemonset_is_non_root_with_small_lifetime_requests() -> None:
     ds = one("DaemonSet")
-    sync_c, _ = check_sync_then_verify(ds)
-    check_token_from_secret(ds, sync_c)
+    check_security_and_resources(ds, allowed_root=frozenset({"prepare-cache"}))
+
+    # The pod's effective request is max(each init container, sum of containers) for its whole life:
+    # no init container may ask for more than the long-running containers do.
+    def quantity(value: str) -> float:
+        units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+        for suffix, factor in units.items():
+            if value.endswith(suffix):
+                return float(value[: -len(suffix)]) * factor
+        return float(value)
+
+    spec = pod_spec(ds)
+    for resource in ("cpu", "memory"):
+        running = sum(quantity(c["resources"]["requests"][resource]) for c in spec["containers"])
+        for init in spec.get("initContainers", []):
+            assert quantity(init["resources"]["requests"][resource]) <= running, (init["name"], resource)
+        assert running <= quantity({"cpu": "100m", "memory": "256Mi"}[resource]), (resource, running)
+
+
+def test_daemonset_token_from_secret_file() -> None:
+    ds = one("DaemonSet")
+    sync_c, _ = check_sync_then_verify(ds, DAEMONSET_CALLS)
+    check_token_from_secret_file(ds, sync_c)
+
+
+def test_daemonset_selects_gpu_nodes_with_or_without_feature_discovery() -> None:
+    spec = pod_spec(one("DaemonSet"))
+    assert "nodeSelector" not in spec, "a nodeSelector is ANDed: one missing label and no pod is scheduled"
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    keys = [e["key"] for t in terms for e in t["matchExpressions"]]
+    assert all(len(t["matchExpressions"]) == 1 for t in terms), "each term alone selects (terms are ORed)"
+    assert "nvidia.com/gpu.present" in keys, "GPU feature discovery's label"
+    assert "prefetch.dev/warm" in keys, "a label an admin sets by hand, for clusters without discovery"
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for key in keys:
+        assert key in readme, f"README.md should explain the node label {key}"
+
+
+def test_daemonset_priority_class_never_preempts_and_yields_to_workloads() -> None:
+    name = pod_spec(one("DaemonSet"))["priorityClassName"]
+    pc = one("PriorityClass")
+    assert pc["metadata"]["name"] == name
+    assert pc["value"] < 0 and pc["preemptionPolicy"] == "Never" and pc.get("globalDefault") is False
+
+
+def test_daemonset_disk_guard_and_documented_eviction() -> None:
+    ds = one("DaemonSet")
+    warm = pod_spec(ds)["containers"][0]
+    env = {e["name"]: e.get("value") for e in warm["env"]}
+    assert 10 < int(env["MIN_FREE_PERCENT"]) < 100, "above the kubelet's default nodefs.available<10%"
+    assert "MIN_FREE_PERCENT" in argv(warm)[2]
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for needle in ("MIN_FREE_PERCENT", "disk-pressure", "evict", "prefetch prune --lock"):
+        assert needle in readme, f"README.md should document {needle!r}"
+    assert "hf cache" not in readme, "prune with prefetch prune --lock, which knows the lock"
+
+
+def test_daemonset_and_job_download_through_the_mirror() -> None:
+    for kind, calls in (("DaemonSet", DAEMONSET_CALLS), ("Job", ["sync", "verify"])):
+        workload = one(kind)
+        sync_c, _ = check_sync_then_verify(workload, calls)
+        check_points_at_the_mirror(workload, sync_c)
 
 
 def test_daemonset_and_job_read_the_same_configmap_keys() -> None:
@@ -287,14 +414,104 @@ def test_daemonset_and_job_read_the_same_configmap_keys() -> None:
             if "configMap" in v:
                 names.add(v["configMap"]["name"])
     assert names == {"prefetch-models"}, names
-    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
-    assert "prefetch-models" in readme and "--from-file=models.lock" in readme
+    overlay = yaml.safe_load((FLEET_EXAMPLE / "kustomization.yaml").read_text(encoding="utf-8"))
+    generated = {g["name"]: g for g in overlay["configMapGenerator"]}
+    assert generated["prefetch-models"]["files"] == ["models.yaml", "models.lock"]
+    assert generated["prefetch-models"]["options"]["immutable"] is True
+
+
+# --------------------------------------------------------------------------------------------- mirror
+def test_mirror_serves_on_its_service_with_its_cache_on_a_volume() -> None:
+    deployment = one("Deployment")
+    spec = pod_spec(deployment)
+    olah = spec["containers"][0]
+    config_mount = mount_of(olah, "/etc/olah/configs.toml")
+    config_map = volume(deployment, config_mount["name"])["configMap"]["name"]
+    base = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text(encoding="utf-8"))
+    generated = {g["name"]: g for g in base["configMapGenerator"]}
+    source = generated[config_map]["files"][0].split("=", 1)[1]
+    config = tomllib.loads((DEPLOY / source).read_text(encoding="utf-8"))["basic"]
+    assert olah["ports"][0]["containerPort"] == config["port"]
+    service = one("Service")
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    port = service["spec"]["ports"][0]["port"]
+    assert config["mirror-netloc"] == f"{name}.{namespace}.svc.cluster.local:{port}", config
+    cache_volume = volume(deployment, mount_of(olah, config["repos-path"])["name"])
+    assert "persistentVolumeClaim" in cache_volume, "the mirror's cache outlives its pod"
+    assert "--config" in argv(olah) and "/etc/olah/configs.toml" in argv(olah)
+    check_security_and_resources_of(deployment)
+
+
+def check_security_and_resources_of(workload: Doc) -> None:
+    for c in containers(workload):
+        sc = c.get("securityContext", {})
+        assert sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities", {}).get("drop") == [
+            "ALL"
+        ]
+        assert effective(c, workload, "runAsNonRoot") is True
+        assert c["readinessProbe"] and c["resources"]["limits"]["memory"]
+
+
+# ------------------------------------------------------------------------------------------ kustomize
+FLEET_EXAMPLE = ROOT / "docs" / "examples" / "fleet"
+
+
+def kustomize(overlay: Path) -> list[Doc]:
+    proc = subprocess.run(
+        ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+@pytest.fixture
+def overlay(tmp_path: Path) -> Path:
+    """docs/examples/fleet beside a copy of deploy/, as in the repository, with a manifest and lock."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed (its built-in kustomize renders the overlay)")
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    folder = tmp_path / "docs" / "examples" / "fleet"
+    shutil.copytree(FLEET_EXAMPLE, folder)
+    (folder / "models.yaml").write_text("version: 1\nrepos:\n  - repo: acme/model\n")
+    (folder / "models.lock").write_text("# lock A\n")
+    return folder
+
+
+def test_overlay_gives_each_lock_its_own_configmap_and_pod_template(overlay: Path) -> None:
+    def rendered() -> tuple[str, Doc, list[Doc]]:
+        docs = kustomize(overlay)
+        ds = next(d for d in docs if d["kind"] == "DaemonSet")
+        maps = [
+            d
+            for d in docs
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("prefetch-models-")
+        ]
+        assert len(maps) == 1 and maps[0].get("immutable") is True, maps
+        used = next(v["configMap"]["name"] for v in pod_spec(ds)["volumes"] if "configMap" in v)
+        assert used == maps[0]["metadata"]["name"], "the DaemonSet mounts the generated ConfigMap"
+        assert maps[0]["data"]["models.lock"] == (overlay / "models.lock").read_text()
+        return used, ds, docs
+
+    first, ds_a, docs = rendered()
+    for doc in docs:
+        for version in validation_versions():
+            kubernetes_validate.validate(doc, version, strict=True)
+    mirror_config = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("hf-mirror-config-")
+    ]
+    assert len(mirror_config) == 1
+    (overlay / "models.lock").write_text("# lock B\n")
+    second, ds_b, _ = rendered()
+    assert first != second, "a new lock must be a new ConfigMap name"
+    assert ds_a["spec"]["template"] != ds_b["spec"]["template"], "... hence a new pod template (a rollout)"
+    assert ds_a["spec"]["updateStrategy"] == ds_b["spec"]["updateStrategy"]
 
 
 # ------------------------------------------------------------------------------------------------ Job
 def test_job_fills_a_read_write_many_claim() -> None:
     job = one("Job")
-    sync_c, _ = check_sync_then_verify(job)
+    sync_c, _ = check_sync_then_verify(job, ["sync", "verify"])
     cache = option(next(prefetch_calls(argv(sync_c))), "--cache-dir") or ""
     vol = volume(job, mount_of(sync_c, cache)["name"])
     claim = vol["persistentVolumeClaim"]["claimName"]
@@ -304,11 +521,11 @@ def test_job_fills_a_read_write_many_claim() -> None:
     assert pvcs[claim]["metadata"].get("namespace") == job["metadata"].get("namespace")
 
 
-def test_job_is_non_root_with_requests_and_token_from_secret() -> None:
+def test_job_is_non_root_with_requests_and_token_from_secret_file() -> None:
     job = one("Job")
     check_security_and_resources(job)
-    sync_c, _ = check_sync_then_verify(job)
-    check_token_from_secret(job, sync_c)
+    sync_c, _ = check_sync_then_verify(job, ["sync", "verify"])
+    check_token_from_secret_file(job, sync_c)
     assert pod_spec(job)["restartPolicy"] == "Never"
     rules = job["spec"].get("podFailurePolicy", {}).get("rules", [])
     fail_codes = {
@@ -333,5 +550,28 @@ def test_readme_documents_commands_and_trusted_filesystems() -> None:
         "GPFS",
         "HF_HUB_OFFLINE=1",
         "kubectl -n prefetch create secret",
+        "kubectl apply -k",
+        "maxUnavailable",
+        "docs/fleet.md",
     ):
         assert needle in readme, f"deploy/kubernetes/README.md should mention {needle!r}"
+
+
+def test_fleet_doc_covers_mirror_p2p_and_a_rollout_walkthrough() -> None:
+    doc = (ROOT / "docs" / "fleet.md").read_text(encoding="utf-8")
+    for needle in (
+        "maxUnavailable",
+        "minReadySeconds",
+        "immutable",
+        "kubectl apply -k",
+        "rollout undo",
+        "olah",
+        "not trusted",
+        "dfdaemon",
+        "--proxy",
+        "SSL_CERT_FILE",
+        "restartPolicy: Always",
+        "MIN_FREE_PERCENT",
+        "test_daemonset_rolls_a_new_lock_out_node_by_node",
+    ):
+        assert needle in doc, f"docs/fleet.md should cover {needle!r}"
