@@ -86,8 +86,8 @@ class Sizes:
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
-            big_files=4, big_size=32 * MiB, one_size=64 * MiB, small_files=300, many_files=(500, 1500),
-            manifest_repos=20, manifest_lfs_size=64 * 1024, cap_bps=40e6, large_files=0, reps=1,
+            big_files=4, big_size=16 * MiB, one_size=32 * MiB, small_files=200, many_files=(300, 900),
+            manifest_repos=10, manifest_lfs_size=64 * 1024, cap_bps=40e6, large_files=0, reps=1,
         )  # fmt: skip
 
     def replace(self, **changes: Any) -> Sizes:
@@ -1061,8 +1061,23 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def markdown(results: dict[str, Any], sizes: Sizes, info: dict[str, str], argv: list[str]) -> str:
+def source_label(root: Path) -> str:
+    """Which code a prefetch tool ran: its checkout and commit (`+` when the tree had changes)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=False
+        ).stdout
+
+    head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--", "prefetch")
+    return f"{root} at {head.strip() or '?'}{'+' if dirty.strip() else ''}"
+
+
+def markdown(
+    results: dict[str, Any], sizes: Sizes, info: dict[str, str], argv: list[str], roots: dict[str, Path]
+) -> str:
     mode = " ".join(["python bench/run.py", *argv]).strip()
+    sources = "; ".join(f"{tool}: {source_label(root)}" for tool, root in roots.items())
     head = [
         f"Measured {info['date']} with `{mode}` ({sizes.reps} repetition(s): medians, and the range of the "
         "repetitions in parentheses).",
@@ -1070,7 +1085,7 @@ def markdown(results: dict[str, Any], sizes: Sizes, info: dict[str, str], argv: 
         f"Machine: {info['cpu']}, {info['memory']} RAM, {info['os']}, Python {info['python']}. Peers: "
         f"huggingface_hub {info['huggingface_hub']}, {info['curl']}, {info['aria2c']}, hf_transfer "
         f"{info['hf_transfer']}, {info['openssl']}. The test Hub ran in its own process on the same machine "
-        "(loopback), so it competes with the client for the cores.",
+        f"(loopback), so it competes with the client for the cores. Code measured: {sources}.",
         "",
         "",
     ]
@@ -1196,7 +1211,7 @@ def main(argv: list[str] | None = None) -> int:
             hub.close()
     results = b.results
     shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--update-doc"]
-    text = markdown(results, sizes, info, shown)
+    text = markdown(results, sizes, info, shown, roots)
     print("\n" + text)
     print(f"(benchmark took {time.monotonic() - started:.0f} s)")
     payload = {
