@@ -499,14 +499,20 @@ class Bench:
         runs: dict[str, list[Run]],
         missing: dict[str, str],
         subject: str = "prefetch",
+        per_file: bool | None = None,
     ) -> dict[str, Any]:
-        """Summarize one row: every tool's spread, prefetch's ratio against each, and who is missing."""
+        """Summarize one row: every tool's spread, prefetch's ratio against each, and who is missing.
+
+        `per_file`: CPU per file rather than per GiB; by default when files average under 1 MiB.
+        """
         files = sum(self.hub.repos[r]["files"] for r in repos)
         nbytes = sum(self.hub.repos[r]["bytes"] for r in repos)
+        if per_file is None:
+            per_file = nbytes < files * MiB
         tools = {t: summarize(r, nbytes, files) for t, r in runs.items() if r}
         out: dict[str, Any] = {
             "title": title, "subject": subject, "files": files, "bytes": nbytes, "tools": tools,
-            "missing": missing,
+            "missing": missing, "cpu_per_file": per_file,
         }  # fmt: skip
         out["ratios"] = {
             t: ratio(get(tools, subject, "wall"), s["wall"]) for t, s in tools.items() if t != subject
@@ -596,11 +602,9 @@ def spread(s: dict[str, Any]) -> str:
     return f"{fmt(s['wall'])} ({s['min']:.2f}–{s['max']:.2f})"
 
 
-def cpu_cell(s: dict[str, Any], nbytes: int) -> str:
-    """CPU per GiB for rows that move bytes, per file for rows of many small files."""
-    if nbytes >= 64 * MiB:
-        return fmt(s["cpu_s_per_gib"], "s/GiB")
-    return fmt(s["cpu_ms_per_file"], "ms/file")
+def cpu_cell(s: dict[str, Any], per_file: bool) -> str:
+    """CPU (user + system) per GiB for rows that move bytes, per file for rows of small files or no-ops."""
+    return fmt(s["cpu_ms_per_file"], "ms/file") if per_file else fmt(s["cpu_s_per_gib"], "s/GiB")
 
 
 def print_row(row: dict[str, Any]) -> None:
@@ -610,8 +614,8 @@ def print_row(row: dict[str, Any]) -> None:
         r = row["ratios"].get(tool)
         versus = f"  {subject} / {tool} {fmt(r, '')}" if r is not None else ""
         print(
-            f"      {tool:<20} {spread(s):<24} cpu {cpu_cell(s, row['bytes']):>14}  rss {fmt(s['rss_mb'], 'MB', 0):>7}"
-            f"  req/file {fmt(s['requests_per_file'], '', 3)}{versus}"
+            f"      {tool:<20} {spread(s):<24} cpu {cpu_cell(s, row['cpu_per_file']):>14}"
+            f"  rss {fmt(s['rss_mb'], 'MB', 0):>7}  req/file {fmt(s['requests_per_file'], '', 3)}{versus}"
         )
     for tool, why in row["missing"].items():
         print(f"      {tool:<20} missing: {why}")
@@ -689,6 +693,7 @@ def bench_warm(b: Bench) -> None:
             [repo],
             runs,
             {},
+            per_file=True,
         )
         for folder in (pf, hf):
             shutil.rmtree(folder / "cache", ignore_errors=True)
@@ -1033,7 +1038,8 @@ def table(results: dict[str, Any]) -> str:
             r = row["ratios"].get(tool)
             lines.append(
                 f"| {row['title']} | {tool} | {spread(s)} | {'' if r is None else fmt(r, '')} | "
-                f"{cpu_cell(s, row['bytes'])} | {fmt(s['rss_mb'], 'MB', 0)} | {fmt(s['requests_per_file'], '', 3)} |"
+                f"{cpu_cell(s, row['cpu_per_file'])} | {fmt(s['rss_mb'], 'MB', 0)} | "
+                f"{fmt(s['requests_per_file'], '', 3)} |"
             )
         lines += [
             f"| {row['title']} | {tool} | missing: {why} | | | | |" for tool, why in row["missing"].items()

@@ -296,7 +296,7 @@ def test_bench_table_shows_spreads_ratios_missing_peers_and_targets() -> None:
         "cap": {
             "title": "cold, 4 × 256 MiB, capped", "subject": "prefetch", "files": 4, "bytes": nbytes,
             "tools": tools, "missing": {"hf_transfer": "not installed (pip install hf_transfer)"},
-            "ratios": {"hf": 0.5, "aria2c": 0.8},
+            "ratios": {"hf": 0.5, "aria2c": 0.8}, "cpu_per_file": False,
         },
     }  # fmt: skip
     text = table(results)
@@ -328,17 +328,26 @@ def test_bench_growth_is_time_growth_over_file_count_growth() -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(420)  # < 60 s on a quiet machine; 2-3 minutes when other suites share the 2 cores
 def test_bench_quick_runs() -> None:
     """The whole benchmark on small data (< 60 s on a quiet machine): every workload runs and prints its table."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--no-prime"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=400,
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| workload | tool | wall: median (min–max) | prefetch / tool |" in result.stdout
-    for row in ("HTTP", "HTTPS", "1 × 32 MiB", "per connection", "small files", "900 files", "manifest of 10 repos"):
+    for row in (
+        "HTTP",
+        "HTTPS",
+        "1 × 32 MiB",
+        "per connection",
+        "small files",
+        "900 files",
+        "manifest of 10 repos",
+    ):
         assert f"{row} | prefetch |" in result.stdout, row
     assert "| failed |" not in result.stdout  # a peer that is installed must work; others say "missing"
