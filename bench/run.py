@@ -90,6 +90,10 @@ class Sizes:
             manifest_repos=10, manifest_lfs_size=64 * 1024, cap_bps=40e6, large_files=0, reps=1,
         )  # fmt: skip
 
+    @property
+    def big_label(self) -> str:
+        return f"{self.big_files} × {self.big_size // MiB} MiB"
+
     def replace(self, **changes: Any) -> Sizes:
         return Sizes(**{**asdict(self), **changes})
 
@@ -624,11 +628,13 @@ def print_row(row: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------- workloads
 DOWNLOADERS = ["hf", "curl", "curl+fsync", "aria2c", "hf_transfer"]  # the peers of the cold rows
+Step = tuple[
+    str, list[str], Path, "dict[str, str] | None"
+]  # tool, argv, folder, environment (None: the usual)
 
 
 def bench_cold(b: Bench) -> None:
-    big = f"{b.sizes.big_files} × {b.sizes.big_size // MiB} MiB"
-    b.cold_row("cold", f"cold, {big}, HTTP", [BIG], [*b.prefetch_tools(), *DOWNLOADERS])
+    b.cold_row("cold", f"cold, {b.sizes.big_label}, HTTP", [BIG], [*b.prefetch_tools(), *DOWNLOADERS])
 
 
 def bench_https(b: Bench) -> None:
@@ -637,8 +643,9 @@ def bench_https(b: Bench) -> None:
     hub = Hub(hub_specs(b.sizes, ["cold"]), b.work, tls=True)
     try:
         with b.serving(hub):
-            big = f"{b.sizes.big_files} × {b.sizes.big_size // MiB} MiB"
-            b.cold_row("https", f"cold, {big}, HTTPS", [BIG], [*b.prefetch_tools(), *DOWNLOADERS])
+            b.cold_row(
+                "https", f"cold, {b.sizes.big_label}, HTTPS", [BIG], [*b.prefetch_tools(), *DOWNLOADERS]
+            )
     finally:
         hub.close()
 
@@ -659,7 +666,7 @@ def capped_row(b: Bench, name: str, title: str, repo: str) -> None:
 
 
 def bench_cap(b: Bench) -> None:
-    capped_row(b, "cap", f"cold, {b.sizes.big_files} × {b.sizes.big_size // MiB} MiB", BIG)
+    capped_row(b, "cap", f"cold, {b.sizes.big_label}", BIG)
 
 
 def bench_cap_one(b: Bench) -> None:
@@ -680,7 +687,7 @@ def bench_warm(b: Bench) -> None:
         b.measure("prefetch", "warm-setup", b.prefetch_cmd(pf, [repo]), pf, record=False)
         b.measure("hf", "warm-setup", b.hf_cmd(hf, [repo]), hf, record=False)
         hf_offline_env = {**b.env(hf / "hf_home", "hf"), "HF_HUB_OFFLINE": "1"}
-        plan: list[tuple[str, list[str], Path, dict[str, str] | None]] = [
+        plan: list[Step] = [
             ("prefetch", b.prefetch_cmd(pf, [repo]), pf, None),
             ("prefetch --offline", b.prefetch_cmd(pf, [repo], "--offline"), pf, None),
             ("hf", b.hf_cmd(hf, [repo]), hf, None),
@@ -699,9 +706,7 @@ def bench_warm(b: Bench) -> None:
             shutil.rmtree(folder / "cache", ignore_errors=True)
 
 
-def repeat(
-    b: Bench, workload: str, plan: Sequence[tuple[str, list[str], Path, dict[str, str] | None]]
-) -> dict[str, list[Run]]:
+def repeat(b: Bench, workload: str, plan: Sequence[Step]) -> dict[str, list[Run]]:
     """`reps` rounds of the same commands (tools filtered by --tools), alternating their order."""
     plan = [p for p in plan if b.wants(p[0].split(" ")[0]) or b.wants(p[0])]
     runs: dict[str, list[Run]] = {tool: [] for tool, *_ in plan}
@@ -711,13 +716,11 @@ def repeat(
     return runs
 
 
-def hash_plan(b: Bench, folder: Path) -> list[tuple[str, list[str], Path, dict[str, str] | None]]:
+def hash_plan(b: Bench, folder: Path) -> list[Step]:
     """`prefetch verify` and the hashing floors over the same blob files (listed once, fed by xargs)."""
     listing = folder / "blobs.list"
     listing.write_bytes(b"".join(str(p).encode() + b"\0" for p in blob_files(folder / "cache")))
-    plan: list[tuple[str, list[str], Path, dict[str, str] | None]] = [
-        ("prefetch verify", b.verify_cmd(folder), folder, None)
-    ]
+    plan: list[Step] = [("prefetch verify", b.verify_cmd(folder), folder, None)]
     floors = {"sha256sum": ["sha256sum"], "openssl": ["openssl", "dgst", "-sha256"]}
     for tool, argv in floors.items():
         if tool not in b.missing:
@@ -755,7 +758,7 @@ def bench_files(b: Bench) -> None:
                    [*b.prefetch_tools(), "curl", "curl+fsync"])  # fmt: skip
         folder = b.fresh(f"files-{n}")
         b.measure("prefetch", "files-setup", b.prefetch_cmd(folder, [repo]), folder, record=False)
-        plan: list[tuple[str, list[str], Path, dict[str, str] | None]] = [
+        plan: list[Step] = [
             ("prefetch", b.prefetch_cmd(folder, [repo]), folder, None),
             ("prefetch --offline", b.prefetch_cmd(folder, [repo], "--offline"), folder, None),
         ]
@@ -789,7 +792,7 @@ def bench_manifest(b: Bench) -> None:
     b.cold_row("manifest-cold", f"cold, a manifest of {len(repos)} repos", repos, tools)
     folder = b.fresh("manifest-warm")
     b.measure("prefetch", "manifest-setup", b.prefetch_cmd(folder, repos), folder, record=False)
-    plan: list[tuple[str, list[str], Path, dict[str, str] | None]] = [
+    plan: list[Step] = [
         ("prefetch", b.prefetch_cmd(folder, repos), folder, None),
         ("prefetch --offline", b.prefetch_cmd(folder, repos, "--offline"), folder, None),
     ]
