@@ -628,9 +628,8 @@ def print_row(row: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------- workloads
 DOWNLOADERS = ["hf", "curl", "curl+fsync", "aria2c", "hf_transfer"]  # the peers of the cold rows
-Step = tuple[
-    str, list[str], Path, "dict[str, str] | None"
-]  # tool, argv, folder, environment (None: the usual)
+# A measured command: tool, argv, folder, environment (None: the usual one).
+Step = tuple[str, list[str], Path, dict[str, str] | None]
 
 
 def bench_cold(b: Bench) -> None:
