@@ -62,6 +62,7 @@ GiB = 1024 * MiB
 FREE_AFTER_RUN = 64 * 1024 * 1024
 RUN_TIMEOUT = 900.0  # seconds; a run that hangs is killed and reported as failed
 INCOMPLETE = 97  # exit code recorded for a peer that exited 0 without writing every byte
+GNU_TIME = "/usr/bin/time" if Path("/usr/bin/time").is_file() else None  # see peak_rss_mb (Debian: `time`)
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -412,13 +413,15 @@ class Bench:
         os.sync()  # the previous run's dirty pages must not be written back during this one
         self.hub.reset()
         name = f"{workload}-{tool}".replace(" ", "_")
+        rss_file = folder / f"{name}.rss"
+        wrapped = [GNU_TIME, "-q", "-f", "%M", "-o", str(rss_file), *argv] if GNU_TIME else list(argv)
         with open(folder / f"{name}.out", "wb") as out, open(folder / f"{name}.err", "wb") as err:
             started = time.perf_counter()
             proc = subprocess.Popen(
-                list(argv), env=env or self.env(folder / "hf_home", tool), cwd=folder, stdout=out, stderr=err,
-                stdin=subprocess.DEVNULL,
+                wrapped, env=env or self.env(folder / "hf_home", tool), cwd=folder, stdout=out, stderr=err,
+                stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-            timer = threading.Timer(RUN_TIMEOUT, proc.kill)
+            timer = threading.Timer(RUN_TIMEOUT, os.killpg, (proc.pid, signal.SIGKILL))
             timer.start()
             try:
                 _, status, usage = os.wait4(proc.pid, 0)  # the child's usage includes its reaped children
@@ -432,7 +435,7 @@ class Bench:
             workload=workload,
             wall=wall,
             code=proc.returncode,
-            rss_mb=usage.ru_maxrss / 1024,
+            rss_mb=peak_rss_mb(rss_file, usage),
             cpu_user=usage.ru_utime,
             cpu_sys=usage.ru_stime,
             faults=usage.ru_minflt,
@@ -528,6 +531,18 @@ class Bench:
     def cold_row(self, name: str, title: str, repos: Sequence[str], tools: Sequence[str]) -> dict[str, Any]:
         present, missing = self.available(tools)
         return self.row(name, title, repos, self.cold(name, repos, present), missing)
+
+
+def peak_rss_mb(rss_file: Path, usage: Any) -> float:
+    """The measured process's peak RSS: GNU time's report when it ran under it, else `os.wait4`'s.
+
+    `wait4` alone overstates small tools: a child's peak RSS starts at its parent's at the fork (the
+    kernel keeps the pre-exec high-water mark), so every tool would show at least this runner's RSS
+    (20-60 MB), `true` included. GNU time forks the tool from its own ~1 MB process.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(rss_file.read_text().split()[-1]) / 1024
+    return float(usage.ru_maxrss) / 1024
 
 
 def tree_bytes(folder: Path) -> int:
@@ -1199,6 +1214,8 @@ def main(argv: list[str] | None = None) -> int:
         compileall.compile_dir(root / "prefetch", quiet=1)
     with workdir(args.workdir, args.keep) as work:
         print(f"work folder {work}; starting the test Hub (generating the repos)...", flush=True)
+        if not GNU_TIME:
+            print("no /usr/bin/time (GNU time): peak RSS includes this runner's own", flush=True)
         print(
             "peers missing: " + (", ".join(f"{t} ({why})" for t, why in missing.items()) or "none"),
             flush=True,
