@@ -14,7 +14,6 @@ answers commands read from stdin, one per line:
     {"cmd": "stats"}                 request counts and body bytes served since the last reset
     {"cmd": "reset"}                 clear the counters
     {"cmd": "bandwidth", "bps": N}   cap each CDN connection at N bytes/s (0 or null: no cap)
-    {"cmd": "cdn_urls", "repo": ID}  freshly signed CDN URLs of a repo's LFS files
     {"cmd": "final_urls", "repo": ID} every file's URL after the Hub's redirect (CDN for LFS files)
     {"cmd": "quit"}                  stop (so does end of input)
 """
@@ -127,9 +126,6 @@ def serve(hub: HubEmulator, repos: dict[str, dict[str, Any]]) -> None:
                     else hub.file_url(cmd["repo"], p, info["commit"])
                     for p in info["paths"]
                 }})  # fmt: skip
-            elif what == "cdn_urls":
-                info = repos[cmd["repo"]]
-                reply({"urls": {p: hub.cdn_file_url(info["sha256"][p]) for p in info["lfs"]}})
             elif what == "quit":
                 reply({"ok": True})
                 return
