@@ -5,15 +5,16 @@ would share a GIL (and on a 2-core machine, a core) with the bookkeeping of the 
 client measured in-process would share it too. Here the clients are subprocesses and the Hub is one
 more, so each competes only for CPU, as a real client and server would.
 
-    python bench/hubserver.py --repo bench/big:4:268435456:lfs --repo bench/small:2000:4096:small
+    python bench/hubserver.py --repo bench/big:4:268435456:lfs --repo bench/small:2000:4096:small [--tls]
 
-prints `{"ready": true, "url": ..., "cdn_url": ..., "repos": {...}}` once serving, then answers
-commands read from stdin, one per line:
+prints `{"ready": true, "url": ..., "cdn_url": ..., "ca_file": ..., "repos": {...}}` once serving (with
+`--tls` both origins speak HTTPS and `ca_file` is the PEM of the CA to trust; else it is null), then
+answers commands read from stdin, one per line:
 
     {"cmd": "stats"}                 request counts and body bytes served since the last reset
     {"cmd": "reset"}                 clear the counters
     {"cmd": "bandwidth", "bps": N}   cap each CDN connection at N bytes/s (0 or null: no cap)
-    {"cmd": "cdn_urls", "repo": ID}  freshly signed CDN URLs of a repo's LFS files (for curl)
+    {"cmd": "final_urls", "repo": ID} every file's URL after the Hub's redirect (CDN for LFS files)
     {"cmd": "quit"}                  stop (so does end of input)
 """
 
@@ -33,6 +34,7 @@ if str(ROOT) not in sys.path:
 
 from tests.hubemu import HubEmulator  # noqa: E402
 
+MODEL_CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "README.md")
 LIFETIME = 4 * 3600.0  # the emulator stops by itself after this (a forgotten process cannot linger)
 
 
@@ -44,7 +46,11 @@ def small_file(i: int, size: int) -> tuple[str, bytes]:
 
 
 def populate(hub: HubEmulator, specs: list[str]) -> dict[str, dict[str, Any]]:
-    """Create the repos named by `NAME:COUNT:SIZE:KIND` specs (KIND: lfs or small); one commit each."""
+    """Create the repos named by `NAME:COUNT:SIZE:KIND` specs; one commit each.
+
+    KIND: `lfs` (COUNT LFS files), `small` (COUNT regular files), `model` (a few small config files
+    beside COUNT LFS files: a typical entry of a many-repo manifest).
+    """
     repos: dict[str, dict[str, Any]] = {}
     for spec in specs:
         name, count_s, size_s, kind = spec.rsplit(":", 3)
@@ -55,6 +61,10 @@ def populate(hub: HubEmulator, specs: list[str]) -> dict[str, dict[str, Any]]:
                 files[f"model-{i + 1:05d}-of-{count:05d}.safetensors"] = os.urandom(size)
         elif kind == "small":
             files.update(small_file(i, size) for i in range(count))
+        elif kind == "model":
+            rng = random.Random(name)
+            files.update({n: rng.randbytes(700 + 300 * j) for j, n in enumerate(MODEL_CONFIG_FILES)})
+            files.update({f"model-{i + 1:05d}.safetensors": rng.randbytes(size) for i in range(count)})
         else:
             raise SystemExit(f"unknown kind {kind!r} in --repo {spec}")
         repo = hub.create_repo(name)
@@ -62,6 +72,7 @@ def populate(hub: HubEmulator, specs: list[str]) -> dict[str, dict[str, Any]]:
         repos[name] = {
             "commit": commit,
             "files": len(files),
+            "paths": sorted(files),
             "bytes": sum(len(b) for b in files.values()),
             "lfs": sorted(repo.lfs_paths(commit)),
             "sha256": {p: repo.file_info(commit, p).sha256 for p in repo.lfs_paths(commit)},
@@ -90,7 +101,9 @@ def serve(hub: HubEmulator, repos: dict[str, dict[str, Any]]) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
 
-    reply({"ready": True, "url": hub.url, "cdn_url": hub.cdn_url, "pid": os.getpid(), "repos": repos})
+    ca_file = hub.ca_file if hub.tls else None
+    reply({"ready": True, "url": hub.url, "cdn_url": hub.cdn_url, "ca_file": ca_file, "pid": os.getpid(),
+           "repos": repos})  # fmt: skip
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -105,9 +118,14 @@ def serve(hub: HubEmulator, repos: dict[str, dict[str, Any]]) -> None:
             elif what == "bandwidth":
                 hub.bandwidth_per_connection = float(cmd["bps"]) if cmd.get("bps") else None
                 reply({"ok": True, "bps": hub.bandwidth_per_connection})
-            elif what == "cdn_urls":
+            elif what == "final_urls":
                 info = repos[cmd["repo"]]
-                reply({"urls": {p: hub.cdn_file_url(info["sha256"][p]) for p in info["lfs"]}})
+                lfs = set(info["lfs"])
+                reply({"urls": {
+                    p: hub.cdn_file_url(info["sha256"][p]) if p in lfs
+                    else hub.file_url(cmd["repo"], p, info["commit"])
+                    for p in info["paths"]
+                }})  # fmt: skip
             elif what == "quit":
                 reply({"ok": True})
                 return
@@ -121,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repo", action="append", default=[], help="NAME:COUNT:SIZE:KIND (lfs|small)")
+    parser.add_argument("--repo", action="append", default=[], help="NAME:COUNT:SIZE:KIND (lfs|small|model)")
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS (a throwaway CA, see ca_file)")
     parser.add_argument("--lifetime", type=float, default=LIFETIME, help="stop by itself after this (s)")
     args = parser.parse_args(argv)
-    hub = HubEmulator(max_lifetime=args.lifetime)
+    hub = HubEmulator(max_lifetime=args.lifetime, tls=args.tls)
     repos = populate(hub, args.repo)
     hub.start()
     try:

@@ -1,21 +1,31 @@
-"""Benchmarks: `prefetch sync` against `hf download` (huggingface_hub) on the project's test Hub.
+"""Benchmarks: `prefetch sync` against `hf download` and the best peers, on the project's test Hub.
 
 One run, one machine: the Hub emulator runs in its own process (bench/hubserver.py) and every
 client runs as a subprocess with a fresh cache, so wall times include interpreter start-up as a
-user sees it, and peak RSS comes from `os.wait4` on that very process.
+user sees it, and CPU time and peak RSS come from `os.wait4` on that very process.
 
-    python bench/run.py                 # the full set, 3 repetitions, medians
+    python bench/run.py                 # the full set, 3 repetitions, medians with their range
     python bench/run.py --quick         # a smoke run (< 60 s) on small data, 1 repetition
     python bench/run.py --update-doc    # also rewrite the results section of docs/benchmarks.md
+    python bench/run.py --only cold --prefetch-root /work/main   # another checkout's prefetch too
+
+Peers (each used when installed, reported as missing otherwise): hf (`hf download`), curl,
+curl+fsync (the durability floor), aria2c (as hfd.sh runs it), hf_transfer (per file, as
+huggingface_hub called it); for hashing: sha256sum and `openssl dgst -sha256`.
 
 Workloads (see docs/benchmarks.md for the targets and the reading of each row):
-  cold    4 x 256 MiB LFS files, fresh caches: prefetch, hf download, parallel curl
-  cap     the same behind a per-connection bandwidth cap on the CDN (the Hub throttles each connection)
-  small   2,000 small regular files: time and requests per file
-  warm    no-op re-sync of an up-to-date cache: online, --offline, and hf for comparison
-  resume  SIGKILL at about half way under the cap, rerun: bytes re-fetched against bytes missing
-  verify  `prefetch verify` of the synced cache against `sha256sum` of the same blobs
-  large   peak RSS while syncing 4 x 1 GiB (full mode only)
+  cold      4 x 256 MiB LFS files, fresh caches, plain HTTP
+  https     the same over HTTPS (a second test Hub with a throwaway CA)
+  one       1 x 1 GiB LFS file
+  cap       4 x 256 MiB behind a per-connection bandwidth cap on the CDN
+  cap-one   1 x 1 GiB behind the same cap
+  small     2,000 small regular files: time and requests per file
+  warm      no-op re-sync of an up-to-date cache: online, --offline, and hf for comparison
+  resume    SIGKILL at about half way under the cap, rerun: bytes re-fetched against bytes missing
+  verify    `prefetch verify` of a synced cache against sha256sum and openssl of the same blobs
+  files     one repo of 10k / 30k / 100k small files: cold, warm, verify, peak RSS, growth
+  manifest  a manifest of 200 repos (a few config files and one LFS file each): cold and warm
+  large     peak RSS while syncing 4 x 1 GiB (full mode only)
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ from __future__ import annotations
 import argparse
 import compileall
 import contextlib
+import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -34,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,11 +55,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 DOC_BEGIN, DOC_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 # Caches of runs this big are deleted right after the run (disk space); smaller ones stay until the
 # end. Why: on ext4 without a journal (this VM's disk), creating files shortly after thousands were
 # deleted is slow (the freed inodes are scanned), and the run after a deletion paid up to ~1 s.
 FREE_AFTER_RUN = 64 * 1024 * 1024
-RUN_TIMEOUT = 600.0  # seconds; a run that hangs is killed and reported as failed
+RUN_TIMEOUT = 900.0  # seconds; a run that hangs is killed and reported as failed
+INCOMPLETE = 97  # exit code recorded for a peer that exited 0 without writing every byte
+GNU_TIME = "/usr/bin/time" if Path("/usr/bin/time").is_file() else None  # see peak_rss_mb (Debian: `time`)
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -57,8 +72,13 @@ class Sizes:
 
     big_files: int = 4
     big_size: int = 256 * MiB
+    one_size: int = 1024 * MiB  # the single-file rows (one, cap-one)
     small_files: int = 2000
     small_size: int = 4096
+    many_files: tuple[int, ...] = (10_000, 30_000, 100_000)  # the `files` rows: one repo each
+    many_size: int = 512
+    manifest_repos: int = 200
+    manifest_lfs_size: int = 256 * 1024
     cap_bps: float = 20e6  # bytes/s per CDN connection
     large_files: int = 4  # the peak-RSS run; 0 skips it
     large_size: int = 1024 * MiB
@@ -66,37 +86,78 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(big_files=4, big_size=80 * MiB, small_files=300, cap_bps=40e6, large_files=0, reps=1)
+        return cls(
+            big_files=4, big_size=16 * MiB, one_size=32 * MiB, small_files=200, many_files=(300, 900),
+            manifest_repos=10, manifest_lfs_size=64 * 1024, cap_bps=40e6, large_files=0, reps=1,
+        )  # fmt: skip
+
+    @property
+    def big_label(self) -> str:
+        return f"{self.big_files} × {self.big_size // MiB} MiB"
+
+    def replace(self, **changes: Any) -> Sizes:
+        return Sizes(**{**asdict(self), **changes})
 
 
-BIG, SMALL, LARGE = "bench/big", "bench/small", "bench/large"
+BIG, ONE, SMALL, LARGE = "bench/big", "bench/one", "bench/small", "bench/large"
+
+
+def many_repo(files: int) -> str:
+    return f"bench/files-{files}"
+
+
+def manifest_repos(sizes: Sizes) -> list[str]:
+    return [f"bench/m{i:03d}" for i in range(sizes.manifest_repos)]
+
+
+# ---------------------------------------------------------------------------------------------- peers
+PEER_NEEDS: dict[str, Callable[[], bool]] = {
+    "hf": lambda: True,  # huggingface_hub is a dependency of prefetch
+    "curl": lambda: shutil.which("curl") is not None,
+    "curl+fsync": lambda: shutil.which("curl") is not None and shutil.which("sync") is not None,
+    "aria2c": lambda: shutil.which("aria2c") is not None,
+    "hf_transfer": lambda: importlib.util.find_spec("hf_transfer") is not None,
+    "sha256sum": lambda: shutil.which("sha256sum") is not None,
+    "openssl": lambda: shutil.which("openssl") is not None,
+}
+INSTALL_HINT = {
+    "aria2c": "apt-get install aria2",
+    "hf_transfer": "pip install hf_transfer",
+    "curl": "apt-get install curl",
+    "curl+fsync": "apt-get install curl",
+    "openssl": "apt-get install openssl",
+    "sha256sum": "coreutils",
+}
+
+
+def missing_peers() -> dict[str, str]:
+    """Peers this machine lacks, with how to get them (their rows then say "missing")."""
+    return {
+        tool: f"not installed ({INSTALL_HINT.get(tool, tool)})" for tool, ok in PEER_NEEDS.items() if not ok()
+    }
 
 
 # ---------------------------------------------------------------------------------------------- the hub
 class Hub:
-    """The emulator process (bench/hubserver.py), driven over its stdin/stdout line protocol."""
+    """An emulator process (bench/hubserver.py), driven over its stdin/stdout line protocol."""
 
-    def __init__(self, sizes: Sizes, log_dir: Path) -> None:
-        specs = [
-            f"{BIG}:{sizes.big_files}:{sizes.big_size}:lfs",
-            f"{SMALL}:{sizes.small_files}:{sizes.small_size}:small",
-        ]
-        if sizes.large_files:
-            specs.append(f"{LARGE}:{sizes.large_files}:{sizes.large_size}:lfs")
-        argv = [sys.executable, str(ROOT / "bench" / "hubserver.py")]
+    def __init__(self, specs: Sequence[str], log_dir: Path, *, tls: bool = False) -> None:
+        argv = [sys.executable, str(ROOT / "bench" / "hubserver.py"), *(["--tls"] if tls else [])]
         for spec in specs:
             argv += ["--repo", spec]
-        self._stderr = open(log_dir / "hub.err", "w")  # noqa: SIM115  (lives as long as the process)
+        name = "hub-tls" if tls else "hub"
+        self._stderr = open(log_dir / f"{name}.err", "w")  # noqa: SIM115  (lives as long as the process)
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, cwd=ROOT
         )
         self._lock = threading.Lock()
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line:
-            raise SystemExit(f"the test Hub did not start; see {log_dir / 'hub.err'}")
+            raise SystemExit(f"the test Hub did not start; see {log_dir / (name + '.err')}")
         info = json.loads(line)
         self.url: str = info["url"]
         self.pid: int = info["pid"]
+        self.ca_file: str | None = info["ca_file"]
         self.repos: dict[str, dict[str, Any]] = info["repos"]
 
     def call(self, **command: Any) -> dict[str, Any]:
@@ -129,6 +190,24 @@ class Hub:
         self._stderr.close()
 
 
+def hub_specs(sizes: Sizes, wanted: Sequence[str]) -> list[str]:
+    """The repos the wanted workloads read (generating 1 GiB or 100k files takes a while)."""
+    specs = []
+    if {"cold", "cap", "warm", "resume", "verify"} & set(wanted):
+        specs.append(f"{BIG}:{sizes.big_files}:{sizes.big_size}:lfs")
+    if {"one", "cap-one"} & set(wanted):
+        specs.append(f"{ONE}:1:{sizes.one_size}:lfs")
+    if {"small", "warm", "verify"} & set(wanted):
+        specs.append(f"{SMALL}:{sizes.small_files}:{sizes.small_size}:small")
+    if "files" in wanted:
+        specs += [f"{many_repo(n)}:{n}:{sizes.many_size}:small" for n in sizes.many_files]
+    if "manifest" in wanted:
+        specs += [f"{name}:1:{sizes.manifest_lfs_size}:model" for name in manifest_repos(sizes)]
+    if "large" in wanted:
+        specs.append(f"{LARGE}:{sizes.large_files}:{sizes.large_size}:lfs")
+    return specs
+
+
 # ---------------------------------------------------------------------------------------------- runs
 @dataclass
 class Run:
@@ -148,6 +227,10 @@ class Run:
     telemetry: int = 0
     note: str = ""
 
+    @property
+    def cpu(self) -> float:
+        return self.cpu_user + self.cpu_sys
+
 
 @dataclass
 class Bench:
@@ -156,66 +239,155 @@ class Bench:
     hub: Hub
     sizes: Sizes
     work: Path
-    prefetch_root: Path
+    prefetch_roots: dict[str, Path]  # tool name -> source tree: "prefetch" and any `prefetch@NAME`
     prefetch_args: list[str]
     hf: list[str]
     prime: bool = True
     tools: list[str] = field(default_factory=list)  # empty: every tool
+    missing: dict[str, str] = field(default_factory=dict)  # peer -> why it is not measured
     runs: list[Run] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
     counter: int = 0
 
-    def env(self, hf_home: Path) -> dict[str, str]:
+    def env(self, hf_home: Path, tool: str = "prefetch") -> dict[str, str]:
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith(("HF_", "HUGGING"))
             and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+            and k not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
         }
         env.update(
             HF_ENDPOINT=self.hub.url,
             HF_HOME=str(hf_home),
             HF_HUB_DISABLE_XET="1",
-            PYTHONPATH=str(self.prefetch_root),
+            PYTHONPATH=str(self.prefetch_roots.get(tool.split(" ")[0], self.prefetch_roots["prefetch"])),
             NO_PROXY="127.0.0.1,localhost",
         )
+        if self.hub.ca_file:  # every client trusts the test Hub's throwaway CA
+            env.update(
+                SSL_CERT_FILE=self.hub.ca_file,
+                REQUESTS_CA_BUNDLE=self.hub.ca_file,
+                CURL_CA_BUNDLE=self.hub.ca_file,
+            )
         return env
+
+    @contextlib.contextmanager
+    def serving(self, hub: Hub) -> Iterator[None]:
+        """Point every client at `hub` for a while (the HTTPS rows)."""
+        saved, self.hub = self.hub, hub
+        try:
+            yield
+        finally:
+            self.hub = saved
 
     def fresh(self, name: str) -> Path:
         """An empty folder for one run (cache, HF_HOME, lockfile, logs)."""
         self.counter += 1
-        folder = self.work / f"{self.counter:03d}-{name}"
+        folder = self.work / f"{self.counter:03d}-{name}".replace(" ", "_")
         shutil.rmtree(folder, ignore_errors=True)
         (folder / "hf_home").mkdir(parents=True)
         return folder
 
-    def manifest(self, folder: Path, repo: str) -> Path:
-        path = folder / "models.yaml"
-        path.write_text(f"version: 1\nrepos:\n  - repo: {repo}\n    revision: main\n")
-        return path
+    def wants(self, tool: str) -> bool:
+        return not self.tools or tool in self.tools
+
+    def available(self, tools: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """The tools of a row that run here, and the missing ones with the reason."""
+        return [t for t in tools if t not in self.missing], {
+            t: self.missing[t] for t in tools if t in self.missing
+        }
+
+    def prefetch_tools(self) -> list[str]:
+        return list(self.prefetch_roots)
 
     # -- commands ---------------------------------------------------------------------------------
-    def prefetch_cmd(self, folder: Path, repo: str, *extra: str) -> list[str]:
-        manifest = (
-            self.manifest(folder, repo) if not (folder / "models.yaml").exists() else folder / "models.yaml"
-        )
+    def prefetch_cmd(self, folder: Path, repos: Sequence[str], *extra: str) -> list[str]:
+        manifest = folder / "models.yaml"
+        if not manifest.exists():
+            manifest.write_text(
+                "version: 1\nrepos:\n" + "".join(f"  - repo: {r}\n    revision: main\n" for r in repos)
+            )
         return [
             sys.executable, "-m", "prefetch", "--quiet", "sync", str(manifest),
             "--cache-dir", str(folder / "cache"), "--lock", str(folder / "models.lock"),
             *self.prefetch_args, *extra,
         ]  # fmt: skip
 
-    def hf_cmd(self, folder: Path, repo: str) -> list[str]:
+    def verify_cmd(self, folder: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "prefetch", "verify", str(folder / "models.lock"), "--cache-dir",
+            str(folder / "cache"),
+        ]  # fmt: skip
+
+    def hf_cmd(self, folder: Path, repos: Sequence[str]) -> list[str]:
+        (repo,) = repos  # `hf download` takes one repo
         return [*self.hf, "download", repo, "--revision", "main", "--cache-dir", str(folder / "cache")]
 
-    def curl_cmd(self, folder: Path, repo: str) -> list[str]:
-        info = self.hub.repos[repo]
-        out = folder / "curl"
-        out.mkdir(exist_ok=True)
-        argv = ["curl", "-sS", "-f", "-L", "--parallel", "--parallel-immediate", "--parallel-max", "16"]
-        for i, path in enumerate(info["lfs"]):
-            argv += ["-o", str(out / f"{i}"), f"{self.hub.url}/{repo}/resolve/{info['commit']}/{path}"]
-        return argv
+    def resolve_urls(self, repos: Sequence[str]) -> list[tuple[str, str]]:
+        """(URL, relative output path) of every file: the /resolve URLs a shell script would fetch."""
+        out = []
+        for repo in repos:
+            info = self.hub.repos[repo]
+            out += [
+                (f"{self.hub.url}/{repo}/resolve/{info['commit']}/{p}", f"{repo}/{p}") for p in info["paths"]
+            ]
+        return out
+
+    def curl_cmd(self, folder: Path, repos: Sequence[str]) -> list[str]:
+        """Parallel curl (16 transfers, one connection each), URLs from a config file (100k do not fit argv)."""
+        config = folder / "curl.config"
+        config.write_text(
+            "".join(
+                f'url = "{url}"\noutput = "{folder / "out" / rel}"\n' for url, rel in self.resolve_urls(repos)
+            )
+        )
+        ca = ["--cacert", self.hub.ca_file] if self.hub.ca_file else []
+        return [
+            "curl", "-sS", "-f", "-L", "--create-dirs", "--parallel", "--parallel-immediate", "--parallel-max", "16",
+            *ca, "-K", str(config),
+        ]  # fmt: skip
+
+    def curl_fsync_cmd(self, folder: Path, repos: Sequence[str]) -> list[str]:
+        """The durability floor: the curl run above, then fsync(2) of every file and folder it wrote.
+
+        `sync FILE...` (coreutils) fsyncs each argument; `find -exec ... +` batches them. The
+        fsyncs follow the download instead of overlapping it, as a shell user would chain them.
+        """
+        curl = " ".join(f"'{a}'" for a in self.curl_cmd(folder, repos))
+        return ["sh", "-c", f"{curl} && find '{folder / 'out'}' -exec sync -- {{}} +"]
+
+    def aria2c_cmd(self, folder: Path, repos: Sequence[str]) -> list[str]:
+        """aria2c as hfd.sh runs it: an input file, 16 connections per file, 1 MiB pieces, 5 files at once."""
+        listing = folder / "aria2c.input"
+        listing.write_text("".join(f"{url}\n  out={rel}\n" for url, rel in self.resolve_urls(repos)))
+        ca = [f"--ca-certificate={self.hub.ca_file}"] if self.hub.ca_file else []
+        return [
+            "aria2c", "--console-log-level=error", "--summary-interval=0", "--file-allocation=none",
+            "-x", "16", "-s", "16", "-k", "1M", "-j", "5", "-c", *ca,
+            "-d", str(folder / "out"), "-i", str(listing),
+        ]  # fmt: skip
+
+    def hf_transfer_cmd(self, folder: Path, repos: Sequence[str]) -> list[str]:
+        jobs = []
+        for repo in repos:
+            urls = self.hub.call(cmd="final_urls", repo=repo)["urls"]
+            jobs += [[url, str(folder / "out" / repo / path)] for path, url in sorted(urls.items())]
+        listing = folder / "hf_transfer.json"
+        listing.write_text(json.dumps(jobs))
+        return [sys.executable, str(ROOT / "bench" / "hf_transfer_peer.py"), str(listing)]
+
+    def command(self, tool: str, folder: Path, repos: Sequence[str]) -> list[str]:
+        if tool in self.prefetch_roots:
+            return self.prefetch_cmd(folder, repos)
+        make: Callable[[Path, Sequence[str]], list[str]] = {
+            "hf": self.hf_cmd,
+            "curl": self.curl_cmd,
+            "curl+fsync": self.curl_fsync_cmd,
+            "aria2c": self.aria2c_cmd,
+            "hf_transfer": self.hf_transfer_cmd,
+        }[tool]
+        return make(folder, repos)
 
     # -- measuring --------------------------------------------------------------------------------
     def measure(
@@ -228,27 +400,31 @@ class Bench:
         env: dict[str, str] | None = None,
         record: bool = True,
         touch: int = 0,
+        expect: int = 0,
     ) -> Run:
-        """Run `argv` to completion; wall time, exit code, peak RSS and the Hub's counters for it.
+        """Run `argv` to completion; wall time, exit code, CPU, peak RSS and the Hub's counters for it.
 
         `touch`: bytes the run will write; a scratch file that big is written and deleted just before
-        it starts (see `prime_page_cache`).
+        it starts (see `prime_page_cache`). `expect`: bytes a peer must leave in `folder/out` (peers
+        do not verify, so the bench checks they wrote everything).
         """
         if touch and self.prime:
             prime_page_cache(folder, touch)
         os.sync()  # the previous run's dirty pages must not be written back during this one
         self.hub.reset()
         name = f"{workload}-{tool}".replace(" ", "_")
+        rss_file = folder / f"{name}.rss"
+        wrapped = [GNU_TIME, "-q", "-f", "%M", "-o", str(rss_file), *argv] if GNU_TIME else list(argv)
         with open(folder / f"{name}.out", "wb") as out, open(folder / f"{name}.err", "wb") as err:
             started = time.perf_counter()
             proc = subprocess.Popen(
-                list(argv), env=env or self.env(folder / "hf_home"), cwd=folder, stdout=out, stderr=err,
-                stdin=subprocess.DEVNULL,
+                wrapped, env=env or self.env(folder / "hf_home", tool), cwd=folder, stdout=out, stderr=err,
+                stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-            timer = threading.Timer(RUN_TIMEOUT, proc.kill)
+            timer = threading.Timer(RUN_TIMEOUT, os.killpg, (proc.pid, signal.SIGKILL))
             timer.start()
             try:
-                _, status, usage = os.wait4(proc.pid, 0)
+                _, status, usage = os.wait4(proc.pid, 0)  # the child's usage includes its reaped children
             finally:
                 timer.cancel()
             wall = time.perf_counter() - started
@@ -259,7 +435,7 @@ class Bench:
             workload=workload,
             wall=wall,
             code=proc.returncode,
-            rss_mb=usage.ru_maxrss / 1024,
+            rss_mb=peak_rss_mb(rss_file, usage),
             cpu_user=usage.ru_utime,
             cpu_sys=usage.ru_stime,
             faults=usage.ru_minflt,
@@ -275,48 +451,102 @@ class Bench:
                 f"    ! {tool} failed (exit {run.code}); log: {folder / (name + '.err')}\n{tail}",
                 file=sys.stderr,
             )
+        elif expect and (written := tree_bytes(folder / "out")) != expect:
+            run.code = INCOMPLETE
+            run.note = f"wrote {written} of {expect} bytes"
         if record:
             self.runs.append(run)
         print(
-            f"  {workload:<14} {tool:<18} {wall:7.2f} s  rss {run.rss_mb:6.0f} MB  cpu {run.cpu_user:5.2f}u"
-            f" {run.cpu_sys:5.2f}s  faults {run.faults / 1000:6.0f}k  requests {run.requests:5d}"
+            f"  {workload:<16} {tool:<18} {wall:7.2f} s  rss {run.rss_mb:6.0f} MB  cpu {run.cpu_user:5.2f}u"
+            f" {run.cpu_sys:5.2f}s  faults {run.faults / 1000:6.0f}k  requests {run.requests:6d}"
             f"  served {run.bytes_served / MiB:8.1f} MiB" + (f"  [{run.note}]" if run.note else ""),
             flush=True,
         )
         return run
 
     def cold(
-        self, workload: str, repo: str, tools: Sequence[str], *, warm_up: bool = True
+        self, workload: str, repos: Sequence[str], tools: Sequence[str], *, warm_up: bool = True
     ) -> dict[str, list[Run]]:
         """`reps` cold runs of each tool, in a rotating order so no tool always runs first.
 
         With `warm_up`, one unrecorded round first: the first runs after the Hub generated its
         repos were up to 2.5 times slower for every tool, curl included (the machine, not a tool).
         """
-        tools = [t for t in tools if not self.tools or t in self.tools]
+        tools = [t for t in tools if self.wants(t)]
         runs: dict[str, list[Run]] = {t: [] for t in tools}
+        if not tools:
+            return runs
         warm_up = warm_up and self.sizes.reps > 1  # not in --quick mode
         rounds = [list(tools)] if warm_up else []
         rounds += [
             list(tools[rep % len(tools) :]) + list(tools[: rep % len(tools)])
             for rep in range(self.sizes.reps)
         ]
+        total = sum(self.hub.repos[r]["bytes"] for r in repos)
         for index, order in enumerate(rounds):
             record = not (warm_up and index == 0)
             for tool in order:
                 folder = self.fresh(f"{workload}-{tool}")
-                argv = {"prefetch": self.prefetch_cmd, "hf": self.hf_cmd, "curl": self.curl_cmd}[tool](
-                    folder, repo
-                )
-                touch = self.hub.repos[repo]["bytes"]
+                argv = self.command(tool, folder, repos)
                 name = workload if record else f"{workload} (warm-up)"
-                run = self.measure(tool, name, argv, folder, touch=touch, record=record)
+                expect = 0 if tool in self.prefetch_roots or tool == "hf" else total
+                run = self.measure(tool, name, argv, folder, touch=total, record=record, expect=expect)
                 if record:
                     runs[tool].append(run)
-                if touch >= FREE_AFTER_RUN:
+                if total >= FREE_AFTER_RUN:
                     shutil.rmtree(folder / "cache", ignore_errors=True)
-                    shutil.rmtree(folder / "curl", ignore_errors=True)
+                    shutil.rmtree(folder / "out", ignore_errors=True)
         return runs
+
+    def row(
+        self,
+        name: str,
+        title: str,
+        repos: Sequence[str],
+        runs: dict[str, list[Run]],
+        missing: dict[str, str],
+        subject: str = "prefetch",
+        per_file: bool | None = None,
+    ) -> dict[str, Any]:
+        """Summarize one row: every tool's spread, prefetch's ratio against each, and who is missing.
+
+        `per_file`: CPU per file rather than per GiB; by default when files average under 1 MiB.
+        """
+        files = sum(self.hub.repos[r]["files"] for r in repos)
+        nbytes = sum(self.hub.repos[r]["bytes"] for r in repos)
+        if per_file is None:
+            per_file = nbytes < files * MiB
+        tools = {t: summarize(r, nbytes, files) for t, r in runs.items() if r}
+        out: dict[str, Any] = {
+            "title": title, "subject": subject, "files": files, "bytes": nbytes, "tools": tools,
+            "missing": missing, "cpu_per_file": per_file,
+        }  # fmt: skip
+        out["ratios"] = {
+            t: ratio(get(tools, subject, "wall"), s["wall"]) for t, s in tools.items() if t != subject
+        }
+        self.results[name] = out
+        print_row(out)
+        return out
+
+    def cold_row(self, name: str, title: str, repos: Sequence[str], tools: Sequence[str]) -> dict[str, Any]:
+        present, missing = self.available(tools)
+        return self.row(name, title, repos, self.cold(name, repos, present), missing)
+
+
+def peak_rss_mb(rss_file: Path, usage: Any) -> float:
+    """The measured process's peak RSS: GNU time's report when it ran under it, else `os.wait4`'s.
+
+    `wait4` alone overstates small tools: a child's peak RSS starts at its parent's at the fork (the
+    kernel keeps the pre-exec high-water mark), so every tool would show at least this runner's RSS
+    (20-60 MB), `true` included. GNU time forks the tool from its own ~1 MB process.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(rss_file.read_text().split()[-1]) / 1024
+    return float(usage.ru_maxrss) / 1024
+
+
+def tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
 def prime_page_cache(folder: Path, nbytes: int) -> None:
@@ -358,75 +588,231 @@ def ratio(a: float, b: float) -> float:
     return a / b if b and b == b and a == a else float("nan")
 
 
+def summarize(runs: list[Run], nbytes: int = 0, files: int = 0) -> dict[str, Any]:
+    """Median and range of the wall times, CPU per GiB and per file, peak RSS, requests per file."""
+    ok = [r for r in runs if r.code == 0]
+    walls = [r.wall for r in ok]
+    cpu = median(runs, "cpu")
+    return {
+        "wall": median(runs),
+        "min": min(walls, default=float("nan")),
+        "max": max(walls, default=float("nan")),
+        "walls": [round(r.wall, 3) for r in runs],
+        "cpu": cpu,
+        "cpu_s_per_gib": ratio(cpu, nbytes / GiB) if nbytes else float("nan"),
+        "cpu_ms_per_file": ratio(cpu * 1000, files) if files else float("nan"),
+        "rss_mb": max((r.rss_mb for r in ok), default=float("nan")),
+        "requests": median(runs, "requests"),
+        "requests_per_file": ratio(median(runs, "requests"), files) if files else float("nan"),
+        "heads": median(runs, "heads"),
+        "telemetry": max((r.telemetry for r in runs), default=0),
+        "bytes_served": median(runs, "bytes_served"),
+        "failures": len(runs) - len(ok),
+        "notes": sorted({r.note for r in runs if r.note}),
+    }
+
+
+def spread(s: dict[str, Any]) -> str:
+    """`1.55 s (1.50–2.32)`: the median and the range of the repetitions."""
+    if s["wall"] != s["wall"]:
+        return "failed"
+    if len(s["walls"]) < 2 or s["min"] == s["max"]:
+        return fmt(s["wall"])
+    return f"{fmt(s['wall'])} ({s['min']:.2f}–{s['max']:.2f})"
+
+
+def cpu_cell(s: dict[str, Any], per_file: bool) -> str:
+    """CPU (user + system) per GiB for rows that move bytes, per file for rows of small files or no-ops."""
+    return fmt(s["cpu_ms_per_file"], "ms/file") if per_file else fmt(s["cpu_s_per_gib"], "s/GiB")
+
+
+def print_row(row: dict[str, Any]) -> None:
+    subject = row["subject"]
+    print(f"  = {row['title']}")
+    for tool, s in row["tools"].items():
+        r = row["ratios"].get(tool)
+        versus = f"  {subject} / {tool} {fmt(r, '')}" if r is not None else ""
+        print(
+            f"      {tool:<20} {spread(s):<24} cpu {cpu_cell(s, row['cpu_per_file']):>14}"
+            f"  rss {fmt(s['rss_mb'], 'MB', 0):>7}  req/file {fmt(s['requests_per_file'], '', 3)}{versus}"
+        )
+    for tool, why in row["missing"].items():
+        print(f"      {tool:<20} missing: {why}")
+    print(flush=True)
+
+
 # ---------------------------------------------------------------------------------------------- workloads
+DOWNLOADERS = ["hf", "curl", "curl+fsync", "aria2c", "hf_transfer"]  # the peers of the cold rows
+# A measured command: tool, argv, folder, environment (None: the usual one).
+Step = tuple[str, list[str], Path, dict[str, str] | None]
+
+
 def bench_cold(b: Bench) -> None:
-    print(f"cold: {b.sizes.big_files} x {b.sizes.big_size // MiB} MiB", flush=True)
-    tools = ["hf", "prefetch"] + (["curl"] if shutil.which("curl") else [])
-    runs = b.cold("cold", BIG, tools)
-    out = {t: summarize(r) for t, r in runs.items()}
-    out["ratio_hf"] = ratio(get(out, "prefetch", "wall"), get(out, "hf", "wall"))
-    out["ratio_curl"] = ratio(get(out, "prefetch", "wall"), get(out, "curl", "wall"))
-    b.results["cold"] = out
+    b.cold_row("cold", f"cold, {b.sizes.big_label}, HTTP", [BIG], [*b.prefetch_tools(), *DOWNLOADERS])
+
+
+def bench_https(b: Bench) -> None:
+    """The cold row over TLS: a second Hub process serving HTTPS with a throwaway CA every client trusts."""
+    print("https: starting a TLS test Hub...", flush=True)
+    hub = Hub(hub_specs(b.sizes, ["cold"]), b.work, tls=True)
+    try:
+        with b.serving(hub):
+            b.cold_row(
+                "https", f"cold, {b.sizes.big_label}, HTTPS", [BIG], [*b.prefetch_tools(), *DOWNLOADERS]
+            )
+    finally:
+        hub.close()
+
+
+def bench_one(b: Bench) -> None:
+    b.cold_row("one", f"cold, 1 × {b.sizes.one_size // MiB} MiB", [ONE], [*b.prefetch_tools(), *DOWNLOADERS])
+
+
+def capped_row(b: Bench, name: str, title: str, repo: str) -> None:
+    mbps = b.sizes.cap_bps / 1e6
+    b.hub.bandwidth(b.sizes.cap_bps)
+    try:
+        b.cold_row(name, f"{title}, CDN capped at {mbps:.0f} MB/s per connection", [repo],
+                   [*b.prefetch_tools(), *DOWNLOADERS])  # fmt: skip
+    finally:
+        b.hub.bandwidth(None)
+    b.results[name]["cap_mb_s"] = mbps
 
 
 def bench_cap(b: Bench) -> None:
-    mbps = b.sizes.cap_bps / 1e6
-    print(
-        f"cap: {b.sizes.big_files} x {b.sizes.big_size // MiB} MiB, CDN capped at {mbps:.0f} MB/s per connection"
-    )
-    b.hub.bandwidth(b.sizes.cap_bps)
-    try:
-        runs = b.cold("cap", BIG, ["hf", "prefetch"])
-    finally:
-        b.hub.bandwidth(None)
-    out = {t: summarize(r) for t, r in runs.items()}
-    out["ratio_hf"] = ratio(get(out, "prefetch", "wall"), get(out, "hf", "wall"))
-    out["cap_mb_s"] = mbps
-    b.results["cap"] = out
+    capped_row(b, "cap", f"cold, {b.sizes.big_label}", BIG)
+
+
+def bench_cap_one(b: Bench) -> None:
+    capped_row(b, "cap-one", f"cold, 1 × {b.sizes.one_size // MiB} MiB", ONE)
 
 
 def bench_small(b: Bench) -> None:
-    files = b.hub.repos[SMALL]["files"]
-    print(f"small: {files} files, {b.hub.repos[SMALL]['bytes'] / MiB:.1f} MiB")
-    runs = b.cold("small", SMALL, ["hf", "prefetch"])
-    out: dict[str, Any] = {t: summarize(r) for t, r in runs.items()}
-    for tool in runs:
-        out[tool]["requests_per_file"] = median(runs[tool], "requests") / files
-    out["ratio_hf"] = ratio(get(out, "prefetch", "wall"), get(out, "hf", "wall"))
-    out["files"] = files
-    b.results["small"] = out
+    b.cold_row(
+        "small", f"cold, {b.sizes.small_files:,} small files", [SMALL], [*b.prefetch_tools(), *DOWNLOADERS]
+    )
 
 
 def bench_warm(b: Bench) -> None:
     """A no-op re-sync of an up-to-date cache: prefetch online and --offline, hf online and offline."""
-    out: dict[str, Any] = {}
-    for repo in (SMALL, BIG):
-        label = "small" if repo == SMALL else "big"
-        print(f"warm: {label} ({b.hub.repos[repo]['files']} files)")
+    for repo, label in ((SMALL, "small"), (BIG, "big")):
         pf = b.fresh(f"warm-{label}-prefetch")
         hf = b.fresh(f"warm-{label}-hf")
-        b.measure("prefetch", "warm-setup", b.prefetch_cmd(pf, repo), pf, record=False)
-        b.measure("hf", "warm-setup", b.hf_cmd(hf, repo), hf, record=False)
-        runs: dict[str, list[Run]] = {"prefetch": [], "prefetch --offline": [], "hf": [], "hf offline": []}
-        hf_offline_env = {**b.env(hf / "hf_home"), "HF_HUB_OFFLINE": "1"}
-        for _ in range(b.sizes.reps):
-            runs["prefetch"].append(b.measure("prefetch", f"warm-{label}", b.prefetch_cmd(pf, repo), pf))
-            runs["prefetch --offline"].append(
-                b.measure("prefetch --offline", f"warm-{label}", b.prefetch_cmd(pf, repo, "--offline"), pf)
-            )
-            runs["hf"].append(b.measure("hf", f"warm-{label}", b.hf_cmd(hf, repo), hf))
-            runs["hf offline"].append(
-                b.measure("hf offline", f"warm-{label}", b.hf_cmd(hf, repo), hf, env=hf_offline_env)
-            )
-        res: dict[str, Any] = {t: summarize(r) for t, r in runs.items()}
-        for tool, rs in runs.items():
-            res[tool]["requests"] = max(r.requests for r in rs)
-        res["ratio_hf"] = ratio(res["prefetch"]["wall"], res["hf"]["wall"])
-        res["ratio_hf_offline"] = ratio(res["prefetch --offline"]["wall"], res["hf offline"]["wall"])
-        out[label] = res
+        b.measure("prefetch", "warm-setup", b.prefetch_cmd(pf, [repo]), pf, record=False)
+        b.measure("hf", "warm-setup", b.hf_cmd(hf, [repo]), hf, record=False)
+        hf_offline_env = {**b.env(hf / "hf_home", "hf"), "HF_HUB_OFFLINE": "1"}
+        plan: list[Step] = [
+            ("prefetch", b.prefetch_cmd(pf, [repo]), pf, None),
+            ("prefetch --offline", b.prefetch_cmd(pf, [repo], "--offline"), pf, None),
+            ("hf", b.hf_cmd(hf, [repo]), hf, None),
+            ("hf offline", b.hf_cmd(hf, [repo]), hf, hf_offline_env),
+        ]
+        runs = repeat(b, f"warm-{label}", plan)
+        b.row(
+            f"warm-{label}",
+            f"warm no-op re-sync, {label} ({b.hub.repos[repo]['files']} files)",
+            [repo],
+            runs,
+            {},
+            per_file=True,
+        )
         for folder in (pf, hf):
             shutil.rmtree(folder / "cache", ignore_errors=True)
-    b.results["warm"] = out
+
+
+def repeat(b: Bench, workload: str, plan: Sequence[Step]) -> dict[str, list[Run]]:
+    """`reps` rounds of the same commands (tools filtered by --tools), alternating their order."""
+    plan = [p for p in plan if b.wants(p[0].split(" ")[0]) or b.wants(p[0])]
+    runs: dict[str, list[Run]] = {tool: [] for tool, *_ in plan}
+    for rep in range(b.sizes.reps):
+        for tool, argv, folder, env in plan if rep % 2 == 0 else plan[::-1]:
+            runs[tool].append(b.measure(tool, workload, argv, folder, env=env))
+    return runs
+
+
+def hash_plan(b: Bench, folder: Path) -> list[Step]:
+    """`prefetch verify` and the hashing floors over the same blob files (listed once, fed by xargs)."""
+    listing = folder / "blobs.list"
+    listing.write_bytes(b"".join(str(p).encode() + b"\0" for p in blob_files(folder / "cache")))
+    plan: list[Step] = [("prefetch verify", b.verify_cmd(folder), folder, None)]
+    floors = {"sha256sum": ["sha256sum"], "openssl": ["openssl", "dgst", "-sha256"]}
+    for tool, argv in floors.items():
+        if tool not in b.missing:
+            plan.append((tool, ["xargs", "-0", "-a", str(listing), *argv], folder, None))
+    subprocess.run(plan[-1][1], stdout=subprocess.DEVNULL, check=False)  # warm the page cache for all
+    return plan
+
+
+def verify_row(b: Bench, name: str, title: str, folder: Path, repos: Sequence[str]) -> dict[str, Any]:
+    runs = repeat(b, name, hash_plan(b, folder))
+    missing: dict[str, str] = {t: b.missing[t] for t in ("sha256sum", "openssl") if t in b.missing}
+    return b.row(name, title, repos, runs, missing, subject="prefetch verify")
+
+
+def blob_files(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.rglob("blobs/*") if p.is_file() and "." not in p.name)
+
+
+def bench_verify(b: Bench) -> None:
+    """`prefetch verify` of a synced cache against sha256sum and openssl of the same blobs (warm page cache)."""
+    for repo, label in ((BIG, "big"), (SMALL, "small")):
+        folder = b.fresh(f"verify-{label}")
+        b.measure("prefetch", "verify-setup", b.prefetch_cmd(folder, [repo]), folder, record=False)
+        verify_row(
+            b, f"verify-{label}", f"verify, {label} ({b.hub.repos[repo]['files']} files)", folder, [repo]
+        )
+        shutil.rmtree(folder / "cache", ignore_errors=True)
+
+
+def bench_files(b: Bench) -> None:
+    """One repo of N small files for each N: cold (against curl), warm, verify, and how each grows with N."""
+    for n in b.sizes.many_files:
+        repo = many_repo(n)
+        b.cold_row(f"files-{n}-cold", f"cold, one repo of {n:,} files", [repo],
+                   [*b.prefetch_tools(), "curl", "curl+fsync"])  # fmt: skip
+        folder = b.fresh(f"files-{n}")
+        b.measure("prefetch", "files-setup", b.prefetch_cmd(folder, [repo]), folder, record=False)
+        plan: list[Step] = [
+            ("prefetch", b.prefetch_cmd(folder, [repo]), folder, None),
+            ("prefetch --offline", b.prefetch_cmd(folder, [repo], "--offline"), folder, None),
+        ]
+        b.row(f"files-{n}-warm", f"warm no-op re-sync, one repo of {n:,} files", [repo],
+              repeat(b, f"files-{n}-warm", plan), {})  # fmt: skip
+        verify_row(b, f"files-{n}-verify", f"verify, one repo of {n:,} files", folder, [repo])
+        shutil.rmtree(folder, ignore_errors=True)
+    b.results["files-growth"] = growth(b.results, b.sizes.many_files)
+
+
+def growth(results: dict[str, Any], counts: Sequence[int]) -> list[dict[str, Any]]:
+    """Each step up in file count: time growth over file-count growth (1.0 = linear), RSS per file added."""
+    steps = []
+    for small, large in itertools.pairwise(counts):
+        step: dict[str, Any] = {"from": small, "to": large}
+        for phase, tool in (("cold", "prefetch"), ("warm", "prefetch"), ("verify", "prefetch verify")):
+            a = get(results, f"files-{small}-{phase}", "tools", tool, "wall")
+            z = get(results, f"files-{large}-{phase}", "tools", tool, "wall")
+            step[phase] = ratio(ratio(z, a), large / small)
+        rss_a = get(results, f"files-{small}-cold", "tools", "prefetch", "rss_mb")
+        rss_z = get(results, f"files-{large}-cold", "tools", "prefetch", "rss_mb")
+        step["rss_kb_per_file"] = ratio((rss_z - rss_a) * 1024, large - small)
+        steps.append(step)
+    return steps
+
+
+def bench_manifest(b: Bench) -> None:
+    """A manifest of many repos (config files and one LFS file each): cold against curl and aria2c, warm."""
+    repos = manifest_repos(b.sizes)
+    tools = [*b.prefetch_tools(), "curl", "curl+fsync", "aria2c", "hf_transfer"]  # hf: one repo per call
+    b.cold_row("manifest-cold", f"cold, a manifest of {len(repos)} repos", repos, tools)
+    folder = b.fresh("manifest-warm")
+    b.measure("prefetch", "manifest-setup", b.prefetch_cmd(folder, repos), folder, record=False)
+    plan: list[Step] = [
+        ("prefetch", b.prefetch_cmd(folder, repos), folder, None),
+        ("prefetch --offline", b.prefetch_cmd(folder, repos, "--offline"), folder, None),
+    ]
+    b.row("manifest-warm", f"warm no-op re-sync, a manifest of {len(repos)} repos", repos,
+          repeat(b, "manifest-warm", plan), {})  # fmt: skip
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def data_bytes(path: Path) -> int:
@@ -458,20 +844,21 @@ def bench_resume(b: Bench) -> None:
     """Kill at about half way (SIGKILL, under the bandwidth cap), rerun, count the bytes fetched again."""
     total = b.hub.repos[BIG]["bytes"]
     out: dict[str, Any] = {"total_bytes": total}
-    tools = {"prefetch": b.prefetch_cmd, "hf": b.hf_cmd}
-    for tool, make in tools.items():
+    for tool in ("prefetch", "hf"):
+        if not b.wants(tool):
+            continue
         trials = []
         for rep in range(b.sizes.reps if tool == "prefetch" else 1):
             folder = b.fresh(f"resume-{tool}")
-            argv = make(folder, BIG)
+            argv = b.command(tool, folder, [BIG])
             print(f"resume: {tool} (trial {rep + 1})", flush=True)
             b.hub.bandwidth(b.sizes.cap_bps)
             b.hub.reset()
             os.sync()
             with open(folder / "killed.err", "wb") as err:
                 proc = subprocess.Popen(
-                    argv, env=b.env(folder / "hf_home"), cwd=folder, stdout=subprocess.DEVNULL, stderr=err,
-                    stdin=subprocess.DEVNULL,
+                    argv, env=b.env(folder / "hf_home", tool), cwd=folder, stdout=subprocess.DEVNULL,
+                    stderr=err, stdin=subprocess.DEVNULL,
                 )  # fmt: skip
                 deadline = time.monotonic() + RUN_TIMEOUT
                 served = 0
@@ -485,9 +872,7 @@ def bench_resume(b: Bench) -> None:
             served = b.hub.stats()["bytes_served"]
             b.hub.bandwidth(None)
             cache = folder / "cache"
-            installed = sum(
-                p.stat().st_size for p in cache.rglob("blobs/*") if p.is_file() and "." not in p.name
-            )
+            installed = sum(p.stat().st_size for p in blob_files(cache))
             on_disk = partial_bytes(cache) + installed
             missing = total - on_disk
             rerun = b.measure(tool, "resume-rerun", argv, folder, touch=missing)
@@ -515,77 +900,45 @@ def bench_resume(b: Bench) -> None:
     b.results["resume"] = out
 
 
-def blob_files(cache: Path) -> list[Path]:
-    return sorted(p for p in cache.rglob("blobs/*") if p.is_file() and "." not in p.name)
-
-
-def bench_verify(b: Bench) -> None:
-    """`prefetch verify` of a synced cache against `sha256sum` of the same blob files (warm page cache)."""
-    out: dict[str, Any] = {}
-    for repo in (BIG, SMALL):
-        label = "big" if repo == BIG else "small"
-        print(f"verify: {label}", flush=True)
-        folder = b.fresh(f"verify-{label}")
-        b.measure("prefetch", "verify-setup", b.prefetch_cmd(folder, repo), folder, record=False)
-        blobs = [str(p) for p in blob_files(folder / "cache")]
-        verify = [
-            sys.executable, "-m", "prefetch", "verify", str(folder / "models.lock"), "--cache-dir",
-            str(folder / "cache"),
-        ]  # fmt: skip
-        sha = ["sha256sum", *blobs]
-        subprocess.run(sha, stdout=subprocess.DEVNULL, check=False)  # warm the page cache for both
-        runs: dict[str, list[Run]] = {"prefetch verify": [], "sha256sum": []}
-        for rep in range(b.sizes.reps):
-            order = [("prefetch verify", verify), ("sha256sum", sha)]
-            for tool, argv in order if rep % 2 == 0 else order[::-1]:
-                runs[tool].append(b.measure(tool, f"verify-{label}", argv, folder))
-        res: dict[str, Any] = {t: summarize(r) for t, r in runs.items()}
-        if any(r.code != 0 for r in runs["prefetch verify"]):
-            res["pending"] = runs["prefetch verify"][0].note or "prefetch verify failed"
-        res["ratio"] = ratio(res["prefetch verify"]["wall"], res["sha256sum"]["wall"])
-        res["files"] = len(blobs)
-        out[label] = res
-        shutil.rmtree(folder / "cache", ignore_errors=True)
-    b.results["verify"] = out
-
-
 def bench_large(b: Bench) -> None:
     """Peak RSS while syncing several GB (one run each)."""
     info = b.hub.repos[LARGE]
-    print(f"large: {info['files']} x {info['bytes'] // info['files'] // MiB} MiB (peak RSS)", flush=True)
-    b.sizes = Sizes(**{**asdict(b.sizes), "reps": 1})
-    runs = b.cold("large", LARGE, ["prefetch", "hf"], warm_up=False)
-    out = {t: summarize(r) for t, r in runs.items()}
-    out["bytes"] = info["bytes"]
-    b.results["large"] = out
+    saved, b.sizes = b.sizes, b.sizes.replace(reps=1)
+    try:
+        runs = b.cold("large", [LARGE], ["prefetch", "hf"], warm_up=False)
+    finally:
+        b.sizes = saved
+    b.row(
+        "large", f"peak RSS, {info['files']} × {info['bytes'] // info['files'] // MiB} MiB", [LARGE], runs, {}
+    )
 
 
-def summarize(runs: list[Run]) -> dict[str, Any]:
-    ok = [r for r in runs if r.code == 0]
-    return {
-        "wall": median(runs),
-        "walls": [round(r.wall, 3) for r in runs],
-        "rss_mb": max((r.rss_mb for r in ok), default=float("nan")),
-        "requests": median(runs, "requests"),
-        "heads": median(runs, "heads"),
-        "telemetry": max((r.telemetry for r in runs), default=0),
-        "bytes_served": median(runs, "bytes_served"),
-        "failures": len(runs) - len(ok),
-    }
-
-
-WORKLOADS = {
+WORKLOADS: dict[str, Callable[[Bench], None]] = {
     "cold": bench_cold,
+    "https": bench_https,
+    "one": bench_one,
     "cap": bench_cap,
+    "cap-one": bench_cap_one,
     "small": bench_small,
     "warm": bench_warm,
     "resume": bench_resume,
     "verify": bench_verify,
+    "files": bench_files,
+    "manifest": bench_manifest,
     "large": bench_large,
 }
 
 
 # ---------------------------------------------------------------------------------------------- report
+def tool_version(argv: Sequence[str]) -> str:
+    """First line of a tool's version output, or "none"."""
+    if shutil.which(argv[0]) is None:
+        return "none"
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    first = (proc.stdout or proc.stderr).strip().split("\n")[0]
+    return " ".join(first.split()[:3])
+
+
 def machine() -> dict[str, str]:
     """What the numbers were measured on."""
     cpu = "?"
@@ -599,21 +952,21 @@ def machine() -> dict[str, str]:
         kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
         mem = f"{kib / 1024 / 1024:.0f} GiB"
     versions = {}
-    for name in ("huggingface_hub", "httpx2"):
+    for name in ("huggingface_hub", "hf_transfer"):
         with contextlib.suppress(Exception):
             from importlib.metadata import version
 
             versions[name] = version(name)
-    curl = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=False).stdout.split(
-        "\n"
-    )[0]
     return {
         "cpu": f"{cpu}, {os.cpu_count()} cores",
         "memory": mem,
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "huggingface_hub": versions.get("huggingface_hub", "?"),
-        "curl": " ".join(curl.split()[:2]) if curl else "none",
+        "hf_transfer": versions.get("hf_transfer", "none"),
+        "curl": " ".join(tool_version(["curl", "--version"]).split()[:2]),
+        "aria2c": tool_version(["aria2c", "--version"]),
+        "openssl": " ".join(tool_version(["openssl", "version"]).split()[:2]),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
 
@@ -628,88 +981,138 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**missed**")
 
 
-def table(results: dict[str, Any], sizes: Sizes) -> str:
-    """The results as a Markdown table (one row per measured quantity), then the targets."""
-    rows: list[tuple[str, str, str, str, str, str]] = []  # workload, hf, prefetch, ratio, target, verdict
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Issue 13's goals (and the earlier ones still held) against this run: target, measured, verdict."""
+    rows: list[tuple[str, str, str, str]] = []
 
-    def add(name: str, hf: str, pf: str, r: str, target: str, ok: bool | None) -> None:
-        rows.append((name, hf, pf, r, target, verdict(ok)))
+    def check(name: str, value: float, limit: float, unit: str = "", digits: int = 2) -> None:
+        rows.append(
+            (
+                name,
+                fmt(value, unit, digits),
+                f"≤ {limit:g}",
+                verdict(None if value != value else value <= limit),
+            )
+        )
 
-    big = f"{sizes.big_files} × {sizes.big_size // MiB} MiB"
-    if "cold" in results:
-        c = results["cold"]
-        add(f"1. cold, {big}", fmt(get(c, "hf", "wall")), fmt(get(c, "prefetch", "wall")),
-            fmt(get(c, "ratio_hf"), ""), "≤ 0.60 × hf", get(c, "ratio_hf") <= 0.6)  # fmt: skip
-        if "curl" in c:  # fmt: skip
-            add("1. … against parallel curl", fmt(get(c, "curl", "wall")) + " (curl)", fmt(get(c, "prefetch", "wall")),
-                fmt(get(c, "ratio_curl"), ""), "≤ 1.30 × curl", get(c, "ratio_curl") <= 1.3)  # fmt: skip
-    if "cap" in results:
-        c = results["cap"]
-        add(f"2. cold, {big}, CDN capped at {c['cap_mb_s']:.0f} MB/s per connection", fmt(get(c, "hf", "wall")),
-            fmt(get(c, "prefetch", "wall")), fmt(get(c, "ratio_hf"), ""), "≤ 0.25 × hf",
-            get(c, "ratio_hf") <= 0.25)  # fmt: skip
+    def versus(row: str, tool: str, limit: float) -> None:
+        if row in results and tool in results[row]["tools"]:
+            check(
+                f"{results[row]['title']}: {results[row]['subject']} / {tool}",
+                results[row]["ratios"][tool],
+                limit,
+            )
+
+    versus("cold", "hf", 0.6)
+    versus("https", "hf", 0.6)
+    versus("https", "curl+fsync", 1.25)
+    versus("cap", "aria2c", 1.0)
+    versus("cap-one", "aria2c", 1.0)
+    versus("small", "curl", 2.5)
+    versus("small", "hf", 0.15)
     if "small" in results:
-        c = results["small"]
-        add(f"3. cold, {c['files']:,} small files", fmt(get(c, "hf", "wall")), fmt(get(c, "prefetch", "wall")),
-            fmt(get(c, "ratio_hf"), ""), "≤ 0.50 × hf", get(c, "ratio_hf") <= 0.5)  # fmt: skip
-        add("3. … requests per file", fmt(get(c, "hf", "requests_per_file"), "", 3),
-            fmt(get(c, "prefetch", "requests_per_file"), "", 3), "", "≤ 1.05",
-            get(c, "prefetch", "requests_per_file") <= 1.05)  # fmt: skip
-    for label, w in results.get("warm", {}).items():
-        add(f"4. warm no-op re-sync ({label}), online", fmt(w["hf"]["wall"]), fmt(w["prefetch"]["wall"]),
-            fmt(w["ratio_hf"], ""), "≤ 1.00 × hf", w["ratio_hf"] <= 1.0)  # fmt: skip
-        add(f"4. … requests online ({label})", f"{w['hf']['requests']:.0f}", f"{w['prefetch']['requests']:.0f}", "",
-            "≤ 1 per repo", w["prefetch"]["requests"] <= 1)  # fmt: skip
-        add(f"4. … `--offline` / HF_HUB_OFFLINE=1 ({label})", fmt(w["hf offline"]["wall"]),
-            fmt(w["prefetch --offline"]["wall"]), fmt(w["ratio_hf_offline"], ""), "0 requests",
-            w["prefetch --offline"]["requests"] == 0)  # fmt: skip
-    if "resume" in results:
-        r = results["resume"]
-        pf = r["prefetch"]["trials"]
-        hf_trial = r.get("hf", {}).get("trials", [{}])[0]
-        add(f"5. resume after SIGKILL at ~50 % ({big}): re-fetched / missing",
-            fmt(hf_trial.get("ratio", float("nan")), "", 2),
-            fmt(r["prefetch"]["worst_ratio"], "", 3) + f" (worst of {len(pf)})", "", "≤ 1.10",
-            r["prefetch"]["worst_ratio"] <= 1.1)  # fmt: skip
-    for label, v in results.get("verify", {}).items():
-        pending = "pending" in v
-        add(f"6. verify ({label}, {v['files']} blobs) against sha256sum", fmt(v["sha256sum"]["wall"]) + " (sha256sum)",
-            "pending" if pending else fmt(v["prefetch verify"]["wall"]), "" if pending else fmt(v["ratio"], ""),
-            "≤ 1.00 × sha256sum" if label == "big" else "(start-up bound)",
-            None if pending or label != "big" else v["ratio"] <= 1.0)  # fmt: skip
+        check("small files: requests per file", get(results, "small", "tools", "prefetch", "requests_per_file"), 1.05,
+              digits=3)  # fmt: skip
+    versus("warm-small", "hf", 1.0)
+    versus("warm-big", "hf", 1.0)
+    if "resume" in results and "prefetch" in results["resume"]:
+        check("resume after SIGKILL: re-fetched / missing (worst)", results["resume"]["prefetch"]["worst_ratio"], 1.1,
+              digits=3)  # fmt: skip
+    versus("verify-big", "openssl", 1.0)
+    for step in results.get("files-growth", []):
+        for phase in ("cold", "warm", "verify"):
+            check(f"{step['from']:,} → {step['to']:,} files, {phase}: growth / linear", step[phase], 1.1)
+    if "files-30000-warm" in results:
+        check(
+            "warm no-op of 30,000 files",
+            get(results, "files-30000-warm", "tools", "prefetch", "wall"),
+            1.0,
+            "s",
+        )
+    if "files-100000-cold" in results:
+        check(
+            "peak RSS, 100,000 files",
+            get(results, "files-100000-cold", "tools", "prefetch", "rss_mb"),
+            120,
+            "MB",
+            0,
+        )
+    if "large" in results:
+        check(results["large"]["title"], get(results, "large", "tools", "prefetch", "rss_mb"), 200, "MB", 0)
+    return rows
+
+
+def table(results: dict[str, Any]) -> str:
+    """The results as Markdown: every row's tools with their spread, then growth, resume and targets."""
     lines = [
-        "| workload | hf download | prefetch | prefetch / hf | target | verdict |",
-        "|---|---:|---:|---:|---|---|",
-        *(f"| {' | '.join(row)} |" for row in rows),
+        "| workload | tool | wall: median (min–max) | prefetch / tool | CPU | peak RSS | requests / file |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    # Peak RSS of every measured tool, per workload.
-    rss_rows = []
-    for name, res in results.items():
-        groups = res.items() if name in ("warm", "verify") else [(None, res)]
-        for label, group in groups:
-            if not isinstance(group, dict):
-                continue
-            for tool, s in group.items():
-                if isinstance(s, dict) and "rss_mb" in s:
-                    where = f"{name} ({label})" if label else name
-                    rss_rows.append(f"| {where} | {tool} | {fmt(s['rss_mb'], 'MB', 0)} | {fmt(s['wall'])} |")
-    lines += ["", "Peak RSS (largest of the repetitions) and median wall time of every run:", "",
-              "| workload | tool | peak RSS | median wall |", "|---|---|---:|---:|", *rss_rows]  # fmt: skip
+    for row in results.values():
+        if not isinstance(row, dict) or "tools" not in row:
+            continue
+        for tool, s in row["tools"].items():
+            r = row["ratios"].get(tool)
+            lines.append(
+                f"| {row['title']} | {tool} | {spread(s)} | {'' if r is None else fmt(r, '')} | "
+                f"{cpu_cell(s, row['cpu_per_file'])} | {fmt(s['rss_mb'], 'MB', 0)} | "
+                f"{fmt(s['requests_per_file'], '', 3)} |"
+            )
+        lines += [
+            f"| {row['title']} | {tool} | missing: {why} | | | | |" for tool, why in row["missing"].items()
+        ]
+    if results.get("files-growth"):
+        lines += ["", "Growth with the file count (time growth / file-count growth; 1.00 is linear):", ""]
+        lines += ["| files | cold | warm | verify | peak RSS per file added |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            f"| {s['from']:,} → {s['to']:,} | {fmt(s['cold'], '')} | {fmt(s['warm'], '')} | {fmt(s['verify'], '')} | "
+            f"{fmt(s['rss_kb_per_file'], 'KB', 1)} |"
+            for s in results["files-growth"]
+        ]
+    if "resume" in results:
+        lines += [
+            "",
+            "Resume after SIGKILL at ~50 % (under the cap): bytes re-fetched / bytes missing at the kill:",
+            "",
+        ]
+        for tool in ("prefetch", "hf"):
+            if tool in results["resume"]:
+                trials = ", ".join(fmt(t["ratio"], "", 3) for t in results["resume"][tool]["trials"])
+                lines.append(f"- {tool}: {trials}")
+    lines += ["", "| target | measured | goal | verdict |", "|---|---:|---|---|"]
+    lines += [f"| {name} | {value} | {goal} | {ok} |" for name, value, goal, ok in targets(results)]
     return "\n".join(lines)
 
 
-def markdown(results: dict[str, Any], sizes: Sizes, info: dict[str, str], argv: list[str]) -> str:
+def source_label(root: Path) -> str:
+    """Which code a prefetch tool ran: its checkout and commit (`+` when the tree had changes)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=False
+        ).stdout
+
+    head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--", "prefetch")
+    return f"{root} at {head.strip() or '?'}{'+' if dirty.strip() else ''}"
+
+
+def markdown(
+    results: dict[str, Any], sizes: Sizes, info: dict[str, str], argv: list[str], roots: dict[str, Path]
+) -> str:
     mode = " ".join(["python bench/run.py", *argv]).strip()
+    sources = "; ".join(f"{tool}: {source_label(root)}" for tool, root in roots.items())
     head = [
-        f"Measured {info['date']} with `{mode}` ({sizes.reps} repetition(s), medians).",
+        f"Measured {info['date']} with `{mode}` ({sizes.reps} repetition(s): medians, and the range of the "
+        "repetitions in parentheses).",
         "",
-        f"Machine: {info['cpu']}, {info['memory']} RAM, {info['os']}, Python {info['python']}, "
-        f"huggingface_hub {info['huggingface_hub']}, {info['curl']}. The test Hub ran in its own process on "
-        "the same machine (loopback), so it competes with the client for the 2 cores.",
+        f"Machine: {info['cpu']}, {info['memory']} RAM, {info['os']}, Python {info['python']}. Peers: "
+        f"huggingface_hub {info['huggingface_hub']}, {info['curl']}, {info['aria2c']}, hf_transfer "
+        f"{info['hf_transfer']}, {info['openssl']}. The test Hub ran in its own process on the same machine "
+        f"(loopback), so it competes with the client for the cores. Code measured: {sources}.",
         "",
         "",
     ]
-    return "\n".join(head) + table(results, sizes) + "\n"
+    return "\n".join(head) + table(results) + "\n"
 
 
 def update_doc(text: str) -> None:
@@ -744,6 +1147,18 @@ def workdir(path: Path | None, keep: bool) -> Iterator[Path]:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def prefetch_roots(others: Sequence[Path]) -> dict[str, Path]:
+    """ "prefetch" is this checkout; each `--prefetch-root` adds `prefetch@<folder name>` to every cold row."""
+    roots = {"prefetch": ROOT}
+    for other in others:
+        other = other.resolve()
+        if not (other / "prefetch" / "__init__.py").is_file():
+            raise SystemExit(f"--prefetch-root {other}: no prefetch/__init__.py there")
+        if other != ROOT:
+            roots[f"prefetch@{other.name}"] = other
+    return roots
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -752,11 +1167,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="repetitions per measurement (default 3; 1 with --quick)")
     parser.add_argument("--only", help=f"comma-separated subset of: {','.join(WORKLOADS)}")
     parser.add_argument("--skip", default="", help="comma-separated workloads to leave out")
+    parser.add_argument("--files", help="file counts of the `files` rows (default 10000,30000,100000)")
     parser.add_argument("--tools", help="only these tools (e.g. prefetch,curl), for tuning sweeps")
     parser.add_argument(
         "--prefetch-arg", action="append", default=[], help="extra `prefetch sync` flag (repeat)"
     )
-    parser.add_argument("--prefetch-root", type=Path, default=ROOT, help="source tree of prefetch to measure")
+    parser.add_argument(
+        "--prefetch-root", type=Path, action="append", default=[],
+        help="another checkout's source tree, measured beside this one as prefetch@NAME (repeat)",
+    )  # fmt: skip
     parser.add_argument(
         "--workdir", type=Path, help="where caches go (default: a temp folder, removed after)"
     )
@@ -774,40 +1193,50 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.reps:
-        sizes = Sizes(**{**asdict(sizes), "reps": args.reps})
+        sizes = sizes.replace(reps=args.reps)
+    if args.files:
+        sizes = sizes.replace(many_files=tuple(int(n) for n in args.files.split(",")))
     wanted = [
         w for w in (args.only.split(",") if args.only else WORKLOADS) if w and w not in args.skip.split(",")
     ]
     unknown = set(wanted) - set(WORKLOADS)
     if unknown:
         raise SystemExit(f"unknown workload(s): {', '.join(sorted(unknown))}")
-    if "large" not in wanted or not sizes.large_files:
-        sizes = Sizes(**{**asdict(sizes), "large_files": 0})
+    if not sizes.large_files:
         wanted = [w for w in wanted if w != "large"]
     info = machine()
+    missing = missing_peers()
     started = time.monotonic()
+    roots = prefetch_roots(args.prefetch_root)
     # prefetch runs from its source tree: compile it as an installed package is, so that a
     # PYTHONDONTWRITEBYTECODE environment does not make every run recompile it (~40 ms).
-    compileall.compile_dir(args.prefetch_root / "prefetch", quiet=1)
+    for root in roots.values():
+        compileall.compile_dir(root / "prefetch", quiet=1)
     with workdir(args.workdir, args.keep) as work:
         print(f"work folder {work}; starting the test Hub (generating the repos)...", flush=True)
-        hub = Hub(sizes, work)
+        if not GNU_TIME:
+            print("no /usr/bin/time (GNU time): peak RSS includes this runner's own", flush=True)
+        print(
+            "peers missing: " + (", ".join(f"{t} ({why})" for t, why in missing.items()) or "none"),
+            flush=True,
+        )
+        hub = Hub(hub_specs(sizes, wanted), work)
         try:
             print(
                 f"test Hub at {hub.url} (pid {hub.pid}) after {time.monotonic() - started:.1f} s", flush=True
             )
             b = Bench(
-                hub, sizes, work, args.prefetch_root.resolve(), args.prefetch_arg, hf_command(),
-                prime=not args.no_prime,
-                tools=args.tools.split(",") if args.tools else [],
+                hub, sizes, work, roots, args.prefetch_arg, hf_command(), prime=not args.no_prime,
+                tools=args.tools.split(",") if args.tools else [], missing=missing,
             )  # fmt: skip
             for name in wanted:
+                print(f"{name}:", flush=True)
                 WORKLOADS[name](b)
         finally:
             hub.close()
     results = b.results
-    text = markdown(results, sizes, info, [a for a in (argv if argv is not None else sys.argv[1:])
-                                           if a not in ("--update-doc",)])  # fmt: skip
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--update-doc"]
+    text = markdown(results, sizes, info, shown, roots)
     print("\n" + text)
     print(f"(benchmark took {time.monotonic() - started:.0f} s)")
     payload = {
@@ -822,8 +1251,8 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.write_text(text)
     if args.update_doc:
         update_doc(text)
-    failed = [r for r in b.runs if r.code != 0 and r.tool != "prefetch verify"]
-    return 1 if failed else 0
+    # A peer that fails is shown as failed in its row; a failing prefetch fails the benchmark.
+    return 1 if any(r.code != 0 and r.tool.startswith("prefetch") for r in b.runs) else 0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from huggingface_hub.utils import _http as hf_http
 from tests.hubemu import Fault, ForwardProxy, HubEmulator, Repo, git_blob_sha1
 from tests.hubemu.demo import DEMO_TOKEN
 from tests.hubemu.fixtures import hub, proxy_factory, tls_hub  # noqa: F401
+from tests.hubemu.store import Commit
 
 ALICE = "hf_alice_read_token"
 BOB = "hf_bob_finegrained_token"
@@ -188,6 +189,27 @@ def test_list_repo_tree_paginates_like_the_hub(hub: HubEmulator) -> None:
         list(api.list_repo_tree("org/many", path_in_repo="nope"))
     infos = api.get_paths_info("org/many", ["top.bin", "d0", "missing"])
     assert [(type(i).__name__, i.path) for i in infos] == [("RepoFile", "top.bin"), ("RepoFolder", "d0")]
+
+
+def test_tree_listing_renders_each_entry_once_across_pages(
+    hub: HubEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing N files in pages costs O(N): the listing was rebuilt for every page (O(N²/page))."""
+    hub.page_size = 50
+    hub.create_repo("org/wide").commit({f"part-{i // 100}/f{i:04d}.txt": b"" for i in range(1000)})
+    rendered: list[str] = []
+    entry = HubEmulator._entry
+
+    def counted(commit: Commit, path: str, expand: bool) -> dict[str, object]:
+        rendered.append(path)
+        return entry(commit, path, expand)
+
+    monkeypatch.setattr(HubEmulator, "_entry", staticmethod(counted))
+    api = HfApi(endpoint=hub.url, token=False)
+    listed = [e.path for e in api.list_repo_tree("org/wide", recursive=True)]
+    assert len(listed) == 1010 and listed == sorted(listed)
+    assert hub.count(path_contains="/tree/main") == math.ceil(1010 / 50)
+    assert rendered == listed
 
 
 def test_refs_repo_info_whoami_auth_check_commits(hub: HubEmulator) -> None:

@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -330,6 +331,7 @@ class HubEmulator:
         self._tokens: dict[str, _Token] = {}
         self._users: dict[str, str] = {}  # name -> fullname
         self._lfs_blobs: dict[str, bytes] = {}
+        self._tree_listings: dict[tuple[str, str, bool], list[str]] = {}  # see _tree_paths
         self._records: list[RequestRecord] = []
         self._records_lock = threading.Lock()
         self._faults: list[Fault] = []
@@ -804,8 +806,13 @@ class HubEmulator:
                 }
         return out
 
-    def _paginate(self, rec: RequestRecord, items: list[Any]) -> _Response:
-        """Cursor pagination with a GitHub-style `Link: <...>; rel="next"` header, like the Hub."""
+    def _paginate(
+        self, rec: RequestRecord, items: Sequence[Any], render: Callable[[Any], Any] | None = None
+    ) -> _Response:
+        """Cursor pagination with a GitHub-style `Link: <...>; rel="next"` header, like the Hub.
+
+        `render`: applied to the items of the page only, so a page costs its own size, not the listing's.
+        """
         start = 0
         cursor = rec.query.get("cursor")
         if cursor:
@@ -815,6 +822,8 @@ class HubEmulator:
                 return _error(400, None, "Invalid cursor")
         size = max(1, int(self.page_size))
         page = items[start : start + size]
+        if render:
+            page = [render(item) for item in page]
         headers: dict[str, str] = {}
         if start + size < len(items):
             nxt = base64.urlsafe_b64encode(str(start + size).encode()).decode().rstrip("=")
@@ -828,11 +837,32 @@ class HubEmulator:
         expand = rec.query.get("expand", "").lower() in ("1", "true")
         if subpath and subpath not in commit.dir_oids:
             return _error(404, "EntryNotFound", f'{subpath} does not exist on "{rev}"')
-        prefix = f"{subpath}/" if subpath else ""
-        paths = [p for p in list(commit.files) + [d for d in commit.dir_oids if d] if p.startswith(prefix)]
-        if not recursive:
-            paths = [p for p in paths if "/" not in p[len(prefix) :]]
-        return self._paginate(rec, [self._entry(commit, p, expand) for p in sorted(paths)])
+        return self._paginate(
+            rec, self._tree_paths(commit, subpath, recursive), lambda p: self._entry(commit, p, expand)
+        )
+
+    def _tree_paths(self, commit: Commit, subpath: str, recursive: bool) -> list[str]:
+        """The sorted paths a tree listing returns, built once per tree rather than for every page.
+
+        Rebuilding them per page made listing N files cost O(N²/page_size). Keyed by the tree oid,
+        which fixes the set of paths (commits are immutable).
+        """
+        key = (commit.tree_oid, subpath, recursive)
+        with self._lock:
+            paths = self._tree_listings.get(key)
+        if paths is None:
+            prefix = f"{subpath}/" if subpath else ""
+            paths = [
+                p for p in list(commit.files) + [d for d in commit.dir_oids if d] if p.startswith(prefix)
+            ]
+            if not recursive:
+                paths = [p for p in paths if "/" not in p[len(prefix) :]]
+            paths.sort()
+            with self._lock:
+                if len(self._tree_listings) >= 64:  # bounded: drop the oldest
+                    self._tree_listings.pop(next(iter(self._tree_listings)))
+                self._tree_listings[key] = paths
+        return paths
 
     def _paths_info(self, rec: RequestRecord, commit: Commit, body: bytes) -> _Response:
         ctype = rec.headers.get("content-type", "")
