@@ -127,6 +127,11 @@ class AccessNetworkError(NetworkError):
         self.report = report
 
 
+class NotAHubError(NetworkError):
+    """The endpoint answered an API call the way no Hub does (an HTML 404 page without `X-Error-Code`):
+    it is a web server, not a Hub, so "repo not found" would blame the wrong thing."""
+
+
 class HubHttpError(PrefetchError):
     """An error answer from the Hub, typed by its `X-Error-Code` (subclasses below).
 
@@ -241,12 +246,19 @@ class HttpStatusError(Exception):
     """
 
     def __init__(
-        self, url: str, status: int, error_code: str | None, message: str, retry_after: float | None = None
+        self,
+        url: str,
+        status: int,
+        error_code: str | None,
+        message: str,
+        retry_after: float | None = None,
+        content_type: str = "",
     ) -> None:
         from urllib.parse import urlsplit  # here, so that this block stays self-contained
 
         self.url, self.status, self.error_code, self.message = url, status, error_code, message
         self.retry_after = retry_after
+        self.content_type = content_type  # media type only, e.g. `text/html`
         super().__init__(f"{status} from {urlsplit(url).path}" + (f": {message}" if message else ""))
 
 
