@@ -57,12 +57,13 @@ class Entry:
     gated: bool | None = None  # the manifest's expectation; None when not said
     token_env: str | None = None  # name of an env var holding this entry's token
     allow_empty: bool = False  # selecting no file is intended (else an error: usually a pattern typo)
-    own_include: tuple[str, ...] = ()  # the patterns written on the entry itself (not from `defaults:`),
-    own_exclude: tuple[str, ...] = ()  # each of which must match some file of the repo
+    # The patterns written on the entry itself (not from `defaults:`), each of which must match a file.
+    own_include: tuple[str, ...] = field(default=(), compare=False)
+    own_exclude: tuple[str, ...] = field(default=(), compare=False)
     index: int = 0  # position in `repos:`
     line: int = 0  # 1-based position of the entry in the manifest, for messages
     column: int = 0
-    manifest_path: str = ""  # for messages
+    manifest_path: str = field(default="", compare=False)  # for messages
 
     def error(self, key: str, message: str) -> ManifestError:
         """A problem with this entry found after parsing (e.g. against the repo's files), located at it."""

@@ -30,6 +30,7 @@ from prefetch.download.job import FileJob, Reporter
 log = logging.getLogger("prefetch")
 
 ACTIVE_SHOWN = 3  # files named on the "active" line
+JSON_PROGRESS_INTERVAL = 1.0  # seconds, at most, between two `progress` events under --json
 
 
 def human_bytes(n: float) -> str:
@@ -180,7 +181,11 @@ class LineProgress(Progress):
 
     def _tick(self) -> None:
         while not self._stop.wait(self.interval):
-            self._print(f"prefetch: {self.status_line()}")
+            self.tick()
+
+    def tick(self) -> None:
+        """Every `interval` seconds while the transfer runs."""
+        self._print(f"prefetch: {self.status_line()}")
 
     def _print(self, text: str) -> None:
         print(redact(text), file=self.stream or sys.stderr, flush=True)
@@ -206,6 +211,24 @@ def _terminal_width(stream: IO[str]) -> int | None:
     return shutil.get_terminal_size((100, 24)).columns
 
 
+def _binary_units_bar() -> Any:
+    """tqdm, with fields that name binary units: its own `unit_divisor=1024` still prints `MB/s` for MiB/s."""
+    from tqdm import tqdm
+
+    class BinaryUnitsBar(tqdm):  # type: ignore[misc]
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            fields = super().format_dict
+            elapsed = fields.get("elapsed") or 0
+            rate = fields.get("rate") or (fields["n"] / elapsed if elapsed else 0)
+            fields.update(
+                done=human_bytes(fields["n"]), size=human_bytes(fields["total"] or 0), speed=f"{human_bytes(rate)}/s"
+            )
+            return fields
+
+    return BinaryUnitsBar
+
+
 class TtyProgress(Progress):
     """For terminals: one overall tqdm bar (bytes, rate, ETA, files done) and a line naming the files in
     flight."""
@@ -226,18 +249,15 @@ class TtyProgress(Progress):
 
         out = self.stream or sys.stderr
         width = _terminal_width(out)
-        self.bar = tqdm(
+        self.bar = _binary_units_bar()(
             total=total_bytes,
             unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
             file=out,
             dynamic_ncols=width is None,
             ncols=width,
             desc="prefetch",
             mininterval=0.2,
-            bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
-            "{rate_fmt}{postfix}]",
+            bar_format="{desc} {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}{postfix}]",
         )
         self.line = tqdm(
             total=0,
@@ -298,13 +318,22 @@ class TtyProgress(Progress):
                 self.bar = None
 
 
-class JsonProgress(Progress):
-    """`--json`: one JSON object per line on stdout (plan, file, retry, warning, summary); nothing else."""
+class JsonProgress(LineProgress):
+    """`--json`: one JSON object per line on stdout (plan, file, progress, retry, warning, summary); nothing
+    else. A `progress` event comes at least every second while the transfer runs, so a tool watching a
+    multi-GB file sees bytes move between two `file` events."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
-        super().__init__()
-        self.stream = stream
+        super().__init__(interval=min(JSON_PROGRESS_INTERVAL, settings.progress_interval()), stream=stream)
         self._out = threading.Lock()
+
+    def tick(self) -> None:
+        with self._lock:
+            done, total, files, total_files = self.done_bytes, self.total_bytes, self.done_files, self.total_files
+        self.event(
+            "progress", done_bytes=done, total_bytes=total, done_files=files, total_files=total_files,
+            bytes_per_second=round(self.rate()), active=self.active_names(),
+        )  # fmt: skip
 
     def event(self, kind: str, **fields: Any) -> None:
         line = redact(json.dumps({"event": kind, **fields}, sort_keys=True, default=str))
