@@ -159,19 +159,26 @@ class RoundTrip:
             ) from None
         self.manifest = parse_manifest(self.original, str(path))  # edit only valid manifests
         self.data, indent, sequence_offset = load_yaml_guess_indent(self.original)
-        self.yaml = YAML()
-        self.yaml.preserve_quotes = True
-        self.yaml.width = 4096  # never re-wrap long lines
-        self.yaml.indent(mapping=indent or 2, sequence=indent or 2, offset=sequence_offset or 0)
+        self.yaml = self._layout(indent or 2, sequence_offset or 0)
+
+    def _layout(self, indent: int, sequence_offset: int) -> YAML:
+        """The indentation that dumps the unedited file back byte for byte (ruamel's guess covers only
+        files whose mappings and sequences share one indent); else the guess."""
+        guessed = _round_trip_yaml(indent, indent, sequence_offset)
+        candidates = [
+            _round_trip_yaml(mapping, offset + step, offset)
+            for mapping in (2, 4, 3)
+            for offset in (0, 2, 4)
+            for step in (2, 4)
+        ]
+        return next((y for y in [guessed, *candidates] if _dump(y, self.data) == self.original), guessed)
 
     @property
     def repos(self) -> CommentedSeq:
         return self.data["repos"]
 
     def dump(self) -> str:
-        out = io.StringIO()
-        self.yaml.dump(self.data, out)
-        return out.getvalue()
+        return _dump(self.yaml, self.data)
 
     def write(self, text: str) -> Manifest:
         """Validate the edited text as a whole manifest, then replace the file atomically."""
@@ -181,6 +188,20 @@ class RoundTrip:
 
     def restore(self) -> None:
         atomic_write(self.path, self.original.encode())
+
+
+def _round_trip_yaml(mapping: int, sequence: int, offset: int) -> YAML:
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap long lines
+    yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
+    return yaml
+
+
+def _dump(yaml: YAML, data: Any) -> str:
+    out = io.StringIO()
+    yaml.dump(data, out)
+    return out.getvalue()
 
 
 def add_entry(

@@ -222,7 +222,9 @@ def _binary_units_bar() -> Any:
             elapsed = fields.get("elapsed") or 0
             rate = fields.get("rate") or (fields["n"] / elapsed if elapsed else 0)
             fields.update(
-                done=human_bytes(fields["n"]), size=human_bytes(fields["total"] or 0), speed=f"{human_bytes(rate)}/s"
+                done=human_bytes(fields["n"]),
+                size=human_bytes(fields["total"] or 0),
+                speed=f"{human_bytes(rate)}/s",
             )
             return fields
 
@@ -329,7 +331,12 @@ class JsonProgress(LineProgress):
 
     def tick(self) -> None:
         with self._lock:
-            done, total, files, total_files = self.done_bytes, self.total_bytes, self.done_files, self.total_files
+            done, total, files, total_files = (
+                self.done_bytes,
+                self.total_bytes,
+                self.done_files,
+                self.total_files,
+            )
         self.event(
             "progress", done_bytes=done, total_bytes=total, done_files=files, total_files=total_files,
             bytes_per_second=round(self.rate()), active=self.active_names(),

@@ -76,7 +76,10 @@ class EntryPlan:
     def header(self) -> str:
         """`repos[0] (org/x@main) -> 0123456789ab: 3 files (1.2 MiB), 1 cached, 2 to fetch (1.1 MiB)`."""
         files, missing = self.locked.files, self.missing
-        size, missing_size = human_bytes(sum(f.size for f in files)), human_bytes(sum(f.size for f in missing))
+        size, missing_size = (
+            human_bytes(sum(f.size for f in files)),
+            human_bytes(sum(f.size for f in missing)),
+        )
         return (
             f"{self.entry.label} -> {self.locked.commit[:12]}: {len(files)} files ({size}), "
             f"{len(files) - len(missing)} cached, {len(missing)} to fetch ({missing_size})"

@@ -4,6 +4,7 @@ events under `--json` while bytes move. Everything through the real CLI against 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -13,9 +14,7 @@ import pytest
 from tests.conftest import PrefetchRunner
 from tests.hubemu.hub import Fault, HubEmulator
 
-COMMANDS = (
-    "sync plan check lock init add remove status path verify env sbom prune bundle unbundle".split()
-)
+COMMANDS = "sync plan check lock init add remove status path verify env sbom prune bundle unbundle".split()
 DOWNLOAD_ONLY = ("--segment-size", "--segment-threshold", "--jobs")
 
 
@@ -37,7 +36,9 @@ def test_output_options_work_before_and_after_the_command(
     prefetch.manifest([{"repo": "org/model"}])
 
     def run(command: str, *options: str) -> object:
-        args = (*options, command, "models.yaml") if position == "before" else (command, "models.yaml", *options)
+        args = (
+            (*options, command, "models.yaml") if position == "before" else (command, "models.yaml", *options)
+        )
         return prefetch(*args)
 
     checked = run("check", "--json")
@@ -64,7 +65,9 @@ def test_quiet_after_the_command_still_reports_errors(prefetch: PrefetchRunner, 
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_each_help_ends_with_examples_and_lists_only_its_options(prefetch: PrefetchRunner, command: str) -> None:
+def test_each_help_ends_with_examples_and_lists_only_its_options(
+    prefetch: PrefetchRunner, command: str
+) -> None:
     result = prefetch(command, "--help")
     assert result.code == 0, result
     text = result.stdout
@@ -74,7 +77,9 @@ def test_each_help_ends_with_examples_and_lists_only_its_options(prefetch: Prefe
     assert len(examples) == 2, f"{command} --help has no examples"
     lines = examples[1].splitlines()
     assert 2 <= len(lines) <= 4, lines
-    assert all("prefetch " + command in line or f"prefetch {command}" in line.replace("$(", "") for line in lines)
+    assert all(
+        "prefetch " + command in line or f"prefetch {command}" in line.replace("$(", "") for line in lines
+    )
     if command in ("check", "plan", "lock", "status", "init", "remove", "path"):
         for option in DOWNLOAD_ONLY:
             assert option not in text, f"{command} --help lists the download-only {option}"
@@ -121,7 +126,7 @@ def test_json_emits_a_progress_event_every_second_while_bytes_move(
     kinds = [event["event"] for _, event in arrivals]
     assert kinds.count("progress") >= 3, kinds
     moving = [t for t, event in arrivals if event["event"] in ("plan", "progress", "file")]
-    gaps = [b - a for a, b in zip(moving, moving[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(moving)]
     assert max(gaps) < 1.8, gaps  # 1 s interval, plus scheduling slack on a loaded machine
     progress = [event for _, event in arrivals if event["event"] == "progress"]
     done = [p["done_bytes"] for p in progress]

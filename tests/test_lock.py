@@ -102,7 +102,9 @@ def test_locked_uses_the_lock_and_refuses_a_stale_or_missing_one(prefetch: Prefe
     assert hub.count() == 0
 
 
-def test_frozen_uses_the_lock_as_it_is_without_checking_the_manifest(prefetch: PrefetchRunner, hub: HubEmulator):
+def test_frozen_uses_the_lock_as_it_is_without_checking_the_manifest(
+    prefetch: PrefetchRunner, hub: HubEmulator
+):
     """uv's and Cargo's `--frozen`: the lock's entries are synced even when the manifest changed since."""
     two_commits(hub)
     manifest = prefetch.manifest([{"repo": "org/model"}])
@@ -119,7 +121,10 @@ def test_frozen_uses_the_lock_as_it_is_without_checking_the_manifest(prefetch: P
     assert not [r for r in hub.requests if r.path.endswith("/revision/main") or "/tree/" in r.path]
     assert (prefetch.tmp / "models.lock").read_text() == lock_text  # never written
     snapshot = prefetch.cache_dir / "models--org--model" / "snapshots" / locked_commits(prefetch)["org/model"]
-    assert sorted(p.name for p in snapshot.iterdir()) == ["config.json", "model.safetensors"]  # the lock's files
+    assert sorted(p.name for p in snapshot.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]  # the lock's files
     assert not (prefetch.cache_dir / "models--org--other").exists()
 
 
