@@ -14,7 +14,10 @@ import pytest
 from tests.conftest import PrefetchRunner
 from tests.hubemu.hub import Fault, HubEmulator
 
-COMMANDS = "sync plan check lock init add remove status path verify env sbom prune bundle unbundle".split()
+COMMANDS = (
+    *("sync", "plan", "check", "lock", "init", "add", "remove", "status", "path"),
+    *("verify", "env", "sbom", "prune", "bundle", "unbundle"),
+)
 DOWNLOAD_ONLY = ("--segment-size", "--segment-threshold", "--jobs")
 
 
