@@ -38,7 +38,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.ACCESS: "access denied (auth, gated, private, not found, revision missing)",
     ExitCode.NETWORK: "network: Hub or proxies unreachable after retries",
     ExitCode.INTEGRITY: "integrity: a hash mismatch that retries did not fix",
-    ExitCode.LOCK_OUTDATED: "lockfile out of date or missing under --frozen",
+    ExitCode.LOCK_OUTDATED: "lockfile out of date or missing (--locked, status), or missing (--frozen)",
     ExitCode.VERIFY_FAILED: "verify found missing or corrupt files",
     ExitCode.DISK_FULL: "not enough disk space",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C / SIGTERM)",
@@ -90,7 +90,8 @@ class IntegrityError(PrefetchError):
 
 
 class LockOutdatedError(PrefetchError):
-    """`--frozen` was asked for but the lockfile is missing or does not match the manifest."""
+    """`--locked` (or `--offline`, `status`) found the lockfile missing or out of date with the manifest,
+    or `--frozen` found no lockfile."""
 
     exit_code = ExitCode.LOCK_OUTDATED
 
