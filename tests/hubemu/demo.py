@@ -90,7 +90,18 @@ QUICKSTART_COMMIT = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
 
 
 def populate_quickstart(hub: HubEmulator) -> None:
-    """The README's first command's repo, at its pinned commit (public, ungated: no token needed)."""
+    """The repos README.md and docs/ name (public, ungated: no token needed): the first command's, at its
+    pinned commit, and the one the README's `prefetch add` example adds."""
+    hub.create_repo("BAAI/bge-small-en-v1.5", owner="BAAI").commit(
+        {
+            "config.json": b'{"model_type": "bert", "hidden_size": 384}\n',
+            "tokenizer.json": b'{"version": "1.0"}\n',
+            "model.safetensors": tiny_safetensors(5, 32, 384),
+            "pytorch_model.bin": seeded_bytes(6, 2048),
+        },
+        message="Initial upload",
+        date=_T0 + 300,
+    )
     repo = hub.create_repo(QUICKSTART_REPO, owner="sentence-transformers")
     config = {"architectures": ["BertModel"], "hidden_size": 384, "model_type": "bert"}
     repo.commit(
