@@ -38,7 +38,7 @@ from prefetch.offline import sbom as sbom_mod
 from prefetch.offline import status as status_mod
 from prefetch.offline import unbundle as unbundle_mod
 from prefetch.offline import verify as verify_mod
-from prefetch.progress import Progress, human_bytes, make_progress, setup_logging
+from prefetch.progress import Progress, human_bytes, make_progress, setup_logging, terminal_lines
 
 log = logging.getLogger("prefetch")
 DEFAULTS = sync_mod.Settings()
@@ -174,7 +174,7 @@ class Context:
 
     def say(self, text: str) -> None:
         if not self.quiet and not self.as_json:
-            click.echo(redact(text))
+            click.echo(terminal_lines(redact(text), sys.stdout))
 
     def emit(self, data: dict[str, Any]) -> None:
         click.echo(redact(json.dumps(data, sort_keys=True, indent=None)))

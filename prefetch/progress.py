@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sys
+import textwrap
 import threading
 import time
 from typing import IO, Any
@@ -30,6 +31,7 @@ from prefetch.download.job import FileJob, Reporter
 log = logging.getLogger("prefetch")
 
 ACTIVE_SHOWN = 3  # files named on the "active" line
+NARROW_COLUMNS = 80  # below this, the bar leaves out its name and the elapsed/remaining times
 JSON_PROGRESS_INTERVAL = 1.0  # seconds, at most, between two `progress` events under --json
 
 
@@ -197,18 +199,44 @@ class LineProgress(Progress):
             self._ticker = None
 
 
+def wrap_lines(text: str, width: int) -> list[str]:
+    """`text`'s lines wrapped at spaces to `width` (continuations indented); a single word longer than
+    the terminal (a long path) is left for the terminal to wrap."""
+    return [
+        wrapped
+        for line in text.splitlines()
+        for wrapped in textwrap.wrap(
+            line, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
+        )
+        or [""]
+    ]
+
+
+def terminal_lines(text: str, stream: IO[str]) -> str:
+    """`text` as it should reach `stream`: wrapped to its width when it is a terminal, else unchanged."""
+    return "\n".join(wrap_lines(text, _columns(stream))) if stream.isatty() else text
+
+
+def _reported_columns(stream: IO[str]) -> int:
+    """The width the terminal reports (0: not a terminal, or one nobody sized)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return 0
+
+
+def _columns(stream: IO[str]) -> int:
+    """The terminal's width now, else COLUMNS or 100."""
+    return _reported_columns(stream) or shutil.get_terminal_size((100, 24)).columns
+
+
 def _terminal_width(stream: IO[str]) -> int | None:
     """None when the terminal reports its width (tqdm then follows resizes); else a fixed fallback.
 
     A pseudo-terminal nobody sized (some CI wrappers, `docker run -t`) reports 0 columns, and tqdm
     would then draw an empty bar.
     """
-    try:
-        if os.get_terminal_size(stream.fileno()).columns > 0:
-            return None
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        pass
-    return shutil.get_terminal_size((100, 24)).columns
+    return None if _reported_columns(stream) > 0 else _columns(stream)
 
 
 def _binary_units_bar() -> Any:
@@ -251,6 +279,7 @@ class TtyProgress(Progress):
 
         out = self.stream or sys.stderr
         width = _terminal_width(out)
+        narrow = (width or _columns(out)) < NARROW_COLUMNS  # keep room for the bar itself
         self.bar = _binary_units_bar()(
             total=total_bytes,
             unit="B",
@@ -259,7 +288,9 @@ class TtyProgress(Progress):
             ncols=width,
             desc="prefetch",
             mininterval=0.2,
-            bar_format="{desc} {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}{postfix}]",
+            bar_format="{percentage:3.0f}%|{bar}| {done}/{size} {speed}{postfix}"
+            if narrow
+            else "{desc} {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}{postfix}]",
         )
         self.line = tqdm(
             total=0,
@@ -303,11 +334,15 @@ class TtyProgress(Progress):
         self._refresh_files()
 
     def message(self, text: str) -> None:
+        """Wrapped to the terminal's width: a line the terminal wraps itself would break the bar's redraw."""
+        out = self.stream or sys.stderr
+        lines = wrap_lines(redact(text), _columns(out))
         if self.bar is not None:
             with self._draw:
-                self.bar.write(redact(text), file=self.stream or sys.stderr)
+                for line in lines:
+                    self.bar.write(line, file=out)
         else:
-            super().message(text)
+            print("\n".join(lines), file=out, flush=True)
 
     def close(self) -> None:
         with self._draw:

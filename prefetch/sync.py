@@ -545,9 +545,10 @@ def _announce(run: Run, plans: list[EntryPlan], jobs: list[FileJob], dry_run: bo
         fetch_bytes=total,
         dry_run=dry_run,
     )
-    if not dry_run:  # a dry run's caller prints the whole plan (`SyncResult.render_plan`)
-        for p in plans:
-            run.progress.message(p.header())
+    if dry_run:  # the caller prints the whole plan (`SyncResult.render_plan`); no bar for what won't move
+        return
+    for p in plans:
+        run.progress.message(p.header())
     run.progress.start(total, len(jobs))
 
 
