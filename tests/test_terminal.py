@@ -40,17 +40,11 @@ class Tmux:
             ["tmux", "-L", self.socket, "-f", "/dev/null", *args], capture_output=True, text=True, check=True
         ).stdout
 
-    def start(self, script: Path, go: Path) -> None:
-        """Start `script`, which waits for `go`: created once the window has its final size (tmux may
-        size a detached window after its shell started)."""
+    def start(self, script: Path) -> None:
+        """A shell in a window of the given size; once tmux has sized it (it may do so after the shell
+        started), type the command that runs `script`."""
         self.tmux(
-            "new-session",
-            "-d",
-            "-x",
-            str(self.width),
-            "-y",
-            str(self.height),
-            f"bash --norc {script}; sleep 60",
+            "new-session", "-d", "-x", str(self.width), "-y", str(self.height), "bash --norc --noprofile"
         )
         self.tmux("set-option", "-g", "window-size", "manual")
         self.tmux("resize-window", "-t", "0", "-x", str(self.width), "-y", str(self.height))
@@ -58,10 +52,10 @@ class Tmux:
         while self.tmux("display-message", "-p", "-t", "0", "#{pane_width}").strip() != str(self.width):
             assert time.monotonic() < deadline, "tmux never gave the window its size"
             time.sleep(0.05)
-        go.touch()
+        self.tmux("send-keys", "-t", "0", f"clear; bash --norc {shlex.quote(str(script))}", "Enter")
 
     def screen(self) -> list[str]:
-        return self.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", "0").rstrip("\n").splitlines()
+        return self.tmux("capture-pane", "-p", "-J", "-t", "0").rstrip("\n").splitlines()
 
     def wait_for(self, text: str, timeout: float = 60) -> list[str]:
         deadline = time.monotonic() + timeout
@@ -90,11 +84,7 @@ def session_script(prefetch: PrefetchRunner, width: int, *commands: str) -> Path
     exports += "export TERM=xterm-256color\nunset HF_HUB_DISABLE_PROGRESS_BARS COLUMNS LINES\n"
     body = "".join(f"{command}\n" for command in commands)
     path = prefetch.tmp / f"session-{width}.sh"
-    # tmux may size the window after the shell starts: wait until the terminal has its final width.
-    settle = (
-        'for _ in $(seq 50); do [ "$(stty size | cut -d" " -f2)" = "$WIDTH" ] && break; sleep 0.1; done\n'
-    )
-    path.write_text(f"cd {shlex.quote(str(prefetch.tmp))}\n{exports}{settle}{body}echo SESSION-DONE\n")
+    path.write_text(f"cd {shlex.quote(str(prefetch.tmp))}\n{exports}{body}echo SESSION-DONE\n")
     return path
 
 
@@ -112,9 +102,9 @@ def test_bar_and_plan_fit_the_terminal(
     )
     terminal = Tmux(width)
     terminals.append(terminal)
-    terminal.start(script, prefetch.tmp / f"go-{width}")
+    terminal.start(script)
 
-    during = terminal.wait_for("MiB/s")  # the bar, while bytes move
+    during = terminal.wait_for("iB/s")  # the bar, while bytes move (KiB/s or MiB/s)
     bars = [line for line in during if "%|" in line]
     assert len(bars) == 1, "\n".join(during)  # redrawn in place, not stacked
     final = terminal.wait_for("SESSION-DONE")
