@@ -56,6 +56,14 @@ cache_opt = click.option(
 lock_opt = click.option(
     "--lock", "lock_path", type=click.Path(path_type=Path), help="Lockfile (default: MANIFEST.lock)."
 )
+manifest_opt = click.option(
+    "--manifest",
+    "-m",
+    type=click.Path(path_type=Path),
+    default="models.yaml",
+    show_default=True,
+    help="The manifest to edit.",
+)
 type_opt = click.option(
     "--type", "repo_type", type=click.Choice(edit_mod.REPO_TYPES), default="model", show_default=True
 )
@@ -232,16 +240,16 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, as_json: bool) -> None:
     ctx.obj = Context(verbose, quiet, as_json, cancel=ctx.obj)  # main() passes the run's token
 
 
-def _terminal_width() -> int | None:
+def _stdout_columns() -> int | None:
     """The width to fit plan lines into when stdout is a terminal (None: a pipe, print whole lines)."""
     return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
 
 
 @command(
-    "prefetch sync                          # models.yaml -> HF cache + models.lock",
+    "prefetch sync                     # models.yaml -> cache + models.lock",
     "prefetch sync manifests/quickstart.yaml --json",
-    "prefetch sync --locked                 # CI: fail (exit 6) if models.lock is stale",
-    "prefetch sync --frozen --offline       # air gap: the lock as it is, no network",
+    "prefetch sync --locked            # CI: exit 6 if models.lock is stale",
+    "prefetch sync --frozen --offline  # air gap: the lock as it is",
 )
 @manifest_arg
 @lock_opt
@@ -289,7 +297,7 @@ def sync(
         progress.event("summary", dry_run=dry_run, **summary)
         return
     if dry_run:
-        c.say(result.render_plan(_terminal_width()))
+        c.say(result.render_plan(_stdout_columns()))
     for line in result.changes:
         c.say(line)
     if dry_run:
@@ -303,9 +311,9 @@ def sync(
 
 
 @command(
-    "prefetch plan                          # every file of every entry: cached or to fetch",
-    "prefetch plan models.yaml --json       # the same as JSON (event 'plan')",
-    "prefetch plan --locked                 # the plan of the lock, failing if it is stale",
+    "prefetch plan                     # every file: cached or to fetch",
+    "prefetch plan models.yaml --json  # the same as JSON (event 'plan')",
+    "prefetch plan --locked            # exit 6 if models.lock is stale",
 )
 @manifest_arg
 @lock_opt
@@ -330,11 +338,11 @@ def plan(c: Context, manifest: Path, locked: bool, frozen: bool, **kw: Any) -> N
     if c.as_json:
         progress.event("summary", dry_run=True, **result.summary())
     else:
-        c.say(result.render_plan(_terminal_width()))
+        c.say(result.render_plan(_stdout_columns()))
 
 
 @command(
-    "prefetch check                         # one row per entry, with the fix",
+    "prefetch check                    # one row per entry, with the fix",
     "prefetch check models.yaml --json",
     "HF_TOKEN=hf_... prefetch check --endpoint https://hub.internal",
 )
@@ -359,8 +367,8 @@ def check(c: Context, manifest: Path, **kw: Any) -> None:
 
 
 @command(
-    "prefetch lock                          # resolve new or changed entries only",
-    "prefetch lock --upgrade                # re-resolve every entry",
+    "prefetch lock                     # resolve new or changed entries only",
+    "prefetch lock --upgrade           # re-resolve every entry",
     "prefetch lock --upgrade-repo org/name",
     name="lock",
 )
@@ -383,7 +391,7 @@ def lock_cmd(c: Context, manifest: Path, upgrade: bool, upgrade_repos: tuple[str
 
 
 @command(
-    "prefetch init                          # writes models.yaml",
+    "prefetch init                     # writes models.yaml",
     "prefetch init serving.yaml",
 )
 @click.argument("manifest", type=click.Path(path_type=Path), default="models.yaml", required=False)
@@ -396,21 +404,11 @@ def init(c: Context, manifest: Path) -> None:
     c.say(f"wrote {manifest}; add repos with `prefetch add ORG/NAME`, then run `prefetch sync {manifest}`")
 
 
-manifest_opt = click.option(
-    "--manifest",
-    "-m",
-    type=click.Path(path_type=Path),
-    default="models.yaml",
-    show_default=True,
-    help="The manifest to edit.",
-)
-
-
 @command(
     "prefetch add sentence-transformers/all-MiniLM-L6-v2",
     "prefetch add org/model@v1.0 --include '*.safetensors' --include '*.json'",
     "prefetch add org/data --type dataset --token-env ORG_TOKEN",
-    "prefetch add org/private-model --no-check   # offline: no lock update",
+    "prefetch add org/private-model --no-check # offline: no lock update",
 )
 @repo_arg
 @manifest_opt
@@ -468,9 +466,9 @@ def remove(c: Context, repo: str, manifest: Path, repo_type: str, lock_path: Pat
 
 
 @command(
-    "prefetch status                        # one row per entry",
+    "prefetch status                   # one row per entry",
     "prefetch status models.yaml --json",
-    "prefetch status || prefetch sync       # CI gate: exit 6 stale, 7 not cached",
+    "prefetch status || prefetch sync  # CI gate: exit 6 stale, 7 not cached",
 )
 @manifest_arg
 @lock_opt
@@ -485,9 +483,9 @@ def status(c: Context, manifest: Path, lock_path: Path | None, cache_dir: Path |
 
 
 @command(
-    "prefetch path org/model                # the snapshot folder of the locked entry",
+    "prefetch path org/model           # its snapshot folder",
     "prefetch path org/data@main --type dataset --lock models.lock",
-    "python -c \"import datasets; print(datasets.load_dataset('$(prefetch path org/data --type dataset)'))\"",
+    "prefetch path org/data --type dataset --json",
 )
 @repo_arg
 @type_opt
@@ -514,8 +512,8 @@ def path(c: Context, repo: str, repo_type: str, lock_path: Path, cache_dir: Path
 
 
 @command(
-    "prefetch verify                        # models.lock against the cache, full hashes",
-    "prefetch verify models.lock --fast     # sizes only",
+    "prefetch verify                   # models.lock against the cache",
+    "prefetch verify models.lock --fast # sizes only",
     "prefetch verify --cache-dir /models/hub --json",
 )
 @lock_arg
@@ -532,7 +530,7 @@ def verify(c: Context, lockfile: Path, cache_dir: Path | None, fast: bool, jobs:
 
 
 @command(
-    "prefetch env                           # export HF_HUB_CACHE=... HF_HUB_OFFLINE=1",
+    "prefetch env                      # export HF_HUB_CACHE=... lines",
     'eval "$(prefetch env models.lock)" && python serve.py',
 )
 @lock_arg
@@ -560,7 +558,7 @@ def sbom(lockfile: Path, output: Path | None) -> None:
 
 @command(
     "prefetch prune --lock models.lock --dry-run",
-    "prefetch prune --lock serving.lock --lock batch.lock --cache-dir /models/hub",
+    "prefetch prune --lock serving.lock --lock batch.lock",
 )
 @click.option(
     "--lock",

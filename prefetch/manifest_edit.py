@@ -11,7 +11,7 @@ import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -23,6 +23,9 @@ from prefetch.files import atomic_write
 from prefetch.lockfile import default_lock_path, load_lock, write_lock
 from prefetch.manifest import REPO_TYPES, Manifest, parse_manifest
 from prefetch.paths import repo_id_problem, revision_problem
+
+if TYPE_CHECKING:
+    from prefetch.sync import Settings
 
 __all__ = ["REPO_TYPES", "EntryRequest", "add_entry", "init_manifest", "remove_entry"]
 
@@ -208,7 +211,7 @@ def add_entry(
     path: str | Path,
     request: EntryRequest,
     *,
-    settings: Any = None,
+    settings: Settings | None = None,
     cancel: CancelToken | None = None,
 ) -> EditResult:
     """Append an entry, then (unless `settings` is None, i.e. `--no-check`) resolve it against the Hub,
