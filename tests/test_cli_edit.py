@@ -191,3 +191,26 @@ def test_path_is_the_folder_huggingface_hub_gives(prefetch: PrefetchRunner, hub:
 
     wrong = prefetch("path", "org/unknown")
     assert wrong.code == 2 and "does not lock org/unknown" in wrong.stderr
+
+
+def test_quickstart_manifest_syncs_its_pinned_commit_without_a_token(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """The README's first command (tests/test_docs_commands.py runs it verbatim, too)."""
+    from tests.conftest import ROOT
+    from tests.hubemu.demo import QUICKSTART_COMMIT, populate_quickstart
+
+    populate_quickstart(hub)
+    (prefetch.tmp / "manifests").mkdir()
+    quickstart = prefetch.tmp / "manifests" / "quickstart.yaml"
+    quickstart.write_text((ROOT / "manifests" / "quickstart.yaml").read_text())
+    result = prefetch("sync", "manifests/quickstart.yaml", env={"HF_TOKEN": None})
+    assert result.code == 0, result
+    lock = yaml.safe_load((prefetch.tmp / "manifests" / "quickstart.lock").read_text())
+    assert [e["commit"] for e in lock["entries"]] == [QUICKSTART_COMMIT]
+    snapshot = prefetch.cache_dir / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots"
+    assert [p.name for p in snapshot.iterdir()] == [QUICKSTART_COMMIT]
+    assert (
+        prefetch("path", "sentence-transformers/all-MiniLM-L6-v2", "--lock", "manifests/quickstart.lock").code
+        == 0
+    )
