@@ -8,6 +8,7 @@ line. The bar must redraw in place: while bytes move, the screen holds one bar l
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -122,3 +123,4 @@ def test_bar_and_plan_fit_the_terminal(
     assert long_file.endswith("model-00001-of-00002.safetensors") or "…" in long_file, record
     assert any("synced 1 entries" in line for line in final), record
     assert "\x1b" not in record and "\r" not in record
+    assert not re.search(r"\d ?[kKMG]B/s", record), record  # tqdm's own units said MB/s for MiB/s
