@@ -333,7 +333,8 @@ def row_for_error(
             result.remedy = (
                 f"check the network path to {hub.endpoint} and the proxies (tried {hub.http.describe_routes()}): "
                 "HTTPS_PROXY/HTTP_PROXY/NO_PROXY, --proxy, the manifest's `proxies:`, --endpoint / HF_ENDPOINT; "
-                "this is not an access problem"
+                "this is not an access problem (to try prefetch without the Hub or a token, run the demo Hub: "
+                "README, 'Try it without a token')"
             )
     else:
         raise exc

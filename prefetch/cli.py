@@ -1,7 +1,12 @@
-"""The `prefetch` command: thin click wrappers over `prefetch.sync` and `prefetch.offline`.
+"""The `prefetch` command: thin click wrappers over `prefetch.sync`, `prefetch.manifest_edit` and
+`prefetch.offline`.
 
 Every command is one library call; this module only parses flags, picks the display, and maps
 errors to exit codes (through `errors.exit_code_for`, the single mapping).
+
+Option structure: each command is declared with `@command(examples...)` (which adds the output options
+`--json`, `-q`, `-v`, accepted before or after the command name, and the help's examples), then one
+decorator line per option or option group (`hub_options`, `transfer_options`, `lock_mode_options`...).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shutil
 import signal
 import sys
 import traceback
@@ -19,6 +25,7 @@ from typing import Any
 import click
 
 from prefetch import __version__, settings
+from prefetch import manifest_edit as edit_mod
 from prefetch import sync as sync_mod
 from prefetch.auth import redact
 from prefetch.cancel import CancelToken
@@ -28,65 +35,112 @@ from prefetch.offline import bundle as bundle_mod
 from prefetch.offline import prune as prune_mod
 from prefetch.offline import runtime_env
 from prefetch.offline import sbom as sbom_mod
+from prefetch.offline import status as status_mod
 from prefetch.offline import unbundle as unbundle_mod
 from prefetch.offline import verify as verify_mod
-from prefetch.progress import Progress, human_bytes, make_progress, setup_logging
+from prefetch.progress import Progress, human_bytes, make_progress, setup_logging, terminal_lines
 
 log = logging.getLogger("prefetch")
 DEFAULTS = sync_mod.Settings()
 MiB = 1024 * 1024
+F = Callable[..., Any]
 
 manifest_arg = click.argument(
     "manifest", type=click.Path(path_type=Path), default="models.yaml", required=False
 )
 lock_arg = click.argument("lockfile", type=click.Path(path_type=Path), default="models.lock", required=False)
+repo_arg = click.argument("repo", metavar="REPO[@REVISION]")
 cache_opt = click.option(
     "--cache-dir", type=click.Path(path_type=Path), help="HF cache (default: HF_HUB_CACHE...)."
 )
+lock_opt = click.option(
+    "--lock", "lock_path", type=click.Path(path_type=Path), help="Lockfile (default: MANIFEST.lock)."
+)
+manifest_opt = click.option(
+    "--manifest",
+    "-m",
+    type=click.Path(path_type=Path),
+    default="models.yaml",
+    show_default=True,
+    help="The manifest to edit.",
+)
+type_opt = click.option(
+    "--type", "repo_type", type=click.Choice(edit_mod.REPO_TYPES), default="model", show_default=True
+)
 
 
-def network_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Flags shared by the commands that talk to the Hub."""
-    options = [
-        click.option(
-            "--lock", "lock_path", type=click.Path(path_type=Path), help="Lockfile (default: MANIFEST.lock)."
-        ),
-        cache_opt,
-        click.option("--endpoint", help="Hub URL (default: manifest, HF_ENDPOINT, https://huggingface.co)."),
-        click.option("--token-file", type=click.Path(path_type=Path), help="Read the token from this file."),
-        click.option(
-            "--proxy", "proxies", multiple=True, help="HTTP(S) proxy URL; repeat for failover order."
-        ),
-        click.option(
-            "--jobs",
-            "-j",
-            type=click.IntRange(1, 256),
-            default=DEFAULTS.jobs,
-            show_default=True,
-            help="Concurrent connections.",
-        ),
-        click.option(
-            "--retries", type=click.IntRange(1, 100), help="Attempts per request (manifest retry.attempts)."
-        ),
-        click.option("--max-wait", type=click.FloatRange(0, 3600), help="Longest backoff wait, seconds."),
-        click.option(
-            "--segment-size",
-            type=click.IntRange(1, 4096),
-            default=DEFAULTS.segment_size // MiB,
-            show_default=True,
-            help="Big files are fetched as parallel Range segments of this many MiB.",
-        ),
-        click.option(
-            "--segment-threshold",
-            type=click.IntRange(1, 1 << 20),
-            default=DEFAULTS.segment_threshold // MiB,
-            show_default=True,
-            help="Files of at least this many MiB are split into segments.",
-        ),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def option_group(*options: Callable[[F], F]) -> Callable[[F], F]:
+    """Several options as one decorator, in the order given (help lists them in that order)."""
+
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+# Flags of the commands that talk to the Hub (sync, plan, lock, check, add).
+hub_options = option_group(
+    cache_opt,
+    click.option("--endpoint", help="Hub URL (default: manifest, HF_ENDPOINT, https://huggingface.co)."),
+    click.option("--token-file", type=click.Path(path_type=Path), help="Read the token from this file."),
+    click.option("--proxy", "proxies", multiple=True, help="HTTP(S) proxy URL; repeat for failover order."),
+    click.option(
+        "--retries", type=click.IntRange(1, 100), help="Attempts per request (manifest retry.attempts)."
+    ),
+    click.option("--max-wait", type=click.FloatRange(0, 3600), help="Longest backoff wait, seconds."),
+)
+# Flags of the commands that move bytes (sync only).
+transfer_options = option_group(
+    click.option(
+        "--jobs",
+        "-j",
+        type=click.IntRange(1, 256),
+        default=DEFAULTS.jobs,
+        show_default=True,
+        help="Concurrent connections.",
+    ),
+    click.option(
+        "--segment-size",
+        type=click.IntRange(1, 4096),
+        default=DEFAULTS.segment_size // MiB,
+        show_default=True,
+        help="Big files are fetched as parallel Range segments of this many MiB.",
+    ),
+    click.option(
+        "--segment-threshold",
+        type=click.IntRange(1, 1 << 20),
+        default=DEFAULTS.segment_threshold // MiB,
+        show_default=True,
+        help="Files of at least this many MiB are split into segments.",
+    ),
+)
+# uv's and Cargo's lock modes.
+lock_mode_options = option_group(
+    click.option(
+        "--locked",
+        is_flag=True,
+        help="Fail (exit 6) if the lockfile is missing or out of date with the manifest; else use it.",
+    ),
+    click.option(
+        "--frozen",
+        is_flag=True,
+        help="Use the lockfile as it is, without checking it against the manifest's entries (exit 6 if missing).",
+    ),
+)
+upgrade_options = option_group(
+    click.option("--upgrade", is_flag=True, help="Re-resolve every entry instead of keeping locked commits."),
+    click.option(
+        "--upgrade-repo", "upgrade_repos", multiple=True, help="Re-resolve this repo only (repeatable)."
+    ),
+)
+pattern_options = option_group(
+    click.option(
+        "--include", multiple=True, help="Glob of files to fetch (repeatable; default: every file)."
+    ),
+    click.option("--exclude", multiple=True, help="Glob of files to skip (repeatable)."),
+)
 
 
 def settings_from(kw: dict[str, Any], offline_flag: bool = False) -> sync_mod.Settings:
@@ -109,13 +163,26 @@ class Context:
     def __init__(self, verbose: int, quiet: bool, as_json: bool, cancel: CancelToken | None = None) -> None:
         self.verbose, self.quiet, self.as_json = verbose, quiet, as_json
         self.cancel = cancel or CancelToken()  # the command's run: Ctrl-C / SIGTERM cancel it
+        setup_logging(self.verbosity)
+
+    @property
+    def verbosity(self) -> int:
+        return -1 if self.quiet else self.verbose
+
+    def merge(self, name: str, value: Any) -> None:
+        """An output option given after the command name adds to the one given before it."""
+        if name == "verbose":
+            self.verbose += value
+        else:
+            setattr(self, name, getattr(self, name) or value)
+        setup_logging(self.verbosity)
 
     def progress(self) -> Progress:
         return make_progress("json" if self.as_json else "quiet" if self.quiet else "auto")
 
     def say(self, text: str) -> None:
         if not self.quiet and not self.as_json:
-            click.echo(redact(text))
+            click.echo(terminal_lines(redact(text), sys.stdout))
 
     def emit(self, data: dict[str, Any]) -> None:
         click.echo(redact(json.dumps(data, sort_keys=True, indent=None)))
@@ -131,39 +198,77 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def _merge_output_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value and param.name:
+        ctx.find_object(Context).merge(param.name, value)  # type: ignore[union-attr]
+
+
+def output_options(**extra: Any) -> Callable[[F], F]:
+    """`--json`, `-q/--quiet`, `-v/--verbose`: on the group (before the command name) and, merged into
+    the group's choice by `_merge_output_option`, on every command (after it)."""
+    return option_group(
+        click.option(
+            "--json", "as_json", is_flag=True, help="Machine-readable output (JSON lines on stdout).", **extra
+        ),
+        click.option("--quiet", "-q", is_flag=True, help="Only errors.", **extra),
+        click.option("--verbose", "-v", count=True, help="More log output (-vv: debug).", **extra),
+    )
+
+
+def command(*examples: str, name: str | None = None) -> Callable[[F], click.Command]:
+    """A `prefetch` subcommand: it takes the output options too, and its help ends with `examples`."""
+    epilog = "\b\nExamples:\n" + "\n".join(f"  {example}" for example in examples)
+    merged_output_options = output_options(expose_value=False, callback=_merge_output_option)
+
+    def decorate(f: F) -> click.Command:
+        cmd = cli.command(name=name, epilog=epilog)(merged_output_options(f))
+        shared = {"as_json", "quiet", "verbose"}  # listed last in the help, after the command's own
+        cmd.params = [p for p in cmd.params if p.name not in shared] + [
+            p for p in cmd.params if p.name in shared
+        ]
+        return cmd
+
+    return decorate
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="prefetch")
-@click.option("--verbose", "-v", count=True, help="More log output (-vv: debug).")
-@click.option("--quiet", "-q", is_flag=True, help="Only errors.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON lines on stdout).")
+@output_options()
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool, as_json: bool) -> None:
     """Prefetch Hugging Face Hub repos listed in a YAML manifest into the HF cache, verified and locked."""
-    setup_logging(verbose if not quiet else -1)
     ctx.obj = Context(verbose, quiet, as_json, cancel=ctx.obj)  # main() passes the run's token
 
 
-@cli.command()
-@manifest_arg
-@network_options
-@click.option(
-    "--frozen", is_flag=True, help="Use the lockfile exactly; fail (exit 6) if missing or out of date."
+def _stdout_columns() -> int | None:
+    """The width to fit plan lines into when stdout is a terminal (None: a pipe, print whole lines)."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+@command(
+    "prefetch sync                     # models.yaml -> cache + models.lock",
+    "prefetch sync manifests/quickstart.yaml --json",
+    "prefetch sync --locked            # CI: exit 6 if models.lock is stale",
+    "prefetch sync --frozen --offline  # air gap: the lock as it is",
 )
+@manifest_arg
+@lock_opt
+@hub_options
+@transfer_options
+@lock_mode_options
 @click.option(
     "--offline",
     "offline_flag",
     is_flag=True,
     help="No network: materialize from the cache (also HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1).",
 )
-@click.option("--dry-run", is_flag=True, help="Show what would be fetched; download nothing.")
-@click.option("--upgrade", is_flag=True, help="Re-resolve every entry instead of keeping locked commits.")
-@click.option(
-    "--upgrade-repo", "upgrade_repos", multiple=True, help="Re-resolve this repo only (repeatable)."
-)
+@click.option("--dry-run", is_flag=True, help="List the files that would be fetched; download nothing.")
+@upgrade_options
 @pass_ctx
 def sync(
     c: Context,
     manifest: Path,
+    locked: bool,
     frozen: bool,
     offline_flag: bool,
     dry_run: bool,
@@ -177,6 +282,7 @@ def sync(
         result = sync_mod.sync(
             manifest,
             settings=settings_from(kw, offline_flag),
+            locked=locked,
             frozen=frozen,
             dry_run=dry_run,
             upgrade=upgrade,
@@ -190,6 +296,8 @@ def sync(
     if c.as_json:
         progress.event("summary", dry_run=dry_run, **summary)
         return
+    if dry_run:
+        c.say(result.render_plan(_stdout_columns()))
     for line in result.changes:
         c.say(line)
     if dry_run:
@@ -202,23 +310,44 @@ def sync(
         )
 
 
-@cli.command()
+@command(
+    "prefetch plan                     # every file: cached or to fetch",
+    "prefetch plan models.yaml --json  # the same as JSON (event 'plan')",
+    "prefetch plan --locked            # exit 6 if models.lock is stale",
+)
 @manifest_arg
-@network_options
+@lock_opt
+@hub_options
+@lock_mode_options
 @pass_ctx
-def plan(c: Context, manifest: Path, **kw: Any) -> None:
-    """What `sync` would fetch, per repo (same as `sync --dry-run`)."""
+def plan(c: Context, manifest: Path, locked: bool, frozen: bool, **kw: Any) -> None:
+    """List the files `sync` would fetch, per entry, with their sizes (same as `sync --dry-run`)."""
     progress = c.progress()
-    result = sync_mod.sync(
-        manifest, settings=settings_from(kw), dry_run=True, progress=progress, cancel=c.cancel
-    )
+    try:
+        result = sync_mod.sync(
+            manifest,
+            settings=settings_from(kw),
+            locked=locked,
+            frozen=frozen,
+            dry_run=True,
+            progress=progress,
+            cancel=c.cancel,
+        )
+    finally:
+        progress.close()
     if c.as_json:
         progress.event("summary", dry_run=True, **result.summary())
+    else:
+        c.say(result.render_plan(_stdout_columns()))
 
 
-@cli.command()
+@command(
+    "prefetch check                    # one row per entry, with the fix",
+    "prefetch check models.yaml --json",
+    "HF_TOKEN=hf_... prefetch check --endpoint https://hub.internal",
+)
 @manifest_arg
-@network_options
+@hub_options
 @pass_ctx
 def check(c: Context, manifest: Path, **kw: Any) -> None:
     """Check access to every entry (token, gating, visibility, revision) without downloading."""
@@ -237,13 +366,16 @@ def check(c: Context, manifest: Path, **kw: Any) -> None:
         raise report.error(shown=True)
 
 
-@cli.command(name="lock")
-@manifest_arg
-@network_options
-@click.option("--upgrade", is_flag=True, help="Re-resolve every entry.")
-@click.option(
-    "--upgrade-repo", "upgrade_repos", multiple=True, help="Re-resolve this repo only (repeatable)."
+@command(
+    "prefetch lock                     # resolve new or changed entries only",
+    "prefetch lock --upgrade           # re-resolve every entry",
+    "prefetch lock --upgrade-repo org/name",
+    name="lock",
 )
+@manifest_arg
+@lock_opt
+@hub_options
+@upgrade_options
 @pass_ctx
 def lock_cmd(c: Context, manifest: Path, upgrade: bool, upgrade_repos: tuple[str, ...], **kw: Any) -> None:
     """Resolve revisions and write the lockfile, downloading nothing."""
@@ -258,7 +390,132 @@ def lock_cmd(c: Context, manifest: Path, upgrade: bool, upgrade_repos: tuple[str
     c.say(f"wrote {result.lock_path}")
 
 
-@cli.command()
+@command(
+    "prefetch init                     # writes models.yaml",
+    "prefetch init serving.yaml",
+)
+@click.argument("manifest", type=click.Path(path_type=Path), default="models.yaml", required=False)
+@pass_ctx
+def init(c: Context, manifest: Path) -> None:
+    """Write a commented starter manifest (never overwrites a file)."""
+    edit_mod.init_manifest(manifest)
+    if c.as_json:
+        c.emit({"manifest": str(manifest)})
+    c.say(f"wrote {manifest}; add repos with `prefetch add ORG/NAME`, then run `prefetch sync {manifest}`")
+
+
+@command(
+    "prefetch add sentence-transformers/all-MiniLM-L6-v2",
+    "prefetch add org/model@v1.0 --include '*.safetensors' --include '*.json'",
+    "prefetch add org/data --type dataset --token-env ORG_TOKEN",
+    "prefetch add org/private-model --no-check # offline: no lock update",
+)
+@repo_arg
+@manifest_opt
+@type_opt
+@pattern_options
+@click.option("--gated", is_flag=True, help="The repo is gated (fail early when no token is available).")
+@click.option("--token-env", help="Name of the environment variable holding this entry's token.")
+@click.option("--no-check", is_flag=True, help="Do not contact the Hub: no validation, no lock update.")
+@lock_opt
+@hub_options
+@pass_ctx
+def add(
+    c: Context,
+    repo: str,
+    manifest: Path,
+    repo_type: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    gated: bool,
+    token_env: str | None,
+    no_check: bool,
+    **kw: Any,
+) -> None:
+    """Add an entry to the manifest (comments and layout kept), check it against the Hub, update the lock."""
+    request = edit_mod.EntryRequest.parse(
+        repo, repo_type, include=include or None, exclude=exclude, gated=gated or None, token_env=token_env
+    )
+    result = edit_mod.add_entry(
+        manifest, request, settings=None if no_check else settings_from(kw), cancel=c.cancel
+    )
+    if c.as_json:
+        c.emit(result.to_json())
+    else:
+        c.say(result.render())
+
+
+@command(
+    "prefetch remove org/model",
+    "prefetch remove org/model@v1.0 -m serving.yaml",
+    "prefetch remove org/data --type dataset",
+)
+@repo_arg
+@manifest_opt
+@type_opt
+@lock_opt
+@pass_ctx
+def remove(c: Context, repo: str, manifest: Path, repo_type: str, lock_path: Path | None) -> None:
+    """Remove an entry from the manifest (comments and layout kept) and from the lockfile, offline."""
+    request = edit_mod.EntryRequest.parse(repo, repo_type)
+    result = edit_mod.remove_entry(manifest, request, lock_path=lock_path)
+    if c.as_json:
+        c.emit(result.to_json())
+    else:
+        c.say(result.render())
+
+
+@command(
+    "prefetch status                   # one row per entry",
+    "prefetch status models.yaml --json",
+    "prefetch status || prefetch sync  # CI gate: exit 6 stale, 7 not cached",
+)
+@manifest_arg
+@lock_opt
+@cache_opt
+@pass_ctx
+def status(c: Context, manifest: Path, lock_path: Path | None, cache_dir: Path | None) -> None:
+    """Offline: per entry, the requested revision, the locked commit, and what the cache holds."""
+    report = status_mod.status(manifest, lock_path=lock_path, cache_dir=cache_dir)
+    c.show(report)
+    if not report.ok:
+        raise report.error()
+
+
+@command(
+    "prefetch path org/model           # its snapshot folder",
+    "prefetch path org/data@main --type dataset --lock models.lock",
+    "prefetch path org/data --type dataset --json",
+)
+@repo_arg
+@type_opt
+@click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(path_type=Path),
+    default="models.lock",
+    show_default=True,
+    help="The lockfile that names the entry.",
+)
+@cache_opt
+@pass_ctx
+def path(c: Context, repo: str, repo_type: str, lock_path: Path, cache_dir: Path | None) -> None:
+    """Offline: print the snapshot folder of a locked entry, for tools that take a folder."""
+    request = edit_mod.EntryRequest.parse(repo, repo_type)
+    folder = status_mod.snapshot_path(
+        lock_path, request.repo, request.type, request.revision, cache_dir=cache_dir
+    )
+    if c.as_json:
+        c.emit({"repo": request.repo, "type": request.type, "path": str(folder)})
+    else:
+        click.echo(str(folder))
+
+
+@command(
+    "prefetch verify                   # models.lock against the cache",
+    "prefetch verify models.lock --fast # sizes only",
+    "prefetch verify --cache-dir /models/hub --json",
+)
 @lock_arg
 @cache_opt
 @click.option("--fast", is_flag=True, help="Check sizes only, not hashes.")
@@ -272,7 +529,10 @@ def verify(c: Context, lockfile: Path, cache_dir: Path | None, fast: bool, jobs:
     c.show(report)
 
 
-@cli.command()
+@command(
+    "prefetch env                      # export HF_HUB_CACHE=... lines",
+    'eval "$(prefetch env models.lock)" && python serve.py',
+)
 @lock_arg
 @cache_opt
 def env(lockfile: Path, cache_dir: Path | None) -> None:
@@ -281,7 +541,10 @@ def env(lockfile: Path, cache_dir: Path | None) -> None:
         click.echo(line)
 
 
-@cli.command()
+@command(
+    "prefetch sbom > sbom.json",
+    "prefetch sbom models.lock -o sbom.json",
+)
 @lock_arg
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here instead of stdout.")
 def sbom(lockfile: Path, output: Path | None) -> None:
@@ -293,7 +556,10 @@ def sbom(lockfile: Path, output: Path | None) -> None:
         click.echo(text, nl=False)
 
 
-@cli.command()
+@command(
+    "prefetch prune --lock models.lock --dry-run",
+    "prefetch prune --lock serving.lock --lock batch.lock",
+)
 @click.option(
     "--lock",
     "lock_paths",
@@ -311,7 +577,10 @@ def prune(c: Context, lock_paths: tuple[Path, ...], cache_dir: Path | None, dry_
     c.show(report)
 
 
-@cli.command()
+@command(
+    "prefetch bundle models.lock -o models.tar",
+    "prefetch bundle -o models.tar --cache-dir /models/hub",
+)
 @lock_arg
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Tar file to write.")
 @cache_opt
@@ -322,7 +591,10 @@ def bundle(c: Context, lockfile: Path, output: Path, cache_dir: Path | None) -> 
     c.show(report)
 
 
-@cli.command()
+@command(
+    "prefetch unbundle models.tar --lock-out models.lock",
+    "prefetch unbundle models.tar --cache-dir /models/hub --json",
+)
 @click.argument("archive", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @cache_opt
 @click.option(

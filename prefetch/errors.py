@@ -38,7 +38,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.ACCESS: "access denied (auth, gated, private, not found, revision missing)",
     ExitCode.NETWORK: "network: Hub or proxies unreachable after retries",
     ExitCode.INTEGRITY: "integrity: a hash mismatch that retries did not fix",
-    ExitCode.LOCK_OUTDATED: "lockfile out of date or missing under --frozen",
+    ExitCode.LOCK_OUTDATED: "lockfile out of date or missing (--locked, status), or missing (--frozen)",
     ExitCode.VERIFY_FAILED: "verify found missing or corrupt files",
     ExitCode.DISK_FULL: "not enough disk space",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C / SIGTERM)",
@@ -90,7 +90,8 @@ class IntegrityError(PrefetchError):
 
 
 class LockOutdatedError(PrefetchError):
-    """`--frozen` was asked for but the lockfile is missing or does not match the manifest."""
+    """`--locked` (or `--offline`, `status`) found the lockfile missing or out of date with the manifest,
+    or `--frozen` found no lockfile."""
 
     exit_code = ExitCode.LOCK_OUTDATED
 
@@ -125,6 +126,11 @@ class AccessNetworkError(NetworkError):
     def __init__(self, message: str, report: AccessReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+class NotAHubError(NetworkError):
+    """The endpoint answered an API call the way no Hub does (an HTML 404 page without `X-Error-Code`):
+    it is a web server, not a Hub, so "repo not found" would blame the wrong thing."""
 
 
 class HubHttpError(PrefetchError):
@@ -241,12 +247,19 @@ class HttpStatusError(Exception):
     """
 
     def __init__(
-        self, url: str, status: int, error_code: str | None, message: str, retry_after: float | None = None
+        self,
+        url: str,
+        status: int,
+        error_code: str | None,
+        message: str,
+        retry_after: float | None = None,
+        content_type: str = "",
     ) -> None:
         from urllib.parse import urlsplit  # here, so that this block stays self-contained
 
         self.url, self.status, self.error_code, self.message = url, status, error_code, message
         self.retry_after = retry_after
+        self.content_type = content_type  # media type only, e.g. `text/html`
         super().__init__(f"{status} from {urlsplit(url).path}" + (f": {message}" if message else ""))
 
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from prefetch.auth import Token
 from prefetch.cache import TYPE_PREFIX, safe_relpath
-from prefetch.errors import HttpStatusError, IntegrityError, hub_http_error
+from prefetch.errors import HttpStatusError, HubHttpError, IntegrityError, NotAHubError, hub_http_error
 from prefetch.net.connection import Headers
 from prefetch.net.retry import is_retryable
 from prefetch.net.session import Http
@@ -45,9 +45,10 @@ class RemoteFile:
 class HubApi:
     """Typed calls to one Hub endpoint."""
 
-    def __init__(self, http: Http) -> None:
+    def __init__(self, http: Http, endpoint_name: str = "") -> None:
         self.http = http
         self.endpoint = http.endpoint
+        self.endpoint_name = endpoint_name or self.endpoint  # how messages name it: `HF_ENDPOINT=https://...`
 
     def _get_json(self, url: str, token: Token | None) -> tuple[Any, Headers]:
         with _typed_errors():
@@ -58,11 +59,28 @@ class HubApi:
 
     def repo_info(self, repo: str, repo_type: str, revision: str, token: Token | None) -> RepoInfo:
         """Resolve `revision` (branch, tag or commit) to a commit. Says nothing about gated access."""
-        data, _ = self._get_json(self._api(repo, repo_type, "revision", quote(revision, safe="")), token)
+        url = self._api(repo, repo_type, "revision", quote(revision, safe=""))
+        try:
+            data, _ = self._get_json(url, token)
+        except HubHttpError as e:
+            raise self._not_a_hub(url, e) or e from e.__cause__
         commit = data.get("sha") if isinstance(data, dict) else None
         if not isinstance(commit, str) or not COMMIT_RE.fullmatch(commit):
             raise IntegrityError(f"{repo}@{revision}: the Hub answered without a valid commit hash")
         return RepoInfo(commit=commit, gated=data.get("gated") or False)
+
+    def _not_a_hub(self, url: str, error: HubHttpError) -> NotAHubError | None:
+        """A 404 web page (no `X-Error-Code`, not JSON) where the Hub's API should be: wrong endpoint."""
+        cause = error.__cause__
+        if error.status != 404 or error.error_code or not isinstance(cause, HttpStatusError):
+            return None
+        if "json" in cause.content_type:
+            return None
+        return NotAHubError(
+            f"{self.endpoint_name} does not answer like a Hugging Face Hub: GET {url} returned "
+            f"{error.status} {cause.content_type or 'without a content type'}; check HF_ENDPOINT, --endpoint "
+            "and the manifest's `endpoint:`"
+        )
 
     def list_files(self, repo: str, repo_type: str, commit: str, token: Token | None) -> list[RemoteFile]:
         """Every file at `commit`, with size and hashes, following the listing's pagination."""

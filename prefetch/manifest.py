@@ -31,8 +31,9 @@ MANIFEST_VERSION = 1
 
 TOP_KEYS = ("version", "cache_dir", "endpoint", "proxies", "retry", "defaults", "repos")
 RETRY_KEYS = ("attempts", "max_wait", "max_time")
-DEFAULT_KEYS = ("revision", "include", "exclude", "gated", "token_env")
-ENTRY_KEYS = ("repo", "type", "revision", "include", "exclude", "gated", "token_env")
+DEFAULT_KEYS = ("revision", "include", "exclude", "gated", "token_env", "allow_empty")
+ENTRY_KEYS = ("repo", "type", "revision", "include", "exclude", "gated", "token_env", "allow_empty")
+LOCKFILE_KEYS = ("tool_version", "manifest_digest", "entries")  # a lockfile's, never a manifest's
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,19 @@ class Entry:
     exclude: tuple[str, ...] = ()
     gated: bool | None = None  # the manifest's expectation; None when not said
     token_env: str | None = None  # name of an env var holding this entry's token
+    allow_empty: bool = False  # selecting no file is intended (else an error: usually a pattern typo)
+    # The patterns written on the entry itself (not from `defaults:`), each of which must match a file.
+    own_include: tuple[str, ...] = field(default=(), compare=False)
+    own_exclude: tuple[str, ...] = field(default=(), compare=False)
     index: int = 0  # position in `repos:`
     line: int = 0  # 1-based position of the entry in the manifest, for messages
     column: int = 0
+    manifest_path: str = field(default="", compare=False)  # for messages
+
+    def error(self, key: str, message: str) -> ManifestError:
+        """A problem with this entry found after parsing (e.g. against the repo's files), located at it."""
+        key_path = f"repos[{self.index}]" + (f".{key}" if key else "")
+        return ManifestError(self.manifest_path, self.line, self.column, key_path, message)
 
     @property
     def key(self) -> str:
@@ -109,7 +120,11 @@ def load_manifest(path: str | Path) -> Manifest:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ManifestError(name, 1, 1, "", "no such manifest file") from None
+        message = (
+            f"no such manifest file: create one with `prefetch init {name}`, or start from a manifest in "
+            "prefetch's manifests/ folder (e.g. manifests/quickstart.yaml)"
+        )
+        raise ManifestError(name, 1, 1, "", message) from None
     except OSError as exc:
         raise ManifestError(name, 1, 1, "", f"cannot read the manifest: {exc.strerror or exc}") from None
     try:
@@ -404,6 +419,13 @@ class _Parser:
                 root, "", f"the manifest must be a mapping (version:, repos:…), got {self.describe(root, '')}"
             )
         items = self.flatten(root, "", frozenset())
+        if "repos" not in items and any(key in items for key in LOCKFILE_KEYS):
+            manifest = Path(self.path).with_suffix(".yaml").name
+            message = (
+                "this is a lockfile (written by `prefetch lock` or `sync`), not a manifest: pass the manifest "
+                f"it was generated from (e.g. {manifest}, beside it)"
+            )
+            self.fail(root, "", message)
         if "version" not in items:
             self.fail(root, "", "missing required key 'version' (add 'version: 1')")
         version_node = items["version"].value
@@ -510,6 +532,7 @@ class _Parser:
             "exclude": self.patterns,
             "gated": self.boolean,
             "token_env": self.token_env,
+            "allow_empty": self.boolean,
         }
         result: dict[str, object] = {}
         for key, read in readers.items():
@@ -531,7 +554,8 @@ class _Parser:
             self.fail(node, key_path, "missing required key 'repo'")
         repo = self.repo_id(items["repo"].value, _join(key_path, "repo"))
         repo_type = self.optional(items, "type", key_path, self.repo_type) or "model"
-        settings = {**defaults, **self.fields(items, key_path)}
+        own = self.fields(items, key_path)
+        settings = {**defaults, **own}
         return Entry(
             repo=repo,
             type=repo_type,
@@ -540,7 +564,11 @@ class _Parser:
             exclude=settings.get("exclude", ()),  # type: ignore[arg-type]
             gated=settings.get("gated"),  # type: ignore[arg-type]
             token_env=settings.get("token_env"),  # type: ignore[arg-type]
+            allow_empty=bool(settings.get("allow_empty")),
+            own_include=own.get("include") or (),  # type: ignore[arg-type]
+            own_exclude=own.get("exclude") or (),  # type: ignore[arg-type]
             index=index,
             line=_line(node),
             column=node.start_mark.column + 1,
+            manifest_path=self.path,
         )

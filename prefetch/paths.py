@@ -7,6 +7,7 @@ can never name a file outside the cache.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
@@ -49,6 +50,16 @@ def select_paths(paths: Iterable[str], include: Iterable[str] | None, exclude: I
         if (allow is None or any(fnmatchcase(path.replace("\\", "/"), p) for p in allow))
         and not any(fnmatchcase(path.replace("\\", "/"), p) for p in ignore)
     ]
+
+
+def unmatched_pattern_message(pattern: str, paths: list[str]) -> str:
+    """Why `pattern` is wrong, for a pattern that matches none of `paths`: the closest file names."""
+    names = sorted({*paths, *(path.rsplit("/", 1)[-1] for path in paths)})
+    close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
+    hint = f"closest file names: {', '.join(close)}" if close else f"the repo has {len(paths)} files"
+    if not paths:
+        hint = "the repo has no file"
+    return f"pattern {pattern!r} matches no file of the repo ({hint})"
 
 
 def unsafe_path_reason(path: str) -> str | None:

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sys
+import textwrap
 import threading
 import time
 from typing import IO, Any
@@ -30,6 +31,8 @@ from prefetch.download.job import FileJob, Reporter
 log = logging.getLogger("prefetch")
 
 ACTIVE_SHOWN = 3  # files named on the "active" line
+NARROW_COLUMNS = 80  # below this, the bar leaves out its name and the elapsed/remaining times
+JSON_PROGRESS_INTERVAL = 1.0  # seconds, at most, between two `progress` events under --json
 
 
 def human_bytes(n: float) -> str:
@@ -180,7 +183,11 @@ class LineProgress(Progress):
 
     def _tick(self) -> None:
         while not self._stop.wait(self.interval):
-            self._print(f"prefetch: {self.status_line()}")
+            self.tick()
+
+    def tick(self) -> None:
+        """Every `interval` seconds while the transfer runs."""
+        self._print(f"prefetch: {self.status_line()}")
 
     def _print(self, text: str) -> None:
         print(redact(text), file=self.stream or sys.stderr, flush=True)
@@ -192,18 +199,64 @@ class LineProgress(Progress):
             self._ticker = None
 
 
+def wrap_lines(text: str, width: int) -> list[str]:
+    """`text`'s lines wrapped at spaces to `width` (continuations indented); a single word longer than
+    the terminal (a long path) is left for the terminal to wrap."""
+    return [
+        wrapped
+        for line in text.splitlines()
+        for wrapped in textwrap.wrap(
+            line, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
+        )
+        or [""]
+    ]
+
+
+def terminal_lines(text: str, stream: IO[str]) -> str:
+    """`text` as it should reach `stream`: wrapped to its width when it is a terminal, else unchanged."""
+    return "\n".join(wrap_lines(text, _columns(stream))) if stream.isatty() else text
+
+
+def _reported_columns(stream: IO[str]) -> int:
+    """The width the terminal reports (0: not a terminal, or one nobody sized)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return 0
+
+
+def _columns(stream: IO[str]) -> int:
+    """The terminal's width now, else COLUMNS or 100."""
+    return _reported_columns(stream) or shutil.get_terminal_size((100, 24)).columns
+
+
 def _terminal_width(stream: IO[str]) -> int | None:
     """None when the terminal reports its width (tqdm then follows resizes); else a fixed fallback.
 
     A pseudo-terminal nobody sized (some CI wrappers, `docker run -t`) reports 0 columns, and tqdm
     would then draw an empty bar.
     """
-    try:
-        if os.get_terminal_size(stream.fileno()).columns > 0:
-            return None
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        pass
-    return shutil.get_terminal_size((100, 24)).columns
+    return None if _reported_columns(stream) > 0 else _columns(stream)
+
+
+def _binary_units_bar() -> Any:
+    """tqdm, with fields that name binary units: its own `unit_divisor=1024` still prints `MB/s` for MiB/s."""
+    from tqdm import tqdm
+
+    class BinaryUnitsBar(tqdm):  # type: ignore[misc]
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            fields = super().format_dict
+            elapsed = fields.get("elapsed") or 0
+            rate = fields.get("rate") or (fields["n"] / elapsed if elapsed else 0)
+            fields.update(
+                done=human_bytes(fields["n"]),
+                size=human_bytes(fields["total"] or 0),
+                speed=f"{human_bytes(rate)}/s",
+            )
+            return fields
+
+    return BinaryUnitsBar
 
 
 class TtyProgress(Progress):
@@ -226,18 +279,18 @@ class TtyProgress(Progress):
 
         out = self.stream or sys.stderr
         width = _terminal_width(out)
-        self.bar = tqdm(
+        narrow = (width or _columns(out)) < NARROW_COLUMNS  # keep room for the bar itself
+        self.bar = _binary_units_bar()(
             total=total_bytes,
             unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
             file=out,
             dynamic_ncols=width is None,
             ncols=width,
             desc="prefetch",
             mininterval=0.2,
-            bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
-            "{rate_fmt}{postfix}]",
+            bar_format="{percentage:3.0f}%|{bar}| {done}/{size} {speed}{postfix}"
+            if narrow
+            else "{desc} {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}{postfix}]",
         )
         self.line = tqdm(
             total=0,
@@ -281,11 +334,15 @@ class TtyProgress(Progress):
         self._refresh_files()
 
     def message(self, text: str) -> None:
+        """Wrapped to the terminal's width: a line the terminal wraps itself would break the bar's redraw."""
+        out = self.stream or sys.stderr
+        lines = wrap_lines(redact(text), _columns(out))
         if self.bar is not None:
             with self._draw:
-                self.bar.write(redact(text), file=self.stream or sys.stderr)
+                for line in lines:
+                    self.bar.write(line, file=out)
         else:
-            super().message(text)
+            print("\n".join(lines), file=out, flush=True)
 
     def close(self) -> None:
         with self._draw:
@@ -298,13 +355,27 @@ class TtyProgress(Progress):
                 self.bar = None
 
 
-class JsonProgress(Progress):
-    """`--json`: one JSON object per line on stdout (plan, file, retry, warning, summary); nothing else."""
+class JsonProgress(LineProgress):
+    """`--json`: one JSON object per line on stdout (plan, file, progress, retry, warning, summary); nothing
+    else. A `progress` event comes at least every second while the transfer runs, so a tool watching a
+    multi-GB file sees bytes move between two `file` events."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
-        super().__init__()
-        self.stream = stream
+        super().__init__(interval=min(JSON_PROGRESS_INTERVAL, settings.progress_interval()), stream=stream)
         self._out = threading.Lock()
+
+    def tick(self) -> None:
+        with self._lock:
+            done, total, files, total_files = (
+                self.done_bytes,
+                self.total_bytes,
+                self.done_files,
+                self.total_files,
+            )
+        self.event(
+            "progress", done_bytes=done, total_bytes=total, done_files=files, total_files=total_files,
+            bytes_per_second=round(self.rate()), active=self.active_names(),
+        )  # fmt: skip
 
     def event(self, kind: str, **fields: Any) -> None:
         line = redact(json.dumps({"event": kind, **fields}, sort_keys=True, default=str))

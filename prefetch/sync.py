@@ -10,6 +10,7 @@ import concurrent.futures as cf
 import functools
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from prefetch.lockfile import (
 from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
 from prefetch.net.retry import RetryPolicy
 from prefetch.net.session import Http
-from prefetch.paths import select_paths
+from prefetch.paths import select_paths, unmatched_pattern_message
 from prefetch.progress import Progress, QuietProgress, human_bytes
 
 DISK_MARGIN = 64 * 1024 * 1024  # keep this much free after the planned bytes
@@ -67,9 +68,37 @@ class EntryPlan:
     locked: LockedEntry
     missing: list[LockedFile] = field(default_factory=list)
 
+    def file_rows(self) -> list[dict[str, Any]]:
+        """Every locked file: path, size, and whether the cache already holds it."""
+        missing = {f.path for f in self.missing}
+        return [{"path": f.path, "size": f.size, "cached": f.path not in missing} for f in self.locked.files]
+
+    def header(self) -> str:
+        """`repos[0] (org/x@main) -> 0123456789ab: 3 files (1.2 MiB), 1 cached, 2 to fetch (1.1 MiB)`."""
+        files, missing = self.locked.files, self.missing
+        size, missing_size = (
+            human_bytes(sum(f.size for f in files)),
+            human_bytes(sum(f.size for f in missing)),
+        )
+        return (
+            f"{self.entry.label} -> {self.locked.commit[:12]}: {len(files)} files ({size}), "
+            f"{len(files) - len(missing)} cached, {len(missing)} to fetch ({missing_size})"
+        )
+
+    def render(self, width: int | None = None) -> list[str]:
+        """The header line, then one line per file (`fetch`/`cached`, size, path), fitted to `width`."""
+        lines = [fit(self.header(), width)]
+        for row in self.file_rows():
+            prefix = f"  {'cached' if row['cached'] else 'fetch':6} {human_bytes(row['size']):>10}  "
+            lines.append(
+                prefix + fit(row["path"], None if width is None else width - len(prefix), middle=True)
+            )
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         files = self.locked.files
         return {
+            "file_list": self.file_rows(),
             "repo": self.entry.repo,
             "type": self.entry.type,
             "revision": self.entry.revision,
@@ -104,6 +133,23 @@ class SyncResult:
             "changes": self.changes,
         }
 
+    def render_plan(self, width: int | None = None) -> str:
+        """Every entry and its files, for `plan` and `sync --dry-run` (lines fitted to `width` when given)."""
+        lines = [line for p in self.plans for line in p.render(width)]
+        return "\n".join(lines) if lines else "nothing to do: the manifest lists no entry"
+
+
+def fit(text: str, width: int | None, *, middle: bool = False) -> str:
+    """`text` cut to `width` characters with an ellipsis (in the middle for paths, whose end matters)."""
+    if width is None or len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    if middle:
+        head = (width - 1) // 2
+        return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+    return text[: width - 1] + "…"
+
 
 class Run:
     """Everything one command needs, built once: manifest, lock, cache, tokens, HTTP."""
@@ -130,6 +176,7 @@ class Run:
             or env_settings.DEFAULT_ENDPOINT
         ).rstrip("/")
         self.hub_gated: dict[str, bool | str] = {}  # entry key -> gating seen by this run's resolution
+        self.entries: tuple[Entry, ...] = self.manifest.entries  # under --frozen: the lock's
 
     # -- lazily built: an offline or warm run never touches tokens or the network -----------------------
     @functools.cached_property
@@ -156,7 +203,15 @@ class Run:
 
     @functools.cached_property
     def hub(self) -> HubApi:
-        return HubApi(self.http)
+        return HubApi(self.http, self.endpoint_name())
+
+    def endpoint_name(self) -> str:
+        """The endpoint as its source names it, for messages: `HF_ENDPOINT=http://...`."""
+        if self.settings.endpoint:
+            return f"--endpoint {self.endpoint}"
+        if self.manifest.endpoint:
+            return f"the manifest's endpoint {self.endpoint}"
+        return f"HF_ENDPOINT={self.endpoint}" if env_settings.endpoint() else f"the Hub at {self.endpoint}"
 
     @functools.cached_property
     def default_token(self) -> Token | None:
@@ -174,12 +229,23 @@ class Run:
 
     # -- resolution ---------------------------------------------------------------------------------------
     def resolve(
-        self, *, frozen: bool = False, upgrade: bool = False, upgrade_repos: tuple[str, ...] = ()
+        self,
+        *,
+        locked: bool = False,
+        frozen: bool = False,
+        upgrade: bool = False,
+        upgrade_repos: tuple[str, ...] = (),
     ) -> tuple[dict[str, LockedEntry], list[AccessResult]]:
-        """Locked content for every entry: kept from the lock when its line is unchanged, else resolved."""
-        entries = self.manifest.entries
-        if frozen or self.offline:
-            return self._from_lock(frozen), []
+        """Locked content for every entry: kept from the lock when its line is unchanged, else resolved.
+
+        `frozen` (uv's and Cargo's `--frozen`): the lock as it is, its entries replacing the manifest's;
+        `locked` (and offline runs): the lock, which must match the manifest.
+        """
+        if frozen:
+            return self._frozen_entries(), []
+        if locked or self.offline:
+            return self._checked_lock("--locked" if locked else "--offline"), []
+        entries = self.entries
         unknown = set(upgrade_repos) - {e.repo for e in entries}
         if unknown:
             raise UsageError(f"--upgrade-repo: not in the manifest: {', '.join(sorted(unknown))}")
@@ -202,19 +268,38 @@ class Run:
         resolved, failures = self._resolve_remote(todo)
         return {**kept, **resolved}, failures
 
-    def _from_lock(self, frozen: bool) -> dict[str, LockedEntry]:
-        flag = "--frozen" if frozen else "--offline"
+    def _existing_lock(self, flag: str) -> Lock:
         if self.old_lock is None:
             raise LockOutdatedError(
                 f"{flag} needs a lockfile, and {self.lock_path} does not exist; run `prefetch lock`"
             )
-        differences = diff_lock(self.old_lock, self.manifest)
+        return self.old_lock
+
+    def _checked_lock(self, flag: str) -> dict[str, LockedEntry]:
+        """The lock's entries, after checking that the lock matches the manifest (exit 6 if not)."""
+        lock = self._existing_lock(flag)
+        differences = diff_lock(lock, self.manifest)
         if differences:
             raise LockOutdatedError(
                 f"{flag}: {self.lock_path} is out of date with {self.manifest.path}; run `prefetch lock`:\n  - "
                 + "\n  - ".join(differences)
             )
-        return {e.key: e for e in self.old_lock.entries}
+        return {e.key: e for e in lock.entries}
+
+    def _frozen_entries(self) -> dict[str, LockedEntry]:
+        """The lock's entries as the run's entries; the manifest only lends per-entry token names."""
+        lock = self._existing_lock("--frozen")
+        by_key = {e.key: e for e in self.manifest.entries}
+        self.entries = tuple(
+            replace(
+                by_key.get(e.key) or Entry(e.repo, e.type, e.revision),
+                index=i,
+                include=e.include,
+                exclude=e.exclude,
+            )
+            for i, e in enumerate(lock.entries)
+        )
+        return {e.key: e for e in lock.entries}
 
     def _resolve_remote(self, entries: list[Entry]) -> tuple[dict[str, LockedEntry], list[AccessResult]]:
         """repo_info + tree listing per entry, concurrently; access problems become report rows."""
@@ -258,7 +343,7 @@ class Run:
     def plan(self, resolved: dict[str, LockedEntry]) -> list[EntryPlan]:
         """What each resolved entry still lacks in the cache (entries that failed to resolve are left out)."""
         plans = []
-        for entry in self.manifest.entries:
+        for entry in self.entries:
             locked = resolved.get(entry.key)
             if locked is None:
                 continue
@@ -334,10 +419,27 @@ def _bytes_on_disk(job: FileJob) -> int:
     return sum(b - a for a, b in job.cache.read_partial_state(job.etag, job.size))
 
 
+def check_selection(entry: Entry, paths: list[str], selected: list[str]) -> None:
+    """An entry's own pattern that matches no file, or an entry left with no file (without
+    `allow_empty: true`), is a manifest error (exit 2): it is a typo far more often than an intent."""
+    for key, patterns in (("include", entry.own_include), ("exclude", entry.own_exclude)):
+        for index, pattern in enumerate(patterns):
+            if not select_paths(paths, [pattern], []):
+                raise entry.error(f"{key}[{index}]", unmatched_pattern_message(pattern, paths))
+    if not selected and not entry.allow_empty:
+        what = (
+            "has no file" if not paths else "selects no file of the repo (include/exclude, defaults included)"
+        )
+        raise entry.error(
+            "", f"{entry.repo} {what}; add 'allow_empty: true' to the entry if that is intended"
+        )
+
+
 def locked_entry(entry: Entry, commit: str, files: list[RemoteFile]) -> LockedEntry:
     """An entry's lock record: the commit and the files its include/exclude select."""
     by_path = {f.path: f for f in files}
     selected = select_paths(by_path, entry.include, entry.exclude)
+    check_selection(entry, list(by_path), selected)
     locked_files = tuple(
         LockedFile(path=f.path, size=f.size, sha256=f.sha256, git_sha1=None if f.sha256 else f.git_sha1)
         for f in sorted((by_path[p] for p in selected), key=lambda f: f.path)
@@ -359,6 +461,7 @@ def sync(
     manifest_path: str | Path,
     *,
     settings: Settings | None = None,
+    locked: bool = False,
     frozen: bool = False,
     dry_run: bool = False,
     upgrade: bool = False,
@@ -368,19 +471,22 @@ def sync(
 ) -> SyncResult:
     """Bring every manifest entry into the cache, verified, and write the lockfile last.
 
-    Cancelling `cancel` (from another thread, or a signal handler) stops the run with `Cancelled`;
-    its partial downloads are kept for the next run to resume.
+    `locked`: fail (exit 6) unless the lock exists and matches the manifest; `frozen`: use the lock as
+    it is. Neither writes the lockfile. Cancelling `cancel` (from another thread, or a signal handler)
+    stops the run with `Cancelled`; its partial downloads are kept for the next run to resume.
     """
     run = Run(manifest_path, settings or Settings(), progress, cancel)
     try:
-        resolved, failures = run.resolve(frozen=frozen, upgrade=upgrade, upgrade_repos=upgrade_repos)
+        resolved, failures = run.resolve(
+            locked=locked, frozen=frozen, upgrade=upgrade, upgrade_repos=upgrade_repos
+        )
         plans = run.plan(resolved)
         if run.offline:
             run.materialize(plans)
             return SyncResult(plans, run.old_lock or run.new_lock(resolved), run.lock_path, run.cache_dir)
         needing = [p for p in plans if p.missing]
         report = _check_access(run, needing, failures)
-        lock = run.new_lock(resolved)
+        lock = run.old_lock if frozen and run.old_lock else run.new_lock(resolved)
         result = SyncResult(
             plans, lock, run.lock_path, run.cache_dir, report=report, changes=lock_changes(run.old_lock, lock)
         )
@@ -402,7 +508,7 @@ def sync(
             transfer.run(later)
         result.stats = transfer.stats
         run.materialize(plans)
-        if not frozen:
+        if not (locked or frozen):
             run.save_lock(lock)
         return result
     finally:
@@ -439,12 +545,10 @@ def _announce(run: Run, plans: list[EntryPlan], jobs: list[FileJob], dry_run: bo
         fetch_bytes=total,
         dry_run=dry_run,
     )
+    if dry_run:  # the caller prints the whole plan (`SyncResult.render_plan`); no bar for what won't move
+        return
     for p in plans:
-        info = p.to_json()
-        run.progress.message(
-            f"{p.entry.label} -> {p.locked.commit[:12]}: {info['files']} files ({human_bytes(info['bytes'])}), "
-            f"{info['cached_files']} cached, {info['missing_files']} to fetch ({human_bytes(info['missing_bytes'])})"
-        )
+        run.progress.message(p.header())
     run.progress.start(total, len(jobs))
 
 
@@ -487,13 +591,19 @@ def lock(
 
 
 def check(
-    manifest_path: str | Path, *, settings: Settings | None = None, cancel: CancelToken | None = None
+    manifest_path: str | Path,
+    *,
+    settings: Settings | None = None,
+    cancel: CancelToken | None = None,
+    keys: Collection[str] | None = None,
 ) -> AccessReport:
-    """The access check alone, for every entry: token, gating, visibility, revision."""
+    """The access check alone, for every entry (or those whose `Entry.key` is in `keys`): token, gating,
+    visibility, revision."""
     run = Run(manifest_path, settings or Settings(), cancel=cancel)
     try:
         if run.offline:
             raise UsageError("`prefetch check` needs the network (HF_HUB_OFFLINE / --offline is set)")
-        return check_entries(run.hub, [(e, run.token(e)) for e in run.manifest.entries])
+        entries = [e for e in run.manifest.entries if keys is None or e.key in keys]
+        return check_entries(run.hub, [(e, run.token(e)) for e in entries])
     finally:
         run.close()

@@ -1,4 +1,4 @@
-"""Lock semantics like uv/Cargo: sticky locks, --upgrade, --frozen, --offline (issue 5)."""
+"""Lock semantics like uv/Cargo: sticky locks, --upgrade, --locked, --frozen, --offline (issues 5, 16)."""
 
 from __future__ import annotations
 
@@ -79,26 +79,53 @@ def test_sync_keeps_the_locked_commit_and_sync_upgrade_moves_it(prefetch: Prefet
     assert (prefetch.cache_dir / "models--org--model" / "refs" / "main").read_text() == moved
 
 
-def test_frozen_uses_the_lock_and_refuses_a_stale_or_missing_one(prefetch: PrefetchRunner, hub: HubEmulator):
+def test_locked_uses_the_lock_and_refuses_a_stale_or_missing_one(prefetch: PrefetchRunner, hub: HubEmulator):
+    """uv's and Cargo's `--locked`: the lock must exist and match the manifest (exit 6 otherwise)."""
     two_commits(hub)
     manifest = prefetch.manifest([{"repo": "org/model"}])
-    result = prefetch("sync", str(manifest), "--frozen")
+    result = prefetch("sync", str(manifest), "--locked")
     assert result.code == 6, result
     assert "models.lock" in result.stderr and hub.count() == 0
 
     assert prefetch("lock", str(manifest)).code == 0
     hub.reset_counters()
-    result = prefetch("sync", str(manifest), "--frozen")
+    result = prefetch("sync", str(manifest), "--locked")
     assert result.code == 0, result
     # Nothing is resolved: no branch lookup, no tree listing (the access check may confirm the locked commit).
     assert not [r for r in hub.requests if r.path.endswith("/revision/main") or "/tree/" in r.path]
 
     prefetch.manifest([{"repo": "org/model", "include": ["*.json"]}, {"repo": "org/other"}])
     hub.reset_counters()
-    result = prefetch("sync", str(manifest), "--frozen")
+    result = prefetch("sync", str(manifest), "--locked")
     assert result.code == 6, result
     assert "org/other" in result.stderr and "org/model" in result.stderr
     assert hub.count() == 0
+
+
+def test_frozen_uses_the_lock_as_it_is_without_checking_the_manifest(
+    prefetch: PrefetchRunner, hub: HubEmulator
+):
+    """uv's and Cargo's `--frozen`: the lock's entries are synced even when the manifest changed since."""
+    two_commits(hub)
+    manifest = prefetch.manifest([{"repo": "org/model"}])
+    result = prefetch("sync", str(manifest), "--frozen")
+    assert result.code == 6, result  # nothing to use
+    assert "models.lock" in result.stderr and hub.count() == 0
+
+    assert prefetch("lock", str(manifest)).code == 0
+    lock_text = (prefetch.tmp / "models.lock").read_text()
+    prefetch.manifest([{"repo": "org/model", "include": ["*.json"]}, {"repo": "org/other"}])  # now stale
+    hub.reset_counters()
+    result = prefetch("sync", str(manifest), "--frozen")
+    assert result.code == 0, result
+    assert not [r for r in hub.requests if r.path.endswith("/revision/main") or "/tree/" in r.path]
+    assert (prefetch.tmp / "models.lock").read_text() == lock_text  # never written
+    snapshot = prefetch.cache_dir / "models--org--model" / "snapshots" / locked_commits(prefetch)["org/model"]
+    assert sorted(p.name for p in snapshot.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]  # the lock's files
+    assert not (prefetch.cache_dir / "models--org--other").exists()
 
 
 def test_offline_makes_zero_requests_and_lists_what_is_missing(prefetch: PrefetchRunner, hub: HubEmulator):
@@ -135,9 +162,10 @@ def test_frozen_never_writes_the_lockfile(prefetch: PrefetchRunner, hub: HubEmul
     prefetch.tmp.chmod(0o555)
     try:
         before = lock.stat().st_mtime_ns
-        result = prefetch("sync", str(manifest), "--frozen")
-        assert result.code == 0, result
-        assert lock.stat().st_mtime_ns == before
+        for mode in ("--frozen", "--locked"):
+            result = prefetch("sync", str(manifest), mode)
+            assert result.code == 0, result
+            assert lock.stat().st_mtime_ns == before
         result = prefetch("sync", str(manifest))
         assert result.code == 0, result
         assert lock.stat().st_mtime_ns == before  # unchanged content is not rewritten either

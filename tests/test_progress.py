@@ -225,7 +225,7 @@ def test_dry_run_lists_each_repo_with_files_bytes_and_cached(
     for args in (("sync", "models.yaml", "--dry-run"), ("plan", "models.yaml")):
         result = prefetch(*args)
         assert result.code == 0, result
-        lines = result.stderr.splitlines()
+        lines = result.stdout.splitlines()  # the plan is the command's output (issue 16)
         cached = next(line for line in lines if "org/cached" in line)
         fresh = next(line for line in lines if "org/fresh" in line)
         assert re.search(r"4 files \([\d.]+ (B|KiB|MiB)\), 4 cached, 0 to fetch \(0 B\)", cached), cached

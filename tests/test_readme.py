@@ -23,7 +23,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_install_command_runs_the_main_job():
-    assert shell_blocks(README)[0] == "pip install . && prefetch sync models.yaml"
+    assert shell_blocks(README)[0] == "pip install . && prefetch sync manifests/quickstart.yaml"
 
 
 def test_exit_code_table_matches_the_code():

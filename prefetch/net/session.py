@@ -183,7 +183,10 @@ def http_status_error(url: str, response: Response) -> HttpStatusError:
     headers = response.headers
     message = headers.get("x-error-message") or message or response.reason_phrase
     retry_after = retry_after_seconds(headers) if response.status_code in (429, 503) else None
-    return HttpStatusError(url, response.status_code, headers.get("x-error-code"), str(message), retry_after)
+    content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
+    return HttpStatusError(
+        url, response.status_code, headers.get("x-error-code"), str(message), retry_after, content_type
+    )
 
 
 def network_error(exc: BaseException, http: Http, what: str) -> PrefetchError:

@@ -81,3 +81,41 @@ def populate_demo(hub: HubEmulator) -> None:
         date=_T0 + 180,
     )
     hub.grant_gated("demo/gated-model", DEMO_USER, status="accepted")
+    populate_quickstart(hub)
+
+
+# The real Hub commit that manifests/quickstart.yaml pins; the emulator serves small stand-ins of its files.
+QUICKSTART_REPO = "sentence-transformers/all-MiniLM-L6-v2"
+QUICKSTART_COMMIT = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
+
+
+def populate_quickstart(hub: HubEmulator) -> None:
+    """The repos README.md and docs/ name (public, ungated: no token needed): the first command's, at its
+    pinned commit, and the one the README's `prefetch add` example adds."""
+    hub.create_repo("BAAI/bge-small-en-v1.5", owner="BAAI").commit(
+        {
+            "config.json": b'{"model_type": "bert", "hidden_size": 384}\n',
+            "tokenizer.json": b'{"version": "1.0"}\n',
+            "model.safetensors": tiny_safetensors(5, 32, 384),
+            "pytorch_model.bin": seeded_bytes(6, 2048),
+        },
+        message="Initial upload",
+        date=_T0 + 300,
+    )
+    repo = hub.create_repo(QUICKSTART_REPO, owner="sentence-transformers")
+    config = {"architectures": ["BertModel"], "hidden_size": 384, "model_type": "bert"}
+    repo.commit(
+        {
+            "config.json": json.dumps(config, indent=2, sort_keys=True).encode() + b"\n",
+            "tokenizer_config.json": b'{"do_lower_case": true}\n',
+            "modules.json": b'[{"idx": 0, "name": "0", "path": "", "type": "Transformer"}]\n',
+            "1_Pooling/config.json": b'{"word_embedding_dimension": 384, "pooling_mode_mean_tokens": true}\n',
+            "vocab.txt": b"".join(f"tok{i}\n".encode() for i in range(1000)),
+            "model.safetensors": tiny_safetensors(3, 96, 384),
+            "pytorch_model.bin": seeded_bytes(4, 4096),
+            "README.md": b"# all-MiniLM-L6-v2 (hubemu stand-in)\n",
+        },
+        message="Initial upload",
+        date=_T0 + 240,
+        sha=QUICKSTART_COMMIT,
+    )

@@ -158,8 +158,12 @@ class Repo:
         *,
         message: str | None = None,
         date: float | None = None,
+        sha: str | None = None,
     ) -> str:
-        """Create a commit on `branch` (created if missing); unnamed paths carry over, None deletes."""
+        """Create a commit on `branch` (created if missing); unnamed paths carry over, None deletes.
+
+        `sha` pins the commit id (e.g. a real Hub commit that a shipped manifest names) instead of the
+        one computed from the commit's content."""
         with self._lock:
             parent = self._branches.get(branch)
             base = self._commits[parent] if parent else None
@@ -196,7 +200,7 @@ class Repo:
                 f"Hubemu-Commit: {self.repo_type}/{self.repo_id}#{self._seq}\n"
             )
             raw = text.encode()
-            sha = hashlib.sha1(b"commit %d\0" % len(raw) + raw).hexdigest()
+            sha = sha or hashlib.sha1(b"commit %d\0" % len(raw) + raw).hexdigest()
             for path in changed:
                 last_changed[path] = sha
             self._commits[sha] = Commit(
