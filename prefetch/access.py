@@ -27,7 +27,6 @@ from prefetch.errors import (
     CertificateError,
     ExitCode,
     GatedRepoError,
-    HttpStatusError,
     HubHttpError,
     NetworkError,
     PrefetchError,
@@ -36,7 +35,7 @@ from prefetch.errors import (
     RevisionNotFoundError,
     TransportError,
 )
-from prefetch.hub import HubApi, RepoInfo
+from prefetch.hub import HubApi, RepoInfo, lacks_route
 from prefetch.manifest import Entry
 from prefetch.net.retry import is_retryable
 from prefetch.net.session import Http, network_error
@@ -47,8 +46,6 @@ LOGIN_HELP = (
     "(RUN --mount=type=secret,id=hf_token ...; it is read from /run/secrets/hf_token), never as ARG or ENV"
 )
 FINE_GRAINED_SETTING = "read access to contents of all public gated repos you can access"
-# A mirror without the auth-check endpoint answers one of these, without an X-Error-Code.
-NO_AUTH_CHECK = frozenset({404, 405, 501})
 
 
 def login_help() -> str:
@@ -311,15 +308,15 @@ def row_for_error(
     result = result or AccessResult(entry, AccessStatus.OK, token.source if token else None)
     # Network trouble also when not retryable (every proxy refused our credentials, a certificate
     # that does not verify): still exit 4.
-    network = isinstance(exc, NetworkError | HttpStatusError | ProxyRoutesFailed | TransportError)
-    if isinstance(exc, HubHttpError):  # the Hub's final answer (HubApi types it)
+    network = isinstance(exc, NetworkError | HubHttpError | ProxyRoutesFailed | TransportError)
+    if isinstance(exc, HubHttpError) and not is_retryable(exc):  # the Hub's final answer
         _classify(hub, exc, result, token, locked_commit)
     elif network or is_retryable(exc):
         result.status = AccessStatus.NETWORK
         result.problem = redact(
             str(exc if isinstance(exc, NetworkError) else network_error(exc, hub.http, entry.repo))
         )
-        if isinstance(exc, HttpStatusError) and exc.status == 429:
+        if isinstance(exc, HubHttpError) and exc.status == 429:
             result.remedy = (
                 f"the Hub at {hub.endpoint} kept rate-limiting requests: wait, then run again "
                 "(a token raises the limits)"
@@ -342,12 +339,13 @@ def row_for_error(
 
 
 def _auth_check(hub: HubApi, entry: Entry, token: Token | None, commit: str) -> None:
+    """auth-check, or on an endpoint without it (its revision info answered, so a 404 there means the route
+    is missing, see `lacks_route`), a HEAD of one real file, which answers as the file's download would."""
     try:
         hub.auth_check(entry.repo, entry.type, token)
     except HubHttpError as e:
-        if e.status not in NO_AUTH_CHECK or e.error_code is not None:
+        if not lacks_route(e):
             raise
-        # A mirror without the auth-check endpoint: ask for one real file's headers instead.
         files = hub.list_files(entry.repo, entry.type, commit, token)
         if files:
             hub.head_file(entry.repo, entry.type, commit, files[0].path, token)

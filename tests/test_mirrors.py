@@ -1,9 +1,8 @@
 """Hub-compatible endpoints other than the Hub (issue 14): the emulator's mirror profile and olah, a real mirror.
 
 olah runs in its two modes: (a) serving a local git+LFS repo built here (`offline = true`), (b) pull-through
-cache with the Hub emulator as its upstream. `hf download`-style loads through the same endpoints pass today
-(they prove the harness); prefetch's syncs through them are `xfail(strict=True)` with the precise cause, so
-they flip to failures (to be unmarked) when issue 14's fixes land.
+cache with the Hub emulator as its upstream. `hf download`-style loads through the same endpoints prove the
+harness; prefetch syncs, locks, checks and verifies through every one of them.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import pytest
 
 from tests.conftest import PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
+from tests.hubemu.fixtures import over_both_profiles
 from tests.olah_fixture import (
     LFS_ATTRIBUTES,
     OlahFactory,
@@ -33,24 +33,6 @@ from tests.test_interop import locked, run_consumer
 
 REPO = "testorg/tiny-model"
 WEIGHTS = "model.safetensors"
-# Causes seen today (details in the issue-14 phase-1 report). Every sync stops at the first; the later ones
-# were seen with access.py's auth-check step skipped.
-AUTH_CHECK = (
-    "issue 14: /auth-check is missing and answers the catch-all 404 `X-Error-Code: RepoNotFound`; "
-    "access.py _auth_check() re-raises it (it only falls back when error_code is None), row_for_error() -> "
-    "_classify() reports 'repo not found', exit 3"
-)
-MIRROR_PROFILE = (
-    AUTH_CHECK + "; then the lfs-less listing: hub.py _remote_file() takes the LFS pointer's git sha1 "
-    "(`oid`) as the content hash, so transfer.py Transfer rejects the real bytes twice, exit 5"
-)
-PULL_THROUGH_TWICE = (
-    AUTH_CHECK + "; then transfer.py _Source() calls Http.locate(), a GET of /resolve to learn a 302 "
-    "target, for every LFS file: olah answers 200 with the body, starts its own upstream fetch, and the "
-    "closed stream plus the real GET make the Hub serve the LFS bytes twice (2.0 copies > 1.15)"
-)
-
-
 def repo_files() -> dict[str, bytes]:
     """A small repo: two regular files (one nested) and one LFS file, 2 MiB (more than one chunk)."""
     return {
@@ -150,11 +132,7 @@ def test_huggingface_hub_downloads_from_the_mirror_profile(
     assert got == {"ok": digests(files)}
 
 
-@pytest.mark.parametrize(
-    "hub",
-    ["hub", pytest.param("mirror", marks=pytest.mark.xfail(strict=True, reason=MIRROR_PROFILE))],
-    indirect=True,
-)
+@over_both_profiles
 def test_sync_lock_check_verify_on_both_profiles(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
     files = repo_files()
     hub.create_repo(REPO).commit(files)
@@ -177,7 +155,6 @@ def test_huggingface_hub_downloads_through_olah_serving_a_local_repo(
     assert load_online(prefetch, olah.url, prefetch.tmp / "hf-cache") == {"ok": digests(files)}
 
 
-@pytest.mark.xfail(strict=True, reason=AUTH_CHECK)
 def test_sync_through_olah_serving_a_local_repo(
     prefetch: PrefetchRunner, local_olah: tuple[OlahServer, dict[str, bytes], str]
 ) -> None:
@@ -196,7 +173,6 @@ def test_huggingface_hub_downloads_through_olah_in_front_of_the_hub(
     assert load_online(prefetch, olah.url, prefetch.tmp / "hf-cache") == {"ok": digests(files)}
 
 
-@pytest.mark.xfail(strict=True, reason=AUTH_CHECK)
 def test_sync_through_olah_in_front_of_the_hub(
     prefetch: PrefetchRunner, hub: HubEmulator, olah_factory: OlahFactory
 ) -> None:
@@ -207,7 +183,6 @@ def test_sync_through_olah_in_front_of_the_hub(
 
 
 @pytest.mark.soak  # ~20 s once it passes: four CLI syncs and verifies through olah
-@pytest.mark.xfail(strict=True, reason=PULL_THROUGH_TWICE)
 def test_four_nodes_through_one_olah_fetch_the_repo_from_the_hub_about_once(
     tmp_path: Path, hub: HubEmulator, olah_factory: OlahFactory
 ) -> None:
@@ -229,7 +204,6 @@ def test_four_nodes_through_one_olah_fetch_the_repo_from_the_hub_about_once(
     assert hub.bytes_served() <= 1.15 * one_copy
 
 
-@pytest.mark.xfail(strict=True, reason=AUTH_CHECK)
 def test_mirror_bytes_that_mismatch_the_lock_fail_with_exit_5_naming_the_file(
     prefetch: PrefetchRunner, hub: HubEmulator, olah_factory: OlahFactory
 ) -> None:
