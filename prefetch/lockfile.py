@@ -311,7 +311,7 @@ class _LockReader:
         sha256 = git_sha1 = None
         if "sha256" in items:
             sha256 = self.matching(items["sha256"], f"{key_path}.sha256", _SHA256, "64 lowercase hex digits")
-        else:
+        elif "git_sha1" in items:
             git_sha1 = self.matching(
                 items["git_sha1"], f"{key_path}.git_sha1", _SHA1, "40 lowercase hex digits"
             )

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from tests.conftest import PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
@@ -33,6 +34,8 @@ from tests.test_interop import locked, run_consumer
 
 REPO = "testorg/tiny-model"
 WEIGHTS = "model.safetensors"
+
+
 def repo_files() -> dict[str, bytes]:
     """A small repo: two regular files (one nested) and one LFS file, 2 MiB (more than one chunk)."""
     return {
@@ -44,6 +47,10 @@ def repo_files() -> dict[str, bytes]:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def digests(files: dict[str, bytes]) -> dict[str, str]:
@@ -75,6 +82,15 @@ def sync_lock_check_verify(prefetch: PrefetchRunner, files: dict[str, bytes]) ->
     assert result.code == 0, result
     entry = locked(lock)[0]
     assert {f["path"] for f in entry["files"]} == set(files)
+    # Whatever the endpoint published, the lock ends as the Hub's would: the LFS file by its content's sha256
+    # (a mirror's listing names it by its pointer's git id only), the others by their git blob sha1.
+    by_path = {f["path"]: f for f in entry["files"]}
+    assert by_path[WEIGHTS] == {
+        "path": WEIGHTS,
+        "size": len(files[WEIGHTS]),
+        "sha256": sha256(files[WEIGHTS]),
+    }
+    assert by_path["config.json"]["git_sha1"] == git_blob_sha1(files["config.json"])
     base = {"repo_id": REPO, "revision": entry["commit"], "cache_dir": str(prefetch.cache_dir)}
     loaded = run_consumer(prefetch, [{"call": "snapshot_download", "kwargs": base}], mode="plain")
     assert loaded == [{"ok": digests(files)}]
@@ -137,6 +153,75 @@ def test_sync_lock_check_verify_on_both_profiles(prefetch: PrefetchRunner, hub: 
     files = repo_files()
     hub.create_repo(REPO).commit(files)
     sync_lock_check_verify(prefetch, files)
+
+
+@pytest.mark.parametrize("status", [404, 405, 501, 503])
+def test_a_missing_auth_check_route_falls_back_to_a_head_of_a_file(
+    prefetch: PrefetchRunner, hub: HubEmulator, status: int
+) -> None:
+    """Revision info answered 200, so auth-check's 404 (any X-Error-Code), 405, 501 or 5xx is a missing route."""
+    hub.create_repo(REPO).commit(repo_files())
+    hub.inject(Fault("status", times=None, match="/auth-check", status=status))
+    manifest = prefetch.manifest([{"repo": REPO}])
+    result = prefetch("check", str(manifest), "--retries", "1")
+    assert result.code == 0, result
+    assert hub.count(path_contains="/resolve/", method="HEAD") == 1
+
+
+@on_the_mirror_profile
+def test_without_auth_check_a_gated_repo_is_still_reported_as_gated(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """The HEAD that stands in for auth-check answers as the download would: gated, not "not found"."""
+    hub.create_repo(REPO, gated="manual").commit(repo_files())
+    manifest = prefetch.manifest([{"repo": REPO}])
+    result = prefetch("check", str(manifest))
+    assert result.code == 3, result
+    assert "gated repo" in result.output and "not found" not in result.output
+
+
+@on_the_mirror_profile
+def test_an_endpoint_publishing_no_hash_is_hashed_on_first_use_and_recorded(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    files = repo_files()
+    hub.create_repo(REPO).commit(files)
+    hub.missing_routes.add("tree")
+    hub.publishes_hashes = False
+    manifest = prefetch.manifest([{"repo": REPO}])
+    assert prefetch("lock", str(manifest)).code == 0
+    lock = manifest.with_suffix(".lock")
+    assert all(set(f) == {"path", "size"} for f in locked(lock)[0]["files"])  # sizes from HEAD, no hash
+    frozen = prefetch("sync", "--frozen", str(manifest))
+    assert frozen.code == 6 and "records no hash for 3 file(s)" in frozen.output, frozen
+
+    result = prefetch("sync", str(manifest))
+    assert result.code == 0, result
+    for path, data in files.items():
+        line = (
+            f"the endpoint published no hash for {REPO}:{path}; recorded sha256 {sha256(data)} on first use"
+        )
+        assert line in result.output
+    entry = locked(lock)[0]
+    assert {f["path"]: f.get("sha256") for f in entry["files"]} == digests(files)
+    for path in files:  # blobs named by the recorded sha256, as the Hub names LFS blobs
+        blob = next(prefetch.cache_dir.glob(f"models--*/snapshots/*/{path}")).resolve()
+        assert blob.name == sha256(files[path])
+    assert prefetch("verify", str(lock)).code == 0
+    again = prefetch("sync", "--frozen", str(manifest))
+    assert again.code == 0 and "published no hash" not in again.output, again
+
+
+@on_the_mirror_profile
+def test_a_mirror_serving_bytes_that_mismatch_its_listing_fails_with_exit_5(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """The listed git id of an LFS pointer commits to the content's sha256: corrupted bytes fail it."""
+    hub.create_repo(REPO).commit(repo_files())
+    hub.inject(Fault("corrupt", times=None, match=WEIGHTS))
+    result = prefetch("sync", str(prefetch.manifest([{"repo": REPO}])), "--retries", "1")
+    assert result.code == 5, result
+    assert f"{REPO}:{WEIGHTS}" in result.output
 
 
 # ----------------------------------------------------------------------------- olah serving a local repo
@@ -219,3 +304,26 @@ def test_mirror_bytes_that_mismatch_the_lock_fail_with_exit_5_naming_the_file(
     assert result.code == 5, result
     assert WEIGHTS in result.output
     assert not list(prefetch.cache_dir.glob(f"models--*/snapshots/*/{WEIGHTS}"))
+
+
+def test_endpoint_flag_overrides_the_environment_and_is_recorded_in_the_lock_and_sbom(
+    prefetch: PrefetchRunner, hub: HubEmulator, olah_factory: OlahFactory
+) -> None:
+    """A lock made against the Hub syncs through a mirror (`--endpoint`), and still names the Hub."""
+    files = repo_files()
+    hub.create_repo(REPO).commit(files)
+    prefetch.env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: --endpoint must win
+    manifest = prefetch.manifest([{"repo": REPO}])
+    assert prefetch("lock", str(manifest), "--endpoint", hub.url).code == 0
+    lock = manifest.with_suffix(".lock")
+    assert yaml.safe_load(lock.read_text())["endpoint"] == hub.url
+    before = lock.read_text()
+
+    olah = olah_in_front_of(olah_factory, hub.url, hub.cdn_url)
+    result = prefetch("sync", str(manifest), "--endpoint", olah.url)
+    assert result.code == 0, result
+    assert lock.read_text() == before  # resolved against the Hub: the lock (and its endpoint) unchanged
+    assert prefetch("verify", str(lock)).code == 0
+    bom = json.loads(prefetch("sbom", str(lock)).stdout)
+    assert {"name": "prefetch:lockfile:endpoint", "value": hub.url} in bom["metadata"]["properties"]
+    assert bom["components"][0]["externalReferences"] == [{"type": "vcs", "url": f"{hub.url}/{REPO}"}]
