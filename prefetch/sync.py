@@ -495,6 +495,7 @@ def _check_access(run: Run, needing: list[EntryPlan], failures: list[AccessResul
             [(p.entry, run.token(p.entry)) for p in needing],
             commits={p.entry.key: p.locked.commit for p in needing},
             hub_gated=run.hub_gated,
+            probes={p.entry.key: p.missing[0].path for p in needing},
         )
         rows += checked.results
     report = AccessReport(rows)

@@ -158,7 +158,8 @@ def test_warm_resync_makes_no_request_and_changed_manifest_fetches_only_the_diff
         r.path for r in hub.requests if r.method == "GET" and (r.origin == "cdn" or "/resolve/" in r.path)
     ]
     assert fetched and all("model.safetensors" in p or r"/lfs/" in p for p in fetched), fetched
-    assert hub.bytes_served() == len(LFS_BYTES)
+    # == one copy: a mirror's chunked framing (chunk size lines) adds a few bytes per chunk on the wire
+    assert len(LFS_BYTES) <= hub.bytes_served() <= len(LFS_BYTES) * 1.001
 
 
 def test_a_blob_shared_by_two_repos_is_downloaded_once(prefetch: PrefetchRunner, hub: HubEmulator):

@@ -24,8 +24,9 @@ def sbom(lock_path: str | Path) -> dict[str, Any]:
 
     Models get the purl `pkg:huggingface/{namespace}/{name}@{commit}` (the purl spec's `huggingface` type
     covers models only, so datasets and spaces carry no purl: their identity is group/name/version and a
-    `vcs` reference on the endpoint the lock was resolved against, which the metadata also names). LFS files list their SHA-256; other files are identified by their git blob id, which
-    is not the SHA-1 of the content, so it goes in `swhid` / `omniborId`, the 1.6 fields made for it.
+    `vcs` reference on the endpoint the lock was resolved against, which the metadata also names). LFS
+    files list their SHA-256; other files are identified by their git blob id, which is not the SHA-1 of
+    the content, so it goes in `swhid` / `omniborId`, the 1.6 fields made for it.
     """
     lock = load_lock(lock_path)
     body: dict[str, Any] = {
