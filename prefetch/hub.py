@@ -180,7 +180,10 @@ def _complete_from_headers(item: dict[str, Any], headers: Headers | None) -> Non
     Hub's LFS redirect), else `Content-Length` and `ETag` (40 hex: a git object id; 64 hex: a sha256)."""
     if headers is None:
         return
-    size = headers.get("x-linked-size") or headers.get("content-length") or ""
+    # A redirect's Content-Length is its own body's: only X-Linked-Size speaks for the file then.
+    size = (
+        headers.get("x-linked-size") or ("" if "location" in headers else headers.get("content-length")) or ""
+    )
     if not isinstance(item["size"], int) and size.isdigit():
         item["size"] = int(size)
     linked = _etag_value(headers.get("x-linked-etag"))

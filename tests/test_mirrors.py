@@ -180,6 +180,31 @@ def test_without_auth_check_a_gated_repo_is_still_reported_as_gated(
     assert "gated repo" in result.output and "not found" not in result.output
 
 
+@over_both_profiles
+def test_without_a_tree_listing_the_revision_siblings_give_the_same_lock(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    files = repo_files()
+    commit = hub.create_repo(REPO).commit(files)
+    manifest = prefetch.manifest([{"repo": REPO}])
+    assert prefetch("sync", str(manifest)).code == 0
+    lock = manifest.with_suffix(".lock")
+    with_tree = lock.read_text()
+    lock.unlink()
+    shutil.rmtree(prefetch.cache_dir)
+    hub.missing_routes.add("tree")
+    hub.reset_counters()
+    result = prefetch("sync", str(manifest))
+    assert result.code == 0, result
+    assert lock.read_text() == with_tree
+    assert hub.count(path_contains="/tree/") == 1  # answered by the catch-all 404
+    assert [r.path for r in hub.requests if r.query.get("blobs") == "true"] == [
+        f"/api/models/{REPO}/revision/{commit}"
+    ]
+    # `?blobs=true` siblings carry sizes and ids: no HEAD per file (the mirror's one HEAD stands in for auth-check)
+    assert hub.count(method="HEAD") == (1 if hub.profile == "mirror" else 0)
+
+
 @on_the_mirror_profile
 def test_an_endpoint_publishing_no_hash_is_hashed_on_first_use_and_recorded(
     prefetch: PrefetchRunner, hub: HubEmulator
