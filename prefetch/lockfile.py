@@ -17,7 +17,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prefetch import __version__
-from prefetch.errors import LockfileError
+from prefetch.errors import LockfileError, LockOutdatedError
 from prefetch.files import atomic_write, is_disk_full
 from prefetch.paths import repo_id_problem, revision_problem, unsafe_path_reason
 
@@ -82,6 +82,18 @@ class Lock:
     def entry(self, key: str) -> LockedEntry | None:
         """The locked entry with this `LockedEntry.key` (`type:repo@revision`), if any."""
         return next((e for e in self.entries if e.key == key), None)
+
+
+def require_hashes(lock: Lock, what: str) -> None:
+    """Refuse a lock with files that have no hash yet (`prefetch lock` against an endpoint that published
+    none): `what` (a flag, a command) must not trust such files. Exit 6: the lock is incomplete."""
+    unhashed = [f"{e.repo}:{f.path}" for e in lock.entries for f in e.files if not f.etag]
+    if unhashed:
+        raise LockOutdatedError(
+            f"{what}: the lockfile records no hash for {len(unhashed)} file(s) (the endpoint it was locked "
+            f"against published none): {', '.join(unhashed[:5])}; run `prefetch sync` without --frozen once, "
+            "to hash them on first use and record their sha256"
+        )
 
 
 def default_lock_path(manifest_path: Path) -> Path:

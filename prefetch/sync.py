@@ -33,6 +33,7 @@ from prefetch.lockfile import (
     default_lock_path,
     diff_lock,
     load_lock,
+    require_hashes,
     write_lock,
 )
 from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
@@ -217,13 +218,8 @@ class Run:
                 f"{flag}: {self.lock_path} is out of date with {self.manifest.path}; run `prefetch lock`:\n  - "
                 + "\n  - ".join(differences)
             )
-        unhashed = [f"{e.repo}:{f.path}" for e in self.old_lock.entries for f in e.files if not f.etag]
-        if frozen and unhashed:
-            raise LockOutdatedError(
-                f"--frozen: {self.lock_path} records no hash for {len(unhashed)} file(s) (the endpoint it was "
-                f"locked against published none): {', '.join(unhashed[:5])}; run `prefetch sync` without "
-                "--frozen once, to hash them on first use and record their sha256"
-            )
+        if frozen:
+            require_hashes(self.old_lock, f"--frozen ({self.lock_path})")
         return {e.key: e for e in self.old_lock.entries}
 
     def _resolve_remote(self, entries: list[Entry]) -> tuple[dict[str, LockedEntry], list[AccessResult]]:

@@ -219,6 +219,8 @@ def test_an_endpoint_publishing_no_hash_is_hashed_on_first_use_and_recorded(
     assert all(set(f) == {"path", "size"} for f in locked(lock)[0]["files"])  # sizes from HEAD, no hash
     frozen = prefetch("sync", "--frozen", str(manifest))
     assert frozen.code == 6 and "records no hash for 3 file(s)" in frozen.output, frozen
+    unverifiable = prefetch("verify", str(lock))
+    assert unverifiable.code == 6 and "records no hash for 3 file(s)" in unverifiable.output, unverifiable
 
     result = prefetch("sync", str(manifest))
     assert result.code == 0, result
