@@ -7,6 +7,7 @@ harness; prefetch syncs, locks, checks and verifies through every one of them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -19,6 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from prefetch.lockfile import LockedEntry, LockedFile
+from prefetch.sync import trust_lock
 from tests.conftest import PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
 from tests.hubemu.fixtures import over_both_profiles
@@ -249,6 +252,18 @@ def test_a_mirror_serving_bytes_that_mismatch_its_listing_fails_with_exit_5(
     result = prefetch("sync", str(prefetch.manifest([{"repo": REPO}])), "--retries", "1")
     assert result.code == 5, result
     assert f"{REPO}:{WEIGHTS}" in result.output
+
+
+def test_at_the_locked_commit_the_lock_hashes_win_over_a_new_listing() -> None:
+    """Re-resolving (`--upgrade`) through another endpoint keeps the lock's hashes while the commit is the same."""
+    locked_file = LockedFile(WEIGHTS, 3, sha256="a" * 64)
+    old = LockedEntry(REPO, "model", "main", "1" * 40, None, (), "sha256:" + "0" * 64, (locked_file,))
+    listed = (LockedFile(WEIGHTS, 3, git_sha1="b" * 40), LockedFile("new.txt", 1, git_sha1="c" * 40))
+    new = dataclasses.replace(old, files=listed)
+    assert trust_lock(new, old).files == (locked_file, listed[1])
+    moved = dataclasses.replace(new, commit="2" * 40)
+    assert trust_lock(moved, old) == moved
+    assert trust_lock(new, None) == new
 
 
 # ----------------------------------------------------------------------------- olah serving a local repo
