@@ -259,10 +259,11 @@ class Run:
             endpoint=self.lock_endpoint(),
         )
 
-    def lock_endpoint(self) -> str:
+    def lock_endpoint(self) -> str | None:
         """The endpoint the lock's content was resolved against: this run's when it resolved or hashed
-        anything, else the old lock's (a warm run through a mirror keeps a lock made against the Hub)."""
-        if self.old_lock and self.old_lock.endpoint and not self.resolved_here:
+        anything, else the old lock's (a warm run through a mirror keeps a lock made against the Hub, and
+        a lock older than this field is not rewritten just to add it: it may be read-only)."""
+        if self.old_lock is not None and not self.resolved_here:
             return self.old_lock.endpoint
         return endpoint_for_lock(self.endpoint)
 
