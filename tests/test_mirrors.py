@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from prefetch.lockfile import LockedEntry, LockedFile
-from prefetch.sync import trust_lock
+from prefetch.sync import endpoint_for_lock, trust_lock
 from tests.conftest import PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
 from tests.hubemu.fixtures import over_both_profiles
@@ -252,6 +252,13 @@ def test_a_mirror_serving_bytes_that_mismatch_its_listing_fails_with_exit_5(
     result = prefetch("sync", str(prefetch.manifest([{"repo": REPO}])), "--retries", "1")
     assert result.code == 5, result
     assert f"{REPO}:{WEIGHTS}" in result.output
+
+
+def test_the_lock_records_an_endpoint_without_its_credentials() -> None:
+    assert endpoint_for_lock("https://user:s3cret@artifacts.example:8443/api/hf/") == (
+        "https://artifacts.example:8443/api/hf"
+    )
+    assert endpoint_for_lock("http://[::1]:8080") == "http://[::1]:8080"
 
 
 def test_at_the_locked_commit_the_lock_hashes_win_over_a_new_listing() -> None:
