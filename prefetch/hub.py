@@ -126,12 +126,13 @@ class HubApi:
             if isinstance(s, dict)
         ]
         incomplete = [i for i in items if not isinstance(i["size"], int) or not (i["oid"] or i["lfs"])]
-        with cf.ThreadPoolExecutor(max_workers=HEAD_WORKERS, thread_name_prefix="prefetch-head") as pool:
-            heads = pool.map(
-                lambda i: self._resolve_headers(repo, repo_type, commit, i["path"], token), incomplete
-            )
-            for item, headers in zip(incomplete, heads, strict=True):
-                _complete_from_headers(item, headers)
+        if incomplete:
+            with cf.ThreadPoolExecutor(max_workers=HEAD_WORKERS, thread_name_prefix="prefetch-head") as pool:
+                heads = pool.map(
+                    lambda i: self._resolve_headers(repo, repo_type, commit, i["path"], token), incomplete
+                )
+                for item, headers in zip(incomplete, heads, strict=True):
+                    _complete_from_headers(item, headers)
         return [_remote_file(repo, item) for item in items]
 
     def _resolve_headers(
