@@ -108,10 +108,10 @@ def test_state_without_its_partial_file_is_ignored(repo):
 
 
 def test_a_full_disk_while_saving_state_is_a_disk_space_error(repo, monkeypatch):
-    def full(path: Path, data: bytes, *, durable: bool = True) -> None:
+    def full(dir_fd: int, name: str, data: bytes, *, durable: bool = True) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cache_mod, "atomic_write", full)
+    monkeypatch.setattr(cache_mod, "atomic_write_at", full)
     with pytest.raises(DiskSpaceError, match="disk full"):
         repo.write_partial_state(ETAG, 10, [(0, 5)])
 
@@ -120,7 +120,7 @@ def test_atomic_write_leaves_no_temporary_file_when_it_fails(tmp_path, monkeypat
     target = tmp_path / "refs" / "main"
     target.parent.mkdir()
 
-    def fail(src: object, dst: object) -> None:
+    def fail(src: object, dst: object, **dir_fds: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", fail)

@@ -11,7 +11,6 @@ import contextlib
 import itertools
 import logging
 import math
-import os
 import queue
 import re
 import threading
@@ -173,16 +172,11 @@ class Transfer:
         source = self._blob_index.find_elsewhere(job.cache, job.etag, job.size)
         if source is None:
             return False
+        before = source.lstat()
         if hash_file(source, job.lfs, job.size)[1] != job.etag:
             return False
-        partial = job.cache.partial_path(job.etag)
-        job.cache.discard_partial(job.etag)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source, partial)
-        except OSError:
+        if not job.cache.install_hard_link(job.etag, source, before):
             return False
-        os.replace(partial, job.cache.blob_path(job.etag))
         self._installed(job)
         return True
 
