@@ -135,10 +135,10 @@ class Transfer:
     def _fetch_file(self, job: FileJob) -> None:
         cache = job.cache
         self.cancel.raise_if_cancelled()
-        if cache.has_blob(job.etag, job.size) and not cache.has_partial(job.etag):
+        if not job.replace and cache.has_blob(job.etag, job.size) and not cache.has_partial(job.etag):
             return self._done(job, "cached")
         with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
-            if cache.has_blob(job.etag, job.size):  # another process fetched it while we waited
+            if self._cached(job):  # another process fetched (or repaired) it while we waited
                 cache.discard_partial(job.etag)  # our own earlier partial of it is garbage now
                 return self._done(job, "cached")
             if self._link_from_other_repo(job):
@@ -158,6 +158,13 @@ class Transfer:
                 f"{job.label}: downloaded bytes do not match the expected hash {job.etag} twice; nothing was "
                 "stored. The server or a proxy is corrupting data."
             )
+
+    @staticmethod
+    def _cached(job: FileJob) -> bool:
+        """The blob is in place; for a repair, also with the bytes its name promises."""
+        if not job.cache.has_blob(job.etag, job.size):
+            return False
+        return not job.replace or hash_file(job.cache.blob_path(job.etag), job.lfs, job.size)[1] == job.etag
 
     def _done(self, job: FileJob, how: str) -> None:
         with self._stats_lock:

@@ -22,6 +22,7 @@ class FileJob:
     size: int
     lfs: bool  # etag is a sha256 of the content (else a git blob sha1)
     label: str  # `org/name:path`, for messages
+    replace: bool = False  # the cached blob failed its hash (`sync --verify`): fetch it again, rename over it
 
     def new_hash(self) -> Any:
         return blob_hasher(self.lfs, self.size)
