@@ -148,7 +148,10 @@ def _open_child_folder(fd: int, name: str, where: Path) -> int:
 def _unsafe_folder(where: Path, exc: OSError) -> OSError | UnsafeFolder:
     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
         return exc
-    what = "a symlink" if exc.errno == errno.ELOOP else "not a folder"
+    try:
+        what = "a symlink" if stat.S_ISLNK(where.lstat().st_mode) else "not a folder"
+    except OSError:
+        what = "not a folder"
     return UnsafeFolder(
         f"refusing to write through {where}: it is {what}, where the cache has a folder of its own (it "
         "could lead outside the cache; in a shared cache another user may have planted it). Remove it "

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefetch.cache import RepoCache, repo_folders
+from prefetch.cache import STATE_TEMP, RepoCache, repo_folders
 from prefetch.errors import UsageError
 from prefetch.lockfile import load_lock
 from prefetch.offline.shared import Report, cache_root, json_name
@@ -55,7 +55,7 @@ class _Keep:
     cache: RepoCache
     commits: set[str] = field(default_factory=set)
     links: set[tuple[str, str]] = field(default_factory=set)  # (commit, path)
-    blobs: set[str] = field(default_factory=set)
+    blobs: dict[str, int] = field(default_factory=dict)  # etag -> size
 
 
 def prune(
@@ -86,7 +86,7 @@ def prune(
             k.commits.add(entry.commit)
             for f in entry.files:
                 k.links.add((entry.commit, f.path))
-                k.blobs.add(f.etag)
+                k.blobs[f.etag] = f.size
     present = [folder.name for folder in repo_folders(root)]
     report = PruneReport(root, dry_run, sorted(keep), [name for name in present if name not in keep])
     removed_inodes: dict[tuple[int, int], tuple[int, int, int]] = {}  # inode -> (size, nlink, removed)
@@ -138,9 +138,9 @@ def _prune_repo(
     if not cache.blobs.is_dir():
         return
     for blob in sorted(cache.blobs.iterdir()):
-        etag = blob.name.split(".", 1)[0]
-        if etag in k.blobs or not _is_hex(etag) or not blob.is_file() or blob.is_symlink():
-            continue  # needed (partials too: they resume), or not ours to judge
+        etag = _etag_of(blob.name)
+        if etag is None or not blob.is_file() or blob.is_symlink() or _needed(blob.name, etag, k):
+            continue  # not ours to judge, or needed
         with contextlib.ExitStack() as stack:
             if not dry:
                 stack.enter_context(cache.blob_lock(etag))
@@ -165,6 +165,22 @@ def _prune_repo(
 
 def _is_hex(text: str) -> bool:
     return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
+
+
+def _etag_of(name: str) -> str | None:
+    """The blob a name of `blobs/` belongs to: the blob, its partial file, its state, or the state's
+    temp file a killed run left; None for anything else (not prefetch's nor huggingface_hub's)."""
+    temp = STATE_TEMP.fullmatch(name)
+    etag = temp.group(1) if temp else name.split(".", 1)[0]
+    return etag if _is_hex(etag) else None
+
+
+def _needed(name: str, etag: str, k: _Keep) -> bool:
+    """A locked blob, or the partial download of a locked blob still missing (it resumes). A partial
+    of a blob that is complete is stale, and so is a state temp file (prune holds the blob's lock)."""
+    if etag not in k.blobs or STATE_TEMP.fullmatch(name):
+        return False
+    return name == etag or not k.cache.has_blob(etag, k.blobs[etag])
 
 
 def _remove_empty_dirs(top: Path, keep_top: bool = False) -> None:
