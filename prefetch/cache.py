@@ -342,8 +342,8 @@ class RepoCache:
                     match = STATE_TEMP.fullmatch(name)
                     if match is None:
                         continue
-                    with self.blob_lock_if_free(match.group(1)) as free:
-                        if free:
+                    with self.blob_lock_if_free(match.group(1)) as free, contextlib.suppress(OSError):
+                        if free:  # (a folder of that name fails to unlink: not ours, left alone)
                             removed += _unlink_at(dir_fd, name)
         except FileNotFoundError:
             return removed

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefetch.cache import STATE_TEMP, RepoCache, repo_folders
+from prefetch.cache import PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TEMP, RepoCache, repo_folders
 from prefetch.errors import UsageError
 from prefetch.lockfile import load_lock
 from prefetch.offline.shared import Report, cache_root, json_name
@@ -139,7 +139,9 @@ def _prune_repo(
         return
     for blob in sorted(cache.blobs.iterdir()):
         etag = _etag_of(blob.name)
-        if etag is None or not blob.is_file() or blob.is_symlink() or _needed(blob.name, etag, k):
+        temp = STATE_TEMP.fullmatch(blob.name) is not None  # litter by its exact name, even as a link
+        plain = blob.is_file() and not blob.is_symlink()
+        if etag is None or not (plain or (temp and blob.is_symlink())) or _needed(blob.name, etag, k):
             continue  # not ours to judge, or needed
         with contextlib.ExitStack() as stack:
             if not dry:
@@ -176,11 +178,14 @@ def _etag_of(name: str) -> str | None:
 
 
 def _needed(name: str, etag: str, k: _Keep) -> bool:
-    """A locked blob, or the partial download of a locked blob still missing (it resumes). A partial
-    of a blob that is complete is stale, and so is a state temp file (prune holds the blob's lock)."""
+    """A locked blob, anything else of its name but prefetch's own partial files (huggingface_hub's
+    `.incomplete` resumes too), or prefetch's partial of a locked blob still missing. A partial of a
+    blob that is complete is stale, and so is a state temp file (prune holds the blob's lock)."""
     if etag not in k.blobs or STATE_TEMP.fullmatch(name):
         return False
-    return name == etag or not k.cache.has_blob(etag, k.blobs[etag])
+    if name not in (etag + PARTIAL_SUFFIX, etag + STATE_SUFFIX):
+        return True
+    return not k.cache.has_blob(etag, k.blobs[etag])
 
 
 def _remove_empty_dirs(top: Path, keep_top: bool = False) -> None:
