@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from prefetch.cache import READ_BLOCK, blob_hasher, is_regular_blob, staging_dir
 from prefetch.errors import DiskSpaceError, IntegrityError, PrefetchError, UsageError
-from prefetch.files import atomic_write
+from prefetch.files import atomic_write, opened_folder
 from prefetch.lockfile import Lock, parse_lock
 from prefetch.offline.bundle_layout import BUNDLE_LOCK_NAME, BundleLayout, bundle_layout
 from prefetch.offline.shared import LockedBlob, Report, bullets, digests
@@ -191,7 +191,8 @@ def _unbundle_into(
     created = _missing_parents(staging_dir(root).parent)
     staging = staging_dir(root) / f"{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        staging.mkdir(parents=True)
+        with opened_folder(root, (".locks", ".prefetch-staging")) as parent:  # no link followed on the way
+            os.mkdir(staging.name, 0o700, dir_fd=parent)
         free = shutil.disk_usage(staging).free
         needed = sum(b.size for b in todo)
         if needed + DISK_MARGIN > free:
