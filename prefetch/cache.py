@@ -98,11 +98,16 @@ def hash_file(path: Path, lfs: bool, size: int) -> tuple[int, str]:
     """(bytes read, blob name) of a file, read in large blocks (hashlib releases the GIL meanwhile)."""
     h = blob_hasher(lfs, size)
     n = 0
-    with open(path, "rb", opener=lambda name, _: os.open(name, NOFOLLOW_READ)) as f:
+    with open(path, "rb", opener=_open_nofollow) as f:
         while block := f.read(READ_BLOCK):
             h.update(block)
             n += len(block)
     return n, h.hexdigest()
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    """An `open()` opener: read-only, and never through a symlink (ELOOP instead)."""
+    return os.open(path, NOFOLLOW_READ)
 
 
 @functools.cache
@@ -342,8 +347,9 @@ class RepoCache:
                     match = STATE_TEMP.fullmatch(name)
                     if match is None:
                         continue
-                    with self.blob_lock_if_free(match.group(1)) as free, contextlib.suppress(OSError):
-                        if free:  # (a folder of that name fails to unlink: not ours, left alone)
+                    # Best effort: a read-only cache cannot take the lock, a folder of that name is not ours.
+                    with contextlib.suppress(OSError), self.blob_lock_if_free(match.group(1)) as free:
+                        if free:
                             removed += _unlink_at(dir_fd, name)
         except FileNotFoundError:
             return removed
@@ -468,9 +474,7 @@ class RepoCache:
     def read_ref(self, revision: str) -> str | None:
         """The commit a ref names, as huggingface_hub reads it (verbatim); None when there is none."""
         try:
-            with open(
-                self.ref_path(revision), "rb", opener=lambda name, _: os.open(name, NOFOLLOW_READ)
-            ) as f:
+            with open(self.ref_path(revision), "rb", opener=_open_nofollow) as f:
                 return f.read().decode("utf-8", errors="replace")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None

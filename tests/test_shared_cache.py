@@ -240,3 +240,21 @@ def test_a_partial_file_of_another_member_is_resumed(shared: Shared) -> None:
     assert result.returncode == 0, result.stderr
     shared.assert_synced()
     assert shared.hub.bytes_served(f"/lfs/{big}") == len(BIG) - half
+
+
+def test_prune_never_deletes_through_a_planted_folder_link(shared: Shared) -> None:
+    """prune deletes by name: `blobs/` replaced by a link to a folder of the victim's (another cache of
+    theirs, say) must not make it delete the victim's files there."""
+    assert shared.victim_sync().returncode == 0
+    target = shared.victim_home / "private-cache-blobs"
+    target.mkdir()
+    unneeded = target / ("a" * 64)  # a blob name no lock of this cache needs
+    unneeded.write_bytes(b"the victim's blob")
+    shutil.chown(target, VICTIM, GROUP)
+    shutil.chown(unneeded, VICTIM, GROUP)
+    shared.plant(f"mv {FOLDER}/blobs {FOLDER}/moved && ln -s {target} {FOLDER}/blobs")
+    lock = str(shared.victim_home / "models.lock")
+    result = shared.run(VICTIM, sys.executable, "-m", "prefetch", "prune", "--lock", lock)
+    assert result.returncode == 5, result.stderr
+    assert f"refusing to write through {shared.folder / 'blobs'}: it is a symlink" in result.stderr
+    assert unneeded.read_bytes() == b"the victim's blob"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prefetch.cache import PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TEMP, RepoCache, repo_folders
 from prefetch.errors import UsageError
+from prefetch.files import opened_folder
 from prefetch.lockfile import load_lock
 from prefetch.offline.shared import Report, cache_root, json_name
 from prefetch.progress import human_bytes
@@ -103,6 +104,7 @@ def _prune_repo(
     """Refs first, then snapshots, then blobs: the reverse of the order in which sync makes them visible."""
     cache = k.cache
     dry = report.dry_run
+    _refuse_linked_folders(cache)
     if cache.refs.is_dir():
         for ref in sorted(p for p in cache.refs.rglob("*") if p.is_file() or p.is_symlink()):
             try:
@@ -163,6 +165,17 @@ def _prune_repo(
                 report.freed_bytes += st.st_size if st.st_nlink == 1 else 0
             if not dry:
                 blob.unlink()
+
+
+def _refuse_linked_folders(cache: RepoCache) -> None:
+    """prune deletes by path: a folder of the repo replaced by a symlink (planted, in a shared cache)
+    would lead it to delete files elsewhere, so that is refused (`UnsafeFolder`, exit 5)."""
+    for sub in ("blobs", "snapshots", "refs", "trees"):
+        with (
+            contextlib.suppress(FileNotFoundError),
+            opened_folder(cache.root, (cache.folder.name, sub), create=False),
+        ):
+            pass
 
 
 def _is_hex(text: str) -> bool:
