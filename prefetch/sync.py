@@ -447,6 +447,7 @@ def sync(
 
 
 def _refuse_corrupt_offline(plans: list[EntryPlan]) -> None:
+    """An offline run cannot repair what `--verify` found: say so rather than link bad bytes."""
     corrupt = [f"{p.entry.label}: {f.path} (blob {f.etag})" for p in plans for f in p.corrupt]
     if corrupt:
         raise VerifyError(

@@ -146,6 +146,17 @@ def test_install_blob_makes_the_partial_the_blob(repo, umask):
     assert repo.has_blob(ETAG, 1000) and not repo.has_blob(ETAG, 999)
 
 
+def test_install_blob_installs_only_the_file_that_was_verified(repo):
+    """A partial file swapped under its name after it was hashed (a member of a shared cache) is not installed."""
+    write_state(repo, {"size": 1000, "done": [[0, 1000]]})
+    verified = repo.partial_path(ETAG).stat()
+    repo.partial_path(ETAG).unlink()
+    repo.partial_path(ETAG).write_bytes(b"swapped in" * 100)
+    with pytest.raises(IntegrityError, match="not the file that was verified"):
+        repo.install_blob(ETAG, expected=(verified.st_dev, verified.st_ino))
+    assert not repo.blob_path(ETAG).exists()
+
+
 def test_links_are_relative_and_nested(repo):
     repo.blobs.mkdir(parents=True)
     repo.blob_path(ETAG).write_bytes(b"x")

@@ -221,7 +221,7 @@ class Transfer:
             # makes it durable) or discarded.
             partial.close(keep_state=digest is None)
         if digest == job.etag:
-            job.cache.install_blob(job.etag, sync_folder=False)
+            job.cache.install_blob(job.etag, sync_folder=False, expected=partial.identity)
         return digest
 
     def _download_small(self, job: FileJob) -> str | None:
