@@ -281,38 +281,34 @@ class RepoCache:
         etag: str,
         *,
         sync_folder: bool = True,
+        verified_fd: int | None = None,
         source: Path | None = None,
-        expected: tuple[int, int] | None = None,
     ) -> None:
         """Make the verified partial file the blob: fsync, set mode, rename, fsync the folder.
 
-        `expected`: (st_dev, st_ino) of the file that was verified; another one found under the
-        partial name (swapped in by a member of a shared cache) is not installed. `source`: a
-        verified file elsewhere on this filesystem (unbundle's staging), moved to the partial name
-        first (and then expected). `sync_folder=False` leaves the folder's fsync to the caller, who must do
-        it (`fsync_dir`) before any snapshot link to the blob is written: one fsync for many blobs.
-        The mode is set on the opened file, never by path, and only on a file of ours.
+        `verified_fd`: the open file that was hashed (the download's); else `source`, a verified file
+        elsewhere on this filesystem (unbundle's staging), is opened and moved to the partial name;
+        else the partial file is opened by name. Held open through the rename, that file is the only
+        one that can be installed: another swapped in under the name (by a member of a shared cache)
+        is found and refused. The mode is set on the file, never by path, and only on a file of ours.
+        `sync_folder=False` leaves the folder's fsync to the caller, who must do it (`fsync_dir`)
+        before any snapshot link to the blob is written: one fsync for many blobs.
         """
         name = etag + PARTIAL_SUFFIX
-        with self.blobs_folder() as dir_fd:
+        with self.blobs_folder() as dir_fd, contextlib.ExitStack() as opened:
+            fd = verified_fd
+            if fd is None:
+                fd = os.open(source or name, NOFOLLOW_READ, dir_fd=None if source else dir_fd)
+                opened.callback(os.close, fd)
             if source is not None:
-                staged = source.lstat()
-                expected = (staged.st_dev, staged.st_ino)
                 os.replace(source, name, dst_dir_fd=dir_fd)
-            fd = os.open(name, NOFOLLOW_READ, dir_fd=dir_fd)
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode) or expected not in (None, (st.st_dev, st.st_ino)):
-                    raise IntegrityError(
-                        f"{self.partial_path(etag)} is not the file that was verified (another user of this "
-                        "shared cache?); not installed"
-                    )
-                os.fsync(fd)
-                mode = file_mode()
-                if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
-                    os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IntegrityError(f"{self.partial_path(etag)} is not a regular file; not installed")
+            os.fsync(fd)
+            mode = file_mode()
+            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
             self._rename_checked(dir_fd, name, etag, st)
             if sync_folder:
                 os.fsync(dir_fd)

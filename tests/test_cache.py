@@ -149,11 +149,14 @@ def test_install_blob_makes_the_partial_the_blob(repo, umask):
 def test_install_blob_installs_only_the_file_that_was_verified(repo):
     """A partial file swapped under its name after it was hashed (a member of a shared cache) is not installed."""
     write_state(repo, {"size": 1000, "done": [[0, 1000]]})
-    verified = repo.partial_path(ETAG).stat()
-    repo.partial_path(ETAG).unlink()
-    repo.partial_path(ETAG).write_bytes(b"swapped in" * 100)
-    with pytest.raises(IntegrityError, match="not the file that was verified"):
-        repo.install_blob(ETAG, expected=(verified.st_dev, verified.st_ino))
+    fd = os.open(repo.partial_path(ETAG), os.O_RDWR)  # the download's file, hashed
+    try:
+        repo.partial_path(ETAG).unlink()
+        repo.partial_path(ETAG).write_bytes(b"swapped in" * 100)
+        with pytest.raises(IntegrityError, match="replaced by another file while it was being installed"):
+            repo.install_blob(ETAG, verified_fd=fd)
+    finally:
+        os.close(fd)
     assert not repo.blob_path(ETAG).exists()
 
 

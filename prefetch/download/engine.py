@@ -213,6 +213,8 @@ class Transfer:
                 partial = PartialFile(job, [])
                 self._run_segments(job, partial, source, [(0, job.size)], use_range=False)
             digest = partial.digest()
+            if digest == job.etag:  # installed while open: only the very file that was hashed can be
+                job.cache.install_blob(job.etag, sync_folder=False, verified_fd=partial.fd)
         except BadBytes as e:
             log.warning("%s", e)
             return None
@@ -220,8 +222,6 @@ class Transfer:
             # Resume state only for a rerun's sake: a hashed file is either installed (its fsync
             # makes it durable) or discarded.
             partial.close(keep_state=digest is None)
-        if digest == job.etag:
-            job.cache.install_blob(job.etag, sync_folder=False, expected=partial.identity)
         return digest
 
     def _download_small(self, job: FileJob) -> str | None:

@@ -77,8 +77,6 @@ class PartialFile:
         self.fd, kept = job.cache.open_partial(job.etag, job.label)  # never through a link
         if not kept:
             done = []
-        opened = os.fstat(self.fd)
-        self.identity = (opened.st_dev, opened.st_ino)  # what `install_blob` may install: this file only
         try:
             os.ftruncate(self.fd, job.size)
         except OSError:
