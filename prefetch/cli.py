@@ -264,6 +264,12 @@ def _stdout_columns() -> int | None:
 )
 @click.option("--dry-run", is_flag=True, help="List the files that would be fetched; download nothing.")
 @upgrade_options
+@click.option(
+    "--verify",
+    "verify_cached",
+    is_flag=True,
+    help="Hash cached blobs first; fetch again any that fail (else a blob of the right size is trusted).",
+)
 @pass_ctx
 def sync(
     c: Context,
@@ -274,6 +280,7 @@ def sync(
     dry_run: bool,
     upgrade: bool,
     upgrade_repos: tuple[str, ...],
+    verify_cached: bool,
     **kw: Any,
 ) -> None:
     """Download every manifest entry into the cache and write the lockfile."""
@@ -287,6 +294,7 @@ def sync(
             dry_run=dry_run,
             upgrade=upgrade,
             upgrade_repos=upgrade_repos,
+            verify=verify_cached,
             progress=progress,
             cancel=c.cancel,
         )
@@ -522,10 +530,37 @@ def path(c: Context, repo: str, repo_type: str, lock_path: Path, cache_dir: Path
 @click.option(
     "--jobs", "-j", type=click.IntRange(1, 256), help="Files hashed in parallel (default: CPU count)."
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Fetch again from the Hub what is missing or corrupt (needs the network and the manifest), then verify.",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    help="With --repair: the manifest whose settings fetch (default: LOCKFILE with .yaml).",
+)
 @pass_ctx
-def verify(c: Context, lockfile: Path, cache_dir: Path | None, fast: bool, jobs: int | None) -> None:
+def verify(
+    c: Context,
+    lockfile: Path,
+    cache_dir: Path | None,
+    fast: bool,
+    jobs: int | None,
+    repair: bool,
+    manifest: Path | None,
+) -> None:
     """Check, offline, that every locked file is in the cache intact (exit 7 if not)."""
-    report = verify_mod.verify(lockfile, cache_dir=cache_dir, fast=fast, jobs=jobs)
+    if repair:
+        progress = c.progress()
+        try:
+            report = sync_mod.repair(
+                lockfile, manifest_path=manifest, cache_dir=cache_dir, progress=progress, cancel=c.cancel
+            )
+        finally:
+            progress.close()
+    else:
+        report = verify_mod.verify(lockfile, cache_dir=cache_dir, fast=fast, jobs=jobs)
     c.show(report)
 
 

@@ -11,10 +11,13 @@ import contextlib
 import ctypes
 import errno
 import os
+import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import cast
+
+from prefetch.errors import IntegrityError
 
 _UMASK_LOCK = threading.Lock()
 
@@ -90,14 +93,127 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# -- a folder others can write to -----------------------------------------------------------------
+# In a group-shared cache any member can plant a symlink (or a file) under a name another member's
+# run will open. So below a cache's root nothing is followed: folders are walked one component at a
+# time with O_NOFOLLOW, files are opened relative to their folder's fd with O_NOFOLLOW, and new
+# files are made with O_EXCL (which never follows a link, not even a dangling one).
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafeFolder(IntegrityError):
+    """A symlink (or a file) where prefetch expects a folder of its own, below the cache root."""
+
+
+def open_folder(root: Path, parts: Iterable[str], *, create: bool = True) -> int:
+    """An fd of `root/parts...`: `root` is the operator's (it may be a link), every part below it is
+    opened without following links and made (umask applies) when missing and `create`.
+
+    Raises UnsafeFolder when a part is a symlink or not a folder, FileNotFoundError when a part is
+    missing and not `create`.
+    """
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        where = root
+        for name in parts:
+            where = where / name
+            try:
+                child = os.open(name, FOLDER_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o777, dir_fd=fd)
+                child = _open_child_folder(fd, name, where)
+            except OSError as e:
+                raise _unsafe_folder(where, e) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_child_folder(fd: int, name: str, where: Path) -> int:
+    try:
+        return os.open(name, FOLDER_FLAGS, dir_fd=fd)
+    except OSError as e:
+        raise _unsafe_folder(where, e) from None
+
+
+def _unsafe_folder(where: Path, exc: OSError) -> OSError | UnsafeFolder:
+    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+        return exc
+    try:
+        what = "a symlink" if stat.S_ISLNK(where.lstat().st_mode) else "not a folder"
+    except OSError:
+        what = "not a folder"
+    return UnsafeFolder(
+        f"refusing to write through {where}: it is {what}, where the cache has a folder of its own (it "
+        "could lead outside the cache; in a shared cache another user may have planted it). Remove it "
+        "and run again."
+    )
+
+
+@contextlib.contextmanager
+def opened_folder(root: Path, parts: Iterable[str], *, create: bool = True) -> Iterator[int]:
+    """`open_folder` as a context manager: the fd is closed on exit."""
+    fd = open_folder(root, parts, create=create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def create_new(dir_fd: int, name: str, flags: int = os.O_WRONLY, mode: int = 0o666) -> int:
+    """A new file `name` in the folder `dir_fd`, ours alone: O_EXCL, so a planted link is never
+    followed. A name already there (litter of a killed run, or planted) is unlinked and made again."""
+    try:
+        return os.open(name, flags | NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
+    except FileExistsError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        return os.open(name, flags | NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
+
+
+def read_regular(dir_fd: int, name: str) -> bytes:
+    """The content of the regular file `name` in `dir_fd`; a link or anything else is OSError (ELOOP...)."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", name)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to `path` (whose folder must exist): temp file, [fsync], rename, [fsync folder].
+    """Write `data` to `path` (whose folder must exist): temp file, [fsync], rename, [fsync folder]."""
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        atomic_write_at(dir_fd, path.name, data, durable=durable)
+    finally:
+        os.close(dir_fd)
+
+
+def temp_name(name: str) -> str:
+    """The temp file `atomic_write_at` writes `name` through: `.{name}.{pid}.{thread}.tmp`."""
+    return f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+
+
+def atomic_write_at(dir_fd: int, name: str, data: bytes, *, durable: bool = True) -> None:
+    """Write `data` to `name` in the folder `dir_fd`: temp file (O_EXCL), [fsync], rename, [fsync folder].
 
     The temporary file is removed when anything fails, Ctrl-C included (a full disk must not
     leave litter behind).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)  # umask applies
+    tmp = temp_name(name)
+    fd = create_new(dir_fd, tmp)  # umask applies
     try:
         try:
             view = memoryview(data)
@@ -107,10 +223,10 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
     if durable:
-        fsync_dir(path.parent)
+        os.fsync(dir_fd)

@@ -40,6 +40,9 @@ from prefetch.lockfile import (
 from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
 from prefetch.net.retry import RetryPolicy
 from prefetch.net.session import Http
+from prefetch.offline.shared import LockedBlob, cache_root, digests
+from prefetch.offline.verify import VerifyReport
+from prefetch.offline.verify import verify as verify_cache
 from prefetch.paths import select_paths, unmatched_pattern_message
 from prefetch.progress import Progress, QuietProgress, human_bytes
 
@@ -70,6 +73,7 @@ class EntryPlan:
     entry: Entry
     locked: LockedEntry
     missing: list[LockedFile] = field(default_factory=list)
+    corrupt: list[LockedFile] = field(default_factory=list)  # cached but failed their hash (in `missing` too)
 
     def file_rows(self) -> list[dict[str, Any]]:
         """Every locked file: path, size, and whether the cache already holds it."""
@@ -111,6 +115,7 @@ class EntryPlan:
             "cached_files": len(files) - len(self.missing),
             "missing_files": len(self.missing),
             "missing_bytes": sum(f.size for f in self.missing),
+            "corrupt_files": len(self.corrupt),
         }
 
 
@@ -358,14 +363,19 @@ class Run:
         if self.old_lock != lock:
             write_lock(lock, self.lock_path)
 
-    def plan(self, resolved: dict[str, LockedEntry]) -> list[EntryPlan]:
-        """What each resolved entry still lacks in the cache (entries that failed to resolve are left out)."""
+    def plan(self, resolved: dict[str, LockedEntry], *, verify: bool = False) -> list[EntryPlan]:
+        """What each resolved entry still lacks in the cache (entries that failed to resolve are left out).
+
+        A cached blob of the right size is trusted (it was verified when it was installed); with
+        `verify` it is hashed first, and one that does not match is fetched again (`EntryPlan.corrupt`).
+        """
         plans = []
         for entry in self.entries:
             locked = resolved.get(entry.key)
             if locked is None:
                 continue
             cache = self.repo_cache(locked)
+            cache.remove_stale_temps()  # resume-state temp files of runs killed mid-write
             missing = []
             for f in locked.files:
                 if cache.has_blob(f.etag, f.size):
@@ -373,7 +383,29 @@ class Run:
                 else:
                     missing.append(f)
             plans.append(EntryPlan(entry, locked, missing))
+        if verify:
+            self._find_corrupt(plans)
         return plans
+
+    def _find_corrupt(self, plans: list[EntryPlan]) -> None:
+        """Hash every cached blob of the plans (each once, in parallel); move those that fail to `missing`."""
+        blobs: dict[tuple[str, str], LockedBlob] = {}
+        for p in plans:
+            cache = self.repo_cache(p.locked)
+            absent = {f.etag for f in p.missing}
+            for f in p.locked.files:
+                if f.etag not in absent:
+                    blobs.setdefault((cache.folder.name, f.etag), LockedBlob(cache, f.etag, f.size, f.is_lfs))
+        hashed = zip(blobs.items(), digests(list(blobs.values())), strict=True)
+        bad = {key for (key, blob), result in hashed if result != (blob.size, blob.etag)}
+        for p in plans:
+            folder = self.repo_cache(p.locked).folder.name
+            p.corrupt = [f for f in p.locked.files if (folder, f.etag) in bad]
+            p.missing += p.corrupt
+            for f in p.corrupt:
+                message = f"{f.path}: the cached blob {f.etag} does not match its hash; fetching it again"
+                self.progress.message(f"warning: {p.entry.label}: {message}")
+                self.progress.event("warning", repo=p.entry.repo, revision=p.entry.revision, message=message)
 
     def file_jobs(self, plans: list[EntryPlan]) -> tuple[list[FileJob], list[FileJob]]:
         """(first, later) jobs: one job per blob; a blob a second repo shares waits and is hard-linked."""
@@ -382,6 +414,7 @@ class Run:
         later: list[FileJob] = []
         for p in plans:
             cache = self.repo_cache(p.locked)
+            corrupt = {f.etag for f in p.corrupt}
             for f in p.missing:
                 label = f"{p.locked.repo}:{f.path}"
                 etag = f.etag or first_use_key(p.locked.commit, label)
@@ -397,6 +430,7 @@ class Run:
                     lfs=f.is_lfs,
                     label=label,
                     published=bool(f.etag),
+                    replace=f.etag in corrupt,
                 )
                 if f.etag in first:
                     later.append(job)
@@ -538,22 +572,25 @@ def sync(
     dry_run: bool = False,
     upgrade: bool = False,
     upgrade_repos: tuple[str, ...] = (),
+    verify: bool = False,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
 ) -> SyncResult:
     """Bring every manifest entry into the cache, verified, and write the lockfile last.
 
     `locked`: fail (exit 6) unless the lock exists and matches the manifest; `frozen`: use the lock as
-    it is. Neither writes the lockfile. Cancelling `cancel` (from another thread, or a signal handler)
-    stops the run with `Cancelled`; its partial downloads are kept for the next run to resume.
+    it is. Neither writes the lockfile. `verify`: hash the cached blobs first and fetch again those that
+    do not match (see `Run.plan`). Cancelling `cancel` (from another thread, or a signal handler) stops
+    the run with `Cancelled`; its partial downloads are kept for the next run to resume.
     """
     run = Run(manifest_path, settings or Settings(), progress, cancel)
     try:
         resolved, failures = run.resolve(
             locked=locked, frozen=frozen, upgrade=upgrade, upgrade_repos=upgrade_repos
         )
-        plans = run.plan(resolved)
+        plans = run.plan(resolved, verify=verify)
         if run.offline:
+            _refuse_corrupt_offline(plans)
             run.materialize(plans)
             return SyncResult(plans, run.old_lock or run.new_lock(resolved), run.lock_path, run.cache_dir)
         needing = [p for p in plans if p.missing]
@@ -588,6 +625,17 @@ def sync(
         return result
     finally:
         run.close()
+
+
+def _refuse_corrupt_offline(plans: list[EntryPlan]) -> None:
+    """An offline run cannot repair what `--verify` found: say so rather than link bad bytes."""
+    corrupt = [f"{p.entry.label}: {f.path} (blob {f.etag})" for p in plans for f in p.corrupt]
+    if corrupt:
+        raise VerifyError(
+            f"{len(corrupt)} cached file(s) do not match their hash, and an offline run cannot fetch them "
+            "again; run `prefetch sync --verify` with the network:\n  - " + "\n  - ".join(corrupt),
+            corrupt,
+        )
 
 
 def _check_access(run: Run, needing: list[EntryPlan], failures: list[AccessResult]) -> AccessReport:
@@ -683,3 +731,41 @@ def check(
         return check_entries(run.hub, [(e, run.token(e)) for e in entries])
     finally:
         run.close()
+
+
+def repair(
+    lock_path: Path,
+    *,
+    manifest_path: Path | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+    cancel: CancelToken | None = None,
+) -> VerifyReport:
+    """`verify --repair`: verify the cache against the lock; if anything is missing or corrupt, fetch it
+    again as `sync --frozen --verify` would, then verify again.
+
+    Re-fetching needs what a sync needs: the endpoint, tokens and proxies come from the manifest
+    (default: the lockfile's name with `.yaml`) and the environment, as for `sync`.
+    """
+    try:
+        return verify_cache(lock_path, cache_dir=cache_dir)
+    except VerifyError as e:
+        problems = e.problems
+    manifest = manifest_path or lock_path.with_suffix(".yaml")
+    if not manifest.exists():
+        raise UsageError(
+            f"{len(problems)} problem(s) in the cache; --repair fetches again from the Hub with the manifest's "
+            f"settings, and {manifest} does not exist: name the manifest with --manifest"
+        )
+    root = cache_root(load_lock(lock_path), lock_path, cache_dir)
+    progress = progress or QuietProgress()
+    progress.message(f"repairing {len(problems)} problem(s) in {root} from the Hub")
+    sync(
+        manifest,
+        settings=Settings(lock_path=lock_path, cache_dir=root),
+        frozen=True,
+        verify=True,
+        progress=progress,
+        cancel=cancel,
+    )
+    return verify_cache(lock_path, cache_dir=root)

@@ -267,3 +267,33 @@ def test_unbundle_rejects_hostile_archives_and_leaves_cache_untouched(
     empty = prefetch.tmp / "empty-target"
     result = prefetch("unbundle", str(prefetch.tmp / "hostile-corrupt-blob.tar"), "--cache-dir", str(empty))
     assert result.code == 5 and not empty.exists(), result
+
+
+@pytest.mark.parametrize("named", ["absolute", "../../x"])
+def test_unbundle_ignores_the_cache_dir_an_archive_names(
+    prefetch: PrefetchRunner, hub: Any, named: str
+) -> None:
+    """The archive's bundled lock saying `cache_dir: /somewhere` or `../../x` must not choose where unbundle
+    writes: the HF environment does (here HF_HUB_CACHE), with a warning naming what was ignored."""
+    _, _, archive = bundle_setup(prefetch, hub)
+    chosen = str(prefetch.tmp / "chosen-by-the-archive") if named == "absolute" else named
+
+    def with_cache_dir(m: tarfile.TarInfo, data: bytes | None) -> Member:
+        if m.name != "prefetch.lock" or data is None:
+            return m, data
+        text = data.decode().replace("\nentries:", f"\ncache_dir: {chosen}\nentries:", 1)
+        assert f"cache_dir: {chosen}" in text
+        m = copy.copy(m)
+        m.size = len(text.encode())
+        return m, text.encode()
+
+    deep = prefetch.tmp / "a" / "b"
+    deep.mkdir(parents=True)
+    hostile = _write(deep / "hostile.tar", [with_cache_dir(m, data) for m, data in _members(archive)])
+    target = prefetch.tmp / "env-cache"
+    result = prefetch("unbundle", str(hostile), env={"HF_HUB_CACHE": str(target)})
+    assert result.code == 0, result
+    assert f"ignoring the bundled lock's cache_dir {chosen!r}" in result.stderr
+    assert not (prefetch.tmp / "chosen-by-the-archive").exists() and not (prefetch.tmp / "x").exists()
+    assert result.stdout and str(target) in result.stdout
+    assert any(target.glob("models--org--model/blobs/*"))

@@ -108,10 +108,10 @@ def test_state_without_its_partial_file_is_ignored(repo):
 
 
 def test_a_full_disk_while_saving_state_is_a_disk_space_error(repo, monkeypatch):
-    def full(path: Path, data: bytes, *, durable: bool = True) -> None:
+    def full(dir_fd: int, name: str, data: bytes, *, durable: bool = True) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cache_mod, "atomic_write", full)
+    monkeypatch.setattr(cache_mod, "atomic_write_at", full)
     with pytest.raises(DiskSpaceError, match="disk full"):
         repo.write_partial_state(ETAG, 10, [(0, 5)])
 
@@ -120,7 +120,7 @@ def test_atomic_write_leaves_no_temporary_file_when_it_fails(tmp_path, monkeypat
     target = tmp_path / "refs" / "main"
     target.parent.mkdir()
 
-    def fail(src: object, dst: object) -> None:
+    def fail(src: object, dst: object, **dir_fds: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", fail)
@@ -144,6 +144,20 @@ def test_install_blob_makes_the_partial_the_blob(repo, umask):
     assert blob.stat().st_size == 1000 and blob.stat().st_mode & 0o777 == 0o664
     assert not repo.partial_path(ETAG).exists() and not repo.state_path(ETAG).exists()
     assert repo.has_blob(ETAG, 1000) and not repo.has_blob(ETAG, 999)
+
+
+def test_install_blob_installs_only_the_file_that_was_verified(repo):
+    """A partial file swapped under its name after it was hashed (a member of a shared cache) is not installed."""
+    write_state(repo, {"size": 1000, "done": [[0, 1000]]})
+    fd = os.open(repo.partial_path(ETAG), os.O_RDWR)  # the download's file, hashed
+    try:
+        repo.partial_path(ETAG).unlink()
+        repo.partial_path(ETAG).write_bytes(b"swapped in" * 100)
+        with pytest.raises(IntegrityError, match="replaced by another file while it was being installed"):
+            repo.install_blob(ETAG, verified_fd=fd)
+    finally:
+        os.close(fd)
+    assert not repo.blob_path(ETAG).exists()
 
 
 def test_links_are_relative_and_nested(repo):

@@ -231,7 +231,7 @@ def test_write_replaces_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     path = tmp_path / "models.lock"
     path.write_text("old\n")
 
-    def boom(src: object, dst: object) -> None:
+    def boom(src: object, dst: object, **dir_fds: object) -> None:
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(os, "replace", boom)

@@ -33,8 +33,8 @@ def test_prune_keeps_needed_blobs_and_removes_old_revision(prefetch: PrefetchRun
     folder = prefetch.cache_dir / "models--org--model"
     shared = blob_of(prefetch.cache_dir, lock, "config.json")
     new_lfs = blob_of(prefetch.cache_dir, lock, LFS)
-    (folder / "blobs" / (old_lfs.name + ".prefetch-partial")).write_bytes(b"x" * 100)  # not needed: goes
-    (folder / "blobs" / (new_lfs.name + ".prefetch-partial")).write_bytes(b"y" * 10)  # needed: resumable
+    # The partial of a complete blob is stale (another run finished it): it goes, needed or not.
+    (folder / "blobs" / (new_lfs.name + ".prefetch-partial")).write_bytes(b"y" * 10)
     stray = folder / "snapshots" / c2 / "stray.bin"
     stray.symlink_to(f"../../blobs/{old_lfs.name}")  # a link no lock lists, in a kept snapshot
     trees = folder / "trees"  # huggingface_hub's listings: one goes with its snapshot
@@ -54,6 +54,8 @@ def test_prune_keeps_needed_blobs_and_removes_old_revision(prefetch: PrefetchRun
     report = json.loads(both.stdout)
     assert (report["removed_snapshots"], report["removed_blobs"], report["removed_links"]) == ([], 0, 1)
     assert old_lfs.exists() and (folder / "snapshots" / r["c1"]).is_dir() and not stray.is_symlink()
+    assert report["removed_partials"] == 1 and not Path(str(new_lfs) + ".prefetch-partial").exists()
+    (folder / "blobs" / (old_lfs.name + ".prefetch-partial")).write_bytes(b"x" * 100)  # not needed: goes
 
     pruned = prefetch("--json", "prune", "--lock", str(lock))
     assert pruned.code == 0, pruned
@@ -67,7 +69,7 @@ def test_prune_keeps_needed_blobs_and_removes_old_revision(prefetch: PrefetchRun
     assert report["cache_dir"] == str(prefetch.cache_dir)
     assert not old_lfs.exists() and not (folder / "snapshots" / r["c1"]).exists()
     assert not (trees / f"{r['c1']}.json").exists() and (trees / f"{c2}.json").exists()
-    assert shared.exists() and new_lfs.exists() and Path(str(new_lfs) + ".prefetch-partial").exists()
+    assert shared.exists() and new_lfs.exists()
     assert (folder / "refs" / "main").read_text() == c2 and not (folder / "refs" / "v1").exists()
     assert (prefetch.cache_dir / "models--org--other" / "refs" / "main").exists()
     assert prefetch("verify", str(lock)).code == 0

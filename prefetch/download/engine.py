@@ -11,7 +11,6 @@ import contextlib
 import itertools
 import logging
 import math
-import os
 import queue
 import re
 import threading
@@ -140,10 +139,10 @@ class Transfer:
     def _fetch_file(self, job: FileJob) -> None:
         cache = job.cache
         self.cancel.raise_if_cancelled()
-        if cache.has_blob(job.etag, job.size) and not cache.has_partial(job.etag):
+        if not job.replace and cache.has_blob(job.etag, job.size) and not cache.has_partial(job.etag):
             return self._done(job, "cached")
         with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
-            if cache.has_blob(job.etag, job.size):  # another process fetched it while we waited
+            if self._cached(job):  # another process fetched (or repaired) it while we waited
                 cache.discard_partial(job.etag)  # our own earlier partial of it is garbage now
                 return self._done(job, "cached")
             if self._link_from_other_repo(job):
@@ -165,6 +164,13 @@ class Transfer:
                 "stored. The server or a proxy is corrupting data."
             )
 
+    @staticmethod
+    def _cached(job: FileJob) -> bool:
+        """The blob is in place; for a repair, also with the bytes its name promises."""
+        if not job.cache.has_blob(job.etag, job.size):
+            return False
+        return not job.replace or hash_file(job.cache.blob_path(job.etag), job.lfs, job.size)[1] == job.etag
+
     def _done(self, job: FileJob, how: str) -> None:
         with self._stats_lock:
             if how == "fetched":
@@ -178,16 +184,11 @@ class Transfer:
         source = self._blob_index.find_elsewhere(job.cache, job.etag, job.size)
         if source is None:
             return False
+        before = source.lstat()
         if hash_file(source, job.lfs, job.size)[1] != job.etag:
             return False
-        partial = job.cache.partial_path(job.etag)
-        job.cache.discard_partial(job.etag)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source, partial)
-        except OSError:
+        if not job.cache.install_hard_link(job.etag, source, before):
             return False
-        os.replace(partial, job.cache.blob_path(job.etag))
         self._installed(job, job.etag)
         return True
 
@@ -199,6 +200,7 @@ class Transfer:
         done = job.cache.read_partial_state(job.etag, job.size)
         partial = PartialFile(job, done)
         hashed: Any = None
+        name: str | None = None
         try:
             source = _Source(job)
             done = partial.done.ranges
@@ -217,6 +219,9 @@ class Transfer:
                 partial = PartialFile(job, [])
                 self._run_segments(job, partial, source, [(0, job.size)], use_range=False)
             hashed = partial.hashed()
+            name = job.blob_name(hashed)
+            if name is not None:  # installed while open: only the very file that was hashed can be
+                job.cache.install_blob(job.etag, name=name, sync_folder=False, verified_fd=partial.fd)
         except BadBytes as e:
             log.warning("%s", e)
             return None
@@ -224,9 +229,6 @@ class Transfer:
             # Resume state only for a rerun's sake: a hashed file is either installed (its fsync
             # makes it durable) or discarded.
             partial.close(keep_state=hashed is None)
-        name = job.blob_name(hashed)
-        if name is not None:
-            job.cache.install_blob(job.etag, name=name, sync_folder=False)
         return name
 
     def _download_small(self, job: FileJob) -> str | None:

@@ -24,6 +24,7 @@ class FileJob:
     lfs: bool  # etag is a sha256 of the content (else a git object id, see `cache.GitOidHash`)
     label: str  # `org/name:path`, for messages
     published: bool = True  # False: the endpoint published no hash; the bytes' sha256 is learned on first use
+    replace: bool = False  # the cached blob failed its hash (`sync --verify`): fetch it again, rename over it
 
     def new_hash(self) -> Any:
         if self.lfs or not self.published:

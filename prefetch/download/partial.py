@@ -13,7 +13,7 @@ from typing import Any
 
 from prefetch.download.job import FileJob
 from prefetch.errors import DiskSpaceError, TruncatedBody
-from prefetch.files import file_mode, is_disk_full, start_writeback
+from prefetch.files import is_disk_full, start_writeback
 
 log = logging.getLogger("prefetch")
 
@@ -75,16 +75,9 @@ class PartialFile:
 
     def __init__(self, job: FileJob, done: list[tuple[int, int]]) -> None:
         self.job = job
-        path = job.cache.partial_path(job.etag)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # Group-writable where the umask allows it, so another user of a shared cache can resume it.
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
-        except PermissionError:  # left by a user whose umask kept it private: start it over
-            log.warning("%s: cannot reopen the partial file of another user; starting it over", job.label)
-            job.cache.discard_partial(job.etag)
+        self.fd, kept = job.cache.open_partial(job.etag, job.label)  # never through a link
+        if not kept:
             done = []
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
         try:
             os.ftruncate(self.fd, job.size)
         except OSError:

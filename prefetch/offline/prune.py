@@ -8,8 +8,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefetch.cache import RepoCache, repo_folders
+from prefetch.cache import PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TEMP, RepoCache, repo_folders
 from prefetch.errors import UsageError
+from prefetch.files import opened_folder
 from prefetch.lockfile import load_lock
 from prefetch.offline.shared import Report, cache_root, json_name
 from prefetch.progress import human_bytes
@@ -55,7 +56,7 @@ class _Keep:
     cache: RepoCache
     commits: set[str] = field(default_factory=set)
     links: set[tuple[str, str]] = field(default_factory=set)  # (commit, path)
-    blobs: set[str] = field(default_factory=set)
+    blobs: dict[str, int] = field(default_factory=dict)  # etag -> size
 
 
 def prune(
@@ -86,7 +87,7 @@ def prune(
             k.commits.add(entry.commit)
             for f in entry.files:
                 k.links.add((entry.commit, f.path))
-                k.blobs.add(f.etag)
+                k.blobs[f.etag] = f.size
     present = [folder.name for folder in repo_folders(root)]
     report = PruneReport(root, dry_run, sorted(keep), [name for name in present if name not in keep])
     removed_inodes: dict[tuple[int, int], tuple[int, int, int]] = {}  # inode -> (size, nlink, removed)
@@ -103,6 +104,7 @@ def _prune_repo(
     """Refs first, then snapshots, then blobs: the reverse of the order in which sync makes them visible."""
     cache = k.cache
     dry = report.dry_run
+    _refuse_linked_folders(cache)
     if cache.refs.is_dir():
         for ref in sorted(p for p in cache.refs.rglob("*") if p.is_file() or p.is_symlink()):
             try:
@@ -138,9 +140,11 @@ def _prune_repo(
     if not cache.blobs.is_dir():
         return
     for blob in sorted(cache.blobs.iterdir()):
-        etag = blob.name.split(".", 1)[0]
-        if etag in k.blobs or not _is_hex(etag) or not blob.is_file() or blob.is_symlink():
-            continue  # needed (partials too: they resume), or not ours to judge
+        etag = _etag_of(blob.name)
+        temp = STATE_TEMP.fullmatch(blob.name) is not None  # litter by its exact name, even as a link
+        plain = blob.is_file() and not blob.is_symlink()
+        if etag is None or not (plain or (temp and blob.is_symlink())) or _needed(blob.name, etag, k):
+            continue  # not ours to judge, or needed
         with contextlib.ExitStack() as stack:
             if not dry:
                 stack.enter_context(cache.blob_lock(etag))
@@ -163,8 +167,38 @@ def _prune_repo(
                 blob.unlink()
 
 
+def _refuse_linked_folders(cache: RepoCache) -> None:
+    """prune deletes by path: a folder of the repo replaced by a symlink (planted, in a shared cache)
+    would lead it to delete files elsewhere, so that is refused (`UnsafeFolder`, exit 5)."""
+    for sub in ("blobs", "snapshots", "refs", "trees"):
+        with (
+            contextlib.suppress(FileNotFoundError),
+            opened_folder(cache.root, (cache.folder.name, sub), create=False),
+        ):
+            pass
+
+
 def _is_hex(text: str) -> bool:
     return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
+
+
+def _etag_of(name: str) -> str | None:
+    """The blob a name of `blobs/` belongs to: the blob, its partial file, its state, or the state's
+    temp file a killed run left; None for anything else (not prefetch's nor huggingface_hub's)."""
+    temp = STATE_TEMP.fullmatch(name)
+    etag = temp.group(1) if temp else name.split(".", 1)[0]
+    return etag if _is_hex(etag) else None
+
+
+def _needed(name: str, etag: str, k: _Keep) -> bool:
+    """A locked blob, anything else of its name but prefetch's own partial files (huggingface_hub's
+    `.incomplete` resumes too), or prefetch's partial of a locked blob still missing. A partial of a
+    blob that is complete is stale, and so is a state temp file (prune holds the blob's lock)."""
+    if etag not in k.blobs or STATE_TEMP.fullmatch(name):
+        return False
+    if name not in (etag + PARTIAL_SUFFIX, etag + STATE_SUFFIX):
+        return True
+    return not k.cache.has_blob(etag, k.blobs[etag])
 
 
 def _remove_empty_dirs(top: Path, keep_top: bool = False) -> None:

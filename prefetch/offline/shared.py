@@ -104,9 +104,11 @@ def bullets(problems: list[str], limit: int = 200) -> str:
     return "".join(f"\n  - {p}" for p in shown)
 
 
-def verify_error(what: str, root: Path, problems: list[str]) -> VerifyError:
+def verify_error(what: str, root: Path, problems: list[str], hint: str = "") -> VerifyError:
+    """The error listing `problems`; `hint`, when given, is its last line (what to do)."""
+    last = f"\n{hint}" if hint else ""
     return VerifyError(
-        f"{what}: {len(problems)} problem(s) in the cache {root}:{bullets(problems)}", problems
+        f"{what}: {len(problems)} problem(s) in the cache {root}:{bullets(problems)}{last}", problems
     )
 
 

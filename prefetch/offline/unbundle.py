@@ -6,6 +6,7 @@ What a bundle may hold: `prefetch.offline.bundle_layout`, and nothing else.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -15,14 +16,16 @@ from pathlib import Path, PurePosixPath
 
 from prefetch.cache import READ_BLOCK, blob_hasher, is_regular_blob, staging_dir
 from prefetch.errors import DiskSpaceError, IntegrityError, PrefetchError, UsageError
-from prefetch.files import atomic_write
+from prefetch.files import atomic_write, opened_folder
 from prefetch.lockfile import Lock, parse_lock
 from prefetch.offline.bundle_layout import BUNDLE_LOCK_NAME, BundleLayout, bundle_layout
-from prefetch.offline.shared import LockedBlob, Report, bullets, cache_root, digests
+from prefetch.offline.shared import LockedBlob, Report, bullets, digests
 from prefetch.paths import unsafe_path_reason
 from prefetch.progress import human_bytes
+from prefetch.settings import resolve_cache_dir
 from prefetch.sync import DISK_MARGIN
 
+log = logging.getLogger("prefetch")
 _MAX_LOCK_BYTES = 64 * 1024 * 1024  # a bundled lockfile larger than this is not one of ours
 
 
@@ -112,7 +115,7 @@ def unbundle(
             )
         lock_text = _read_member(tar, lock_members[0]).decode("utf-8", errors="replace")
         lock = parse_lock(lock_text, f"{archive}:{BUNDLE_LOCK_NAME}")
-        root = cache_root(lock, archive, cache_dir)
+        root = _target_cache(archive, lock, cache_dir)
         layout = bundle_layout(lock, root)
         problems = list(layout.problems)
         expected = [*layout.blobs, *layout.links, *layout.refs]
@@ -141,6 +144,19 @@ def unbundle(
     if lock_out is not None:  # the bundled lock, byte for byte: what verify / sync --offline --frozen read
         atomic_write(Path(lock_out), lock_text.encode("utf-8"))
     return report
+
+
+def _target_cache(archive: Path, lock: Lock, cache_dir: str | Path | None) -> Path:
+    """`--cache-dir`, else the HF cache of the environment: never a folder the archive names (its
+    lock's `cache_dir` could be `/home/someone` or `../../x`), which is ignored with a warning."""
+    if lock.cache_dir and not cache_dir:
+        log.warning(
+            "%s: ignoring the bundled lock's cache_dir %r: unbundle writes only into --cache-dir or "
+            "the HF cache of the environment (HF_HUB_CACHE, HF_HOME)",
+            archive,
+            lock.cache_dir,
+        )
+    return resolve_cache_dir(cache_dir)
 
 
 def _open_archive(archive: Path) -> tarfile.TarFile:
@@ -175,7 +191,8 @@ def _unbundle_into(
     created = _missing_parents(staging_dir(root).parent)
     staging = staging_dir(root) / f"{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        staging.mkdir(parents=True)
+        with opened_folder(root, (".locks", ".prefetch-staging")) as parent:  # no link followed on the way
+            os.mkdir(staging.name, 0o700, dir_fd=parent)
         free = shutil.disk_usage(staging).free
         needed = sum(b.size for b in todo)
         if needed + DISK_MARGIN > free:
@@ -235,12 +252,10 @@ def _stage(tar: tarfile.TarFile, m: tarfile.TarInfo, blob: LockedBlob, path: Pat
 def _install(blob: LockedBlob, staged: Path, *, replace: bool) -> bool:
     """Rename a verified staged blob into the cache through RepoCache (partial -> fsync -> rename)."""
     cache = blob.cache
-    cache.blobs.mkdir(parents=True, exist_ok=True)
     with cache.blob_lock(blob.etag):
         if not replace and cache.has_blob(blob.etag, blob.size):  # another process installed it meanwhile
             return False
-        os.replace(staged, cache.partial_path(blob.etag))
-        cache.install_blob(blob.etag)
+        cache.install_blob(blob.etag, source=staged)
     return True
 
 

@@ -80,7 +80,11 @@ def verify(
             to_hash.setdefault((st.st_dev, st.st_ino, blob.lfs), []).append(blob)
     problems += _hash_all(to_hash, jobs)
     if problems:
-        raise verify_error(f"verify {lock_path}", root, problems)
+        hint = (
+            f"repair: `prefetch verify --repair {lock_path}` fetches again from the Hub what is missing or "
+            "corrupt (as `prefetch sync --frozen --verify MANIFEST` does)"
+        )
+        raise verify_error(f"verify {lock_path}", root, problems, hint)
     return VerifyReport(
         lock_path=lock_path,
         cache_dir=root,
