@@ -22,7 +22,7 @@ from prefetch import __version__, settings
 from prefetch import sync as sync_mod
 from prefetch.auth import redact
 from prefetch.cancel import CancelToken
-from prefetch.errors import ExitCode, PrefetchError, exit_code_for
+from prefetch.errors import ExitCode, PrefetchError, exit_code_for, filesystem_error
 from prefetch.files import atomic_write
 from prefetch.offline import bundle as bundle_mod
 from prefetch.offline import prune as prune_mod
@@ -30,7 +30,7 @@ from prefetch.offline import runtime_env
 from prefetch.offline import sbom as sbom_mod
 from prefetch.offline import unbundle as unbundle_mod
 from prefetch.offline import verify as verify_mod
-from prefetch.progress import Progress, human_bytes, make_progress, setup_logging
+from prefetch.progress import Progress, human_bytes, make_progress, parse_size, setup_logging, shown
 
 log = logging.getLogger("prefetch")
 DEFAULTS = sync_mod.Settings()
@@ -43,6 +43,20 @@ lock_arg = click.argument("lockfile", type=click.Path(path_type=Path), default="
 cache_opt = click.option(
     "--cache-dir", type=click.Path(path_type=Path), help="HF cache (default: HF_HUB_CACHE...)."
 )
+
+
+class SizeType(click.ParamType):
+    """A size in human units (512M, 10G), as bytes."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 def network_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,6 +91,11 @@ def network_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Big files are fetched as parallel Range segments of this many MiB.",
         ),
         click.option(
+            "--min-free",
+            type=SizeType(),
+            help="Space to keep free after the download, e.g. 10G (default: 1 MiB + 1/16 of it, at most 64 MiB).",
+        ),
+        click.option(
             "--segment-threshold",
             type=click.IntRange(1, 1 << 20),
             default=DEFAULTS.segment_threshold // MiB,
@@ -102,6 +121,7 @@ def settings_from(kw: dict[str, Any], offline_flag: bool = False) -> sync_mod.Se
         offline=offline_flag,
         segment_size=(kw.get("segment_size") or DEFAULTS.segment_size // MiB) * MiB,
         segment_threshold=(kw.get("segment_threshold") or DEFAULTS.segment_threshold // MiB) * MiB,
+        min_free=kw.get("min_free"),
     )
 
 
@@ -115,7 +135,7 @@ class Context:
 
     def say(self, text: str) -> None:
         if not self.quiet and not self.as_json:
-            click.echo(redact(text))
+            click.echo(shown(text))
 
     def emit(self, data: dict[str, Any]) -> None:
         click.echo(redact(json.dumps(data, sort_keys=True, indent=None)))
@@ -232,7 +252,7 @@ def check(c: Context, manifest: Path, **kw: Any) -> None:
             }
         )
     else:
-        click.echo(report.render())
+        click.echo(shown(report.render()))
     if not report.ok:
         raise report.error(shown=True)
 
@@ -361,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException as e:  # the one place errors become exit codes
         if isinstance(e, click.exceptions.Abort):  # click's wrapping of Ctrl-C
             e = KeyboardInterrupt()
+        e = filesystem_error(e, "a file") or e  # an ordinary OS failure, named (exit 9), not a bug
         code = exit_code_for(e)
         if isinstance(e, PrefetchError) and e.shown:  # the command already printed it as its output
             raise SystemExit(int(code)) from None
@@ -380,5 +401,5 @@ def main(argv: list[str] | None = None) -> None:
             if report is not None:
                 event["entries"] = [row.to_json() for row in report.results]
             click.echo(redact(json.dumps(event)))
-        click.echo(redact(f"prefetch: error: {message}"), err=True)
+        click.echo(shown(f"prefetch: error: {message}"), err=True)
         raise SystemExit(int(code)) from None

@@ -4,6 +4,7 @@ the Hub's origin (redirects are followed by hand, so the `Authorization` header 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -18,10 +19,10 @@ from prefetch.errors import (
     ProxyError,
     ProxyRoutesFailed,
     TransportError,
-    UsageError,
+    UnusableAnswer,
 )
 from prefetch.net.connection import Headers, Pool, Response
-from prefetch.net.proxies import Route, Routes, credentials_hint, is_proxy_failure
+from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_hint, is_proxy_failure
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
 
 FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of the stored bytes
@@ -48,17 +49,15 @@ class Http:
         self.offline = offline
 
         def pool(proxy: str | None) -> Pool:
-            try:
-                return Pool(
-                    proxy,
-                    user_agent=f"prefetch/{__version__}",
-                    max_idle=pool_size,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    read_timeout=READ_TIMEOUT,
-                )
-            except ValueError as e:
-                raise UsageError(f"proxy {redact_url(proxy or '')}: {e}") from None
+            return Pool(
+                proxy,
+                user_agent=f"prefetch/{__version__}",
+                max_idle=pool_size,
+                connect_timeout=CONNECT_TIMEOUT,
+                read_timeout=READ_TIMEOUT,
+            )
 
+        proxies = [checked_proxy_url(p, "proxy URL") for p in proxies]
         for proxy in proxies:
             redact_url(proxy)  # registers its password as a secret
         self.routes = Routes([Route(p, pool(p)) for p in proxies], Route(None, pool(None)), no_proxy)
@@ -121,17 +120,18 @@ class Http:
             return response
         raise HttpStatusError(url, 310, None, "too many redirects")
 
-    def locate(self, url: str, token: Token | None) -> str:
-        """Where the bytes of `url` are served: the CDN URL a Hub 302 points to, or `url` itself."""
+    def locate(self, url: str, token: Token | None) -> tuple[str, Headers]:
+        """Where the bytes of `url` are served (the CDN URL a Hub 302 points to, or `url` itself), and the
+        headers of that answer (the Hub's `X-Linked-Etag` / `X-Linked-Size`)."""
 
-        def attempt() -> str:
+        def attempt() -> tuple[str, Headers]:
             response = self._send_once("GET", url, {**FILE_HEADERS, **self._auth(url, token)})
             try:
                 if response.is_redirect:
-                    return urljoin(url, response.headers.get("location", ""))
+                    return urljoin(url, response.headers.get("location", "")), response.headers
                 if response.status_code >= 400:
                     raise http_status_error(url, response)
-                return url
+                return url, response.headers
             finally:
                 response.close()
 
@@ -150,9 +150,13 @@ class Http:
         return self.retry.call(attempt, f"HEAD {urlsplit(url).path}")
 
     def _auth(self, url: str, token: Token | None) -> dict[str, str]:
-        """The Authorization header, for the Hub's own origin only (never a CDN or another host)."""
+        """The Authorization header, for the Hub's own origin only (never a CDN or another host), and
+        never in clear text to a host off this machine."""
         if token is None or not _same_origin(url, self.endpoint):
             return {}
+        problem = plain_http_token_problem(url)
+        if problem is not None:
+            raise AccessError(f"{problem}: use an https:// endpoint")
         return {"authorization": f"Bearer {token.value}"}
 
     def get_json(self, url: str, token: Token | None) -> tuple[Any, Headers]:
@@ -160,9 +164,32 @@ class Http:
 
         def attempt() -> tuple[Any, Headers]:
             with contextlib.closing(self.open(url, token)) as response:
-                return response.json(), response.headers
+                try:
+                    return response.json(), response.headers
+                except UnusableAnswer as e:
+                    raise UnusableAnswer(f"GET {urlsplit(url).path}: {e}") from None
 
         return self.retry.call(attempt, f"GET {urlsplit(url).path}")
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1, by the name as written: never resolved, so no DNS answer (or
+    /etc/hosts entry) can make a remote host count as this machine."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_token_problem(url: str) -> str | None:
+    """Why a token must not go to `url` (plain http to a host off this machine), or None."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or is_loopback_host(parts.hostname or ""):
+        return None
+    return f"refusing to send a token over plain http to {parts.hostname} (anyone on the path could read it)"
 
 
 def _same_origin(url: str, other: str) -> bool:
@@ -176,7 +203,7 @@ def http_status_error(url: str, response: Response) -> HttpStatusError:
     try:
         body = response.json()
         message = body.get("error", "") if isinstance(body, dict) else ""
-    except (ValueError, TransportError):
+    except (UnusableAnswer, TransportError):
         message = ""
     finally:
         response.close()
