@@ -406,7 +406,10 @@ def disk_margin(needed: int) -> int:
     return min(DISK_MARGIN, MiB + needed // 16)
 
 
-PLAIN_HTTP_FIX = "use an https:// endpoint (only a loopback Hub, localhost or 127.0.0.0/8 or ::1, may be plain http with a token)"
+PLAIN_HTTP_FIX = (
+    "use an https:// endpoint (only a loopback Hub, localhost, 127.0.0.0/8 or ::1, "
+    "may take a token over plain http)"
+)
 
 
 def _check_writable(folder: Path, what: str) -> None:
