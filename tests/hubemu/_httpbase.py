@@ -267,9 +267,10 @@ class FastHandler(BaseHTTPRequestHandler):
     ) -> int:
         """Send headers then (part of) the body; returns body bytes handed to the kernel.
 
-        `rate` throttles in slices of 64 KiB (less at slow rates), `corrupt` flips the byte in the middle of what is sent, `limit`
-        truncates the body (the caller then aborts the connection). `on_progress` is told about each slice
-        *before* it is sent, so counters are already up to date when the client sees the last byte.
+        `rate` throttles in slices of 64 KiB (less at slow rates), `corrupt` flips the byte in the middle of
+        what is sent, `limit` truncates the body (the caller then aborts the connection). `on_progress` is told
+        about each slice *before* it is sent, so counters are already up to date when the client sees the last
+        byte.
         """
         head = build_head(status, headers)
         n = len(body) if send_body else 0
