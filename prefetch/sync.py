@@ -143,10 +143,16 @@ class Run:
             or env_settings.DEFAULT_ENDPOINT
         ).rstrip("/")
         self.hub_gated: dict[str, bool | str] = {}  # entry key -> gating seen by this run's resolution
+        self.must_write: list[tuple[Path, str]] = []  # folders checked writable before the first request
 
     # -- lazily built: an offline or warm run never touches tokens or the network -----------------------
     @functools.cached_property
     def http(self) -> Http:
+        for (
+            folder,
+            what,
+        ) in self.must_write:  # a run that needs no request (a warm cache) needs no write either
+            _check_writable(folder, what)
         _, no_proxy = env_settings.proxies()
         sources = [
             *(("--proxy", p) for p in self.settings.proxies),
@@ -201,13 +207,15 @@ class Run:
             if token is not None:
                 raise AccessError(f"{entry.label}: {problem} (the {token}); {PLAIN_HTTP_FIX}")
 
-    def check_writable(self, *, cache: bool, lock: bool) -> None:
-        """Can the cache, and the lockfile's folder when the lock may change, take new files? Asked before
-        any request: an unwritable folder must not be found after the whole download."""
+    def write_before_requests(self, *, cache: bool, lock: bool) -> None:
+        """The cache, and the lockfile's folder when the lock may change, must take new files: checked
+        before the first request (an unwritable folder must not be found after the whole download)."""
         if cache:
-            _check_writable(self.cache_dir, "the cache")
+            self.must_write.append((self.cache_dir, "the cache"))
         if lock:
-            _check_writable(self.lock_path.absolute().parent, f"the lockfile's folder (for {self.lock_path})")
+            self.must_write.append(
+                (self.lock_path.absolute().parent, f"the lockfile's folder (for {self.lock_path})")
+            )
 
     def lock_may_change(self, upgrade: bool, upgrade_repos: tuple[str, ...]) -> bool:
         """Will this run (probably) rewrite the lockfile? Not when it matches the manifest and nothing is
@@ -470,7 +478,7 @@ def sync(
             run.check_token_transport()
         if not dry_run:
             lock_may_change = not frozen and not run.offline and run.lock_may_change(upgrade, upgrade_repos)
-            run.check_writable(cache=True, lock=lock_may_change)
+            run.write_before_requests(cache=True, lock=lock_may_change)
         resolved, failures = run.resolve(frozen=frozen, upgrade=upgrade, upgrade_repos=upgrade_repos)
         plans = run.plan(resolved)
         if not dry_run:
@@ -577,7 +585,7 @@ def lock(
         if run.offline:
             raise UsageError("`prefetch lock` needs the network (HF_HUB_OFFLINE / --offline is set)")
         run.check_token_transport()
-        run.check_writable(cache=False, lock=run.lock_may_change(upgrade, upgrade_repos))
+        run.write_before_requests(cache=False, lock=run.lock_may_change(upgrade, upgrade_repos))
         resolved, failures = run.resolve(upgrade=upgrade, upgrade_repos=upgrade_repos)
         if failures:
             raise AccessReport(failures).error()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import subprocess
 import threading
@@ -110,11 +111,10 @@ def test_no_part_of_a_malformed_proxy_url_reaches_any_output(prefetch, hub, case
     """Through the CLI, from the environment, `--proxy` and the manifest: exit 2, and no secret on
     stdout, stderr or in a --json event."""
     url, secrets = case
-    model_repo = "org/proxied"
-    if ("model", model_repo) not in hub._repos:
-        hub.create_repo(model_repo).commit({"config.json": b"{}"})
     top = {"proxies": [url]} if where == "manifest" else {}
-    manifest = prefetch.manifest([{"repo": model_repo}], **top)
+    manifest = prefetch.manifest(
+        [{"repo": "org/proxied"}], **top
+    )  # refused before any request: no repo needed
     args = [
         *(["--json"] if as_json else []),
         "sync",
@@ -233,23 +233,50 @@ def test_an_unwritable_lockfile_folder_is_found_before_any_request(prefetch, hub
     assert hub.count() == 0
 
 
+@contextlib.contextmanager
+def read_only_view(source: Path, path: Path) -> Iterator[Path]:
+    """`source` seen read-only at `path` (a read-only bind mount; needs root: skipped elsewhere)."""
+    path.mkdir(parents=True, exist_ok=True)
+    bound = subprocess.run(["mount", "--bind", str(source), str(path)], capture_output=True, text=True)
+    if bound.returncode != 0:
+        pytest.skip(f"cannot bind-mount here (needs root): {bound.stderr.strip()}")
+    try:
+        remounted = subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(path)], capture_output=True, text=True
+        )
+        if remounted.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {remounted.stderr.strip()}")
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 def test_a_read_only_lock_that_stays_the_same_does_not_stop_a_sync(prefetch, hub):
     model = make_model(hub, big=MiB)
     prefetch.manifest([{"repo": model.repo_id}])
-    assert sync(prefetch).code == 0
     locks = prefetch.tmp / "locks"
     locks.mkdir()
-    (locks / "models.lock").write_bytes((prefetch.tmp / "models.lock").read_bytes())
-    mount = prefetch.tmp / "ro-locks"
-    mount_read_only(mount)
-    try:
-        subprocess.run(["mount", "--bind", "-o", "ro", str(locks), str(mount)], check=False)
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=False)
-        result = sync(prefetch, "--lock", str(mount / "models.lock"))
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    assert sync(prefetch, "--lock", str(locks / "models.lock")).code == 0
+    shutil.rmtree(prefetch.cache_dir)  # files to fetch: the run makes requests, the lock stays the same
+    with read_only_view(locks, prefetch.tmp / "ro-locks") as ro:
+        result = sync(prefetch, "--lock", str(ro / "models.lock"))
     assert result.code == 0, result
+    assert_cache_verifies(prefetch.cache_dir, model)
+
+
+@pytest.mark.parametrize("frozen", [(), ("--frozen",)])
+def test_a_warm_read_only_cache_is_named_not_an_internal_error(prefetch, hub, frozen):
+    """A sync rewrites links and refs, so a read-only cache is exit 9 even when warm (no request is made);
+    `prefetch verify` is the read-only check."""
+    model = make_model(hub, big=MiB)
+    prefetch.manifest([{"repo": model.repo_id}])
+    assert sync(prefetch).code == 0
+    hub.reset_counters()
+    with read_only_view(prefetch.cache_dir, prefetch.tmp / "ro-cache") as ro:
+        result = sync(prefetch, "--cache-dir", str(ro), *frozen)
+    assert result.code == 9, result
+    assert "the filesystem is mounted read-only" in result.stderr and "internal error" not in result.stderr
+    assert hub.count() == 0
 
 
 def test_a_file_name_longer_than_the_filesystem_allows_exits_9_before_downloading(prefetch, hub):
