@@ -148,10 +148,8 @@ class Run:
     # -- lazily built: an offline or warm run never touches tokens or the network -----------------------
     @functools.cached_property
     def http(self) -> Http:
-        for (
-            folder,
-            what,
-        ) in self.must_write:  # a run that needs no request (a warm cache) needs no write either
+        # Checked here, before the first request: a run that needs none (a warm cache) writes nothing either.
+        for folder, what in self.must_write:
             _check_writable(folder, what)
         _, no_proxy = env_settings.proxies()
         sources = [
@@ -219,7 +217,7 @@ class Run:
 
     def lock_may_change(self, upgrade: bool, upgrade_repos: tuple[str, ...]) -> bool:
         """Will this run (probably) rewrite the lockfile? Not when it matches the manifest and nothing is
-        upgraded (so a read-only lock of a warm cache still syncs)."""
+        upgraded (so a read-only lock that stays the same does not stop a sync)."""
         return (
             self.old_lock is None
             or upgrade
