@@ -29,7 +29,7 @@ from prefetch import manifest_edit as edit_mod
 from prefetch import sync as sync_mod
 from prefetch.auth import redact
 from prefetch.cancel import CancelToken
-from prefetch.errors import ExitCode, PrefetchError, exit_code_for
+from prefetch.errors import ExitCode, PrefetchError, exit_code_for, filesystem_error
 from prefetch.files import atomic_write
 from prefetch.offline import bundle as bundle_mod
 from prefetch.offline import prune as prune_mod
@@ -38,7 +38,15 @@ from prefetch.offline import sbom as sbom_mod
 from prefetch.offline import status as status_mod
 from prefetch.offline import unbundle as unbundle_mod
 from prefetch.offline import verify as verify_mod
-from prefetch.progress import Progress, human_bytes, make_progress, setup_logging, terminal_lines
+from prefetch.progress import (
+    Progress,
+    human_bytes,
+    make_progress,
+    parse_size,
+    setup_logging,
+    shown,
+    terminal_lines,
+)
 
 log = logging.getLogger("prefetch")
 DEFAULTS = sync_mod.Settings()
@@ -67,6 +75,20 @@ manifest_opt = click.option(
 type_opt = click.option(
     "--type", "repo_type", type=click.Choice(edit_mod.REPO_TYPES), default="model", show_default=True
 )
+
+
+class SizeType(click.ParamType):
+    """A size in human units (512M, 10G), as bytes."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 def option_group(*options: Callable[[F], F]) -> Callable[[F], F]:
@@ -115,6 +137,11 @@ transfer_options = option_group(
         show_default=True,
         help="Files of at least this many MiB are split into segments.",
     ),
+    click.option(
+        "--min-free",
+        type=SizeType(),
+        help="Space to keep free after the download, e.g. 10G (default: 1 MiB + 1/16 of it, at most 64 MiB).",
+    ),
 )
 # uv's and Cargo's lock modes.
 lock_mode_options = option_group(
@@ -156,6 +183,7 @@ def settings_from(kw: dict[str, Any], offline_flag: bool = False) -> sync_mod.Se
         offline=offline_flag,
         segment_size=(kw.get("segment_size") or DEFAULTS.segment_size // MiB) * MiB,
         segment_threshold=(kw.get("segment_threshold") or DEFAULTS.segment_threshold // MiB) * MiB,
+        min_free=kw.get("min_free"),
     )
 
 
@@ -182,7 +210,7 @@ class Context:
 
     def say(self, text: str) -> None:
         if not self.quiet and not self.as_json:
-            click.echo(terminal_lines(redact(text), sys.stdout))
+            click.echo(terminal_lines(shown(text), sys.stdout))
 
     def emit(self, data: dict[str, Any]) -> None:
         click.echo(redact(json.dumps(data, sort_keys=True, indent=None)))
@@ -369,7 +397,7 @@ def check(c: Context, manifest: Path, **kw: Any) -> None:
             }
         )
     else:
-        click.echo(report.render())
+        click.echo(shown(report.render()))
     if not report.ok:
         raise report.error(shown=True)
 
@@ -668,6 +696,7 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException as e:  # the one place errors become exit codes
         if isinstance(e, click.exceptions.Abort):  # click's wrapping of Ctrl-C
             e = KeyboardInterrupt()
+        e = filesystem_error(e, "a file") or e  # an ordinary OS failure, named (exit 9), not a bug
         code = exit_code_for(e)
         if isinstance(e, PrefetchError) and e.shown:  # the command already printed it as its output
             raise SystemExit(int(code)) from None
@@ -687,5 +716,5 @@ def main(argv: list[str] | None = None) -> None:
             if report is not None:
                 event["entries"] = [row.to_json() for row in report.results]
             click.echo(redact(json.dumps(event)))
-        click.echo(redact(f"prefetch: error: {message}"), err=True)
+        click.echo(shown(f"prefetch: error: {message}"), err=True)
         raise SystemExit(int(code)) from None

@@ -6,11 +6,14 @@ Messages must never contain a token: build them from token *sources*, never valu
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+from prefetch.terminal import printable
 
 if TYPE_CHECKING:
     from prefetch.access import AccessReport
@@ -28,6 +31,7 @@ class ExitCode(IntEnum):
     LOCK_OUTDATED = 6
     VERIFY_FAILED = 7
     DISK_FULL = 8
+    FILESYSTEM = 9
     INTERRUPTED = 130
 
 
@@ -41,6 +45,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.LOCK_OUTDATED: "lockfile out of date or missing (--locked, status), or missing (--frozen)",
     ExitCode.VERIFY_FAILED: "verify found missing or corrupt files",
     ExitCode.DISK_FULL: "not enough disk space",
+    ExitCode.FILESYSTEM: "filesystem: cannot write the cache or the lockfile's folder (permissions, read-only, "
+    "a file in the way, a name too long)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C / SIGTERM)",
 }
 
@@ -89,6 +95,11 @@ class IntegrityError(PrefetchError):
     exit_code = ExitCode.INTEGRITY
 
 
+class UnusableAnswer(IntegrityError):
+    """A server's answer prefetch refuses to use: not JSON, over the size cap, nested too deep, a
+    listing whose pages loop or never end, file paths that cannot coexist."""
+
+
 class LockOutdatedError(PrefetchError):
     """`--locked` (or `--offline`, `status`) found the lockfile missing or out of date with the manifest,
     or `--frozen` found no lockfile."""
@@ -110,6 +121,33 @@ class DiskSpaceError(PrefetchError):
     """The bytes to fetch do not fit on the cache's filesystem (or it filled up)."""
 
     exit_code = ExitCode.DISK_FULL
+
+
+class FilesystemError(PrefetchError):
+    """The cache or the lockfile's folder cannot be written: permissions, a read-only mount, a file where
+    a folder should be, a name longer than the filesystem allows."""
+
+    exit_code = ExitCode.FILESYSTEM
+
+
+_FILESYSTEM_HINTS = {
+    errno.EACCES: "permission denied (check the owner and mode; a shared cache needs group write and umask 002)",
+    errno.EPERM: "operation not permitted (check the owner, mode and attributes)",
+    errno.EROFS: "the filesystem is mounted read-only",
+    errno.ENOTDIR: "a file is in the way where a folder should be",
+    errno.EEXIST: "a file is in the way where a folder should be",
+    errno.EISDIR: "a folder is in the way where a file should be",
+    errno.ENAMETOOLONG: "a name is longer than the filesystem allows",
+    errno.ELOOP: "too many levels of symbolic links",
+}
+
+
+def filesystem_error(exc: BaseException, what: str) -> FilesystemError | None:
+    """The named error for an ordinary OS failure while writing `what` (None: not one of those)."""
+    if not isinstance(exc, OSError) or exc.errno not in _FILESYSTEM_HINTS:
+        return None
+    where = f" ({exc.filename})" if exc.filename else ""
+    return FilesystemError(f"cannot write {what}{where}: {_FILESYSTEM_HINTS[exc.errno]}")
 
 
 class AccessCheckError(AccessError):
@@ -151,6 +189,7 @@ class HubHttpError(PrefetchError):
         retry_after: float | None = None,
         content_type: str = "",
     ) -> None:
+        message = printable(message)  # the server's words: no terminal escapes
         self.url, self.status, self.error_code, self.message = url, status, error_code, message
         self.retry_after = retry_after
         self.content_type = content_type  # media type only, e.g. `text/html`
@@ -219,8 +258,10 @@ def exit_code_for(exc: BaseException) -> ExitCode:
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED
-    if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC surfacing outside our own checks
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # outside our own checks
         return ExitCode.DISK_FULL
+    if isinstance(exc, OSError) and exc.errno in _FILESYSTEM_HINTS:
+        return ExitCode.FILESYSTEM
     return ExitCode.INTERNAL
 
 

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from prefetch import settings
 from prefetch.auth import Token
 from prefetch.cache import TYPE_PREFIX, safe_relpath
-from prefetch.errors import HubHttpError, IntegrityError, NotAHubError
+from prefetch.errors import HubHttpError, IntegrityError, NotAHubError, UnusableAnswer
 from prefetch.net.connection import Headers
 from prefetch.net.session import Http
+from prefetch.terminal import printable
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -110,12 +112,18 @@ class HubApi:
             if not lacks_route(e):
                 raise
             files = self._siblings(repo, repo_type, commit, token)
+        _check_coexisting(repo, files)
         return sorted(files, key=lambda f: f.path)
 
     def _tree(self, repo: str, repo_type: str, commit: str, token: Token | None) -> list[RemoteFile]:
         url: str | None = self._api(repo, repo_type, "tree", commit) + "?recursive=true&expand=false"
         files: list[RemoteFile] = []
+        seen: set[str] = set()
         while url:
+            if url in seen or len(seen) >= settings.MAX_LISTING_PAGES:
+                why = "repeats a page" if url in seen else f"has more than {settings.MAX_LISTING_PAGES} pages"
+                raise UnusableAnswer(f"{repo}@{commit}: the Hub's file listing {why}; refused")
+            seen.add(url)
             data, headers = self._get_json(url, token)
             if not isinstance(data, list):
                 raise IntegrityError(f"{repo}@{commit}: unexpected tree listing from {self.endpoint}")
@@ -165,8 +173,8 @@ class HubApi:
         """(branches, tags), to suggest revisions when one is not found."""
         data, _ = self._get_json(self._api(repo, repo_type, "refs"), token)
         return (
-            sorted(b["name"] for b in data.get("branches", []) if "name" in b),
-            sorted(t["name"] for t in data.get("tags", []) if "name" in t),
+            sorted(printable(str(b["name"])) for b in data.get("branches", []) if "name" in b),
+            sorted(printable(str(t["name"])) for t in data.get("tags", []) if "name" in t),
         )
 
     def auth_check(self, repo: str, repo_type: str, token: Token | None) -> None:
@@ -235,6 +243,22 @@ def _remote_file(repo: str, item: dict[str, Any]) -> RemoteFile:
     if sha256 is not None and not (isinstance(sha256, str) and SHA256_RE.fullmatch(sha256)):
         raise IntegrityError(f"{repo}: file listing entry for {path!r} has an invalid LFS sha256")
     return RemoteFile(path=path, size=size, git_sha1=oid, sha256=sha256)
+
+
+def _check_coexisting(repo: str, files: list[RemoteFile]) -> None:
+    """A snapshot cannot hold a file `a` and a file `a/b`, nor the same path twice: refuse such a listing."""
+    paths = {f.path for f in files}
+    if len(paths) != len(files):
+        raise UnusableAnswer(f"{repo}: the Hub's file listing names a file twice; refused")
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in paths:
+                raise UnusableAnswer(
+                    f"{repo}: the Hub's file listing has both a file {printable(folder)!r} and "
+                    f"{printable(path)!r} under it; refused"
+                )
 
 
 def _next_link(link_header: str) -> str | None:

@@ -24,6 +24,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prefetch.errors import ManifestError
+from prefetch.net.proxies import BadProxyUrl, parse_proxy_url
 from prefetch.paths import repo_id_problem, revision_problem
 
 REPO_TYPES = ("model", "dataset", "space")
@@ -367,32 +368,34 @@ class _Parser:
             )
         return value
 
-    def url(self, node: Node, key_path: str, *, credentials: bool) -> str:
-        """An http(s) URL; never echoed, since proxy URLs may carry a password."""
+    def url(self, node: Node, key_path: str) -> str:
+        """The endpoint: an http(s) URL without credentials (never echoed: it might carry some)."""
         value = self.string(node, key_path, echo=False)
-        example = "http://proxy.example:3128" if credentials else "https://huggingface.co"
-        schemes = ("http",) if credentials else ("http", "https")
-        message = f"expected an {'http' if credentials else 'http(s)'} URL such as {example}"
-        if credentials and value.startswith("https://"):
-            message += (
-                " (prefetch talks plain HTTP to proxies; https:// traffic still crosses them encrypted)"
-            )
+        message = "expected an http(s) URL such as https://huggingface.co"
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
             self.fail(node, key_path, message)
         if (
-            parts.scheme not in schemes
+            parts.scheme not in ("http", "https")
             or not parts.hostname
             or parts.query
             or parts.fragment
             or any(c.isspace() for c in value)
         ):
             self.fail(node, key_path, message)
-        if not credentials and (parts.username or parts.password):
+        if parts.username or parts.password:
             self.fail(node, key_path, "the endpoint must not carry credentials: use token_env or HF_TOKEN")
         return value
+
+    def proxy_url(self, node: Node, key_path: str) -> str:
+        """A proxy URL, through the one proxy parser (`net.proxies`); never echoed: it may carry a password."""
+        value = self.string(node, key_path, echo=False)
+        try:
+            return parse_proxy_url(value)
+        except BadProxyUrl as e:
+            self.fail(node, key_path, str(e))
 
     def cache_dir(self, node: Node, key_path: str) -> Path:
         """`~` expands; a relative path is relative to the manifest's folder, not the working directory."""
@@ -439,7 +442,7 @@ class _Parser:
 
         cache_dir = self.optional(items, "cache_dir", "", self.cache_dir)
         cache_dir_text = self.optional(items, "cache_dir", "", self.string)
-        endpoint = self.optional(items, "endpoint", "", lambda n, p: self.url(n, p, credentials=False))
+        endpoint = self.optional(items, "endpoint", "", self.url)
         proxies = self.optional(items, "proxies", "", self.proxies) or ()
         retry = self.optional(items, "retry", "", self.retry) or RetrySettings()
         defaults = self.optional(items, "defaults", "", lambda n, p: self.mapping(n, p, DEFAULT_KEYS)) or {}
@@ -481,13 +484,11 @@ class _Parser:
 
     def proxies(self, node: Node, key_path: str) -> tuple[str, ...]:
         if isinstance(node, ScalarNode) and node.tag == _STR:
-            return (self.url(node, key_path, credentials=True),)
+            return (self.proxy_url(node, key_path),)
         if not isinstance(node, SequenceNode):
             found = self.describe(node, key_path)
             self.fail(node, key_path, f"expected a list of strings (http:// proxy URLs), got {found}")
-        return tuple(
-            self.url(child, f"{key_path}[{i}]", credentials=True) for i, child in enumerate(node.value)
-        )
+        return tuple(self.proxy_url(child, f"{key_path}[{i}]") for i, child in enumerate(node.value))
 
     def retry(self, node: Node, key_path: str) -> RetrySettings:
         items = self.mapping(node, key_path, RETRY_KEYS)

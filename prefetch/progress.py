@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -27,6 +28,7 @@ from typing import IO, Any
 from prefetch import settings
 from prefetch.auth import redact
 from prefetch.download.job import FileJob, Reporter
+from prefetch.terminal import escape_controls
 
 log = logging.getLogger("prefetch")
 
@@ -44,6 +46,24 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """`10G`, `500MiB`, `1.5 GB`, `4096` -> bytes (binary units: `10G` is 10 GiB, as `df -h` shows);
+    ValueError otherwise."""
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (expected a number with an optional unit: 512M, 10G, 1T)")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * 1024 ** " kmgtp".index(unit or " "))
+
+
+def shown(text: str) -> str:
+    """`text` as it may reach a terminal or a log: secrets redacted, control characters escaped."""
+    return escape_controls(redact(text))
+
+
 def human_duration(value: float) -> str:
     """`75` -> `1m15s`; `3725` -> `1h02m`."""
     seconds = max(0, round(value))
@@ -56,7 +76,7 @@ def human_duration(value: float) -> str:
 
 class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return shown(super().format(record))
 
 
 def setup_logging(verbosity: int, stream: IO[str] | None = None) -> None:
@@ -114,7 +134,7 @@ class Progress(Reporter):
 
     def message(self, text: str) -> None:
         """A line for the user (plan, warnings): stderr, except in JSON and quiet modes."""
-        print(redact(text), file=sys.stderr, flush=True)
+        print(shown(text), file=sys.stderr, flush=True)
 
     def event(self, kind: str, **fields: Any) -> None:
         """A structured event; only the JSON display prints these."""
@@ -190,7 +210,7 @@ class LineProgress(Progress):
         self._print(f"prefetch: {self.status_line()}")
 
     def _print(self, text: str) -> None:
-        print(redact(text), file=self.stream or sys.stderr, flush=True)
+        print(shown(text), file=self.stream or sys.stderr, flush=True)
 
     def close(self) -> None:
         self._stop.set()
@@ -336,7 +356,7 @@ class TtyProgress(Progress):
     def message(self, text: str) -> None:
         """Wrapped to the terminal's width: a line the terminal wraps itself would break the bar's redraw."""
         out = self.stream or sys.stderr
-        lines = wrap_lines(redact(text), _columns(out))
+        lines = wrap_lines(shown(text), _columns(out))
         if self.bar is not None:
             with self._draw:
                 for line in lines:

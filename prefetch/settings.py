@@ -22,6 +22,10 @@ DEFAULT_JOBS = 32  # connections; 32 beats per-connection CDN caps (docs/benchma
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024  # big files are fetched as parallel Range segments of this size
 DEFAULT_SEGMENT_THRESHOLD = 64 * 1024 * 1024  # files of at least this size are split into segments
 DEFAULT_PROGRESS_INTERVAL = 5.0  # seconds between two status lines without a terminal
+MAX_JSON_BYTES = 64 * 1024 * 1024  # a bigger JSON answer from a server is refused, not read whole
+MAX_LISTING_PAGES = 10_000  # a tree listing of more pages is refused (the Hub sends ~1000 files per page)
+MIN_BODY_RATE = 1024  # bytes/s: a body slower than this over the window is abandoned (and retried)
+DEFAULT_MIN_RATE_WINDOW = 60.0  # seconds
 DOCKER_SECRET_PATH = Path(
     "/run/secrets/hf_token"
 )  # where BuildKit's `--mount=type=secret,id=hf_token` puts it
@@ -124,15 +128,22 @@ def progress_bars_disabled(env: Env | None = None) -> bool:
     return is_true(_env(env).get("HF_HUB_DISABLE_PROGRESS_BARS"))
 
 
-def proxies(env: Env | None = None) -> tuple[list[str], str]:
-    """(proxy URLs in failover order: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, either case), and NO_PROXY."""
+def proxy_variables(env: Env | None = None) -> list[tuple[str, str]]:
+    """(variable, proxy URL) in failover order: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, either case; blank
+    and repeated values skipped."""
     env = _env(env)
-    found: list[str] = []
+    found: dict[str, str] = {}
     for name in PROXY_VARIABLES:
         value = env.get(name, "").strip()
         if value and value not in found:
-            found.append(value)
-    return found, env.get("NO_PROXY", env.get("no_proxy", ""))
+            found[value] = name
+    return [(name, value) for value, name in found.items()]
+
+
+def proxies(env: Env | None = None) -> tuple[list[str], str]:
+    """(proxy URLs in failover order: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, either case), and NO_PROXY."""
+    env = _env(env)
+    return [value for _, value in proxy_variables(env)], env.get("NO_PROXY", env.get("no_proxy", ""))
 
 
 def token_env_value(name: str, env: Env | None = None) -> str:
@@ -146,6 +157,14 @@ def progress_interval(env: Env | None = None) -> float:
         return float(_env(env).get("PREFETCH_PROGRESS_INTERVAL", DEFAULT_PROGRESS_INTERVAL))
     except ValueError:
         return DEFAULT_PROGRESS_INTERVAL
+
+
+def min_rate_window(env: Env | None = None) -> float:
+    """`PREFETCH_MIN_RATE_WINDOW`: seconds over which a body must average MIN_BODY_RATE (default 60)."""
+    try:
+        return max(0.1, float(_env(env).get("PREFETCH_MIN_RATE_WINDOW", DEFAULT_MIN_RATE_WINDOW)))
+    except ValueError:
+        return DEFAULT_MIN_RATE_WINDOW
 
 
 def show_traceback(env: Env | None = None) -> bool:

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,15 @@ from prefetch.cache import RepoCache
 from prefetch.cancel import CancelToken
 from prefetch.download.engine import Transfer
 from prefetch.download.job import FileJob, TransferStats
-from prefetch.errors import DiskSpaceError, LockOutdatedError, UsageError, VerifyError
+from prefetch.errors import (
+    AccessError,
+    DiskSpaceError,
+    FilesystemError,
+    LockOutdatedError,
+    UsageError,
+    VerifyError,
+    filesystem_error,
+)
 from prefetch.hub import HubApi, RemoteFile
 from prefetch.lockfile import (
     Lock,
@@ -38,15 +47,18 @@ from prefetch.lockfile import (
     write_lock,
 )
 from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
+from prefetch.net.proxies import checked_proxy_url
 from prefetch.net.retry import RetryPolicy
-from prefetch.net.session import Http
+from prefetch.net.session import Http, plain_http_token_problem
 from prefetch.offline.shared import LockedBlob, cache_root, digests
 from prefetch.offline.verify import VerifyReport
 from prefetch.offline.verify import verify as verify_cache
 from prefetch.paths import select_paths, unmatched_pattern_message
 from prefetch.progress import Progress, QuietProgress, human_bytes
+from prefetch.terminal import printable
 
-DISK_MARGIN = 64 * 1024 * 1024  # keep this much free after the planned bytes
+MiB = 1024 * 1024
+DISK_MARGIN = 64 * MiB  # at most this much is kept free after the planned bytes (unless --min-free)
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,7 @@ class Settings:
     offline: bool = False
     segment_threshold: int = env_settings.DEFAULT_SEGMENT_THRESHOLD
     segment_size: int = env_settings.DEFAULT_SEGMENT_SIZE
+    min_free: int | None = None  # bytes to keep free after the download (default: scales with the plan)
 
 
 @dataclass
@@ -186,12 +199,21 @@ class Run:
         self.hub_gated: dict[str, bool | str] = {}  # entry key -> gating seen by this run's resolution
         self.entries: tuple[Entry, ...] = self.manifest.entries  # under --frozen: the lock's
         self.resolved_here = False  # some content was resolved (or hashed) against this run's endpoint
+        self.must_write: list[tuple[Path, str]] = []  # folders checked writable before the first request
 
     # -- lazily built: an offline or warm run never touches tokens or the network -----------------------
     @functools.cached_property
     def http(self) -> Http:
-        env_proxies, no_proxy = env_settings.proxies()
-        proxies = list(dict.fromkeys([*self.settings.proxies, *self.manifest.proxies, *env_proxies]))
+        # Checked here, before the first request: a run that needs none (a warm cache) writes nothing either.
+        for folder, what in self.must_write:
+            _check_writable(folder, what)
+        _, no_proxy = env_settings.proxies()
+        sources = [
+            *(("--proxy", p) for p in self.settings.proxies),
+            *((f"{self.manifest.path}: proxies", p) for p in self.manifest.proxies),
+            *env_settings.proxy_variables(),
+        ]
+        proxies = list(dict.fromkeys(checked_proxy_url(value, source) for source, value in sources))
         retry = RetryPolicy(self.retry_settings(), on_retry=self.progress.retry, cancel=self.cancel)
         return Http(
             self.endpoint,
@@ -235,6 +257,54 @@ class Run:
 
     def repo_cache(self, entry: Entry | LockedEntry) -> RepoCache:
         return RepoCache(self.cache_dir, entry.repo, entry.type)
+
+    # -- pre-flight: what can fail without the network fails before any request ---------------------------
+    def check_token_transport(self) -> None:
+        """Exit 3 before any request when a token would travel over plain http to a non-loopback Hub."""
+        problem = plain_http_token_problem(self.endpoint)
+        if problem is None:
+            return
+        for entry in self.manifest.entries:
+            token = self.token(entry)
+            if token is not None:
+                raise AccessError(f"{entry.label}: {problem} (the {token}); {PLAIN_HTTP_FIX}")
+
+    def write_before_requests(self, *, cache: bool, lock: bool) -> None:
+        """The cache, and the lockfile's folder when the lock may change, must take new files: checked
+        before the first request (an unwritable folder must not be found after the whole download)."""
+        if cache:
+            self.must_write.append((self.cache_dir, "the cache"))
+        if lock:
+            self.must_write.append(
+                (self.lock_path.absolute().parent, f"the lockfile's folder (for {self.lock_path})")
+            )
+
+    def lock_may_change(self, upgrade: bool, upgrade_repos: tuple[str, ...]) -> bool:
+        """Will this run (probably) rewrite the lockfile? Not when it matches the manifest and nothing is
+        upgraded (so a read-only lock that stays the same does not stop a sync)."""
+        return (
+            self.old_lock is None
+            or upgrade
+            or bool(upgrade_repos)
+            or bool(diff_lock(self.old_lock, self.manifest))
+        )
+
+    def check_names(self, plans: list[EntryPlan]) -> None:
+        """Every file name fits the cache's filesystem (a snapshot link per path component): refused
+        before the download, not after it."""
+        try:
+            name_max = os.pathconf(self.cache_dir, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = 255
+        for p in plans:
+            for f in p.locked.files:
+                long = [part for part in f.path.split("/") if len(part.encode()) > name_max]
+                if long:
+                    raise FilesystemError(
+                        f"{p.locked.repo}: cannot store {printable(f.path[:80])}...: the name "
+                        f"{printable(long[0][:40])}... is {len(long[0].encode())} bytes, the filesystem of "
+                        f"{self.cache_dir} allows {name_max}"
+                    )
 
     # -- resolution ---------------------------------------------------------------------------------------
     def resolve(
@@ -416,7 +486,7 @@ class Run:
             cache = self.repo_cache(p.locked)
             corrupt = {f.etag for f in p.corrupt}
             for f in p.missing:
-                label = f"{p.locked.repo}:{f.path}"
+                label = f"{p.locked.repo}:{printable(f.path)}"
                 etag = f.etag or first_use_key(p.locked.commit, label)
                 if (cache.folder.name, etag) in seen:
                     continue
@@ -448,7 +518,10 @@ class Run:
             for f in p.locked.files:
                 (present if cache.has_blob(f.etag, f.size) else absent).append(f)
             cache.link_all(p.locked.commit, [(f.path, f.etag) for f in present])
-            missing += [f"{p.locked.repo}@{p.locked.commit[:12]}: {f.path} ({f.size} bytes)" for f in absent]
+            missing += [
+                f"{p.locked.repo}@{p.locked.commit[:12]}: {printable(f.path)} ({human_bytes(f.size)})"
+                for f in absent
+            ]
             if not absent:
                 cache.write_ref(p.locked.revision, p.locked.commit)
         if missing:
@@ -460,12 +533,16 @@ class Run:
 
     def check_space(self, jobs: list[FileJob]) -> None:
         needed = sum(j.size - _bytes_on_disk(j) for j in jobs)
+        if needed <= 0:
+            return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.cache_dir).free
-        if needed + DISK_MARGIN > free:
+        margin = self.settings.min_free if self.settings.min_free is not None else disk_margin(needed)
+        if needed + margin > free:
             raise DiskSpaceError(
-                f"not enough disk space in {self.cache_dir}: {needed} bytes to fetch (+{DISK_MARGIN} margin), "
-                f"{free} bytes free. Free some space (`prefetch prune`) or choose another --cache-dir."
+                f"not enough disk space in {self.cache_dir}: {human_bytes(needed)} to fetch "
+                f"(+{human_bytes(margin)} kept free), {human_bytes(free)} free. Free some space "
+                "(`prefetch prune`), choose another --cache-dir, or lower the margin with --min-free."
             )
 
     def record_learned(self, plans: list[EntryPlan], learned: dict[tuple[str, str], str]) -> None:
@@ -518,6 +595,28 @@ def trust_lock(new: LockedEntry, old: LockedEntry | None) -> LockedEntry:
             for k, f in zip(kept, new.files, strict=True)
         ),
     )
+
+
+def disk_margin(needed: int) -> int:
+    """Space kept free after a download of `needed` bytes: it scales with the plan (1 MiB + 1/16),
+    up to DISK_MARGIN, so a small sync fits a small volume and a big one leaves room to breathe."""
+    return min(DISK_MARGIN, MiB + needed // 16)
+
+
+PLAIN_HTTP_FIX = (
+    "use an https:// endpoint (only a loopback Hub, localhost, 127.0.0.0/8 or ::1, "
+    "may take a token over plain http)"
+)
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and an (unnamed, never linked) file in it, or raise a FilesystemError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise filesystem_error(e, f"{what} {folder}") or e from None
 
 
 def _bytes_on_disk(job: FileJob) -> int:
@@ -585,10 +684,19 @@ def sync(
     """
     run = Run(manifest_path, settings or Settings(), progress, cancel)
     try:
+        if not run.offline:
+            run.check_token_transport()
+        if not dry_run:
+            lock_may_change = (
+                not (locked or frozen) and not run.offline and run.lock_may_change(upgrade, upgrade_repos)
+            )
+            run.write_before_requests(cache=True, lock=lock_may_change)
         resolved, failures = run.resolve(
             locked=locked, frozen=frozen, upgrade=upgrade, upgrade_repos=upgrade_repos
         )
         plans = run.plan(resolved, verify=verify)
+        if not dry_run:
+            run.check_names(plans)
         if run.offline:
             _refuse_corrupt_offline(plans)
             run.materialize(plans)
@@ -704,6 +812,8 @@ def lock(
     try:
         if run.offline:
             raise UsageError("`prefetch lock` needs the network (HF_HUB_OFFLINE / --offline is set)")
+        run.check_token_transport()
+        run.write_before_requests(cache=False, lock=run.lock_may_change(upgrade, upgrade_repos))
         resolved, failures = run.resolve(upgrade=upgrade, upgrade_repos=upgrade_repos)
         if failures:
             raise AccessReport(failures).error()
@@ -727,6 +837,7 @@ def check(
     try:
         if run.offline:
             raise UsageError("`prefetch check` needs the network (HF_HUB_OFFLINE / --offline is set)")
+        run.check_token_transport()
         entries = [e for e in run.manifest.entries if keys is None or e.key in keys]
         return check_entries(run.hub, [(e, run.token(e)) for e in entries])
     finally:

@@ -695,7 +695,7 @@ def test_when_another_downloader_completes_the_blob_our_partial_is_dropped(prefe
 
 # ---------------------------------------------------------------------------------------------- disk
 def test_not_enough_space_stops_before_the_first_byte_with_exit_8(prefetch, hub):
-    model = make_model(hub, big=8 * MiB)
+    model = make_model(hub, big=24 * MiB)
     prefetch.manifest([{"repo": model.repo_id}])
     with tmpfs(prefetch.tmp / "small", "20m") as small:
         result = sync(prefetch, "--cache-dir", str(small / "hub"))
@@ -706,7 +706,7 @@ def test_not_enough_space_stops_before_the_first_byte_with_exit_8(prefetch, hub)
 
 
 def test_disk_full_mid_write_exits_8_and_the_rerun_resumes(prefetch, hub):
-    size = 24 * MiB  # 24 MiB + the 64 MiB margin fits in 100 MiB: the pre-flight check passes
+    size = 24 * MiB  # 24 MiB + its 2.5 MiB margin fits in 100 MiB: the pre-flight check passes
     model = make_model(hub, big=size)
     prefetch.manifest([{"repo": model.repo_id}])
     with tmpfs(prefetch.tmp / "disk", "100m") as disk:

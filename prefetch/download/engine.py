@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -32,15 +33,18 @@ from prefetch.errors import (
     DiskSpaceError,
     HubHttpError,
     IntegrityError,
+    LockOutdatedError,
     NetworkError,
     PrefetchError,
     RangeIgnored,
+    ReadTimeout,
     StaleUrl,
     TransportError,
     TruncatedBody,
+    filesystem_error,
 )
 from prefetch.files import fsync_dir, is_disk_full
-from prefetch.net.connection import Response
+from prefetch.net.connection import Headers, Response
 from prefetch.net.retry import describe, is_retryable
 from prefetch.net.session import FILE_HEADERS, Http, network_error
 
@@ -77,6 +81,9 @@ class Transfer:
         self._blob_index = BlobIndex()
         self._stats_lock = threading.Lock()
         self._blob_folders: set[Path] = set()  # renamed blobs into these: fsync them before `run` returns
+        self.min_rate_window = (
+            settings.min_rate_window()
+        )  # a body slower than MIN_BODY_RATE over it is dropped
 
     # -- the pool ---------------------------------------------------------------------------------
     def run(self, jobs: list[FileJob]) -> TransferStats:
@@ -125,8 +132,11 @@ class Transfer:
         if isinstance(exc, HubHttpError):  # a final answer: named with the file, its attempts and routes
             exc = network_error(exc, self.http, f"downloading {job.label}")
         elif not isinstance(exc, PrefetchError):
+            named = filesystem_error(exc, f"{job.label} into {job.cache.root}")
             if is_disk_full(exc):  # a full disk anywhere in the pipeline (state, fsync, rename) is exit 8
                 exc = DiskSpaceError(f"disk full while downloading {job.label} into {job.cache.root}: {exc}")
+            elif named is not None:
+                exc = named
             elif is_retryable(exc) or isinstance(exc, TransportError):
                 exc = network_error(exc, self.http, f"downloading {job.label}")
             else:
@@ -296,13 +306,21 @@ class Transfer:
 
         def attempt() -> None:
             self.cancel.raise_if_cancelled()
+            if cursor.position >= end:  # the last attempt got every byte before the connection failed
+                return
             ranged = use_range or cursor.position > 0
             headers = dict(FILE_HEADERS)
             if ranged:
                 headers["range"] = f"bytes={cursor.position}-{end - 1}"
             url, generation = source.current()
             try:
-                with self._slots, contextlib.closing(self.http.open(url, job.token, headers)) as response:
+                check = functools.partial(_check_redirect, job) if url == job.url and job.published else None
+                with (
+                    self._slots,
+                    contextlib.closing(
+                        self.http.open(url, job.token, headers, on_redirect=check)
+                    ) as response,
+                ):
                     source.served_from(response.url, generation)
                     if response.status_code == 200 and ranged:
                         if start != 0 or end != job.size:
@@ -317,6 +335,8 @@ class Transfer:
                         _check_content_range(response, cursor.position, job)
                     elif response.status_code != 200:
                         raise TruncatedBody(f"{job.label}: unexpected answer {response.status_code}")
+                    if not job.lfs and job.published:  # the Hub serves it itself: its ETag is the git sha1
+                        check_lock_against_hub(job, response.headers.get("etag"), None)
                     self._stream(job, partial, response, cursor, end)
             except HubHttpError as e:
                 if e.status in (401, 403, 410) and source.refresh(generation, e.url):
@@ -348,6 +368,7 @@ class Transfer:
         with self._buffers.lease() as buffer:
             filled = 0
             last_flush = time.monotonic()
+            floor = _RateFloor(self.min_rate_window)
 
             def flush() -> None:
                 nonlocal filled, last_flush
@@ -361,7 +382,8 @@ class Transfer:
                 last_flush = time.monotonic()
 
             try:
-                while n := response.readinto(buffer[filled:]):
+                # Stop at the segment's end: a server may declare (and fail to send) a longer body.
+                while cursor.position + filled < end and (n := response.readinto(buffer[filled:])):
                     if cursor.position + filled + n > end:
                         raise BadBytes(
                             f"{job.label}: the server sent more bytes than the file has; discarded"
@@ -370,6 +392,7 @@ class Transfer:
                     if filled == len(buffer) or time.monotonic() - last_flush >= FLUSH_AFTER:
                         flush()
                     self.cancel.raise_if_cancelled()
+                    floor.check(n)
             finally:
                 flush()
 
@@ -503,6 +526,52 @@ class _Source:
             return True
 
 
+class _RateFloor:
+    """Abandons a body that averages less than MIN_BODY_RATE over a window (a drip-feed that the read
+    timeout never catches): the attempt fails as a timeout, and is retried within `retry.max_time`."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.since = time.monotonic()
+        self.received = 0
+
+    def check(self, n: int) -> None:
+        self.received += n
+        elapsed = time.monotonic() - self.since
+        if elapsed < self.window:
+            return
+        if self.received < settings.MIN_BODY_RATE * elapsed:
+            raise ReadTimeout(
+                f"too slow: {self.received} bytes in {elapsed:.0f}s (the floor is {settings.MIN_BODY_RATE} B/s)"
+            )
+        self.since, self.received = time.monotonic(), 0
+
+
+def _check_redirect(job: FileJob, headers: Headers) -> None:
+    """The Hub's redirect of an LFS file states its hash and size (`X-Linked-Etag`, `X-Linked-Size`)."""
+    check_lock_against_hub(job, headers.get("x-linked-etag"), headers.get("x-linked-size"))
+
+
+def check_lock_against_hub(job: FileJob, hub_etag: str | None, hub_size: str | None) -> None:
+    """The Hub states the file's hash (and an LFS file's size) before its bytes: a lock that disagrees
+    was edited or is corrupt, which no download can fix, so say so at once (exit 6)."""
+    etag = (hub_etag or "").strip().removeprefix("W/").strip('"').lower()
+    hash_differs = (
+        bool(re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", etag))
+        and len(etag) == len(job.etag)
+        and etag != job.etag
+    )
+    size_differs = hub_size is not None and hub_size.strip().isdigit() and int(hub_size) != job.size
+    if hash_differs or size_differs:
+        hub_says = f"hash {etag}" if hash_differs else f"size {int(hub_size or 0)}"
+        lock_says = f"hash {job.etag}" if hash_differs else f"size {job.size}"
+        raise LockOutdatedError(
+            f"{job.label}: the lockfile disagrees with the Hub: the lock says {lock_says}, the Hub says {hub_says} "
+            "for this commit. Was the lockfile edited? Restore it, or re-resolve the repo with "
+            "`prefetch lock --upgrade-repo REPO`; nothing was downloaded."
+        )
+
+
 def _check_content_range(response: Response, position: int, job: FileJob) -> None:
     match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("content-range", ""))
     if not match or int(match.group(1)) != position:
@@ -515,7 +584,7 @@ def _check_content_range(response: Response, position: int, job: FileJob) -> Non
         )
 
 
-_SEVERITY = (DiskSpaceError, AccessError, NetworkError, IntegrityError)
+_SEVERITY = (DiskSpaceError, LockOutdatedError, AccessError, NetworkError, IntegrityError)
 
 
 def _most_severe(errors: list[PrefetchError]) -> PrefetchError:

@@ -29,8 +29,9 @@ import threading
 from collections.abc import Callable
 from email.message import Message
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
+from prefetch import settings
 from prefetch.errors import (
     CertificateError,
     ConnectError,
@@ -40,10 +41,15 @@ from prefetch.errors import (
     ReadTimeout,
     RemoteProtocolError,
     TransportError,
+    UnusableAnswer,
 )
 
 READ_SIZE = 64 * 1024  # `Response.read` collects a whole (small) body in reads of this size
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# What may stay as it is in a request target: RFC 3986's reserved and unreserved characters and `%`
+# (escapes already made). Anything else (a space or a control character from a server's `Location`,
+# non-ASCII) is percent-encoded, never sent raw into the request line.
+_TARGET_SAFE = "!$%&'()*+,/:;=?@[]~"
 _TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})\b ?(.*)")  # http.client's CONNECT failure
 
 Headers = Message  # case-insensitive `get` and `in`, as `http.client` parses them
@@ -195,18 +201,29 @@ class Response:
             raise RemoteProtocolError("the server closed the connection before the end of the body")
         return n
 
-    def read(self) -> bytes:
-        """The whole body (read once, then kept: `json()` after `read()` parses the same bytes)."""
+    def read(self, limit: int = settings.MAX_JSON_BYTES) -> bytes:
+        """The whole body, up to `limit` bytes (more: UnusableAnswer, without reading it all); read once,
+        then kept: `json()` after `read()` parses the same bytes."""
         if self._content is None:
+            if (self._answer.length or 0) > limit:
+                raise UnusableAnswer(f"refused an answer of {self._answer.length} bytes (the cap is {limit})")
             data = bytearray()
             buffer = memoryview(bytearray(READ_SIZE))
             while n := self.readinto(buffer):
                 data += buffer[:n]
+                if len(data) > limit:
+                    raise UnusableAnswer(f"refused an answer of more than {limit} bytes")
             self._content = bytes(data)
         return self._content
 
     def json(self) -> Any:
-        return json.loads(self.read())
+        """The body as JSON; UnusableAnswer when it is not JSON, too big, or nested too deep to parse."""
+        try:
+            return json.loads(self.read())
+        except RecursionError:
+            raise UnusableAnswer("refused a JSON answer nested too deeply") from None
+        except ValueError as e:  # also UnicodeDecodeError
+            raise UnusableAnswer(f"the answer is not JSON ({str(e)[:80]})") from None
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -253,10 +270,11 @@ class Pool:
         port = parts.port or DEFAULT_PORTS[scheme]
         key = (scheme, host, port)
         absolute = self.proxy is not None and scheme == "http"  # plain http goes through the proxy as-is
-        target = (
+        target = quote(
             url.split("#", 1)[0]
             if absolute
-            else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            else (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+            safe=_TARGET_SAFE,
         )
         fields = {"user-agent": self.user_agent, **headers}
         if absolute and self._proxy_auth:

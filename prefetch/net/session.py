@@ -4,6 +4,8 @@ the Hub's origin (redirects are followed by hand, so the `Authorization` header 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -18,11 +20,11 @@ from prefetch.errors import (
     ProxyError,
     ProxyRoutesFailed,
     TransportError,
-    UsageError,
+    UnusableAnswer,
     hub_http_error,
 )
 from prefetch.net.connection import Headers, Pool, Response
-from prefetch.net.proxies import Route, Routes, credentials_hint, is_proxy_failure
+from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_hint, is_proxy_failure
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
 
 FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of the stored bytes
@@ -49,17 +51,15 @@ class Http:
         self.offline = offline
 
         def pool(proxy: str | None) -> Pool:
-            try:
-                return Pool(
-                    proxy,
-                    user_agent=f"prefetch/{__version__}",
-                    max_idle=pool_size,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    read_timeout=READ_TIMEOUT,
-                )
-            except ValueError as e:
-                raise UsageError(f"proxy {redact_url(proxy or '')}: {e}") from None
+            return Pool(
+                proxy,
+                user_agent=f"prefetch/{__version__}",
+                max_idle=pool_size,
+                connect_timeout=CONNECT_TIMEOUT,
+                read_timeout=READ_TIMEOUT,
+            )
 
+        proxies = [checked_proxy_url(p, "proxy URL") for p in proxies]
         for proxy in proxies:
             redact_url(proxy)  # registers its password as a secret
         self.routes = Routes([Route(p, pool(p)) for p in proxies], Route(None, pool(None)), no_proxy)
@@ -105,16 +105,26 @@ class Http:
             return response
         raise ProxyRoutesFailed(failures, permanent=needs_credentials == len(failures))
 
-    def open(self, url: str, token: Token | None, headers: dict[str, str] | None = None) -> Response:
+    def open(
+        self,
+        url: str,
+        token: Token | None,
+        headers: dict[str, str] | None = None,
+        on_redirect: Callable[[Headers], None] | None = None,
+    ) -> Response:
         """GET `url` (one attempt), following redirects by hand; the token only goes to the Hub's origin.
 
-        Returns a streaming response with a 2xx status; raises HubHttpError otherwise.
+        `on_redirect` sees the headers of the first redirect (the Hub's, which state an LFS file's hash
+        and size) before it is followed. Returns a streaming response with a 2xx status; raises
+        HubHttpError otherwise.
         """
-        for _ in range(MAX_REDIRECTS):
+        for hop in range(MAX_REDIRECTS):
             response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
             if response.is_redirect:
                 location = response.headers.get("location", "")
                 response.close()
+                if hop == 0 and on_redirect is not None:
+                    on_redirect(response.headers)
                 url = urljoin(url, location)
                 continue
             if response.status_code >= 400:
@@ -135,9 +145,13 @@ class Http:
         return self.retry.call(attempt, f"HEAD {urlsplit(url).path}")
 
     def _auth(self, url: str, token: Token | None) -> dict[str, str]:
-        """The Authorization header, for the Hub's own origin only (never a CDN or another host)."""
+        """The Authorization header, for the Hub's own origin only (never a CDN or another host), and
+        never in clear text to a host off this machine."""
         if token is None or not _same_origin(url, self.endpoint):
             return {}
+        problem = plain_http_token_problem(url)
+        if problem is not None:
+            raise AccessError(f"{problem}: use an https:// endpoint")
         return {"authorization": f"Bearer {token.value}"}
 
     def get_json(self, url: str, token: Token | None) -> tuple[Any, Headers]:
@@ -145,9 +159,32 @@ class Http:
 
         def attempt() -> tuple[Any, Headers]:
             with contextlib.closing(self.open(url, token)) as response:
-                return response.json(), response.headers
+                try:
+                    return response.json(), response.headers
+                except UnusableAnswer as e:
+                    raise UnusableAnswer(f"GET {urlsplit(url).path}: {e}") from None
 
         return self.retry.call(attempt, f"GET {urlsplit(url).path}")
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1, by the name as written: never resolved, so no DNS answer (or
+    /etc/hosts entry) can make a remote host count as this machine."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_token_problem(url: str) -> str | None:
+    """Why a token must not go to `url` (plain http to a host off this machine), or None."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or is_loopback_host(parts.hostname or ""):
+        return None
+    return f"refusing to send a token over plain http to {parts.hostname} (anyone on the path could read it)"
 
 
 def _same_origin(url: str, other: str) -> bool:
@@ -160,7 +197,7 @@ def http_status_error(url: str, response: Response) -> HubHttpError:
     wait a 429 / 503 asked for. (Reads and closes the response.)"""
     try:
         body = response.read()
-    except TransportError:
+    except (UnusableAnswer, TransportError):
         body = b""
     finally:
         response.close()

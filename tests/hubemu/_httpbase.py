@@ -267,9 +267,10 @@ class FastHandler(BaseHTTPRequestHandler):
     ) -> int:
         """Send headers then (part of) the body; returns body bytes handed to the kernel.
 
-        `rate` throttles in 64 KiB slices, `corrupt` flips the byte in the middle of what is sent, `limit`
-        truncates the body (the caller then aborts the connection). `on_progress` is told about each slice
-        *before* it is sent, so counters are already up to date when the client sees the last byte.
+        `rate` throttles in slices of 64 KiB (less at slow rates), `corrupt` flips the byte in the middle of
+        what is sent, `limit` truncates the body (the caller then aborts the connection). `on_progress` is told
+        about each slice *before* it is sent, so counters are already up to date when the client sees the last
+        byte.
         """
         head = build_head(status, headers)
         n = len(body) if send_body else 0
@@ -290,7 +291,8 @@ class FastHandler(BaseHTTPRequestHandler):
             return n
         self.send_all(head)
         corrupt_at = n // 2 if corrupt else -1
-        step = THROTTLE_SLICE if rate else FAST_SLICE
+        # a slow rate sends a tenth of a second's worth at a time: a drip-feed, not 64 KiB bursts
+        step = max(1, min(THROTTLE_SLICE, int(rate / 10))) if rate else FAST_SLICE
         pos = 0
         t0 = time.monotonic()
         while pos < n:

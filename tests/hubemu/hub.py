@@ -62,10 +62,11 @@ _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 class Fault:
     """A fault-injection rule. `times=None` means forever; `fired` counts how often it was applied.
 
-    kinds: "status" (answer `status` + `headers` instead of routing), "reset" (headers + `after_bytes` of body,
-    then TCP RST), "truncate" (same but a clean FIN: clients see an incomplete body, not a reset), "corrupt"
-    (flip the middle byte of the body), "slow" (throttle the body to `bytes_per_sec`), "ignore_range" (answer
-    200 + full body to a Range request). Body faults are only used up by responses they can affect.
+    kinds: "status" (answer `status` + `headers`, and `body` if given, instead of routing), "reset" (headers +
+    `after_bytes` of body, then TCP RST), "truncate" (same but a clean FIN: clients see an incomplete body, not
+    a reset), "corrupt" (flip the middle byte of the body), "slow" (throttle the body to `bytes_per_sec`),
+    "ignore_range" (answer 200 + full body to a Range request). Body faults are only used up by responses they
+    can affect.
     """
 
     kind: str
@@ -77,6 +78,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     after_bytes: int = 0
     bytes_per_sec: float = 0.0
+    body: bytes | None = None  # a "status" fault's body (default: a JSON error naming the fault)
     fired: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
@@ -217,7 +219,9 @@ class _HubHandler(FastHandler):
             time=time.time(),
         )
         fault = hub._take_fault(rec, "status")
-        if fault is not None:
+        if fault is not None and fault.body is not None:
+            resp = _Response(fault.status, dict(fault.headers), fault.body)
+        elif fault is not None:
             resp = _json(fault.status, {"error": f"Injected fault: HTTP {fault.status}"}, dict(fault.headers))
         else:
             try:
