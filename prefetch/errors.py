@@ -273,7 +273,13 @@ class TransportError(Exception):
 
 
 class ConnectError(TransportError):
-    """No connection: refused, unreachable, no such host, or the TLS handshake failed."""
+    """No connection: refused, unreachable, no such host, or the TLS handshake failed.
+
+    `first_contact`: the host never answered this run (a wrong or down endpoint, not a blip), so
+    retries stop early (`settings.FIRST_CONTACT_ATTEMPTS`) and the run fails within seconds.
+    """
+
+    first_contact = False
 
 
 class ConnectTimeout(ConnectError):

@@ -120,7 +120,7 @@ def test_an_unreachable_hub_fails_fast_naming_it_and_the_demo(prefetch: Prefetch
     endpoint = f"http://127.0.0.1:{closed_port()}"
     prefetch.manifest([{"repo": "org/model"}])
     started = time.monotonic()
-    result = prefetch("sync", "models.yaml", "--retries", "2", env={"HF_ENDPOINT": endpoint})
+    result = prefetch("sync", "models.yaml", env={"HF_ENDPOINT": endpoint})  # the default retry budget
     assert result.code == 4, result
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 10  # a host that never answered is not retried for long
     assert endpoint in result.stderr and "Try it without a token" in result.stderr

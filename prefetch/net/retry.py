@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import tenacity
 
+from prefetch import settings
 from prefetch.auth import redact
 from prefetch.cancel import CancelToken
 from prefetch.errors import (
@@ -114,6 +115,9 @@ class RetryPolicy:
     def _stop(self, state: tenacity.RetryCallState) -> bool:
         if state.attempt_number >= self.settings.attempts or self._remaining(state) <= 0:
             return True
+        exc = state.outcome.exception() if state.outcome else None
+        if getattr(exc, "first_contact", False) and state.attempt_number >= settings.FIRST_CONTACT_ATTEMPTS:
+            return True  # the host never answered this run: a wrong or down endpoint, say so now
         hint = self._hint(state)
         if hint is not None and hint > self._remaining(state):
             log.warning(

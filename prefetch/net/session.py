@@ -14,6 +14,7 @@ from prefetch.auth import Token, redact_url
 from prefetch.errors import (
     AccessError,
     CertificateError,
+    ConnectError,
     HubHttpError,
     NetworkError,
     PrefetchError,
@@ -49,6 +50,7 @@ class Http:
         self.endpoint = endpoint.rstrip("/")
         self.retry = retry
         self.offline = offline
+        self._answered: set[tuple[str, str | None, int | None]] = set()  # origins that answered this run
 
         def pool(proxy: str | None) -> Pool:
             return Pool(
@@ -84,6 +86,8 @@ class Http:
             try:
                 response = route.pool.request(method, url, headers)
             except TransportError as e:
+                if route.proxy is None and isinstance(e, ConnectError):
+                    e.first_contact = _origin(url) not in self._answered
                 # Not a proxy's failure: no route left to try, or a certificate no other proxy verifies either.
                 if route.proxy is None or isinstance(e, CertificateError):
                     raise
@@ -102,6 +106,7 @@ class Http:
                 failures.append((route.label, reason))
                 continue
             self.routes.stick_to(route, failures)
+            self._answered.add(_origin(url))
             return response
         raise ProxyRoutesFailed(failures, permanent=needs_credentials == len(failures))
 
@@ -185,6 +190,11 @@ def plain_http_token_problem(url: str) -> str | None:
     if parts.scheme != "http" or is_loopback_host(parts.hostname or ""):
         return None
     return f"refusing to send a token over plain http to {parts.hostname} (anyone on the path could read it)"
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
 
 
 def _same_origin(url: str, other: str) -> bool:
