@@ -200,11 +200,11 @@ def test_tree_listing_renders_each_entry_once_across_pages(
     rendered: list[str] = []
     entry = HubEmulator._entry
 
-    def counted(commit: Commit, path: str, expand: bool) -> dict[str, object]:
+    def counted(self: HubEmulator, commit: Commit, path: str, expand: bool) -> dict[str, object]:
         rendered.append(path)
-        return entry(commit, path, expand)
+        return entry(self, commit, path, expand)
 
-    monkeypatch.setattr(HubEmulator, "_entry", staticmethod(counted))
+    monkeypatch.setattr(HubEmulator, "_entry", counted)
     api = HfApi(endpoint=hub.url, token=False)
     listed = [e.path for e in api.list_repo_tree("org/wide", recursive=True)]
     assert len(listed) == 1010 and listed == sorted(listed)
