@@ -35,7 +35,7 @@ _SHA1 = re.compile(r"[0-9a-f]{40}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a lock may hold 100k of them
 class LockedFile:
     path: str  # repo-relative, '/'-separated
     size: int
@@ -184,16 +184,94 @@ def load_lock(path: str | Path) -> Lock:
 
 
 def parse_lock(text: str, path: str) -> Lock:
-    """Validate lockfile text; `path` names the file in messages."""
+    """Validate lockfile text; `path` names the file in messages.
+
+    Files lists in the layout `dump_lock` writes are read line by line (`_fast_files`): composing
+    YAML nodes costs ~50 us per file even with libyaml, seconds for a 100k-file repo. Anything else,
+    and every invalid lockfile, goes through the YAML reader, whose messages carry line:col.
+    """
+    fast = _split_files_blocks(text)
+    if fast is not None:
+        skeleton, blocks = fast
+        try:
+            lock = _LockReader(path, blocks).parse(skeleton)
+        except LockfileError:
+            lock = None  # the YAML reader below says where, in the lockfile's own lines
+        if lock is not None and not blocks:  # every fast-read block was used where it stood
+            return lock
     return _LockReader(path).parse(text)
+
+
+_FILES_KEY = re.compile(r"^  files:\n", re.MULTILINE)  # an entry's files list, as `dump_lock` writes it
+# One file item as `dump_lock` writes it, each value plain or single-quoted: a plain path of these
+# characters, or a plain hex with a letter in it, is a string by YAML's rules (`_plain_str` checks
+# the paths that could be something else); anything else is left to the YAML reader.
+_ITEM = re.compile(
+    r"  - path: (?:([A-Za-z0-9_.][A-Za-z0-9_./+=@~-]*)|'([A-Za-z0-9_./+=@~ :-]*)')\n"
+    r"    size: (0|[1-9][0-9]*)\n"
+    r"    (?:sha256: (?:((?=[0-9]*[a-f])[0-9a-f]{64})|'([0-9a-f]{64})')"
+    r"|git_sha1: (?:((?=[0-9]*[a-f])[0-9a-f]{40})|'([0-9a-f]{40})'))\n"
+)
+_ITEM_CONTINUES = ("  - ", "    ")  # what a line of a files list starts with
+_UNSAFE_SEGMENT = re.compile(r"(?:^|/)\.{0,2}(?:/|$)")  # empty, '.' or '..': `unsafe_path_reason`'s cases
+_RESOLVER = yaml.resolver.Resolver()
+
+
+def _split_files_blocks(text: str) -> tuple[str, dict[int, tuple[LockedFile, ...]]] | None:
+    """(the text with each entry's files list replaced by `[]`, line of each `[]` -> its files),
+    or None when a files list is not in `dump_lock`'s layout or is invalid."""
+    skeleton: list[str] = []
+    blocks: dict[int, tuple[LockedFile, ...]] = {}
+    line, done = 0, 0
+    for key in _FILES_KEY.finditer(text):
+        if key.start() < done:
+            return None
+        files: dict[str, LockedFile] = {}
+        pos = key.end()
+        while item := _ITEM.match(text, pos):
+            path = item[1] if item[1] is not None else item[2]
+            if (
+                path in files
+                or _UNSAFE_SEGMENT.search(path)
+                or (item[1] is not None and not _plain_str(path))
+            ):
+                return None
+            size = int(item[3])
+            if item[4] is not None or item[5] is not None:
+                files[path] = LockedFile(path=path, size=size, sha256=item[4] or item[5])
+            else:
+                files[path] = LockedFile(path=path, size=size, git_sha1=item[6] or item[7])
+            pos = item.end()
+        if not files or text.startswith(_ITEM_CONTINUES, pos):
+            return None
+        before = text[done : key.start()]
+        line += before.count("\n")
+        skeleton += [before, "  files: []\n"]
+        blocks[line] = tuple(files[p] for p in sorted(files))
+        line += 1
+        done = pos
+    if not blocks:
+        return None
+    skeleton.append(text[done:])
+    return "".join(skeleton), blocks
+
+
+def _plain_str(scalar: str) -> bool:
+    """Whether YAML reads this plain scalar (of `_ITEM`'s path characters) as a string."""
+    if "/" in scalar or scalar[0] not in _RESOLVER.yaml_implicit_resolvers:
+        return True  # no implicit type (bool, int, float, null, timestamp, merge) has a '/' or starts so
+    return bool(_RESOLVER.resolve(ScalarNode, scalar, (True, False)) == "tag:yaml.org,2002:str")
 
 
 class _LockReader:
     """Walks the composed YAML nodes so that errors carry line:col and a key path."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fast_files: dict[int, tuple[LockedFile, ...]] | None = None) -> None:
         self.path = path
         self.constructor = SafeConstructor()
+        # Files lists `_split_files_blocks` read, by the line of the `[]` that stands for each:
+        # taken (and removed) by the entry whose `files` is there.
+        self.fast_files = fast_files if fast_files is not None else {}
 
     def fail(self, node: Node | None, key_path: str, message: str) -> NoReturn:
         where = self.path
@@ -268,6 +346,7 @@ class _LockReader:
         files_node = items["files"]
         if not isinstance(files_node, SequenceNode):
             self.fail(files_node, f"{key_path}.files", "expected a list of files")
+        fast = self.fast_files.pop(files_node.start_mark.line, None) if not files_node.value else None
         files: dict[str, LockedFile] = {}
         for i, child in enumerate(files_node.value):
             locked, path_node = self.file(child, f"{key_path}.files[{i}]")
@@ -284,7 +363,7 @@ class _LockReader:
             entry_digest=self.matching(
                 items["entry_digest"], f"{key_path}.entry_digest", _DIGEST, "sha256:<64 hex>"
             ),
-            files=tuple(files[p] for p in sorted(files)),
+            files=fast if fast is not None else tuple(files[p] for p in sorted(files)),
         )
 
     def file(self, node: Node, key_path: str) -> tuple[LockedFile, Node]:

@@ -17,6 +17,8 @@ from prefetch.lockfile import (
     Lock,
     LockedEntry,
     LockedFile,
+    _LockReader,
+    _split_files_blocks,
     default_lock_path,
     diff_lock,
     dump_lock,
@@ -552,3 +554,70 @@ def test_diff_reordered_and_digest_only() -> None:
 def test_diff_survives_a_round_trip() -> None:
     m = manifest(BASE)
     assert diff_lock(load_lock_text(dump_lock(lock_for(m))), m) == []
+
+
+# ---- the fast reader of files lists (parse_lock's line-by-line path) must read exactly what YAML reads
+
+FAST_NAMES = [
+    "config.json",
+    "true.json",
+    "a/yes",
+    "1.5/x",
+    ".hidden/a",
+    "e",
+    "tokenizer.model",
+    "v1.0-rc+1@x~y=z",
+]
+
+
+def test_fast_reader_takes_the_files_lists_dump_lock_writes() -> None:
+    files = tuple(LockedFile(name, i, git_sha1=SHA1) for i, name in enumerate(FAST_NAMES))
+    files += (LockedFile("weights.bin", 7, sha256=SHA256), LockedFile("digits.bin", 8, sha256="1" * 64))
+    lock = sample_lock(
+        entries=(LockedEntry("acme/model", "model", "main", SHA1, None, (), DIGEST, files),) * 1
+    )
+    text = dump_lock(lock)
+    assert _split_files_blocks(text) is not None  # this test is about the fast path: it must be taken
+    assert parse_lock(text, "x.lock") == _LockReader("x.lock").parse(text)
+    assert {f.path for f in parse_lock(text, "x.lock").entries[0].files} == {f.path for f in files}
+
+
+@pytest.mark.parametrize(
+    "plain", ["123", "yes", "No", "on", "null", "~", "1.5", "0x1F", "1_000", "2024-01-01", ".inf"]
+)
+def test_fast_reader_leaves_non_string_plain_paths_to_yaml(plain: str) -> None:
+    text = VALID.replace("path: config.json", f"path: {plain}")
+    assert f"m.lock:{FILE0_LINE}:11: entries[0].files[0].path: expected a string" in lock_error(text)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (
+            f"git_sha1: {SHA1}",
+            "git_sha1: '0123456789012345678901234567890123456789'",
+        ),  # quoted digits: a string
+        ("path: config.json", "path: 'a b:c.json'"),
+        ("path: config.json", "path: 'config.json'"),
+    ],
+)
+def test_fast_reader_quoted_values(old: str, new: str) -> None:
+    text = VALID.replace(old, new)
+    assert _split_files_blocks(text) is not None
+    assert parse_lock(text, "x.lock") == _LockReader("x.lock").parse(text)
+
+
+def test_fast_reader_is_not_fooled_by_a_files_line_inside_a_string() -> None:
+    hidden = "  files:\n  - path: x\n    size: 1\n    git_sha1: " + SHA1 + "\n"
+    text = VALID.replace("tool_version: 0.1.0", "tool_version: '0.1.0\n\n" + hidden + "'")
+    lock = parse_lock(text, "x.lock")
+    assert lock == _LockReader("x.lock").parse(text)
+    assert [f.path for f in lock.entries[0].files] == ["config.json", "model.safetensors"]
+
+
+def test_fast_reader_errors_are_the_yaml_readers() -> None:
+    text = VALID.replace("path: model.safetensors", "path: config.json")
+    assert (
+        f"m.lock:{FILE1_LINE}:11: entries[0].files[1].path: duplicate file path 'config.json'"
+        in lock_error(text)
+    )
