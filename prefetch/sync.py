@@ -23,6 +23,7 @@ from prefetch.cancel import CancelToken
 from prefetch.download.engine import Transfer
 from prefetch.download.job import FileJob, TransferStats
 from prefetch.errors import DiskSpaceError, LockOutdatedError, UsageError, VerifyError
+from prefetch.gcpause import paused_gc
 from prefetch.hub import HubApi, RemoteFile
 from prefetch.lockfile import (
     Lock,
@@ -355,6 +356,7 @@ def locked_entry(entry: Entry, commit: str, files: list[RemoteFile]) -> LockedEn
 
 
 # ---------------------------------------------------------------------------------------------- public API
+@paused_gc()
 def sync(
     manifest_path: str | Path,
     *,
@@ -462,6 +464,7 @@ def lock_changes(old: Lock | None, new: Lock) -> list[str]:
     return lines
 
 
+@paused_gc()
 def lock(
     manifest_path: str | Path,
     *,

@@ -1,31 +1,28 @@
-"""The download engine: a bounded pool fetching files as parallel Range segments into one partial
+"""The download engine: file workers fetching files as parallel Range segments into one partial
 file per blob, with resumable on-disk state, streaming hash verification and atomic install; files
-under `SMALL_FILE` are fetched into memory and written once, verified. Cancellation is the run's
+under `SMALL_FILE` are fetched into memory and written once, verified. Connections per host adapt to
+the measured rate within `jobs` (`prefetch.download.scheduler`). Cancellation is the run's
 `CancelToken` (and a child of it, which a fatal failure of one file cancels for the others).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
-import itertools
 import logging
-import math
 import os
-import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prefetch import settings
 from prefetch.cache import BlobIndex, hash_file
 from prefetch.cancel import CancelToken
 from prefetch.download.job import FileJob, Reporter, TransferStats
 from prefetch.download.partial import CHUNK, PartialFile
+from prefetch.download.scheduler import FileWorkers, HostLimit, HostLimits, SegmentPool
 from prefetch.errors import (
     AccessError,
     BadBytes,
@@ -73,7 +70,7 @@ class Transfer:
         # Cancelled with the run's token, or by a fatal failure of one file (to stop the others).
         self.cancel = CancelToken(parent=cancel or http.retry.cancel)
         self.stats = TransferStats()
-        self._slots = threading.BoundedSemaphore(self.jobs)
+        self.connections = HostLimits(self.jobs)
         self._buffers = _Buffers(CHUNK)
         self._blob_index = BlobIndex()
         self._stats_lock = threading.Lock()
@@ -83,21 +80,16 @@ class Transfer:
     def run(self, jobs: list[FileJob]) -> TransferStats:
         """Fetch every job; raises the most severe error after the others finished or stopped."""
         ordered = sorted(jobs, key=lambda j: -j.size)  # big files first: their segments fill the pool
-        files = cf.ThreadPoolExecutor(max_workers=self.jobs * 2, thread_name_prefix="prefetch-file")
-        self._segments = _SegmentPool(self.jobs)
+        self._segments = SegmentPool(self.jobs)
+        workers = FileWorkers(
+            min(self.jobs * 2, len(ordered)), self._fetch_file, self._failed, lambda: self.cancel.cancelled
+        )
         try:
-            futures = {files.submit(self._fetch_file, job): job for job in ordered}
-            # as_completed waits on all futures at once; cf.wait in a loop would re-register a
-            # waiter on every pending future per completion: quadratic in the number of files.
-            for future in cf.as_completed(futures):
-                exc = future.exception()
-                if exc is not None:
-                    self._failed(exc, futures[future])
+            workers.run(ordered)
         except BaseException:
             self.cancel.cancel()
             raise
         finally:
-            files.shutdown(wait=True, cancel_futures=True)
             self._segments.shutdown()
             self._sync_blob_folders()
         if self.stats.errors:
@@ -293,8 +285,9 @@ class Transfer:
             if ranged:
                 headers["range"] = f"bytes={cursor.position}-{end - 1}"
             url, generation = source.current()
+            limit = self.connections.for_url(url)
             try:
-                with self._slots, contextlib.closing(self.http.open(url, job.token, headers)) as response:
+                with limit.slot(), contextlib.closing(self.http.open(url, job.token, headers)) as response:
                     if response.status_code == 200 and ranged:
                         if start != 0 or end != job.size:
                             raise RangeIgnored()
@@ -308,7 +301,8 @@ class Transfer:
                         _check_content_range(response, cursor.position, job)
                     elif response.status_code != 200:
                         raise TruncatedBody(f"{job.label}: unexpected answer {response.status_code}")
-                    self._stream(job, partial, response, cursor, end)
+                    self._stream(job, partial, response, cursor, end, limit)
+                limit.progress(0, requests=1)
             except HttpStatusError as e:
                 if e.status in (401, 403, 410) and source.refresh(generation):
                     raise StaleUrl(
@@ -329,6 +323,7 @@ class Transfer:
         response: Response,
         cursor: _Cursor,
         end: int,
+        limit: HostLimit,
     ) -> None:
         """Read the body into the partial file, advancing `cursor` with every write.
 
@@ -348,6 +343,7 @@ class Transfer:
                     with self._stats_lock:
                         self.stats.bytes_fetched += filled
                     self.reporter.advance(filled)
+                    limit.progress(filled)
                     filled = 0
                 last_flush = time.monotonic()
 
@@ -363,56 +359,6 @@ class Transfer:
                     self.cancel.raise_if_cancelled()
             finally:
                 flush()
-
-
-class _SegmentPool:
-    """Worker threads that fetch segments lowest file offset first, across all files.
-
-    Every file's contiguous prefix, which is what its hash can take, then grows while the rest is
-    still downloading; in submission order, each file's segments would finish together at the end
-    and all the hashing would be left for after the last byte.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self._queue: queue.PriorityQueue[tuple[float, int, Any]] = queue.PriorityQueue()
-        self._order = itertools.count()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"prefetch-seg-{i}", daemon=True) for i in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, offset: int, fn: Callable[..., None], *args: Any) -> cf.Future[None]:
-        future: cf.Future[None] = cf.Future()
-        self._queue.put((offset, next(self._order), (future, fn, args)))
-        return future
-
-    def _work(self) -> None:
-        while True:
-            _, _, task = self._queue.get()
-            if task is None:
-                return
-            future, fn, args = task
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as e:  # handed to the waiting file thread, as an executor does
-                future.set_exception(e)
-
-    def shutdown(self) -> None:
-        """Cancel what has not started, wait for what has."""
-        while True:
-            try:
-                _, _, task = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if task is not None:
-                task[0].cancel()
-        for _ in self._threads:
-            self._queue.put((math.inf, next(self._order), None))
-        for thread in self._threads:
-            thread.join()
 
 
 class _Buffers:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefetch.cache import RepoCache
+from prefetch.gcpause import paused_gc
 from prefetch.lockfile import LockedEntry, load_lock
 from prefetch.offline.shared import (
     LockedBlob,
@@ -44,6 +45,7 @@ class VerifyReport(Report):
         )
 
 
+@paused_gc()
 def verify(
     lock_path: str | Path, *, cache_dir: str | Path | None = None, fast: bool = False, jobs: int | None = None
 ) -> VerifyReport:
