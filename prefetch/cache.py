@@ -194,12 +194,13 @@ class RepoCache:
             self.discard_partial(etag)
         return True
 
-    def install_bytes(self, etag: str, data: bytes | bytearray) -> None:
-        """Make verified in-memory bytes (a small blob) the blob: write the partial file, fsync, rename.
+    def write_partial_bytes(self, etag: str, data: bytes | bytearray, *, fsync: bool = True) -> None:
+        """Write verified in-memory bytes (a small blob) as its partial file, for `install_partial`.
 
         One new file and no state or `chmod` (a new file gets the umask's mode: `file_mode()`).
-        The folder's fsync is the caller's, as with `install_blob(sync_folder=False)`. For blobs
-        without a partial file (one left by another user could not be truncated).
+        Without `fsync`, the caller makes it durable (`sync_filesystem`, for many at once) before
+        `install_partial`. For blobs without a partial file (one left by another user could not be
+        truncated).
         """
         partial = self.partial_path(etag)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
@@ -212,10 +213,15 @@ class RepoCache:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(partial, self.blob_path(etag))
+
+    def install_partial(self, etag: str) -> None:
+        """Rename a durable, verified partial file to the blob; the folder's fsync is the caller's,
+        as with `install_blob(sync_folder=False)`."""
+        os.replace(self.partial_path(etag), self.blob_path(etag))
 
     def install_blob(self, etag: str, *, sync_folder: bool = True) -> None:
         """Make the verified partial file the blob: fsync, set mode, rename, fsync the folder.

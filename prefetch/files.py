@@ -81,8 +81,41 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a failure only means no head start
 
 
+def _syncfs() -> Callable[[int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):  # not Linux (or not glibc): files are fsynced one by one
+        return None
+    function.argtypes = (ctypes.c_int,)
+    function.restype = ctypes.c_int
+    return cast(Callable[[int], int], function)
+
+
+_SYNCFS = _syncfs()
+
+
+def sync_filesystem(path: Path) -> bool:
+    """Make everything written to `path`'s filesystem durable with one call (Linux `syncfs`): for
+    many small files, one flush instead of an fsync each. False where there is no `syncfs`."""
+    if _SYNCFS is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _SYNCFS(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(fd)
+    return True
+
+
 def fsync_dir(path: Path) -> None:
     """Make renames inside `path` durable."""
+    fsync_file(path)
+
+
+def fsync_file(path: Path) -> None:
+    """Make a file's data (or a folder's entries) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

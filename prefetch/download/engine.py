@@ -37,7 +37,7 @@ from prefetch.errors import (
     TransportError,
     TruncatedBody,
 )
-from prefetch.files import fsync_dir, is_disk_full
+from prefetch.files import fsync_dir, fsync_file, is_disk_full, sync_filesystem
 from prefetch.net.connection import Response
 from prefetch.net.retry import describe, is_retryable
 from prefetch.net.session import FILE_HEADERS, Http, network_error
@@ -46,6 +46,7 @@ log = logging.getLogger("prefetch")
 
 FLUSH_AFTER = 0.5  # seconds: a slow connection's bytes are written (and reported) at least this often
 SMALL_FILE = CHUNK  # files below this size are fetched into memory and written once, without resume state
+SMALL_BATCH = 16  # verified small files a worker makes durable with one filesystem sync (each holds its lock)
 MAX_URL_REFRESHES = 5  # signed CDN URLs that expire mid-download are asked for again at most this often
 
 
@@ -75,6 +76,7 @@ class Transfer:
         self._blob_index = BlobIndex()
         self._stats_lock = threading.Lock()
         self._blob_folders: set[Path] = set()  # renamed blobs into these: fsync them before `run` returns
+        self._worker = threading.local()  # each file worker's small files written but not yet durable
 
     # -- the pool ---------------------------------------------------------------------------------
     def run(self, jobs: list[FileJob]) -> TransferStats:
@@ -82,7 +84,11 @@ class Transfer:
         ordered = sorted(jobs, key=lambda j: -j.size)  # big files first: their segments fill the pool
         self._segments = SegmentPool(self.jobs)
         workers = FileWorkers(
-            min(self.jobs * 2, len(ordered)), self._fetch_file, self._failed, lambda: self.cancel.cancelled
+            min(self.jobs, len(ordered)),
+            self._fetch_file,
+            self._failed,
+            lambda: self.cancel.cancelled,
+            finish=self._install_small_files,
         )
         try:
             workers.run(ordered)
@@ -128,10 +134,14 @@ class Transfer:
     def _fetch_file(self, job: FileJob) -> None:
         cache = job.cache
         self.cancel.raise_if_cancelled()
-        if cache.has_blob(job.etag, job.size) and not cache.has_partial(job.etag):
-            return self._done(job, "cached")
-        with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
-            if cache.has_blob(job.etag, job.size):  # another process fetched it while we waited
+        with contextlib.ExitStack() as held:
+            # Before waiting for another process, release the locks of this worker's staged files:
+            # that process may be waiting for one of them.
+            wait = self._install_small_files
+            held.enter_context(
+                cache.blob_lock(job.etag, on_wait=wait, interrupt=self.cancel.raise_if_cancelled)
+            )
+            if cache.has_blob(job.etag, job.size):  # in the cache after all (another process fetched it)
                 cache.discard_partial(job.etag)  # our own earlier partial of it is garbage now
                 return self._done(job, "cached")
             if self._link_from_other_repo(job):
@@ -139,7 +149,9 @@ class Transfer:
             self.reporter.file_started(job)
             small = job.size < SMALL_FILE and not cache.has_partial(job.etag)
             for attempt in (1, 2):
-                if (self._download_small(job) if small else self._download(job)) == job.etag:
+                if small and self._download_small(job) == job.etag:
+                    return self._stage_small_file(job, held.pop_all())
+                if not small and self._download(job) == job.etag:
                     self._installed(job)
                     return self._done(job, "fetched")
                 cache.discard_partial(job.etag)  # never resume from bytes that failed their hash
@@ -151,6 +163,34 @@ class Transfer:
                 f"{job.label}: downloaded bytes do not match the expected hash {job.etag} twice; nothing was "
                 "stored. The server or a proxy is corrupting data."
             )
+
+    def _stage_small_file(self, job: FileJob, lock: contextlib.ExitStack) -> None:
+        """Keep a verified small file (written, not yet durable) and its lock until this worker's
+        next `_install_small_files`: one filesystem sync then makes up to SMALL_BATCH files durable."""
+        staged: list[tuple[FileJob, contextlib.ExitStack]] = self._worker.__dict__.setdefault("staged", [])
+        staged.append((job, lock))
+        if len(staged) >= SMALL_BATCH:
+            self._install_small_files()
+
+    def _install_small_files(self) -> None:
+        """Make this worker's staged small files durable (syncfs, else an fsync each), rename them to
+        their blobs and release their locks. A failure is recorded against the first of them."""
+        staged: list[tuple[FileJob, contextlib.ExitStack]] = self._worker.__dict__.pop("staged", [])
+        if not staged:
+            return
+        try:
+            if not sync_filesystem(staged[0][0].cache.blobs):
+                for job, _ in staged:
+                    fsync_file(job.cache.partial_path(job.etag))
+            for job, _ in staged:
+                job.cache.install_partial(job.etag)
+                self._installed(job)
+                self._done(job, "fetched")
+        except BaseException as exc:  # the run's to judge, as any file's failure
+            self._failed(exc, staged[0][0])
+        finally:
+            for _, lock in staged:
+                lock.close()
 
     def _done(self, job: FileJob, how: str) -> None:
         with self._stats_lock:
@@ -216,7 +256,7 @@ class Transfer:
         return digest
 
     def _download_small(self, job: FileJob) -> str | None:
-        """Fetch a small file into memory; install it as the blob once its hash matched.
+        """Fetch a small file into memory; write it as its partial file once its hash matched.
 
         Per file this saves the resume state, the per-chunk bookkeeping and the read-back: for
         thousands of small files, the filesystem work was most of the time.
@@ -231,7 +271,7 @@ class Transfer:
         h.update(memory.data)
         digest = h.hexdigest()
         if digest == job.etag:
-            job.cache.install_bytes(job.etag, memory.data)
+            job.cache.write_partial_bytes(job.etag, memory.data, fsync=False)
         return digest
 
     def _split(self, missing: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:

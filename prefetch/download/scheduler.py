@@ -128,7 +128,7 @@ class HostLimits:
 
 class FileWorkers:
     """`workers` threads, each fetching whole files in the given order until none is left or the
-    run is cancelled; failures are handed to `on_error` (from the worker's thread)."""
+    run is cancelled, then calling `finish` (in its own thread); failures are handed to `on_error`."""
 
     def __init__(
         self,
@@ -136,8 +136,10 @@ class FileWorkers:
         fetch: Callable[[Any], None],
         on_error: Callable[[BaseException, Any], None],
         stopped: Callable[[], bool],
+        finish: Callable[[], None],
     ) -> None:
         self.workers, self._fetch, self._on_error, self._stopped = workers, fetch, on_error, stopped
+        self._finish = finish
 
     def run(self, items: Iterable[Any]) -> None:
         todo = iter(items)
@@ -148,11 +150,12 @@ class FileWorkers:
                 with take:
                     item = next(todo, None)
                 if item is None:
-                    return
+                    break
                 try:
                     self._fetch(item)
                 except BaseException as exc:  # every failure is the run's to judge
                     self._on_error(exc, item)
+            self._finish()
 
         threads = [
             threading.Thread(target=work, name=f"prefetch-file-{i}", daemon=True) for i in range(self.workers)
