@@ -123,8 +123,8 @@ class RepoCache:
 
     def has_blob(self, etag: str, size: int) -> bool:
         """A blob of the right size is present (content was verified when it was installed)."""
-        try:
-            return self.blob_path(etag).stat().st_size == size
+        try:  # a str path: asked once per file per run, a Path's construction cost more than the stat
+            return os.stat(f"{self.blobs}/{etag}").st_size == size
         except FileNotFoundError:
             return False
 
@@ -279,7 +279,8 @@ class RepoCache:
 
     def link_target(self, commit: str, path: str, etag: str) -> str:
         """The relative symlink target huggingface_hub writes: `../../blobs/{etag}` (+ `../` per folder)."""
-        return "../" * (len(safe_relpath(path).parts) + 1) + f"blobs/{etag}"
+        safe_relpath(path)  # checked, so its '/'s are its folders
+        return "../" * (path.count("/") + 2) + f"blobs/{etag}"
 
     def is_linked(self, commit: str, path: str, etag: str) -> bool:
         link = self.snapshot_path(commit, path)
@@ -302,28 +303,31 @@ class RepoCache:
         snapshot = self.snapshot_dir(commit)
         snapshot.mkdir(parents=True, exist_ok=True)
         real_snapshot = snapshot.resolve()
-        checked: set[Path] = set()
+        checked: set[str] = set()
         for path, etag in files:
-            link = self.snapshot_path(commit, path)
-            if link.parent not in checked:
-                link.parent.mkdir(parents=True, exist_ok=True)
-                parent = link.parent.resolve()
-                if parent != real_snapshot and real_snapshot not in parent.parents:
+            target = self.link_target(commit, path, etag)  # also refuses an unsafe path
+            folder = path.rpartition("/")[0]  # str paths: per file, Path objects cost more than the symlink
+            link = f"{snapshot}/{path}"
+            if folder not in checked:
+                parent = snapshot / folder
+                parent.mkdir(parents=True, exist_ok=True)
+                real = parent.resolve()
+                if real != real_snapshot and real_snapshot not in real.parents:
                     raise IntegrityError(
                         f"refusing to link {path!r}: its folder leads outside {real_snapshot}"
                     )
-                checked.add(link.parent)
-            target = self.link_target(commit, path, etag)
+                checked.add(folder)
             try:
                 os.symlink(target, link)
             except FileExistsError:
                 self._replace_link(link, target, path)
 
     @staticmethod
-    def _replace_link(link: Path, target: str, path: str) -> None:
+    def _replace_link(existing: str, target: str, path: str) -> None:
         with contextlib.suppress(OSError):
-            if os.readlink(link) == target:
+            if os.readlink(existing) == target:
                 return
+        link = Path(existing)
         if link.is_dir() and not link.is_symlink():
             raise IntegrityError(f"cannot link {path}: a folder of that name exists in {link.parent}")
         tmp = link.with_name(f".{link.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")

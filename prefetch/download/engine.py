@@ -22,7 +22,7 @@ from prefetch.cache import BlobIndex, hash_file
 from prefetch.cancel import CancelToken
 from prefetch.download.job import FileJob, Reporter, TransferStats
 from prefetch.download.partial import CHUNK, PartialFile
-from prefetch.download.scheduler import FileWorkers, HostLimit, HostLimits, SegmentPool
+from prefetch.download.scheduler import HostLimit, HostLimits, SegmentPool, Workers
 from prefetch.errors import (
     AccessError,
     BadBytes,
@@ -83,7 +83,7 @@ class Transfer:
         """Fetch every job; raises the most severe error after the others finished or stopped."""
         ordered = sorted(jobs, key=lambda j: -j.size)  # big files first: their segments fill the pool
         self._segments = SegmentPool(self.jobs)
-        workers = FileWorkers(
+        workers = Workers(
             min(self.jobs, len(ordered)),
             self._fetch_file,
             self._failed,

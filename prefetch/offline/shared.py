@@ -7,7 +7,6 @@ The cache folder is, in order: the `cache_dir` argument, the lockfile's `cache_d
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prefetch.cache import RepoCache, hash_file
+from prefetch.download.scheduler import Workers
 from prefetch.errors import VerifyError
 from prefetch.lockfile import Lock, LockedEntry
 from prefetch.settings import resolve_cache_dir
@@ -84,16 +84,18 @@ def digests(blobs: list[LockedBlob], jobs: int | None = None) -> list[tuple[int,
         return results
     order = sorted(range(len(blobs)), key=lambda i: -blobs[i].size)
 
-    def one(i: int) -> tuple[int, str] | OSError:
+    def one(i: int) -> None:
         try:
-            return hash_file(blobs[i].path, blobs[i].lfs, blobs[i].size)
+            results[i] = hash_file(blobs[i].path, blobs[i].lfs, blobs[i].size)
         except OSError as exc:
-            return exc
+            results[i] = exc
 
-    workers = max(1, min(jobs or os.cpu_count() or 1, len(blobs)))
-    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch-hash") as pool:
-        for i, result in zip(order, pool.map(one, order), strict=True):
-            results[i] = result
+    bugs: list[BaseException] = []  # anything but a read error: raised here, as a bug
+    Workers(max(1, min(jobs or os.cpu_count() or 1, len(blobs))), one, lambda exc, _: bugs.append(exc)).run(
+        order
+    )
+    if bugs:
+        raise bugs[0]
     return results
 
 
