@@ -11,8 +11,8 @@
 A bundle's members mirror this layout: a member's name is its path relative to the cache root
 (`RepoCache.relpath`).
 
-Order of visibility: blob (fsync, rename, fsync of blobs/) -> snapshot link -> ref. A reader
-therefore never sees a link to a blob that is not complete and verified.
+Order of visibility: blob (fsync, or one syncfs for a batch of small ones; rename; fsync of blobs/)
+-> snapshot link -> ref. A reader therefore never sees a link to a blob that is not complete and verified.
 """
 
 from __future__ import annotations

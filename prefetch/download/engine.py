@@ -1,8 +1,10 @@
 """The download engine: file workers fetching files as parallel Range segments into one partial
 file per blob, with resumable on-disk state, streaming hash verification and atomic install; files
-under `SMALL_FILE` are fetched into memory and written once, verified. Connections per host adapt to
-the measured rate within `jobs` (`prefetch.download.scheduler`). Cancellation is the run's
-`CancelToken` (and a child of it, which a fatal failure of one file cancels for the others).
+under `SMALL_FILE` are fetched into memory and written once, verified, and made durable in batches
+(one `syncfs` per `SMALL_BATCH` files of a worker, each renamed to its blob only after it).
+Connections per host adapt to the measured rate within `jobs` (`prefetch.download.scheduler`).
+Cancellation is the run's `CancelToken` (and a child of it, which a fatal failure of one file
+cancels for the others).
 """
 
 from __future__ import annotations
