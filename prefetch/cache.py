@@ -362,23 +362,25 @@ class BlobIndex:
     `add`, so a blob another repo already has is hard-linked instead of downloaded again."""
 
     def __init__(self) -> None:
-        self._folders: dict[Path, dict[str, set[Path]]] = {}  # cache root -> etag -> repo folders
+        # cache root -> etag -> repo folders (a tuple: most blobs are in one folder, and a set costs ~200 B)
+        self._folders: dict[Path, dict[str, tuple[Path, ...]]] = {}
         self._lock = threading.Lock()
 
-    def _index(self, root: Path) -> dict[str, set[Path]]:
+    def _index(self, root: Path) -> dict[str, tuple[Path, ...]]:
         with self._lock:
             index = self._folders.get(root)
             if index is None:
                 index = self._folders[root] = {}
                 for folder in repo_folders(root):
                     for name in _blob_names(folder / "blobs"):
-                        index.setdefault(name, set()).add(folder)
+                        index[name] = (*index.get(name, ()), folder)
             return index
 
     def add(self, cache: RepoCache, etag: str) -> None:
         index = self._index(cache.root)
         with self._lock:
-            index.setdefault(etag, set()).add(cache.folder)
+            if cache.folder not in index.get(etag, ()):
+                index[etag] = (*index.get(etag, ()), cache.folder)
 
     def find_elsewhere(self, cache: RepoCache, etag: str, size: int) -> Path | None:
         """The same blob (by name and size) in another repo's folder; checked on disk, not trusted."""
