@@ -40,6 +40,7 @@ from prefetch.errors import (
     TruncatedBody,
 )
 from prefetch.files import fsync_dir, fsync_file, is_disk_full, sync_filesystem
+from prefetch.gcpause import young_objects_collected
 from prefetch.net.connection import Response
 from prefetch.net.retry import describe, is_retryable
 from prefetch.net.session import FILE_HEADERS, Http, network_error
@@ -48,6 +49,7 @@ log = logging.getLogger("prefetch")
 
 FLUSH_AFTER = 0.5  # seconds: a slow connection's bytes are written (and reported) at least this often
 SMALL_FILE = CHUNK  # files below this size are fetched into memory and written once, without resume state
+SMALL_READ_SLACK = 4096  # a small read's buffer has this much room past the expected end
 SMALL_BATCH = 16  # verified small files a worker makes durable with one filesystem sync (each holds its lock)
 MAX_URL_REFRESHES = 5  # signed CDN URLs that expire mid-download are asked for again at most this often
 
@@ -93,7 +95,8 @@ class Transfer:
             finish=self._install_small_files,
         )
         try:
-            workers.run(ordered)
+            with young_objects_collected():
+                workers.run(ordered)
         except BaseException:
             self.cancel.cancel()
             raise
@@ -373,7 +376,7 @@ class Transfer:
         on a slow connection). Bytes received before a failure (reset, timeout, cancel) are still
         written, so the retry or the next run resumes exactly where the connection stopped.
         """
-        with self._buffers.lease() as buffer:
+        with self._buffers.lease(end - cursor.position) as buffer:
             filled = 0
             last_flush = time.monotonic()
 
@@ -404,7 +407,11 @@ class Transfer:
 
 
 class _Buffers:
-    """Read buffers, reused: one per active connection (fresh pages cost more than the bytes' copy)."""
+    """Read buffers, reused: one per active connection (fresh pages cost more than the bytes' copy).
+
+    A read of fewer bytes gets a fresh buffer of its size (plus room to notice a longer body): small
+    files would otherwise hold a full-size buffer on every connection for a few bytes each.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -412,7 +419,10 @@ class _Buffers:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[memoryview]:
+    def lease(self, needed: int) -> Iterator[memoryview]:
+        if needed < self.size // 2:
+            yield memoryview(bytearray(needed + SMALL_READ_SLACK))
+            return
         with self._lock:
             buffer = self._free.pop() if self._free else None
         if buffer is None:
