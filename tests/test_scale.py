@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 
+from prefetch.cache import RepoCache
 from prefetch.download.scheduler import START_CONNECTIONS
 from prefetch.errors import VerifyError
 from prefetch.lockfile import _split_files_blocks, dump_lock, load_lock
 from prefetch.offline.verify import verify
 from tests.conftest import PrefetchRunner
+from tests.test_resilience import wait_for
 
 MiB = 1024 * 1024
 MANY = 30_000
@@ -129,3 +132,47 @@ def test_without_a_cap_the_engine_stays_below_its_ceiling(hub: Any, prefetch: Pr
     result = prefetch("sync", str(prefetch.tmp / "models.yaml"), "--jobs", str(jobs), *segments)
     assert result.code == 0, result
     assert cdn_connections(hub, sha) < jobs  # loopback: more connections than this do not help
+
+
+# ---- batched durability of small files
+
+
+def test_two_concurrent_syncs_of_many_small_files_finish_and_verify(
+    hub: Any, prefetch: PrefetchRunner
+) -> None:
+    """Two processes staging small files (each holding their locks until the batch is durable) into
+    one cache: both finish, and the cache verifies."""
+    hub.create_repo("org/many").commit(many_files(600))
+    manifest = prefetch.manifest([{"repo": "org/many"}])
+    assert prefetch("lock", str(manifest)).code == 0
+    procs = [prefetch.popen("sync", "--frozen", str(manifest), "--jobs", "4") for _ in range(2)]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+    assert hub.count(kind="file") >= 600  # every file fetched (some by both: that is allowed)
+    result = prefetch("verify", str(prefetch.tmp / "models.lock"))
+    assert result.code == 0, result
+
+
+def test_a_worker_installs_its_staged_small_files_before_waiting_for_another_process(
+    hub: Any, prefetch: PrefetchRunner
+) -> None:
+    """Staged small files hold their locks until their batch is durable: a worker that must wait
+    for another process's lock installs them first, so that process can never wait for them."""
+    files = {f"f{i:02d}.txt": b"%03d" % i * 30 for i in range(20)}
+    files["last.txt"] = b"tiny"  # the smallest: fetched last
+    commit = hub.create_repo("org/small").commit(files)
+    manifest = prefetch.manifest([{"repo": "org/small"}])
+    assert prefetch("lock", str(manifest)).code == 0
+    cache = RepoCache(prefetch.cache_dir, "org/small", "model")
+    etags = {path: hub.repo("org/small").file_info(commit, path).etag for path in files}
+    cache.lock_path(etags["last.txt"]).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache.lock_path(etags["last.txt"]))):  # another process is fetching it
+        proc = prefetch.popen("sync", "--frozen", str(manifest), "--jobs", "1")
+        try:
+            wait_for(lambda: all(cache.has_blob(etags[p], len(files[p])) for p in files if p != "last.txt"))
+        finally:
+            proc_alive = proc.poll() is None
+        assert proc_alive  # still waiting for the lock we hold
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
