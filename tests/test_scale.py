@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +35,29 @@ def many_files(count: int) -> dict[str, bytes]:
     return {f"data/part-{i // 250:03d}/sample-{i:06d}.json": b'{"i": %d}' % i for i in range(count)}
 
 
-def run_measured(prefetch: PrefetchRunner, *args: str) -> tuple[int, float]:
-    """Run the CLI; (exit code, its peak RSS in MB) from wait4, the child's own figure."""
-    proc = subprocess.Popen(
-        prefetch.command(*args),
+# Runs the command given in argv from a fresh, small interpreter and prints the command's peak RSS:
+# measured straight from pytest, wait4 would report pytest's own RSS, which a forked child inherits.
+PEAK_RSS = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL).returncode
+print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def run_measured(prefetch: PrefetchRunner, *args: str) -> float:
+    """Run the CLI (it must succeed); its peak RSS in MB."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *prefetch.command(*args)],
         cwd=prefetch.tmp,
         env=prefetch.env,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert proc.stderr is not None
-    stderr = proc.stderr.read().decode()
-    proc.stderr.close()
-    code = os.waitstatus_to_exitcode(status)
-    assert code == 0, stderr
-    return code, usage.ru_maxrss / 1024
+    code, rss_kb = proc.stdout.split()
+    assert code == "0", proc.stderr
+    return int(rss_kb) / 1024
 
 
 @pytest.fixture
@@ -63,7 +70,7 @@ def many_repo(hub: Any, prefetch: PrefetchRunner) -> Path:
 def test_a_30k_file_lock_is_read_line_by_line_and_verified_without_cyclic_collections(
     prefetch: PrefetchRunner, many_repo: Path, tmp_path: Path
 ) -> None:
-    _, rss = run_measured(prefetch, "lock", str(many_repo))
+    rss = run_measured(prefetch, "lock", str(many_repo))
     assert rss < RSS_LIMIT_MB
     lock_path = prefetch.tmp / "models.lock"
     text = lock_path.read_text()
@@ -87,12 +94,12 @@ def test_a_30k_file_lock_is_read_line_by_line_and_verified_without_cyclic_collec
 @pytest.mark.soak  # ~1-2 min on a loaded 2-core machine: 30k real downloads
 def test_30k_files_cold_warm_verify(hub: Any, prefetch: PrefetchRunner, many_repo: Path) -> None:
     sync = ("--quiet", "sync", str(many_repo))
-    _, cold_rss = run_measured(prefetch, *sync)
+    cold_rss = run_measured(prefetch, *sync)
     assert hub.count(kind="file") <= 1.05 * MANY
     hub.reset_counters()
-    _, warm_rss = run_measured(prefetch, *sync)
+    warm_rss = run_measured(prefetch, *sync)
     assert hub.count() == 0  # a warm no-op asks the Hub nothing
-    _, verify_rss = run_measured(prefetch, "--quiet", "verify", str(prefetch.tmp / "models.lock"))
+    verify_rss = run_measured(prefetch, "--quiet", "verify", str(prefetch.tmp / "models.lock"))
     assert max(cold_rss, warm_rss, verify_rss) < RSS_LIMIT_MB
 
 
