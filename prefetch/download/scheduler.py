@@ -5,7 +5,8 @@ segment workers.
 `--jobs` if lower) and is tuned every `WINDOW` seconds by a hill climb on the rate of the last
 window (bytes, plus `REQUEST_COST` per finished request so that thousands of small files count):
 
-- while requests wait for a connection, the limit doubles, never above `--jobs` (the hard ceiling);
+- while requests wait for a connection, the limit doubles, never above `--jobs` (the hard ceiling,
+  for all hosts together);
 - a doubling that did not raise the rate by `GROW_GAIN` (loopback, a full link, the CPU) is undone,
   and the limit stays there for `HOLD` windows before it probes again; a CDN that caps each
   connection's speed keeps rewarding more connections, so there the limit climbs to `--jobs`;
@@ -42,9 +43,12 @@ HOLD = 8  # windows to stay at a limit after a doubling that did not pay
 class HostLimit:
     """A counting semaphore whose size follows the host's measured rate (see the module docstring)."""
 
-    def __init__(self, ceiling: int, start: int = START_CONNECTIONS) -> None:
+    def __init__(
+        self, ceiling: int, start: int = START_CONNECTIONS, total: threading.Semaphore | None = None
+    ) -> None:
         self.ceiling = max(1, ceiling)
         self.limit = max(1, min(start, self.ceiling))
+        self._total = total or threading.Semaphore(self.ceiling)  # shared by all hosts: --jobs in all
         self.peak = 0  # most connections in use at once
         self._active = 0
         self._waiting = 0
@@ -65,7 +69,8 @@ class HostLimit:
             self._active += 1
             self.peak = max(self.peak, self._active)
         try:
-            yield
+            with self._total:
+                yield
         finally:
             with self._cond:
                 self._active -= 1
@@ -105,10 +110,11 @@ class HostLimit:
 
 
 class HostLimits:
-    """One `HostLimit` per host (the Hub and its CDN are tuned apart), each within `ceiling`."""
+    """One `HostLimit` per host (the Hub and its CDN are tuned apart); `ceiling` bounds them all together."""
 
     def __init__(self, ceiling: int, start: int = START_CONNECTIONS) -> None:
         self.ceiling, self.start = ceiling, start
+        self._total = threading.Semaphore(max(1, ceiling))
         self._hosts: dict[str, HostLimit] = {}
         self._lock = threading.Lock()
 
@@ -117,7 +123,7 @@ class HostLimits:
         with self._lock:
             limit = self._hosts.get(host)
             if limit is None:
-                limit = self._hosts[host] = HostLimit(self.ceiling, self.start)
+                limit = self._hosts[host] = HostLimit(self.ceiling, self.start, self._total)
             return limit
 
     def peak(self) -> int:
