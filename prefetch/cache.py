@@ -84,8 +84,9 @@ def hash_file(path: Path, lfs: bool, size: int) -> tuple[int, str]:
     """(bytes read, blob name) of a file, read in large blocks (hashlib releases the GIL meanwhile)."""
     h = blob_hasher(lfs, size)
     n = 0
+    step = min(READ_BLOCK, size + 1)  # a small file is not read into a READ_BLOCK-sized allocation
     with open(path, "rb") as f:
-        while block := f.read(READ_BLOCK):
+        while block := f.read(step):
             h.update(block)
             n += len(block)
     return n, h.hexdigest()

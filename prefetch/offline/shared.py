@@ -36,7 +36,7 @@ def label(entry: LockedEntry) -> str:
     return f"{kind}{entry.repo}@{entry.revision}"
 
 
-@dataclass
+@dataclass(slots=True)  # slots, and users as shared strings: verify of 100k files holds 100k of them
 class LockedBlob:
     """One distinct blob of one repo folder, and the locked files that use it (for messages)."""
 
@@ -44,7 +44,7 @@ class LockedBlob:
     etag: str
     size: int
     lfs: bool
-    users: list[str] = field(default_factory=list)
+    users: list[tuple[str, str]] = field(default_factory=list)  # (entry label, file path)
 
     @property
     def path(self) -> Path:
@@ -62,7 +62,7 @@ class LockedBlob:
 
     def who(self) -> str:
         more = f" (+{len(self.users) - 2} more)" if len(self.users) > 2 else ""
-        return ", ".join(self.users[:2]) + more
+        return ", ".join(f"{entry}: {path}" for entry, path in self.users[:2]) + more
 
 
 def locked_blobs(lock: Lock, root: Path) -> dict[tuple[str, str], LockedBlob]:
@@ -70,10 +70,13 @@ def locked_blobs(lock: Lock, root: Path) -> dict[tuple[str, str], LockedBlob]:
     blobs: dict[tuple[str, str], LockedBlob] = {}
     for entry in lock.entries:
         repo = RepoCache(root, entry.repo, entry.type)
+        name = label(entry)
         for f in entry.files:
             key = (repo.folder.name, f.etag)
-            blob = blobs.setdefault(key, LockedBlob(repo, f.etag, f.size, f.is_lfs))
-            blob.users.append(f"{label(entry)}: {f.path}")
+            blob = blobs.get(key)
+            if blob is None:
+                blob = blobs[key] = LockedBlob(repo, f.etag, f.size, f.is_lfs)
+            blob.users.append((name, f.path))
     return dict(sorted(blobs.items()))
 
 
