@@ -11,8 +11,8 @@
 A bundle's members mirror this layout: a member's name is its path relative to the cache root
 (`RepoCache.relpath`).
 
-Order of visibility: blob (fsync, rename, fsync of blobs/) -> snapshot link -> ref. A reader
-therefore never sees a link to a blob that is not complete and verified.
+Order of visibility: blob (fsync; rename; fsync of blobs/)
+-> snapshot link -> ref. A reader therefore never sees a link to a blob that is not complete and verified.
 """
 
 from __future__ import annotations
@@ -132,8 +132,9 @@ def hash_file(path: Path, lfs: bool, size: int) -> tuple[int, str]:
     """(bytes read, blob name) of a file, read in large blocks (hashlib releases the GIL meanwhile)."""
     h = blob_hasher(lfs, size)
     n = 0
+    step = min(READ_BLOCK, size + 1)  # a small file is not read into a READ_BLOCK-sized allocation
     with open(path, "rb", opener=_open_nofollow) as f:
-        while block := f.read(READ_BLOCK):
+        while block := f.read(step):
             h.update(block)
             n += len(block)
     return n, h.hexdigest()
@@ -178,8 +179,8 @@ class RepoCache:
         """A blob of the right size is present (content was verified when it was installed)."""
         if not etag:  # a file without a hash yet (hashed on first use) has no blob name
             return False
-        try:
-            st = self.blob_path(etag).lstat()
+        try:  # a str path: asked once per file per run, a Path's construction cost more than the lstat
+            st = os.lstat(f"{self.blobs}/{etag}")
         except (FileNotFoundError, NotADirectoryError):
             return False
         return stat.S_ISREG(st.st_mode) and st.st_size == size
@@ -454,7 +455,8 @@ class RepoCache:
 
     def link_target(self, commit: str, path: str, etag: str) -> str:
         """The relative symlink target huggingface_hub writes: `../../blobs/{etag}` (+ `../` per folder)."""
-        return "../" * (len(safe_relpath(path).parts) + 1) + f"blobs/{etag}"
+        safe_relpath(path)  # checked, so its '/'s are its folders
+        return "../" * (path.count("/") + 2) + f"blobs/{etag}"
 
     def is_linked(self, commit: str, path: str, etag: str) -> bool:
         link = self.snapshot_path(commit, path)
@@ -545,23 +547,25 @@ class BlobIndex:
     `add`, so a blob another repo already has is hard-linked instead of downloaded again."""
 
     def __init__(self) -> None:
-        self._folders: dict[Path, dict[str, set[Path]]] = {}  # cache root -> etag -> repo folders
+        # cache root -> etag -> repo folders (a tuple: most blobs are in one folder, and a set costs ~200 B)
+        self._folders: dict[Path, dict[str, tuple[Path, ...]]] = {}
         self._lock = threading.Lock()
 
-    def _index(self, root: Path) -> dict[str, set[Path]]:
+    def _index(self, root: Path) -> dict[str, tuple[Path, ...]]:
         with self._lock:
             index = self._folders.get(root)
             if index is None:
                 index = self._folders[root] = {}
                 for folder in repo_folders(root):
                     for name in _blob_names(folder / "blobs"):
-                        index.setdefault(name, set()).add(folder)
+                        index[name] = (*index.get(name, ()), folder)
             return index
 
     def add(self, cache: RepoCache, etag: str) -> None:
         index = self._index(cache.root)
         with self._lock:
-            index.setdefault(etag, set()).add(cache.folder)
+            if cache.folder not in index.get(etag, ()):
+                index[etag] = (*index.get(etag, ()), cache.folder)
 
     def find_elsewhere(self, cache: RepoCache, etag: str, size: int) -> Path | None:
         """The same blob (by name and size) in another repo's folder; checked on disk, not trusted."""

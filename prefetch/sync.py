@@ -35,6 +35,7 @@ from prefetch.errors import (
     VerifyError,
     filesystem_error,
 )
+from prefetch.gcpause import paused_gc
 from prefetch.hub import HubApi, RemoteFile
 from prefetch.lockfile import (
     Lock,
@@ -662,6 +663,7 @@ def locked_entry(entry: Entry, commit: str, files: list[RemoteFile]) -> LockedEn
 
 
 # ---------------------------------------------------------------------------------------------- public API
+@paused_gc()
 def sync(
     manifest_path: str | Path,
     *,
@@ -798,6 +800,7 @@ def lock_changes(old: Lock | None, new: Lock) -> list[str]:
     return lines
 
 
+@paused_gc()
 def lock(
     manifest_path: str | Path,
     *,

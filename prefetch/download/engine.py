@@ -1,22 +1,21 @@
-"""The download engine: a bounded pool fetching files as parallel Range segments into one partial
+"""The download engine: file workers fetching files as parallel Range segments into one partial
 file per blob, with resumable on-disk state, streaming hash verification and atomic install; files
-under `SMALL_FILE` are fetched into memory and written once, verified. Cancellation is the run's
-`CancelToken` (and a child of it, which a fatal failure of one file cancels for the others).
+under `SMALL_FILE` are fetched into memory and written once (no-follow, `O_EXCL`), verified, fsynced
+and renamed; the blobs folder is fsynced once per run.
+Connections per host adapt to the measured rate within `jobs` (`prefetch.download.scheduler`).
+Cancellation is the run's `CancelToken` (and a child of it, which a fatal failure of one file
+cancels for the others).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import functools
-import itertools
 import logging
-import math
-import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from prefetch.cache import BlobIndex, hash_file
 from prefetch.cancel import CancelToken
 from prefetch.download.job import FileJob, Reporter, TransferStats
 from prefetch.download.partial import CHUNK, PartialFile
+from prefetch.download.scheduler import HostLimit, HostLimits, SegmentPool, Workers
 from prefetch.errors import (
     AccessError,
     BadBytes,
@@ -44,6 +44,7 @@ from prefetch.errors import (
     filesystem_error,
 )
 from prefetch.files import fsync_dir, is_disk_full
+from prefetch.gcpause import young_objects_collected
 from prefetch.net.connection import Headers, Response
 from prefetch.net.retry import describe, is_retryable
 from prefetch.net.session import FILE_HEADERS, Http, network_error
@@ -52,6 +53,7 @@ log = logging.getLogger("prefetch")
 
 FLUSH_AFTER = 0.5  # seconds: a slow connection's bytes are written (and reported) at least this often
 SMALL_FILE = CHUNK  # files below this size are fetched into memory and written once, without resume state
+SMALL_READ_SLACK = 4096  # a small read's buffer has this much room past the expected end
 MAX_URL_REFRESHES = 5  # signed CDN URLs that expire mid-download are asked for again at most this often
 
 
@@ -76,7 +78,7 @@ class Transfer:
         # Cancelled with the run's token, or by a fatal failure of one file (to stop the others).
         self.cancel = CancelToken(parent=cancel or http.retry.cancel)
         self.stats = TransferStats()
-        self._slots = threading.BoundedSemaphore(self.jobs)
+        self.connections = HostLimits(self.jobs)
         self._buffers = _Buffers(CHUNK)
         self._blob_index = BlobIndex()
         self._stats_lock = threading.Lock()
@@ -89,21 +91,20 @@ class Transfer:
     def run(self, jobs: list[FileJob]) -> TransferStats:
         """Fetch every job; raises the most severe error after the others finished or stopped."""
         ordered = sorted(jobs, key=lambda j: -j.size)  # big files first: their segments fill the pool
-        files = cf.ThreadPoolExecutor(max_workers=self.jobs * 2, thread_name_prefix="prefetch-file")
-        self._segments = _SegmentPool(self.jobs)
+        self._segments = SegmentPool(self.jobs)
+        workers = Workers(
+            min(self.jobs, len(ordered)),
+            self._fetch_file,
+            self._failed,
+            lambda: self.cancel.cancelled,
+        )
         try:
-            futures = {files.submit(self._fetch_file, job): job for job in ordered}
-            # as_completed waits on all futures at once; cf.wait in a loop would re-register a
-            # waiter on every pending future per completion: quadratic in the number of files.
-            for future in cf.as_completed(futures):
-                exc = future.exception()
-                if exc is not None:
-                    self._failed(exc, futures[future])
+            with young_objects_collected():
+                workers.run(ordered)
         except BaseException:
             self.cancel.cancel()
             raise
         finally:
-            files.shutdown(wait=True, cancel_futures=True)
             self._segments.shutdown()
             self._sync_blob_folders()
         if self.stats.errors:
@@ -242,7 +243,7 @@ class Transfer:
         return name
 
     def _download_small(self, job: FileJob) -> str | None:
-        """Fetch a small file into memory; install it as the blob once its hash matched.
+        """Fetch a small file into memory; write it as its partial file once its hash matched.
 
         Per file this saves the resume state, the per-chunk bookkeeping and the read-back: for
         thousands of small files, the filesystem work was most of the time.
@@ -313,10 +314,12 @@ class Transfer:
             if ranged:
                 headers["range"] = f"bytes={cursor.position}-{end - 1}"
             url, generation = source.current()
+            limit = self.connections.for_url(url)
             try:
                 check = functools.partial(_check_redirect, job) if url == job.url and job.published else None
+                limit = self.connections.for_url(url)
                 with (
-                    self._slots,
+                    limit.slot(),
                     contextlib.closing(
                         self.http.open(url, job.token, headers, on_redirect=check)
                     ) as response,
@@ -337,7 +340,8 @@ class Transfer:
                         raise TruncatedBody(f"{job.label}: unexpected answer {response.status_code}")
                     if not job.lfs and job.published:  # the Hub serves it itself: its ETag is the git sha1
                         check_lock_against_hub(job, response.headers.get("etag"), None)
-                    self._stream(job, partial, response, cursor, end)
+                    self._stream(job, partial, response, cursor, end, limit)
+                limit.progress(0, requests=1)
             except HubHttpError as e:
                 if e.status in (401, 403, 410) and source.refresh(generation, e.url):
                     raise StaleUrl(
@@ -358,6 +362,7 @@ class Transfer:
         response: Response,
         cursor: _Cursor,
         end: int,
+        limit: HostLimit,
     ) -> None:
         """Read the body into the partial file, advancing `cursor` with every write.
 
@@ -365,7 +370,7 @@ class Transfer:
         on a slow connection). Bytes received before a failure (reset, timeout, cancel) are still
         written, so the retry or the next run resumes exactly where the connection stopped.
         """
-        with self._buffers.lease() as buffer:
+        with self._buffers.lease(end - cursor.position) as buffer:
             filled = 0
             last_flush = time.monotonic()
             floor = _RateFloor(self.min_rate_window)
@@ -378,6 +383,7 @@ class Transfer:
                     with self._stats_lock:
                         self.stats.bytes_fetched += filled
                     self.reporter.advance(filled)
+                    limit.progress(filled)
                     filled = 0
                 last_flush = time.monotonic()
 
@@ -397,58 +403,12 @@ class Transfer:
                 flush()
 
 
-class _SegmentPool:
-    """Worker threads that fetch segments lowest file offset first, across all files.
-
-    Every file's contiguous prefix, which is what its hash can take, then grows while the rest is
-    still downloading; in submission order, each file's segments would finish together at the end
-    and all the hashing would be left for after the last byte.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self._queue: queue.PriorityQueue[tuple[float, int, Any]] = queue.PriorityQueue()
-        self._order = itertools.count()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"prefetch-seg-{i}", daemon=True) for i in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, offset: int, fn: Callable[..., None], *args: Any) -> cf.Future[None]:
-        future: cf.Future[None] = cf.Future()
-        self._queue.put((offset, next(self._order), (future, fn, args)))
-        return future
-
-    def _work(self) -> None:
-        while True:
-            _, _, task = self._queue.get()
-            if task is None:
-                return
-            future, fn, args = task
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as e:  # handed to the waiting file thread, as an executor does
-                future.set_exception(e)
-
-    def shutdown(self) -> None:
-        """Cancel what has not started, wait for what has."""
-        while True:
-            try:
-                _, _, task = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if task is not None:
-                task[0].cancel()
-        for _ in self._threads:
-            self._queue.put((math.inf, next(self._order), None))
-        for thread in self._threads:
-            thread.join()
-
-
 class _Buffers:
-    """Read buffers, reused: one per active connection (fresh pages cost more than the bytes' copy)."""
+    """Read buffers, reused: one per active connection (fresh pages cost more than the bytes' copy).
+
+    A read of fewer bytes gets a fresh buffer of its size (plus room to notice a longer body): small
+    files would otherwise hold a full-size buffer on every connection for a few bytes each.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -456,7 +416,10 @@ class _Buffers:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[memoryview]:
+    def lease(self, needed: int) -> Iterator[memoryview]:
+        if needed < self.size // 2:
+            yield memoryview(bytearray(needed + SMALL_READ_SLACK))
+            return
         with self._lock:
             buffer = self._free.pop() if self._free else None
         if buffer is None:

@@ -7,7 +7,6 @@ The cache folder is, in order: the `cache_dir` argument, the lockfile's `cache_d
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prefetch.cache import RepoCache, hash_file
+from prefetch.download.scheduler import Workers
 from prefetch.errors import VerifyError
 from prefetch.lockfile import Lock, LockedEntry, require_hashes
 from prefetch.settings import resolve_cache_dir
@@ -36,7 +36,7 @@ def label(entry: LockedEntry) -> str:
     return f"{kind}{entry.repo}@{entry.revision}"
 
 
-@dataclass
+@dataclass(slots=True)  # slots, and users as shared strings: verify of 100k files holds 100k of them
 class LockedBlob:
     """One distinct blob of one repo folder, and the locked files that use it (for messages)."""
 
@@ -44,7 +44,7 @@ class LockedBlob:
     etag: str
     size: int
     lfs: bool
-    users: list[str] = field(default_factory=list)
+    users: list[tuple[str, str]] = field(default_factory=list)  # (entry label, file path)
 
     @property
     def path(self) -> Path:
@@ -62,7 +62,7 @@ class LockedBlob:
 
     def who(self) -> str:
         more = f" (+{len(self.users) - 2} more)" if len(self.users) > 2 else ""
-        return ", ".join(self.users[:2]) + more
+        return ", ".join(f"{entry}: {path}" for entry, path in self.users[:2]) + more
 
 
 def locked_blobs(lock: Lock, root: Path) -> dict[tuple[str, str], LockedBlob]:
@@ -71,10 +71,13 @@ def locked_blobs(lock: Lock, root: Path) -> dict[tuple[str, str], LockedBlob]:
     blobs: dict[tuple[str, str], LockedBlob] = {}
     for entry in lock.entries:
         repo = RepoCache(root, entry.repo, entry.type)
+        name = label(entry)
         for f in entry.files:
             key = (repo.folder.name, f.etag)
-            blob = blobs.setdefault(key, LockedBlob(repo, f.etag, f.size, f.is_lfs))
-            blob.users.append(f"{label(entry)}: {f.path}")
+            blob = blobs.get(key)
+            if blob is None:
+                blob = blobs[key] = LockedBlob(repo, f.etag, f.size, f.is_lfs)
+            blob.users.append((name, f.path))
     return dict(sorted(blobs.items()))
 
 
@@ -85,16 +88,18 @@ def digests(blobs: list[LockedBlob], jobs: int | None = None) -> list[tuple[int,
         return results
     order = sorted(range(len(blobs)), key=lambda i: -blobs[i].size)
 
-    def one(i: int) -> tuple[int, str] | OSError:
+    def one(i: int) -> None:
         try:
-            return hash_file(blobs[i].path, blobs[i].lfs, blobs[i].size)
+            results[i] = hash_file(blobs[i].path, blobs[i].lfs, blobs[i].size)
         except OSError as exc:
-            return exc
+            results[i] = exc
 
-    workers = max(1, min(jobs or os.cpu_count() or 1, len(blobs)))
-    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch-hash") as pool:
-        for i, result in zip(order, pool.map(one, order), strict=True):
-            results[i] = result
+    bugs: list[BaseException] = []  # anything but a read error: raised here, as a bug
+    Workers(max(1, min(jobs or os.cpu_count() or 1, len(blobs))), one, lambda exc, _: bugs.append(exc)).run(
+        order
+    )
+    if bugs:
+        raise bugs[0]
     return results
 
 
