@@ -27,7 +27,6 @@ from prefetch.errors import (
     CertificateError,
     ExitCode,
     GatedRepoError,
-    HttpStatusError,
     HubHttpError,
     NetworkError,
     PrefetchError,
@@ -36,7 +35,7 @@ from prefetch.errors import (
     RevisionNotFoundError,
     TransportError,
 )
-from prefetch.hub import HubApi, RepoInfo
+from prefetch.hub import HubApi, RepoInfo, lacks_route
 from prefetch.manifest import Entry
 from prefetch.net.retry import is_retryable
 from prefetch.net.session import Http, network_error
@@ -47,8 +46,6 @@ LOGIN_HELP = (
     "(RUN --mount=type=secret,id=hf_token ...; it is read from /run/secrets/hf_token), never as ARG or ENV"
 )
 FINE_GRAINED_SETTING = "read access to contents of all public gated repos you can access"
-# A mirror without the auth-check endpoint answers one of these, without an X-Error-Code.
-NO_AUTH_CHECK = frozenset({404, 405, 501})
 
 
 def login_help() -> str:
@@ -163,15 +160,18 @@ def check_entries(
     *,
     commits: Mapping[str, str] | None = None,
     hub_gated: Mapping[str, bool | str] | None = None,
+    probes: Mapping[str, str] | None = None,
     concurrency: int = 8,
 ) -> AccessReport:
     """Check every entry (concurrently, bounded); one row per entry, in manifest order.
 
     `commits` maps entry keys already resolved (from a lock or this run's resolution) to their commit;
-    `hub_gated` gives the gating the resolution saw, which spares a second revision request.
+    `hub_gated` gives the gating the resolution saw, which spares a second revision request; `probes` a
+    file path per entry, to HEAD on an endpoint without auth-check (else its listing is asked for one).
     """
     commits = commits or {}
     hub_gated = hub_gated or {}
+    probes = probes or {}
     results: dict[str, AccessResult] = {}
     to_check = []
     for entry, token in entries:
@@ -184,7 +184,13 @@ def check_entries(
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch-access") as pool:
         futures = {
             entry.key: pool.submit(
-                _check_one, hub, entry, token, commits.get(entry.key), hub_gated.get(entry.key)
+                _check_one,
+                hub,
+                entry,
+                token,
+                commits.get(entry.key),
+                hub_gated.get(entry.key),
+                probes.get(entry.key),
             )
             for entry, token in to_check
         }
@@ -274,6 +280,7 @@ def _check_one(
     token: Token | None,
     commit: str | None,
     gated: bool | str | None,
+    probe: str | None = None,
 ) -> AccessResult:
     """One entry's row: revision info (for the gating, unless known) then auth-check, never file bytes."""
     result = AccessResult(
@@ -289,7 +296,7 @@ def _check_one(
             info: RepoInfo = hub.repo_info(entry.repo, entry.type, commit or entry.revision, token)
             result.commit, result.hub_gated = info.commit, info.gated
         _warn_gated_mismatch(result)
-        _auth_check(hub, entry, token, result.commit or entry.revision)
+        _auth_check(hub, entry, token, result.commit or entry.revision, probe)
     except Exception as e:
         row_for_error(hub, entry, token, e, result, locked_commit=commit)
     return result
@@ -311,15 +318,15 @@ def row_for_error(
     result = result or AccessResult(entry, AccessStatus.OK, token.source if token else None)
     # Network trouble also when not retryable (every proxy refused our credentials, a certificate
     # that does not verify): still exit 4.
-    network = isinstance(exc, NetworkError | HttpStatusError | ProxyRoutesFailed | TransportError)
-    if isinstance(exc, HubHttpError):  # the Hub's final answer (HubApi types it)
+    network = isinstance(exc, NetworkError | HubHttpError | ProxyRoutesFailed | TransportError)
+    if isinstance(exc, HubHttpError) and not is_retryable(exc):  # the Hub's final answer
         _classify(hub, exc, result, token, locked_commit)
     elif network or is_retryable(exc):
         result.status = AccessStatus.NETWORK
         result.problem = redact(
             str(exc if isinstance(exc, NetworkError) else network_error(exc, hub.http, entry.repo))
         )
-        if isinstance(exc, HttpStatusError) and exc.status == 429:
+        if isinstance(exc, HubHttpError) and exc.status == 429:
             result.remedy = (
                 f"the Hub at {hub.endpoint} kept rate-limiting requests: wait, then run again "
                 "(a token raises the limits)"
@@ -341,16 +348,19 @@ def row_for_error(
     return result
 
 
-def _auth_check(hub: HubApi, entry: Entry, token: Token | None, commit: str) -> None:
+def _auth_check(hub: HubApi, entry: Entry, token: Token | None, commit: str, probe: str | None) -> None:
+    """auth-check, or on an endpoint without it (its revision info answered, so a 404 there means the route
+    is missing, see `lacks_route`), a HEAD of one real file (`probe`, else the listing's first), which
+    answers as the file's download would."""
     try:
         hub.auth_check(entry.repo, entry.type, token)
     except HubHttpError as e:
-        if e.status not in NO_AUTH_CHECK or e.error_code is not None:
+        if not lacks_route(e):
             raise
-        # A mirror without the auth-check endpoint: ask for one real file's headers instead.
-        files = hub.list_files(entry.repo, entry.type, commit, token)
-        if files:
-            hub.head_file(entry.repo, entry.type, commit, files[0].path, token)
+        if probe is None:
+            probe = next((f.path for f in hub.list_files(entry.repo, entry.type, commit, token)), None)
+        if probe is not None:
+            hub.head_file(entry.repo, entry.type, commit, probe, token)
 
 
 def _warn_gated_mismatch(result: AccessResult) -> None:

@@ -80,6 +80,40 @@ def blob_hasher(lfs: bool, size: int) -> Any:
     return h
 
 
+def lfs_pointer_oid(sha256: str, size: int) -> str:
+    """The git blob sha1 of the git-LFS pointer file of content (sha256, size): the `oid` a mirror lists for
+    an LFS file when it does not publish the file's `lfs` object. It commits to the content's sha256."""
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    h = blob_hasher(False, len(pointer))
+    h.update(pointer)
+    return str(h.hexdigest())
+
+
+class GitOidHash:
+    """The git blob sha1 and the sha256 of the same bytes, in one pass: a listed git object id is the
+    content's blob sha1, or (a mirror's listing of an LFS file) its LFS pointer's, which names the sha256."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sha1 = blob_hasher(False, size)
+        self.sha256 = hashlib.sha256()
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.sha1.update(data)
+        self.sha256.update(data)
+
+    def hexdigest(self) -> str:
+        return str(self.sha1.hexdigest())
+
+    def blob_name(self, oid: str) -> str | None:
+        """The blob name for bytes expected to have git object id `oid`: `oid` itself for a regular file,
+        the content's sha256 for an LFS file whose pointer has that id (the Hub's name for it); None: neither."""
+        if self.hexdigest() == oid:
+            return oid
+        sha256 = self.sha256.hexdigest()
+        return sha256 if lfs_pointer_oid(sha256, self.size) == oid else None
+
+
 def hash_file(path: Path, lfs: bool, size: int) -> tuple[int, str]:
     """(bytes read, blob name) of a file, read in large blocks (hashlib releases the GIL meanwhile)."""
     h = blob_hasher(lfs, size)
@@ -123,6 +157,8 @@ class RepoCache:
 
     def has_blob(self, etag: str, size: int) -> bool:
         """A blob of the right size is present (content was verified when it was installed)."""
+        if not etag:  # a file without a hash yet (hashed on first use) has no blob name
+            return False
         try:
             return self.blob_path(etag).stat().st_size == size
         except FileNotFoundError:
@@ -194,8 +230,9 @@ class RepoCache:
             self.discard_partial(etag)
         return True
 
-    def install_bytes(self, etag: str, data: bytes | bytearray) -> None:
-        """Make verified in-memory bytes (a small blob) the blob: write the partial file, fsync, rename.
+    def install_bytes(self, etag: str, data: bytes | bytearray, *, name: str | None = None) -> None:
+        """Make verified in-memory bytes (a small blob) the blob `name` (default `etag`): write the partial
+        file, fsync, rename.
 
         One new file and no state or `chmod` (a new file gets the umask's mode: `file_mode()`).
         The folder's fsync is the caller's, as with `install_blob(sync_folder=False)`. For blobs
@@ -215,10 +252,11 @@ class RepoCache:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(partial, self.blob_path(etag))
+        os.replace(partial, self.blob_path(name or etag))
 
-    def install_blob(self, etag: str, *, sync_folder: bool = True) -> None:
-        """Make the verified partial file the blob: fsync, set mode, rename, fsync the folder.
+    def install_blob(self, etag: str, *, name: str | None = None, sync_folder: bool = True) -> None:
+        """Make the verified partial file the blob `name` (default `etag`; another when the hash that named
+        the download was learned from the bytes): fsync, set mode, rename, fsync the folder.
 
         `sync_folder=False` leaves the folder's fsync to the caller, who must do it (`fsync_dir`)
         before any snapshot link to the blob is written: one fsync for many blobs.
@@ -230,7 +268,7 @@ class RepoCache:
         finally:
             os.close(fd)
         os.chmod(partial, file_mode())
-        os.replace(partial, self.blob_path(etag))
+        os.replace(partial, self.blob_path(name or etag))
         if sync_folder:
             fsync_dir(self.blobs)
         with contextlib.suppress(FileNotFoundError):

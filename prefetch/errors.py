@@ -128,13 +128,19 @@ class AccessNetworkError(NetworkError):
 
 
 class HubHttpError(PrefetchError):
-    """An error answer from the Hub, typed by its `X-Error-Code` (subclasses below).
+    """An error answer (status >= 400) from the Hub, a mirror or the CDN: the one type for every HTTP answer,
+    typed by its `X-Error-Code` (subclasses below), built only by `hub_http_error`.
 
-    401/403/404 are access answers (exit 3); anything else (429, 5xx after retries) is exit 4.
+    401/403/404 are access answers (exit 3); anything else (429, 5xx after retries) is exit 4. Whether it
+    is worth a retry is `prefetch.net.retry.is_retryable`'s call (408/429/5xx); `retry_after`: the seconds
+    the server asked to wait (429, 503), which replace the backoff.
     """
 
-    def __init__(self, url: str, status: int, error_code: str | None, message: str) -> None:
+    def __init__(
+        self, url: str, status: int, error_code: str | None, message: str, retry_after: float | None = None
+    ) -> None:
         self.url, self.status, self.error_code, self.message = url, status, error_code, message
+        self.retry_after = retry_after
         self.exit_code = ExitCode.ACCESS if status in (401, 403, 404) else ExitCode.NETWORK
         super().__init__(f"{status} from {urlsplit(url).path}" + (f": {message}" if message else ""))
 
@@ -163,16 +169,25 @@ _BY_ERROR_CODE: dict[str, type[HubHttpError]] = {
 }
 
 
-def hub_http_error(url: str, status: int, header: Callable[[str], str | None], body: bytes) -> HubHttpError:
+def hub_http_error(
+    url: str,
+    status: int,
+    header: Callable[[str], str | None],
+    body: bytes,
+    *,
+    reason: str = "",
+    retry_after: float | None = None,
+) -> HubHttpError:
     """The one translation of an error answer into a typed error, as huggingface_hub's `hf_raise_for_status`.
 
     `header` looks a header up by lower-case name; `body` is what the caller read of the answer (bounded):
-    its JSON `error` is the message when the Hub sent no `X-Error-Message`. Nothing else of the body is
-    kept: a server's text must not flood a report.
+    its JSON `error` is the message when the Hub sent no `X-Error-Message`, else the status line's `reason`.
+    Nothing else of the body is kept: a server's text must not flood a report.
     """
     error_code = header("x-error-code")
-    message = header("x-error-message") or _json_error(body)
-    return _BY_ERROR_CODE.get(error_code or "", HubHttpError)(url, status, error_code, message[:500])
+    message = header("x-error-message") or _json_error(body) or reason
+    kind = _BY_ERROR_CODE.get(error_code or "", HubHttpError)
+    return kind(url, status, error_code, message[:500], retry_after)
 
 
 def _json_error(body: bytes) -> str:
@@ -232,22 +247,6 @@ class ProxyError(TransportError):
 
 class CertificateError(ConnectError):
     """The server's TLS certificate did not verify. Retrying cannot help, so it is not retried."""
-
-
-class HttpStatusError(Exception):
-    """A non-success answer from the Hub or CDN, with the Hub's `X-Error-Code` when it sent one.
-
-    `retry_after`: the seconds the server asked to wait (429, 503), which replace the backoff.
-    """
-
-    def __init__(
-        self, url: str, status: int, error_code: str | None, message: str, retry_after: float | None = None
-    ) -> None:
-        from urllib.parse import urlsplit  # here, so that this block stays self-contained
-
-        self.url, self.status, self.error_code, self.message = url, status, error_code, message
-        self.retry_after = retry_after
-        super().__init__(f"{status} from {urlsplit(url).path}" + (f": {message}" if message else ""))
 
 
 class ProxyRoutesFailed(Exception):

@@ -1,27 +1,41 @@
 """The one module that speaks the Hub's API (revision info, tree listings, refs, auth-check, whoami).
 
-It builds URLs and parses answers; all HTTP goes through `net.session.Http` (retries, proxies).
-Paths the server sends are checked before anyone uses them to build a filesystem path.
+It builds URLs and parses answers; all HTTP goes through `net.session.Http` (retries, proxies, and the
+one translation of error answers, `errors.hub_http_error`). Paths the server sends are checked before
+anyone uses them to build a filesystem path.
+
+Any Hub-compatible endpoint (the Hub, olah, an artifact manager's remote) must serve revision info and
+/resolve, as huggingface_hub needs no more; the tree listing, auth-check, refs and whoami are optional
+(`lacks_route`). Hashes come from the best source the endpoint publishes (see `RemoteFile`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from prefetch.auth import Token
 from prefetch.cache import TYPE_PREFIX, safe_relpath
-from prefetch.errors import HttpStatusError, IntegrityError, hub_http_error
+from prefetch.errors import HubHttpError, IntegrityError
 from prefetch.net.connection import Headers
-from prefetch.net.retry import is_retryable
 from prefetch.net.session import Http
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# How an endpoint answers a route it does not implement (besides any 5xx): olah's catch-all is a 404 with
+# `X-Error-Code: RepoNotFound`, others send a bare 404, 405 or 501.
+ROUTE_MISSING_STATUS = frozenset({404, 405, 501})
+HEAD_WORKERS = 8  # concurrent HEADs when only /resolve can tell sizes and hashes
+
+
+def lacks_route(exc: BaseException) -> bool:
+    """Is `exc` an endpoint saying it lacks an optional route? Only meaningful for a repo whose revision
+    info just answered 200: then a 404 (whatever its X-Error-Code), 405, 501 or 5xx is not "not found"."""
+    return isinstance(exc, HubHttpError) and (exc.status in ROUTE_MISSING_STATUS or exc.status >= 500)
 
 
 @dataclass(frozen=True)
@@ -32,14 +46,20 @@ class RepoInfo:
 
 @dataclass(frozen=True)
 class RemoteFile:
+    """A file as the endpoint describes it. Its expected hash, best source first: the listing's
+    `lfs.sha256` (or the revision info's), /resolve's `X-Linked-Etag` or a 64-hex `ETag` (`sha256`);
+    else the listed git object id (`git_sha1`: the content's blob sha1, or for an LFS file on a mirror
+    that omits `lfs`, its pointer's; the download accepts either, see `cache.GitOidHash`); else nothing
+    (both None): the bytes are hashed on first use."""
+
     path: str
     size: int
-    git_sha1: str  # the git object id (for an LFS file: of its pointer)
-    sha256: str | None  # LFS content hash
+    git_sha1: str | None
+    sha256: str | None
 
     @property
     def etag(self) -> str:
-        return self.sha256 or self.git_sha1
+        return self.sha256 or self.git_sha1 or ""
 
 
 class HubApi:
@@ -50,8 +70,7 @@ class HubApi:
         self.endpoint = http.endpoint
 
     def _get_json(self, url: str, token: Token | None) -> tuple[Any, Headers]:
-        with _typed_errors():
-            return self.http.get_json(url, token)
+        return self.http.get_json(url, token)
 
     def _api(self, repo: str, repo_type: str, *tail: str) -> str:
         return "/".join([self.endpoint, "api", TYPE_PREFIX[repo_type], repo, *tail])
@@ -65,20 +84,64 @@ class HubApi:
         return RepoInfo(commit=commit, gated=data.get("gated") or False)
 
     def list_files(self, repo: str, repo_type: str, commit: str, token: Token | None) -> list[RemoteFile]:
-        """Every file at `commit`, with size and hashes, following the listing's pagination."""
+        """Every file at `commit`, with size and hashes: the tree listing (following its pagination), or on
+        an endpoint without one, the revision info's `siblings` (and HEADs where those lack a size or hash)."""
+        try:
+            files = self._tree(repo, repo_type, commit, token)
+        except HubHttpError as e:
+            if not lacks_route(e):
+                raise
+            files = self._siblings(repo, repo_type, commit, token)
+        return sorted(files, key=lambda f: f.path)
+
+    def _tree(self, repo: str, repo_type: str, commit: str, token: Token | None) -> list[RemoteFile]:
         url: str | None = self._api(repo, repo_type, "tree", commit) + "?recursive=true&expand=false"
         files: list[RemoteFile] = []
         while url:
             data, headers = self._get_json(url, token)
             if not isinstance(data, list):
-                raise IntegrityError(f"{repo}@{commit}: unexpected tree listing from the Hub")
+                raise IntegrityError(f"{repo}@{commit}: unexpected tree listing from {self.endpoint}")
             files += [
                 _remote_file(repo, item)
                 for item in data
                 if isinstance(item, dict) and item.get("type") == "file"
             ]
             url = _next_link(headers.get("link", ""))
-        return sorted(files, key=lambda f: f.path)
+        return files
+
+    def _siblings(self, repo: str, repo_type: str, commit: str, token: Token | None) -> list[RemoteFile]:
+        """The files revision info lists (`?blobs=true` adds sizes and ids where the endpoint supports it)."""
+        data, _ = self._get_json(self._api(repo, repo_type, "revision", commit) + "?blobs=true", token)
+        siblings = data.get("siblings") if isinstance(data, dict) else None
+        if not isinstance(siblings, list):
+            raise IntegrityError(f"{repo}@{commit}: {self.endpoint} lists neither a tree nor siblings")
+        items = [
+            {
+                "path": s.get("rfilename"),
+                "size": s.get("size"),
+                "oid": s.get("blobId"),
+                "lfs": _sibling_lfs(s),
+            }
+            for s in siblings
+            if isinstance(s, dict)
+        ]
+        incomplete = [i for i in items if not isinstance(i["size"], int) or not (i["oid"] or i["lfs"])]
+        if incomplete:
+            with cf.ThreadPoolExecutor(max_workers=HEAD_WORKERS, thread_name_prefix="prefetch-head") as pool:
+                heads = pool.map(
+                    lambda i: self._resolve_headers(repo, repo_type, commit, i["path"], token), incomplete
+                )
+                for item, headers in zip(incomplete, heads, strict=True):
+                    _complete_from_headers(item, headers)
+        return [_remote_file(repo, item) for item in items]
+
+    def _resolve_headers(
+        self, repo: str, repo_type: str, commit: str, path: object, token: Token | None
+    ) -> Headers | None:
+        if not isinstance(path, str):
+            return None  # _remote_file reports it
+        safe_relpath(path)
+        return self.http.head(self.file_url(repo, repo_type, commit, path), token)
 
     def list_refs(self, repo: str, repo_type: str, token: Token | None) -> tuple[list[str], list[str]]:
         """(branches, tags), to suggest revisions when one is not found."""
@@ -94,51 +157,65 @@ class HubApi:
 
     def whoami(self, token: Token) -> dict[str, Any]:
         """The token's account and scopes, in one attempt: whoami is strictly rate-limited on the Hub."""
-        with (
-            _typed_errors(),
-            contextlib.closing(self.http.open(f"{self.endpoint}/api/whoami-v2", token)) as r,
-        ):
+        with contextlib.closing(self.http.open(f"{self.endpoint}/api/whoami-v2", token)) as r:
             data = r.json()
         return data if isinstance(data, dict) else {}
 
     def head_file(self, repo: str, repo_type: str, commit: str, path: str, token: Token | None) -> None:
         """Can `token` read this file? (A HEAD, for mirrors without the auth-check endpoint.)"""
-        with _typed_errors():
-            self.http.head(self.file_url(repo, repo_type, commit, path), token)
+        self.http.head(self.file_url(repo, repo_type, commit, path), token)
 
     def file_url(self, repo: str, repo_type: str, commit: str, path: str) -> str:
         prefix = "" if repo_type == "model" else f"{TYPE_PREFIX[repo_type]}/"
         return f"{self.endpoint}/{prefix}{repo}/resolve/{commit}/{quote(path)}"
 
 
-@contextlib.contextmanager
-def _typed_errors() -> Iterator[None]:
-    """The Hub's final error answers (not those still worth a retry) as typed errors (`errors.hub_http_error`).
+def _sibling_lfs(sibling: dict[str, Any]) -> dict[str, Any] | None:
+    """A sibling's `lfs` object in the tree listing's shape (`oid` for `sha256`)."""
+    lfs = sibling.get("lfs")
+    return {"oid": lfs.get("sha256"), "size": lfs.get("size")} if isinstance(lfs, dict) else None
 
-    Retryable ones (429, 5xx) stay `HttpStatusError`: once retries are spent they are network failures.
-    """
-    try:
-        yield
-    except HttpStatusError as e:
-        if is_retryable(e):
-            raise
-        headers = {"x-error-code": e.error_code, "x-error-message": e.message}
-        raise hub_http_error(e.url, e.status, headers.get, b"") from e
+
+def _complete_from_headers(item: dict[str, Any], headers: Headers | None) -> None:
+    """Fill a sibling's missing size and hash from its /resolve HEAD: `X-Linked-Size`/`X-Linked-Etag` (the
+    Hub's LFS redirect), else `Content-Length` and `ETag` (40 hex: a git object id; 64 hex: a sha256)."""
+    if headers is None:
+        return
+    # A redirect's Content-Length is its own body's: only X-Linked-Size speaks for the file then.
+    size = (
+        headers.get("x-linked-size") or ("" if "location" in headers else headers.get("content-length")) or ""
+    )
+    if not isinstance(item["size"], int) and size.isdigit():
+        item["size"] = int(size)
+    linked = _etag_value(headers.get("x-linked-etag"))
+    etag = _etag_value(headers.get("etag"))
+    if item["lfs"] is None and SHA256_RE.fullmatch(linked or etag):
+        item["lfs"] = {"oid": linked or etag}
+    elif not item["oid"] and COMMIT_RE.fullmatch(etag):
+        item["oid"] = etag
+
+
+def _etag_value(header: str | None) -> str:
+    value = (header or "").strip()
+    return value.removeprefix("W/").strip('"').lower()
 
 
 def _remote_file(repo: str, item: dict[str, Any]) -> RemoteFile:
-    path, size, oid = item.get("path"), item.get("size"), item.get("oid")
+    """A listing entry (tree listing, or siblings in its shape), checked: safe path, size, well-formed hashes."""
+    path, size, oid = item.get("path"), item.get("size"), item.get("oid") or None
     if not isinstance(path, str):
-        raise IntegrityError(f"{repo}: tree listing entry without a path")
+        raise IntegrityError(f"{repo}: file listing entry without a path")
     safe_relpath(path)
     lfs = item.get("lfs") if isinstance(item.get("lfs"), dict) else None
     sha256 = lfs.get("oid") if lfs else None
     if lfs and isinstance(lfs.get("size"), int):
         size = lfs["size"]
-    if not isinstance(size, int) or size < 0 or not isinstance(oid, str) or not COMMIT_RE.fullmatch(oid):
-        raise IntegrityError(f"{repo}: tree listing entry for {path!r} lacks a valid size or object id")
+    if not isinstance(size, int) or size < 0:
+        raise IntegrityError(f"{repo}: file listing entry for {path!r} lacks a valid size")
+    if oid is not None and not (isinstance(oid, str) and COMMIT_RE.fullmatch(oid)):
+        raise IntegrityError(f"{repo}: file listing entry for {path!r} has an invalid object id")
     if sha256 is not None and not (isinstance(sha256, str) and SHA256_RE.fullmatch(sha256)):
-        raise IntegrityError(f"{repo}: tree listing entry for {path!r} has an invalid LFS sha256")
+        raise IntegrityError(f"{repo}: file listing entry for {path!r} has an invalid LFS sha256")
     return RemoteFile(path=path, size=size, git_sha1=oid, sha256=sha256)
 
 

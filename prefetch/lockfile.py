@@ -17,7 +17,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prefetch import __version__
-from prefetch.errors import LockfileError
+from prefetch.errors import LockfileError, LockOutdatedError
 from prefetch.files import atomic_write, is_disk_full
 from prefetch.paths import repo_id_problem, revision_problem, unsafe_path_reason
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 LOCK_VERSION = 1
 
 _REPO_TYPES = ("model", "dataset", "space")  # same as prefetch.manifest.REPO_TYPES; kept local on purpose
-_TOP_KEYS = ("version", "tool_version", "manifest_digest", "cache_dir", "entries")
+_TOP_KEYS = ("version", "tool_version", "manifest_digest", "cache_dir", "endpoint", "entries")
 _ENTRY_KEYS = ("repo", "type", "revision", "commit", "include", "exclude", "entry_digest", "files")
 _FILE_KEYS = ("path", "size", "sha256", "git_sha1")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -40,11 +40,13 @@ class LockedFile:
     path: str  # repo-relative, '/'-separated
     size: int
     sha256: str | None = None  # set for LFS files
-    git_sha1: str | None = None  # set for regular files (git blob sha1)
+    git_sha1: str | None = None  # set for regular files (git blob sha1; see `cache.GitOidHash`)
+    # Neither: the endpoint published no hash and no sync has downloaded the file yet (`prefetch lock`
+    # alone); the first sync hashes the bytes and records their sha256.
 
     @property
     def etag(self) -> str:
-        """Name of the blob in the HF cache: sha256 for LFS files, git blob sha1 otherwise."""
+        """Name of the blob in the HF cache: sha256 for LFS files, git blob sha1 otherwise ("": no hash yet)."""
         return self.sha256 or self.git_sha1 or ""
 
     @property
@@ -75,10 +77,23 @@ class Lock:
     entries: tuple[LockedEntry, ...]  # in manifest order
     version: int = LOCK_VERSION
     cache_dir: str | None = None  # only when the manifest names one
+    endpoint: str | None = None  # the Hub-compatible endpoint it was resolved against (None: older locks)
 
     def entry(self, key: str) -> LockedEntry | None:
         """The locked entry with this `LockedEntry.key` (`type:repo@revision`), if any."""
         return next((e for e in self.entries if e.key == key), None)
+
+
+def require_hashes(lock: Lock, what: str) -> None:
+    """Refuse a lock with files that have no hash yet (`prefetch lock` against an endpoint that published
+    none): `what` (a flag, a command) must not trust such files. Exit 6: the lock is incomplete."""
+    unhashed = [f"{e.repo}:{f.path}" for e in lock.entries for f in e.files if not f.etag]
+    if unhashed:
+        raise LockOutdatedError(
+            f"{what}: the lockfile records no hash for {len(unhashed)} file(s) (the endpoint it was locked "
+            f"against published none): {', '.join(unhashed[:5])}; run `prefetch sync` without --frozen once, "
+            "to hash them on first use and record their sha256"
+        )
 
 
 def default_lock_path(manifest_path: Path) -> Path:
@@ -117,6 +132,8 @@ def dump_lock(lock: Lock) -> str:
     }
     if lock.cache_dir is not None:
         data["cache_dir"] = lock.cache_dir
+    if lock.endpoint is not None:
+        data["endpoint"] = lock.endpoint
     data["entries"] = [_entry_data(e) for e in lock.entries]
     body = yaml.dump(
         data,
@@ -137,7 +154,7 @@ def _entry_data(entry: LockedEntry) -> dict[str, object]:
         item: dict[str, object] = {"path": f.path, "size": f.size}
         if f.sha256 is not None:
             item["sha256"] = f.sha256
-        else:
+        elif f.git_sha1 is not None:
             item["git_sha1"] = f.git_sha1
         files.append(item)
     return {
@@ -226,6 +243,9 @@ class _LockReader:
         cache_dir = None
         if "cache_dir" in top and not self.is_null(top["cache_dir"]):
             cache_dir = self.string(top["cache_dir"], "cache_dir")
+        endpoint = None
+        if "endpoint" in top and not self.is_null(top["endpoint"]):
+            endpoint = self.string(top["endpoint"], "endpoint")
         entries_node = top["entries"]
         if not isinstance(entries_node, SequenceNode):
             self.fail(entries_node, "entries", "expected a list of entries")
@@ -247,6 +267,7 @@ class _LockReader:
             entries=tuple(entries),
             version=version,
             cache_dir=cache_dir,
+            endpoint=endpoint,
         )
 
     def entry(self, node: Node, key_path: str) -> LockedEntry:
@@ -295,12 +316,14 @@ class _LockReader:
         if problem:
             self.fail(items["path"], f"{key_path}.path", f"unsafe file path {path!r}: {problem}")
         size = self.integer(items["size"], f"{key_path}.size")
-        if ("sha256" in items) == ("git_sha1" in items):
-            self.fail(node, key_path, "expected exactly one of sha256 (LFS files) or git_sha1 (other files)")
+        if "sha256" in items and "git_sha1" in items:
+            self.fail(
+                node, key_path, "expected one of sha256 (LFS files) or git_sha1 (other files), not both"
+            )
         sha256 = git_sha1 = None
         if "sha256" in items:
             sha256 = self.matching(items["sha256"], f"{key_path}.sha256", _SHA256, "64 lowercase hex digits")
-        else:
+        elif "git_sha1" in items:
             git_sha1 = self.matching(
                 items["git_sha1"], f"{key_path}.git_sha1", _SHA1, "40 lowercase hex digits"
             )

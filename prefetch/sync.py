@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from prefetch import __version__
 from prefetch import settings as env_settings
@@ -31,6 +33,7 @@ from prefetch.lockfile import (
     default_lock_path,
     diff_lock,
     load_lock,
+    require_hashes,
     write_lock,
 )
 from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
@@ -130,6 +133,7 @@ class Run:
             or env_settings.DEFAULT_ENDPOINT
         ).rstrip("/")
         self.hub_gated: dict[str, bool | str] = {}  # entry key -> gating seen by this run's resolution
+        self.resolved_here = False  # some content was resolved (or hashed) against this run's endpoint
 
     # -- lazily built: an offline or warm run never touches tokens or the network -----------------------
     @functools.cached_property
@@ -214,6 +218,8 @@ class Run:
                 f"{flag}: {self.lock_path} is out of date with {self.manifest.path}; run `prefetch lock`:\n  - "
                 + "\n  - ".join(differences)
             )
+        if frozen:
+            require_hashes(self.old_lock, f"--frozen ({self.lock_path})")
         return {e.key: e for e in self.old_lock.entries}
 
     def _resolve_remote(self, entries: list[Entry]) -> tuple[dict[str, LockedEntry], list[AccessResult]]:
@@ -227,8 +233,10 @@ class Run:
             info = hub.repo_info(entry.repo, entry.type, entry.revision, token)
             self.hub_gated[entry.key] = info.gated
             files = hub.list_files(entry.repo, entry.type, info.commit, token)
-            return locked_entry(entry, info.commit, files)
+            old = self.old_lock.entry(entry.key) if self.old_lock else None
+            return trust_lock(locked_entry(entry, info.commit, files), old)
 
+        self.resolved_here = self.resolved_here or bool(entries)
         with cf.ThreadPoolExecutor(max_workers=max(1, min(8, len(entries)))) as pool:
             futures = {entry.key: (entry, pool.submit(one, entry)) for entry in entries}
             for key, (entry, future) in futures.items():
@@ -248,7 +256,16 @@ class Run:
             tool_version=__version__,
             entries=tuple(resolved[e.key] for e in self.manifest.entries),
             cache_dir=cache_dir,
+            endpoint=self.lock_endpoint(),
         )
+
+    def lock_endpoint(self) -> str | None:
+        """The endpoint the lock's content was resolved against: this run's when it resolved or hashed
+        anything, else the old lock's (a warm run through a mirror keeps a lock made against the Hub, and
+        a lock older than this field is not rewritten just to add it: it may be read-only)."""
+        if self.old_lock is not None and not self.resolved_here:
+            return self.old_lock.endpoint
+        return endpoint_for_lock(self.endpoint)
 
     def save_lock(self, lock: Lock) -> None:
         """Write the lockfile last, atomically, and only when its content changed (it may be read-only)."""
@@ -280,17 +297,20 @@ class Run:
         for p in plans:
             cache = self.repo_cache(p.locked)
             for f in p.missing:
-                if (cache.folder.name, f.etag) in seen:
+                label = f"{p.locked.repo}:{f.path}"
+                etag = f.etag or first_use_key(p.locked.commit, label)
+                if (cache.folder.name, etag) in seen:
                     continue
-                seen.add((cache.folder.name, f.etag))
+                seen.add((cache.folder.name, etag))
                 job = FileJob(
                     cache=cache,
                     url=self.hub.file_url(p.locked.repo, p.locked.type, p.locked.commit, f.path),
                     token=self.token(p.entry),
-                    etag=f.etag,
+                    etag=etag,
                     size=f.size,
                     lfs=f.is_lfs,
-                    label=f"{p.locked.repo}:{f.path}",
+                    label=label,
+                    published=bool(f.etag),
                 )
                 if f.etag in first:
                     later.append(job)
@@ -327,6 +347,57 @@ class Run:
                 f"not enough disk space in {self.cache_dir}: {needed} bytes to fetch (+{DISK_MARGIN} margin), "
                 f"{free} bytes free. Free some space (`prefetch prune`) or choose another --cache-dir."
             )
+
+    def record_learned(self, plans: list[EntryPlan], learned: dict[tuple[str, str], str]) -> None:
+        """Put the sha256s the transfer learned from the bytes into the plans' locked files: a file the
+        endpoint published no hash for (said per file), or an LFS file known only by its pointer's id."""
+        if not learned:
+            return
+        self.resolved_here = True
+        for p in plans:
+            cache = self.repo_cache(p.locked)
+            files = []
+            for f in p.locked.files:
+                key = f.etag or first_use_key(p.locked.commit, f"{p.locked.repo}:{f.path}")
+                sha256 = learned.get((cache.folder.name, key))
+                if sha256 and not f.etag:
+                    message = (
+                        f"the endpoint published no hash for {p.locked.repo}:{f.path}; recorded sha256 "
+                        f"{sha256} on first use"
+                    )
+                    self.progress.message(message)
+                    self.progress.event("first_use_hash", repo=p.locked.repo, path=f.path, sha256=sha256)
+                files.append(replace(f, sha256=sha256, git_sha1=None) if sha256 else f)
+            p.locked = replace(p.locked, files=tuple(files))
+
+
+def first_use_key(commit: str, label: str) -> str:
+    """The stand-in blob key (partial file name) of a file without a published hash, until it is hashed."""
+    return "first-use-" + hashlib.sha256(f"{commit}:{label}".encode()).hexdigest()[:40]
+
+
+def endpoint_for_lock(endpoint: str) -> str:
+    """The endpoint as the lock records it: without credentials (a URL's user:password never goes there)."""
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc)).rstrip("/")
+
+
+def trust_lock(new: LockedEntry, old: LockedEntry | None) -> LockedEntry:
+    """The lock is the root of trust: at the commit it locked, its hashes win over what this endpoint lists
+    now (a lock made against the Hub keeps a mirror to the Hub's hashes)."""
+    if old is None or old.commit != new.commit:
+        return new
+    before = {f.path: f for f in old.files}
+    kept = [before.get(f.path) for f in new.files]
+    return replace(
+        new,
+        files=tuple(
+            k if k is not None and k.etag and k.size == f.size else f
+            for k, f in zip(kept, new.files, strict=True)
+        ),
+    )
 
 
 def _bytes_on_disk(job: FileJob) -> int:
@@ -401,6 +472,9 @@ def sync(
         if later:
             transfer.run(later)
         result.stats = transfer.stats
+        run.record_learned(plans, transfer.stats.learned)
+        result.lock = lock = run.new_lock({**resolved, **{p.entry.key: p.locked for p in plans}})
+        result.changes = lock_changes(run.old_lock, lock)
         run.materialize(plans)
         if not frozen:
             run.save_lock(lock)
@@ -418,6 +492,7 @@ def _check_access(run: Run, needing: list[EntryPlan], failures: list[AccessResul
             [(p.entry, run.token(p.entry)) for p in needing],
             commits={p.entry.key: p.locked.commit for p in needing},
             hub_gated=run.hub_gated,
+            probes={p.entry.key: p.missing[0].path for p in needing},
         )
         rows += checked.results
     report = AccessReport(rows)

@@ -23,6 +23,7 @@ from prefetch.hub import RepoInfo
 from prefetch.manifest import Entry
 from tests.conftest import CANARY_TOKEN, OTHER_TOKEN, CliResult, PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
+from tests.hubemu.fixtures import over_both_profiles
 
 FAST = ("--retries", "2", "--max-wait", "0.1")
 FG_TOKEN = "hf_CANARYfineGrainedNoGated77Zx9Vb1"
@@ -416,6 +417,7 @@ def test_gated_on_the_hub_but_not_in_the_manifest_warns(prefetch: PrefetchRunner
     assert hub.count(kind="file") > 0
 
 
+@over_both_profiles
 def test_a_sync_that_passes_the_check_downloads(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
     """The check must not block legitimate access (gated accepted, private member, token_env account)."""
     hub.add_user("alice", token=CANARY_TOKEN)

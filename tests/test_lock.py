@@ -8,6 +8,7 @@ import yaml
 
 from tests.conftest import PrefetchRunner
 from tests.hubemu import HubEmulator
+from tests.hubemu.fixtures import over_both_profiles
 
 
 def two_commits(hub: HubEmulator) -> tuple[str, str]:
@@ -22,6 +23,7 @@ def locked_commits(prefetch: PrefetchRunner) -> dict[str, str]:
     return {e["repo"]: e["commit"] for e in lock["entries"]}
 
 
+@over_both_profiles
 def test_lock_writes_without_downloading_and_is_byte_identical(prefetch: PrefetchRunner, hub: HubEmulator):
     two_commits(hub)
     manifest = prefetch.manifest([{"repo": "org/model"}, {"repo": "org/other"}])
@@ -35,6 +37,7 @@ def test_lock_writes_without_downloading_and_is_byte_identical(prefetch: Prefetc
     assert (prefetch.tmp / "models.lock").read_bytes() == first
 
 
+@over_both_profiles
 def test_locks_are_sticky_until_upgraded(prefetch: PrefetchRunner, hub: HubEmulator):
     repo = hub.create_repo("org/model")
     old = repo.commit({"config.json": b'{"v": 1}'})
@@ -79,6 +82,7 @@ def test_sync_keeps_the_locked_commit_and_sync_upgrade_moves_it(prefetch: Prefet
     assert (prefetch.cache_dir / "models--org--model" / "refs" / "main").read_text() == moved
 
 
+@over_both_profiles
 def test_frozen_uses_the_lock_and_refuses_a_stale_or_missing_one(prefetch: PrefetchRunner, hub: HubEmulator):
     two_commits(hub)
     manifest = prefetch.manifest([{"repo": "org/model"}])

@@ -405,13 +405,15 @@ def test_hash_formats(old: str, new: str, key: str, message: str) -> None:
     assert f"entries[0].{key}: {message}" in lock_error(VALID.replace(old, new, 1))
 
 
-def test_exactly_one_hash_per_file() -> None:
+def test_at_most_one_hash_per_file_and_none_until_hashed_on_first_use() -> None:
     both = VALID.replace(f"git_sha1: {SHA1}", f"git_sha1: {SHA1}\n    sha256: {SHA256}")
     assert lock_error(both).startswith(
-        f"m.lock:{FILE0_LINE}:5: entries[0].files[0]: expected exactly one of sha256"
+        f"m.lock:{FILE0_LINE}:5: entries[0].files[0]: expected one of sha256 (LFS files) or git_sha1"
     )
-    neither = VALID.replace(f"    git_sha1: {SHA1}\n", "")
-    assert "entries[0].files[0]: expected exactly one of sha256" in lock_error(neither)
+    neither = parse_lock(VALID.replace(f"    git_sha1: {SHA1}\n", ""), "m.lock")
+    file = neither.entries[0].files[0]
+    assert (file.sha256, file.git_sha1, file.etag) == (None, None, "")
+    assert parse_lock(dump_lock(neither), "m.lock") == neither
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,13 @@
 """Hub-compatible endpoints other than the Hub (issue 14): the emulator's mirror profile and olah, a real mirror.
 
 olah runs in its two modes: (a) serving a local git+LFS repo built here (`offline = true`), (b) pull-through
-cache with the Hub emulator as its upstream. `hf download`-style loads through the same endpoints pass today
-(they prove the harness); prefetch's syncs through them are `xfail(strict=True)` with the precise cause, so
-they flip to failures (to be unmarked) when issue 14's fixes land.
+cache with the Hub emulator as its upstream. `hf download`-style loads through the same endpoints prove the
+harness; prefetch syncs, locks, checks and verifies through every one of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -18,9 +18,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
+from prefetch.lockfile import LockedEntry, LockedFile
+from prefetch.sync import endpoint_for_lock, trust_lock
 from tests.conftest import PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
+from tests.hubemu.fixtures import over_both_profiles
 from tests.olah_fixture import (
     LFS_ATTRIBUTES,
     OlahFactory,
@@ -33,22 +37,6 @@ from tests.test_interop import locked, run_consumer
 
 REPO = "testorg/tiny-model"
 WEIGHTS = "model.safetensors"
-# Causes seen today (details in the issue-14 phase-1 report). Every sync stops at the first; the later ones
-# were seen with access.py's auth-check step skipped.
-AUTH_CHECK = (
-    "issue 14: /auth-check is missing and answers the catch-all 404 `X-Error-Code: RepoNotFound`; "
-    "access.py _auth_check() re-raises it (it only falls back when error_code is None), row_for_error() -> "
-    "_classify() reports 'repo not found', exit 3"
-)
-MIRROR_PROFILE = (
-    AUTH_CHECK + "; then the lfs-less listing: hub.py _remote_file() takes the LFS pointer's git sha1 "
-    "(`oid`) as the content hash, so transfer.py Transfer rejects the real bytes twice, exit 5"
-)
-PULL_THROUGH_TWICE = (
-    AUTH_CHECK + "; then transfer.py _Source() calls Http.locate(), a GET of /resolve to learn a 302 "
-    "target, for every LFS file: olah answers 200 with the body, starts its own upstream fetch, and the "
-    "closed stream plus the real GET make the Hub serve the LFS bytes twice (2.0 copies > 1.15)"
-)
 
 
 def repo_files() -> dict[str, bytes]:
@@ -62,6 +50,10 @@ def repo_files() -> dict[str, bytes]:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def digests(files: dict[str, bytes]) -> dict[str, str]:
@@ -93,6 +85,15 @@ def sync_lock_check_verify(prefetch: PrefetchRunner, files: dict[str, bytes]) ->
     assert result.code == 0, result
     entry = locked(lock)[0]
     assert {f["path"] for f in entry["files"]} == set(files)
+    # Whatever the endpoint published, the lock ends as the Hub's would: the LFS file by its content's sha256
+    # (a mirror's listing names it by its pointer's git id only), the others by their git blob sha1.
+    by_path = {f["path"]: f for f in entry["files"]}
+    assert by_path[WEIGHTS] == {
+        "path": WEIGHTS,
+        "size": len(files[WEIGHTS]),
+        "sha256": sha256(files[WEIGHTS]),
+    }
+    assert by_path["config.json"]["git_sha1"] == git_blob_sha1(files["config.json"])
     base = {"repo_id": REPO, "revision": entry["commit"], "cache_dir": str(prefetch.cache_dir)}
     loaded = run_consumer(prefetch, [{"call": "snapshot_download", "kwargs": base}], mode="plain")
     assert loaded == [{"ok": digests(files)}]
@@ -150,15 +151,126 @@ def test_huggingface_hub_downloads_from_the_mirror_profile(
     assert got == {"ok": digests(files)}
 
 
-@pytest.mark.parametrize(
-    "hub",
-    ["hub", pytest.param("mirror", marks=pytest.mark.xfail(strict=True, reason=MIRROR_PROFILE))],
-    indirect=True,
-)
+@over_both_profiles
 def test_sync_lock_check_verify_on_both_profiles(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
     files = repo_files()
     hub.create_repo(REPO).commit(files)
     sync_lock_check_verify(prefetch, files)
+
+
+@pytest.mark.parametrize("status", [404, 405, 501, 503])
+def test_a_missing_auth_check_route_falls_back_to_a_head_of_a_file(
+    prefetch: PrefetchRunner, hub: HubEmulator, status: int
+) -> None:
+    """Revision info answered 200, so auth-check's 404 (any X-Error-Code), 405, 501 or 5xx is a missing route."""
+    hub.create_repo(REPO).commit(repo_files())
+    hub.inject(Fault("status", times=None, match="/auth-check", status=status))
+    manifest = prefetch.manifest([{"repo": REPO}])
+    result = prefetch("check", str(manifest), "--retries", "1")
+    assert result.code == 0, result
+    assert hub.count(path_contains="/resolve/", method="HEAD") == 1
+
+
+@on_the_mirror_profile
+def test_without_auth_check_a_gated_repo_is_still_reported_as_gated(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """The HEAD that stands in for auth-check answers as the download would: gated, not "not found"."""
+    hub.create_repo(REPO, gated="manual").commit(repo_files())
+    manifest = prefetch.manifest([{"repo": REPO}])
+    result = prefetch("check", str(manifest))
+    assert result.code == 3, result
+    assert "gated repo" in result.output and "not found" not in result.output
+
+
+@over_both_profiles
+def test_without_a_tree_listing_the_revision_siblings_give_the_same_lock(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    files = repo_files()
+    commit = hub.create_repo(REPO).commit(files)
+    manifest = prefetch.manifest([{"repo": REPO}])
+    assert prefetch("sync", str(manifest)).code == 0
+    lock = manifest.with_suffix(".lock")
+    with_tree = lock.read_text()
+    lock.unlink()
+    shutil.rmtree(prefetch.cache_dir)
+    hub.missing_routes.add("tree")
+    hub.reset_counters()
+    result = prefetch("sync", str(manifest))
+    assert result.code == 0, result
+    assert lock.read_text() == with_tree
+    assert hub.count(path_contains="/tree/") == 1  # answered by the catch-all 404
+    assert [r.path for r in hub.requests if r.query.get("blobs") == "true"] == [
+        f"/api/models/{REPO}/revision/{commit}"
+    ]
+    # `?blobs=true` siblings carry sizes and ids: no HEAD per file (the mirror's one HEAD stands in for auth-check)
+    assert hub.count(method="HEAD") == (1 if hub.profile == "mirror" else 0)
+
+
+@on_the_mirror_profile
+def test_an_endpoint_publishing_no_hash_is_hashed_on_first_use_and_recorded(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    files = repo_files()
+    hub.create_repo(REPO).commit(files)
+    hub.missing_routes.add("tree")
+    hub.publishes_hashes = False
+    manifest = prefetch.manifest([{"repo": REPO}])
+    assert prefetch("lock", str(manifest)).code == 0
+    lock = manifest.with_suffix(".lock")
+    assert all(set(f) == {"path", "size"} for f in locked(lock)[0]["files"])  # sizes from HEAD, no hash
+    frozen = prefetch("sync", "--frozen", str(manifest))
+    assert frozen.code == 6 and "records no hash for 3 file(s)" in frozen.output, frozen
+    unverifiable = prefetch("verify", str(lock))
+    assert unverifiable.code == 6 and "records no hash for 3 file(s)" in unverifiable.output, unverifiable
+
+    result = prefetch("sync", str(manifest))
+    assert result.code == 0, result
+    for path, data in files.items():
+        line = (
+            f"the endpoint published no hash for {REPO}:{path}; recorded sha256 {sha256(data)} on first use"
+        )
+        assert line in result.output
+    entry = locked(lock)[0]
+    assert {f["path"]: f.get("sha256") for f in entry["files"]} == digests(files)
+    for path in files:  # blobs named by the recorded sha256, as the Hub names LFS blobs
+        blob = next(prefetch.cache_dir.glob(f"models--*/snapshots/*/{path}")).resolve()
+        assert blob.name == sha256(files[path])
+    assert prefetch("verify", str(lock)).code == 0
+    again = prefetch("sync", "--frozen", str(manifest))
+    assert again.code == 0 and "published no hash" not in again.output, again
+
+
+@on_the_mirror_profile
+def test_a_mirror_serving_bytes_that_mismatch_its_listing_fails_with_exit_5(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """The listed git id of an LFS pointer commits to the content's sha256: corrupted bytes fail it."""
+    hub.create_repo(REPO).commit(repo_files())
+    hub.inject(Fault("corrupt", times=None, match=WEIGHTS))
+    result = prefetch("sync", str(prefetch.manifest([{"repo": REPO}])), "--retries", "1")
+    assert result.code == 5, result
+    assert f"{REPO}:{WEIGHTS}" in result.output
+
+
+def test_the_lock_records_an_endpoint_without_its_credentials() -> None:
+    assert endpoint_for_lock("https://user:s3cret@artifacts.example:8443/api/hf/") == (
+        "https://artifacts.example:8443/api/hf"
+    )
+    assert endpoint_for_lock("http://[::1]:8080") == "http://[::1]:8080"
+
+
+def test_at_the_locked_commit_the_lock_hashes_win_over_a_new_listing() -> None:
+    """Re-resolving (`--upgrade`) through another endpoint keeps the lock's hashes while the commit is the same."""
+    locked_file = LockedFile(WEIGHTS, 3, sha256="a" * 64)
+    old = LockedEntry(REPO, "model", "main", "1" * 40, None, (), "sha256:" + "0" * 64, (locked_file,))
+    listed = (LockedFile(WEIGHTS, 3, git_sha1="b" * 40), LockedFile("new.txt", 1, git_sha1="c" * 40))
+    new = dataclasses.replace(old, files=listed)
+    assert trust_lock(new, old).files == (locked_file, listed[1])
+    moved = dataclasses.replace(new, commit="2" * 40)
+    assert trust_lock(moved, old) == moved
+    assert trust_lock(new, None) == new
 
 
 # ----------------------------------------------------------------------------- olah serving a local repo
@@ -177,7 +289,6 @@ def test_huggingface_hub_downloads_through_olah_serving_a_local_repo(
     assert load_online(prefetch, olah.url, prefetch.tmp / "hf-cache") == {"ok": digests(files)}
 
 
-@pytest.mark.xfail(strict=True, reason=AUTH_CHECK)
 def test_sync_through_olah_serving_a_local_repo(
     prefetch: PrefetchRunner, local_olah: tuple[OlahServer, dict[str, bytes], str]
 ) -> None:
@@ -196,7 +307,6 @@ def test_huggingface_hub_downloads_through_olah_in_front_of_the_hub(
     assert load_online(prefetch, olah.url, prefetch.tmp / "hf-cache") == {"ok": digests(files)}
 
 
-@pytest.mark.xfail(strict=True, reason=AUTH_CHECK)
 def test_sync_through_olah_in_front_of_the_hub(
     prefetch: PrefetchRunner, hub: HubEmulator, olah_factory: OlahFactory
 ) -> None:
@@ -204,10 +314,11 @@ def test_sync_through_olah_in_front_of_the_hub(
     hub.create_repo(REPO).commit(files)
     prefetch.env["HF_ENDPOINT"] = olah_in_front_of(olah_factory, hub.url, hub.cdn_url).url
     sync_lock_check_verify(prefetch, files)
+    # No GET is opened just to see where an LFS file is served: olah would fetch it from the Hub twice.
+    assert hub.bytes_served() <= 1.15 * sum(len(data) for data in files.values())
 
 
 @pytest.mark.soak  # ~20 s once it passes: four CLI syncs and verifies through olah
-@pytest.mark.xfail(strict=True, reason=PULL_THROUGH_TWICE)
 def test_four_nodes_through_one_olah_fetch_the_repo_from_the_hub_about_once(
     tmp_path: Path, hub: HubEmulator, olah_factory: OlahFactory
 ) -> None:
@@ -229,7 +340,6 @@ def test_four_nodes_through_one_olah_fetch_the_repo_from_the_hub_about_once(
     assert hub.bytes_served() <= 1.15 * one_copy
 
 
-@pytest.mark.xfail(strict=True, reason=AUTH_CHECK)
 def test_mirror_bytes_that_mismatch_the_lock_fail_with_exit_5_naming_the_file(
     prefetch: PrefetchRunner, hub: HubEmulator, olah_factory: OlahFactory
 ) -> None:
@@ -245,3 +355,26 @@ def test_mirror_bytes_that_mismatch_the_lock_fail_with_exit_5_naming_the_file(
     assert result.code == 5, result
     assert WEIGHTS in result.output
     assert not list(prefetch.cache_dir.glob(f"models--*/snapshots/*/{WEIGHTS}"))
+
+
+def test_endpoint_flag_overrides_the_environment_and_is_recorded_in_the_lock_and_sbom(
+    prefetch: PrefetchRunner, hub: HubEmulator, olah_factory: OlahFactory
+) -> None:
+    """A lock made against the Hub syncs through a mirror (`--endpoint`), and still names the Hub."""
+    files = repo_files()
+    hub.create_repo(REPO).commit(files)
+    prefetch.env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: --endpoint must win
+    manifest = prefetch.manifest([{"repo": REPO}])
+    assert prefetch("lock", str(manifest), "--endpoint", hub.url).code == 0
+    lock = manifest.with_suffix(".lock")
+    assert yaml.safe_load(lock.read_text())["endpoint"] == hub.url
+    before = lock.read_text()
+
+    olah = olah_in_front_of(olah_factory, hub.url, hub.cdn_url)
+    result = prefetch("sync", str(manifest), "--endpoint", olah.url)
+    assert result.code == 0, result
+    assert lock.read_text() == before  # resolved against the Hub: the lock (and its endpoint) unchanged
+    assert prefetch("verify", str(lock)).code == 0
+    bom = json.loads(prefetch("sbom", str(lock)).stdout)
+    assert {"name": "prefetch:lockfile:endpoint", "value": hub.url} in bom["metadata"]["properties"]
+    assert bom["components"][0]["externalReferences"] == [{"type": "vcs", "url": f"{hub.url}/{REPO}"}]

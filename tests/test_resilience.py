@@ -275,15 +275,18 @@ def test_byte_requests_ask_for_identity_encoding(prefetch, hub):
 
 
 def test_an_expired_cdn_url_is_asked_for_again(prefetch, hub):
-    """Signed CDN URLs expire; a long wait between attempts must not turn into an access error."""
+    """Signed CDN URLs expire; a retry after the remembered URL expired asks /resolve again, and is no
+    access error."""
     model = make_model(hub)
     prefetch.manifest([{"repo": model.repo_id}])
     hub.cdn_url_ttl = 1
-    hub.inject(Fault(kind="status", status=503, origin="cdn", headers={"Retry-After": "2"}))
+    hub.inject(Fault(kind="slow", origin="cdn", bytes_per_sec=MiB))  # the reset comes after the URL expired
+    hub.inject(Fault(kind="reset", origin="cdn", after_bytes=2 * MiB))
     result = sync(prefetch)
     assert result.code == 0, result
     assert "the download URL was refused (403); got a new one" in result.stderr
-    assert hub.count(path_contains="/resolve/", kind="file") >= 3  # the LFS file was located twice
+    assert hub.count(path_contains="/resolve/", kind="file") == 4  # two small files; the LFS file twice
+    assert hub.bytes_served(path_contains="/lfs/") <= 3 * MiB + 128 * 1024  # resumed, not started over
     assert_cache_verifies(prefetch.cache_dir, model)
 
 

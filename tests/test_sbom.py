@@ -57,7 +57,9 @@ def test_sbom_is_valid_cyclonedx_and_deterministic(prefetch: PrefetchRunner, hub
     assert files["config.json"]["omniborId"] == [f"gitoid:blob:sha1:{git_sha1}"]
     assert "hashes" not in files["config.json"]  # a git blob id is not the SHA-1 of the content
     assert data["type"] == "data" and "purl" not in data  # the purl huggingface type covers models only
-    assert data["externalReferences"] == [{"type": "vcs", "url": "https://huggingface.co/datasets/org/data"}]
+    # The lock names the endpoint it was resolved against (here the test Hub), and so does the SBOM.
+    assert data["externalReferences"] == [{"type": "vcs", "url": f"{hub.url}/datasets/org/data"}]
+    assert {"name": "prefetch:lockfile:endpoint", "value": hub.url} in bom["metadata"]["properties"]
 
     bad = json.loads(first.stdout)
     bad["components"][0]["type"] = "model"

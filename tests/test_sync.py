@@ -15,6 +15,7 @@ import yaml
 
 from tests.conftest import CANARY_TOKEN, PrefetchRunner
 from tests.hubemu import HubEmulator
+from tests.hubemu.fixtures import over_both_profiles
 
 LFS_BYTES = os.urandom(3 * 1024 * 1024 + 17)
 
@@ -54,6 +55,7 @@ def run_python(code: str, env: dict[str, str], no_network: bool = True) -> subpr
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
 
+@over_both_profiles
 def test_sync_fills_the_cache_and_huggingface_hub_reads_it_offline(
     prefetch: PrefetchRunner, hub: HubEmulator
 ):
@@ -132,6 +134,7 @@ def test_layout_matches_huggingface_hub(prefetch: PrefetchRunner, hub: HubEmulat
     assert not (folder / "trees").exists()  # see docs/offline.md
 
 
+@over_both_profiles
 def test_warm_resync_makes_no_request_and_changed_manifest_fetches_only_the_difference(
     prefetch: PrefetchRunner, hub: HubEmulator
 ):
@@ -155,7 +158,8 @@ def test_warm_resync_makes_no_request_and_changed_manifest_fetches_only_the_diff
         r.path for r in hub.requests if r.method == "GET" and (r.origin == "cdn" or "/resolve/" in r.path)
     ]
     assert fetched and all("model.safetensors" in p or r"/lfs/" in p for p in fetched), fetched
-    assert hub.bytes_served() == len(LFS_BYTES)
+    # == one copy: a mirror's chunked framing (chunk size lines) adds a few bytes per chunk on the wire
+    assert len(LFS_BYTES) <= hub.bytes_served() <= len(LFS_BYTES) * 1.001
 
 
 def test_a_blob_shared_by_two_repos_is_downloaded_once(prefetch: PrefetchRunner, hub: HubEmulator):

@@ -12,10 +12,12 @@ from typing import Any
 from prefetch.offline import shared as shared_mod
 from prefetch.offline import verify as verify_mod
 from tests.conftest import PrefetchRunner
+from tests.hubemu.fixtures import over_both_profiles
 from tests.offline_helpers import LFS, blob_of, flip_byte, make_model
 from tests.test_interop import sync
 
 
+@over_both_profiles
 def test_verify_passes_after_sync(prefetch: PrefetchRunner, hub: Any) -> None:
     make_model(hub)
     lock = sync(
@@ -47,6 +49,7 @@ def test_verify_passes_after_sync(prefetch: PrefetchRunner, hub: Any) -> None:
     }
 
 
+@over_both_profiles
 def test_verify_finds_flipped_byte_and_fast_checks_only_sizes(prefetch: PrefetchRunner, hub: Any) -> None:
     make_model(hub)
     lock = sync(prefetch, [{"repo": "org/model"}])

@@ -31,7 +31,7 @@ from prefetch.errors import (
     BadBytes,
     Cancelled,
     DiskSpaceError,
-    HttpStatusError,
+    HubHttpError,
     IntegrityError,
     NetworkError,
     PrefetchError,
@@ -105,10 +105,12 @@ class Transfer:
         self.cancel.raise_if_cancelled()  # the run was cancelled: some files may not have been fetched
         return self.stats
 
-    def _installed(self, job: FileJob) -> None:
-        self._blob_index.add(job.cache, job.etag)
+    def _installed(self, job: FileJob, name: str) -> None:
+        self._blob_index.add(job.cache, name)
         with self._stats_lock:
             self._blob_folders.add(job.cache.blobs)
+            if name != job.etag:
+                self.stats.learned[(job.cache.folder.name, job.etag)] = name
 
     def _sync_blob_folders(self) -> None:
         """Make this run's blob renames durable: once per folder, not once per blob, and before the
@@ -121,10 +123,12 @@ class Transfer:
     def _failed(self, exc: BaseException, job: FileJob) -> None:
         if isinstance(exc, Cancelled):
             return
-        if not isinstance(exc, PrefetchError):
+        if isinstance(exc, HubHttpError):  # a final answer: named with the file, its attempts and routes
+            exc = network_error(exc, self.http, f"downloading {job.label}")
+        elif not isinstance(exc, PrefetchError):
             if is_disk_full(exc):  # a full disk anywhere in the pipeline (state, fsync, rename) is exit 8
                 exc = DiskSpaceError(f"disk full while downloading {job.label} into {job.cache.root}: {exc}")
-            elif is_retryable(exc) or isinstance(exc, HttpStatusError | TransportError):
+            elif is_retryable(exc) or isinstance(exc, TransportError):
                 exc = network_error(exc, self.http, f"downloading {job.label}")
             else:
                 exc = PrefetchError(f"downloading {job.label}: {describe(exc)}")
@@ -147,8 +151,9 @@ class Transfer:
             self.reporter.file_started(job)
             small = job.size < SMALL_FILE and not cache.has_partial(job.etag)
             for attempt in (1, 2):
-                if (self._download_small(job) if small else self._download(job)) == job.etag:
-                    self._installed(job)
+                name = self._download_small(job) if small else self._download(job)
+                if name is not None:
+                    self._installed(job, name)
                     return self._done(job, "fetched")
                 cache.discard_partial(job.etag)  # never resume from bytes that failed their hash
                 if attempt == 1:
@@ -183,19 +188,19 @@ class Transfer:
         except OSError:
             return False
         os.replace(partial, job.cache.blob_path(job.etag))
-        self._installed(job)
+        self._installed(job, job.etag)
         return True
 
     def _download(self, job: FileJob) -> str | None:
         """Bring the partial file to full size and install it as the blob if its hash matches.
 
-        Returns the hash (None: the server sent bytes that cannot be this file).
+        Returns the blob's name (None: the server sent bytes that cannot be this file).
         """
         done = job.cache.read_partial_state(job.etag, job.size)
         partial = PartialFile(job, done)
-        digest: str | None = None
+        hashed: Any = None
         try:
-            source = _Source(self.http, job)
+            source = _Source(job)
             done = partial.done.ranges
             missing = partial.done.missing(job.size)
             if done:
@@ -211,17 +216,18 @@ class Transfer:
                 job.cache.discard_partial(job.etag)
                 partial = PartialFile(job, [])
                 self._run_segments(job, partial, source, [(0, job.size)], use_range=False)
-            digest = partial.digest()
+            hashed = partial.hashed()
         except BadBytes as e:
             log.warning("%s", e)
             return None
         finally:
             # Resume state only for a rerun's sake: a hashed file is either installed (its fsync
             # makes it durable) or discarded.
-            partial.close(keep_state=digest is None)
-        if digest == job.etag:
-            job.cache.install_blob(job.etag, sync_folder=False)
-        return digest
+            partial.close(keep_state=hashed is None)
+        name = job.blob_name(hashed)
+        if name is not None:
+            job.cache.install_blob(job.etag, name=name, sync_folder=False)
+        return name
 
     def _download_small(self, job: FileJob) -> str | None:
         """Fetch a small file into memory; install it as the blob once its hash matched.
@@ -231,16 +237,16 @@ class Transfer:
         """
         memory = _MemoryFile(job.size)
         try:
-            self._fetch_segment(job, memory, _Source(self.http, job), 0, job.size, use_range=False)
+            self._fetch_segment(job, memory, _Source(job), 0, job.size, use_range=False)
         except BadBytes as e:
             log.warning("%s", e)
             return None
         h = job.new_hash()
         h.update(memory.data)
-        digest = h.hexdigest()
-        if digest == job.etag:
-            job.cache.install_bytes(job.etag, memory.data)
-        return digest
+        name = job.blob_name(h)
+        if name is not None:
+            job.cache.install_bytes(job.etag, memory.data, name=name)
+        return name
 
     def _split(self, missing: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
         if size < self.segment_threshold:
@@ -295,6 +301,7 @@ class Transfer:
             url, generation = source.current()
             try:
                 with self._slots, contextlib.closing(self.http.open(url, job.token, headers)) as response:
+                    source.served_from(response.url, generation)
                     if response.status_code == 200 and ranged:
                         if start != 0 or end != job.size:
                             raise RangeIgnored()
@@ -309,8 +316,8 @@ class Transfer:
                     elif response.status_code != 200:
                         raise TruncatedBody(f"{job.label}: unexpected answer {response.status_code}")
                     self._stream(job, partial, response, cursor, end)
-            except HttpStatusError as e:
-                if e.status in (401, 403, 410) and source.refresh(generation):
+            except HubHttpError as e:
+                if e.status in (401, 403, 410) and source.refresh(generation, e.url):
                     raise StaleUrl(
                         f"{job.label}: the download URL was refused ({e.status}); got a new one"
                     ) from e
@@ -458,12 +465,16 @@ class _Cursor:
 
 
 class _Source:
-    """Where one file's bytes come from, shared by its segments: a signed CDN URL expires, so a
-    refused one (401/403/410 from the CDN) is asked for again from the Hub, a bounded number of times."""
+    """Where one file's bytes come from, shared by its segments: its /resolve URL, until a request's
+    redirects showed where the bytes are served (the Hub's signed CDN URL), which later segments then ask
+    directly. Nothing is asked just to learn that URL: through a pull-through mirror, a GET opened only to
+    see whether it redirects would start a second upstream fetch. A signed URL expires, so a refused one
+    (401/403/410 from the CDN) is dropped for /resolve again, a bounded number of times.
+    """
 
-    def __init__(self, http: Http, job: FileJob) -> None:
-        self.http, self.job = http, job
-        self.url = http.locate(job.url, job.token) if job.lfs else job.url
+    def __init__(self, job: FileJob) -> None:
+        self.job = job
+        self.url = job.url
         self.generation = 0
         self._lock = threading.Lock()
 
@@ -471,14 +482,21 @@ class _Source:
         with self._lock:
             return self.url, self.generation
 
-    def refresh(self, seen: int) -> bool:
-        """Ask the Hub for a fresh URL (unless another segment already did); False when pointless."""
+    def served_from(self, url: str, generation: int) -> None:
+        """A request made in `generation` was answered from `url` (after redirects)."""
+        with self._lock:
+            if generation == self.generation:
+                self.url = url
+
+    def refresh(self, seen: int, refused: str) -> bool:
+        """Forget the refused URL (unless another segment already did); False when pointless: /resolve
+        itself refused, or the bound is reached."""
         with self._lock:
             if seen != self.generation:
                 return True
-            if self.url == self.job.url or self.generation >= MAX_URL_REFRESHES:
+            if refused == self.job.url or self.generation >= MAX_URL_REFRESHES:
                 return False
-            self.url = self.http.locate(self.job.url, self.job.token)
+            self.url = self.job.url
             self.generation += 1
             return True
 

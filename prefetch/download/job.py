@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefetch.auth import Token
-from prefetch.cache import RepoCache, blob_hasher
+from prefetch.cache import GitOidHash, RepoCache
 from prefetch.errors import PrefetchError
 
 
@@ -18,13 +19,28 @@ class FileJob:
     cache: RepoCache
     url: str  # /resolve/{commit}/{path} on the Hub
     token: Token | None
-    etag: str
+    etag: str  # the expected hash, which names the blob and its partial file (a stand-in if not `published`)
     size: int
-    lfs: bool  # etag is a sha256 of the content (else a git blob sha1)
+    lfs: bool  # etag is a sha256 of the content (else a git object id, see `cache.GitOidHash`)
     label: str  # `org/name:path`, for messages
+    published: bool = True  # False: the endpoint published no hash; the bytes' sha256 is learned on first use
 
     def new_hash(self) -> Any:
-        return blob_hasher(self.lfs, self.size)
+        if self.lfs or not self.published:
+            return hashlib.sha256()
+        return GitOidHash(self.size)
+
+    def blob_name(self, hashed: Any) -> str | None:
+        """The name to install bytes hashed by `new_hash()` under; None: they do not match the expected hash.
+
+        A git object id may be an LFS pointer's (a mirror's listing): such bytes take their sha256 as name.
+        """
+        if not self.published:
+            return str(hashed.hexdigest())
+        if self.lfs:
+            return self.etag if hashed.hexdigest() == self.etag else None
+        name: str | None = hashed.blob_name(self.etag)
+        return name
 
 
 @dataclass
@@ -33,6 +49,8 @@ class TransferStats:
     files_linked: int = 0
     bytes_fetched: int = 0
     errors: list[PrefetchError] = field(default_factory=list)
+    # (repo folder name, job etag) -> the sha256 that names the blob, where it was learned from the bytes
+    learned: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 class Reporter:

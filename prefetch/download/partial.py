@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Any
 
 from prefetch.download.job import FileJob
 from prefetch.errors import DiskSpaceError, TruncatedBody
@@ -200,11 +201,15 @@ class PartialFile:
             self._hashed += n
 
     def digest(self) -> str:
+        return str(self.hashed().hexdigest())
+
+    def hashed(self) -> Any:
+        """The hash object (`FileJob.new_hash`) over the whole file, once every byte is written."""
         with self._hash_lock:
             self._advance_hash()
             if self._hashed != self.job.size:
                 raise TruncatedBody(f"{self.job.label}: only {self._hashed} of {self.job.size} bytes written")
-            return self._hash.hexdigest()
+            return self._hash
 
     def close(self, keep_state: bool = True) -> None:
         """Close the file; with `keep_state`, make the data durable and save the final state for resume."""

@@ -99,6 +99,14 @@ class _Answer(http.client.HTTPResponse):
         super().__init__(sock, *args, **kwargs)
         self.fp = _OneReadPerCall(self.fp)  # type: ignore[assignment]
 
+    def _safe_readinto(self, b: memoryview) -> int:
+        """A chunked body's reads: http.client wants the part of a chunk it asks for in full (a short
+        read is its IncompleteRead), so they go to the buffered reader, which waits for all of it."""
+        n: int = self.fp._reader.readinto(b)  # type: ignore[attr-defined]
+        if n < len(b):
+            raise http.client.IncompleteRead(bytes(b[:n]), len(b) - n)
+        return n
+
 
 class _HTTPConnection(http.client.HTTPConnection):
     response_class = _Answer
@@ -156,8 +164,10 @@ class Response:
         answer: http.client.HTTPResponse,
         release: Callable[[Connection], None],
         read_timeout: float,
+        url: str,
     ) -> None:
         self.status_code, self.reason_phrase, self.headers = answer.status, answer.reason, answer.headers
+        self.url = url  # what was asked for (after `Http.open`'s redirects: where the body comes from)
         self._conn: Connection | None = conn
         self._answer = answer
         self._release = release
@@ -257,7 +267,7 @@ class Pool:
         except BaseException:
             conn.close()
             raise
-        return Response(conn, answer, functools.partial(self._checkin, key), self.read_timeout)
+        return Response(conn, answer, functools.partial(self._checkin, key), self.read_timeout, url)
 
     def _exchange(
         self, conn: Connection, method: str, target: str, fields: dict[str, str]

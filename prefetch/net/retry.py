@@ -19,7 +19,7 @@ from prefetch.auth import redact
 from prefetch.cancel import CancelToken
 from prefetch.errors import (
     CertificateError,
-    HttpStatusError,
+    HubHttpError,
     ProxyRoutesFailed,
     StaleUrl,
     TransportError,
@@ -63,7 +63,7 @@ def is_retryable(exc: BaseException) -> bool:
 
     Not a TLS certificate that does not verify: that needs a fix (SSL_CERT_FILE), not a retry.
     """
-    if isinstance(exc, HttpStatusError):
+    if isinstance(exc, HubHttpError):
         return exc.status in RETRYABLE_STATUS
     if isinstance(exc, ProxyRoutesFailed):
         return not exc.permanent
@@ -74,7 +74,7 @@ def is_retryable(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """A one-line reason for logs, free of secrets."""
-    if isinstance(exc, HttpStatusError | ProxyRoutesFailed | TruncatedBody | StaleUrl):
+    if isinstance(exc, HubHttpError | ProxyRoutesFailed | TruncatedBody | StaleUrl):
         return redact(str(exc))
     return redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 

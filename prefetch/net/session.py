@@ -12,13 +12,14 @@ from prefetch.auth import Token, redact_url
 from prefetch.errors import (
     AccessError,
     CertificateError,
-    HttpStatusError,
+    HubHttpError,
     NetworkError,
     PrefetchError,
     ProxyError,
     ProxyRoutesFailed,
     TransportError,
     UsageError,
+    hub_http_error,
 )
 from prefetch.net.connection import Headers, Pool, Response
 from prefetch.net.proxies import Route, Routes, credentials_hint, is_proxy_failure
@@ -107,7 +108,7 @@ class Http:
     def open(self, url: str, token: Token | None, headers: dict[str, str] | None = None) -> Response:
         """GET `url` (one attempt), following redirects by hand; the token only goes to the Hub's origin.
 
-        Returns a streaming response with a 2xx status; raises HttpStatusError otherwise.
+        Returns a streaming response with a 2xx status; raises HubHttpError otherwise.
         """
         for _ in range(MAX_REDIRECTS):
             response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
@@ -119,26 +120,10 @@ class Http:
             if response.status_code >= 400:
                 raise http_status_error(url, response)
             return response
-        raise HttpStatusError(url, 310, None, "too many redirects")
-
-    def locate(self, url: str, token: Token | None) -> str:
-        """Where the bytes of `url` are served: the CDN URL a Hub 302 points to, or `url` itself."""
-
-        def attempt() -> str:
-            response = self._send_once("GET", url, {**FILE_HEADERS, **self._auth(url, token)})
-            try:
-                if response.is_redirect:
-                    return urljoin(url, response.headers.get("location", ""))
-                if response.status_code >= 400:
-                    raise http_status_error(url, response)
-                return url
-            finally:
-                response.close()
-
-        return self.retry.call(attempt, f"GET {urlsplit(url).path}")
+        raise HubHttpError(url, 310, None, "too many redirects")
 
     def head(self, url: str, token: Token | None) -> Headers:
-        """HEAD `url` with retries, redirects not followed (a 3xx is an answer); HttpStatusError if >= 400."""
+        """HEAD `url` with retries, redirects not followed (a 3xx is an answer); HubHttpError if >= 400."""
 
         def attempt() -> Headers:
             response = self._send_once("HEAD", url, self._auth(url, token))
@@ -170,25 +155,25 @@ def _same_origin(url: str, other: str) -> bool:
     return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
-def http_status_error(url: str, response: Response) -> HttpStatusError:
-    """The error for an HTTP answer >= 400: its status, the Hub's X-Error-Code and message, and the
+def http_status_error(url: str, response: Response) -> HubHttpError:
+    """The error for an HTTP answer >= 400, through `errors.hub_http_error` (the one translator), with the
     wait a 429 / 503 asked for. (Reads and closes the response.)"""
     try:
-        body = response.json()
-        message = body.get("error", "") if isinstance(body, dict) else ""
-    except (ValueError, TransportError):
-        message = ""
+        body = response.read()
+    except TransportError:
+        body = b""
     finally:
         response.close()
     headers = response.headers
-    message = headers.get("x-error-message") or message or response.reason_phrase
     retry_after = retry_after_seconds(headers) if response.status_code in (429, 503) else None
-    return HttpStatusError(url, response.status_code, headers.get("x-error-code"), str(message), retry_after)
+    return hub_http_error(
+        url, response.status_code, headers.get, body, reason=response.reason_phrase, retry_after=retry_after
+    )
 
 
 def network_error(exc: BaseException, http: Http, what: str) -> PrefetchError:
     """The typed error (with its exit code) for a network call that failed for good."""
-    if isinstance(exc, HttpStatusError) and exc.status in (401, 403, 404):
+    if isinstance(exc, HubHttpError) and exc.status in (401, 403, 404):
         return AccessError(f"{what}: {exc}")
     if isinstance(exc, ProxyRoutesFailed):
         lines = "\n".join(f"  - {route}: {reason}" for route, reason in exc.failures)

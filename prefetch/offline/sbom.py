@@ -24,8 +24,9 @@ def sbom(lock_path: str | Path) -> dict[str, Any]:
 
     Models get the purl `pkg:huggingface/{namespace}/{name}@{commit}` (the purl spec's `huggingface` type
     covers models only, so datasets and spaces carry no purl: their identity is group/name/version and a
-    `vcs` reference). LFS files list their SHA-256; other files are identified by their git blob id, which
-    is not the SHA-1 of the content, so it goes in `swhid` / `omniborId`, the 1.6 fields made for it.
+    `vcs` reference on the endpoint the lock was resolved against, which the metadata also names). LFS
+    files list their SHA-256; other files are identified by their git blob id, which is not the SHA-1 of
+    the content, so it goes in `swhid` / `omniborId`, the 1.6 fields made for it.
     """
     lock = load_lock(lock_path)
     body: dict[str, Any] = {
@@ -48,16 +49,22 @@ def sbom(lock_path: str | Path) -> dict[str, Any]:
                 {"name": "prefetch:lockfile:version", "value": str(lock.version)},
                 {"name": "prefetch:lockfile:manifest_digest", "value": lock.manifest_digest},
                 {"name": "prefetch:lockfile:tool_version", "value": lock.tool_version},
+                *_endpoint_property(lock.endpoint),
             ],
         },
-        "components": [_sbom_component(e) for e in lock.entries],
+        "components": [_sbom_component(e, lock.endpoint or HUB_URL) for e in lock.entries],
     }
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     serial = uuid.uuid5(_SBOM_NAMESPACE, hashlib.sha256(canonical).hexdigest())
     return {**body, "serialNumber": f"urn:uuid:{serial}"}
 
 
-def _sbom_component(entry: LockedEntry) -> dict[str, Any]:
+def _endpoint_property(endpoint: str | None) -> list[dict[str, str]]:
+    """The endpoint the lock was resolved against (older locks do not say)."""
+    return [{"name": "prefetch:lockfile:endpoint", "value": endpoint}] if endpoint else []
+
+
+def _sbom_component(entry: LockedEntry, endpoint: str) -> dict[str, Any]:
     namespace, _, name = entry.repo.rpartition("/")
     ref = f"{entry.type}:{entry.repo}@{quote(entry.revision, safe='/')}"
     component: dict[str, Any] = {
@@ -75,7 +82,7 @@ def _sbom_component(entry: LockedEntry) -> dict[str, Any]:
     if entry.type == "dataset":
         component["data"] = [{"type": "dataset", "name": entry.repo}]
     component["externalReferences"] = [
-        {"type": "vcs", "url": f"{HUB_URL}/{_URL_PREFIX[entry.type]}{entry.repo}"}
+        {"type": "vcs", "url": f"{endpoint}/{_URL_PREFIX[entry.type]}{entry.repo}"}
     ]
     properties = [
         {"name": "prefetch:repo_type", "value": entry.type},
@@ -98,7 +105,7 @@ def _sbom_file(parent_ref: str, f: LockedFile) -> dict[str, Any]:
     }
     if f.sha256:
         item["hashes"] = [{"alg": "SHA-256", "content": f.sha256}]
-    else:
+    elif f.git_sha1:
         item["swhid"] = [f"swh:1:cnt:{f.git_sha1}"]
         item["omniborId"] = [f"gitoid:blob:sha1:{f.git_sha1}"]
     item["properties"] = [

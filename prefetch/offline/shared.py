@@ -16,7 +16,7 @@ from typing import Any
 
 from prefetch.cache import RepoCache, hash_file
 from prefetch.errors import VerifyError
-from prefetch.lockfile import Lock, LockedEntry
+from prefetch.lockfile import Lock, LockedEntry, require_hashes
 from prefetch.settings import resolve_cache_dir
 
 
@@ -67,6 +67,7 @@ class LockedBlob:
 
 def locked_blobs(lock: Lock, root: Path) -> dict[tuple[str, str], LockedBlob]:
     """Every distinct (repo folder, etag) the lock needs, in a stable order."""
+    require_hashes(lock, "this command reads the cache by the lockfile's hashes")
     blobs: dict[tuple[str, str], LockedBlob] = {}
     for entry in lock.entries:
         repo = RepoCache(root, entry.repo, entry.type)

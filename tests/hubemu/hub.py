@@ -9,7 +9,8 @@ corruption, throttling, ignored ranges) are injectable per request.
 `hub.missing_routes` fall through to a catch-all 404 carrying `X-Error-Code: RepoNotFound`, listings carry no
 `lfs` object (an LFS file's `oid` is its pointer's git sha1), the root listing `tree/{rev}` is a 307 to
 `tree/{rev}/`, /resolve serves LFS bytes itself (ETag: the pointer's git sha1) with neither `X-Linked-Etag`
-nor a redirect, and its GET bodies are chunked (no Content-Length) and ignore Range.
+nor a redirect, and its GET bodies are chunked (no Content-Length) and ignore Range. With
+`publishes_hashes = False` (and "tree" in `missing_routes`) it publishes no hash at all.
 
 `HubEmulator(tls=True)` serves both origins over HTTPS with a certificate for 127.0.0.1 and localhost, issued
 by a throwaway CA (`trustme`, imported only then); `hub.ca_file` is that CA's PEM, for SSL_CERT_FILE.
@@ -317,6 +318,9 @@ class HubEmulator:
         self.profile = profile
         # Routes answered by the catch-all 404 (tests may change the set, e.g. to serve a lfs-less listing).
         self.missing_routes: set[str] = set(MIRROR_MISSING_ROUTES) if profile == "mirror" else set()
+        # A mirror that publishes no hash at all (tests set it, with "tree" in `missing_routes`): revision
+        # info lists bare `siblings` (`?blobs=true` ignored) and /resolve's ETag is an MD5, no git id.
+        self.publishes_hashes = True
         self.tls = tls
         self._tls_dir: str | None = None
         self._ca_file: str | None = None
@@ -750,7 +754,7 @@ class HubEmulator:
         )
 
     def _repo_info(self, repo: Repo, commit: Commit, query: dict[str, str]) -> _Response:
-        blobs = query.get("blobs", "").lower() in ("1", "true")
+        blobs = query.get("blobs", "").lower() in ("1", "true") and self.publishes_hashes
         siblings = []
         for path in sorted(commit.files):
             entry: dict[str, Any] = {"rfilename": path}
@@ -950,10 +954,11 @@ class HubEmulator:
                 },
             )
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        etag = f.oid if self.publishes_hashes else hashlib.md5(f.data, usedforsecurity=False).hexdigest()
         return _Response(
             200,
             {
-                "ETag": f'"{f.oid}"',
+                "ETag": f'"{etag}"',
                 "X-Repo-Commit": commit.sha,
                 "Content-Type": ctype,
                 "Content-Disposition": disposition,
