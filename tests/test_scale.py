@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from prefetch.download.scheduler import START_CONNECTIONS
 from prefetch.errors import VerifyError
 from prefetch.lockfile import _split_files_blocks, dump_lock, load_lock
 from prefetch.offline.verify import verify
@@ -117,35 +116,28 @@ def one_big_file(hub: Any, prefetch: PrefetchRunner, size: int) -> str:
     return str(sha)
 
 
-def test_a_per_connection_cap_makes_the_engine_open_more_connections_within_jobs(
+def test_a_per_connection_cap_makes_the_engine_use_its_connections_within_jobs(
     hub: Any, prefetch: PrefetchRunner
 ) -> None:
-    jobs = 2 * START_CONNECTIONS
+    """Behind a per-connection cap more connections mean more speed: the limit stays near `--jobs`
+    (a rate that only looks lower must not halve it) and never passes it."""
+    jobs = 16
     sha = one_big_file(hub, prefetch, 48 * MiB)
     hub.bandwidth_per_connection = 2 * MiB  # each connection's share: more connections, more speed
     segments = ("--segment-size", "1", "--segment-threshold", "1")
     result = prefetch("sync", str(prefetch.tmp / "models.yaml"), "--jobs", str(jobs), *segments)
     assert result.code == 0, result
-    assert START_CONNECTIONS < cdn_connections(hub, sha) <= jobs
+    assert jobs // 2 < cdn_connections(hub, sha) <= jobs
 
 
-def test_without_a_cap_the_engine_stays_below_its_ceiling(hub: Any, prefetch: PrefetchRunner) -> None:
-    jobs = 8 * START_CONNECTIONS
-    sha = one_big_file(hub, prefetch, 128 * MiB)
-    segments = ("--segment-size", "1", "--segment-threshold", "1")
-    result = prefetch("sync", str(prefetch.tmp / "models.yaml"), "--jobs", str(jobs), *segments)
-    assert result.code == 0, result
-    assert cdn_connections(hub, sha) < jobs  # loopback: more connections than this do not help
-
-
-# ---- batched durability of small files
+# ---- many small files from two processes
 
 
 def test_two_concurrent_syncs_of_many_small_files_finish_and_verify(
     hub: Any, prefetch: PrefetchRunner
 ) -> None:
-    """Two processes staging small files (each holding their locks until the batch is durable) into
-    one cache: both finish, and the cache verifies."""
+    """Two processes fetching the same small files into one cache (each file under its blob lock):
+    both finish, and the cache verifies."""
     hub.create_repo("org/many").commit(many_files(600))
     manifest = prefetch.manifest([{"repo": "org/many"}])
     assert prefetch("lock", str(manifest)).code == 0
