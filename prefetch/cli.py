@@ -475,10 +475,7 @@ def add(
     result = edit_mod.add_entry(
         manifest, request, settings=None if no_check else settings_from(kw), cancel=c.cancel
     )
-    if c.as_json:
-        c.emit(result.to_json())
-    else:
-        c.say(result.render())
+    c.show(result)
 
 
 @command(
@@ -495,10 +492,7 @@ def remove(c: Context, repo: str, manifest: Path, repo_type: str, lock_path: Pat
     """Remove an entry from the manifest (comments and layout kept) and from the lockfile, offline."""
     request = edit_mod.EntryRequest.parse(repo, repo_type)
     result = edit_mod.remove_entry(manifest, request, lock_path=lock_path)
-    if c.as_json:
-        c.emit(result.to_json())
-    else:
-        c.say(result.render())
+    c.show(result)
 
 
 @command(
