@@ -312,22 +312,17 @@ def sync(
     **kw: Any,
 ) -> None:
     """Download every manifest entry into the cache and write the lockfile."""
-    progress = c.progress()
-    try:
-        result = sync_mod.sync(
-            manifest,
-            settings=settings_from(kw, offline_flag),
-            locked=locked,
-            frozen=frozen,
-            dry_run=dry_run,
-            upgrade=upgrade,
-            upgrade_repos=upgrade_repos,
-            verify=verify_cached,
-            progress=progress,
-            cancel=c.cancel,
-        )
-    finally:
-        progress.close()
+    result, progress = _run_sync(
+        c,
+        manifest,
+        settings_from(kw, offline_flag),
+        locked=locked,
+        frozen=frozen,
+        dry_run=dry_run,
+        upgrade=upgrade,
+        upgrade_repos=upgrade_repos,
+        verify=verify_cached,
+    )
     summary = result.summary()
     if c.as_json:
         progress.event("summary", dry_run=dry_run, **summary)
@@ -346,6 +341,18 @@ def sync(
         )
 
 
+def _run_sync(
+    c: Context, manifest: Path, settings: sync_mod.Settings, **options: Any
+) -> tuple[sync_mod.SyncResult, Progress]:
+    """`sync_mod.sync` under this command's progress (closed however the run ends), for sync and plan."""
+    progress = c.progress()
+    try:
+        result = sync_mod.sync(manifest, settings=settings, progress=progress, cancel=c.cancel, **options)
+    finally:
+        progress.close()
+    return result, progress
+
+
 @command(
     "prefetch plan                     # every file: cached or to fetch",
     "prefetch plan models.yaml --json  # the same as JSON (event 'plan')",
@@ -358,19 +365,7 @@ def sync(
 @pass_ctx
 def plan(c: Context, manifest: Path, locked: bool, frozen: bool, **kw: Any) -> None:
     """List the files `sync` would fetch, per entry, with their sizes (same as `sync --dry-run`)."""
-    progress = c.progress()
-    try:
-        result = sync_mod.sync(
-            manifest,
-            settings=settings_from(kw),
-            locked=locked,
-            frozen=frozen,
-            dry_run=True,
-            progress=progress,
-            cancel=c.cancel,
-        )
-    finally:
-        progress.close()
+    result, progress = _run_sync(c, manifest, settings_from(kw), locked=locked, frozen=frozen, dry_run=True)
     if c.as_json:
         progress.event("summary", dry_run=True, **result.summary())
     else:
