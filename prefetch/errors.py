@@ -95,6 +95,15 @@ class IntegrityError(PrefetchError):
     exit_code = ExitCode.INTEGRITY
 
 
+class BadProxyUrl(ValueError):
+    """A proxy URL that cannot be used. Its message quotes nothing of the URL: any part of a
+    malformed one (user, password, host, path) may be a secret, and which part is cannot be known."""
+
+
+class UnsafeFolder(IntegrityError):
+    """A symlink (or a file) where prefetch expects a folder of its own, below the cache root."""
+
+
 class UnusableAnswer(IntegrityError):
     """A server's answer prefetch refuses to use: not JSON, over the size cap, nested too deep, a
     listing whose pages loop or never end, file paths that cannot coexist."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import cast
 
-from prefetch.errors import IntegrityError
+from prefetch.errors import UnsafeFolder
 
 _UMASK_LOCK = threading.Lock()
 
@@ -100,10 +100,6 @@ def fsync_dir(path: Path) -> None:
 # files are made with O_EXCL (which never follows a link, not even a dangling one).
 FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class UnsafeFolder(IntegrityError):
-    """A symlink (or a file) where prefetch expects a folder of its own, below the cache root."""
 
 
 def open_folder(root: Path, parts: Iterable[str], *, create: bool = True) -> int:

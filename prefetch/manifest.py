@@ -23,8 +23,8 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from prefetch.errors import ManifestError
-from prefetch.net.proxies import BadProxyUrl, parse_proxy_url
+from prefetch.errors import BadProxyUrl, ManifestError
+from prefetch.net.proxies import parse_proxy_url
 from prefetch.paths import repo_id_problem, revision_problem
 
 REPO_TYPES = ("model", "dataset", "space")

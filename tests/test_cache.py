@@ -14,7 +14,7 @@ import pytest
 
 import prefetch.cache as cache_mod
 from prefetch.cache import RepoCache, boot_id, repo_folders, safe_relpath
-from prefetch.errors import DiskSpaceError, IntegrityError
+from prefetch.errors import DiskSpaceError, IntegrityError, UnsafeFolder
 from prefetch.files import atomic_write, file_mode
 
 ETAG = "ab" * 32
@@ -295,3 +295,31 @@ def test_blob_lock_files_are_group_writable_past_the_umask(repo):
     finally:
         os.umask(old)
     assert repo.lock_path(ETAG).stat().st_mode & 0o777 == 0o664
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_folders_kept_open_are_walked_once_and_closed_after(tmp_path: Path) -> None:
+    """A run opens `blobs/` and the lock folder once for all its files, and leaks no fd."""
+    cache = RepoCache(tmp_path, "org/model", "model")
+    before = open_fds()
+    with cache.folders_kept_open():
+        with cache.blobs_folder() as first, cache.blobs_folder() as second:
+            assert first == second
+        with cache.blob_lock("a" * 40), cache.blob_lock("b" * 40):
+            pass
+        assert len(open_fds() - before) == 2  # blobs/ and .locks/{repo folder}/
+    assert open_fds() == before
+
+
+def test_a_folder_kept_open_is_still_reached_without_following_links(tmp_path: Path) -> None:
+    cache = RepoCache(tmp_path, "org/model", "model")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cache.folder.mkdir(parents=True)
+    (cache.folder / "blobs").symlink_to(elsewhere)
+    with cache.folders_kept_open(), pytest.raises(UnsafeFolder):
+        cache.install_bytes("c" * 40, b"data")
+    assert list(elsewhere.iterdir()) == []

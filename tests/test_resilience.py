@@ -290,6 +290,20 @@ def test_an_expired_cdn_url_is_asked_for_again(prefetch, hub):
     assert_cache_verifies(prefetch.cache_dir, model)
 
 
+def test_the_segments_of_one_file_ask_resolve_once(prefetch, hub):
+    """A file's first request learns where its bytes are served (the CDN); its other segments wait for
+    that answer instead of each going through /resolve's redirect too."""
+    model = make_model(hub, big=8 * MiB)
+    prefetch.manifest([{"repo": model.repo_id}])
+    result = sync(prefetch, "--segment-size", "1", "--segment-threshold", "1", "--jobs", "8")
+    assert result.code == 0, result
+    assert [r.path for r in hub.requests if "/resolve/" in r.path].count(
+        f"/{model.repo_id}/resolve/{model.commit}/model.safetensors"
+    ) == 1
+    assert hub.count(origin="cdn") == 8  # one per 1 MiB segment
+    assert_cache_verifies(prefetch.cache_dir, model)
+
+
 # ---------------------------------------------------------------------------------------------- bodies
 def test_reset_mid_body_resumes_from_the_break(prefetch, hub):
     model = make_model(hub, big=4 * MiB)

@@ -55,6 +55,7 @@ FLUSH_AFTER = 0.5  # seconds: a slow connection's bytes are written (and reporte
 SMALL_FILE = CHUNK  # files below this size are fetched into memory and written once, without resume state
 SMALL_READ_SLACK = 4096  # a small read's buffer has this much room past the expected end
 MAX_URL_REFRESHES = 5  # signed CDN URLs that expire mid-download are asked for again at most this often
+LEARN_POLL = 0.1  # seconds between cancellation checks while a file's first request learns its URL
 
 
 class Transfer:
@@ -99,7 +100,9 @@ class Transfer:
             lambda: self.cancel.cancelled,
         )
         try:
-            with young_objects_collected():
+            with young_objects_collected(), contextlib.ExitStack() as kept:
+                for cache in {id(job.cache): job.cache for job in ordered}.values():
+                    kept.enter_context(cache.folders_kept_open())
                 workers.run(ordered)
         except BaseException:
             self.cancel.cancel()
@@ -150,8 +153,6 @@ class Transfer:
     def _fetch_file(self, job: FileJob) -> None:
         cache = job.cache
         self.cancel.raise_if_cancelled()
-        if not job.replace and cache.has_blob(job.etag, job.size) and not cache.has_partial(job.etag):
-            return self._done(job, "cached")
         with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
             if self._cached(job):  # another process fetched (or repaired) it while we waited
                 cache.discard_partial(job.etag)  # our own earlier partial of it is garbage now
@@ -313,7 +314,7 @@ class Transfer:
             headers = dict(FILE_HEADERS)
             if ranged:
                 headers["range"] = f"bytes={cursor.position}-{end - 1}"
-            url, generation = source.current()
+            url, generation = source.current(self.cancel)
             limit = self.connections.for_url(url)
             try:
                 check = functools.partial(_check_redirect, job) if url == job.url and job.published else None
@@ -348,6 +349,8 @@ class Transfer:
                         f"{job.label}: the download URL was refused ({e.status}); got a new one"
                     ) from e
                 raise
+            finally:
+                source.asked(generation)
             if cursor.position < end:
                 raise TruncatedBody(f"{job.label}: connection ended at byte {cursor.position} of {end}")
 
@@ -456,36 +459,54 @@ class _Source:
     """Where one file's bytes come from, shared by its segments: its /resolve URL, until a request's
     redirects showed where the bytes are served (the Hub's signed CDN URL), which later segments then ask
     directly. Nothing is asked just to learn that URL: through a pull-through mirror, a GET opened only to
-    see whether it redirects would start a second upstream fetch. A signed URL expires, so a refused one
-    (401/403/410 from the CDN) is dropped for /resolve again, a bounded number of times.
+    see whether it redirects would start a second upstream fetch. While the first request is on its way,
+    the file's other segments wait for its answer's head instead of all asking /resolve too. A signed URL
+    expires, so a refused one (401/403/410 from the CDN) is dropped for /resolve again, a bounded number
+    of times.
     """
 
     def __init__(self, job: FileJob) -> None:
         self.job = job
         self.url = job.url
         self.generation = 0
-        self._lock = threading.Lock()
+        self._known = False  # an answer in this generation told where the bytes are served
+        self._asking = False  # a request that will tell is on its way
+        self._cond = threading.Condition()
 
-    def current(self) -> tuple[str, int]:
-        with self._lock:
+    def current(self, cancel: CancelToken) -> tuple[str, int]:
+        """The URL to ask, and its generation; waits while another segment's request is learning it."""
+        with self._cond:
+            while self._asking and not self._known:
+                cancel.raise_if_cancelled()
+                self._cond.wait(LEARN_POLL)
+            self._asking = not self._known
             return self.url, self.generation
 
     def served_from(self, url: str, generation: int) -> None:
         """A request made in `generation` was answered from `url` (after redirects)."""
-        with self._lock:
+        with self._cond:
             if generation == self.generation:
-                self.url = url
+                self.url, self._known = url, True
+                self._cond.notify_all()
+
+    def asked(self, generation: int) -> None:
+        """A request of `generation` ended; if it failed before its answer, another segment may ask."""
+        with self._cond:
+            if generation == self.generation and self._asking:
+                self._asking = False
+                self._cond.notify_all()
 
     def refresh(self, seen: int, refused: str) -> bool:
         """Forget the refused URL (unless another segment already did); False when pointless: /resolve
         itself refused, or the bound is reached."""
-        with self._lock:
+        with self._cond:
             if seen != self.generation:
                 return True
             if refused == self.job.url or self.generation >= MAX_URL_REFRESHES:
                 return False
-            self.url = self.job.url
+            self.url, self._known, self._asking = self.job.url, False, False
             self.generation += 1
+            self._cond.notify_all()
             return True
 
 

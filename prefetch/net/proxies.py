@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from prefetch.auth import redact_url
-from prefetch.errors import UsageError
+from prefetch.errors import BadProxyUrl, UsageError
 from prefetch.net.connection import Pool, Response
 
 log = logging.getLogger("prefetch")
@@ -25,11 +25,6 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
 _NAMED_SCHEMES = ("https", "socks4", "socks4a", "socks5", "socks5h", "ftp")  # safe to name back
 PROXY_EXAMPLE = "http://[user:password@]proxy.example:3128"
-
-
-class BadProxyUrl(ValueError):
-    """A proxy URL that cannot be used. Its message quotes nothing of the URL: any part of a
-    malformed one (user, password, host, path) may be a secret, and which part is cannot be known."""
 
 
 def parse_proxy_url(value: str) -> str:
