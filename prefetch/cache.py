@@ -57,6 +57,18 @@ NOFOLLOW_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a 
 TYPE_PREFIX = {"model": "models", "dataset": "datasets", "space": "spaces"}
 
 
+_MISSING = -1  # a kept folder found missing (no fd)
+
+
+@contextlib.contextmanager
+def folders_kept_open(caches: Iterable[RepoCache]) -> Iterator[None]:
+    """`RepoCache.folders_kept_open` for each of these (each once)."""
+    with contextlib.ExitStack() as kept:
+        for cache in {id(c): c for c in caches}.values():
+            kept.enter_context(cache.folders_kept_open())
+        yield
+
+
 def repo_folder_name(repo_id: str, repo_type: str) -> str:
     """`models--org--name`, as huggingface_hub names it."""
     return "--".join([TYPE_PREFIX[repo_type], *repo_id.split("/")])
@@ -209,14 +221,21 @@ class RepoCache:
                 if not self._keepers:
                     self._kept = {}
             for fd in kept.values():
-                os.close(fd)
+                if fd != _MISSING:
+                    os.close(fd)
 
     @contextlib.contextmanager
     def _folder(self, parts: tuple[str, ...], create: bool = True) -> Iterator[int]:
         with self._kept_lock:
             fd = self._kept.get(parts) if self._keepers else None
-            if fd is None and self._keepers:
-                fd = self._kept[parts] = open_folder(self.root, parts, create=create)
+            if self._keepers and (fd is None or (fd == _MISSING and create)):
+                try:
+                    fd = self._kept[parts] = open_folder(self.root, parts, create=create)
+                except FileNotFoundError:
+                    self._kept[parts] = _MISSING  # asked again per file: remembered until made
+                    raise
+            if fd == _MISSING:
+                raise FileNotFoundError(errno.ENOENT, "no such folder", str(self.root.joinpath(*parts)))
         if fd is not None:
             yield fd
             return

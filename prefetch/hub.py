@@ -46,7 +46,7 @@ class RepoInfo:
     gated: bool | str  # False, "auto" or "manual"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a listing may hold 100k of them
 class RemoteFile:
     """A file as the endpoint describes it. Its expected hash, best source first: the listing's
     `lfs.sha256` (or the revision info's), /resolve's `X-Linked-Etag` or a 64-hex `ETag` (`sha256`);

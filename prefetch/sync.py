@@ -22,7 +22,7 @@ from prefetch import __version__
 from prefetch import settings as env_settings
 from prefetch.access import AccessReport, AccessResult, check_entries, precheck, row_for_error
 from prefetch.auth import Token, entry_token, find_token
-from prefetch.cache import RepoCache
+from prefetch.cache import RepoCache, folders_kept_open
 from prefetch.cancel import CancelToken
 from prefetch.download.engine import Transfer
 from prefetch.download.job import FileJob, TransferStats
@@ -533,7 +533,8 @@ class Run:
             )
 
     def check_space(self, jobs: list[FileJob]) -> None:
-        needed = sum(j.size - _bytes_on_disk(j) for j in jobs)
+        with folders_kept_open(j.cache for j in jobs):
+            needed = sum(j.size - _bytes_on_disk(j) for j in jobs)
         if needed <= 0:
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)

@@ -137,6 +137,26 @@ def test_content_length_bodies_reuse_one_connection(server: Callable[..., Script
     assert sent["host"] == f"127.0.0.1:{s.port}" and sent["range"] == "bytes=0-"
 
 
+def test_a_small_unread_body_is_drained_to_keep_the_connection(server: Callable[..., ScriptedServer]) -> None:
+    """A redirect's body is never read; closing its connection for it cost one connection per LFS file."""
+    redirect = b"HTTP/1.1 302 Found\r\nlocation: /cdn/x\r\ncontent-length: 9\r\n\r\nFound. x."
+    s = server(send(redirect), ok(b"the file"))
+    pool = make_pool()
+    first = pool.request("GET", f"{s.url}/resolve/x", {})
+    assert first.is_redirect
+    first.close()
+    assert read_all(pool.request("GET", f"{s.url}/cdn/x", {})) == b"the file"
+    assert s.connections == 1
+
+
+def test_a_big_unread_body_is_not_drained(server: Callable[..., ScriptedServer]) -> None:
+    s = server(ok(b"x" * (1024 * 1024)), ok(b"again"))
+    pool = make_pool()
+    pool.request("GET", f"{s.url}/big", {}).close()
+    assert read_all(pool.request("GET", f"{s.url}/b", {})) == b"again"
+    assert s.connections == 2
+
+
 def test_chunked_body_with_extensions_and_trailers(server: Callable[..., ScriptedServer]) -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"

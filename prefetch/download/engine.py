@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prefetch import settings
-from prefetch.cache import BlobIndex, hash_file
+from prefetch.cache import BlobIndex, folders_kept_open, hash_file
 from prefetch.cancel import CancelToken
 from prefetch.download.job import FileJob, Reporter, TransferStats
 from prefetch.download.partial import CHUNK, PartialFile
@@ -100,9 +100,7 @@ class Transfer:
             lambda: self.cancel.cancelled,
         )
         try:
-            with young_objects_collected(), contextlib.ExitStack() as kept:
-                for cache in {id(job.cache): job.cache for job in ordered}.values():
-                    kept.enter_context(cache.folders_kept_open())
+            with young_objects_collected(), folders_kept_open(job.cache for job in ordered):
                 workers.run(ordered)
         except BaseException:
             self.cancel.cancel()

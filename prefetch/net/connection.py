@@ -45,6 +45,7 @@ from prefetch.errors import (
 )
 
 READ_SIZE = 64 * 1024  # `Response.read` collects a whole (small) body in reads of this size
+DRAIN_LIMIT = 64 * 1024  # a body left unread up to this size is read at `close`, to keep the connection
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # What may stay as it is in a request target: RFC 3986's reserved and unreserved characters and `%`
 # (escapes already made). Anything else (a space or a control character from a server's `Location`,
@@ -226,13 +227,24 @@ class Response:
             raise UnusableAnswer(f"the answer is not JSON ({str(e)[:80]})") from None
 
     def close(self) -> None:
+        """Hand the connection back, after reading what is left of a small body (a redirect's, a
+        HEAD's): closing instead would cost a new connection per redirect, one per LFS file."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._answer.isclosed() and not self._answer.will_close and not self._broken:
+        answer = self._answer
+        if (
+            not (answer.isclosed() or answer.will_close or self._broken)
+            and (answer.length or 0) <= DRAIN_LIMIT
+        ):
+            try:
+                answer.read()
+            except (OSError, http.client.HTTPException):
+                self._broken = True
+        if answer.isclosed() and not answer.will_close and not self._broken:
             self._release(conn)
         else:
-            self._answer.close()
+            answer.close()
             conn.close()
 
 
