@@ -20,17 +20,18 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import click
 
 from prefetch import __version__, settings
-from prefetch import manifest_edit as edit_mod
 from prefetch import sync as sync_mod
 from prefetch.auth import redact
 from prefetch.cancel import CancelToken
 from prefetch.errors import ExitCode, PrefetchError, exit_code_for, filesystem_error
 from prefetch.files import atomic_write
+from prefetch.manifest import REPO_TYPES
 from prefetch.offline import bundle as bundle_mod
 from prefetch.offline import prune as prune_mod
 from prefetch.offline import runtime_env
@@ -73,7 +74,7 @@ manifest_opt = click.option(
     help="The manifest to edit.",
 )
 type_opt = click.option(
-    "--type", "repo_type", type=click.Choice(edit_mod.REPO_TYPES), default="model", show_default=True
+    "--type", "repo_type", type=click.Choice(REPO_TYPES), default="model", show_default=True
 )
 
 
@@ -268,6 +269,14 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, as_json: bool) -> None:
     ctx.obj = Context(verbose, quiet, as_json, cancel=ctx.obj)  # main() passes the run's token
 
 
+def _edit() -> ModuleType:
+    """`prefetch.manifest_edit`, loaded only by the commands that use it: its ruamel.yaml import costs
+    ~0.1 s, which every `sync` would pay (a warm no-op takes ~0.3 s)."""
+    from prefetch import manifest_edit
+
+    return manifest_edit
+
+
 def _stdout_columns() -> int | None:
     """The width to fit plan lines into when stdout is a terminal (None: a pipe, print whole lines)."""
     return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
@@ -429,7 +438,7 @@ def lock_cmd(c: Context, manifest: Path, upgrade: bool, upgrade_repos: tuple[str
 @pass_ctx
 def init(c: Context, manifest: Path) -> None:
     """Write a commented starter manifest (never overwrites a file)."""
-    edit_mod.init_manifest(manifest)
+    _edit().init_manifest(manifest)
     if c.as_json:
         c.emit({"manifest": str(manifest)})
     c.say(f"wrote {manifest}; add repos with `prefetch add ORG/NAME`, then run `prefetch sync {manifest}`")
@@ -464,10 +473,10 @@ def add(
     **kw: Any,
 ) -> None:
     """Add an entry to the manifest (comments and layout kept), check it against the Hub, update the lock."""
-    request = edit_mod.EntryRequest.parse(
+    request = _edit().EntryRequest.parse(
         repo, repo_type, include=include or None, exclude=exclude, gated=gated or None, token_env=token_env
     )
-    result = edit_mod.add_entry(
+    result = _edit().add_entry(
         manifest, request, settings=None if no_check else settings_from(kw), cancel=c.cancel
     )
     c.show(result)
@@ -485,8 +494,8 @@ def add(
 @pass_ctx
 def remove(c: Context, repo: str, manifest: Path, repo_type: str, lock_path: Path | None) -> None:
     """Remove an entry from the manifest (comments and layout kept) and from the lockfile, offline."""
-    request = edit_mod.EntryRequest.parse(repo, repo_type)
-    result = edit_mod.remove_entry(manifest, request, lock_path=lock_path)
+    request = _edit().EntryRequest.parse(repo, repo_type)
+    result = _edit().remove_entry(manifest, request, lock_path=lock_path)
     c.show(result)
 
 
@@ -526,7 +535,7 @@ def status(c: Context, manifest: Path, lock_path: Path | None, cache_dir: Path |
 @pass_ctx
 def path(c: Context, repo: str, repo_type: str, lock_path: Path, cache_dir: Path | None) -> None:
     """Offline: print the snapshot folder of a locked entry, for tools that take a folder."""
-    request = edit_mod.EntryRequest.parse(repo, repo_type)
+    request = _edit().EntryRequest.parse(repo, repo_type)
     folder = status_mod.snapshot_path(
         lock_path, request.repo, request.type, request.revision, cache_dir=cache_dir
     )
