@@ -188,7 +188,7 @@ def read_regular(dir_fd: int, name: str) -> bytes:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+def atomic_write(path: Path, data: bytes | Iterable[bytes], *, durable: bool = True) -> None:
     """Write `data` to `path` (whose folder must exist): temp file, [fsync], rename, [fsync folder]."""
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -202,8 +202,9 @@ def temp_name(name: str) -> str:
     return f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
 
 
-def atomic_write_at(dir_fd: int, name: str, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to `name` in the folder `dir_fd`: temp file (O_EXCL), [fsync], rename, [fsync folder].
+def atomic_write_at(dir_fd: int, name: str, data: bytes | Iterable[bytes], *, durable: bool = True) -> None:
+    """Write `data` (bytes, or chunks of them: a big lockfile is never one string in memory) to `name` in
+    the folder `dir_fd`: temp file (O_EXCL), [fsync], rename, [fsync folder].
 
     The temporary file is removed when anything fails, Ctrl-C included (a full disk must not
     leave litter behind).
@@ -212,9 +213,10 @@ def atomic_write_at(dir_fd: int, name: str, data: bytes, *, durable: bool = True
     fd = create_new(dir_fd, tmp)  # umask applies
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for chunk in [data] if isinstance(data, bytes) else data:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
             if durable:
                 os.fsync(fd)
         finally:

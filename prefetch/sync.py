@@ -486,20 +486,21 @@ class Run:
         for p in plans:
             cache = self.repo_cache(p.locked)
             corrupt = {f.etag for f in p.corrupt}
+            resolve_url = self.hub.file_url(p.locked.repo, p.locked.type, p.locked.commit, "")
             for f in p.missing:
-                label = f"{p.locked.repo}:{printable(f.path)}"
-                etag = f.etag or first_use_key(p.locked.commit, label)
+                etag = f.etag or first_use_key(p.locked.commit, f"{p.locked.repo}:{printable(f.path)}")
                 if (cache.folder.name, etag) in seen:
                     continue
                 seen.add((cache.folder.name, etag))
                 job = FileJob(
                     cache=cache,
-                    url=self.hub.file_url(p.locked.repo, p.locked.type, p.locked.commit, f.path),
+                    resolve_url=resolve_url,
+                    repo=p.locked.repo,
+                    path=f.path,
                     token=self.token(p.entry),
                     etag=etag,
                     size=f.size,
                     lfs=f.is_lfs,
-                    label=label,
                     published=bool(f.etag),
                     replace=f.etag in corrupt,
                 )

@@ -921,7 +921,9 @@ def test_rangeset():
 
 def job_for(tmp_path: Path, data: bytes) -> FileJob:
     cache = RepoCache(tmp_path, "org/m", "model")
-    return FileJob(cache, "http://x/r", None, hashlib.sha256(data).hexdigest(), len(data), True, "org/m:f")
+    return FileJob(
+        cache, "http://x/r/", "org/m", "f", None, hashlib.sha256(data).hexdigest(), len(data), True
+    )
 
 
 def test_short_writes_are_completed(tmp_path, monkeypatch):
