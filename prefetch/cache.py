@@ -21,7 +21,6 @@ import contextlib
 import errno
 import fcntl
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -32,16 +31,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from prefetch.errors import DiskSpaceError, IntegrityError
 from prefetch.files import (
     NEW_FILE_FLAGS,
+    NOFOLLOW_READ,
     atomic_write_at,
     create_new,
     file_mode,
     is_disk_full,
     open_folder,
+    open_nofollow,
     opened_folder,
     read_regular,
 )
@@ -53,7 +53,6 @@ PARTIAL_SUFFIX = ".prefetch-partial"
 STATE_SUFFIX = ".prefetch-partial.json"
 # The resume state's temp file (`files.temp_name`), which a kill -9 mid-write leaves behind.
 STATE_TEMP = re.compile(r"\.([0-9a-f]{40}|[0-9a-f]{64})\.prefetch-partial\.json\.\d+\.\d+\.tmp")
-NOFOLLOW_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a planted FIFO must not block
 TYPE_PREFIX = {"model": "models", "dataset": "datasets", "space": "spaces"}
 
 
@@ -92,69 +91,6 @@ def safe_relpath(path: str) -> PurePosixPath:
     if unsafe_path_reason(path):
         raise IntegrityError(f"refusing unsafe file path from the server: {path!r}")
     return PurePosixPath(path)
-
-
-READ_BLOCK = 8 * 1024 * 1024  # read size for hashing blobs at disk speed
-
-
-def blob_hasher(lfs: bool, size: int) -> Any:
-    """How the cache names a blob: sha256 of the content for LFS files, the git blob sha1 otherwise."""
-    if lfs:
-        return hashlib.sha256()
-    h = hashlib.sha1(usedforsecurity=False)
-    h.update(b"blob %d\0" % size)
-    return h
-
-
-def lfs_pointer_oid(sha256: str, size: int) -> str:
-    """The git blob sha1 of the git-LFS pointer file of content (sha256, size): the `oid` a mirror lists for
-    an LFS file when it does not publish the file's `lfs` object. It commits to the content's sha256."""
-    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
-    h = blob_hasher(False, len(pointer))
-    h.update(pointer)
-    return str(h.hexdigest())
-
-
-class GitOidHash:
-    """The git blob sha1 and the sha256 of the same bytes, in one pass: a listed git object id is the
-    content's blob sha1, or (a mirror's listing of an LFS file) its LFS pointer's, which names the sha256."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.sha1 = blob_hasher(False, size)
-        self.sha256 = hashlib.sha256()
-
-    def update(self, data: bytes | memoryview) -> None:
-        self.sha1.update(data)
-        self.sha256.update(data)
-
-    def hexdigest(self) -> str:
-        return str(self.sha1.hexdigest())
-
-    def blob_name(self, oid: str) -> str | None:
-        """The blob name for bytes expected to have git object id `oid`: `oid` itself for a regular file,
-        the content's sha256 for an LFS file whose pointer has that id (the Hub's name for it); None: neither."""
-        if self.hexdigest() == oid:
-            return oid
-        sha256 = self.sha256.hexdigest()
-        return sha256 if lfs_pointer_oid(sha256, self.size) == oid else None
-
-
-def hash_file(path: Path, lfs: bool, size: int) -> tuple[int, str]:
-    """(bytes read, blob name) of a file, read in large blocks (hashlib releases the GIL meanwhile)."""
-    h = blob_hasher(lfs, size)
-    n = 0
-    step = min(READ_BLOCK, size + 1)  # a small file is not read into a READ_BLOCK-sized allocation
-    with open(path, "rb", opener=_open_nofollow) as f:
-        while block := f.read(step):
-            h.update(block)
-            n += len(block)
-    return n, h.hexdigest()
-
-
-def _open_nofollow(path: str, flags: int) -> int:
-    """An `open()` opener: read-only, and never through a symlink (ELOOP instead)."""
-    return os.open(path, NOFOLLOW_READ)
 
 
 @functools.cache
@@ -586,7 +522,7 @@ class RepoCache:
     def read_ref(self, revision: str) -> str | None:
         """The commit a ref names, as huggingface_hub reads it (verbatim); None when there is none."""
         try:
-            with open(self.ref_path(revision), "rb", opener=_open_nofollow) as f:
+            with open(self.ref_path(revision), "rb", opener=open_nofollow) as f:
                 return f.read().decode("utf-8", errors="replace")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None

@@ -39,6 +39,7 @@ from prefetch.offline import sbom as sbom_mod
 from prefetch.offline import status as status_mod
 from prefetch.offline import unbundle as unbundle_mod
 from prefetch.offline import verify as verify_mod
+from prefetch.plan import SyncResult
 from prefetch.progress import (
     Progress,
     human_bytes,
@@ -352,7 +353,7 @@ def sync(
 
 def _run_sync(
     c: Context, manifest: Path, settings: sync_mod.Settings, **options: Any
-) -> tuple[sync_mod.SyncResult, Progress]:
+) -> tuple[SyncResult, Progress]:
     """`sync_mod.sync` under this command's progress (closed however the run ends), for sync and plan."""
     progress = c.progress()
     try:

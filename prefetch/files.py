@@ -100,6 +100,12 @@ def fsync_dir(path: Path) -> None:
 # files are made with O_EXCL (which never follows a link, not even a dangling one).
 FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+NOFOLLOW_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a planted FIFO must not block
+
+
+def open_nofollow(path: str, flags: int) -> int:
+    """An `open()` opener: read-only, and never through a symlink (ELOOP instead)."""
+    return os.open(path, NOFOLLOW_READ)
 
 
 def open_folder(root: Path, parts: Iterable[str], *, create: bool = True) -> int:

@@ -51,7 +51,7 @@ class RemoteFile:
     """A file as the endpoint describes it. Its expected hash, best source first: the listing's
     `lfs.sha256` (or the revision info's), /resolve's `X-Linked-Etag` or a 64-hex `ETag` (`sha256`);
     else the listed git object id (`git_sha1`: the content's blob sha1, or for an LFS file on a mirror
-    that omits `lfs`, its pointer's; the download accepts either, see `cache.GitOidHash`); else nothing
+    that omits `lfs`, its pointer's; the download accepts either, see `hashing.GitOidHash`); else nothing
     (both None): the bytes are hashed on first use."""
 
     path: str

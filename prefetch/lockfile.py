@@ -40,7 +40,7 @@ class LockedFile:
     path: str  # repo-relative, '/'-separated
     size: int
     sha256: str | None = None  # set for LFS files
-    git_sha1: str | None = None  # set for regular files (git blob sha1; see `cache.GitOidHash`)
+    git_sha1: str | None = None  # set for regular files (git blob sha1; see `hashing.GitOidHash`)
     # Neither: the endpoint published no hash and no sync has downloaded the file yet (`prefetch lock`
     # alone); the first sync hashes the bytes and records their sha256.
 

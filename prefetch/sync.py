@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
-import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from prefetch import __version__
 from prefetch import settings as env_settings
@@ -25,7 +22,7 @@ from prefetch.auth import Token, entry_token, find_token
 from prefetch.cache import RepoCache, folders_kept_open
 from prefetch.cancel import CancelToken
 from prefetch.download.engine import Transfer
-from prefetch.download.job import FileJob, TransferStats
+from prefetch.download.job import FileJob
 from prefetch.errors import (
     AccessError,
     DiskSpaceError,
@@ -36,7 +33,7 @@ from prefetch.errors import (
     filesystem_error,
 )
 from prefetch.gcpause import paused_gc
-from prefetch.hub import HubApi, RemoteFile
+from prefetch.hub import HubApi
 from prefetch.lockfile import (
     Lock,
     LockedEntry,
@@ -54,12 +51,10 @@ from prefetch.net.session import Http, plain_http_token_problem
 from prefetch.offline.shared import LockedBlob, cache_root, digests
 from prefetch.offline.verify import VerifyReport
 from prefetch.offline.verify import verify as verify_cache
-from prefetch.paths import select_paths, unmatched_pattern_message
+from prefetch.plan import EntryPlan, SyncResult, disk_margin, first_use_key
 from prefetch.progress import Progress, QuietProgress, human_bytes
+from prefetch.resolution import endpoint_for_lock, lock_changes, locked_entry, trust_lock
 from prefetch.terminal import printable
-
-MiB = 1024 * 1024
-DISK_MARGIN = 64 * MiB  # at most this much is kept free after the planned bytes (unless --min-free)
 
 
 @dataclass(frozen=True)
@@ -78,99 +73,6 @@ class Settings:
     segment_threshold: int = env_settings.DEFAULT_SEGMENT_THRESHOLD
     segment_size: int = env_settings.DEFAULT_SEGMENT_SIZE
     min_free: int | None = None  # bytes to keep free after the download (default: scales with the plan)
-
-
-@dataclass
-class EntryPlan:
-    """One entry, resolved: its locked content and the blobs the cache still lacks."""
-
-    entry: Entry
-    locked: LockedEntry
-    missing: list[LockedFile] = field(default_factory=list)
-    corrupt: list[LockedFile] = field(default_factory=list)  # cached but failed their hash (in `missing` too)
-
-    def file_rows(self) -> list[dict[str, Any]]:
-        """Every locked file: path, size, and whether the cache already holds it."""
-        missing = {f.path for f in self.missing}
-        return [{"path": f.path, "size": f.size, "cached": f.path not in missing} for f in self.locked.files]
-
-    def header(self) -> str:
-        """`repos[0] (org/x@main) -> 0123456789ab: 3 files (1.2 MiB), 1 cached, 2 to fetch (1.1 MiB)`."""
-        files, missing = self.locked.files, self.missing
-        size, missing_size = (
-            human_bytes(sum(f.size for f in files)),
-            human_bytes(sum(f.size for f in missing)),
-        )
-        return (
-            f"{self.entry.label} -> {self.locked.commit[:12]}: {len(files)} files ({size}), "
-            f"{len(files) - len(missing)} cached, {len(missing)} to fetch ({missing_size})"
-        )
-
-    def render(self, width: int | None = None) -> list[str]:
-        """The header line, then one line per file (`fetch`/`cached`, size, path), fitted to `width`."""
-        lines = [fit(self.header(), width)]
-        for row in self.file_rows():
-            prefix = f"  {'cached' if row['cached'] else 'fetch':6} {human_bytes(row['size']):>10}  "
-            lines.append(
-                prefix + fit(row["path"], None if width is None else width - len(prefix), middle=True)
-            )
-        return lines
-
-    def to_json(self) -> dict[str, Any]:
-        files = self.locked.files
-        return {
-            "file_list": self.file_rows(),
-            "repo": self.entry.repo,
-            "type": self.entry.type,
-            "revision": self.entry.revision,
-            "commit": self.locked.commit,
-            "files": len(files),
-            "bytes": sum(f.size for f in files),
-            "cached_files": len(files) - len(self.missing),
-            "missing_files": len(self.missing),
-            "missing_bytes": sum(f.size for f in self.missing),
-            "corrupt_files": len(self.corrupt),
-        }
-
-
-@dataclass
-class SyncResult:
-    plans: list[EntryPlan]
-    lock: Lock
-    lock_path: Path
-    cache_dir: Path
-    stats: TransferStats = field(default_factory=TransferStats)
-    changes: list[str] = field(default_factory=list)
-    report: AccessReport | None = None
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "entries": len(self.plans),
-            "files": sum(len(p.locked.files) for p in self.plans),
-            "fetched_files": self.stats.files_fetched,
-            "linked_files": self.stats.files_linked,
-            "fetched_bytes": self.stats.bytes_fetched,
-            "lockfile": str(self.lock_path),
-            "cache_dir": str(self.cache_dir),
-            "changes": self.changes,
-        }
-
-    def render_plan(self, width: int | None = None) -> str:
-        """Every entry and its files, for `plan` and `sync --dry-run` (lines fitted to `width` when given)."""
-        lines = [line for p in self.plans for line in p.render(width)]
-        return "\n".join(lines) if lines else "nothing to do: the manifest lists no entry"
-
-
-def fit(text: str, width: int | None, *, middle: bool = False) -> str:
-    """`text` cut to `width` characters with an ellipsis (in the middle for paths, whose end matters)."""
-    if width is None or len(text) <= width:
-        return text
-    if width <= 1:
-        return text[:width]
-    if middle:
-        head = (width - 1) // 2
-        return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
-    return text[: width - 1] + "…"
 
 
 class Run:
@@ -571,41 +473,6 @@ class Run:
             p.locked = replace(p.locked, files=tuple(files))
 
 
-def first_use_key(commit: str, label: str) -> str:
-    """The stand-in blob key (partial file name) of a file without a published hash, until it is hashed."""
-    return "first-use-" + hashlib.sha256(f"{commit}:{label}".encode()).hexdigest()[:40]
-
-
-def endpoint_for_lock(endpoint: str) -> str:
-    """The endpoint as the lock records it: without credentials (a URL's user:password never goes there)."""
-    parts = urlsplit(endpoint)
-    host = parts.hostname or ""
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc)).rstrip("/")
-
-
-def trust_lock(new: LockedEntry, old: LockedEntry | None) -> LockedEntry:
-    """The lock is the root of trust: at the commit it locked, its hashes win over what this endpoint lists
-    now (a lock made against the Hub keeps a mirror to the Hub's hashes)."""
-    if old is None or old.commit != new.commit:
-        return new
-    before = {f.path: f for f in old.files}
-    kept = [before.get(f.path) for f in new.files]
-    return replace(
-        new,
-        files=tuple(
-            k if k is not None and k.etag and k.size == f.size else f
-            for k, f in zip(kept, new.files, strict=True)
-        ),
-    )
-
-
-def disk_margin(needed: int) -> int:
-    """Space kept free after a download of `needed` bytes: it scales with the plan (1 MiB + 1/16),
-    up to DISK_MARGIN, so a small sync fits a small volume and a big one leaves room to breathe."""
-    return min(DISK_MARGIN, MiB + needed // 16)
-
-
 PLAIN_HTTP_FIX = (
     "use an https:// endpoint (only a loopback Hub, localhost, 127.0.0.0/8 or ::1, "
     "may take a token over plain http)"
@@ -625,43 +492,6 @@ def _check_writable(folder: Path, what: str) -> None:
 def _bytes_on_disk(job: FileJob) -> int:
     """Bytes of a blob already in its partial file (they need no new space)."""
     return sum(b - a for a, b in job.cache.read_partial_state(job.etag, job.size))
-
-
-def check_selection(entry: Entry, paths: list[str], selected: list[str]) -> None:
-    """An entry's own pattern that matches no file, or an entry left with no file (without
-    `allow_empty: true`), is a manifest error (exit 2): it is a typo far more often than an intent."""
-    for key, patterns in (("include", entry.own_include), ("exclude", entry.own_exclude)):
-        for index, pattern in enumerate(patterns):
-            if not select_paths(paths, [pattern], []):
-                raise entry.error(f"{key}[{index}]", unmatched_pattern_message(pattern, paths))
-    if not selected and not entry.allow_empty:
-        what = (
-            "has no file" if not paths else "selects no file of the repo (include/exclude, defaults included)"
-        )
-        raise entry.error(
-            "", f"{entry.repo} {what}; add 'allow_empty: true' to the entry if that is intended"
-        )
-
-
-def locked_entry(entry: Entry, commit: str, files: list[RemoteFile]) -> LockedEntry:
-    """An entry's lock record: the commit and the files its include/exclude select."""
-    by_path = {f.path: f for f in files}
-    selected = select_paths(by_path, entry.include, entry.exclude)
-    check_selection(entry, list(by_path), selected)
-    locked_files = tuple(
-        LockedFile(path=f.path, size=f.size, sha256=f.sha256, git_sha1=None if f.sha256 else f.git_sha1)
-        for f in sorted((by_path[p] for p in selected), key=lambda f: f.path)
-    )
-    return LockedEntry(
-        repo=entry.repo,
-        type=entry.type,
-        revision=entry.revision,
-        commit=commit,
-        include=entry.include,
-        exclude=entry.exclude,
-        entry_digest=entry.digest(),
-        files=locked_files,
-    )
 
 
 # ---------------------------------------------------------------------------------------------- public API
@@ -786,20 +616,6 @@ def _announce(run: Run, plans: list[EntryPlan], jobs: list[FileJob], dry_run: bo
     for p in plans:
         run.progress.message(p.header())
     run.progress.start(total, len(jobs))
-
-
-def lock_changes(old: Lock | None, new: Lock) -> list[str]:
-    """Human lines: entries added, removed, or moved to another commit."""
-    before = {e.key: e for e in old.entries} if old else {}
-    after = {e.key: e for e in new.entries}
-    lines = [f"+ {key} {e.commit[:12]}" for key, e in after.items() if key not in before]
-    lines += [f"- {key} {e.commit[:12]}" for key, e in before.items() if key not in after]
-    lines += [
-        f"~ {key} {before[key].commit[:12]} -> {e.commit[:12]}"
-        for key, e in after.items()
-        if key in before and before[key].commit != e.commit
-    ]
-    return lines
 
 
 @paused_gc()

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from prefetch.lockfile import LockedEntry, LockedFile
-from prefetch.sync import endpoint_for_lock, trust_lock
+from prefetch.resolution import endpoint_for_lock, trust_lock
 from tests.conftest import PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
 from tests.hubemu.fixtures import over_both_profiles

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prefetch import settings
-from prefetch.cache import BlobIndex, folders_kept_open, hash_file
+from prefetch.cache import BlobIndex, folders_kept_open
 from prefetch.cancel import CancelToken
 from prefetch.download.job import FileJob, Reporter, TransferStats
 from prefetch.download.partial import CHUNK, PartialFile
@@ -45,6 +45,7 @@ from prefetch.errors import (
 )
 from prefetch.files import fsync_dir, is_disk_full
 from prefetch.gcpause import young_objects_collected
+from prefetch.hashing import hash_file
 from prefetch.net.connection import Headers, Response
 from prefetch.net.retry import describe, is_retryable
 from prefetch.net.session import FILE_HEADERS, Http, network_error
@@ -313,8 +314,7 @@ class Transfer:
             if ranged:
                 headers["range"] = f"bytes={cursor.position}-{end - 1}"
             url, generation = source.current(self.cancel)
-            limit = self.connections.for_url(url)
-            try:
+            try:  # whatever happens, `source.asked` (finally) lets the file's other segments go on
                 check = functools.partial(_check_redirect, job) if url == job.url and job.published else None
                 limit = self.connections.for_url(url)
                 with (

@@ -9,8 +9,9 @@ from typing import Any
 from urllib.parse import quote
 
 from prefetch.auth import Token
-from prefetch.cache import GitOidHash, RepoCache
+from prefetch.cache import RepoCache
 from prefetch.errors import PrefetchError
+from prefetch.hashing import GitOidHash
 from prefetch.terminal import printable
 
 
@@ -29,7 +30,7 @@ class FileJob:
     token: Token | None
     etag: str  # the expected hash, which names the blob and its partial file (a stand-in if not `published`)
     size: int
-    lfs: bool  # etag is a sha256 of the content (else a git object id, see `cache.GitOidHash`)
+    lfs: bool  # etag is a sha256 of the content (else a git object id, see `hashing.GitOidHash`)
     published: bool = True  # False: the endpoint published no hash; the bytes' sha256 is learned on first use
     replace: bool = False  # the cached blob failed its hash (`sync --verify`): fetch it again, rename over it
 

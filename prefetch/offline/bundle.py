@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from prefetch.cache import READ_BLOCK, blob_hasher, is_regular_blob
+from prefetch.cache import is_regular_blob
 from prefetch.errors import UsageError
 from prefetch.files import fsync_dir
+from prefetch.hashing import READ_BLOCK, blob_hasher
 from prefetch.lockfile import load_lock
 from prefetch.offline.bundle_layout import BUNDLE_LOCK_NAME, bundle_layout
 from prefetch.offline.shared import LockedBlob, Report, cache_root, verify_error

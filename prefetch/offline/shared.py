@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefetch.cache import RepoCache, hash_file
+from prefetch.cache import RepoCache
 from prefetch.download.scheduler import Workers
 from prefetch.errors import VerifyError
+from prefetch.hashing import hash_file
 from prefetch.lockfile import Lock, LockedEntry, require_hashes
 from prefetch.settings import resolve_cache_dir
 

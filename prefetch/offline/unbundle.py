@@ -14,16 +14,17 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from prefetch.cache import READ_BLOCK, blob_hasher, is_regular_blob, staging_dir
+from prefetch.cache import is_regular_blob, staging_dir
 from prefetch.errors import DiskSpaceError, IntegrityError, PrefetchError, UsageError
 from prefetch.files import atomic_write, opened_folder
+from prefetch.hashing import READ_BLOCK, blob_hasher
 from prefetch.lockfile import Lock, parse_lock
 from prefetch.offline.bundle_layout import BUNDLE_LOCK_NAME, BundleLayout, bundle_layout
 from prefetch.offline.shared import LockedBlob, Report, bullets, digests
 from prefetch.paths import unsafe_path_reason
+from prefetch.plan import DISK_MARGIN
 from prefetch.progress import human_bytes
 from prefetch.settings import resolve_cache_dir
-from prefetch.sync import DISK_MARGIN
 
 log = logging.getLogger("prefetch")
 _MAX_LOCK_BYTES = 64 * 1024 * 1024  # a bundled lockfile larger than this is not one of ours
