@@ -153,9 +153,7 @@ class RepoCache:
         finally:
             with self._kept_lock:
                 self._keepers -= 1
-                kept = {} if self._keepers else self._kept
-                if not self._keepers:
-                    self._kept = {}
+                kept, self._kept = ({}, self._kept) if self._keepers else (self._kept, {})
             for fd in kept.values():
                 if fd != _MISSING:
                     os.close(fd)
@@ -265,15 +263,12 @@ class RepoCache:
             return create_new(dir_fd, name, os.O_RDWR, file_mode()), False
 
     def has_partial(self, etag: str) -> bool:
-        """A partial file or its state is there (whatever it is: never followed)."""
-        try:
-            with self.blobs_folder(create=False) as fd:
-                for name in (etag + PARTIAL_SUFFIX, etag + STATE_SUFFIX):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.stat(name, dir_fd=fd, follow_symlinks=False)
-                        return True
-        except (FileNotFoundError, NotADirectoryError):
-            pass
+        """A partial file or its state is there (whatever it is: never followed). A question only, asked
+        per cached file by a warm sync: a `lstat` as in `has_blob`, not a walk of the folders."""
+        for suffix in (PARTIAL_SUFFIX, STATE_SUFFIX):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.lstat(f"{self.blobs}/{etag}{suffix}")
+                return True
         return False
 
     def discard_stale_partial(self, etag: str, size: int) -> bool:
