@@ -11,15 +11,15 @@
 A bundle's members mirror this layout: a member's name is its path relative to the cache root
 (`RepoCache.relpath`).
 
-Order of visibility: blob (fsync; rename; fsync of blobs/)
--> snapshot link -> ref. A reader therefore never sees a link to a blob that is not complete and verified.
+Order of visibility: blob (fsync; rename; fsync of blobs/; a small blob: unnamed file, `syncfs` of its
+batch, link to its name) -> snapshot link -> ref. A reader therefore never sees a link to a blob that is
+not complete and verified.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import json
 import logging
@@ -30,11 +30,11 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from prefetch.errors import DiskSpaceError, IntegrityError
 from prefetch.files import (
-    NEW_FILE_FLAGS,
     NOFOLLOW_READ,
     atomic_write_at,
     create_new,
@@ -44,7 +44,10 @@ from prefetch.files import (
     open_nofollow,
     opened_folder,
     read_regular,
+    unlink_at,
 )
+from prefetch.flock import open_lock_file, soft_lock, try_flock, wait_for
+from prefetch.hashing import READ_BLOCK, blob_hasher
 from prefetch.paths import unsafe_path_reason
 
 log = logging.getLogger("prefetch")
@@ -86,11 +89,16 @@ def staging_dir(root: Path) -> Path:
     return root / ".locks" / ".prefetch-staging"
 
 
-def safe_relpath(path: str) -> PurePosixPath:
-    """A repo file path that cannot escape its snapshot folder; anything else is refused."""
+def check_relpath(path: str) -> str:
+    """`path`, a repo file path that cannot escape its snapshot folder; anything else is refused."""
     if unsafe_path_reason(path):
         raise IntegrityError(f"refusing unsafe file path from the server: {path!r}")
-    return PurePosixPath(path)
+    return path
+
+
+def safe_relpath(path: str) -> PurePosixPath:
+    """`check_relpath`, as a path."""
+    return PurePosixPath(check_relpath(path))
 
 
 @functools.cache
@@ -101,6 +109,16 @@ def boot_id() -> str | None:
             return f.read().strip() or None
     except OSError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class NewBlob:
+    """A small blob written to an unnamed file (`RepoCache.write_new_blob`), open until it is named."""
+
+    cache: RepoCache
+    fd: int
+    name: str  # its blob name: a sha256 (64 hex digits) or a git blob sha1
+    size: int
 
 
 class RepoCache:
@@ -225,7 +243,7 @@ class RepoCache:
 
     def discard_partial(self, etag: str) -> None:
         with contextlib.suppress(FileNotFoundError), self.blobs_folder(create=False) as fd:
-            _unlink_at(fd, etag + PARTIAL_SUFFIX, etag + STATE_SUFFIX)
+            unlink_at(fd, etag + PARTIAL_SUFFIX, etag + STATE_SUFFIX)
 
     def open_partial(self, etag: str, label: str) -> tuple[int, bool]:
         """A read-write fd of the blob's partial file, and whether its bytes may be resumed.
@@ -258,13 +276,13 @@ class RepoCache:
                 log.warning(
                     "%s: %s was %s; starting it over in a new file", label, self.partial_path(etag), found
                 )
-            _unlink_at(dir_fd, name, etag + STATE_SUFFIX)
+            unlink_at(dir_fd, name, etag + STATE_SUFFIX)
             # Group-writable where the umask allows it, so another user of a shared cache can resume it.
             return create_new(dir_fd, name, os.O_RDWR, file_mode()), False
 
     def has_partial(self, etag: str) -> bool:
-        """A partial file or its state is there (whatever it is: never followed). A question only, asked
-        per cached file by a warm sync: a `lstat` as in `has_blob`, not a walk of the folders."""
+        """A partial file or its state is there (whatever it is: never followed). A question only:
+        `lstat`s as in `has_blob`, not a walk of the folders."""
         for suffix in (PARTIAL_SUFFIX, STATE_SUFFIX):
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 os.lstat(f"{self.blobs}/{etag}{suffix}")
@@ -284,6 +302,53 @@ class RepoCache:
                 return False
             self.discard_partial(etag)
         return True
+
+    def write_new_blob(self, name: str, data: bytes | bytearray) -> NewBlob | None:
+        """Write verified in-memory bytes (a small blob) to a new unnamed file in `blobs/` (O_TMPFILE),
+        to be named by `install_new_blob` once durable. None where the filesystem cannot (NFS...):
+        then `install_bytes`, under the blob's lock.
+
+        No lock, no temp name: a kill leaves nothing behind (the kernel frees an unnamed file), and
+        two writers of one blob each install the same verified bytes. No `chmod`: a new file gets
+        the umask's mode (`file_mode()`).
+        """
+        with self.blobs_folder() as dir_fd:
+            try:
+                fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                    return None
+                raise
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            return NewBlob(self, fd, name, len(data))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def install_new_blob(self, new: NewBlob) -> None:
+        """Give a `write_new_blob` file, made durable since, its blob name (and close it). A name
+        already there is kept if it is that blob (another writer's, at the same time), else replaced."""
+        try:
+            with self.blobs_folder() as dir_fd:
+                for _ in range(2):
+                    try:
+                        os.link(f"/proc/self/fd/{new.fd}", new.name, dst_dir_fd=dir_fd, follow_symlinks=True)
+                        return
+                    except FileExistsError:
+                        if _is_blob_at(dir_fd, new.name, new.size):
+                            return
+                        unlink_at(dir_fd, new.name)  # not that blob: planted, or a corrupt one repaired
+            raise IntegrityError(f"cannot install {self.blob_path(new.name)}: something keeps replacing it")
+        finally:
+            os.close(new.fd)
+
+    @staticmethod
+    def discard_new_blob(new: NewBlob) -> None:
+        """Drop a `write_new_blob` file unnamed (the kernel frees it)."""
+        os.close(new.fd)
 
     def install_bytes(self, etag: str, data: bytes | bytearray, *, name: str | None = None) -> None:
         """Make verified in-memory bytes (a small blob) the blob `name` (default `etag`): write the partial
@@ -344,7 +409,7 @@ class RepoCache:
             self._rename_checked(dir_fd, partial, name or etag, st)
             if sync_folder:
                 os.fsync(dir_fd)
-            _unlink_at(dir_fd, etag + STATE_SUFFIX)
+            unlink_at(dir_fd, etag + STATE_SUFFIX)
 
     def install_hard_link(self, etag: str, source: Path, expected: os.stat_result) -> bool:
         """Make a verified identical blob of another repo (`source`, whose lstat was `expected`
@@ -358,7 +423,7 @@ class RepoCache:
                 return False
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino) or not stat.S_ISREG(st.st_mode):
-                _unlink_at(dir_fd, name)  # swapped since it was hashed
+                unlink_at(dir_fd, name)  # swapped since it was hashed
                 return False
             self._rename_checked(dir_fd, name, etag, st)
         return True
@@ -369,33 +434,36 @@ class RepoCache:
         os.replace(name, etag, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         now = os.stat(etag, dir_fd=dir_fd, follow_symlinks=False)
         if (now.st_dev, now.st_ino) != (installed.st_dev, installed.st_ino):
-            _unlink_at(dir_fd, etag)
+            unlink_at(dir_fd, etag)
             raise IntegrityError(
                 f"{self.partial_path(etag)} was replaced by another file while it was being installed "
                 "(another user of this shared cache?); nothing was installed"
             )
 
-    def remove_stale_temps(self) -> int:
-        """Remove the resume-state temp files a run killed mid-write left (`STATE_TEMP`); how many.
+    def sweep_partials(self) -> set[str]:
+        """List `blobs/` once: remove the resume-state temp files a run killed mid-write left
+        (`STATE_TEMP`), and return the etags that have a partial file or its state (bytes to resume,
+        or litter to discard when the blob is complete after all: `discard_stale_partial`).
 
-        Each only under its blob's lock, taken without waiting: whoever holds it may be writing
-        one right now. Names are matched exactly and unlinked, never followed.
+        A temp file is removed only under its blob's lock, taken without waiting: whoever holds it
+        may be writing one right now. Names are matched exactly and unlinked, never followed.
         """
-        removed = 0
+        partials: set[str] = set()
         try:
             with self.blobs_folder(create=False) as dir_fd:
-                names = os.listdir(dir_fd)
-                for name in names:
+                for name in os.listdir(dir_fd):
+                    if name.endswith((PARTIAL_SUFFIX, STATE_SUFFIX)) and not name.startswith("."):
+                        partials.add(name.split(".", 1)[0])
                     match = STATE_TEMP.fullmatch(name)
                     if match is None:
                         continue
                     # Best effort: a read-only cache cannot take the lock, a folder of that name is not ours.
                     with contextlib.suppress(OSError), self.blob_lock_if_free(match.group(1)) as free:
                         if free:
-                            removed += _unlink_at(dir_fd, name)
+                            unlink_at(dir_fd, name)
         except FileNotFoundError:
-            return removed
-        return removed
+            pass
+        return partials
 
     def lock_path(self, etag: str) -> Path:
         """huggingface_hub's lock file for this blob (`.locks/{repo folder}/{etag}.lock`)."""
@@ -416,13 +484,13 @@ class RepoCache:
         path = self.lock_path(etag)
         fd = self._open_lock_file(etag)
         try:
-            locked = _wait_for(lambda: _try_flock(fd), etag, on_wait, interrupt)
+            locked = wait_for(lambda: try_flock(fd), etag, on_wait, interrupt)
             if locked:
                 yield
         finally:
             os.close(fd)  # releases the lock
         if not locked:  # a filesystem without flock: the same fallback as huggingface_hub
-            with _soft_lock(path, etag, on_wait, interrupt):
+            with soft_lock(path, etag, on_wait, interrupt):
                 yield
 
     @contextlib.contextmanager
@@ -430,13 +498,13 @@ class RepoCache:
         """Hold the blob's lock if nobody does (True), without waiting; False: busy, or no flock here."""
         fd = self._open_lock_file(etag)
         try:
-            yield _try_flock(fd) is True
+            yield try_flock(fd) is True
         finally:
             os.close(fd)
 
     def _open_lock_file(self, etag: str) -> int:
         with self._folder((".locks", self.folder.name)) as dir_fd:
-            return _open_lock_file(dir_fd, f"{etag}.lock")
+            return open_lock_file(dir_fd, f"{etag}.lock")
 
     # snapshots and refs --------------------------------------------------------------------------
     def snapshot_dir(self, commit: str) -> Path:
@@ -447,8 +515,7 @@ class RepoCache:
 
     def link_target(self, commit: str, path: str, etag: str) -> str:
         """The relative symlink target huggingface_hub writes: `../../blobs/{etag}` (+ `../` per folder)."""
-        safe_relpath(path)  # checked, so its '/'s are its folders
-        return "../" * (path.count("/") + 2) + f"blobs/{etag}"
+        return _link_target(check_relpath(path), etag)  # checked, so its '/'s are its folders
 
     def is_linked(self, commit: str, path: str, etag: str) -> bool:
         link = self.snapshot_path(commit, path)
@@ -464,48 +531,59 @@ class RepoCache:
     def link_all(self, commit: str, files: Iterable[tuple[str, str]]) -> None:
         """Point snapshots/{commit}/{path} at each (path, etag)'s blob.
 
-        A new link is made in place (`symlink` is atomic); one that points elsewhere is replaced by
-        a temp link renamed over it. Folders are walked without following links (a symlinked
-        folder, planted or not, would lead links outside the snapshot: refused), each once.
+        Each folder is walked without following links (a symlinked folder, planted or not, would
+        lead links outside the snapshot: refused) and listed, once: a name it lacks gets its link in
+        place (`symlink` is atomic), a name it has is read and, if it points elsewhere, replaced by
+        a temp link renamed over it. A re-sync of an up-to-date snapshot is one `readlink` per file.
         """
+        by_folder: dict[str, list[tuple[str, str]]] = {}
+        for path, etag in files:
+            parent, _, name = check_relpath(path).rpartition("/")
+            by_folder.setdefault(parent, []).append((name, etag))
         snapshot = (self.folder.name, "snapshots", commit)
-        with contextlib.ExitStack() as stack:
-            folders: dict[tuple[str, ...], int] = {}
-            for path, etag in files:
-                rel = safe_relpath(path)
-                parent = rel.parts[:-1]
-                if parent not in folders:
-                    folders[parent] = open_folder(self.root, (*snapshot, *parent))
-                    stack.callback(os.close, folders[parent])
-                target = self.link_target(commit, path, etag)
-                try:
-                    os.symlink(target, rel.name, dir_fd=folders[parent])
-                except FileExistsError:
-                    self._replace_link(folders[parent], commit, rel, target)
+        for parent, links in by_folder.items():
+            with opened_folder(self.root, (*snapshot, *(parent.split("/") if parent else ()))) as dir_fd:
+                present = set(os.listdir(dir_fd))
+                for name, etag in links:
+                    target = _link_target(f"{parent}/{name}" if parent else name, etag)
+                    if name not in present:
+                        try:
+                            os.symlink(target, name, dir_fd=dir_fd)
+                            continue
+                        except FileExistsError:
+                            pass
+                    self._replace_link(dir_fd, commit, parent, name, target)
 
-    def _replace_link(self, dir_fd: int, commit: str, rel: PurePosixPath, target: str) -> None:
+    def _replace_link(self, dir_fd: int, commit: str, parent: str, name: str, target: str) -> None:
         """Point an existing snapshot entry at its blob; say so when it was not a link into `blobs/`."""
         try:
-            current: str | None = os.readlink(rel.name, dir_fd=dir_fd)
+            current: str | None = os.readlink(name, dir_fd=dir_fd)
         except OSError:
             current = None
         if current == target:
             return
-        st = os.stat(rel.name, dir_fd=dir_fd, follow_symlinks=False)
-        where = self.snapshot_dir(commit) / rel
-        if stat.S_ISDIR(st.st_mode):
-            raise IntegrityError(f"cannot link {rel}: a folder of that name exists in {where.parent}")
-        if current is None:
+        where = self.snapshot_dir(commit) / parent / name
+        try:
+            st: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:  # removed since the folder was listed: linked anew below
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise IntegrityError(
+                f"cannot link {parent}/{name}: a folder of that name exists in {where.parent}"
+            )
+        if st is None:
+            found = ""
+        elif current is None:
             found = "a regular file" if stat.S_ISREG(st.st_mode) else "not a symlink"
-        elif not _is_blob_target(commit, rel, current):
+        elif not _is_blob_target(commit, parent, current):
             found = f"a symlink to {current!r}, outside this repo's blobs/"
         else:
             found = ""  # a link to another of its blobs: re-pointed without a word
         if found:
             log.warning("snapshot entry %s was %s; replaced by a link to its blob", where, found)
-        tmp = f".{rel.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        tmp = f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         os.symlink(target, tmp, dir_fd=dir_fd)
-        os.replace(tmp, rel.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
     def tree_path(self, commit: str) -> Path:
         """huggingface_hub's file listing of a commit (it writes one; prefetch does not, see docs/offline.md)."""
@@ -535,8 +613,9 @@ class RepoCache:
 
 
 class BlobIndex:
-    """Which repo folders of a cache hold which blobs: listed once per run, then kept up to date by
-    `add`, so a blob another repo already has is hard-linked instead of downloaded again."""
+    """Which repo folders of a cache hold which blobs, listed once when first asked, so a blob
+    another repo already has is hard-linked instead of downloaded again. Not kept up to date (an
+    entry per installed blob cost ~8 MB per 100k files): a new index sees the blobs added since."""
 
     def __init__(self) -> None:
         # cache root -> etag -> repo folders (a tuple: most blobs are in one folder, and a set costs ~200 B)
@@ -552,12 +631,6 @@ class BlobIndex:
                     for name in _blob_names(folder / "blobs"):
                         index[name] = (*index.get(name, ()), folder)
             return index
-
-    def add(self, cache: RepoCache, etag: str) -> None:
-        index = self._index(cache.root)
-        with self._lock:
-            if cache.folder not in index.get(etag, ()):
-                index[etag] = (*index.get(etag, ()), cache.folder)
 
     def find_elsewhere(self, cache: RepoCache, etag: str, size: int) -> Path | None:
         """The same blob (by name and size) in another repo's folder; checked on disk, not trusted."""
@@ -592,49 +665,22 @@ def is_regular_blob(path: Path) -> bool:
         return False
 
 
-LOCK_POLL = 0.2  # seconds between tries for a blob lock another process holds
-LOCK_MODE = 0o664  # as huggingface_hub (filelock) makes lock files: any user of a shared cache can lock
-
-
-def _open_lock_file(dir_fd: int, name: str) -> int:
-    """An fd of the blob's lock file `name` in `dir_fd`, made (group-writable) if missing.
-
-    The same file and the same `flock` as huggingface_hub's `filelock.FileLock`, so the two exclude
-    each other, in a few system calls instead of filelock's ~50 (it matters for thousands of small
-    files). Never through a link: a symlink or a non-file planted under the name is replaced.
-    """
-    for _ in range(3):  # a name replanted in between is met again, a bounded number of times
-        try:
-            fd = os.open(name, os.O_RDWR | NEW_FILE_FLAGS, LOCK_MODE, dir_fd=dir_fd)
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, LOCK_MODE)  # past the umask
-            return fd
-        except FileExistsError:
-            pass
-        try:
-            fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-        except PermissionError:  # another user's lock file: a read-only fd can hold a flock too
-            fd = os.open(name, NOFOLLOW_READ, dir_fd=dir_fd)
-        except OSError as e:
-            if e.errno not in (errno.ELOOP, errno.ENOENT):
-                raise
-            _unlink_at(dir_fd, name)
-            continue
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return fd
+def _is_blob_at(dir_fd: int, name: str, size: int) -> bool:
+    """Whether `name` in `dir_fd` is a regular file of `size` bytes that hash to `name` (a blob name)."""
+    try:
+        fd = os.open(name, NOFOLLOW_READ, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
+        h = blob_hasher(len(name) == 64, size)
+        while block := os.read(fd, READ_BLOCK):
+            h.update(block)
+        return bool(h.hexdigest() == name)
+    finally:
         os.close(fd)
-        _unlink_at(dir_fd, name)
-    raise IntegrityError(f"cannot take the lock {name}: something keeps replacing it")
-
-
-def _unlink_at(dir_fd: int, *names: str) -> int:
-    """Unlink these names of `dir_fd` (the names themselves: a link is never followed); how many were there."""
-    removed = 0
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=dir_fd)
-            removed += 1
-    return removed
 
 
 def _readlink_at(dir_fd: int, name: str) -> str:
@@ -644,70 +690,13 @@ def _readlink_at(dir_fd: int, name: str) -> str:
         return "?"
 
 
-def _is_blob_target(commit: str, rel: PurePosixPath, target: str) -> bool:
-    """Whether a snapshot link's target, read as the link lies, names a blob of its own repo."""
-    where = posixpath.normpath(posixpath.join("snapshots", commit, *rel.parts[:-1], target))
+def _link_target(path: str, etag: str) -> str:
+    """`RepoCache.link_target` of a path already checked."""
+    return "../" * (path.count("/") + 2) + f"blobs/{etag}"
+
+
+def _is_blob_target(commit: str, parent: str, target: str) -> bool:
+    """Whether a snapshot link's target, read as the link lies (in the folder `parent` of the
+    snapshot), names a blob of its own repo."""
+    where = posixpath.normpath(posixpath.join("snapshots", commit, parent, target))
     return re.fullmatch(r"blobs/(?:[0-9a-f]{40}|[0-9a-f]{64})", where) is not None
-
-
-def _try_flock(fd: int) -> bool | None:
-    """Take the exclusive flock if free: True, False if held elsewhere, None if flock is unsupported."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    except OSError as e:
-        if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-            return None
-        raise
-
-
-def _wait_for(
-    try_lock: Callable[[], bool | None],
-    etag: str,
-    on_wait: Callable[[], None] | None,
-    interrupt: Callable[[], None] | None,
-) -> bool:
-    """Poll `try_lock` until it takes the lock (True) or cannot work here (False); `interrupt` may
-    raise to give up, `on_wait` is told once that another process holds it."""
-    waited_since: float | None = None
-    last_log = 0.0
-    while True:
-        if interrupt is not None:
-            interrupt()
-        taken = try_lock()
-        if taken is not False:
-            return bool(taken)
-        now = time.monotonic()
-        if waited_since is None:
-            waited_since = now
-            if on_wait is not None:
-                on_wait()
-        if now - last_log >= 10:
-            last_log = now
-            log.info("waiting for another process to finish downloading %s", etag[:12])
-        time.sleep(LOCK_POLL)
-
-
-@contextlib.contextmanager
-def _soft_lock(
-    path: Path, etag: str, on_wait: Callable[[], None] | None, interrupt: Callable[[], None] | None
-) -> Iterator[None]:
-    from filelock import SoftFileLock, Timeout  # rarely needed: not imported by every run
-
-    lock = SoftFileLock(str(path))
-
-    def try_lock() -> bool:
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return False
-        return True
-
-    _wait_for(try_lock, etag, on_wait, interrupt)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            lock.release()

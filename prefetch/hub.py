@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from prefetch import settings
 from prefetch.auth import Token
-from prefetch.cache import TYPE_PREFIX, safe_relpath
+from prefetch.cache import TYPE_PREFIX, check_relpath
 from prefetch.errors import HubHttpError, IntegrityError, NotAHubError, UnusableAnswer
 from prefetch.net.connection import Headers
 from prefetch.net.session import Http
@@ -166,7 +166,7 @@ class HubApi:
     ) -> Headers | None:
         if not isinstance(path, str):
             return None  # _remote_file reports it
-        safe_relpath(path)
+        check_relpath(path)
         return self.http.head(self.file_url(repo, repo_type, commit, path), token)
 
     def list_refs(self, repo: str, repo_type: str, token: Token | None) -> tuple[list[str], list[str]]:
@@ -231,7 +231,7 @@ def _remote_file(repo: str, item: dict[str, Any]) -> RemoteFile:
     path, size, oid = item.get("path"), item.get("size"), item.get("oid") or None
     if not isinstance(path, str):
         raise IntegrityError(f"{repo}: file listing entry without a path")
-    safe_relpath(path)
+    check_relpath(path)
     lfs = item.get("lfs") if isinstance(item.get("lfs"), dict) else None
     sha256 = lfs.get("oid") if lfs else None
     if lfs and isinstance(lfs.get("size"), int):

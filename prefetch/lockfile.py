@@ -290,7 +290,6 @@ _ITEM = re.compile(
     rf"|git_sha1: (?:({_PLAIN_HEX_RULE}{{40}})|'([0-9a-f]{{40}})'))\n"
 )
 _ITEM_CONTINUES = ("  - ", "    ")  # what a line of a files list starts with
-_UNSAFE_SEGMENT = re.compile(r"(?:^|/)\.{0,2}(?:/|$)")  # empty, '.' or '..': `unsafe_path_reason`'s cases
 _RESOLVER = yaml.resolver.Resolver()
 
 
@@ -307,11 +306,7 @@ def _split_files_blocks(text: str) -> tuple[str, dict[int, tuple[LockedFile, ...
         pos = key.end()
         while item := _ITEM.match(text, pos):
             path = item[1] if item[1] is not None else item[2]
-            if (
-                path in files
-                or _UNSAFE_SEGMENT.search(path)
-                or (item[1] is not None and not _plain_str(path))
-            ):
+            if path in files or unsafe_path_reason(path) or (item[1] is not None and not _plain_str(path)):
                 return None
             size = int(item[3])
             if item[4] is not None or item[5] is not None:

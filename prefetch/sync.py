@@ -48,7 +48,7 @@ from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
 from prefetch.net.proxies import checked_proxy_url
 from prefetch.net.retry import RetryPolicy
 from prefetch.net.session import Http, plain_http_token_problem
-from prefetch.offline.shared import LockedBlob, cache_root, digests
+from prefetch.offline.shared import LockedBlob, cache_root, mismatches
 from prefetch.offline.verify import VerifyReport
 from prefetch.offline.verify import verify as verify_cache
 from prefetch.plan import EntryPlan, SyncResult, disk_margin, first_use_key
@@ -201,6 +201,8 @@ class Run:
             name_max = 255
         for p in plans:
             for f in p.locked.files:
+                if len(f.path.encode()) <= name_max:
+                    continue
                 long = [part for part in f.path.split("/") if len(part.encode()) > name_max]
                 if long:
                     raise FilesystemError(
@@ -348,13 +350,13 @@ class Run:
             if locked is None:
                 continue
             cache = self.repo_cache(locked)
-            cache.remove_stale_temps()  # resume-state temp files of runs killed mid-write
+            partials = cache.sweep_partials()
             missing = []
             for f in locked.files:
-                if cache.has_blob(f.etag, f.size):
-                    cache.discard_stale_partial(f.etag, f.size)  # left by a run that another one beat
-                else:
+                if not cache.has_blob(f.etag, f.size):
                     missing.append(f)
+                elif f.etag in partials:
+                    cache.discard_stale_partial(f.etag, f.size)  # left by a run that another one beat
             plans.append(EntryPlan(entry, locked, missing))
         if verify:
             self._find_corrupt(plans)
@@ -369,8 +371,8 @@ class Run:
             for f in p.locked.files:
                 if f.etag not in absent:
                     blobs.setdefault((cache.folder.name, f.etag), LockedBlob(cache, f.etag, f.size, f.is_lfs))
-        hashed = zip(blobs.items(), digests(list(blobs.values())), strict=True)
-        bad = {key for (key, blob), result in hashed if result != (blob.size, blob.etag)}
+        keys = list(blobs)
+        bad = {keys[i] for i in mismatches(list(blobs.values()))}
         for p in plans:
             folder = self.repo_cache(p.locked).folder.name
             p.corrupt = [f for f in p.locked.files if (folder, f.etag) in bad]
@@ -383,17 +385,18 @@ class Run:
     def file_jobs(self, plans: list[EntryPlan]) -> tuple[list[FileJob], list[FileJob]]:
         """(first, later) jobs: one job per blob; a blob a second repo shares waits and is hard-linked."""
         first: dict[str, FileJob] = {}
-        seen: set[tuple[str, str]] = set()
+        seen: dict[str, set[str]] = {}  # repo folder -> its blobs with a job (no tuple per file)
         later: list[FileJob] = []
         for p in plans:
             cache = self.repo_cache(p.locked)
             corrupt = {f.etag for f in p.corrupt}
             resolve_url = self.hub.file_url(p.locked.repo, p.locked.type, p.locked.commit, "")
+            in_folder = seen.setdefault(cache.folder.name, set())
             for f in p.missing:
                 etag = f.etag or first_use_key(p.locked.commit, f"{p.locked.repo}:{printable(f.path)}")
-                if (cache.folder.name, etag) in seen:
+                if etag in in_folder:
                     continue
-                seen.add((cache.folder.name, etag))
+                in_folder.add(etag)
                 job = FileJob(
                     cache=cache,
                     resolve_url=resolve_url,
@@ -406,10 +409,10 @@ class Run:
                     published=bool(f.etag),
                     replace=f.etag in corrupt,
                 )
-                if f.etag in first:
+                if etag in first:  # (a file without a published hash has a key of its own: never shared)
                     later.append(job)
                 else:
-                    first[f.etag] = job
+                    first[etag] = job
         return list(first.values()), later
 
     def materialize(self, plans: list[EntryPlan]) -> None:
@@ -419,8 +422,9 @@ class Run:
             cache = self.repo_cache(p.locked)
             present: list[LockedFile] = []
             absent: list[LockedFile] = []
+            fetched = {f.path for f in p.missing}  # the others were found in place by `plan`, just before
             for f in p.locked.files:
-                (present if cache.has_blob(f.etag, f.size) else absent).append(f)
+                (present if f.path not in fetched or cache.has_blob(f.etag, f.size) else absent).append(f)
             cache.link_all(p.locked.commit, [(f.path, f.etag) for f in present])
             missing += [
                 f"{p.locked.repo}@{p.locked.commit[:12]}: {printable(f.path)} ({human_bytes(f.size)})"

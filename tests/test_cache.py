@@ -321,5 +321,5 @@ def test_a_folder_kept_open_is_still_reached_without_following_links(tmp_path: P
     cache.folder.mkdir(parents=True)
     (cache.folder / "blobs").symlink_to(elsewhere)
     with cache.folders_kept_open(), pytest.raises(UnsafeFolder):
-        cache.install_bytes("c" * 40, b"data")
+        cache.write_new_blob("c" * 40, b"data")
     assert list(elsewhere.iterdir()) == []

@@ -243,6 +243,24 @@ def test_an_endpoint_publishing_no_hash_is_hashed_on_first_use_and_recorded(
 
 
 @on_the_mirror_profile
+def test_files_without_a_published_hash_are_fetched_in_one_pass(hub: HubEmulator, tmp_path: Path) -> None:
+    """Each such file has a key of its own: none waits for a second pass as a copy of another (they
+    all had the empty hash as their key, so all but one waited for the first pass to finish)."""
+    from prefetch.sync import Run, Settings
+
+    hub.create_repo(REPO).commit(repo_files())
+    hub.missing_routes.add("tree")
+    hub.publishes_hashes = False
+    manifest = tmp_path / "models.yaml"
+    manifest.write_text(f"version: 1\nendpoint: {hub.url}\nrepos:\n  - repo: {REPO}\n")
+    run = Run(manifest, Settings(cache_dir=tmp_path / "cache"))
+    resolved, failures = run.resolve()
+    assert not failures
+    first, later = run.file_jobs(run.plan(resolved))
+    assert sorted(job.path for job in first) == sorted(repo_files()) and later == []
+
+
+@on_the_mirror_profile
 def test_a_mirror_serving_bytes_that_mismatch_its_listing_fails_with_exit_5(
     prefetch: PrefetchRunner, hub: HubEmulator
 ) -> None:

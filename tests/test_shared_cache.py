@@ -170,6 +170,18 @@ def test_planted_links_to_a_victims_file_are_never_written_through(shared: Share
     assert not (shared.folder / "blobs" / f"{big}.prefetch-partial.json").exists()
 
 
+def test_links_planted_under_the_blob_names_are_replaced_not_written_through(shared: Shared) -> None:
+    """The blobs' own names planted as links to the victim's file: each is replaced by the blob."""
+    big, small = hashlib.sha256(BIG).hexdigest(), git_sha1(CONFIG)
+    shared.plant(
+        f"mkdir -p {FOLDER}/blobs && cd {FOLDER}/blobs && ln -s {shared.secret} {big} && ln -s {shared.secret} {small}"
+    )
+    result = shared.victim_sync()
+    assert result.returncode == 0, result.stderr
+    shared.assert_secret_untouched()
+    shared.assert_synced()
+
+
 def test_a_dangling_planted_link_creates_nothing_where_it_points(shared: Shared) -> None:
     """A link to a path of the attacker's choosing, in a folder the victim can write: nothing appears there."""
     big, small = hashlib.sha256(BIG).hexdigest(), git_sha1(CONFIG)

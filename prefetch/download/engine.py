@@ -24,6 +24,7 @@ from prefetch import settings
 from prefetch.cache import BlobIndex, folders_kept_open
 from prefetch.cancel import CancelToken
 from prefetch.download.job import FileJob, Reporter, TransferStats
+from prefetch.download.new_blobs import NewBlobs
 from prefetch.download.partial import CHUNK, PartialFile
 from prefetch.download.scheduler import HostLimit, HostLimits, SegmentPool, Workers
 from prefetch.errors import (
@@ -82,7 +83,8 @@ class Transfer:
         self.stats = TransferStats()
         self.connections = HostLimits(self.jobs)
         self._buffers = _Buffers(CHUNK)
-        self._blob_index = BlobIndex()
+        self._blob_index = BlobIndex()  # listed anew per `run`: a second pass sees the first's blobs
+        self._new_blobs = NewBlobs(self._fetched, self._failed)
         self._stats_lock = threading.Lock()
         self._blob_folders: set[Path] = set()  # renamed blobs into these: fsync them before `run` returns
         self.min_rate_window = (
@@ -93,6 +95,7 @@ class Transfer:
     def run(self, jobs: list[FileJob]) -> TransferStats:
         """Fetch every job; raises the most severe error after the others finished or stopped."""
         ordered = sorted(jobs, key=lambda j: -j.size)  # big files first: their segments fill the pool
+        self._blob_index = BlobIndex()
         self._segments = SegmentPool(self.jobs)
         workers = Workers(
             min(self.jobs, len(ordered)),
@@ -108,6 +111,7 @@ class Transfer:
             raise
         finally:
             self._segments.shutdown()
+            self._new_blobs.install()  # the last small blobs (verified: installed whatever the end)
             self._sync_blob_folders()
         if self.stats.errors:
             raise _most_severe(self.stats.errors)
@@ -115,11 +119,14 @@ class Transfer:
         return self.stats
 
     def _installed(self, job: FileJob, name: str) -> None:
-        self._blob_index.add(job.cache, name)
         with self._stats_lock:
             self._blob_folders.add(job.cache.blobs)
             if name != job.etag:
                 self.stats.learned[(job.cache.folder.name, job.etag)] = name
+
+    def _fetched(self, job: FileJob, name: str) -> None:
+        self._installed(job, name)
+        self._done(job, "fetched")
 
     def _sync_blob_folders(self) -> None:
         """Make this run's blob renames durable: once per folder, not once per blob, and before the
@@ -152,28 +159,42 @@ class Transfer:
     def _fetch_file(self, job: FileJob) -> None:
         cache = job.cache
         self.cancel.raise_if_cancelled()
+        small = job.size < SMALL_FILE
+        if small and not job.replace and self._blob_index.find_elsewhere(cache, job.etag, job.size) is None:
+            # No lock (a lock file is one more new inode per blob): fetched into memory, written to an
+            # unnamed file and named with its batch (`NewBlobs`). Two processes fetching it at once
+            # both install the same verified bytes.
+            if cache.has_blob(job.etag, job.size):
+                return self._done(job, "cached")
+            return self._fetch_new(job, small, locked=False)
         with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
             if self._cached(job):  # another process fetched (or repaired) it while we waited
                 cache.discard_partial(job.etag)  # our own earlier partial of it is garbage now
                 return self._done(job, "cached")
             if self._link_from_other_repo(job):
                 return self._done(job, "linked")
-            self.reporter.file_started(job)
-            small = job.size < SMALL_FILE and not cache.has_partial(job.etag)
-            for attempt in (1, 2):
-                name = self._download_small(job) if small else self._download(job)
+            self._fetch_new(job, small, locked=True)
+
+    def _fetch_new(self, job: FileJob, small: bool, *, locked: bool) -> None:
+        """Download the file (a small one whole, into memory: no resume state) and install it."""
+        self.reporter.file_started(job)
+        for attempt in (1, 2):
+            if small:
+                if self._download_small(job, locked):
+                    return
+            else:
+                name = self._download(job)
                 if name is not None:
-                    self._installed(job, name)
-                    return self._done(job, "fetched")
-                cache.discard_partial(job.etag)  # never resume from bytes that failed their hash
-                if attempt == 1:
-                    message = f"hash mismatch for {job.label}: discarded, fetching it again"
-                    log.warning(message)
-                    self.reporter.retry(message)
-            raise IntegrityError(
-                f"{job.label}: downloaded bytes do not match the expected hash {job.etag} twice; nothing was "
-                "stored. The server or a proxy is corrupting data."
-            )
+                    return self._fetched(job, name)
+                job.cache.discard_partial(job.etag)  # never resume from bytes that failed their hash
+            if attempt == 1:
+                message = f"hash mismatch for {job.label}: discarded, fetching it again"
+                log.warning(message)
+                self.reporter.retry(message)
+        raise IntegrityError(
+            f"{job.label}: downloaded bytes do not match the expected hash {job.etag} twice; nothing was "
+            "stored. The server or a proxy is corrupting data."
+        )
 
     @staticmethod
     def _cached(job: FileJob) -> bool:
@@ -242,24 +263,35 @@ class Transfer:
             partial.close(keep_state=hashed is None)
         return name
 
-    def _download_small(self, job: FileJob) -> str | None:
-        """Fetch a small file into memory; write it as its partial file once its hash matched.
+    def _download_small(self, job: FileJob, locked: bool) -> bool:
+        """Fetch a small file into memory and, once its hash matched, install it: with its batch
+        (`NewBlobs`), or where the filesystem has no unnamed files, at once under the blob's lock
+        (`locked`: held already). False: the bytes cannot be this file.
 
-        Per file this saves the resume state, the per-chunk bookkeeping and the read-back: for
-        thousands of small files, the filesystem work was most of the time.
+        Per file this saves the resume state, the per-chunk bookkeeping, the read-back and (batched)
+        the fsync: for thousands of small files, the filesystem work was most of the time.
         """
         memory = _MemoryFile(job.size)
         try:
             self._fetch_segment(job, memory, _Source(job), 0, job.size, use_range=False)
         except BadBytes as e:
             log.warning("%s", e)
-            return None
+            return False
         h = job.new_hash()
         h.update(memory.data)
         name = job.blob_name(h)
-        if name is not None:
+        if name is None:
+            return False
+        new = job.cache.write_new_blob(name, memory.data)
+        if new is not None:
+            self._new_blobs.add(job, new)
+            return True
+        with contextlib.ExitStack() as held:
+            if not locked:
+                held.enter_context(job.cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled))
             job.cache.install_bytes(job.etag, memory.data, name=name)
-        return name
+        self._fetched(job, name)
+        return True
 
     def _split(self, missing: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
         if size < self.segment_threshold:

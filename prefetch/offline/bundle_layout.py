@@ -65,7 +65,7 @@ class BundleLayout:
 
 def bundle_layout(lock: Lock, root: Path) -> BundleLayout:
     """Every member a bundle of `lock` holds, keyed by member name, and the lock's own contradictions."""
-    blobs = {b.member: b for b in locked_blobs(lock, root).values()}
+    blobs = {b.member: b for b in locked_blobs(lock, root)}
     links: dict[str, LinkMember] = {}
     refs: dict[str, RefMember] = {}
     problems: list[str] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,8 @@ class LockedBlob:
     etag: str
     size: int
     lfs: bool
-    users: list[tuple[str, str]] = field(default_factory=list)  # (entry label, file path)
+    # entry label, file path, entry label, file path...: one flat tuple (most blobs have one user)
+    users: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -62,38 +63,45 @@ class LockedBlob:
         return "its sha256" if self.lfs else "its git blob sha1"
 
     def who(self) -> str:
-        more = f" (+{len(self.users) - 2} more)" if len(self.users) > 2 else ""
-        return ", ".join(f"{entry}: {path}" for entry, path in self.users[:2]) + more
+        count = len(self.users) // 2
+        more = f" (+{count - 2} more)" if count > 2 else ""
+        pairs = zip(self.users[0:4:2], self.users[1:4:2], strict=True)
+        return ", ".join(f"{entry}: {path}" for entry, path in pairs) + more
 
 
-def locked_blobs(lock: Lock, root: Path) -> dict[tuple[str, str], LockedBlob]:
-    """Every distinct (repo folder, etag) the lock needs, in a stable order."""
+def locked_blobs(lock: Lock, root: Path) -> list[LockedBlob]:
+    """Every distinct (repo folder, etag) the lock needs, in a stable order (by folder, then etag)."""
     require_hashes(lock, "this command reads the cache by the lockfile's hashes")
-    blobs: dict[tuple[str, str], LockedBlob] = {}
+    by_folder: dict[str, dict[str, LockedBlob]] = {}  # keyed by strings the lock holds: no tuple per file
     for entry in lock.entries:
         repo = RepoCache(root, entry.repo, entry.type)
+        blobs = by_folder.setdefault(repo.folder.name, {})
         name = label(entry)
         for f in entry.files:
-            key = (repo.folder.name, f.etag)
-            blob = blobs.get(key)
+            blob = blobs.get(f.etag)
             if blob is None:
-                blob = blobs[key] = LockedBlob(repo, f.etag, f.size, f.is_lfs)
-            blob.users.append((name, f.path))
-    return dict(sorted(blobs.items()))
+                blob = blobs[f.etag] = LockedBlob(repo, f.etag, f.size, f.is_lfs)
+            blob.users += (name, f.path)
+    return [blobs[etag] for _, blobs in sorted(by_folder.items()) for etag in sorted(blobs)]
 
 
-def digests(blobs: list[LockedBlob], jobs: int | None = None) -> list[tuple[int, str] | OSError]:
-    """(bytes read, digest) or the read error of each blob, hashed in parallel, largest first."""
-    results: list[tuple[int, str] | OSError] = [OSError("not hashed")] * len(blobs)
+def mismatches(blobs: list[LockedBlob], jobs: int | None = None) -> dict[int, tuple[int, str] | OSError]:
+    """Hash the blobs in parallel, largest first: for each blob whose bytes are not its (size, name),
+    by its index, what was read (bytes read, digest) or the read error. Only those are kept: a
+    verify of 100k files held 100k results (~7 MB) to compare them afterwards."""
+    found: dict[int, tuple[int, str] | OSError] = {}
     if not blobs:
-        return results
+        return found
     order = sorted(range(len(blobs)), key=lambda i: -blobs[i].size)
 
     def one(i: int) -> None:
+        blob = blobs[i]
         try:
-            results[i] = hash_file(blobs[i].path, blobs[i].lfs, blobs[i].size)
+            result: tuple[int, str] | OSError = hash_file(blob.path, blob.lfs, blob.size)
         except OSError as exc:
-            results[i] = exc
+            result = exc
+        if result != (blob.size, blob.etag):
+            found[i] = result
 
     bugs: list[BaseException] = []  # anything but a read error: raised here, as a bug
     Workers(max(1, min(jobs or os.cpu_count() or 1, len(blobs))), one, lambda exc, _: bugs.append(exc)).run(
@@ -101,7 +109,7 @@ def digests(blobs: list[LockedBlob], jobs: int | None = None) -> list[tuple[int,
     )
     if bugs:
         raise bugs[0]
-    return results
+    return found
 
 
 def bullets(problems: list[str], limit: int = 200) -> str:

@@ -20,7 +20,7 @@ from prefetch.files import atomic_write, opened_folder
 from prefetch.hashing import READ_BLOCK, blob_hasher
 from prefetch.lockfile import Lock, parse_lock
 from prefetch.offline.bundle_layout import BUNDLE_LOCK_NAME, BundleLayout, bundle_layout
-from prefetch.offline.shared import LockedBlob, Report, bullets, digests
+from prefetch.offline.shared import LockedBlob, Report, bullets, mismatches
 from prefetch.paths import unsafe_path_reason
 from prefetch.plan import DISK_MARGIN
 from prefetch.progress import human_bytes
@@ -186,7 +186,8 @@ def _unbundle_into(
     """Stage and verify the blobs the cache lacks, then install blobs, links and refs in that order."""
     blobs = list(layout.blobs.values())
     candidates = [b for b in blobs if is_regular_blob(b.path) and b.path.stat().st_size == b.size]
-    good = {b.member for b, r in zip(candidates, digests(candidates), strict=True) if r == (b.size, b.etag)}
+    wrong = mismatches(candidates)
+    good = {b.member for i, b in enumerate(candidates) if i not in wrong}
     bad = {b.member for b in candidates} - good  # present but corrupt: replaced by the bundle's copy
     todo = [b for b in blobs if b.member not in good]
     created = _missing_parents(staging_dir(root).parent)
