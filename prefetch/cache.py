@@ -47,7 +47,7 @@ from prefetch.files import (
     unlink_at,
 )
 from prefetch.flock import open_lock_file, soft_lock, try_flock, wait_for
-from prefetch.hashing import READ_BLOCK, blob_hasher
+from prefetch.hashing import hash_fd
 from prefetch.paths import unsafe_path_reason
 
 log = logging.getLogger("prefetch")
@@ -316,7 +316,7 @@ class RepoCache:
             try:
                 fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
             except OSError as e:
-                if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     return None
                 raise
         try:
@@ -542,16 +542,19 @@ class RepoCache:
             by_folder.setdefault(parent, []).append((name, etag))
         snapshot = (self.folder.name, "snapshots", commit)
         for parent, links in by_folder.items():
+            up = _link_target(f"{parent}/-" if parent else "-", "")  # `../../blobs/` for this folder
             with opened_folder(self.root, (*snapshot, *(parent.split("/") if parent else ()))) as dir_fd:
                 present = set(os.listdir(dir_fd))
                 for name, etag in links:
-                    target = _link_target(f"{parent}/{name}" if parent else name, etag)
-                    if name not in present:
-                        try:
+                    target = up + etag
+                    try:
+                        if name not in present:
                             os.symlink(target, name, dir_fd=dir_fd)
                             continue
-                        except FileExistsError:
-                            pass
+                        if os.readlink(name, dir_fd=dir_fd) == target:
+                            continue
+                    except OSError:
+                        pass  # there after all, or not a link: looked at closely below
                     self._replace_link(dir_fd, commit, parent, name, target)
 
     def _replace_link(self, dir_fd: int, commit: str, parent: str, name: str, target: str) -> None:
@@ -673,12 +676,7 @@ def _is_blob_at(dir_fd: int, name: str, size: int) -> bool:
         return False
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            return False
-        h = blob_hasher(len(name) == 64, size)
-        while block := os.read(fd, READ_BLOCK):
-            h.update(block)
-        return bool(h.hexdigest() == name)
+        return stat.S_ISREG(st.st_mode) and hash_fd(fd, len(name) == 64, size) == (size, name)
     finally:
         os.close(fd)
 

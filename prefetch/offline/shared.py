@@ -53,6 +53,11 @@ class LockedBlob:
         return self.cache.blob_path(self.etag)
 
     @property
+    def file(self) -> str:
+        """`path` as text, for system calls (a `Path` per blob costs more than its `stat`)."""
+        return f"{self.cache.blobs}/{self.etag}"
+
+    @property
     def member(self) -> str:
         """Its name in a bundle."""
         return self.cache.relpath(self.path)
@@ -97,7 +102,7 @@ def mismatches(blobs: list[LockedBlob], jobs: int | None = None) -> dict[int, tu
     def one(i: int) -> None:
         blob = blobs[i]
         try:
-            result: tuple[int, str] | OSError = hash_file(blob.path, blob.lfs, blob.size)
+            result: tuple[int, str] | OSError = hash_file(blob.file, blob.lfs, blob.size)
         except OSError as exc:
             result = exc
         if result != (blob.size, blob.etag):

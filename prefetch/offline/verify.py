@@ -66,7 +66,7 @@ def verify(
     linked: dict[int, list[LockedBlob]] = {}  # those, by (device, inode, kind)
     for blob in blobs:
         try:
-            st = blob.path.lstat()
+            st = os.lstat(blob.file)
         except FileNotFoundError:
             problems.append(f"missing blob {blob.etag} ({blob.size} bytes) for {blob.who()}")
             continue
@@ -111,9 +111,10 @@ def _check_links(cache: RepoCache, entry: LockedEntry) -> list[str]:
     """Snapshot links and the ref of one entry."""
     problems = []
     name = label(entry)
+    snapshot = cache.snapshot_dir(entry.commit)
     for f in entry.files:
-        link = cache.snapshot_path(entry.commit, f.path)
-        expected = cache.link_target(entry.commit, f.path, f.etag)
+        expected = cache.link_target(entry.commit, f.path, f.etag)  # (checks the path)
+        link = f"{snapshot}/{f.path}"  # text: a `Path` per file cost more than its `readlink`
         try:
             target = os.readlink(link)
         except (FileNotFoundError, NotADirectoryError):
