@@ -273,3 +273,31 @@ def test_dry_run_downloads_nothing(prefetch: PrefetchRunner, hub: HubEmulator):
 def test_python_dash_m_and_version(prefetch: PrefetchRunner):
     result = prefetch("--version")
     assert result.code == 0 and "prefetch" in result.stdout
+
+
+def test_without_unnamed_files_small_blobs_take_the_lock_and_an_fsync_each(
+    tmp_path: Path, hub: HubEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem without O_TMPFILE (NFS, FUSE): small blobs are installed as before, under
+    huggingface_hub's lock. Faked at the system-call boundary: `os.open` refuses O_TMPFILE as such a
+    filesystem does (EOPNOTSUPP); the downloads go through the test Hub as always."""
+    from prefetch.offline.verify import verify
+    from prefetch.sync import Settings, sync
+
+    real_open = os.open
+
+    def no_tmpfile(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(95, "Operation not supported", path)  # EOPNOTSUPP
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    make_repos(hub)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(f"version: 1\nendpoint: {hub.url}\nrepos:\n  - repo: org/data\n    type: dataset\n")
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    result = sync(manifest, settings=Settings(cache_dir=cache))
+    monkeypatch.undo()
+    assert result.summary()["fetched_files"] == 3
+    assert len(list((cache / ".locks").rglob("*.lock"))) == 3  # the fallback's locks: one per blob
+    verify(tmp_path / "m.lock", cache_dir=cache)
