@@ -45,6 +45,7 @@ from tests.hubemu import Fault, HubEmulator
 from tests.hubemu.hub import _json
 
 MiB = 1 << 20
+IN_FLIGHT = MiB  # per connection: bytes a server may have sent that sit unread in socket buffers
 FAST = ("--max-wait", "0.2")
 RETRY_LINE = re.compile(r"retry (\d+)/(\d+) in ([\d.]+)s: (.*)")
 
@@ -438,7 +439,10 @@ def test_sigkill_halfway_then_the_rerun_fetches_only_the_remainder(prefetch, hub
     done = model.done_bytes(prefetch.cache_dir, "model.safetensors")
     first = hub.bytes_served(path_contains=sha)
     assert size // 2 <= done < size
-    assert first - done <= 3 * (CHUNK + 256 * 1024)  # at most one chunk per connection was lost
+    # At most one chunk per connection was lost, plus what the Hub had sent into the socket buffers
+    # (never read: loopback buffers grow past 256 KiB when a loaded machine reads slowly).
+    lost = 3 * (CHUNK + IN_FLIGHT)
+    assert first - done <= lost
 
     hub.bandwidth_per_connection = None
     hub.reset_counters()
@@ -446,7 +450,7 @@ def test_sigkill_halfway_then_the_rerun_fetches_only_the_remainder(prefetch, hub
     assert result.code == 0, result
     second = hub.bytes_served(path_contains=sha)
     assert second == size - done  # only the remainder
-    assert first + second <= size + 3 * (CHUNK + 256 * 1024)
+    assert first + second <= size + lost
     assert all(r.range and not r.range.startswith("bytes=0-") for r in hub.requests if sha in r.path)
     assert_cache_verifies(prefetch.cache_dir, model)
 

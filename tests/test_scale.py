@@ -164,7 +164,8 @@ def test_small_files_are_made_durable_in_batches_without_a_lock_file_each(
     calls = [
         name for name, _ in traced_calls(prefetch, "sync", "--quiet", str(manifest), trace="fsync,syncfs")
     ]
-    assert 1 <= calls.count("syncfs") <= count // 32, calls
+    # A batch closes at 64 blobs, or 0.5 s after its first (many more under strace on a slow machine)
+    assert 1 <= calls.count("syncfs") <= count // 5, calls
     assert calls.count("fsync") < 10, calls  # the lock, the blobs and snapshot folders: not the files
     assert not list((prefetch.cache_dir / ".locks").rglob("*.lock"))
     assert prefetch("verify", str(prefetch.tmp / "models.lock")).code == 0
