@@ -45,6 +45,7 @@ from prefetch.files import (
     opened_folder,
     read_regular,
     unlink_at,
+    write_all,
 )
 from prefetch.flock import open_lock_file, soft_lock, try_flock, wait_for
 from prefetch.hashing import hash_fd
@@ -320,9 +321,7 @@ class RepoCache:
                     return None
                 raise
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             return NewBlob(self, fd, name, len(data))
         except BaseException:
             os.close(fd)
@@ -362,9 +361,7 @@ class RepoCache:
         with self.blobs_folder() as dir_fd:
             fd = create_new(dir_fd, partial)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.fsync(fd)
                 st = os.fstat(fd)
             finally:
@@ -542,7 +539,7 @@ class RepoCache:
             by_folder.setdefault(parent, []).append((name, etag))
         snapshot = (self.folder.name, "snapshots", commit)
         for parent, links in by_folder.items():
-            up = _link_target(f"{parent}/-" if parent else "-", "")  # `../../blobs/` for this folder
+            up = _blobs_from(parent)
             with opened_folder(self.root, (*snapshot, *(parent.split("/") if parent else ()))) as dir_fd:
                 present = set(os.listdir(dir_fd))
                 for name, etag in links:
@@ -688,9 +685,15 @@ def _readlink_at(dir_fd: int, name: str) -> str:
         return "?"
 
 
+def _blobs_from(folder: str) -> str:
+    """`blobs/` as a snapshot link in `folder` (of the snapshot; "" for its top) reaches it:
+    `../../blobs/`, plus `../` per folder level."""
+    return "../" * (folder.count("/") + 3 if folder else 2) + "blobs/"
+
+
 def _link_target(path: str, etag: str) -> str:
     """`RepoCache.link_target` of a path already checked."""
-    return "../" * (path.count("/") + 2) + f"blobs/{etag}"
+    return _blobs_from(path.rpartition("/")[0]) + etag
 
 
 def _is_blob_target(commit: str, parent: str, target: str) -> bool:

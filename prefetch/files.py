@@ -202,6 +202,13 @@ def create_new(dir_fd: int, name: str, flags: int = os.O_WRONLY, mode: int = 0o6
         return os.open(name, flags | NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
 
 
+def write_all(fd: int, data: bytes | bytearray) -> None:
+    """Write all of `data` to `fd` (`os.write` may write less than it was given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def unlink_at(dir_fd: int, *names: str) -> int:
     """Unlink these names of `dir_fd` (the names themselves: a link is never followed); how many were there."""
     removed = 0
@@ -250,9 +257,7 @@ def atomic_write_at(dir_fd: int, name: str, data: bytes | Iterable[bytes], *, du
     try:
         try:
             for chunk in [data] if isinstance(data, bytes) else data:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, chunk)
             if durable:
                 os.fsync(fd)
         finally:

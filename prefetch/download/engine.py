@@ -164,7 +164,7 @@ class Transfer:
             # No lock (a lock file is one more new inode per blob): fetched into memory, written to an
             # unnamed file and named with its batch (`NewBlobs`). Two processes fetching it at once
             # both install the same verified bytes.
-            if cache.has_blob(job.etag, job.size):
+            if self._cached(job):
                 return self._done(job, "cached")
             return self._fetch_new(job, small, locked=False)
         with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
