@@ -123,7 +123,7 @@ transfer_options = option_group(
         type=click.IntRange(1, 256),
         default=DEFAULTS.jobs,
         show_default=True,
-        help="Concurrent connections.",
+        help="Most connections at once; per host, prefetch uses fewer where more do not raise the rate.",
     ),
     click.option(
         "--segment-size",

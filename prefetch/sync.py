@@ -494,7 +494,9 @@ def _check_writable(folder: Path, what: str) -> None:
 
 
 def _bytes_on_disk(job: FileJob) -> int:
-    """Bytes of a blob already in its partial file (they need no new space)."""
+    """Bytes of a blob already in its partial file (they need no new space; a small file has none)."""
+    if job.small:
+        return 0
     return sum(b - a for a, b in job.cache.read_partial_state(job.etag, job.size))
 
 

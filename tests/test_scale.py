@@ -22,6 +22,7 @@ from prefetch.errors import VerifyError
 from prefetch.lockfile import _split_files_blocks, dump_lock, load_lock
 from prefetch.offline.verify import verify
 from tests.conftest import PrefetchRunner
+from tests.hubemu import SharedLink
 
 MiB = 1024 * 1024
 MANY = 30_000
@@ -200,6 +201,22 @@ def test_a_per_connection_cap_makes_the_engine_use_its_connections_within_jobs(
     result = prefetch("sync", str(prefetch.tmp / "models.yaml"), "--jobs", str(jobs), *segments)
     assert result.code == 0, result
     assert jobs // 2 < cdn_connections(hub, sha) <= jobs
+
+
+def test_where_more_connections_do_not_pay_the_engine_uses_fewer(hub: Any, prefetch: PrefetchRunner) -> None:
+    """Behind a link all connections share, more connections only compete: the limit comes down from
+    `--jobs`, so the last part of the file is fetched over a few connections at once."""
+    jobs = 16
+    sha = one_big_file(hub, prefetch, 96 * MiB)
+    hub.cdn_link = SharedLink(32 * MiB)  # ~3 s whatever the number of connections
+    segments = ("--segment-size", "1", "--segment-threshold", "1")
+    result = prefetch("sync", str(prefetch.tmp / "models.yaml"), "--jobs", str(jobs), *segments)
+    assert result.code == 0, result
+    spans = [(r.time, r.sent) for r in hub.requests if r.origin == "cdn" and sha in r.path and r.sent]
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    late = [a for a, _ in spans if a >= first + 0.6 * (last - first)]
+    in_flight = [sum(1 for a, b in spans if a <= t < b) for t in late]
+    assert max(in_flight, default=0) <= jobs // 2, in_flight
 
 
 # ---- many small files from two processes

@@ -1,6 +1,6 @@
 """The download engine: file workers fetching files as parallel Range segments into one partial
 file per blob, with resumable on-disk state, streaming hash verification and atomic install; files
-under `SMALL_FILE` are fetched into memory and written once (no-follow, `O_EXCL`), verified, fsynced
+under `job.SMALL_FILE` are fetched into memory and written once (no-follow, `O_EXCL`), verified, fsynced
 and renamed; the blobs folder is fsynced once per run.
 Connections per host adapt to the measured rate within `jobs` (`prefetch.download.scheduler`).
 Cancellation is the run's `CancelToken` (and a child of it, which a fatal failure of one file
@@ -54,7 +54,6 @@ from prefetch.net.session import FILE_HEADERS, Http, network_error
 log = logging.getLogger("prefetch")
 
 FLUSH_AFTER = 0.5  # seconds: a slow connection's bytes are written (and reported) at least this often
-SMALL_FILE = CHUNK  # files below this size are fetched into memory and written once, without resume state
 SMALL_READ_SLACK = 4096  # a small read's buffer has this much room past the expected end
 MAX_URL_REFRESHES = 5  # signed CDN URLs that expire mid-download are asked for again at most this often
 LEARN_POLL = 0.1  # seconds between cancellation checks while a file's first request learns its URL
@@ -159,7 +158,7 @@ class Transfer:
     def _fetch_file(self, job: FileJob) -> None:
         cache = job.cache
         self.cancel.raise_if_cancelled()
-        small = job.size < SMALL_FILE
+        small = job.small
         if small and not job.replace and self._blob_index.find_elsewhere(cache, job.etag, job.size) is None:
             # No lock (a lock file is one more new inode per blob): fetched into memory, written to an
             # unnamed file and named with its batch (`NewBlobs`). Two processes fetching it at once

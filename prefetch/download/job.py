@@ -14,6 +14,9 @@ from prefetch.errors import PrefetchError
 from prefetch.hashing import GitOidHash
 from prefetch.terminal import printable
 
+# Files below this size are fetched whole into memory and written once: no partial file, no resume state.
+SMALL_FILE = 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)  # slots: a cold sync of a 100k-file repo holds 100k of them
 class FileJob:
@@ -33,6 +36,11 @@ class FileJob:
     lfs: bool  # etag is a sha256 of the content (else a git object id, see `hashing.GitOidHash`)
     published: bool = True  # False: the endpoint published no hash; the bytes' sha256 is learned on first use
     replace: bool = False  # the cached blob failed its hash (`sync --verify`): fetch it again, rename over it
+
+    @property
+    def small(self) -> bool:
+        """Fetched whole into memory (`SMALL_FILE`): it never has a partial file to resume."""
+        return self.size < SMALL_FILE
 
     @property
     def url(self) -> str:

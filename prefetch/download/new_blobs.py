@@ -20,12 +20,20 @@ from prefetch.files import can_sync_filesystem, sync_filesystem
 BATCH_FILES = 64
 BATCH_BYTES = 64 * 1024 * 1024  # ... or this many bytes (what a kill -9 can cost at most: fetched again)
 BATCH_WAIT = 0.5  # ... or its first blob has waited this long (seconds: the progress shows it done soon)
+# While one thread installs a batch the others go on fetching; one that adds a blob waits only when
+# this many are pending (open fds, bytes in memory: the bound on what a slow flush lets pile up).
+MAX_PENDING = 4 * BATCH_FILES
 
 
 class NewBlobs:
     """The small blobs written but not yet named, for one transfer. `add` installs a full batch (in
-    the thread that filled it), a timer one that waited `BATCH_WAIT`, and `install` the rest when the
-    transfer ends (whatever its end; it waits for an install in progress)."""
+    the thread that filled it, unless another thread is installing: that one takes the next full
+    batch too), a timer one that waited `BATCH_WAIT`, and `install` the rest when the transfer ends
+    (whatever its end; it waits for an install in progress).
+
+    Why not wait for the installer: a thread that waited held its connection idle, and while one
+    batch was flushed every thread that added a blob queued behind it (measured: 80 % of the worker
+    threads' time for 2,000 small files went to that queue)."""
 
     def __init__(
         self,
@@ -45,25 +53,41 @@ class NewBlobs:
         with self._lock:
             self._pending.append((job, new))
             self._bytes += new.size
-            full = self._fsync_each or len(self._pending) >= BATCH_FILES or self._bytes >= BATCH_BYTES
+            full = self._full()
             if not full and self._timer is None:
                 self._timer = threading.Timer(BATCH_WAIT, self.install)
                 self._timer.daemon = True
                 self._timer.start()
+            wait = len(self._pending) >= MAX_PENDING
         if full:
-            self.install()
+            self.install(wait=wait)
 
-    def install(self) -> None:
-        """Make the pending blobs durable (one `syncfs` per filesystem), then name each. A failure
-        is its job's; if the flush fails, no blob of the batch is named (the kernel frees them)."""
-        with self._installing:
-            with self._lock:
-                batch, self._pending, self._bytes = self._pending, [], 0
-                timer, self._timer = self._timer, None
-            if timer is not None and timer is not threading.current_thread():
-                timer.cancel()
-            if batch:
-                self._install(batch)
+    def _full(self) -> bool:
+        return self._fsync_each or len(self._pending) >= BATCH_FILES or self._bytes >= BATCH_BYTES
+
+    def install(self, *, wait: bool = True) -> None:
+        """Make the pending blobs durable (one `syncfs` per filesystem), then name each; again while
+        a full batch piled up meanwhile. A failure is its job's; if the flush fails, no blob of the
+        batch is named (the kernel frees them). `wait=False`: return at once if another thread is
+        installing (it will take this batch)."""
+        if not self._installing.acquire(blocking=wait):
+            return
+        try:
+            while True:
+                with self._lock:
+                    batch, self._pending, self._bytes = self._pending, [], 0
+                    timer, self._timer = self._timer, None
+                if timer is not None and timer is not threading.current_thread():
+                    timer.cancel()
+                if batch:
+                    self._install(batch)
+                with self._lock:  # released under it: an `add` that fills a batch after this installs it
+                    if not self._full():
+                        self._installing.release()
+                        return
+        except BaseException:
+            self._installing.release()
+            raise
 
     def _install(self, batch: list[tuple[FileJob, NewBlob]]) -> None:
         try:

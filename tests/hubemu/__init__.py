@@ -10,6 +10,7 @@ Usage::
         ...  # point huggingface_hub / prefetch at hub.url
 """
 
+from ._httpbase import SharedLink
 from .hub import PROFILES, Fault, HubEmulator, RequestRecord
 from .proxy import ForwardProxy
 from .store import Repo, StoredFile, git_blob_sha1
@@ -21,6 +22,7 @@ __all__ = [
     "HubEmulator",
     "Repo",
     "RequestRecord",
+    "SharedLink",
     "StoredFile",
     "git_blob_sha1",
 ]

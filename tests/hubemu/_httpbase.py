@@ -28,6 +28,24 @@ LOOPBACK = "127.0.0.1"
 FAST_SLICE = 1 << 20  # 1 MiB: large enough to approach socket speed on loopback
 THROTTLE_SLICE = 64 << 10  # 64 KiB: fine-grained enough for smooth bandwidth caps
 SMALL_BODY = 64 << 10  # bodies up to this size go out in the same sendall as the headers
+
+
+class SharedLink:
+    """A link of `rate` bytes/s that every connection shares (an uplink, not a per-connection cap):
+    each slice sent waits for its turn on it, so more connections get no more bytes through."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    def passed(self, nbytes: int) -> float:
+        """The monotonic time at which a slice of `nbytes` sent now has gone through the link."""
+        with self._lock:
+            self._free_at = max(time.monotonic(), self._free_at) + nbytes / self.rate
+            return self._free_at
+
+
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client gets to finish the TLS handshake
 
 
@@ -262,12 +280,14 @@ class FastHandler(BaseHTTPRequestHandler):
         send_body: bool = True,
         rate: float | None = None,
         corrupt: bool = False,
+        link: SharedLink | None = None,
         limit: int | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> int:
         """Send headers then (part of) the body; returns body bytes handed to the kernel.
 
-        `rate` throttles in slices of 64 KiB (less at slow rates), `corrupt` flips the byte in the middle of
+        `rate` throttles in slices of 64 KiB (less at slow rates), `link` paces them through a link shared
+        with the other connections, `corrupt` flips the byte in the middle of
         what is sent, `limit` truncates the body (the caller then aborts the connection). `on_progress` is told
         about each slice *before* it is sent, so counters are already up to date when the client sees the last
         byte.
@@ -279,7 +299,7 @@ class FastHandler(BaseHTTPRequestHandler):
         if n == 0:
             self.send_all(head)
             return 0
-        if n <= SMALL_BODY and not rate and not corrupt:
+        if n <= SMALL_BODY and not rate and not corrupt and link is None:
             if on_progress:
                 on_progress(n)
             try:
@@ -292,7 +312,7 @@ class FastHandler(BaseHTTPRequestHandler):
         self.send_all(head)
         corrupt_at = n // 2 if corrupt else -1
         # a slow rate sends a tenth of a second's worth at a time: a drip-feed, not 64 KiB bursts
-        step = max(1, min(THROTTLE_SLICE, int(rate / 10))) if rate else FAST_SLICE
+        step = max(1, min(THROTTLE_SLICE, int(rate / 10))) if rate else THROTTLE_SLICE if link else FAST_SLICE
         pos = 0
         t0 = time.monotonic()
         while pos < n:
@@ -311,8 +331,9 @@ class FastHandler(BaseHTTPRequestHandler):
                     on_progress(-(end - pos))
                 raise
             pos = end
-            if rate:
-                delay = t0 + pos / rate - time.monotonic()
+            if rate or link:
+                due = max(t0 + pos / rate if rate else 0.0, link.passed(len(chunk)) if link else 0.0)
+                delay = due - time.monotonic()
                 stopping: threading.Event | None = getattr(self.server, "stopping", None)
                 if delay > 0 and stopping is not None and stopping.wait(delay):
                     raise ConnectionAbortedError("server stopping")

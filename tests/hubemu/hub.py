@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit
 
-from ._httpbase import FastHandler, HandshakeRecord, LoopbackServer, ServerRunner, http_date
+from ._httpbase import FastHandler, HandshakeRecord, LoopbackServer, ServerRunner, SharedLink, http_date
 from .store import LFS_SUFFIXES, Commit, Repo
 
 FAULT_KINDS = ("status", "reset", "truncate", "corrupt", "slow", "ignore_range")
@@ -107,7 +107,8 @@ class RequestRecord:
     body_bytes: int
     range: str | None
     client_port: int
-    time: float = 0.0
+    time: float = 0.0  # arrival (time.time())
+    sent: float = 0.0  # when the answer was all sent (time.time(); 0: not yet, or cut)
 
     @property
     def kind(self) -> str:
@@ -287,12 +288,14 @@ class _HubHandler(FastHandler):
                 send_body=send_body,
                 rate=min(rates) if rates else None,
                 corrupt=corrupt,
+                link=hub.cdn_link if rec.origin == "cdn" else None,
                 limit=cut.after_bytes if cut else None,
                 on_progress=progress,
             )
         except OSError:
             self.close_connection = True
             return
+        rec.sent = time.time()
         if reset is not None:
             self.abort_connection()
         elif truncate is not None:
@@ -332,6 +335,7 @@ class HubEmulator:
         self.lfs_threshold = lfs_threshold
         self.max_lifetime = max_lifetime
         self.bandwidth_per_connection: float | None = None
+        self.cdn_link: SharedLink | None = None  # a CDN uplink all connections share (`SharedLink(rate)`)
         self.cdn_url_ttl = 3600.0  # lifetime of the signed CDN URLs handed out in 302s
         self._ports = (port, cdn_port)
         self._lock = threading.RLock()
