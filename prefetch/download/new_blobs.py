@@ -31,9 +31,9 @@ class NewBlobs:
     batch too), a timer one that waited `BATCH_WAIT`, and `install` the rest when the transfer ends
     (whatever its end; it waits for an install in progress).
 
-    Why not wait for the installer: a thread that waited held its connection idle, and while one
-    batch was flushed every thread that added a blob queued behind it (measured: 80 % of the worker
-    threads' time for 2,000 small files went to that queue)."""
+    Why not wait for the installer: a thread that waits fetches nothing meanwhile, and while one
+    batch was flushed (a `syncfs` can take tens of milliseconds) every thread that added a blob
+    queued behind it."""
 
     def __init__(
         self,
