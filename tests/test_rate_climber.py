@@ -14,11 +14,14 @@ from prefetch.download.scheduler import RateClimber
 CEILING = 32
 
 
-def climb(climber: RateClimber, rate_at: Callable[[int, int], float], windows: int) -> list[int]:
-    """The limit after each window; `rate_at(limit, window)` is the host's rate with that many connections."""
+def climb(
+    climber: RateClimber, rate_at: Callable[[int, int], float], windows: int, *, short: bool = True
+) -> list[int]:
+    """The limit after each window; `rate_at(limit, window)` is the host's rate with that many
+    connections; `short`: its requests end within a window."""
     limits = []
     for window in range(windows):
-        limits.append(climber.observe(rate_at(climber.limit, window), waiting=True))
+        limits.append(climber.observe(rate_at(climber.limit, window), waiting=True, short=short))
     return limits
 
 
@@ -70,11 +73,25 @@ def test_the_limit_stays_within_one_and_the_ceiling_whatever_the_rates() -> None
     rng = random.Random(13)
     climber = RateClimber(8)
     for _ in range(5000):
-        limit = climber.observe(rng.choice([0.0, rng.uniform(0, 1e9)]), waiting=rng.random() < 0.7)
+        rate = rng.choice([0.0, rng.uniform(0, 1e9)])
+        limit = climber.observe(rate, waiting=rng.random() < 0.7, short=rng.random() < 0.7)
         assert 1 <= limit <= 8
 
 
 def test_without_requests_waiting_it_does_not_grow() -> None:
     climber = RateClimber(CEILING, start=4)
-    limits = [climber.observe(capped_per_connection(climber.limit, 0), waiting=False) for _ in range(30)]
+    limits = [
+        climber.observe(capped_per_connection(climber.limit, 0), waiting=False, short=True) for _ in range(30)
+    ]
     assert max(limits) == 4
+
+
+def test_while_requests_are_long_it_does_not_try_fewer_connections() -> None:
+    """A halving takes effect only as requests in flight end: with big segments that takes seconds,
+    too long a loss for a probe. A fall of the rate still halves the limit."""
+    assert set(climb(RateClimber(CEILING), peak_at_4, 100, short=False)) == {CEILING}
+
+    def falls(limit: int, window: int) -> float:
+        return capped_per_connection(limit, window) * (0.3 if window >= 50 else 1.0)
+
+    assert climb(RateClimber(CEILING), falls, 60, short=False)[50] == CEILING // 2

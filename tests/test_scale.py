@@ -11,6 +11,7 @@ import gc
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -205,18 +206,21 @@ def test_a_per_connection_cap_makes_the_engine_use_its_connections_within_jobs(
 
 def test_where_more_connections_do_not_pay_the_engine_uses_fewer(hub: Any, prefetch: PrefetchRunner) -> None:
     """Behind a link all connections share, more connections only compete: the limit comes down from
-    `--jobs`, so the last part of the file is fetched over a few connections at once."""
+    `--jobs`, so the last files are fetched over a few connections at once (most of the time: now and
+    then a doubling is tried again, and undone)."""
     jobs = 16
-    sha = one_big_file(hub, prefetch, 96 * MiB)
-    hub.cdn_link = SharedLink(32 * MiB)  # ~3 s whatever the number of connections
-    segments = ("--segment-size", "1", "--segment-threshold", "1")
-    result = prefetch("sync", str(prefetch.tmp / "models.yaml"), "--jobs", str(jobs), *segments)
+    hub.create_repo("org/many").commit(
+        {f"data/{i // 250:03d}/{i:05d}.bin": os.urandom(4096) for i in range(750)}
+    )
+    prefetch.manifest([{"repo": "org/many"}])
+    hub.link = SharedLink(1 * MiB)  # ~3 s whatever the number of connections
+    result = prefetch("sync", str(prefetch.tmp / "models.yaml"), "--jobs", str(jobs))
     assert result.code == 0, result
-    spans = [(r.time, r.sent) for r in hub.requests if r.origin == "cdn" and sha in r.path and r.sent]
+    spans = [(r.time, r.sent) for r in hub.requests if r.kind == "file" and r.sent]
     first, last = min(a for a, _ in spans), max(b for _, b in spans)
     late = [a for a, _ in spans if a >= first + 0.6 * (last - first)]
     in_flight = [sum(1 for a, b in spans if a <= t < b) for t in late]
-    assert max(in_flight, default=0) <= jobs // 2, in_flight
+    assert late and statistics.median(in_flight) <= jobs // 4, in_flight  # (a probe upward may show)
 
 
 # ---- many small files from two processes

@@ -91,6 +91,7 @@ class _OneReadPerCall:
 
     def __init__(self, reader: io.BufferedReader) -> None:
         self._reader = reader
+        self.readline = reader.readline  # the status line and each header (no `__getattr__` per line)
 
     def readinto(self, buffer: memoryview) -> int:
         return self._reader.readinto1(buffer)

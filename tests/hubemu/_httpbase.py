@@ -39,11 +39,12 @@ class SharedLink:
         self._free_at = 0.0
         self._lock = threading.Lock()
 
-    def passed(self, nbytes: int) -> float:
-        """The monotonic time at which a slice of `nbytes` sent now has gone through the link."""
+    def turn(self, nbytes: int) -> float:
+        """The monotonic time at which a slice of `nbytes` may go (the link is busy until then)."""
         with self._lock:
-            self._free_at = max(time.monotonic(), self._free_at) + nbytes / self.rate
-            return self._free_at
+            start = max(time.monotonic(), self._free_at)
+            self._free_at = start + nbytes / self.rate
+            return start
 
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client gets to finish the TLS handshake
@@ -322,6 +323,8 @@ class FastHandler(BaseHTTPRequestHandler):
                 patched = bytearray(chunk)
                 patched[corrupt_at - pos] ^= 0xFF
                 chunk = patched
+            if link is not None:  # the slice waits for its turn on the shared link, then goes
+                self._sleep_until(link.turn(end - pos))
             if on_progress:
                 on_progress(end - pos)
             try:
@@ -331,15 +334,18 @@ class FastHandler(BaseHTTPRequestHandler):
                     on_progress(-(end - pos))
                 raise
             pos = end
-            if rate or link:
-                due = max(t0 + pos / rate if rate else 0.0, link.passed(len(chunk)) if link else 0.0)
-                delay = due - time.monotonic()
-                stopping: threading.Event | None = getattr(self.server, "stopping", None)
-                if delay > 0 and stopping is not None and stopping.wait(delay):
-                    raise ConnectionAbortedError("server stopping")
-                if delay > 0 and stopping is None:
-                    time.sleep(delay)
+            if rate:
+                self._sleep_until(t0 + pos / rate)
         return pos
+
+    def _sleep_until(self, due: float) -> None:
+        """Wait until the monotonic time `due`; a server that is stopping aborts the answer."""
+        delay = due - time.monotonic()
+        stopping: threading.Event | None = getattr(self.server, "stopping", None)
+        if delay > 0 and stopping is not None and stopping.wait(delay):
+            raise ConnectionAbortedError("server stopping")
+        if delay > 0 and stopping is None:
+            time.sleep(delay)
 
     def abort_connection(self) -> None:
         """Close with SO_LINGER 0 so the peer gets a TCP RST (a 'connection reset by peer')."""

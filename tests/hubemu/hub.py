@@ -288,7 +288,7 @@ class _HubHandler(FastHandler):
                 send_body=send_body,
                 rate=min(rates) if rates else None,
                 corrupt=corrupt,
-                link=hub.cdn_link if rec.origin == "cdn" else None,
+                link=hub.link,
                 limit=cut.after_bytes if cut else None,
                 on_progress=progress,
             )
@@ -335,7 +335,7 @@ class HubEmulator:
         self.lfs_threshold = lfs_threshold
         self.max_lifetime = max_lifetime
         self.bandwidth_per_connection: float | None = None
-        self.cdn_link: SharedLink | None = None  # a CDN uplink all connections share (`SharedLink(rate)`)
+        self.link: SharedLink | None = None  # an uplink every connection shares (`SharedLink(rate)`)
         self.cdn_url_ttl = 3600.0  # lifetime of the signed CDN URLs handed out in 302s
         self._ports = (port, cdn_port)
         self._lock = threading.RLock()
