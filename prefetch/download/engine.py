@@ -158,27 +158,30 @@ class Transfer:
     def _fetch_file(self, job: FileJob) -> None:
         cache = job.cache
         self.cancel.raise_if_cancelled()
-        small = job.small
-        if small and not job.replace and self._blob_index.find_elsewhere(cache, job.etag, job.size) is None:
+        if (
+            job.small
+            and not job.replace
+            and self._blob_index.find_elsewhere(cache, job.etag, job.size) is None
+        ):
             # No lock (a lock file is one more new inode per blob): fetched into memory, written to an
             # unnamed file and named with its batch (`NewBlobs`). Two processes fetching it at once
             # both install the same verified bytes.
             if self._cached(job):
                 return self._done(job, "cached")
-            return self._fetch_new(job, small, locked=False)
+            return self._fetch_new(job, locked=False)
         with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
             if self._cached(job):  # another process fetched (or repaired) it while we waited
                 cache.discard_partial(job.etag)  # our own earlier partial of it is garbage now
                 return self._done(job, "cached")
             if self._link_from_other_repo(job):
                 return self._done(job, "linked")
-            self._fetch_new(job, small, locked=True)
+            self._fetch_new(job, locked=True)
 
-    def _fetch_new(self, job: FileJob, small: bool, *, locked: bool) -> None:
+    def _fetch_new(self, job: FileJob, *, locked: bool) -> None:
         """Download the file (a small one whole, into memory: no resume state) and install it."""
         self.reporter.file_started(job)
         for attempt in (1, 2):
-            if small:
+            if job.small:
                 if self._download_small(job, locked):
                     return
             else:
