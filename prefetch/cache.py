@@ -137,6 +137,10 @@ class RepoCache:
         self._keepers = 0
         self._kept_lock = threading.Lock()
 
+    def __reduce__(self) -> tuple[type[RepoCache], tuple[Path, str, str]]:
+        """Pickled as what names it (for another process): the fds it keeps open are this process's."""
+        return RepoCache, (self.root, self.repo_id, self.repo_type)
+
     def relpath(self, path: Path) -> str:
         """A path in this cache as POSIX text relative to the cache root: the name of its bundle member."""
         return path.relative_to(self.root).as_posix()

@@ -139,6 +139,15 @@ class FilesystemError(PrefetchError):
     exit_code = ExitCode.FILESYSTEM
 
 
+def relayed_error(exit_code: int, message: str) -> PrefetchError:
+    """An error another prefetch process reported (`download.helper`), as the class of its exit code."""
+    for kind in (UsageError, AccessError, NetworkError, IntegrityError, LockOutdatedError, DiskSpaceError,
+                 FilesystemError):  # fmt: skip
+        if kind.exit_code == exit_code:
+            return kind(message)
+    return PrefetchError(message)
+
+
 _FILESYSTEM_HINTS = {
     errno.EACCES: "permission denied (check the owner and mode; a shared cache needs group write and umask 002)",
     errno.EPERM: "operation not permitted (check the owner, mode and attributes)",

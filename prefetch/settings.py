@@ -168,6 +168,18 @@ def min_rate_window(env: Env | None = None) -> float:
         return DEFAULT_MIN_RATE_WINDOW
 
 
+def processes(env: Env | None = None) -> int | None:
+    """`PREFETCH_PROCESSES`, the processes that share many small files (`download.helper`): 1, or 2
+    (from the start). Unset (or unparsable): None, a second one once this one is bound by its own
+    CPU. Always 1 where this process may not run on 2 cores."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return 1
+    try:
+        return min(2, max(1, int(_env(env).get("PREFETCH_PROCESSES", ""))))
+    except ValueError:
+        return None
+
+
 def show_traceback(env: Env | None = None) -> bool:
     """`PREFETCH_TRACEBACK` set (non-empty): print the traceback of an internal error."""
     return bool(_env(env).get("PREFETCH_TRACEBACK"))

@@ -73,6 +73,7 @@ class Settings:
     segment_threshold: int = env_settings.DEFAULT_SEGMENT_THRESHOLD
     segment_size: int = env_settings.DEFAULT_SEGMENT_SIZE
     min_free: int | None = None  # bytes to keep free after the download (default: scales with the plan)
+    processes: int | None = None  # that share many small files: 1 or 2 (default: `settings.processes`)
 
 
 class Run:
@@ -559,6 +560,7 @@ def sync(
             segment_size=run.settings.segment_size,
             reporter=run.progress,
             cancel=run.cancel,
+            processes=run.settings.processes,
         )
         transfer.run(first)
         if later:

@@ -95,3 +95,16 @@ def test_while_requests_are_long_it_does_not_try_fewer_connections() -> None:
         return capped_per_connection(limit, window) * (0.3 if window >= 50 else 1.0)
 
     assert climb(RateClimber(CEILING), falls, 60, short=False)[50] == CEILING // 2
+
+
+def test_a_moved_ceiling_takes_a_limit_at_or_above_it_along() -> None:
+    """A helper process takes its share of the connections, then gives it back (`HostLimits.resize`)."""
+    capped = RateClimber(32)
+    assert capped.resize(-16) == 16 and capped.ceiling == 16
+    assert capped.resize(16) == 32 and capped.ceiling == 32
+    assert climb(capped, capped_per_connection, 20)[-1] == 32
+    peaked = RateClimber(16)
+    climb(peaked, peak_at_4, 60)
+    before = peaked.limit
+    assert before < 16 and peaked.resize(16) == before  # below the old ceiling: the climb decides
+    assert peaked.resize(-31) == 1  # never below one connection

@@ -143,6 +143,16 @@ def test_unparsable_progress_interval_falls_back() -> None:
     assert settings.progress_interval({"PREFETCH_PROGRESS_INTERVAL": "0.5"}) == 0.5
 
 
+def test_processes_are_decided_by_the_run_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert settings.processes({}) is None  # a second one once the first is bound by its CPU
+    assert settings.processes({"PREFETCH_PROCESSES": "1"}) == 1
+    assert settings.processes({"PREFETCH_PROCESSES": "8"}) == 2  # one helper at most
+    assert settings.processes({"PREFETCH_PROCESSES": "many"}) is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert settings.processes({"PREFETCH_PROCESSES": "2"}) == 1
+
+
 def test_only_settings_reads_the_environment() -> None:
     """Every other module asks prefetch.settings, so there is one rule per variable."""
     package = Path(settings.__file__).parent

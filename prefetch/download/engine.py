@@ -1,7 +1,8 @@
 """The download engine: file workers fetching files as parallel Range segments into one partial
 file per blob, with resumable on-disk state, streaming hash verification and atomic install; files
 under `job.SMALL_FILE` are fetched into memory and written once (no-follow, `O_EXCL`), verified, fsynced
-and renamed; the blobs folder is fsynced once per run.
+and renamed; the blobs folder is fsynced once per run. Many small files are shared with a second
+process (`prefetch.download.helper`).
 Connections per host adapt to the measured rate within `jobs` (`prefetch.download.scheduler`).
 Cancellation is the run's `CancelToken` (and a child of it, which a fatal failure of one file
 cancels for the others).
@@ -15,7 +16,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from prefetch import settings
 from prefetch.cache import BlobIndex, folders_kept_open
 from prefetch.cancel import CancelToken
+from prefetch.download.helper import SmallFileHelper
 from prefetch.download.job import FileJob, Reporter, TransferStats
 from prefetch.download.new_blobs import NewBlobs
 from prefetch.download.partial import CHUNK, PartialFile
@@ -71,16 +73,19 @@ class Transfer:
         segment_size: int = settings.DEFAULT_SEGMENT_SIZE,
         reporter: Reporter | None = None,
         cancel: CancelToken | None = None,
+        processes: int | None = None,
     ) -> None:
         self.http = http
         self.jobs = max(1, jobs)
+        # 1 or 2 processes for many small files; None: a second one once this one is CPU-bound.
+        self.processes = settings.processes() if processes is None else processes
         self.segment_threshold = segment_threshold
         self.segment_size = segment_size
         self.reporter = reporter or Reporter()
         # Cancelled with the run's token, or by a fatal failure of one file (to stop the others).
         self.cancel = CancelToken(parent=cancel or http.retry.cancel)
         self.stats = TransferStats()
-        self.connections = HostLimits(self.jobs)
+        self.connections = HostLimits(self.jobs)  # replaced by each run's (`run_items`)
         self._buffers = _Buffers(CHUNK)
         self._blob_index = BlobIndex()  # listed anew per `run`: a second pass sees the first's blobs
         self._new_blobs = NewBlobs(self._fetched, self._failed)
@@ -94,17 +99,39 @@ class Transfer:
     def run(self, jobs: list[FileJob]) -> TransferStats:
         """Fetch every job; raises the most severe error after the others finished or stopped."""
         ordered = sorted(jobs, key=lambda j: -j.size)  # big files first: their segments fill the pool
+        helper = (
+            SmallFileHelper.start(self, ordered, at_once=self.processes == 2) if self.processes != 1 else None
+        )
+        if helper is None:
+            self.run_items(ordered, ordered, HostLimits(self.jobs))
+        else:
+            try:
+                self.run_items(helper.items(ordered), ordered, helper.connections)
+            finally:
+                left = helper.finish()
+            if left and not self.cancel.cancelled:  # the helper ended before its files: fetched here
+                self.run_items(left, left, HostLimits(self.jobs))
+            self._sync_blob_folders()  # the helper's too (it did, unless it was killed)
+        if self.stats.errors:
+            raise _most_severe(self.stats.errors)
+        self.cancel.raise_if_cancelled()  # the run was cancelled: some files may not have been fetched
+        return self.stats
+
+    def run_items(self, items: Iterable[FileJob], among: list[FileJob], connections: HostLimits) -> None:
+        """Fetch the jobs `items` yields (all `among`, or a process's share of them) within
+        `connections` (`jobs`, less what a helper process took); failures go to `stats.errors`."""
+        self.connections = connections
         self._blob_index = BlobIndex()
         self._segments = SegmentPool(self.jobs)
         workers = Workers(
-            min(self.jobs, len(ordered)),
+            min(connections.ceiling, len(among)),
             self._fetch_file,
             self._failed,
             lambda: self.cancel.cancelled,
         )
         try:
-            with young_objects_collected(), folders_kept_open(job.cache for job in ordered):
-                workers.run(ordered)
+            with young_objects_collected(), folders_kept_open(job.cache for job in among):
+                workers.run(items)
         except BaseException:
             self.cancel.cancel()
             raise
@@ -112,20 +139,18 @@ class Transfer:
             self._segments.shutdown()
             self._new_blobs.install()  # the last small blobs (verified: installed whatever the end)
             self._sync_blob_folders()
-        if self.stats.errors:
-            raise _most_severe(self.stats.errors)
-        self.cancel.raise_if_cancelled()  # the run was cancelled: some files may not have been fetched
-        return self.stats
 
-    def _installed(self, job: FileJob, name: str) -> None:
+    # -- what became of each file (the helper's files are reported here too) ----------------------
+    def installed(self, job: FileJob, name: str) -> None:
+        """`job`'s bytes are in the cache as blob `name` (its folder still to be fsynced)."""
         with self._stats_lock:
             self._blob_folders.add(job.cache.blobs)
             if name != job.etag:
                 self.stats.learned[(job.cache.folder.name, job.etag)] = name
 
     def _fetched(self, job: FileJob, name: str) -> None:
-        self._installed(job, name)
-        self._done(job, "fetched")
+        self.installed(job, name)
+        self.done(job, "fetched")
 
     def _sync_blob_folders(self) -> None:
         """Make this run's blob renames durable: once per folder, not once per blob, and before the
@@ -150,9 +175,19 @@ class Transfer:
                 exc = network_error(exc, self.http, f"downloading {job.label}")
             else:
                 exc = PrefetchError(f"downloading {job.label}: {describe(exc)}")
-        self.stats.errors.append(exc)
+        self.record(exc)
+
+    def record(self, exc: PrefetchError) -> None:
+        """A file failed for good: the run raises the most severe failure once the others ended."""
+        with self._stats_lock:
+            self.stats.errors.append(exc)
         if not isinstance(exc, IntegrityError):  # network/access/disk problems stop everything else
             self.cancel.cancel()
+
+    def advanced(self, nbytes: int) -> None:
+        with self._stats_lock:
+            self.stats.bytes_fetched += nbytes
+        self.reporter.advance(nbytes)
 
     # -- one file ---------------------------------------------------------------------------------
     def _fetch_file(self, job: FileJob) -> None:
@@ -167,14 +202,14 @@ class Transfer:
             # unnamed file and named with its batch (`NewBlobs`). Two processes fetching it at once
             # both install the same verified bytes.
             if self._cached(job):
-                return self._done(job, "cached")
+                return self.done(job, "cached")
             return self._fetch_new(job, locked=False)
         with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
             if self._cached(job):  # another process fetched (or repaired) it while we waited
                 cache.discard_partial(job.etag)  # our own earlier partial of it is garbage now
-                return self._done(job, "cached")
+                return self.done(job, "cached")
             if self._link_from_other_repo(job):
-                return self._done(job, "linked")
+                return self.done(job, "linked")
             self._fetch_new(job, locked=True)
 
     def _fetch_new(self, job: FileJob, *, locked: bool) -> None:
@@ -205,7 +240,7 @@ class Transfer:
             return False
         return not job.replace or hash_file(job.cache.blob_path(job.etag), job.lfs, job.size)[1] == job.etag
 
-    def _done(self, job: FileJob, how: str) -> None:
+    def done(self, job: FileJob, how: str) -> None:
         with self._stats_lock:
             if how == "fetched":
                 self.stats.files_fetched += 1
@@ -223,7 +258,7 @@ class Transfer:
             return False
         if not job.cache.install_hard_link(job.etag, source, before):
             return False
-        self._installed(job, job.etag)
+        self.installed(job, job.etag)
         return True
 
     def _download(self, job: FileJob) -> str | None:
@@ -415,9 +450,7 @@ class Transfer:
                 if filled:
                     partial.write(cursor.position, buffer[:filled])
                     cursor.position += filled
-                    with self._stats_lock:
-                        self.stats.bytes_fetched += filled
-                    self.reporter.advance(filled)
+                    self.advanced(filled)
                     limit.progress(filled)
                     filled = 0
                 last_flush = time.monotonic()

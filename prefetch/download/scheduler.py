@@ -24,6 +24,9 @@ A hill climb, one step (a doubling or a halving) per window:
 - a rate that falls below `SHRINK_LOSS` times the best seen at the current limit while requests
   wait (the link got worse: more connections only compete) halves the limit at once.
 
+A helper process that takes some of the files (`download.helper`) takes its share of `--jobs` from
+this process's `HostLimits` (`resize`) and gives it back when it ends.
+
 **Files** (`Workers`): a fixed set of threads, each taking the next file and doing all of it
 (lock, fetch, hash, install), so a small file costs no hand-off between threads and no future.
 
@@ -82,6 +85,15 @@ class RateClimber:
             self._best, self._last = {}, {}  # the link changed: rates measured before no longer hold
         return self.limit
 
+    def resize(self, change: int) -> int:
+        """The ceiling moved by `change`: a limit at the old ceiling (its cap) or above the new one
+        follows it, other limits stay for the climb to move."""
+        at_ceiling = self.limit == self.ceiling
+        self.ceiling = max(1, self.ceiling + change)
+        if at_ceiling or self.limit > self.ceiling:
+            self.limit = self.ceiling
+        return self.limit
+
     def _undo_unpaid(self, before: int, rate: float) -> bool:
         """Judge the last step: kept (False), or undone and the next one the other way (True)."""
         self._probe_from = None
@@ -114,11 +126,11 @@ class RateClimber:
 class HostLimit:
     """A counting semaphore whose size a `RateClimber` sets from the host's measured rate."""
 
-    def __init__(self, ceiling: int, total: threading.Semaphore | None = None) -> None:
+    def __init__(self, ceiling: int, total: Budget | None = None) -> None:
         self._climber = RateClimber(ceiling)
         self.limit = self._climber.limit
         # shared by all hosts: --jobs in all
-        self._total = total or threading.Semaphore(self._climber.ceiling)
+        self._total = total or Budget(self._climber.ceiling)
         self.peak = 0  # most connections in use at once
         self._active = 0
         self._waiting = 0
@@ -150,6 +162,11 @@ class HostLimit:
                 self._ended += 1
                 self._cond.notify()
 
+    def resize(self, change: int) -> None:
+        with self._cond:
+            self.limit = self._climber.resize(change)
+            self._cond.notify_all()
+
     def _new_window(self, now: float) -> None:
         self._progress, self._events, self._window_start, self._busy, self._ended = 0, 0, now, 0.0, 0
 
@@ -180,12 +197,37 @@ class HostLimit:
                 self._cond.notify_all()
 
 
+class Budget:
+    """Connections all hosts may use at once (a semaphore whose size may change while in use)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._cond:
+            while self._used >= self.size:
+                self._cond.wait()
+            self._used += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._used -= 1
+            self._cond.notify()
+
+    def resize(self, change: int) -> None:
+        with self._cond:
+            self.size = max(1, self.size + change)
+            self._cond.notify_all()
+
+
 class HostLimits:
     """One `HostLimit` per host (the Hub and its CDN are tuned apart); `ceiling` bounds them all together."""
 
     def __init__(self, ceiling: int) -> None:
         self.ceiling = ceiling
-        self._total = threading.Semaphore(max(1, ceiling))
+        self._total = Budget(max(1, ceiling))
         self._hosts: dict[str, HostLimit] = {}
         self._lock = threading.Lock()
 
@@ -196,6 +238,16 @@ class HostLimits:
             if limit is None:
                 limit = self._hosts[host] = HostLimit(self.ceiling, self._total)
             return limit
+
+    def resize(self, change: int) -> None:
+        """`change` more (or fewer) connections in all: a helper process took or gave back its share.
+        Fewer take effect as requests in flight end."""
+        with self._lock:
+            self.ceiling = max(1, self.ceiling + change)
+            hosts = list(self._hosts.values())
+        self._total.resize(change)
+        for host in hosts:
+            host.resize(change)
 
     def peak(self) -> int:
         """Most connections one host had at once."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -24,6 +25,7 @@ from prefetch.errors import (
     UnusableAnswer,
     hub_http_error,
 )
+from prefetch.manifest import RetrySettings
 from prefetch.net.connection import Headers, Pool, Response
 from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_hint, is_proxy_failure
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
@@ -32,6 +34,21 @@ FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of
 CONNECT_TIMEOUT = 10.0  # seconds to connect (TLS handshake and proxy tunnel included)
 READ_TIMEOUT = 60.0  # seconds without a byte from the server
 MAX_REDIRECTS = 5
+
+Origin = tuple[str, str | None, int | None]
+
+
+@dataclass(frozen=True)
+class HttpRecipe:
+    """What another process needs to open the same session (`Http.recipe`, `Http.from_recipe`)."""
+
+    endpoint: str
+    proxies: tuple[str, ...]
+    retry: RetrySettings
+    no_proxy: str
+    pool_size: int
+    offline: bool
+    answered: frozenset[Origin]  # origins that answered: their connect failures are not a first contact
 
 
 class Http:
@@ -50,7 +67,8 @@ class Http:
         self.endpoint = endpoint.rstrip("/")
         self.retry = retry
         self.offline = offline
-        self._answered: set[tuple[str, str | None, int | None]] = set()  # origins that answered this run
+        self._answered: set[Origin] = set()  # origins that answered this run
+        self._made_with = (tuple(proxies), no_proxy, pool_size)
 
         def pool(proxy: str | None) -> Pool:
             return Pool(
@@ -65,6 +83,32 @@ class Http:
         for proxy in proxies:
             redact_url(proxy)  # registers its password as a secret
         self.routes = Routes([Route(p, pool(p)) for p in proxies], Route(None, pool(None)), no_proxy)
+
+    def recipe(self) -> HttpRecipe:
+        proxies, no_proxy, pool_size = self._made_with
+        return HttpRecipe(
+            self.endpoint,
+            proxies,
+            self.retry.settings,
+            no_proxy,
+            pool_size,
+            self.offline,
+            frozenset(self._answered),
+        )
+
+    @classmethod
+    def from_recipe(cls, recipe: HttpRecipe, retry: RetryPolicy) -> Http:
+        """The session `recipe` describes, with this process's own pools and `retry` (its settings)."""
+        http = cls(
+            recipe.endpoint,
+            list(recipe.proxies),
+            retry,
+            no_proxy=recipe.no_proxy,
+            pool_size=recipe.pool_size,
+            offline=recipe.offline,
+        )
+        http._answered.update(recipe.answered)
+        return http
 
     def close(self) -> None:
         self.routes.close()
@@ -192,7 +236,7 @@ def plain_http_token_problem(url: str) -> str | None:
     return f"refusing to send a token over plain http to {parts.hostname} (anyone on the path could read it)"
 
 
-def _origin(url: str) -> tuple[str, str | None, int | None]:
+def _origin(url: str) -> Origin:
     parts = urlsplit(url)
     return parts.scheme, parts.hostname, parts.port
 
