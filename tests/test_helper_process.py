@@ -6,6 +6,7 @@ reported each file: the helper's files reach the run's reporter from the relay t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from prefetch.cancel import CancelToken
 from prefetch.download import helper
@@ -237,6 +239,27 @@ def test_a_library_callers_unguarded_script_runs_once(tmp_path: Path, hub: HubEm
     assert done.returncode == 0, done.stderr
     assert "sharing the small files with a helper process" in done.stderr
     assert ran.read_text() == "ran\n"
+
+
+@pytest.mark.parametrize("hub", ["mirror"], indirect=True)
+def test_names_the_helper_learned_from_the_bytes_reach_the_lock(tmp_path: Path, hub: HubEmulator) -> None:
+    """An endpoint that publishes no hash: each file's sha256 is learned from its bytes, by whichever
+    process fetched it, and recorded in the lock."""
+    manifest = small_repo(hub, tmp_path)
+    hub.missing_routes.add("tree")
+    hub.publishes_hashes = False
+    progress = Recorder()
+    sync(manifest, settings=two_processes(tmp_path), progress=progress)
+    assert progress.by_side["helper"] > 0
+    files = yaml.safe_load((tmp_path / "models.lock").read_text())["entries"][0]["files"]
+    snapshot = next((tmp_path / "cache" / "models--org--many" / "snapshots").iterdir())
+    assert len(files) == COUNT
+    for entry in files:
+        data = (snapshot / entry["path"]).read_bytes()
+        assert (
+            entry["sha256"] == hashlib.sha256(data).hexdigest() == (snapshot / entry["path"]).resolve().name
+        )
+    assert verify(tmp_path / "models.lock", cache_dir=tmp_path / "cache").ok
 
 
 def test_a_relayed_error_keeps_its_exit_code() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prefetch import settings
-from prefetch.cache import BlobIndex, folders_kept_open
+from prefetch.cache import BlobIndex, RepoCache, folders_kept_open
 from prefetch.cancel import CancelToken
 from prefetch.download.helper import SmallFileHelper
 from prefetch.download.job import FileJob, Reporter, TransferStats
@@ -99,38 +99,41 @@ class Transfer:
     def run(self, jobs: list[FileJob]) -> TransferStats:
         """Fetch every job; raises the most severe error after the others finished or stopped."""
         ordered = sorted(jobs, key=lambda j: -j.size)  # big files first: their segments fill the pool
-        helper = (
-            SmallFileHelper.start(self, ordered, at_once=self.processes == 2) if self.processes != 1 else None
-        )
+        caches = list({id(job.cache): job.cache for job in ordered}.values())  # each repo folder once
+        helper = None
+        if self.processes != 1:  # (None: 2 once this process is bound by its CPU)
+            helper = SmallFileHelper.start(self, ordered, caches, at_once=self.processes == 2)
         if helper is None:
-            self.run_items(ordered, ordered, HostLimits(self.jobs))
+            self.run_items(ordered, caches, len(ordered), HostLimits(self.jobs))
         else:
             try:
-                self.run_items(helper.items(ordered), ordered, helper.connections)
+                self.run_items(helper.items(ordered), caches, len(ordered), helper.connections)
             finally:
                 left = helper.finish()
             if left and not self.cancel.cancelled:  # the helper ended before its files: fetched here
-                self.run_items(left, left, HostLimits(self.jobs))
+                self.run_items(left, caches, len(left), HostLimits(self.jobs))
             self._sync_blob_folders()  # the helper's too (it did, unless it was killed)
         if self.stats.errors:
             raise _most_severe(self.stats.errors)
         self.cancel.raise_if_cancelled()  # the run was cancelled: some files may not have been fetched
         return self.stats
 
-    def run_items(self, items: Iterable[FileJob], among: list[FileJob], connections: HostLimits) -> None:
-        """Fetch the jobs `items` yields (all `among`, or a process's share of them) within
+    def run_items(
+        self, items: Iterable[FileJob], caches: Iterable[RepoCache], count: int, connections: HostLimits
+    ) -> None:
+        """Fetch the jobs `items` yields (at most `count`, from the repo folders `caches`) within
         `connections` (`jobs`, less what a helper process took); failures go to `stats.errors`."""
         self.connections = connections
         self._blob_index = BlobIndex()
         self._segments = SegmentPool(self.jobs)
         workers = Workers(
-            min(connections.ceiling, len(among)),
+            min(connections.ceiling, count),
             self._fetch_file,
             self._failed,
             lambda: self.cancel.cancelled,
         )
         try:
-            with young_objects_collected(), folders_kept_open(job.cache for job in among):
+            with young_objects_collected(), folders_kept_open(caches):
                 workers.run(items)
         except BaseException:
             self.cancel.cancel()

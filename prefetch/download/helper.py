@@ -17,9 +17,10 @@ backlog, and a helper that dies cannot leave a shared lock held.
 The helper is a fresh interpreter running this module's `serve`, started with `subprocess`: a fork
 of a process with threads may inherit a lock another thread held, and `multiprocessing`'s spawn
 would import the caller's main script again in the child (a library user's unguarded script would
-run twice). It imports prefetch from the parent's own source tree, gets its files, its share of
-the connections and what it needs to open the same HTTP session (`HttpRecipe`) through a socket
-pair (`multiprocessing.connection` frames the messages); tokens never reach a command line or an
+run twice). It imports prefetch from the parent's own source tree, gets its share of the
+connections and what it needs to open the same HTTP session (`HttpRecipe`), then its files a batch
+at a time (it holds no list of them: memory stays flat with the file count), through a socket pair
+(`multiprocessing.connection` frames the messages); tokens never reach a command line or an
 environment. It runs in a session of its own: a Ctrl-C reaches the parent, which cancels it.
 
 The parent relays what the helper reports: progress to the run's reporter, log records to the
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prefetch.cache import RepoCache
 from prefetch.cancel import CancelToken
 from prefetch.download.job import FileJob, Reporter
 from prefetch.download.scheduler import HostLimits
@@ -112,7 +114,7 @@ class _CpuShare:
 class HelperOrder:
     """What the helper process is given (its first message)."""
 
-    files: list[FileJob]
+    caches: list[RepoCache]  # the repo folders of the files (each kept open while it works)
     jobs: int
     segment_threshold: int
     segment_size: int
@@ -124,7 +126,9 @@ class SmallFileHelper:
     """The parent's side: starts the helper, hands out the small files, relays what it reports."""
 
     @classmethod
-    def start(cls, transfer: Transfer, ordered: list[FileJob], *, at_once: bool) -> SmallFileHelper | None:
+    def start(
+        cls, transfer: Transfer, ordered: list[FileJob], caches: list[RepoCache], *, at_once: bool
+    ) -> SmallFileHelper | None:
         """A started helper for `ordered`'s small files, given some `at_once` or once this process is
         bound by its CPU; None where it would not pay or cannot start."""
         files = [job for job in ordered if job.small]
@@ -146,7 +150,7 @@ class SmallFileHelper:
         finally:
             there.close()
         order = HelperOrder(
-            files,
+            caches,
             transfer.jobs // 2,
             transfer.segment_threshold,
             transfer.segment_size,
@@ -156,13 +160,18 @@ class SmallFileHelper:
         log.debug("a helper process for %d small files started (pid %d)", len(files), process.pid)
         from multiprocessing.connection import Connection  # only here: importing it costs every run ~10 ms
 
-        helper = cls(transfer, process, Connection(here.detach()), order)
+        helper = cls(transfer, process, Connection(here.detach()), order, files)
         if at_once:
             helper.share("two processes were asked for")
         return helper
 
     def __init__(
-        self, transfer: Transfer, process: subprocess.Popen[bytes], connection: Connection, order: HelperOrder
+        self,
+        transfer: Transfer,
+        process: subprocess.Popen[bytes],
+        connection: Connection,
+        order: HelperOrder,
+        files: list[FileJob],
     ) -> None:
         # This process's connections: `jobs`, less the helper's share while it has files.
         self.connections = HostLimits(transfer.jobs)
@@ -174,8 +183,8 @@ class SmallFileHelper:
         self._transfer = transfer
         self._process = process
         self._connection = connection
-        self._files = order.files
-        self._claims = _Claims(len(order.files))
+        self._files = files
+        self._claims = _Claims(len(files))
         self._given: set[int] = set()  # to the helper
         self._finished: set[int] = set()  # reported done by the helper
         self._ended = False  # the helper said it finished (else it died: its files are redone here)
@@ -258,7 +267,7 @@ class SmallFileHelper:
                     self._asked = False
                     given = [] if cancelled else list(self._claims.batch())
                     self._given.update(given)
-                    self._connection.send(given)
+                    self._connection.send([(index, self._files[index]) for index in given])
                 if not self._connection.poll(POLL):
                     continue
                 for event in self._connection.recv():
@@ -276,21 +285,19 @@ class SmallFileHelper:
             transfer.advanced(event[1])
         elif kind == "started":
             transfer.reporter.file_started(self._files[event[1]])
-        elif kind == "done":
+        elif kind == "done":  # (index, how, the name it was installed under)
             self._finished.add(event[1])
             job = self._files[event[1]]
             if (
                 event[2] != "cached"
             ):  # its folder is fsynced here too (the helper's own fsync may not have run)
-                transfer.installed(job, job.etag)
+                transfer.installed(job, event[3])
             transfer.done(job, event[2])
         elif kind == "retry":
             transfer.reporter.retry(event[1])
         elif kind == "log":
             log.handle(event[1])
         elif kind == "end":
-            for index, name in event[2]:
-                transfer.installed(self._files[index], name)
             for exit_code, message in event[1]:
                 transfer.record(relayed_error(exit_code, message))
             self._ended = True
@@ -347,10 +354,12 @@ class _Outbox:
 class _Given:
     """The helper's next files: asked of the parent in batches, the next before this one runs out."""
 
-    def __init__(self, outbox: _Outbox, files: list[FileJob]) -> None:
+    def __init__(self, outbox: _Outbox) -> None:
         self._outbox = outbox
-        self._files = files
-        self._ready: collections.deque[int] = collections.deque()
+        self._ready: collections.deque[FileJob] = collections.deque()
+        self.index: dict[
+            int, int
+        ] = {}  # id of a job given -> its index in the parent's list, until reported done
         self._asked = False
         self._over = False  # the parent has none left, or the run was cancelled
         self._cond = threading.Condition()
@@ -362,13 +371,15 @@ class _Given:
                 self._outbox.send_now(("more",))
             while not self._ready and not self._over:
                 self._cond.wait()
-            return self._files[self._ready.popleft()] if self._ready else None
+            return self._ready.popleft() if self._ready else None
 
-    def receive(self, indices: list[int]) -> None:
+    def receive(self, given: list[tuple[int, FileJob]]) -> None:
         with self._cond:
-            self._ready.extend(indices)
+            for index, job in given:
+                self.index[id(job)] = index
+                self._ready.append(job)
             self._asked = False
-            self._over = self._over or not indices
+            self._over = self._over or not given
             self._cond.notify_all()
 
     def stop(self) -> None:
@@ -379,9 +390,13 @@ class _Given:
 
 
 class _RelayReporter(Reporter):
-    def __init__(self, outbox: _Outbox, files: list[FileJob]) -> None:
+    """The engine's reports, by the parent's index of each file; a file's end says under which name
+    it was installed (`TransferStats.learned`: it may have been learned from the bytes)."""
+
+    def __init__(self, outbox: _Outbox, given: _Given, learned: dict[tuple[str, str], str]) -> None:
         self._outbox = outbox
-        self._index = {id(job): i for i, job in enumerate(files)}
+        self._index = given.index
+        self._learned = learned
 
     def file_started(self, job: FileJob) -> None:
         self._outbox.put("started", self._index[id(job)])
@@ -390,7 +405,8 @@ class _RelayReporter(Reporter):
         self._outbox.add_bytes(nbytes)
 
     def file_done(self, job: FileJob, how: str) -> None:
-        self._outbox.put("done", self._index[id(job)], how)
+        name = self._learned.get((job.cache.folder.name, job.etag), job.etag)
+        self._outbox.put("done", self._index.pop(id(job)), how, name)
 
     def retry(self, message: str) -> None:
         self._outbox.put("retry", message)
@@ -436,9 +452,10 @@ def serve(fd: int) -> None:
     logger.setLevel(order.log_level)
     logger.propagate = False
     cancel = CancelToken()
-    given = _Given(outbox, order.files)
+    given = _Given(outbox)
     threading.Thread(target=_listen, args=(connection, given, cancel), daemon=True).start()
-    reporter = _RelayReporter(outbox, order.files)
+    learned: dict[tuple[str, str], str] = {}
+    reporter = _RelayReporter(outbox, given, learned)
     http = Http.from_recipe(order.http, RetryPolicy(order.http.retry, on_retry=reporter.retry, cancel=cancel))
     transfer = Transfer(
         http,
@@ -451,16 +468,12 @@ def serve(fd: int) -> None:
     )
     errors: list[tuple[int, str]] = []
     try:
-        transfer.run_items(iter(given.next, None), order.files, HostLimits(order.jobs))
+        transfer.stats.learned = learned  # the reporter looks names up here
+        transfer.run_items(iter(given.next, None), order.caches, order.jobs, HostLimits(order.jobs))
         errors = [(int(e.exit_code), str(e)) for e in transfer.stats.errors]
     except BaseException as e:  # a bug: reported as one, with what it was
         errors = [(int(ExitCode.INTERNAL), f"internal error in the helper process for small files: {e!r}")]
     finally:
         http.close()
-        learned = [
-            (i, name)
-            for i, job in enumerate(order.files)
-            if (name := transfer.stats.learned.get((job.cache.folder.name, job.etag))) is not None
-        ]
-        outbox.close(("end", errors, learned))
+        outbox.close(("end", errors))
         connection.close()
