@@ -172,7 +172,8 @@ def processes(env: Env | None = None) -> int | None:
     """`PREFETCH_PROCESSES`, the processes that share many small files (`download.helper`): 1, or 2
     (from the start). Unset (or unparsable): None, a second one once this one is bound by its own
     CPU. Always 1 where this process may not run on 2 cores."""
-    if len(os.sched_getaffinity(0)) < 2:
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    if len(allowed) < 2:  # (macOS has no affinity: there, the machine's cores)
         return 1
     try:
         return min(2, max(1, int(_env(env).get("PREFETCH_PROCESSES", ""))))

@@ -151,6 +151,9 @@ def test_processes_are_decided_by_the_run_unless_set(monkeypatch: pytest.MonkeyP
     assert settings.processes({"PREFETCH_PROCESSES": "many"}) is None
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert settings.processes({"PREFETCH_PROCESSES": "2"}) == 1
+    monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert settings.processes({}) is None
 
 
 def test_only_settings_reads_the_environment() -> None:

@@ -185,8 +185,7 @@ class SmallFileHelper:
         self._connection = connection
         self._files = files
         self._claims = _Claims(len(files))
-        self._given: set[int] = set()  # to the helper
-        self._finished: set[int] = set()  # reported done by the helper
+        self._unsettled: set[int] = set()  # given to the helper, not reported done: redone here if it dies
         self._ended = False  # the helper said it finished (else it died: its files are redone here)
         self._relay = threading.Thread(
             target=self._relay_events, args=(order,), name="prefetch-helper-relay", daemon=True
@@ -227,11 +226,7 @@ class SmallFileHelper:
         self._connection.close()
         if self._ended:
             return []
-        left = [
-            self._files[index]
-            for index in sorted(self._given)
-            if index not in self._finished or not self._files[index].published  # (its learned name is lost)
-        ]
+        left = [self._files[index] for index in sorted(self._unsettled)]
         if left and not self._transfer.cancel.cancelled:
             log.warning(
                 "the helper process for small files ended early (exit code %s): its %d unfinished file(s) "
@@ -266,7 +261,7 @@ class SmallFileHelper:
                 if self._asked and (self._sharing.is_set() or cancelled or not self._claims.left()):
                     self._asked = False
                     given = [] if cancelled else list(self._claims.batch())
-                    self._given.update(given)
+                    self._unsettled.update(given)
                     self._connection.send([(index, self._files[index]) for index in given])
                 if not self._connection.poll(POLL):
                     continue
@@ -286,11 +281,9 @@ class SmallFileHelper:
         elif kind == "started":
             transfer.reporter.file_started(self._files[event[1]])
         elif kind == "done":  # (index, how, the name it was installed under)
-            self._finished.add(event[1])
             job = self._files[event[1]]
-            if (
-                event[2] != "cached"
-            ):  # its folder is fsynced here too (the helper's own fsync may not have run)
+            self._unsettled.discard(event[1])
+            if event[2] != "cached":  # its folder is fsynced here too, in case the helper's fsync did not run
                 transfer.installed(job, event[3])
             transfer.done(job, event[2])
         elif kind == "retry":
