@@ -350,9 +350,8 @@ class _Given:
     def __init__(self, outbox: _Outbox) -> None:
         self._outbox = outbox
         self._ready: collections.deque[FileJob] = collections.deque()
-        self.index: dict[
-            int, int
-        ] = {}  # id of a job given -> its index in the parent's list, until reported done
+        # id of a job given -> its index in the parent's list, until it is reported done
+        self.index: dict[int, int] = {}
         self._asked = False
         self._over = False  # the parent has none left, or the run was cancelled
         self._cond = threading.Condition()

@@ -226,7 +226,6 @@ class HostLimits:
     """One `HostLimit` per host (the Hub and its CDN are tuned apart); `ceiling` bounds them all together."""
 
     def __init__(self, ceiling: int) -> None:
-        self.ceiling = ceiling
         self._total = Budget(max(1, ceiling))
         self._hosts: dict[str, HostLimit] = {}
         self._lock = threading.Lock()
@@ -239,13 +238,16 @@ class HostLimits:
                 limit = self._hosts[host] = HostLimit(self.ceiling, self._total)
             return limit
 
+    @property
+    def ceiling(self) -> int:
+        return self._total.size
+
     def resize(self, change: int) -> None:
         """`change` more (or fewer) connections in all: a helper process took or gave back its share.
         Fewer take effect as requests in flight end."""
-        with self._lock:
-            self.ceiling = max(1, self.ceiling + change)
+        with self._lock:  # a host added from now on starts at the new ceiling; those before are resized
+            self._total.resize(change)
             hosts = list(self._hosts.values())
-        self._total.resize(change)
         for host in hosts:
             host.resize(change)
 
