@@ -30,6 +30,7 @@ from prefetch.progress import QuietProgress
 from prefetch.sync import Settings, sync
 from tests.conftest import CANARY_TOKEN, PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
+from tests.test_interop import NETNS_UNAVAILABLE, run_consumer
 
 COUNT = helper.MIN_FILES + 88
 RELAY = "prefetch-helper-relay"
@@ -207,14 +208,23 @@ def test_a_process_bound_by_its_cpu_shares_its_small_files(
     prefetch: PrefetchRunner, hub: HubEmulator
 ) -> None:
     """By default the helper gets files once the run is seen bound by its own CPU: small files from
-    a near server (the test Hub, on loopback) are."""
-    hub.create_repo("org/many").commit({f"data/{i:05d}.json": os.urandom(300) for i in range(COUNT)})
+    a near server (the test Hub, on loopback) are. huggingface_hub, with no network, loads what the
+    two processes wrote."""
+    files = {f"data/{i:05d}.json": os.urandom(300) for i in range(COUNT)}
+    hub.create_repo("org/many").commit(files)
     manifest = prefetch.manifest([{"repo": "org/many"}])
     result = prefetch("-v", "sync", str(manifest))
     assert result.code == 0, result
     assert "sharing the small files with a helper process" in result.stderr
     assert "this process is bound by its own CPU" in result.stderr
     assert prefetch("verify", str(prefetch.tmp / "models.lock")).code == 0
+    mode = "netns" if NETNS_UNAVAILABLE is None else "plain"
+    call = {
+        "call": "snapshot_download",
+        "kwargs": {"repo_id": "org/many", "cache_dir": str(prefetch.cache_dir)},
+    }
+    (loaded,) = run_consumer(prefetch, [call], mode=mode, hub=hub)
+    assert loaded == {"ok": {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}}
 
 
 def test_a_library_callers_unguarded_script_runs_once(tmp_path: Path, hub: HubEmulator) -> None:
