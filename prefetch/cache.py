@@ -44,6 +44,7 @@ from prefetch.files import (
     open_nofollow,
     opened_folder,
     read_regular,
+    release_pages,
     unlink_at,
     write_all,
 )
@@ -404,6 +405,7 @@ class RepoCache:
             if not stat.S_ISREG(st.st_mode):
                 raise IntegrityError(f"{self.partial_path(etag)} is not a regular file; not installed")
             os.fsync(fd)
+            release_pages(fd, 0, 0)  # on disk now: nobody reads a download's bytes soon (see there)
             mode = file_mode()
             if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
                 os.fchmod(fd, mode)

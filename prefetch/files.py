@@ -90,6 +90,22 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a failure only means no head start
 
 
+def release_pages(fd: int, offset: int, length: int) -> None:
+    """Drop [offset, offset + length) (0: to the end) of a file being written from the page cache, as far
+    as it is on disk: pages still dirty or being written stay (`POSIX_FADV_DONTNEED` skips them).
+
+    Why: nobody reads a download's bytes soon. Kept, 100 GB of models warming a node's cache evict
+    the page cache of the workload running there; and on a VM whose host takes back free memory (here:
+    virtio-balloon free page reporting), every fresh page costs the host a fault: writing 1 GiB took
+    ~4 s of system time, against 0.3 s into pages freed a moment before. Dropped a little behind the
+    writes, a download recycles the same few MiB of pages. Nothing waits for the disk here: a wait
+    in the thread that hashes held back the hash of a 1 GiB file (1.3 x slower in one benchmark run).
+    """
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
 def can_sync_filesystem() -> bool:
     return _SYNCFS is not None
 

@@ -13,13 +13,15 @@ from typing import Any
 
 from prefetch.download.job import FileJob
 from prefetch.errors import DiskSpaceError, TruncatedBody
-from prefetch.files import is_disk_full, start_writeback
+from prefetch.files import is_disk_full, release_pages, start_writeback
 
 log = logging.getLogger("prefetch")
 
 CHUNK = 1024 * 1024  # bytes read per pwrite at most; a kill -9 loses at most this much per connection
 SAVE_STATE_EVERY = CHUNK  # resume state is saved after every chunk: a rerun re-fetches at most one chunk
 SYNC_EVERY = 64 * CHUNK  # partial data is fdatasync'ed this often, so resume also survives a reboot
+RELEASE_LAG = 16 * CHUNK  # hashed bytes leave the page cache this far behind the hash, written back by then
+RELEASE_STEP = 8 * CHUNK  # ... this many at a time
 
 
 class RangeSet:
@@ -71,6 +73,9 @@ class PartialFile:
     The state file is saved after every chunk (a killed process loses at most one chunk per
     connection); every `SYNC_EVERY` bytes the data is fdatasync'ed and the ranges covered so far are
     recorded as `synced`, which is what a run after a reboot trusts.
+
+    Bytes both hashed and on disk leave the page cache (`files.release_pages`), `RELEASE_LAG` behind
+    the hash; the cache drops the rest when the blob is installed.
     """
 
     def __init__(self, job: FileJob, done: list[tuple[int, int]]) -> None:
@@ -87,6 +92,7 @@ class PartialFile:
         self._synced: list[tuple[int, int]] = []
         self._hash = job.new_hash()
         self._hashed = 0
+        self._released = 0  # bytes before this were dropped from the page cache
         self._unsaved = 0
         self._unsynced = 0
         self._version = 0  # bumped by every change of `done` or `_synced`
@@ -180,6 +186,9 @@ class PartialFile:
             self._hash.update(data)
             self._hashed += len(data)
         while True:
+            if self._hashed - self._released >= RELEASE_LAG + RELEASE_STEP:
+                release_pages(self.fd, self._released, self._hashed - RELEASE_LAG - self._released)
+                self._released = self._hashed - RELEASE_LAG
             with self._lock:
                 end = self.done.covered_from(self._hashed)
             if end <= self._hashed:
