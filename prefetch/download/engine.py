@@ -468,7 +468,6 @@ class Transfer:
                     filled += n
                     if filled == len(buffer) or time.monotonic() - last_flush >= FLUSH_AFTER:
                         flush()
-                        limit.checkpoint()  # the host's limit came down: pause here until there is room
                     self.cancel.raise_if_cancelled()
                     floor.check(n)
             finally:

@@ -14,12 +14,9 @@ A hill climb, one step (a doubling or a halving) per window:
   `KEEP_SHARE` of the last rate seen with more connections. A kept step is followed by another in
   the same direction; a step that did not pay is undone, and the next one, after `HOLD` windows
   (longer after each failure in a row), goes the other way;
-- a lower limit is in effect within a buffer (`HostLimit.checkpoint`): a long request over it pauses
-  between two writes, and resumes before any new request starts. Waiting instead for requests in
-  flight to end took seconds with big segments, so halvings were tried only while requests were
-  short, and a limit at `--jobs` never came down where big files were fetched: over TLS, 32
-  connections' threads took turns at the interpreter lock once per 16 KiB record, and 4 x 256 MiB
-  took 5.9 s against 3.3 s with 4 connections (loopback);
+- a halving is tried only while requests are short (their mean time under a window): then it costs a
+  window at most. Big segments take seconds each, and there a halving that did not pay cost the
+  time those took to end (1 x 1 GiB, loopback: 4.6 s against 3.4 s without it);
 - so where connections are the bottleneck (a CDN that caps each one, a far server) the limit stays
   at or climbs back to `--jobs` (the hard ceiling, for all hosts together), and where they are not
   (loopback, a full link, the CPU: with 2 cores, 4 threads fetched 2,000 small files in 0.84 of the
@@ -71,8 +68,9 @@ class RateClimber:
         self._failures = 0  # steps in a row that did not pay
         self._hold = 1  # windows before the first step: the first window is the run's warm-up
 
-    def observe(self, rate: float, waiting: bool) -> int:
-        """One window's rate (`waiting`: requests were waiting for a connection); the new limit."""
+    def observe(self, rate: float, waiting: bool, short: bool) -> int:
+        """One window's rate (`waiting`: requests were waiting for a connection; `short`: requests
+        ended within a window, so a halving takes effect at once); the new limit."""
         best = self._best.get(self.limit, 0.0)
         self._best[self.limit] = max(best, rate)
         self._last[self.limit] = rate
@@ -80,7 +78,7 @@ class RateClimber:
             return self.limit
         if self._hold:
             self._hold -= 1
-        elif self._step(waiting):
+        elif self._step(waiting, short):
             return self.limit
         if waiting and best and rate < SHRINK_LOSS * best and self.limit > 1:
             self.limit = max(1, self.limit // 2)
@@ -111,12 +109,12 @@ class RateClimber:
         self._failures += 1
         return True
 
-    def _step(self, waiting: bool) -> bool:
+    def _step(self, waiting: bool, short: bool) -> bool:
         """Double or halve the limit, to be judged on the next window (False: no step possible)."""
         for direction in (self._direction, -self._direction):
             if direction > 0 and waiting and self.limit < self.ceiling:
                 self._probe_from, self.limit = self.limit, min(self.ceiling, self.limit * 2)
-            elif direction < 0 and self.limit > 1:
+            elif direction < 0 and short and self.limit > 1:
                 self._probe_from, self.limit = self.limit, max(1, self.limit // 2)
             else:
                 continue
@@ -126,8 +124,7 @@ class RateClimber:
 
 
 class HostLimit:
-    """A counting semaphore whose size a `RateClimber` sets from the host's measured rate; a request
-    holding a slot above a lowered size gives it up at its next `checkpoint`."""
+    """A counting semaphore whose size a `RateClimber` sets from the host's measured rate."""
 
     def __init__(self, ceiling: int, total: Budget | None = None) -> None:
         self._climber = RateClimber(ceiling)
@@ -137,48 +134,33 @@ class HostLimit:
         self.peak = 0  # most connections in use at once
         self._active = 0
         self._waiting = 0
-        self._paused = 0  # requests stopped mid-body by `checkpoint`: they get the next free slots
         self._cond = threading.Condition()
         self._window_start = time.monotonic()
         self._progress = 0
         self._events = 0  # calls to `progress` in this window
-        self._settling = False  # a lower limit not yet in effect (requests over it pause first)
+        self._settling = False  # a lower limit not yet in effect (requests in flight end first)
+        self._busy = 0.0  # seconds taken by the requests that ended in this window...
+        self._ended = 0  # ... and how many they were
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         with self._cond:
             self._waiting += 1
-            while self._active >= self.limit or self._paused:
+            while self._active >= self.limit:
                 self._cond.wait()
             self._waiting -= 1
             self._active += 1
             self.peak = max(self.peak, self._active)
+        started = time.monotonic()
         try:
             with self._total:
                 yield
         finally:
             with self._cond:
                 self._active -= 1
-                if self._paused:  # a paused request goes first: it must be the one to wake
-                    self._cond.notify_all()
-                else:
-                    self._cond.notify()
-
-    def checkpoint(self) -> None:
-        """Between two writes of a request holding a slot: over the limit (it came down), give the slot
-        up and wait for one. The server waits meanwhile (TCP flow control holds its bytes)."""
-        if self._active <= self.limit:  # read without the lock: the common case costs nothing
-            return
-        with self._cond:
-            if self._active <= self.limit:
-                return
-            self._active -= 1
-            self._paused += 1
-            while self._active >= self.limit:
-                self._cond.wait()
-            self._paused -= 1
-            self._active += 1
-            self._cond.notify_all()  # the next paused one, or new requests once none is left
+                self._busy += time.monotonic() - started
+                self._ended += 1
+                self._cond.notify()
 
     def resize(self, change: int) -> None:
         with self._cond:
@@ -186,7 +168,7 @@ class HostLimit:
             self._cond.notify_all()
 
     def _new_window(self, now: float) -> None:
-        self._progress, self._events, self._window_start = 0, 0, now
+        self._progress, self._events, self._window_start, self._busy, self._ended = 0, 0, now, 0.0, 0
 
     def progress(self, nbytes: int, requests: int = 0) -> None:
         """Count transferred work; at the end of a window, retune the limit."""
@@ -206,9 +188,10 @@ class HostLimit:
             if elapsed < WINDOW or self._events < min(self.limit, max(self._active, 1)):
                 return
             rate = self._progress / elapsed
+            short = self._ended > 0 and self._busy / self._ended <= WINDOW
             self._new_window(now)
             before = self.limit
-            self.limit = self._climber.observe(rate, self._waiting + self._paused > 0)
+            self.limit = self._climber.observe(rate, self._waiting > 0, short)
             self._settling = self.limit != before
             if self.limit > before:
                 self._cond.notify_all()
