@@ -64,11 +64,16 @@ TYPE_PREFIX = {"model": "models", "dataset": "datasets", "space": "spaces"}
 _MISSING = -1  # a kept folder found missing (no fd)
 
 
+def each_once(caches: Iterable[RepoCache]) -> list[RepoCache]:
+    """These repo folders, each once (many files share one), in their first order."""
+    return list({id(c): c for c in caches}.values())
+
+
 @contextlib.contextmanager
 def folders_kept_open(caches: Iterable[RepoCache]) -> Iterator[None]:
     """`RepoCache.folders_kept_open` for each of these (each once)."""
     with contextlib.ExitStack() as kept:
-        for cache in {id(c): c for c in caches}.values():
+        for cache in each_once(caches):
             kept.enter_context(cache.folders_kept_open())
         yield
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prefetch import settings
-from prefetch.cache import BlobIndex, RepoCache, folders_kept_open
+from prefetch.cache import BlobIndex, RepoCache, each_once, folders_kept_open
 from prefetch.cancel import CancelToken
 from prefetch.download.helper import SmallFileHelper
 from prefetch.download.job import FileJob, Reporter, TransferStats
@@ -99,7 +99,7 @@ class Transfer:
     def run(self, jobs: list[FileJob]) -> TransferStats:
         """Fetch every job; raises the most severe error after the others finished or stopped."""
         ordered = sorted(jobs, key=lambda j: -j.size)  # big files first: their segments fill the pool
-        caches = list({id(job.cache): job.cache for job in ordered}.values())  # each repo folder once
+        caches = each_once(job.cache for job in ordered)
         helper = None
         if self.processes != 1:  # (None: 2 once this process is bound by its CPU)
             helper = SmallFileHelper.start(self, ordered, caches, at_once=self.processes == 2)
@@ -149,7 +149,7 @@ class Transfer:
         with self._stats_lock:
             self._blob_folders.add(job.cache.blobs)
             if name != job.etag:
-                self.stats.learned[(job.cache.folder.name, job.etag)] = name
+                self.stats.learned[job.learned_key] = name
 
     def _fetched(self, job: FileJob, name: str) -> None:
         self.installed(job, name)

@@ -397,7 +397,7 @@ class _RelayReporter(Reporter):
         self._outbox.add_bytes(nbytes)
 
     def file_done(self, job: FileJob, how: str) -> None:
-        name = self._learned.get((job.cache.folder.name, job.etag), job.etag)
+        name = self._learned.get(job.learned_key, job.etag)
         self._outbox.put("done", self._index.pop(id(job)), how, name)
 
     def retry(self, message: str) -> None:

@@ -43,6 +43,11 @@ class FileJob:
         return self.size < SMALL_FILE
 
     @property
+    def learned_key(self) -> tuple[str, str]:
+        """Its key in `TransferStats.learned` (in this process and in a helper's reports alike)."""
+        return self.cache.folder.name, self.etag
+
+    @property
     def url(self) -> str:
         """/resolve/{commit}/{path} on the Hub."""
         return self.resolve_url + quote(self.path)
