@@ -974,6 +974,21 @@ def drops_clean_pages(folder: Path) -> bool:
         probe.unlink()
 
 
+def test_a_synced_blob_is_not_left_in_the_page_cache(prefetch, hub):
+    """End to end through the test Hub: a big file fetched as segments is installed with none of its
+    pages cached, and reads back right (from disk)."""
+    if not drops_clean_pages(prefetch.tmp):
+        pytest.skip("this filesystem keeps written-back pages (tmpfs)")
+    model = make_model(hub, big=40 * MiB)
+    prefetch.manifest([{"repo": model.repo_id}])
+    result = sync(prefetch, "--segment-size", "4", "--segment-threshold", "4", "--jobs", "4")
+    assert result.code == 0, result
+    blob = model.folder(prefetch.cache_dir) / "blobs" / model.etag("model.safetensors")
+    resident = resident_pages(blob)
+    assert not any(resident), f"{sum(resident)} of {len(resident)} pages still cached"
+    assert_cache_verifies(prefetch.cache_dir, model)
+
+
 def test_bytes_hashed_and_on_disk_leave_the_page_cache(tmp_path):
     """A download does not fill the page cache: warming a node's cache would evict the workload's own
     pages, and on a VM whose host takes back free memory every fresh page costs a fault (~4 s per GiB
