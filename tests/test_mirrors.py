@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from prefetch.download import helper
 from prefetch.lockfile import LockedEntry, LockedFile
 from prefetch.resolution import endpoint_for_lock, trust_lock
 from tests.conftest import PrefetchRunner
@@ -356,6 +357,29 @@ def test_four_nodes_through_one_olah_fetch_the_repo_from_the_hub_about_once(
         assert node("verify", str(manifest.with_suffix(".lock"))).code == 0
         print(f"nodes synced: {count}, Hub bytes served: {hub.bytes_served()} (one copy: {one_copy})")
     assert hub.bytes_served() <= 1.15 * one_copy
+
+
+@pytest.mark.soak  # minutes: olah takes ~0.3 s per small file it fetches from the Hub, however many at once
+@pytest.mark.timeout(900)
+def test_many_small_files_shared_with_a_helper_process_through_olah(
+    prefetch: PrefetchRunner, hub: HubEmulator, olah_factory: OlahFactory
+) -> None:
+    """The second process for small files (`download.helper`) opens its own connections with the
+    parent's recipe: through olah too, the two fetch every file once, and the cache verifies."""
+    files = {f"data/{i:04d}.json": b'{"n": %d}\n' % i for i in range(helper.MIN_FILES + 40)}
+    hub.create_repo(REPO).commit(files)
+    prefetch.env["HF_ENDPOINT"] = olah_in_front_of(olah_factory, hub.url, hub.cdn_url).url
+    manifest = prefetch.manifest([{"repo": REPO}])
+    result = prefetch("--verbose", "sync", str(manifest), env={"PREFETCH_PROCESSES": "2"}, timeout=600)
+    assert result.code == 0, result
+    assert "sharing the small files with a helper process" in result.stderr
+    # olah asks the Hub once per file (a HEAD, then a GET): no file was fetched twice
+    assert hub.count(kind="file", method="GET") == len(files)
+    assert hub.bytes_served() == sum(len(data) for data in files.values())
+    assert prefetch("verify", str(manifest.with_suffix(".lock"))).code == 0
+    base = {"repo_id": REPO, "revision": "main", "cache_dir": str(prefetch.cache_dir)}
+    loaded = run_consumer(prefetch, [{"call": "snapshot_download", "kwargs": base}], mode="plain")
+    assert loaded == [{"ok": digests(files)}]
 
 
 def test_mirror_bytes_that_mismatch_the_lock_fail_with_exit_5_naming_the_file(

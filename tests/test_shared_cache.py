@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prefetch.download import helper
 from tests.conftest import ROOT
 from tests.hubemu import HubEmulator
 
@@ -58,11 +59,12 @@ class Shared:
     def folder(self) -> Path:
         return self.cache / FOLDER
 
-    def run(self, user: str, *command: str) -> subprocess.CompletedProcess[str]:
+    def run(self, user: str, *command: str, **more_env: str) -> subprocess.CompletedProcess[str]:
         """`command` as `user` (group pfshare, umask 002). The ambient CAP_DAC_READ_SEARCH only lets the
         user reach this interpreter where it lives (under /root here): reading, never writing."""
         home = self.base / user
         env = {
+            **more_env,
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(home),
             "HF_HOME": str(home / "hf"),
@@ -270,3 +272,36 @@ def test_prune_never_deletes_through_a_planted_folder_link(shared: Shared) -> No
     assert result.returncode == 5, result.stderr
     assert f"refusing to write through {shared.folder / 'blobs'}: it is a symlink" in result.stderr
     assert unneeded.read_bytes() == b"the victim's blob"
+
+
+def test_files_the_helper_process_fetched_are_the_groups_like_the_others(shared: Shared) -> None:
+    """Many small files are shared with a second process (`download.helper`), which writes blobs its own
+    way (unnamed files, linked in batches): they too are group-shared, and the other member's sync of
+    the same repo finds them complete and fetches nothing."""
+    files = {f"data/{i:04d}.json": b'{"n": %d}\n' % i for i in range(helper.MIN_FILES + 40)}
+    shared.hub.create_repo("org/many").commit(files)
+    for user in (VICTIM, ATTACKER):
+        manifest = shared.base / user / "many.yaml"
+        manifest.write_text(yaml.safe_dump({"version": 1, "repos": [{"repo": "org/many"}]}))
+        shutil.chown(manifest, user, GROUP)
+
+    def sync(user: str) -> subprocess.CompletedProcess[str]:
+        manifest = str(shared.base / user / "many.yaml")
+        return shared.run(
+            user, sys.executable, "-m", "prefetch", "--verbose", "sync", manifest, PREFETCH_PROCESSES="2"
+        )
+
+    first = sync(VICTIM)
+    assert first.returncode == 0, first.stderr
+    assert "sharing the small files with a helper process" in first.stderr
+    fetched = shared.hub.count(kind="file")
+    assert fetched == len(files)
+    blobs = list((shared.cache / "models--org--many" / "blobs").iterdir())
+    assert len(blobs) == len(files)
+    for blob in blobs:
+        st = blob.lstat()
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o664, blob.name
+        assert st.st_gid == grp.getgrnam(GROUP).gr_gid
+    second = sync(ATTACKER)
+    assert second.returncode == 0, second.stderr
+    assert shared.hub.count(kind="file") == fetched
