@@ -26,6 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from prefetch.errors import BadProxyUrl, ManifestError
 from prefetch.net.proxies import parse_proxy_url
 from prefetch.paths import repo_id_problem, revision_problem
+from prefetch.settings import RetrySettings
 
 REPO_TYPES = ("model", "dataset", "space")
 MANIFEST_VERSION = 1
@@ -35,15 +36,6 @@ RETRY_KEYS = ("attempts", "max_wait", "max_time")
 DEFAULT_KEYS = ("revision", "include", "exclude", "gated", "token_env", "allow_empty")
 ENTRY_KEYS = ("repo", "type", "revision", "include", "exclude", "gated", "token_env", "allow_empty")
 LOCKFILE_KEYS = ("tool_version", "manifest_digest", "entries")  # a lockfile's, never a manifest's
-
-
-@dataclass(frozen=True)
-class RetrySettings:
-    """How hard to retry network calls (manifest `retry:`, overridable on the command line)."""
-
-    attempts: int = 8
-    max_wait: float = 60.0  # seconds, cap of one backoff wait
-    max_time: float = 900.0  # seconds, bound on all attempts of one call
 
 
 @dataclass(frozen=True)

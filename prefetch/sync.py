@@ -44,7 +44,7 @@ from prefetch.lockfile import (
     require_hashes,
     write_lock,
 )
-from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest
+from prefetch.manifest import Entry, Manifest, load_manifest
 from prefetch.net.proxies import checked_proxy_url
 from prefetch.net.retry import RetryPolicy
 from prefetch.net.session import Http, plain_http_token_problem
@@ -128,7 +128,7 @@ class Run:
             offline=self.offline,
         )
 
-    def retry_settings(self) -> RetrySettings:
+    def retry_settings(self) -> env_settings.RetrySettings:
         retry = self.manifest.retry
         if self.settings.retry_attempts is not None:
             retry = replace(retry, attempts=self.settings.retry_attempts)

@@ -103,6 +103,22 @@ def test_many_small_files_are_shared_with_a_helper_process(tmp_path: Path, hub: 
     assert not helpers()
 
 
+def test_the_helper_does_not_import_the_manifests_yaml(tmp_path: Path, hub: HubEmulator) -> None:
+    """The helper is a fresh interpreter started mid-run: its imports are time taken from the small
+    files. It reads no manifest, so PyYAML (~25 ms of imports here) is not among them. PyYAML's C
+    extension, loaded whenever `yaml` is imported, is how this test sees it in the helper's memory."""
+    maps: list[str] = []
+
+    def look(count: int) -> None:
+        if count == 1:
+            maps.append(Path(f"/proc/{the_helper()}/maps").read_text())
+
+    sync(small_repo(hub, tmp_path), settings=two_processes(tmp_path), progress=Recorder(look))
+    assert maps, "the helper fetched no file"
+    assert "_yaml." not in maps[0]
+    assert "_yaml." in Path("/proc/self/maps").read_text()  # the test itself imported it: it would show
+
+
 def test_one_process_when_told_or_when_there_are_few_small_files(tmp_path: Path, hub: HubEmulator) -> None:
     manifest = small_repo(hub, tmp_path)
     progress = Recorder()

@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from prefetch import settings as prefetch_settings
 from prefetch.errors import UnusableAnswer, UsageError
 from prefetch.hub import HubApi
-from prefetch.manifest import RetrySettings
 from prefetch.net.proxies import checked_proxy_url, parse_proxy_url
 from prefetch.net.retry import RetryPolicy
 from prefetch.net.session import Http, is_loopback_host
 from prefetch.progress import parse_size
+from prefetch.settings import RetrySettings
 from prefetch.terminal import escape_controls, printable
 from tests.conftest import CANARY_TOKEN, OTHER_TOKEN, PrefetchRunner
 from tests.hubemu import Fault, HubEmulator

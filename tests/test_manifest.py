@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from prefetch.errors import ExitCode, ManifestError, UsageError
-from prefetch.manifest import Entry, Manifest, RetrySettings, load_manifest, parse_manifest
+from prefetch.manifest import Entry, Manifest, load_manifest, parse_manifest
+from prefetch.settings import RetrySettings
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 

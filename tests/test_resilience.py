@@ -38,10 +38,10 @@ from prefetch.download.engine import Transfer
 from prefetch.download.job import FileJob
 from prefetch.download.partial import CHUNK, PartialFile, RangeSet
 from prefetch.errors import Cancelled, ConnectError, DiskSpaceError, ProxyRoutesFailed
-from prefetch.manifest import RetrySettings
 from prefetch.net.proxies import bypasses_proxy
 from prefetch.net.retry import RetryPolicy, is_retryable, retry_after_seconds
 from prefetch.net.session import Http
+from prefetch.settings import RetrySettings
 from tests.conftest import PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
 from tests.hubemu.hub import _json

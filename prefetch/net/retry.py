@@ -27,8 +27,8 @@ from prefetch.errors import (
     TransportError,
     TruncatedBody,
 )
-from prefetch.manifest import RetrySettings
 from prefetch.net.connection import Headers
+from prefetch.settings import RetrySettings
 
 log = logging.getLogger("prefetch")
 T = TypeVar("T")

@@ -25,10 +25,10 @@ from prefetch.errors import (
     UnusableAnswer,
     hub_http_error,
 )
-from prefetch.manifest import RetrySettings
 from prefetch.net.connection import Headers, Pool, Response
 from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_hint, is_proxy_failure
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
+from prefetch.settings import RetrySettings
 
 FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of the stored bytes
 CONNECT_TIMEOUT = 10.0  # seconds to connect (TLS handshake and proxy tunnel included)
