@@ -12,8 +12,10 @@ import base64
 import contextlib
 import http.client
 import io
+import os
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +25,10 @@ from email.message import Message
 import pytest
 
 from prefetch.errors import ConnectError, ProxyError, ReadTimeout, RemoteProtocolError
+from prefetch.net import connection
 from prefetch.net.connection import Pool, Response
+from tests.hubemu import HubEmulator
+from tests.hubemu.fixtures import tls_hub  # noqa: F401  (a fixture)
 
 Answer = Callable[[socket.socket, bytes], bool]  # (connection, request head) -> keep the connection open?
 
@@ -323,3 +328,26 @@ def test_a_read_returns_what_has_arrived_without_waiting_for_a_full_buffer(
     n = response.readinto(buffer)
     assert bytes(buffer[:n]) == b"first" and time.monotonic() - started < 1.0
     assert read_all(response) == b"later"
+
+
+def test_a_read_over_tls_also_takes_the_records_that_have_arrived(
+    tls_hub: HubEmulator,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python's ssl returns one 16 KiB record per read and gives up the interpreter lock at each: 32
+    connection threads reading record by record took turns at it 65,536 times per GiB. A read takes
+    the records already arrived too (never waiting for more: a trickling server is tested above)."""
+    data = os.urandom(1 << 20)
+    tls_hub.create_repo("org/records").commit({"notes.txt": data})
+    trusted = ssl.create_default_context(cafile=tls_hub.ca_file)  # the test Hub's throwaway CA
+    monkeypatch.setattr(connection, "tls_context", lambda: trusted)
+    response = make_pool().request("GET", f"{tls_hub.url}/org/records/resolve/main/notes.txt", {})
+    assert response.status_code == 200
+    time.sleep(0.5)  # meanwhile the server fills the socket's buffers
+    buffer = memoryview(bytearray(len(data)))
+    n = response.readinto(buffer)
+    assert n >= 4 * 16 * 1024, n  # several records in one read
+    while n < len(data) and (m := response.readinto(buffer[n:])):
+        n += m
+    assert bytes(buffer[:n]) == data
+    response.close()
