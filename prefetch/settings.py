@@ -28,18 +28,6 @@ MAX_LISTING_PAGES = 10_000  # a tree listing of more pages is refused (the Hub s
 FIRST_CONTACT_ATTEMPTS = 3  # a host that never answered this run: attempts before giving up (~1 s)
 MIN_BODY_RATE = 1024  # bytes/s: a body slower than this over the window is abandoned (and retried)
 DEFAULT_MIN_RATE_WINDOW = 60.0  # seconds
-
-
-@dataclass(frozen=True)
-class RetrySettings:
-    """How hard to retry network calls (manifest `retry:`, overridable on the command line). Here, not
-    in `manifest`: the helper process gets one, and need not import the manifest's YAML to read it."""
-
-    attempts: int = 8
-    max_wait: float = 60.0  # seconds, cap of one backoff wait
-    max_time: float = 900.0  # seconds, bound on all attempts of one call
-
-
 DOCKER_SECRET_PATH = Path(
     "/run/secrets/hf_token"
 )  # where BuildKit's `--mount=type=secret,id=hf_token` puts it
@@ -50,6 +38,16 @@ TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 Env = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """How hard to retry network calls (manifest `retry:`, overridable on the command line). Here, not
+    in `manifest`: the helper process gets one, and need not import the manifest's YAML to read it."""
+
+    attempts: int = 8
+    max_wait: float = 60.0  # seconds, cap of one backoff wait
+    max_time: float = 900.0  # seconds, bound on all attempts of one call
 
 
 def _env(env: Env | None) -> Env:

@@ -56,6 +56,11 @@ class Recorder(QuietProgress):
             self._then(count)
 
 
+def many_small_files() -> dict[str, bytes]:
+    """Enough small files for a run to share them with the helper (`helper.MIN_FILES` and more)."""
+    return {f"data/{i:04d}.json": b'{"n": %d}\n' % i for i in range(helper.MIN_FILES + 40)}
+
+
 def small_repo(hub: HubEmulator, tmp_path: Path, repo: str = "org/many", **repo_args: object) -> Path:
     """COUNT small files, each served in about 10 ms: the parent alone would take seconds, so the
     helper, which starts in a fraction of one, gets its share however busy the machine is."""

@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from prefetch.download import helper
 from prefetch.lockfile import LockedEntry, LockedFile
 from prefetch.resolution import endpoint_for_lock, trust_lock
 from tests.conftest import PrefetchRunner
@@ -34,6 +33,7 @@ from tests.olah_fixture import (
     olah_in_front_of,
     olah_serving_local,
 )
+from tests.test_helper_process import many_small_files
 from tests.test_interop import locked, run_consumer
 
 REPO = "testorg/tiny-model"
@@ -366,7 +366,7 @@ def test_many_small_files_shared_with_a_helper_process_through_olah(
 ) -> None:
     """The second process for small files (`download.helper`) opens its own connections with the
     parent's recipe: through olah too, the two fetch every file once, and the cache verifies."""
-    files = {f"data/{i:04d}.json": b'{"n": %d}\n' % i for i in range(helper.MIN_FILES + 40)}
+    files = many_small_files()
     hub.create_repo(REPO).commit(files)
     prefetch.env["HF_ENDPOINT"] = olah_in_front_of(olah_factory, hub.url, hub.cdn_url).url
     manifest = prefetch.manifest([{"repo": REPO}])

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefetch.download import helper
 from tests.conftest import ROOT
 from tests.hubemu import HubEmulator
+from tests.test_helper_process import many_small_files
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("useradd"),
@@ -278,7 +278,7 @@ def test_files_the_helper_process_fetched_are_the_groups_like_the_others(shared:
     """Many small files are shared with a second process (`download.helper`), which writes blobs its own
     way (unnamed files, linked in batches): they too are group-shared, and the other member's sync of
     the same repo finds them complete and fetches nothing."""
-    files = {f"data/{i:04d}.json": b'{"n": %d}\n' % i for i in range(helper.MIN_FILES + 40)}
+    files = many_small_files()
     shared.hub.create_repo("org/many").commit(files)
     for user in (VICTIM, ATTACKER):
         manifest = shared.base / user / "many.yaml"

@@ -193,6 +193,10 @@ class Response:
         self._answer = answer
         self._release = release
         self._read_timeout = read_timeout
+        # Decided once, not per read: plain HTTP reads never take this path.
+        self._tls_sock = (
+            conn.sock if tls_readers is not None and isinstance(conn.sock, ssl.SSLSocket) else None
+        )
         self._tls_readers = tls_readers
         self._failed: Exception | None = None  # while taking arrived records: raised at the next read
         self._broken = False
@@ -214,8 +218,8 @@ class Response:
                 failed, self._failed = self._failed, None
                 raise failed
             n = answer.readinto(buffer)
-            if n and n < len(buffer) and answer.length:
-                n += self._take_arrived(buffer[n:])
+            if n and n < len(buffer) and answer.length and self._tls_sock is not None:
+                n += self._take_arrived(self._tls_sock, buffer[n:])
         except (OSError, http.client.HTTPException) as e:
             self._broken = True
             raise _body_error(e, self._read_timeout) from e
@@ -224,13 +228,11 @@ class Response:
             raise RemoteProtocolError("the server closed the connection before the end of the body")
         return n
 
-    def _take_arrived(self, buffer: memoryview) -> int:
+    def _take_arrived(self, sock: ssl.SSLSocket, buffer: memoryview) -> int:
         """Over TLS, the body's records already arrived, without waiting for more (the socket is
         non-blocking meanwhile), by at most `TLS_READERS` threads at once. A failure here is raised
         by the next read, after the bytes taken before it were returned."""
-        sock = self._conn.sock if self._conn is not None else None
-        if self._tls_readers is None or not isinstance(sock, ssl.SSLSocket):
-            return 0
+        assert self._tls_readers is not None  # (set together with the socket)
         n = 0
         with self._tls_readers:
             sock.settimeout(0)
