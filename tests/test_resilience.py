@@ -1038,7 +1038,7 @@ def test_a_full_disk_anywhere_in_the_pipeline_is_exit_8(tmp_path):
     try:
         transfer = Transfer(http)
         job = job_for(tmp_path, b"x")
-        transfer._failed(OSError(errno.ENOSPC, "No space left on device"), job)
+        transfer.failed(OSError(errno.ENOSPC, "No space left on device"), job)
         (error,) = transfer.stats.errors
         assert isinstance(error, DiskSpaceError) and error.exit_code == 8
     finally:

@@ -12,11 +12,14 @@ SSL_CERT_DIR to the system bundle), so trust comes only from what the test passe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import re
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -263,3 +266,70 @@ def test_check_without_the_ca_reports_the_certificate_problem(
     assert "certificate" in result.output.lower() and "SSL_CERT_FILE" in result.output, result
     assert len(tls_hub.tls_handshakes) <= 2, tls_hub.tls_handshakes
     assert tls_hub.count() == 0
+
+
+# --------------------------------------------------------------------------------------------------- far server
+class SlowHandshakes:
+    """A TCP relay to `upstream` that holds each new connection for `delay` seconds before relaying
+    anything (a far server: the TLS handshake cannot end before), and counts how many connections
+    were held at once."""
+
+    def __init__(self, upstream: tuple[str, int], delay: float) -> None:
+        self.upstream, self.delay = upstream, delay
+        self.held = self.most_held = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        with self._lock:
+            self.held += 1
+            self.most_held = max(self.most_held, self.held)
+        time.sleep(self.delay)
+        with self._lock:
+            self.held -= 1
+        server = socket.create_connection(self.upstream, timeout=30)
+        for source, sink in ((client, server), (server, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_small_files_from_a_far_server_make_their_connections_side_by_side(
+    tmp_path: Path, tls_hub: HubEmulator
+) -> None:
+    """The lane of small files (one thread) has new connections made by connector threads: from a
+    far server each TLS handshake takes a round trip, and made one after another, 8 of them would
+    delay the files by 8 round trips. The relay saw at most one handshake at a time before."""
+    files = {f"data/{i:02d}.json": b'{"n": %d}\n' % i for i in range(40)}
+    tls_hub.create_repo("org/far").commit(files)
+    host, port = tls_hub.url.removeprefix("https://").rsplit(":", 1)
+    relay = SlowHandshakes((host, int(port)), delay=0.3)
+    try:
+        runner = PrefetchRunner(tmp_path, f"https://127.0.0.1:{relay.port}")
+        for name in CA_VARIABLES:
+            runner.env.pop(name, None)
+        runner.manifest([{"repo": "org/far"}])
+        result = sync(runner, {"SSL_CERT_FILE": tls_hub.ca_file, "PREFETCH_PROCESSES": "1"}, "--jobs", "8")
+    finally:
+        relay.close()
+    assert result.code == 0, result
+    assert relay.most_held >= 4, relay.most_held
+    assert tls_hub.count(kind="file") == len(files)

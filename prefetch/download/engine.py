@@ -1,8 +1,9 @@
 """The download engine: file workers fetching files as parallel Range segments into one partial
 file per blob, with resumable on-disk state, streaming hash verification and atomic install; files
-under `job.SMALL_FILE` are fetched into memory and written once (no-follow, `O_EXCL`), verified, fsynced
-and renamed; the blobs folder is fsynced once per run. Many small files are shared with a second
-process (`prefetch.download.helper`).
+under `job.SMALL_FILE` are fetched into memory by one thread with several requests in flight
+(`prefetch.download.lane`), verified, and installed in durable batches (`new_blobs`); the blobs
+folder is fsynced once per run. Many small files are shared with a second process
+(`prefetch.download.helper`).
 Connections per host adapt to the measured rate within `jobs` (`prefetch.download.scheduler`).
 Cancellation is the run's `CancelToken` (and a child of it, which a fatal failure of one file
 cancels for the others).
@@ -16,8 +17,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ from prefetch.cache import BlobIndex, RepoCache, each_once, folders_kept_open
 from prefetch.cancel import CancelToken
 from prefetch.download.helper import SmallFileHelper
 from prefetch.download.job import FileJob, Reporter, TransferStats
+from prefetch.download.lane import SmallFileLane, SmallLast
 from prefetch.download.new_blobs import NewBlobs
-from prefetch.download.partial import CHUNK, PartialFile
+from prefetch.download.partial import CHUNK, Cursor, MemoryFile, PartialFile
 from prefetch.download.scheduler import HostLimit, HostLimits, SegmentPool, Workers
 from prefetch.errors import (
     AccessError,
@@ -88,7 +89,7 @@ class Transfer:
         self.connections = HostLimits(self.jobs)  # replaced by each run's (`run_items`)
         self._buffers = _Buffers(CHUNK)
         self._blob_index = BlobIndex()  # listed anew per `run`: a second pass sees the first's blobs
-        self._new_blobs = NewBlobs(self._fetched, self._failed)
+        self._new_blobs = NewBlobs(self._fetched, self.failed)
         self._stats_lock = threading.Lock()
         self._blob_folders: set[Path] = set()  # renamed blobs into these: fsync them before `run` returns
         self.min_rate_window = (
@@ -125,21 +126,22 @@ class Transfer:
         `connections` (`jobs`, less what a helper process took); failures go to `stats.errors`."""
         self.connections = connections
         self._blob_index = BlobIndex()
-        self._segments = SegmentPool(self.jobs)
+        self.segments = SegmentPool(self.jobs)
+        files = SmallLast(items)
         workers = Workers(
             min(connections.ceiling, count),
-            self._fetch_file,
-            self._failed,
+            self.fetch_file,
+            self.failed,
             lambda: self.cancel.cancelled,
         )
         try:
             with young_objects_collected(), folders_kept_open(caches):
-                workers.run(items)
+                workers.run(files.big(), alongside=lambda: SmallFileLane(self).run(files.take))
         except BaseException:
             self.cancel.cancel()
             raise
         finally:
-            self._segments.shutdown()
+            self.segments.shutdown()
             self._new_blobs.install()  # the last small blobs (verified: installed whatever the end)
             self._sync_blob_folders()
 
@@ -163,7 +165,7 @@ class Transfer:
         for folder in sorted(folders):
             fsync_dir(folder)
 
-    def _failed(self, exc: BaseException, job: FileJob) -> None:
+    def failed(self, exc: BaseException, job: FileJob) -> None:
         if isinstance(exc, Cancelled):
             return
         if isinstance(exc, HubHttpError):  # a final answer: named with the file, its attempts and routes
@@ -193,34 +195,59 @@ class Transfer:
         self.reporter.advance(nbytes)
 
     # -- one file ---------------------------------------------------------------------------------
-    def _fetch_file(self, job: FileJob) -> None:
+    def fetch_file(self, job: FileJob) -> None:
         cache = job.cache
         self.cancel.raise_if_cancelled()
-        if (
-            job.small
-            and not job.replace
-            and self._blob_index.find_elsewhere(cache, job.etag, job.size) is None
-        ):
-            # No lock (a lock file is one more new inode per blob): fetched into memory, written to an
-            # unnamed file and named with its batch (`NewBlobs`). Two processes fetching it at once
-            # both install the same verified bytes.
-            if self._cached(job):
+        if self.unlocked_small(job):
+            if self.cached(job):
                 return self.done(job, "cached")
             return self._fetch_new(job, locked=False)
         with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
-            if self._cached(job):  # another process fetched (or repaired) it while we waited
+            if self.cached(job):  # another process fetched (or repaired) it while we waited
                 cache.discard_partial(job.etag)  # our own earlier partial of it is garbage now
                 return self.done(job, "cached")
             if self._link_from_other_repo(job):
                 return self.done(job, "linked")
             self._fetch_new(job, locked=True)
 
-    def _fetch_new(self, job: FileJob, *, locked: bool) -> None:
-        """Download the file (a small one whole, into memory: no resume state) and install it."""
-        self.reporter.file_started(job)
+    def unlocked_small(self, job: FileJob) -> bool:
+        """Fetched without a lock (a lock file is one more new inode per blob): into memory, written to
+        an unnamed file and named with its batch (`NewBlobs`). Two processes fetching it at once both
+        install the same verified bytes."""
+        return (
+            job.small
+            and not job.replace
+            and self._blob_index.find_elsewhere(job.cache, job.etag, job.size) is None
+        )
+
+    def fetch_after_lane(self, job: FileJob, failure: Exception | None) -> None:
+        """The rest of a small file's attempts after the lane's (`SmallFileLane`) failed with `failure`,
+        or (None) brought bytes that did not match; failures are the run's, as a worker's are."""
+        try:
+            self._fetch_new(job, locked=False, lane_failure=failure, lane_mismatch=failure is None)
+        except BaseException as exc:
+            self.failed(exc, job)
+
+    def _fetch_new(
+        self,
+        job: FileJob,
+        *,
+        locked: bool,
+        lane_failure: Exception | None = None,
+        lane_mismatch: bool = False,
+    ) -> None:
+        """Download the file (a small one whole, into memory: no resume state) and install it.
+
+        After the lane's try (`fetch_after_lane`), that try was the first attempt: it failed with
+        `lane_failure` (retried as any attempt's failure) or its bytes did not match (`lane_mismatch`).
+        """
+        if lane_failure is None and not lane_mismatch:  # (the lane said so when it sent the request)
+            self.reporter.file_started(job)
         for attempt in (1, 2):
-            if job.small:
-                if self._download_small(job, locked):
+            if attempt == 1 and lane_mismatch:
+                pass
+            elif job.small:
+                if self._download_small(job, locked, lane_failure if attempt == 1 else None):
                     return
             else:
                 name = self._download(job)
@@ -237,7 +264,7 @@ class Transfer:
         )
 
     @staticmethod
-    def _cached(job: FileJob) -> bool:
+    def cached(job: FileJob) -> bool:
         """The blob is in place; for a repair, also with the bytes its name promises."""
         if not job.cache.has_blob(job.etag, job.size):
             return False
@@ -303,33 +330,38 @@ class Transfer:
             partial.close(keep_state=hashed is None)
         return name
 
-    def _download_small(self, job: FileJob, locked: bool) -> bool:
-        """Fetch a small file into memory and, once its hash matched, install it: with its batch
-        (`NewBlobs`), or where the filesystem has no unnamed files, at once under the blob's lock
-        (`locked`: held already). False: the bytes cannot be this file.
+    def _download_small(self, job: FileJob, locked: bool, lane_failure: Exception | None = None) -> bool:
+        """Fetch a small file into memory and install it (`install_small`); False: the bytes cannot be
+        this file. `lane_failure`: its first attempt was the lane's, and failed so.
 
         Per file this saves the resume state, the per-chunk bookkeeping, the read-back and (batched)
         the fsync: for thousands of small files, the filesystem work was most of the time.
         """
-        memory = _MemoryFile(job.size)
+        memory = MemoryFile(job.size)
         try:
-            self._fetch_segment(job, memory, _Source(job), 0, job.size, use_range=False)
+            self._fetch_segment(job, memory, _Source(job), 0, job.size, False, lane_failure)
         except BadBytes as e:
             log.warning("%s", e)
             return False
+        return self.install_small(job, memory.data, locked)
+
+    def install_small(self, job: FileJob, data: bytearray, locked: bool) -> bool:
+        """Install a small file's bytes once their hash matched: with its batch (`NewBlobs`), or where
+        the filesystem has no unnamed files, at once under the blob's lock (`locked`: held already).
+        False: the bytes cannot be this file."""
         h = job.new_hash()
-        h.update(memory.data)
+        h.update(data)
         name = job.blob_name(h)
         if name is None:
             return False
-        new = job.cache.write_new_blob(name, memory.data)
+        new = job.cache.write_new_blob(name, data)
         if new is not None:
             self._new_blobs.add(job, new)
             return True
         with contextlib.ExitStack() as held:
             if not locked:
                 held.enter_context(job.cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled))
-            job.cache.install_bytes(job.etag, memory.data, name=name)
+            job.cache.install_bytes(job.etag, data, name=name)
         self._fetched(job, name)
         return True
 
@@ -351,7 +383,7 @@ class Transfer:
             self._fetch_segment(job, partial, source, *pieces[0], use_range)
             return
         futures = [
-            self._segments.submit(a, self._fetch_segment, job, partial, source, a, b, True) for a, b in pieces
+            self.segments.submit(a, self._fetch_segment, job, partial, source, a, b, True) for a, b in pieces
         ]
         errors = [f.exception() for f in futures]
         for kind in (DiskSpaceError, RangeIgnored, BadBytes):  # the most telling failure first
@@ -368,14 +400,17 @@ class Transfer:
     def _fetch_segment(
         self,
         job: FileJob,
-        partial: PartialFile | _MemoryFile,
+        partial: PartialFile | MemoryFile,
         source: _Source,
         start: int,
         end: int,
         use_range: bool,
+        lane_failure: Exception | None = None,
     ) -> None:
-        """Fetch [start, end) into the partial file; a retry resumes at the first byte not yet written."""
-        cursor = _Cursor(start)
+        """Fetch [start, end) into the partial file; a retry resumes at the first byte not yet written.
+        `lane_failure`: the first attempt was the lane's, and failed so (raised as this call's first)."""
+        cursor = Cursor(start)
+        first = [lane_failure] if lane_failure is not None else []
 
         def attempt() -> None:
             self.cancel.raise_if_cancelled()
@@ -387,7 +422,9 @@ class Transfer:
                 headers["range"] = f"bytes={cursor.position}-{end - 1}"
             url, generation = source.current(self.cancel)
             try:  # whatever happens, `source.asked` (finally) lets the file's other segments go on
-                check = functools.partial(_check_redirect, job) if url == job.url and job.published else None
+                if first:
+                    raise first.pop()
+                check = self.redirect_check(job) if url == job.url else None
                 limit = self.connections.for_url(url)
                 with (
                     limit.slot(),
@@ -396,22 +433,7 @@ class Transfer:
                     ) as response,
                 ):
                     source.served_from(response.url, generation)
-                    if response.status_code == 200 and ranged:
-                        if start != 0 or end != job.size:
-                            raise RangeIgnored()
-                        if cursor.position > 0:  # a whole-file stream: take it from byte 0 again
-                            log.warning(
-                                "%s: server ignored the Range request; restarting the file from byte 0",
-                                job.label,
-                            )
-                            cursor.position = 0
-                    elif response.status_code == 206:
-                        _check_content_range(response, cursor.position, job)
-                    elif response.status_code != 200:
-                        raise TruncatedBody(f"{job.label}: unexpected answer {response.status_code}")
-                    if not job.lfs and job.published:  # the Hub serves it itself: its ETag is the git sha1
-                        check_lock_against_hub(job, response.headers.get("etag"), None)
-                    self._stream(job, partial, response, cursor, end, limit)
+                    self.take_body(job, partial, response, cursor, start, end, ranged, limit)
                 limit.progress(0, requests=1)
             except HubHttpError as e:
                 if e.status in (401, 403, 410) and source.refresh(generation, e.url):
@@ -421,19 +443,53 @@ class Transfer:
                 raise
             finally:
                 source.asked(generation)
-            if cursor.position < end:
-                raise TruncatedBody(f"{job.label}: connection ended at byte {cursor.position} of {end}")
 
         self.http.retry.call(
             attempt, lambda: f"GET {job.label} bytes {cursor.position}-{end - 1}", cancel=self.cancel
         )
 
+    @staticmethod
+    def redirect_check(job: FileJob) -> Callable[[Headers], None] | None:
+        """What checks the first redirect of `job`'s /resolve URL (None: its hash is not published)."""
+        return functools.partial(_check_redirect, job) if job.published else None
+
+    def take_body(
+        self,
+        job: FileJob,
+        partial: PartialFile | MemoryFile,
+        response: Response,
+        cursor: Cursor,
+        start: int,
+        end: int,
+        ranged: bool,
+        limit: HostLimit,
+    ) -> None:
+        """Check an answer for bytes [cursor, end) of `job` and read its body into `partial`."""
+        if response.status_code == 200 and ranged:
+            if start != 0 or end != job.size:
+                raise RangeIgnored()
+            if cursor.position > 0:  # a whole-file stream: take it from byte 0 again
+                log.warning(
+                    "%s: server ignored the Range request; restarting the file from byte 0",
+                    job.label,
+                )
+                cursor.position = 0
+        elif response.status_code == 206:
+            _check_content_range(response, cursor.position, job)
+        elif response.status_code != 200:
+            raise TruncatedBody(f"{job.label}: unexpected answer {response.status_code}")
+        if not job.lfs and job.published:  # the Hub serves it itself: its ETag is the git sha1
+            check_lock_against_hub(job, response.headers.get("etag"), None)
+        self._stream(job, partial, response, cursor, end, limit)
+        if cursor.position < end:
+            raise TruncatedBody(f"{job.label}: connection ended at byte {cursor.position} of {end}")
+
     def _stream(
         self,
         job: FileJob,
-        partial: PartialFile | _MemoryFile,
+        partial: PartialFile | MemoryFile,
         response: Response,
-        cursor: _Cursor,
+        cursor: Cursor,
         end: int,
         limit: HostLimit,
     ) -> None:
@@ -500,27 +556,6 @@ class _Buffers:
         finally:
             with self._lock:
                 self._free.append(buffer)
-
-
-class _MemoryFile:
-    """A small file's bytes, collected in memory (the partial file's stand-in in `_stream`).
-
-    Nothing of it is on disk until it is complete and verified: a kill loses less than one CHUNK,
-    which is what a partial file's resume state would have saved.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(size)
-
-    def write(self, offset: int, data: memoryview) -> None:
-        self.data[offset : offset + len(data)] = data
-
-
-@dataclass
-class _Cursor:
-    """The next byte a segment will write (shared by its attempts)."""
-
-    position: int
 
 
 class _Source:

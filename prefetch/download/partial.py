@@ -1,7 +1,8 @@
 """A blob's partial file: positional writes from many segments, resume state, running hash.
 
 `RangeSet` is the byte ranges written so far; the partial file and its state live in the cache
-(`RepoCache.partial_path` / `write_partial_state`) until the blob is complete and verified.
+(`RepoCache.partial_path` / `write_partial_state`) until the blob is complete and verified. A small
+file has none: its bytes are collected in a `MemoryFile`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from prefetch.download.job import FileJob
@@ -231,3 +233,24 @@ class PartialFile:
                 self._save_state(version)
         finally:
             os.close(self.fd)
+
+
+class MemoryFile:
+    """A small file's bytes, collected in memory (the partial file's stand-in in `_stream`).
+
+    Nothing of it is on disk until it is complete and verified: a kill loses less than one CHUNK,
+    which is what a partial file's resume state would have saved.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        self.data[offset : offset + len(data)] = data
+
+
+@dataclass
+class Cursor:
+    """The next byte a segment will write (shared by its attempts)."""
+
+    position: int

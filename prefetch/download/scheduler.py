@@ -27,8 +27,10 @@ A hill climb, one step (a doubling or a halving) per window:
 A helper process that takes some of the files (`download.helper`) takes its share of `--jobs` from
 this process's `HostLimits` (`resize`) and gives it back when it ends.
 
-**Files** (`Workers`): a fixed set of threads, each taking the next file and doing all of it
-(lock, fetch, hash, install), so a small file costs no hand-off between threads and no future.
+**Files** (`Workers`): a fixed set of threads, each taking the next big file and doing all of it
+(lock, fetch, hash, install), with no future per file. Small files are the lane's
+(`download.lane`): one thread with several requests in flight, so that a file costs no hand-off of
+the interpreter lock between threads.
 
 **Segments** (`SegmentPool`): big files' Range segments, lowest file offset first across all files.
 """
@@ -139,28 +141,48 @@ class HostLimit:
         self._progress = 0
         self._events = 0  # calls to `progress` in this window
         self._settling = False  # a lower limit not yet in effect (requests in flight end first)
+        self._wanted = False  # a request found no connection free in this window (`acquire(wait=False)`)
         self._busy = 0.0  # seconds taken by the requests that ended in this window...
         self._ended = 0  # ... and how many they were
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
+        self.acquire()
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.release(started)
+
+    def acquire(self, wait: bool = True) -> bool:
+        """Take a connection of this host (and of the total); `wait=False`: only if one is free now
+        (False otherwise, and the climb counts it as a request that waited)."""
         with self._cond:
+            if not wait and self._active >= self.limit:
+                self._wanted = True
+                return False
             self._waiting += 1
             while self._active >= self.limit:
                 self._cond.wait()
             self._waiting -= 1
             self._active += 1
             self.peak = max(self.peak, self._active)
-        started = time.monotonic()
-        try:
-            with self._total:
-                yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._busy += time.monotonic() - started
-                self._ended += 1
-                self._cond.notify()
+        if self._total.enter(wait):
+            return True
+        with self._cond:
+            self._active -= 1
+            self._wanted = True
+            self._cond.notify()
+        return False
+
+    def release(self, started: float) -> None:
+        """Give back a connection `acquire` took (`started`: when its request began)."""
+        self._total.leave()
+        with self._cond:
+            self._active -= 1
+            self._busy += time.monotonic() - started
+            self._ended += 1
+            self._cond.notify()
 
     def resize(self, change: int) -> None:
         with self._cond:
@@ -169,6 +191,7 @@ class HostLimit:
 
     def _new_window(self, now: float) -> None:
         self._progress, self._events, self._window_start, self._busy, self._ended = 0, 0, now, 0.0, 0
+        self._wanted = False
 
     def progress(self, nbytes: int, requests: int = 0) -> None:
         """Count transferred work; at the end of a window, retune the limit."""
@@ -191,7 +214,7 @@ class HostLimit:
             short = self._ended > 0 and self._busy / self._ended <= WINDOW
             self._new_window(now)
             before = self.limit
-            self.limit = self._climber.observe(rate, self._waiting > 0, short)
+            self.limit = self._climber.observe(rate, self._waiting > 0 or self._wanted, short)
             self._settling = self.limit != before
             if self.limit > before:
                 self._cond.notify_all()
@@ -205,13 +228,17 @@ class Budget:
         self._used = 0
         self._cond = threading.Condition()
 
-    def __enter__(self) -> None:
+    def enter(self, wait: bool = True) -> bool:
+        """Take one (`wait=False`: only if one is free now)."""
         with self._cond:
+            if not wait and self._used >= self.size:
+                return False
             while self._used >= self.size:
                 self._cond.wait()
             self._used += 1
+            return True
 
-    def __exit__(self, *exc: object) -> None:
+    def leave(self) -> None:
         with self._cond:
             self._used -= 1
             self._cond.notify()
@@ -275,7 +302,9 @@ class Workers:
         self.workers, self._fetch, self._on_error, self._stopped = workers, fetch, on_error, stopped
         self._finish = finish
 
-    def run(self, items: Iterable[Any]) -> None:
+    def run(self, items: Iterable[Any], alongside: Callable[[], None] | None = None) -> None:
+        """Work through `items`; `alongside` runs in the calling thread meanwhile (the engine's lane of
+        small files), and the workers are waited for whatever it does."""
         todo = iter(items)
         take = threading.Lock()
 
@@ -297,8 +326,12 @@ class Workers:
         ]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            if alongside is not None:
+                alongside()
+        finally:
+            for thread in threads:
+                thread.join()
 
 
 class SegmentPool:

@@ -296,6 +296,53 @@ class Response:
             conn.close()
 
 
+class Sent:
+    """A request on its way (`Pool.send`): its answer's head is read by `answer`, or the connection
+    closed by `abandon`."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        url: str,
+        release: Callable[[Connection], None],
+        read_timeout: float,
+        tls_readers: threading.Semaphore,
+    ) -> None:
+        self.url = url
+        self._conn, self._release = conn, release
+        self._read_timeout, self._tls_readers = read_timeout, tls_readers
+
+    def answer(self) -> Response:
+        conn = self._conn
+        try:
+            answer = conn.getresponse()
+        except BaseException as e:
+            conn.close()
+            error = _answer_error(e, self._read_timeout)
+            if error is e:
+                raise
+            raise error from e
+        return Response(conn, answer, self._release, self._read_timeout, self.url, self._tls_readers)
+
+    def abandon(self) -> None:
+        self._conn.close()
+
+
+def _answer_error(e: BaseException, timeout: float) -> BaseException:
+    """A failure to read an answer's head, as the `TransportError` that says what it was."""
+    if isinstance(e, http.client.RemoteDisconnected):
+        return RemoteProtocolError("the server closed the connection without answering")
+    if isinstance(e, http.client.BadStatusLine):
+        return RemoteProtocolError(f"not an HTTP/1.1 answer: {str(e)[:40]!r}")
+    if isinstance(e, http.client.HTTPException):
+        return RemoteProtocolError(f"bad headers: {e}")
+    if isinstance(e, TimeoutError):
+        return ReadTimeout(f"no answer for {timeout:.0f}s")
+    if isinstance(e, OSError):
+        return ReadError(str(e))
+    return e
+
+
 # ---------------------------------------------------------------------------------------------- pool
 class Pool:
     """Keep-alive connections through one route: an http:// proxy URL, or None for direct."""
@@ -324,6 +371,15 @@ class Pool:
 
     def request(self, method: str, url: str, headers: dict[str, str]) -> Response:
         """Send one request and read the answer's head; the body is the caller's to read and close."""
+        sent = self.send(method, url, headers)
+        assert sent is not None  # (it connects)
+        return sent.answer()
+
+    def send(self, method: str, url: str, headers: dict[str, str], *, connect: bool = True) -> Sent | None:
+        """Send one request without waiting for its answer (`Sent.answer` reads its head later): one
+        thread may have several in flight, each on a connection of its own. `connect=False`: only on
+        a kept-alive connection (None if there is none), so that the caller never waits for a
+        connection to be made."""
         parts = urlsplit(url)
         scheme, host = parts.scheme, parts.hostname or ""
         if scheme not in DEFAULT_PORTS or not host:
@@ -340,36 +396,21 @@ class Pool:
         fields = {"user-agent": self.user_agent, **headers}
         if absolute and self._proxy_auth:
             fields["proxy-authorization"] = self._proxy_auth
-        conn = self._checkout(key) or self._connect(scheme, host, port)
-        try:
-            answer = self._exchange(conn, method, target, fields)
-        except BaseException:
-            conn.close()
-            raise
-        release = functools.partial(self._checkin, key)
-        return Response(conn, answer, release, self.read_timeout, url, self._tls_readers)
-
-    def _exchange(
-        self, conn: Connection, method: str, target: str, fields: dict[str, str]
-    ) -> http.client.HTTPResponse:
+        conn = self._checkout(key)
+        if conn is None:
+            if not connect:
+                return None
+            conn = self._connect(scheme, host, port)
         try:
             conn.request(method, target, headers=fields)
-        except TimeoutError as e:
-            raise ReadTimeout(f"timed out sending the request: {e}") from e
-        except OSError as e:
-            raise ReadError(str(e)) from e
-        try:
-            return conn.getresponse()
-        except http.client.RemoteDisconnected as e:
-            raise RemoteProtocolError("the server closed the connection without answering") from e
-        except http.client.BadStatusLine as e:
-            raise RemoteProtocolError(f"not an HTTP/1.1 answer: {str(e)[:40]!r}") from e
-        except http.client.HTTPException as e:
-            raise RemoteProtocolError(f"bad headers: {e}") from e
-        except TimeoutError as e:
-            raise ReadTimeout(f"no answer for {self.read_timeout:.0f}s") from e
-        except OSError as e:
-            raise ReadError(str(e)) from e
+        except BaseException as e:
+            conn.close()
+            if isinstance(e, TimeoutError):
+                raise ReadTimeout(f"timed out sending the request: {e}") from e
+            if isinstance(e, OSError):
+                raise ReadError(str(e)) from e
+            raise
+        return Sent(conn, url, functools.partial(self._checkin, key), self.read_timeout, self._tls_readers)
 
     def close(self) -> None:
         with self._lock:

@@ -25,7 +25,7 @@ from prefetch.errors import (
     UnusableAnswer,
     hub_http_error,
 )
-from prefetch.net.connection import Headers, Pool, Response
+from prefetch.net.connection import Headers, Pool, Response, Sent
 from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_hint, is_proxy_failure
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
 from prefetch.settings import RetrySettings
@@ -36,6 +36,14 @@ READ_TIMEOUT = 60.0  # seconds without a byte from the server
 MAX_REDIRECTS = 5
 
 Origin = tuple[str, str | None, int | None]
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A GET sent by `Http.send`, its answer not read yet."""
+
+    route: Route
+    sent: Sent
 
 
 @dataclass(frozen=True)
@@ -167,18 +175,55 @@ class Http:
         and size) before it is followed. Returns a streaming response with a 2xx status; raises
         HubHttpError otherwise.
         """
+        response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
+        return self.follow(url, response, token, headers, on_redirect)
+
+    def send(
+        self, url: str, token: Token | None, headers: dict[str, str] | None = None, *, connect: bool = True
+    ) -> InFlight | None:
+        """GET `url` on the route it takes now, without waiting for the answer (`answer`, then `follow`,
+        take it from there): for a thread that keeps several requests in flight. No failover: a
+        failure is the caller's to retry, through `open`. `connect=False`: only on a kept-alive
+        connection, else None (`Pool.send`)."""
+        if self.offline:
+            raise PrefetchError(f"internal: network request attempted in offline mode: GET {url}")
+        route = self.routes.for_url(url)[0]
+        fields = {**(headers or {}), **self._auth(url, token)}
+        sent = route.pool.send("GET", url, fields, connect=connect)
+        return None if sent is None else InFlight(route, sent)
+
+    def answer(self, request: InFlight) -> Response:
+        """The head of the answer to a request `send` made; a proxy's own failure is a ProxyError."""
+        response = request.sent.answer()
+        route = request.route
+        if route.proxy is not None and is_proxy_failure(response):
+            response.close()
+            reason = f"{route.label} answered {response.status_code} {response.reason_phrase}"
+            raise ProxyError(reason, response.status_code)
+        self._answered.add(_origin(request.sent.url))
+        return response
+
+    def follow(
+        self,
+        url: str,
+        response: Response,
+        token: Token | None,
+        headers: dict[str, str] | None = None,
+        on_redirect: Callable[[Headers], None] | None = None,
+    ) -> Response:
+        """`open`'s rest, from the answer to the GET of `url`: its redirects, then its status."""
         for hop in range(MAX_REDIRECTS):
-            response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
-            if response.is_redirect:
-                location = response.headers.get("location", "")
-                response.close()
-                if hop == 0 and on_redirect is not None:
-                    on_redirect(response.headers)
-                url = urljoin(url, location)
-                continue
-            if response.status_code >= 400:
-                raise http_status_error(url, response)
-            return response
+            if not response.is_redirect:
+                if response.status_code >= 400:
+                    raise http_status_error(url, response)
+                return response
+            location = response.headers.get("location", "")
+            response.close()
+            if hop == 0 and on_redirect is not None:
+                on_redirect(response.headers)
+            url = urljoin(url, location)
+            if hop + 1 < MAX_REDIRECTS:
+                response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
         raise HubHttpError(url, 310, None, "too many redirects")
 
     def head(self, url: str, token: Token | None) -> Headers:

@@ -1,0 +1,197 @@
+"""Small files fetched by one thread with several requests in flight.
+
+Why: each small file costs the engine about half a millisecond of interpreter time, and with one
+thread per connection every socket call handed the interpreter lock to another thread. On 2,000
+files from the test Hub, one thread with one request at a time took 0.63 ms of CPU per file, two
+threads ~0.9 ms, 32 threads ~1.0 ms (docs/benchmarks.md, eighth round). So the lane is a single
+thread: it sends the next files' requests, each on a connection of its own, before it reads the
+oldest answer, and while it hashes and writes one file the server is already answering the next
+ones. The host's connection limit (`HostLimit`) bounds how many are in flight. A request that
+needs a new connection is sent by a connector thread, which makes it meanwhile: from a far server,
+32 connections made one after another by the lane would take seconds before the first answer.
+
+A file is the lane's only while all goes well: an answer that is not the file's bytes (an error
+status, a reset, a timeout, bytes that do not match) makes the lane's try the file's first attempt,
+and the rest of its attempts are made by the segment pool's threads, as a worker makes them
+(`Transfer.fetch_after_lane`): retries with backoff, proxy failover, a new signed URL. The lane
+goes on with the next files meanwhile. Redirects (a small LFS file's, to its CDN) are followed at
+once, in the lane, with the checks `Http.open` makes.
+
+The workers take the big files (`SmallLast.big`) and the lane takes whatever comes next
+(`SmallLast.take`): big files too while there are some, as one more worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prefetch.download.job import FileJob
+from prefetch.download.partial import Cursor, MemoryFile
+from prefetch.download.scheduler import HostLimit
+from prefetch.errors import BadBytes
+from prefetch.net.session import FILE_HEADERS, InFlight
+
+if TYPE_CHECKING:
+    from prefetch.download.engine import Transfer
+
+log = logging.getLogger("prefetch")
+
+
+class SmallLast:
+    """The run's files in the order given (big ones first): workers take the big ones, and stop at
+    the first small one (`big`); the lane takes each next one, whatever its size (`take`)."""
+
+    def __init__(self, items: Iterable[FileJob]) -> None:
+        self._items = iter(items)
+        self._head: FileJob | None = None  # looked at by `big`, not taken
+        self._lock = threading.Lock()
+
+    def take(self) -> FileJob | None:
+        with self._lock:
+            job, self._head = self._head, None
+            return job if job is not None else next(self._items, None)
+
+    def big(self) -> Iterator[FileJob]:
+        while True:
+            with self._lock:
+                if self._head is None:
+                    self._head = next(self._items, None)
+                if self._head is None or self._head.small:
+                    return
+                job, self._head = self._head, None
+            yield job
+
+
+@dataclass
+class _Request:
+    """A small file's GET in flight: its connection of the host (`limit`) is held until it is read.
+    `sent` is a future while a connector thread makes a new connection for it."""
+
+    job: FileJob
+    sent: InFlight | cf.Future[InFlight | None]
+    limit: HostLimit
+    started: float
+
+    def in_flight(self) -> InFlight:
+        if isinstance(self.sent, InFlight):
+            return self.sent
+        sent = self.sent.result()
+        assert sent is not None  # (a connector connects)
+        return sent
+
+
+class SmallFileLane:
+    """One thread's files (see the module docstring), for one `Transfer.run_items`."""
+
+    def __init__(self, transfer: Transfer) -> None:
+        self._transfer = transfer
+        self._in_flight: collections.deque[_Request] = collections.deque()
+        self._handed_on: list[cf.Future[None]] = []  # files whose next attempts the segment pool makes
+        self._connectors: cf.ThreadPoolExecutor | None = None  # made at the first new connection
+
+    def run(self, take: Callable[[], FileJob | None]) -> None:
+        """Fetch what `take` gives until it gives None or the run is cancelled; return once every file
+        it took is done (or, cancelled, abandoned)."""
+        transfer = self._transfer
+        try:
+            job = take()
+            while not transfer.cancel.cancelled and (job is not None or self._in_flight):
+                if job is None:
+                    self._finish(self._in_flight.popleft())
+                elif not job.small or not transfer.unlocked_small(job):
+                    self._as_a_worker(job)  # a big file, a repair, a blob to link from another repo
+                    job = take()
+                elif self._send(job, wait=not self._in_flight):
+                    job = take()
+                else:  # no connection free: the oldest request in flight gives one back
+                    self._finish(self._in_flight.popleft())
+        finally:
+            for request in self._in_flight:  # cancelled: their answers are not read
+                with contextlib.suppress(Exception):
+                    request.in_flight().sent.abandon()
+                request.limit.release(request.started)
+            self._in_flight.clear()
+            if self._connectors is not None:
+                self._connectors.shutdown()
+            for future in self._handed_on:
+                future.exception()  # (their failures went to the run already)
+
+    def _as_a_worker(self, job: FileJob) -> None:
+        """Fetch `job` the way a worker does, once the requests in flight are read: it may need a
+        connection they hold."""
+        while self._in_flight:
+            self._finish(self._in_flight.popleft())
+        try:
+            self._transfer.fetch_file(job)
+        except BaseException as exc:  # every failure is the run's to judge
+            self._transfer.failed(exc, job)
+
+    def _send(self, job: FileJob, wait: bool) -> bool:
+        """Send `job`'s request (done with it if it needs none); False: no connection was free."""
+        transfer = self._transfer
+        if transfer.cached(job):
+            transfer.done(job, "cached")
+            return True
+        limit = transfer.connections.for_url(job.url)
+        if not limit.acquire(wait):
+            return False
+        started = time.monotonic()
+        transfer.reporter.file_started(job)
+        http = transfer.http
+        try:
+            sent: InFlight | cf.Future[InFlight | None] | None = http.send(
+                job.url, job.token, FILE_HEADERS, connect=False
+            )
+        except Exception as exc:
+            limit.release(started)
+            self._hand_on(job, exc)
+            return True
+        if sent is None:  # no kept-alive connection: made by a connector thread while the lane goes on
+            if self._connectors is None:
+                self._connectors = cf.ThreadPoolExecutor(transfer.jobs, thread_name_prefix="prefetch-connect")
+            sent = self._connectors.submit(http.send, job.url, job.token, FILE_HEADERS)
+        self._in_flight.append(_Request(job, sent, limit, started))
+        return True
+
+    def _finish(self, request: _Request) -> None:
+        """Read the oldest request's answer and install its file, or hand the file on."""
+        transfer, job = self._transfer, request.job
+        memory = MemoryFile(job.size)
+        try:
+            try:
+                http = transfer.http
+                response = http.answer(request.in_flight())
+                response = http.follow(
+                    job.url, response, job.token, FILE_HEADERS, transfer.redirect_check(job)
+                )
+                with contextlib.closing(response):
+                    transfer.take_body(job, memory, response, Cursor(0), 0, job.size, False, request.limit)
+            finally:
+                request.limit.release(request.started)
+            request.limit.progress(0, requests=1)
+        except BadBytes as e:
+            log.warning("%s", e)
+            return self._hand_on(job, None)
+        except Exception as exc:
+            return self._hand_on(job, exc)
+        try:
+            installed = transfer.install_small(job, memory.data, locked=False)
+        except BaseException as exc:
+            transfer.failed(exc, job)
+            return
+        if not installed:
+            self._hand_on(job, None)
+
+    def _hand_on(self, job: FileJob, tried: Exception | None) -> None:
+        """The lane's try of `job` failed (`tried`; None: its bytes were not the file's): its next
+        attempts go to the segment pool, and the lane goes on."""
+        transfer = self._transfer
+        self._handed_on.append(transfer.segments.submit(0, transfer.fetch_after_lane, job, tried))

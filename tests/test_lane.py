@@ -1,0 +1,95 @@
+"""The lane of small files (`prefetch.download.lane`): one thread, several requests in flight."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from prefetch.download.job import FileJob
+from prefetch.download.lane import SmallLast
+from prefetch.offline.verify import verify
+from prefetch.progress import QuietProgress
+from prefetch.sync import Settings, sync
+from tests.hubemu import Fault, HubEmulator
+
+FILES = 120
+
+
+class Threads(QuietProgress):
+    """The threads that reported a file fetched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetched_by: set[int] = set()
+
+    def file_done(self, job: FileJob, how: str) -> None:
+        super().file_done(job, how)
+        if how == "fetched":
+            self.fetched_by.add(threading.get_ident())
+
+
+def slow_small_repo(hub: HubEmulator, tmp_path: Path) -> Path:
+    """FILES small files, each served in a few milliseconds."""
+    hub.create_repo("org/small").commit({f"data/{i:03d}.json": os.urandom(100 + i) for i in range(FILES)})
+    hub.inject(Fault(kind="slow", times=None, match=r"/resolve/.*\.json", bytes_per_sec=40_000))
+    manifest = tmp_path / "models.yaml"
+    manifest.write_text(f"version: 1\nendpoint: {hub.url}\nrepos:\n  - repo: org/small\n")
+    return manifest
+
+
+def test_small_files_come_from_one_thread_with_requests_in_flight(tmp_path: Path, hub: HubEmulator) -> None:
+    """One thread reads every small file (no hand-off of the interpreter lock per file), yet the
+    server answers several at once: the next requests were sent before the oldest answer was read.
+    Before the lane, each of the `jobs` worker threads fetched its own files."""
+    threads = Threads()
+    settings = Settings(cache_dir=tmp_path / "cache", processes=1, jobs=8)
+    result = sync(slow_small_repo(hub, tmp_path), settings=settings, progress=threads)
+    assert result.summary()["fetched_files"] == FILES
+    assert len(threads.fetched_by) == 1, threads.fetched_by
+    answers = sorted((r.time, r.sent) for r in hub.requests if r.kind == "file")
+    assert len(answers) == FILES  # one request per file
+    overlapping = max(sum(1 for a, _ in answers if start <= a < end) for start, end in answers)
+    assert overlapping >= 2, "no request was sent while another answer was on its way"
+    assert verify(tmp_path / "models.lock", cache_dir=tmp_path / "cache").ok
+
+
+def test_a_small_file_that_fails_in_the_lane_is_retried_while_the_others_go_on(
+    tmp_path: Path, hub: HubEmulator
+) -> None:
+    """A 503 and a corrupt body in the lane: those two files are fetched again (the lane's try was
+    their first attempt), the others are not asked twice, and the cache verifies."""
+    manifest = slow_small_repo(hub, tmp_path)
+    hub.inject(Fault(kind="status", status=503, match=r"/resolve/.*/data/007\.json"))
+    hub.inject(Fault(kind="corrupt", match=r"/resolve/.*/data/042\.json"))
+    settings = Settings(cache_dir=tmp_path / "cache", processes=1, jobs=8)
+    result = sync(manifest, settings=settings)
+    assert result.summary()["fetched_files"] == FILES
+    asked = [r.path.rsplit("/", 1)[-1] for r in hub.requests if r.kind == "file"]
+    assert asked.count("007.json") == 2 and asked.count("042.json") == 2
+    assert len(asked) == FILES + 2
+    assert verify(tmp_path / "models.lock", cache_dir=tmp_path / "cache").ok
+
+
+class Job:
+    def __init__(self, name: str, small: bool) -> None:
+        self.name, self.small = name, small
+
+
+def test_workers_take_the_big_files_and_stop_at_the_first_small_one() -> None:
+    """The workers' iterator ends at the first small file; the lane takes it, and every file after it."""
+    jobs = [
+        Job("big1", False),
+        Job("big2", False),
+        Job("small1", True),
+        Job("big3", False),
+        Job("small2", True),
+    ]
+    files = SmallLast(jobs)  # type: ignore[arg-type]
+    workers = files.big()
+    assert next(workers).name == "big1"
+    assert files.take().name == "big2"  # type: ignore[union-attr]
+    assert list(workers) == []  # stopped at small1, which stays for the lane
+    assert [files.take().name for _ in range(3)] == ["small1", "big3", "small2"]  # type: ignore[union-attr]
+    assert files.take() is None
+    assert list(files.big()) == []
