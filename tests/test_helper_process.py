@@ -134,6 +134,10 @@ def test_one_process_when_told_or_when_there_are_few_small_files(tmp_path: Path,
     progress = Recorder()
     sync(tmp_path / "few.yaml", settings=two_processes(tmp_path), progress=progress)
     assert progress.by_side == {"parent": helper.MIN_FILES - 1}
+    # By default, fewer than AUTO_MIN_FILES: one process (the start of a second one would not pay).
+    progress = Recorder()
+    sync(manifest, settings=Settings(cache_dir=tmp_path / "default", jobs=4), progress=progress)
+    assert COUNT < helper.AUTO_MIN_FILES and progress.by_side == {"parent": COUNT}
 
 
 def test_a_killed_helper_leaves_its_files_to_the_parent(
@@ -228,10 +232,10 @@ def test_once_the_helper_ended_its_connections_are_the_parents_again(
 def test_a_process_bound_by_its_cpu_shares_its_small_files(
     prefetch: PrefetchRunner, hub: HubEmulator
 ) -> None:
-    """By default the helper gets files once the run is seen bound by its own CPU: small files from
-    a near server (the test Hub, on loopback) are. huggingface_hub, with no network, loads what the
-    two processes wrote."""
-    files = {f"data/{i:05d}.json": os.urandom(300) for i in range(COUNT)}
+    """By default (`helper.AUTO_MIN_FILES` small files or more) the helper gets files once the run is
+    seen bound by its own CPU: small files from a near server (the test Hub, on loopback) are.
+    huggingface_hub, with no network, loads what the two processes wrote."""
+    files = {f"data/{i:05d}.json": os.urandom(300) for i in range(helper.AUTO_MIN_FILES + 88)}
     hub.create_repo("org/many").commit(files)
     manifest = prefetch.manifest([{"repo": "org/many"}])
     result = prefetch("-v", "sync", str(manifest))

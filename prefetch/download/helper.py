@@ -1,10 +1,11 @@
 """A second process for many small files.
 
-Each small file costs the engine about a millisecond of interpreter time, and one process runs one
-thread of Python at a time: with thousands of them from a near server, the run is bound by its own
-CPU, and more connections do not help (docs/benchmarks.md). So, where a run has many small files
-and the machine more than one core, a helper process is started with the run and, once this
-process is seen bound by its own CPU (or at once, `PREFETCH_PROCESSES=2`), fetches some of them into
+Each small file costs the engine about half a millisecond of interpreter time, and one process runs
+one thread of Python at a time: with thousands of them from a near server, the run is bound by its
+own CPU, and more connections do not help (docs/benchmarks.md). So, where a run has many small
+files (`AUTO_MIN_FILES`; `MIN_FILES` with `PREFETCH_PROCESSES=2`) and the machine more than one core,
+a helper process is started with the run and, once this process is seen bound by its own CPU (or at
+once, `PREFETCH_PROCESSES=2`), fetches some of them into
 the same cache, as a second `prefetch sync` would: the cache is built for several processes at once
 (blob locks, unnamed files named only once verified and durable). Where the files are slow for
 another reason (a far server, a full link), a second process would only compete with the first for
@@ -60,6 +61,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefetch")
 
 MIN_FILES = 512  # fewer small files than this: the helper's start (~0.2 s of a core) does not pay
+# ... and by default (not `PREFETCH_PROCESSES=2`), fewer than this: with the lane of small files
+# (`download.lane`), one process took 0.9 x the time of two on 2,000 files from the test Hub, two
+# took 0.95 x the time of one on 5,000 and 0.93 x on 10,000 (docs/benchmarks.md, eighth round).
+AUTO_MIN_FILES = 4096
 BATCH = 32  # small files the helper is given at a time at most (fewer as the list runs out)
 RELAY_EVERY = 0.05  # seconds: the helper reports what happened at most this often (not once per file)
 POLL = 0.02  # seconds between the parent's checks (cancellation, a helper waiting for files)
@@ -132,7 +137,7 @@ class SmallFileHelper:
         """A started helper for `ordered`'s small files, given some `at_once` or once this process is
         bound by its CPU; None where it would not pay or cannot start."""
         files = [job for job in ordered if job.small]
-        if len(files) < MIN_FILES or transfer.jobs < 2:
+        if len(files) < (MIN_FILES if at_once else AUTO_MIN_FILES) or transfer.jobs < 2:
             return None
         here, there = socket.socketpair()
         try:
