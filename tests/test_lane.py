@@ -6,27 +6,27 @@ import os
 import threading
 from pathlib import Path
 
-from prefetch.download.job import FileJob
 from prefetch.download.lane import SmallLast
 from prefetch.offline.verify import verify
 from prefetch.progress import QuietProgress
 from prefetch.sync import Settings, sync
+from tests.conftest import CANARY_TOKEN
 from tests.hubemu import Fault, HubEmulator
 
 FILES = 120
 
 
 class Threads(QuietProgress):
-    """The threads that reported a file fetched."""
+    """The threads that read files' bytes (each reports them as they come). (Not the threads that
+    report files done: a batch of small blobs may be installed by its timer's thread.)"""
 
     def __init__(self) -> None:
         super().__init__()
         self.fetched_by: set[int] = set()
 
-    def file_done(self, job: FileJob, how: str) -> None:
-        super().file_done(job, how)
-        if how == "fetched":
-            self.fetched_by.add(threading.get_ident())
+    def advance(self, nbytes: int) -> None:
+        super().advance(nbytes)
+        self.fetched_by.add(threading.get_ident())
 
 
 def slow_small_repo(hub: HubEmulator, tmp_path: Path) -> Path:
@@ -47,10 +47,40 @@ def test_small_files_come_from_one_thread_with_requests_in_flight(tmp_path: Path
     result = sync(slow_small_repo(hub, tmp_path), settings=settings, progress=threads)
     assert result.summary()["fetched_files"] == FILES
     assert len(threads.fetched_by) == 1, threads.fetched_by
-    answers = sorted((r.time, r.sent) for r in hub.requests if r.kind == "file")
+    answers = [(r.time, r.sent) for r in hub.requests if r.kind == "file"]
     assert len(answers) == FILES  # one request per file
-    overlapping = max(sum(1 for a, _ in answers if start <= a < end) for start, end in answers)
-    assert overlapping >= 2, "no request was sent while another answer was on its way"
+    assert most_at_once(answers) >= 2, "no request was sent while another answer was on its way"
+    assert verify(tmp_path / "models.lock", cache_dir=tmp_path / "cache").ok
+
+
+def most_at_once(requests: list[tuple[float, float]]) -> int:
+    """The most requests whose answers were on their way at one time (arrival, answer sent)."""
+    return max(sum(1 for a, _ in requests if start <= a < end) for start, end in requests)
+
+
+def test_small_lfs_files_are_fetched_from_their_cdn_with_requests_in_flight(
+    tmp_path: Path, hub: HubEmulator
+) -> None:
+    """Small LFS files: the Hub redirects each to its CDN. The redirect's target joins the requests in
+    flight (the lane does not wait for each CDN answer in turn), the token stays on the Hub, and the
+    hashes the Hub states in the redirect are checked. Before, each CDN request was made and read
+    before the next file's."""
+    hub.add_user("alice", token=CANARY_TOKEN)
+    files = {f"img/{i:03d}.jpg": os.urandom(300 + i) for i in range(60)}
+    hub.create_repo("alice/pics", private=True).commit(files, lfs=set(files))
+    hub.inject(Fault(kind="slow", times=None, origin="cdn", bytes_per_sec=40_000))
+    manifest = tmp_path / "models.yaml"
+    manifest.write_text(f"version: 1\nendpoint: {hub.url}\nrepos:\n  - repo: alice/pics\n")
+    threads = Threads()
+    (tmp_path / "token").write_text(CANARY_TOKEN)
+    settings = Settings(cache_dir=tmp_path / "cache", processes=1, jobs=8, token_file=tmp_path / "token")
+    result = sync(manifest, settings=settings, progress=threads)
+    assert result.summary()["fetched_files"] == len(files)
+    assert len(threads.fetched_by) == 1, threads.fetched_by
+    cdn = [r for r in hub.requests if r.origin == "cdn"]
+    assert len(cdn) == len(files)
+    assert most_at_once([(r.time, r.sent) for r in cdn]) >= 2, "each CDN request waited for the one before"
+    assert all("authorization" not in r.headers for r in cdn)
     assert verify(tmp_path / "models.lock", cache_dir=tmp_path / "cache").ok
 
 

@@ -14,8 +14,8 @@ A file is the lane's only while all goes well: an answer that is not the file's 
 status, a reset, a timeout, bytes that do not match) makes the lane's try the file's first attempt,
 and the rest of its attempts are made by the segment pool's threads, as a worker makes them
 (`Transfer.fetch_after_lane`): retries with backoff, proxy failover, a new signed URL. The lane
-goes on with the next files meanwhile. Redirects (a small LFS file's, to its CDN) are followed at
-once, in the lane, with the checks `Http.open` makes.
+goes on with the next files meanwhile. A redirect (a small LFS file's, to its CDN) is checked as
+`Http.open` checks it, and its target's request joins the others in flight.
 
 The workers take the big files (`SmallLast.big`) and the lane takes whatever comes next
 (`SmallLast.take`): big files too while there are some, as one more worker.
@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from prefetch.download.job import FileJob
@@ -72,13 +72,16 @@ class SmallLast:
 
 @dataclass
 class _Request:
-    """A small file's GET in flight: its connection of the host (`limit`) is held until it is read.
-    `sent` is a future while a connector thread makes a new connection for it."""
+    """A small file's GET of `url` (after `hop` redirects) in flight: its connection of the host
+    (`limit`, the /resolve URL's) is held until the file is read. `sent` is a future while a
+    connector thread makes a new connection for it."""
 
     job: FileJob
     sent: InFlight | cf.Future[InFlight | None]
     limit: HostLimit
     started: float
+    url: str
+    hop: int = 0
 
     def in_flight(self) -> InFlight:
         if isinstance(self.sent, InFlight):
@@ -145,37 +148,47 @@ class SmallFileLane:
             return False
         started = time.monotonic()
         transfer.reporter.file_started(job)
-        http = transfer.http
+        url = job.url
         try:
-            sent: InFlight | cf.Future[InFlight | None] | None = http.send(
-                job.url, job.token, FILE_HEADERS, connect=False
-            )
+            sent = self._sent(job, url)
         except Exception as exc:
             limit.release(started)
             self._hand_on(job, exc)
             return True
-        if sent is None:  # no kept-alive connection: made by a connector thread while the lane goes on
-            if self._connectors is None:
-                self._connectors = cf.ThreadPoolExecutor(transfer.jobs, thread_name_prefix="prefetch-connect")
-            sent = self._connectors.submit(http.send, job.url, job.token, FILE_HEADERS)
-        self._in_flight.append(_Request(job, sent, limit, started))
+        self._in_flight.append(_Request(job, sent, limit, started, url))
         return True
 
+    def _sent(self, job: FileJob, url: str) -> InFlight | cf.Future[InFlight | None]:
+        """GET `url` for `job`: at once on a kept-alive connection, else by a connector thread."""
+        transfer = self._transfer
+        sent = transfer.http.send(url, job.token, FILE_HEADERS, connect=False)
+        if sent is not None:
+            return sent
+        if self._connectors is None:
+            self._connectors = cf.ThreadPoolExecutor(transfer.jobs, thread_name_prefix="prefetch-connect")
+        return self._connectors.submit(transfer.http.send, url, job.token, FILE_HEADERS)
+
     def _finish(self, request: _Request) -> None:
-        """Read the oldest request's answer and install its file, or hand the file on."""
+        """Read the oldest request's answer and install its file; or send its redirect's target, to
+        be read in turn (a small LFS file's bytes are on its CDN); or hand the file on."""
         transfer, job = self._transfer, request.job
         memory = MemoryFile(job.size)
+        redirected = False
         try:
             try:
-                http = transfer.http
-                response = http.answer(request.in_flight())
-                response = http.follow(
-                    job.url, response, job.token, FILE_HEADERS, transfer.redirect_check(job)
-                )
+                response = transfer.http.answer(request.in_flight())
+                check = transfer.redirect_check(job)
+                target = transfer.http.redirect_target(request.url, response, request.hop, check)
+                if target is not None:
+                    sent = self._sent(job, target)
+                    self._in_flight.append(replace(request, sent=sent, url=target, hop=request.hop + 1))
+                    redirected = True  # (its connection stays held)
+                    return
                 with contextlib.closing(response):
                     transfer.take_body(job, memory, response, Cursor(0), 0, job.size, False, request.limit)
             finally:
-                request.limit.release(request.started)
+                if not redirected:
+                    request.limit.release(request.started)
             request.limit.progress(0, requests=1)
         except BadBytes as e:
             log.warning("%s", e)

@@ -212,19 +212,31 @@ class Http:
         on_redirect: Callable[[Headers], None] | None = None,
     ) -> Response:
         """`open`'s rest, from the answer to the GET of `url`: its redirects, then its status."""
-        for hop in range(MAX_REDIRECTS):
-            if not response.is_redirect:
-                if response.status_code >= 400:
-                    raise http_status_error(url, response)
-                return response
-            location = response.headers.get("location", "")
-            response.close()
-            if hop == 0 and on_redirect is not None:
-                on_redirect(response.headers)
-            url = urljoin(url, location)
-            if hop + 1 < MAX_REDIRECTS:
-                response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
-        raise HubHttpError(url, 310, None, "too many redirects")
+        hop = 0
+        while (target := self.redirect_target(url, response, hop, on_redirect)) is not None:
+            url, hop = target, hop + 1
+            response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
+        return response
+
+    @staticmethod
+    def redirect_target(
+        url: str, response: Response, hop: int, on_redirect: Callable[[Headers], None] | None = None
+    ) -> str | None:
+        """Where the answer to the GET of `url` (after `hop` redirects) leads, once closed (`on_redirect`
+        sees the first redirect's headers); None: it is the answer itself. HubHttpError for a status
+        >= 400 or past MAX_REDIRECTS."""
+        if not response.is_redirect:
+            if response.status_code >= 400:
+                raise http_status_error(url, response)
+            return None
+        location = response.headers.get("location", "")
+        response.close()
+        if hop == 0 and on_redirect is not None:
+            on_redirect(response.headers)
+        target = urljoin(url, location)
+        if hop + 1 >= MAX_REDIRECTS:
+            raise HubHttpError(target, 310, None, "too many redirects")
+        return target
 
     def head(self, url: str, token: Token | None) -> Headers:
         """HEAD `url` with retries, redirects not followed (a 3xx is an answer); HubHttpError if >= 400."""
