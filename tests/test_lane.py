@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from prefetch.download import new_blobs
 from prefetch.download.lane import SmallLast
 from prefetch.offline.verify import verify
 from prefetch.progress import QuietProgress
@@ -123,3 +128,28 @@ def test_workers_take_the_big_files_and_stop_at_the_first_small_one() -> None:
     assert [files.take().name for _ in range(3)] == ["small1", "big3", "small2"]  # type: ignore[union-attr]
     assert files.take() is None
     assert list(files.big()) == []
+
+
+def test_a_batch_named_by_its_timer_thread_keeps_its_folder_open(
+    tmp_path: Path, hub: HubEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last small blobs of a run may be named by their batch's timer thread while the run ends.
+    The run used to close the folders it kept open before it waited for that thread, which then named
+    the blob relative to a closed folder fd (EBADF; a reused fd would have been another folder). Here
+    the timer's naming of the blob is held (a slow `link`) until the run is past its workers."""
+    # The bigger file first (the run's order), then one that takes ~0.4 s.
+    hub.create_repo("org/one").commit({"vocab.json": os.urandom(20_000), "config.json": os.urandom(100)})
+    hub.inject(Fault(kind="slow", times=None, match=r"config\.json", bytes_per_sec=250))
+    manifest = tmp_path / "models.yaml"
+    manifest.write_text(f"version: 1\nendpoint: {hub.url}\nrepos:\n  - repo: org/one\n")
+    link = os.link
+
+    def slow_link(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.6)
+        link(*args, **kwargs)
+
+    monkeypatch.setattr(new_blobs, "BATCH_WAIT", 0.01)
+    monkeypatch.setattr(os, "link", slow_link)
+    result = sync(manifest, settings=Settings(cache_dir=tmp_path / "cache", processes=1))
+    assert result.summary()["fetched_files"] == 2
+    assert verify(tmp_path / "models.lock", cache_dir=tmp_path / "cache").ok

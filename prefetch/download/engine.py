@@ -136,13 +136,17 @@ class Transfer:
         )
         try:
             with young_objects_collected(), folders_kept_open(caches):
-                workers.run(files.big(), alongside=lambda: SmallFileLane(self).run(files.take))
-        except BaseException:
-            self.cancel.cancel()
-            raise
+                try:
+                    workers.run(files.big(), alongside=lambda: SmallFileLane(self).run(files.take))
+                except BaseException:
+                    self.cancel.cancel()
+                    raise
+                finally:
+                    self.segments.shutdown()
+                    # The last small blobs (verified: installed whatever the end), while the folders
+                    # are kept open: a batch's timer thread may be naming blobs in one right now.
+                    self._new_blobs.install()
         finally:
-            self.segments.shutdown()
-            self._new_blobs.install()  # the last small blobs (verified: installed whatever the end)
             self._sync_blob_folders()
 
     # -- what became of each file (the helper's files are reported here too) ----------------------
