@@ -109,13 +109,15 @@ class SmallFileLane:
             while not transfer.cancel.cancelled and (job is not None or self._in_flight):
                 if job is None:
                     self._finish(self._in_flight.popleft())
-                elif not job.small or not transfer.unlocked_small(job):
+                    continue
+                if not job.small or not transfer.unlocked_small(job):
                     self._as_a_worker(job)  # a big file, a repair, a blob to link from another repo
-                    job = take()
-                elif self._send(job, wait=not self._in_flight):
-                    job = take()
-                else:  # no connection free: the oldest request in flight gives one back
-                    self._finish(self._in_flight.popleft())
+                elif transfer.cached(job):
+                    transfer.done(job, "cached")
+                else:
+                    while not self._send(job, wait=not self._in_flight):
+                        self._finish(self._in_flight.popleft())  # none free: the oldest gives one back
+                job = take()
         finally:
             for request in self._in_flight:  # cancelled: their answers are not read
                 with contextlib.suppress(Exception):
@@ -138,11 +140,8 @@ class SmallFileLane:
             self._transfer.failed(exc, job)
 
     def _send(self, job: FileJob, wait: bool) -> bool:
-        """Send `job`'s request (done with it if it needs none); False: no connection was free."""
+        """Send `job`'s request; False: no connection was free (`wait=False`)."""
         transfer = self._transfer
-        if transfer.cached(job):
-            transfer.done(job, "cached")
-            return True
         limit = transfer.connections.for_url(job.url)
         if not limit.acquire(wait):
             return False
@@ -172,7 +171,6 @@ class SmallFileLane:
         """Read the oldest request's answer and install its file; or send its redirect's target, to
         be read in turn (a small LFS file's bytes are on its CDN); or hand the file on."""
         transfer, job = self._transfer, request.job
-        memory = MemoryFile(job.size)
         redirected = False
         try:
             try:
@@ -184,6 +182,7 @@ class SmallFileLane:
                     self._in_flight.append(replace(request, sent=sent, url=target, hop=request.hop + 1))
                     redirected = True  # (its connection stays held)
                     return
+                memory = MemoryFile(job.size)
                 with contextlib.closing(response):
                     transfer.take_body(job, memory, response, Cursor(0), 0, job.size, False, request.limit)
             finally:

@@ -130,8 +130,7 @@ class Http:
         A proxy fails when it cannot be reached, breaks the connection or tunnel before an answer,
         or answers 407 / a 502-504 of its own; an answer relayed from the origin is not its failure.
         """
-        if self.offline:
-            raise PrefetchError(f"internal: network request attempted in offline mode: {method} {url}")
+        self._check_online(method, url)
         failures: list[tuple[str, str]] = []
         needs_credentials = 0
         for route in self.routes.for_url(url):
@@ -149,18 +148,30 @@ class Http:
                     reason += credentials_hint(route.proxy)
                 failures.append((route.label, reason))
                 continue
-            if route.proxy is not None and is_proxy_failure(response):
-                reason = f"answered {response.status_code} {response.reason_phrase}"
+            refused = self._proxy_failure(route, response)
+            if refused is not None:
                 if response.status_code == 407:
                     needs_credentials += 1
-                    reason += credentials_hint(route.proxy)
-                response.close()
-                failures.append((route.label, reason))
+                    refused += credentials_hint(route.proxy)
+                failures.append((route.label, refused))
                 continue
             self.routes.stick_to(route, failures)
             self._answered.add(_origin(url))
             return response
         raise ProxyRoutesFailed(failures, permanent=needs_credentials == len(failures))
+
+    def _check_online(self, method: str, url: str) -> None:
+        if self.offline:
+            raise PrefetchError(f"internal: network request attempted in offline mode: {method} {url}")
+
+    @staticmethod
+    def _proxy_failure(route: Route, response: Response) -> str | None:
+        """Why `response` is `route`'s proxy failing (a 407 or a 502-504 of its own), then closed; None:
+        it is the origin's answer (or there is no proxy)."""
+        if route.proxy is None or not is_proxy_failure(response):
+            return None
+        response.close()
+        return f"answered {response.status_code} {response.reason_phrase}"
 
     def open(
         self,
@@ -185,8 +196,7 @@ class Http:
         take it from there): for a thread that keeps several requests in flight. No failover: a
         failure is the caller's to retry, through `open`. `connect=False`: only on a kept-alive
         connection, else None (`Pool.send`)."""
-        if self.offline:
-            raise PrefetchError(f"internal: network request attempted in offline mode: GET {url}")
+        self._check_online("GET", url)
         route = self.routes.for_url(url)[0]
         fields = {**(headers or {}), **self._auth(url, token)}
         sent = route.pool.send("GET", url, fields, connect=connect)
@@ -195,11 +205,9 @@ class Http:
     def answer(self, request: InFlight) -> Response:
         """The head of the answer to a request `send` made; a proxy's own failure is a ProxyError."""
         response = request.sent.answer()
-        route = request.route
-        if route.proxy is not None and is_proxy_failure(response):
-            response.close()
-            reason = f"{route.label} answered {response.status_code} {response.reason_phrase}"
-            raise ProxyError(reason, response.status_code)
+        reason = self._proxy_failure(request.route, response)
+        if reason is not None:
+            raise ProxyError(f"{request.route.label} {reason}", response.status_code)
         self._answered.add(_origin(request.sent.url))
         return response
 
