@@ -35,6 +35,7 @@ from prefetch.errors import (
     RevisionNotFoundError,
     TransportError,
 )
+from prefetch.hfhub import url_prefix
 from prefetch.hub import HubApi, RepoInfo, lacks_route
 from prefetch.manifest import Entry
 from prefetch.net.retry import is_retryable
@@ -381,7 +382,7 @@ def _classify(
 ) -> None:
     """Set `result`'s status, problem and remedy from one Hub error answer (see hub-notes.md)."""
     entry, endpoint = result.entry, hub.endpoint
-    repo_url = f"{endpoint}/{'' if entry.type == 'model' else entry.type + 's/'}{entry.repo}"
+    repo_url = f"{endpoint}/{url_prefix(entry.type)}{entry.repo}"
     source = token.source if token else "no token"
     message = e.message.lower()
     if e.status == 401 and token is not None and (e.error_code is None or isinstance(e, GatedRepoError)):

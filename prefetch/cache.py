@@ -50,6 +50,7 @@ from prefetch.files import (
 )
 from prefetch.flock import open_lock_file, soft_lock, try_flock, wait_for
 from prefetch.hashing import hash_fd
+from prefetch.hfhub import repo_folder_name
 from prefetch.paths import unsafe_path_reason
 
 log = logging.getLogger("prefetch")
@@ -58,7 +59,6 @@ PARTIAL_SUFFIX = ".prefetch-partial"
 STATE_SUFFIX = ".prefetch-partial.json"
 # The resume state's temp file (`files.temp_name`), which a kill -9 mid-write leaves behind.
 STATE_TEMP = re.compile(r"\.([0-9a-f]{40}|[0-9a-f]{64})\.prefetch-partial\.json\.\d+\.\d+\.tmp")
-TYPE_PREFIX = {"model": "models", "dataset": "datasets", "space": "spaces"}
 
 
 _MISSING = -1  # a kept folder found missing (no fd)
@@ -76,11 +76,6 @@ def folders_kept_open(caches: Iterable[RepoCache]) -> Iterator[None]:
         for cache in each_once(caches):
             kept.enter_context(cache.folders_kept_open())
         yield
-
-
-def repo_folder_name(repo_id: str, repo_type: str) -> str:
-    """`models--org--name`, as huggingface_hub names it."""
-    return "--".join([TYPE_PREFIX[repo_type], *repo_id.split("/")])
 
 
 def repo_folders(root: Path) -> list[Path]:

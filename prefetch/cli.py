@@ -31,7 +31,7 @@ from prefetch.auth import redact
 from prefetch.cancel import CancelToken
 from prefetch.errors import ExitCode, PrefetchError, exit_code_for, filesystem_error
 from prefetch.files import atomic_write
-from prefetch.manifest import REPO_TYPES
+from prefetch.hfhub import REPO_TYPES
 from prefetch.offline import bundle as bundle_mod
 from prefetch.offline import prune as prune_mod
 from prefetch.offline import runtime_env

@@ -20,8 +20,9 @@ from urllib.parse import quote
 
 from prefetch import settings
 from prefetch.auth import Token
-from prefetch.cache import TYPE_PREFIX, check_relpath
+from prefetch.cache import check_relpath
 from prefetch.errors import HubHttpError, IntegrityError, NotAHubError, UnusableAnswer
+from prefetch.hfhub import api_path, url_prefix
 from prefetch.net.connection import Headers
 from prefetch.net.session import Http
 from prefetch.terminal import printable
@@ -76,7 +77,7 @@ class HubApi:
         return self.http.get_json(url, token)
 
     def _api(self, repo: str, repo_type: str, *tail: str) -> str:
-        return "/".join([self.endpoint, "api", TYPE_PREFIX[repo_type], repo, *tail])
+        return "/".join([self.endpoint, "api", api_path(repo_type), repo, *tail])
 
     def repo_info(self, repo: str, repo_type: str, revision: str, token: Token | None) -> RepoInfo:
         """Resolve `revision` (branch, tag or commit) to a commit. Says nothing about gated access."""
@@ -192,8 +193,7 @@ class HubApi:
         self.http.head(self.file_url(repo, repo_type, commit, path), token)
 
     def file_url(self, repo: str, repo_type: str, commit: str, path: str) -> str:
-        prefix = "" if repo_type == "model" else f"{TYPE_PREFIX[repo_type]}/"
-        return f"{self.endpoint}/{prefix}{repo}/resolve/{commit}/{quote(path)}"
+        return f"{self.endpoint}/{url_prefix(repo_type)}{repo}/resolve/{commit}/{quote(path)}"
 
 
 def _sibling_lfs(sibling: dict[str, Any]) -> dict[str, Any] | None:

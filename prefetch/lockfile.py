@@ -19,14 +19,14 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from prefetch import __version__
 from prefetch.errors import LockfileError, LockOutdatedError
 from prefetch.files import atomic_write, is_disk_full
-from prefetch.paths import repo_id_problem, revision_problem, unsafe_path_reason
+from prefetch.hfhub import REPO_TYPES, repo_id_problem
+from prefetch.paths import revision_problem, unsafe_path_reason
 
 if TYPE_CHECKING:
     from prefetch.manifest import Entry, Manifest
 
 LOCK_VERSION = 1
 
-_REPO_TYPES = ("model", "dataset", "space")  # same as prefetch.manifest.REPO_TYPES; kept local on purpose
 _TOP_KEYS = ("version", "tool_version", "manifest_digest", "cache_dir", "endpoint", "entries")
 _ENTRY_KEYS = ("repo", "type", "revision", "commit", "include", "exclude", "entry_digest", "files")
 _FILE_KEYS = ("path", "size", "sha256", "git_sha1")
@@ -410,8 +410,8 @@ class _LockReader:
         if problem:
             self.fail(items["repo"], f"{key_path}.repo", f"invalid repo id: {problem}")
         repo_type = self.string(items["type"], f"{key_path}.type")
-        if repo_type not in _REPO_TYPES:
-            self.fail(items["type"], f"{key_path}.type", f"expected one of {', '.join(_REPO_TYPES)}")
+        if repo_type not in REPO_TYPES:
+            self.fail(items["type"], f"{key_path}.type", f"expected one of {', '.join(REPO_TYPES)}")
         revision = self.string(items["revision"], f"{key_path}.revision")
         problem = revision_problem(revision)
         if problem:

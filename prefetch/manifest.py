@@ -24,11 +24,11 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prefetch.errors import BadProxyUrl, ManifestError
+from prefetch.hfhub import REPO_TYPES, repo_id_problem
 from prefetch.net.proxies import parse_proxy_url
-from prefetch.paths import repo_id_problem, revision_problem
+from prefetch.paths import revision_problem
 from prefetch.settings import RetrySettings
 
-REPO_TYPES = ("model", "dataset", "space")
 MANIFEST_VERSION = 1
 
 TOP_KEYS = ("version", "cache_dir", "endpoint", "proxies", "retry", "defaults", "repos")

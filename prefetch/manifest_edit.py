@@ -20,9 +20,10 @@ from ruamel.yaml.util import load_yaml_guess_indent
 from prefetch.cancel import CancelToken
 from prefetch.errors import UsageError
 from prefetch.files import atomic_write
+from prefetch.hfhub import REPO_TYPES, repo_id_problem
 from prefetch.lockfile import default_lock_path, load_lock, write_lock
-from prefetch.manifest import REPO_TYPES, Manifest, parse_manifest
-from prefetch.paths import repo_id_problem, revision_problem
+from prefetch.manifest import Manifest, parse_manifest
+from prefetch.paths import revision_problem
 
 if TYPE_CHECKING:
     from prefetch.sync import Settings

@@ -1,55 +1,13 @@
-"""Rules for repo ids, repo-relative file paths and revisions (paths and revisions become file names
-inside the cache).
+"""Rules for repo-relative file paths and revisions (paths and revisions become file names inside the
+cache), and the message for a pattern that matches nothing.
 
-One place, used by the manifest, the lockfile and the cache, so a hostile lockfile or server
-can never name a file outside the cache.
+One place, used by the manifest, the lockfile and the cache, so a hostile lockfile or server can never
+name a file outside the cache. (Repo ids and patterns follow huggingface_hub's own rules: `hfhub`.)
 """
 
 from __future__ import annotations
 
 import difflib
-import re
-from collections.abc import Iterable
-from fnmatch import fnmatchcase
-
-# huggingface_hub's own rules (utils/_validators.py `validate_repo_id`, utils/_paths.py
-# `filter_repo_objects`), restated here because importing huggingface_hub.utils costs every run
-# ~45 ms (it loads huggingface_hub's HTTP client). tests/test_paths.py holds them to huggingface_hub's.
-_REPO_ID = re.compile(r"(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b", re.ASCII)
-
-
-def repo_id_problem(repo_id: str) -> str | None:
-    """Why huggingface_hub would refuse `repo_id` (its own wording), or None."""
-    if repo_id.count("/") > 1:
-        return f"Repo id must be in the form 'repo_name' or 'namespace/repo_name': '{repo_id}'."
-    if not _REPO_ID.fullmatch(repo_id):
-        return (
-            "Repo id must use alphanumeric chars, '-', '_' or '.'. The name cannot start or end with '-' or '.' "
-            f"and the maximum length is 96: '{repo_id}'."
-        )
-    if "--" in repo_id or ".." in repo_id:
-        return f"Cannot have -- or .. in repo_id: '{repo_id}'."
-    if repo_id.endswith(".git"):
-        return f"Repo_id cannot end by '.git': '{repo_id}'."
-    return None
-
-
-def select_paths(paths: Iterable[str], include: Iterable[str] | None, exclude: Iterable[str]) -> list[str]:
-    """The paths matching any `include` pattern (all when None) and no `exclude` pattern, as
-    huggingface_hub's allow/ignore patterns: fnmatch, `*` crosses `/`, a trailing `/` means the folder."""
-
-    def normalized(patterns: Iterable[str]) -> list[str]:
-        slashed = [p.replace("\\", "/") for p in patterns]
-        return [p + "*" if p.endswith("/") else p for p in slashed]
-
-    allow = None if include is None else normalized(include)
-    ignore = normalized(exclude)
-    return [
-        path
-        for path in paths
-        if (allow is None or any(fnmatchcase(path.replace("\\", "/"), p) for p in allow))
-        and not any(fnmatchcase(path.replace("\\", "/"), p) for p in ignore)
-    ]
 
 
 def unmatched_pattern_message(pattern: str, paths: list[str]) -> str:

@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import replace
 from urllib.parse import urlsplit, urlunsplit
 
+from prefetch.hfhub import select_paths
 from prefetch.hub import RemoteFile
 from prefetch.lockfile import Lock, LockedEntry, LockedFile
 from prefetch.manifest import Entry
-from prefetch.paths import select_paths, unmatched_pattern_message
+from prefetch.paths import unmatched_pattern_message
 
 
 def endpoint_for_lock(endpoint: str) -> str:

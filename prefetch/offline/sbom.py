@@ -10,13 +10,13 @@ from typing import Any
 from urllib.parse import quote
 
 from prefetch import __version__
+from prefetch.hfhub import url_prefix
 from prefetch.lockfile import LockedEntry, LockedFile, load_lock
 
 CYCLONEDX_SPEC = "1.6"
 HUB_URL = "https://huggingface.co"  # the purl `huggingface` type's default repository
 # A fixed namespace for the SBOM serial number: uuid5(namespace, digest of the BOM) is reproducible.
 _SBOM_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:prefetch:cyclonedx-sbom")
-_URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
 
 def sbom(lock_path: str | Path) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def _sbom_component(entry: LockedEntry, endpoint: str) -> dict[str, Any]:
     if entry.type == "dataset":
         component["data"] = [{"type": "dataset", "name": entry.repo}]
     component["externalReferences"] = [
-        {"type": "vcs", "url": f"{endpoint}/{_URL_PREFIX[entry.type]}{entry.repo}"}
+        {"type": "vcs", "url": f"{endpoint}/{url_prefix(entry.type)}{entry.repo}"}
     ]
     properties = [
         {"name": "prefetch:repo_type", "value": entry.type},

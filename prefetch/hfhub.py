@@ -1,0 +1,71 @@
+"""huggingface_hub's public rules, taken from huggingface_hub itself.
+
+prefetch fills the cache that huggingface_hub, transformers and vLLM read, and talks to endpoints made
+for huggingface_hub, so where huggingface_hub exposes a rule publicly (its constants, `validate_repo_id`,
+`filter_repo_objects`, `repo_folder_name`, how `hf_raise_for_status` reads an error answer, how
+`parse_ratelimit_headers` reads the `RateLimit` headers) prefetch calls it rather than restating it: the
+next release's change reaches prefetch without anyone copying it.
+
+Its cheap parts (`huggingface_hub.constants`, ~1 ms) are imported here; the rest is imported by the
+function that needs it, the first time it is called (`huggingface_hub.utils` brings its HTTP client,
+~30 ms; `file_download` another ~40 ms): a warm no-op sync must not pay for what it does not use.
+
+What huggingface_hub has only privately (how it reads its environment variables; the cache's lock,
+ref and snapshot paths) is restated in `prefetch.settings` and `prefetch.cache`, each held to
+huggingface_hub's behaviour by tests/test_hf_rules.py, which CI also runs against the newest
+huggingface_hub release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from huggingface_hub import constants
+
+# ("model", "dataset", "space"): the repo types prefetch syncs (huggingface_hub's list has `None` for
+# "the default", which is "model" here, and leaves kernels out of it).
+REPO_TYPES: tuple[str, ...] = tuple(t for t in constants.REPO_TYPES if t)
+DEFAULT_REPO_TYPE = constants.REPO_TYPE_MODEL
+TRUE_VALUES = frozenset(constants.ENV_VARS_TRUE_VALUES)  # what an HF_* boolean variable takes as true
+
+
+def url_prefix(repo_type: str) -> str:
+    """The URL path a repo's pages and files sit under: `` (models), `datasets/`, `spaces/`."""
+    return constants.REPO_TYPES_URL_PREFIXES.get(repo_type, "")
+
+
+def api_path(repo_type: str) -> str:
+    """The API's collection for a repo type: `models`, `datasets`, `spaces` (`/api/{this}/{repo_id}`)."""
+    return f"{repo_type}s"
+
+
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why huggingface_hub would refuse `repo_id` (its own words, from `validate_repo_id`), or None."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        return str(e)
+    return None
+
+
+def select_paths(paths: Iterable[str], include: Iterable[str] | None, exclude: Iterable[str]) -> list[str]:
+    """The paths matching any `include` pattern (all when None) and no `exclude` pattern: huggingface_hub's
+    `allow_patterns` / `ignore_patterns` (`filter_repo_objects`)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    return list(
+        filter_repo_objects(
+            paths,
+            allow_patterns=None if include is None else list(include),
+            ignore_patterns=list(exclude) or None,
+        )
+    )
+
+
+def repo_folder_name(repo_id: str, repo_type: str) -> str:
+    """The cache folder of a repo: `models--org--name` (huggingface_hub's `repo_folder_name`)."""
+    from huggingface_hub.file_download import repo_folder_name as folder_name
+
+    return folder_name(repo_id=repo_id, repo_type=repo_type)
