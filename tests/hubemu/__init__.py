@@ -13,13 +13,18 @@ Usage::
 from ._httpbase import SharedLink
 from .hub import PROFILES, Fault, HubEmulator, RequestRecord
 from .proxy import ForwardProxy
+from .ratelimit import LOCAL_ANONYMOUS, TIER_QUOTAS, BucketCount, RateLimiter
 from .store import Repo, StoredFile, git_blob_sha1
 
 __all__ = [
+    "LOCAL_ANONYMOUS",
     "PROFILES",
+    "TIER_QUOTAS",
+    "BucketCount",
     "Fault",
     "ForwardProxy",
     "HubEmulator",
+    "RateLimiter",
     "Repo",
     "RequestRecord",
     "SharedLink",

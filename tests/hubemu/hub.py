@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit
 
 from ._httpbase import FastHandler, HandshakeRecord, LoopbackServer, ServerRunner, SharedLink, http_date
+from .ratelimit import RateLimiter, Verdict
 from .store import LFS_SUFFIXES, Commit, Repo
 
 FAULT_KINDS = ("status", "reset", "truncate", "corrupt", "slow", "ignore_range")
@@ -219,8 +220,11 @@ class _HubHandler(FastHandler):
             client_port=int(self.client_address[1]),
             time=time.time(),
         )
-        fault = hub._take_fault(rec, "status")
-        if fault is not None and fault.body is not None:
+        verdict = hub._rate_verdict(rec, self.client_address[0])
+        fault = None if verdict and verdict.rejected else hub._take_fault(rec, "status")
+        if verdict is not None and verdict.rejected:
+            resp = _error(429, None, verdict.message)
+        elif fault is not None and fault.body is not None:
             resp = _Response(fault.status, dict(fault.headers), fault.body)
         elif fault is not None:
             resp = _json(fault.status, {"error": f"Injected fault: HTTP {fault.status}"}, dict(fault.headers))
@@ -229,6 +233,8 @@ class _HubHandler(FastHandler):
                 resp = hub._route(rec, body)
             except Exception as exc:  # a bug in the emulator must still produce an HTTP answer
                 resp = _error(500, None, f"hubemu internal error: {exc!r}")
+        if verdict is not None:
+            resp.headers.update(verdict.headers)
         self._send(hub, rec, resp)
 
     def _send(self, hub: HubEmulator, rec: RequestRecord, resp: _Response) -> None:
@@ -337,6 +343,7 @@ class HubEmulator:
         self.bandwidth_per_connection: float | None = None
         self.link: SharedLink | None = None  # an uplink every connection shares (`SharedLink(rate)`)
         self.cdn_url_ttl = 3600.0  # lifetime of the signed CDN URLs handed out in 302s
+        self.rate_limiter: RateLimiter | None = None  # the Hub's rate limits (ratelimit.py); None: off
         self._ports = (port, cdn_port)
         self._lock = threading.RLock()
         self._repos: dict[tuple[str, str], Repo] = {}
@@ -583,18 +590,28 @@ class HubEmulator:
     def _route(self, rec: RequestRecord, body: bytes) -> _Response:
         if rec.origin == "cdn":
             return self._route_cdn(rec)
-        token: _Token | None = None
-        auth = rec.headers.get("authorization")
-        if auth is not None:
-            scheme, _, value = auth.strip().partition(" ")
-            with self._lock:
-                token = self._tokens.get(value.strip()) if scheme.lower() == "bearer" else None
-            if token is None or token.revoked:
-                return _error(401, None, INVALID_CREDENTIALS)
+        token = self._token_of(rec)
+        if "authorization" in rec.headers and (token is None or token.revoked):
+            return _error(401, None, INVALID_CREDENTIALS)
         segs = rec.path.split("/")[1:]
         if segs and segs[0] == "api":
             return self._route_api(rec, segs[1:], token, body)
         return self._route_resolve(rec, segs, token)
+
+    def _token_of(self, rec: RequestRecord) -> _Token | None:
+        """The registered token the request's `Authorization: Bearer` carries (revoked ones too), else None."""
+        scheme, _, value = rec.headers.get("authorization", "").strip().partition(" ")
+        with self._lock:
+            return self._tokens.get(value.strip()) if scheme.lower() == "bearer" else None
+
+    def _rate_verdict(self, rec: RequestRecord, client_ip: str) -> Verdict | None:
+        """Count the request in the rate limiter, if on: a live token counts for its user, else for the IP."""
+        limiter = self.rate_limiter
+        if limiter is None:
+            return None
+        token = self._token_of(rec)
+        user = token.user if token is not None and not token.revoked else None
+        return limiter.admit(rec.origin, rec.path, user, client_ip)
 
     def _find_repo(self, repo_type: str, segs: list[str]) -> tuple[Repo | None, str, list[str]]:
         """Split `org/name/rest...` (or a legacy one-segment id) into (repo, repo_id, rest)."""
