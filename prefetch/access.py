@@ -13,33 +13,38 @@ both `check_entries` and the resolve step of `sync` use it.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import threading
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from prefetch.auth import Token, default_token_path, redact
+from prefetch.auth import Token, default_token_path, mask_patterns
 from prefetch.errors import (
     AccessCheckError,
     AccessNetworkError,
+    AccessQuotaError,
     CertificateError,
+    DisabledRepoError,
+    EgressLimitError,
     ExitCode,
+    ForbiddenError,
     GatedRepoError,
+    HubAccessError,
     HubHttpError,
     NetworkError,
+    NotFoundError,
     PrefetchError,
     ProxyRoutesFailed,
     RepoNotFoundError,
     RevisionNotFoundError,
     TransportError,
+    UnauthorizedError,
 )
 from prefetch.hfhub import url_prefix
 from prefetch.hub import HubApi, RepoInfo, lacks_route
 from prefetch.manifest import Entry
 from prefetch.net.retry import is_retryable
-from prefetch.net.session import Http, network_error
+from prefetch.net.session import network_error
 
 LOGIN_HELP = (
     "log in with `hf auth login`, or set HF_TOKEN, or write the token to $HF_HOME/token "
@@ -66,6 +71,8 @@ class AccessStatus(str, Enum):
     NOT_FOUND = "not-found"
     REVISION_NOT_FOUND = "revision-not-found"
     FORBIDDEN = "forbidden"
+    DISABLED = "disabled"
+    EGRESS_LIMIT = "egress-limit"
     NETWORK = "network"
 
 
@@ -96,9 +103,9 @@ class AccessResult:
             "token_source": self.token_source,
             "commit": self.commit,
             "gated": self.hub_gated,
-            "problem": redact(self.problem),
-            "remedy": redact(self.remedy),
-            "warnings": [redact(w) for w in self.warnings],
+            "problem": mask_patterns(self.problem),
+            "remedy": mask_patterns(self.remedy),
+            "warnings": [mask_patterns(w) for w in self.warnings],
         }
 
 
@@ -117,11 +124,14 @@ class AccessReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        if any(not r.ok and r.status != AccessStatus.NETWORK for r in self.results):
-            return ExitCode.ACCESS
-        if any(r.status == AccessStatus.NETWORK for r in self.results):
-            return ExitCode.NETWORK
-        return ExitCode.OK
+        return self._error_class().exit_code if not self.ok else ExitCode.OK
+
+    def _error_class(self) -> type[AccessCheckError | AccessQuotaError | AccessNetworkError]:
+        """Access problems first (they need a fix on this side), then an egress limit, then the network."""
+        statuses = {r.status for r in self.results if not r.ok}
+        if statuses - {AccessStatus.NETWORK, AccessStatus.EGRESS_LIMIT}:
+            return AccessCheckError
+        return AccessQuotaError if AccessStatus.EGRESS_LIMIT in statuses else AccessNetworkError
 
     def render(self) -> str:
         lines = []
@@ -135,22 +145,20 @@ class AccessReport:
             lines += [f"      warning: {w}" for w in r.warnings]
         failed = sum(not r.ok for r in self.results)
         lines.append(f"{len(self.results) - failed} of {len(self.results)} entries readable")
-        return redact("\n".join(lines))
+        return mask_patterns("\n".join(lines))
 
     def error(self, *, shown: bool = False) -> PrefetchError:
-        """The error to raise when the report is not ok (its message is the whole report).
-
-        `shown`: the command printed the report itself (`check`), so the error only sets the exit code.
-        """
-        error: PrefetchError
-        if self.exit_code == ExitCode.ACCESS:
-            error = AccessCheckError("access check failed, nothing was downloaded:\n" + self.render(), self)
-        else:
-            error = AccessNetworkError(
-                "could not reach the Hub to check access (a network problem, not an access problem), "
-                "nothing was downloaded:\n" + self.render(),
-                self,
-            )
+        """The error to raise when the report is not ok (its message is the whole report; its class, the
+        exit code). `shown`: the command printed the report itself (`check`), so the error only sets the
+        exit code."""
+        kind = self._error_class()
+        lead = {
+            AccessCheckError: "access check failed, nothing was downloaded",
+            AccessQuotaError: "the Hub refuses these downloads for now, nothing was downloaded",
+            AccessNetworkError: "could not reach the Hub to check access (a network problem, not an access "
+            "problem), nothing was downloaded",
+        }[kind]
+        error = kind(f"{lead}:\n{self.render()}", [r.to_json() for r in self.results])
         error.shown = shown
         return error
 
@@ -217,42 +225,9 @@ def precheck(entry: Entry, token: Token | None) -> AccessResult | None:
 
 
 # ------------------------------------------------------------------------------------------------ whoami
-class _Whoami:
-    """whoami answers for one run (one `Http`): each distinct token asked at most once, in one attempt.
-
-    One attempt because it only enriches a failure's explanation: a rate-limited whoami must not
-    stall the check with `Retry-After` waits.
-    """
-
-    def __init__(self) -> None:
-        self._answers: dict[str, dict[str, Any] | None] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, hub: HubApi, token: Token) -> dict[str, Any] | None:
-        with self._lock:
-            if token.value not in self._answers:
-                self._answers[token.value] = _ask_whoami(hub, token)
-            return self._answers[token.value]
-
-
-_runs: weakref.WeakKeyDictionary[Http, _Whoami] = weakref.WeakKeyDictionary()
-_runs_lock = threading.Lock()
-
-
 def _whoami(hub: HubApi, token: Token | None) -> dict[str, Any] | None:
     """The whoami answer for `token` in this run (None: no token, or the Hub would not say)."""
-    if token is None:
-        return None
-    with _runs_lock:
-        memo = _runs.setdefault(hub.http, _Whoami())
-    return memo(hub, token)
-
-
-def _ask_whoami(hub: HubApi, token: Token) -> dict[str, Any] | None:
-    try:
-        return hub.whoami(token)
-    except Exception:  # explanation only: any failure just means less detail
-        return None
+    return None if token is None else hub.whoami_once(token)
 
 
 def _owner(hub: HubApi, token: Token | None) -> str:
@@ -320,11 +295,11 @@ def row_for_error(
     # Network trouble also when not retryable (every proxy refused our credentials, a certificate
     # that does not verify): still exit 4.
     network = isinstance(exc, NetworkError | HubHttpError | ProxyRoutesFailed | TransportError)
-    if isinstance(exc, HubHttpError) and not is_retryable(exc):  # the Hub's final answer
+    if isinstance(exc, HubAccessError | EgressLimitError):  # the Hub's final answer about this repo
         _classify(hub, exc, result, token, locked_commit)
     elif network or is_retryable(exc):
         result.status = AccessStatus.NETWORK
-        result.problem = redact(
+        result.problem = mask_patterns(
             str(exc if isinstance(exc, NetworkError) else network_error(exc, hub.http, entry.repo))
         )
         if isinstance(exc, HubHttpError) and exc.status == 429:
@@ -385,7 +360,20 @@ def _classify(
     repo_url = f"{endpoint}/{url_prefix(entry.type)}{entry.repo}"
     source = token.source if token else "no token"
     message = e.message.lower()
-    if e.status == 401 and token is not None and (e.error_code is None or isinstance(e, GatedRepoError)):
+    if isinstance(e, DisabledRepoError):
+        result.status = AccessStatus.DISABLED
+        result.problem = f"the Hub has disabled {entry.type} repo {entry.repo} ({e.message})"
+        result.remedy = "nobody can read it, whatever the token: remove the entry, or use another repo"
+    elif isinstance(e, EgressLimitError):
+        result.status = AccessStatus.EGRESS_LIMIT
+        result.problem = (
+            f"the Hub refuses downloads of {entry.repo} for now: {e.message or 'egress limit reached'}"
+        )
+        result.remedy = (
+            "the download allowance behind this repo is used up: wait until it is reset, or ask the repo's "
+            "owner; another token does not help"
+        )
+    elif isinstance(e, UnauthorizedError | GatedRepoError) and e.status == 401 and token is not None:
         result.status = AccessStatus.INVALID_TOKEN
         result.problem = f"the token from {source} is invalid or revoked (the Hub answered 401)"
         result.remedy = f"create a new token at {endpoint}/settings/tokens and {token.replace_hint}"
@@ -413,10 +401,8 @@ def _classify(
             f"open {repo_url} and accept the conditions with the account that owns the token "
             f"({owner}); access may take a few minutes to propagate"
         )
-    elif (
-        e.status == 403
-        and e.error_code is None
-        and ("fine-grained" in message or _fine_grained_without_gated(hub, token))
+    elif isinstance(e, ForbiddenError) and (
+        "fine-grained" in message or _fine_grained_without_gated(hub, token)
     ):
         result.status = AccessStatus.FINE_GRAINED_TOKEN
         result.problem = f"the fine-grained token from {source} may not read gated repos"
@@ -431,7 +417,7 @@ def _classify(
         else:
             result.problem = f"revision {entry.revision!r} does not exist in {entry.type} repo {entry.repo}"
         result.remedy = _revision_help(hub, entry, token, relock=bool(locked_commit))
-    elif isinstance(e, RepoNotFoundError) or (e.status in (401, 404) and e.error_code is None):
+    elif isinstance(e, RepoNotFoundError | UnauthorizedError | NotFoundError):
         result.status = AccessStatus.NOT_FOUND
         if token is not None:
             seen_by = f"the account of {_owner(hub, token)}"
@@ -454,8 +440,8 @@ def _classify(
         result.status = AccessStatus.FORBIDDEN
         result.problem = f"the Hub answered {e.status}: {e.message}"
         result.remedy = f"check the token's permissions at {endpoint}/settings/tokens"
-    result.problem = redact(result.problem)
-    result.remedy = redact(result.remedy)
+    result.problem = mask_patterns(result.problem)
+    result.remedy = mask_patterns(result.remedy)
 
 
 def _revision_help(hub: HubApi, entry: Entry, token: Token | None, relock: bool) -> str:

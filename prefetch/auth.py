@@ -1,10 +1,11 @@
 """Where tokens come from, and keeping them (and proxy passwords) out of every output.
 
 A `Token` knows its value and its *source*; everything user-facing names the source only.
-Every secret seen is registered with `redact`, which all output paths (log handler, error
-printing, JSON events) run text through, so even an unexpected traceback cannot leak one.
-Token-shaped strings (`hf_...`, `Bearer ...`) are masked too, registered or not: defence in depth
-for a value that reached a message before anyone registered it.
+Each run has its `Secrets`: the token values and proxy passwords it has seen, which every output path of
+the run (log handler, error printing, JSON events, reports) runs text through (`Secrets.redact`), so even
+an unexpected traceback cannot leak one. Token-shaped strings (`hf_...`, `Bearer ...`) and URL passwords
+are masked too, registered or not (`mask_patterns`): defence in depth for a value that reached a message
+before anyone registered it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from prefetch.errors import UsageError
 from prefetch.settings import DOCKER_SECRET_PATH
 
 MASK = "***"
-
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
+MIN_SECRET = 4  # shorter values are not redacted: they would mask ordinary words
 
 _URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]*@")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\",;]+")
@@ -33,32 +32,53 @@ _HF_TOKEN_SHAPE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 
 
-def register_secret(value: str) -> None:
-    """Remember a secret so `redact` removes it from any text."""
-    if value and len(value) >= 4:
-        with _secrets_lock:
-            _secrets.add(value)
-
-
-def redact(text: str) -> str:
-    """`text` with every registered secret, URL password and token-shaped word replaced by `***`."""
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
+def mask_patterns(text: str) -> str:
+    """`text` with URL passwords, `Bearer` values and token-shaped words (`hf_...`) replaced by `***`."""
     text = _URL_USERINFO.sub(rf"\1{MASK}@", text)
     text = _BEARER.sub(rf"\1{MASK}", text)
     return _HF_TOKEN_SHAPE.sub(MASK, text)
 
 
+class Secrets:
+    """The secret values one run has seen (token values, proxy passwords): its outputs redact them.
+
+    One per run (a command, or a library call), handed to what shows text (progress, logging, the CLI's
+    error printing) and to what learns secrets (token lookup, the HTTP session's proxies); never
+    process-wide, so one run's values are not another's business.
+    """
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, value: str) -> None:
+        """Remember a secret so `redact` removes it from any text."""
+        if value and len(value) >= MIN_SECRET:
+            with self._lock:
+                self._values.add(value)
+
+    def add_url(self, url: str) -> None:
+        """Remember a URL's password (as written and percent-decoded: the form Basic auth sends)."""
+        password = urlsplit(url).password
+        if password is not None:
+            self.add(password)
+            self.add(unquote(password))
+
+    def redact(self, text: str) -> str:
+        """`text` with every secret of this run, URL password and token-shaped word replaced by `***`."""
+        with self._lock:
+            values = sorted(self._values, key=len, reverse=True)
+        for value in values:
+            if value in text:
+                text = text.replace(value, MASK)
+        return mask_patterns(text)
+
+
 def redact_url(url: str) -> str:
-    """A URL safe to print: its password (if any) replaced by `***`, and registered as a secret."""
+    """A URL safe to print: its password (if any) replaced by `***`."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    register_secret(parts.password)
-    register_secret(unquote(parts.password))  # the form that goes into the Basic auth header
     host = parts.hostname or ""
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
@@ -79,9 +99,6 @@ class Token:
     env_var: str | None = None
     path: Path | None = None
 
-    def __post_init__(self) -> None:
-        register_secret(self.value)
-
     def __str__(self) -> str:
         return f"token from {self.source}"
 
@@ -95,9 +112,9 @@ class Token:
         return f"put it in {self.source}"
 
 
-def _checked(value: str, source: str) -> str:
+def _checked(value: str, source: str, secrets: Secrets) -> str:
     """The token, or a usage error naming its source (never its value) if it cannot be a token."""
-    register_secret(value)
+    secrets.add(value)
     if not _TOKEN_CHARS.fullmatch(value):
         raise UsageError(
             f"the token from {source} contains spaces, several lines or control characters; "
@@ -119,8 +136,10 @@ def default_token_path(env: Mapping[str, str] | None = None) -> Path:
     return settings.hf_home(env) / "token"
 
 
-def find_token(token_file: Path | None = None, env: Mapping[str, str] | None = None) -> Token | None:
-    """The default token, from the first source that has one.
+def find_token(
+    secrets: Secrets, token_file: Path | None = None, env: Mapping[str, str] | None = None
+) -> Token | None:
+    """The default token, from the first source that has one (its value joins the run's `secrets`).
 
     Order: `--token-file`, `HF_TOKEN` (or the legacy `HUGGING_FACE_HUB_TOKEN`), `HF_TOKEN_PATH`,
     `$HF_HOME/token`, `/run/secrets/hf_token` (where a BuildKit `--mount=type=secret,id=hf_token`
@@ -129,16 +148,16 @@ def find_token(token_file: Path | None = None, env: Mapping[str, str] | None = N
     """
     from_env = settings.env_token(env)
     if from_env:
-        register_secret(from_env[1])  # even when --token-file wins, its value must never be printed
+        secrets.add(from_env[1])  # even when --token-file wins, its value must never be printed
     if token_file is not None:
         source = f"--token-file {token_file}"
         value = _read_token_file(token_file)
         if value is None:
             raise UsageError(f"{source}: no token there (missing, unreadable or empty)")
-        return Token(_checked(value, source), source, path=token_file)
+        return Token(_checked(value, source, secrets), source, path=token_file)
     if from_env:
         name, value = from_env
-        return Token(_checked(value, name), name, env_var=name)
+        return Token(_checked(value, name, secrets), name, env_var=name)
     candidates: list[tuple[Path, str]] = []
     if settings.token_path_is_set(env):
         path = settings.token_path(env)
@@ -148,12 +167,12 @@ def find_token(token_file: Path | None = None, env: Mapping[str, str] | None = N
     for path, source in candidates:
         value = _read_token_file(path)
         if value is not None:
-            return Token(_checked(value, source), source, path=path)
+            return Token(_checked(value, source, secrets), source, path=path)
     return None
 
 
 def entry_token(
-    token_env: str | None, default: Token | None, env: Mapping[str, str] | None = None
+    token_env: str | None, default: Token | None, secrets: Secrets, env: Mapping[str, str] | None = None
 ) -> Token | None:
     """The token an entry uses: its own `token_env` variable when it names one, else the default.
 
@@ -163,4 +182,4 @@ def entry_token(
     if token_env is None:
         return default
     value = settings.token_env_value(token_env, env)
-    return Token(_checked(value, token_env), token_env, env_var=token_env) if value else None
+    return Token(_checked(value, token_env, secrets), token_env, env_var=token_env) if value else None

@@ -126,11 +126,11 @@ class NewBlob:
 class RepoCache:
     """One repo's folder in the cache."""
 
-    def __init__(self, root: Path, repo_id: str, repo_type: str) -> None:
+    def __init__(self, root: Path, repo_id: str, repo_type: str, folder_name: str | None = None) -> None:
         self.root = root
         self.repo_id = repo_id
         self.repo_type = repo_type
-        self.folder = root / repo_folder_name(repo_id, repo_type)
+        self.folder = root / (folder_name or repo_folder_name(repo_id, repo_type))
         self.blobs = self.folder / "blobs"
         self.snapshots = self.folder / "snapshots"
         self.refs = self.folder / "refs"
@@ -138,9 +138,10 @@ class RepoCache:
         self._keepers = 0
         self._kept_lock = threading.Lock()
 
-    def __reduce__(self) -> tuple[type[RepoCache], tuple[Path, str, str]]:
-        """Pickled as what names it (for another process): the fds it keeps open are this process's."""
-        return RepoCache, (self.root, self.repo_id, self.repo_type)
+    def __reduce__(self) -> tuple[type[RepoCache], tuple[Path, str, str, str]]:
+        """Pickled as what names it (for another process): the fds it keeps open are this process's; its
+        folder's name comes along, so the other process need not import huggingface_hub to name it."""
+        return RepoCache, (self.root, self.repo_id, self.repo_type, self.folder.name)
 
     def relpath(self, path: Path) -> str:
         """A path in this cache as POSIX text relative to the cache root: the name of its bundle member."""

@@ -27,7 +27,7 @@ import click
 
 from prefetch import __version__, settings
 from prefetch import sync as sync_mod
-from prefetch.auth import redact
+from prefetch.auth import Secrets
 from prefetch.cancel import CancelToken
 from prefetch.errors import ExitCode, PrefetchError, exit_code_for, filesystem_error
 from prefetch.files import atomic_write
@@ -39,9 +39,9 @@ from prefetch.offline import sbom as sbom_mod
 from prefetch.offline import status as status_mod
 from prefetch.offline import unbundle as unbundle_mod
 from prefetch.offline import verify as verify_mod
-from prefetch.plan import SyncResult
 from prefetch.progress import (
     Progress,
+    QuietProgress,
     human_bytes,
     make_progress,
     parse_size,
@@ -49,9 +49,11 @@ from prefetch.progress import (
     shown,
     terminal_lines,
 )
+from prefetch.run import Settings
+from prefetch.sync import SyncResult
 
 log = logging.getLogger("prefetch")
-DEFAULTS = sync_mod.Settings()
+DEFAULTS = Settings()
 MiB = 1024 * 1024
 F = Callable[..., Any]
 
@@ -172,8 +174,8 @@ pattern_options = option_group(
 )
 
 
-def settings_from(kw: dict[str, Any], offline_flag: bool = False) -> sync_mod.Settings:
-    return sync_mod.Settings(
+def settings_from(kw: dict[str, Any], offline_flag: bool = False) -> Settings:
+    return Settings(
         lock_path=kw.get("lock_path"),
         cache_dir=kw.get("cache_dir"),
         endpoint=kw.get("endpoint"),
@@ -190,10 +192,13 @@ def settings_from(kw: dict[str, Any], offline_flag: bool = False) -> sync_mod.Se
 
 
 class Context:
-    def __init__(self, verbose: int, quiet: bool, as_json: bool, cancel: CancelToken | None = None) -> None:
+    def __init__(
+        self, verbose: int, quiet: bool, as_json: bool, cancel: CancelToken, secrets: Secrets
+    ) -> None:
         self.verbose, self.quiet, self.as_json = verbose, quiet, as_json
-        self.cancel = cancel or CancelToken()  # the command's run: Ctrl-C / SIGTERM cancel it
-        setup_logging(self.verbosity)
+        self.cancel = cancel  # the command's run: Ctrl-C / SIGTERM cancel it
+        self.secrets = secrets  # the run's: every output of the command is redacted with them
+        setup_logging(self.verbosity, secrets)
 
     @property
     def verbosity(self) -> int:
@@ -205,17 +210,17 @@ class Context:
             self.verbose += value
         else:
             setattr(self, name, getattr(self, name) or value)
-        setup_logging(self.verbosity)
+        setup_logging(self.verbosity, self.secrets)
 
     def progress(self) -> Progress:
-        return make_progress("json" if self.as_json else "quiet" if self.quiet else "auto")
+        return make_progress("json" if self.as_json else "quiet" if self.quiet else "auto", self.secrets)
 
     def say(self, text: str) -> None:
         if not self.quiet and not self.as_json:
-            click.echo(terminal_lines(shown(text), sys.stdout))
+            click.echo(terminal_lines(shown(text, self.secrets), sys.stdout))
 
     def emit(self, data: dict[str, Any]) -> None:
-        click.echo(redact(json.dumps(data, sort_keys=True, indent=None)))
+        click.echo(self.secrets.redact(json.dumps(data, sort_keys=True, indent=None)))
 
     def show(self, report: Any) -> None:
         """A command's report: its JSON form under --json, else its text."""
@@ -267,7 +272,8 @@ def command(*examples: str, name: str | None = None) -> Callable[[F], click.Comm
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool, as_json: bool) -> None:
     """Prefetch Hugging Face Hub repos listed in a YAML manifest into the HF cache, verified and locked."""
-    ctx.obj = Context(verbose, quiet, as_json, cancel=ctx.obj)  # main() passes the run's token
+    cancel, secrets = ctx.obj or (CancelToken(), Secrets())  # main() passes the run's
+    ctx.obj = Context(verbose, quiet, as_json, cancel, secrets)
 
 
 def _edit() -> ModuleType:
@@ -351,9 +357,7 @@ def sync(
         )
 
 
-def _run_sync(
-    c: Context, manifest: Path, settings: sync_mod.Settings, **options: Any
-) -> tuple[SyncResult, Progress]:
+def _run_sync(c: Context, manifest: Path, settings: Settings, **options: Any) -> tuple[SyncResult, Progress]:
     """`sync_mod.sync` under this command's progress (closed however the run ends), for sync and plan."""
     progress = c.progress()
     try:
@@ -392,7 +396,9 @@ def plan(c: Context, manifest: Path, locked: bool, frozen: bool, **kw: Any) -> N
 @pass_ctx
 def check(c: Context, manifest: Path, **kw: Any) -> None:
     """Check access to every entry (token, gating, visibility, revision) without downloading."""
-    report = sync_mod.check(manifest, settings=settings_from(kw), cancel=c.cancel)
+    # It shows no progress; the display only lends the run its secrets (the report is this command's output).
+    quiet = QuietProgress(c.secrets)
+    report = sync_mod.check(manifest, settings=settings_from(kw), progress=quiet, cancel=c.cancel)
     if c.as_json:
         c.emit(
             {
@@ -402,7 +408,7 @@ def check(c: Context, manifest: Path, **kw: Any) -> None:
             }
         )
     else:
-        click.echo(shown(report.render()))
+        click.echo(shown(report.render(), c.secrets))
     if not report.ok:
         raise report.error(shown=True)
 
@@ -680,11 +686,12 @@ def _on_signal(cancel: CancelToken, signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, map any error to its exit code, never print a secret."""
     cancel = CancelToken()  # this command's run
+    secrets = Secrets()  # the values its outputs must never show
     signal.signal(signal.SIGTERM, functools.partial(_on_signal, cancel))
     signal.signal(signal.SIGINT, functools.partial(_on_signal, cancel))
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
-        code = cli.main(args=argv, prog_name="prefetch", standalone_mode=False, obj=cancel)
+        code = cli.main(args=argv, prog_name="prefetch", standalone_mode=False, obj=(cancel, secrets))
         if isinstance(code, int) and code:  # click returns (not raises) ctx.exit codes here
             raise SystemExit(code)
     except click.ClickException as e:
@@ -711,9 +718,9 @@ def main(argv: list[str] | None = None) -> None:
                 message += " (run with -vv for the traceback; please report it)"
         if as_json:
             event: dict[str, Any] = {"event": "error", "exit_code": int(code), "message": message}
-            report = getattr(e, "report", None)  # an access check failure carries its rows
-            if report is not None:
-                event["entries"] = [row.to_json() for row in report.results]
-            click.echo(redact(json.dumps(event)))
-        click.echo(shown(f"prefetch: error: {message}"), err=True)
+            rows = getattr(e, "rows", None)  # an access check failure carries its rows
+            if rows is not None:
+                event["entries"] = rows
+            click.echo(secrets.redact(json.dumps(event)))
+        click.echo(shown(f"prefetch: error: {message}", secrets), err=True)
         raise SystemExit(int(code)) from None

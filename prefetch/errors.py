@@ -7,16 +7,13 @@ Messages must never contain a token: build them from token *sources*, never valu
 from __future__ import annotations
 
 import errno
-import json
-from collections.abc import Callable
+from collections.abc import Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import urlsplit
 
+from prefetch.hfhub import read_error_answer
 from prefetch.terminal import printable
-
-if TYPE_CHECKING:
-    from prefetch.access import AccessReport
 
 
 class ExitCode(IntEnum):
@@ -32,6 +29,7 @@ class ExitCode(IntEnum):
     VERIFY_FAILED = 7
     DISK_FULL = 8
     FILESYSTEM = 9
+    QUOTA = 10
     INTERRUPTED = 130
 
 
@@ -47,6 +45,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.DISK_FULL: "not enough disk space",
     ExitCode.FILESYSTEM: "filesystem: cannot write the cache or the lockfile's folder (permissions, read-only, "
     "a file in the way, a name too long)",
+    ExitCode.QUOTA: "quota: the Hub refuses more downloads for now (an egress limit)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C / SIGTERM)",
 }
 
@@ -56,6 +55,14 @@ class PrefetchError(Exception):
 
     exit_code: ExitCode = ExitCode.INTERNAL
     shown = False  # the command printed it already (as its report): only the exit code remains
+
+    @classmethod
+    def with_message(cls, message: str) -> PrefetchError:
+        """An error of this class that carries only `message` (no other attribute its `__init__` would
+        set): to relay one from another process, or to join several of one class into one."""
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        return error
 
 
 class UsageError(PrefetchError):
@@ -139,13 +146,14 @@ class FilesystemError(PrefetchError):
     exit_code = ExitCode.FILESYSTEM
 
 
-def relayed_error(exit_code: int, message: str) -> PrefetchError:
-    """An error another prefetch process reported (`download.helper`), as the class of its exit code."""
-    for kind in (UsageError, AccessError, NetworkError, IntegrityError, LockOutdatedError, DiskSpaceError,
-                 FilesystemError):  # fmt: skip
-        if kind.exit_code == exit_code:
-            return kind(message)
-    return PrefetchError(message)
+def relayed_error(class_name: str, message: str) -> PrefetchError:
+    """An error another prefetch process reported (`download.helper`) by its class's name, as that class
+    (its message only): the class decides the exit code here as it did there. An unknown name (a bug in
+    the other process) is a plain PrefetchError: an internal error."""
+    kind = globals().get(class_name)
+    if not (isinstance(kind, type) and issubclass(kind, PrefetchError)):
+        kind = PrefetchError
+    return kind.with_message(message)
 
 
 _FILESYSTEM_HINTS = {
@@ -168,20 +176,31 @@ def filesystem_error(exc: BaseException, what: str) -> FilesystemError | None:
     return FilesystemError(f"cannot write {what}{where}: {_FILESYSTEM_HINTS[exc.errno]}")
 
 
-class AccessCheckError(AccessError):
-    """Some entries cannot be read: the message is the whole report, `report` has the rows."""
+class _WithRows(PrefetchError):
+    """An error whose message is a whole access report; `rows` are its rows as plain data (the JSON form
+    `--json` prints), so this module needs nothing of the module that makes reports."""
 
-    def __init__(self, message: str, report: AccessReport) -> None:
+    def __init__(self, message: str, rows: list[dict[str, Any]]) -> None:
         super().__init__(message)
-        self.report = report
+        self.rows = rows
 
 
-class AccessNetworkError(NetworkError):
+class AccessCheckError(_WithRows, AccessError):
+    """Some entries cannot be read (exit 3)."""
+
+
+class AccessNetworkError(_WithRows, NetworkError):
     """The Hub could not be reached to check access (exit 4, not an access problem)."""
 
-    def __init__(self, message: str, report: AccessReport) -> None:
-        super().__init__(message)
-        self.report = report
+
+class AccessQuotaError(_WithRows):
+    """The Hub refuses some entries' downloads for now: an egress limit (exit 10)."""
+
+    exit_code = ExitCode.QUOTA
+
+
+class TooManyRedirects(NetworkError):
+    """A server answered with more redirects than any Hub, mirror or CDN needs (a loop): exit 4."""
 
 
 class NotAHubError(NetworkError):
@@ -190,13 +209,16 @@ class NotAHubError(NetworkError):
 
 
 class HubHttpError(PrefetchError):
-    """An error answer (status >= 400) from the Hub, a mirror or the CDN: the one type for every HTTP answer,
-    typed by its `X-Error-Code` (subclasses below), built only by `hub_http_error`.
+    """An error answer (status >= 400) from the Hub, a mirror or the CDN, built only by `hub_http_error`
+    (the one translator), which picks the subclass; the subclass alone decides the exit code.
 
-    401/403/404 are access answers (exit 3); anything else (429, 5xx after retries) is exit 4. Whether it
-    is worth a retry is `prefetch.net.retry.is_retryable`'s call (408/429/5xx); `retry_after`: the seconds
-    the server asked to wait (429, 503), which replace the backoff.
+    This base class is an answer no subclass names (a 400, 410, 416...): exit 4. Whether it is worth a
+    retry is `prefetch.net.retry.is_retryable`'s call (408/429/5xx); `retry_after`: the seconds the server
+    asked to wait (429, 503), which replace the backoff. `request_id`: the Hub's `X-Request-Id`, for a
+    report to the Hub's support.
     """
+
+    exit_code = ExitCode.NETWORK
 
     def __init__(
         self,
@@ -204,70 +226,130 @@ class HubHttpError(PrefetchError):
         status: int,
         error_code: str | None,
         message: str,
+        *,
         retry_after: float | None = None,
         content_type: str = "",
+        request_id: str | None = None,
+        context: str = "",
+        note: str = "",
     ) -> None:
         message = printable(message)  # the server's words: no terminal escapes
         self.url, self.status, self.error_code, self.message = url, status, error_code, message
         self.retry_after = retry_after
         self.content_type = content_type  # media type only, e.g. `text/html`
-        self.exit_code = ExitCode.ACCESS if status in (401, 403, 404) else ExitCode.NETWORK
-        super().__init__(f"{status} from {urlsplit(url).path}" + (f": {message}" if message else ""))
+        self.request_id = request_id
+        text = f"{status} from {urlsplit(url).path}" + (f": {message}" if message else "")
+        if request_id:
+            text += f" (request id {printable(request_id)[:100]})"
+        super().__init__((f"{context}: {text}" if context else text) + note)
+
+    def in_context(self, context: str, note: str = "") -> HubHttpError:
+        """The same answer (same class, same exit code), its message led by `context` (what was being
+        done) and followed by `note` (how hard it was tried)."""
+        return type(self)(
+            self.url, self.status, self.error_code, self.message, retry_after=self.retry_after,
+            content_type=self.content_type, request_id=self.request_id, context=context, note=note,
+        )  # fmt: skip
 
 
-class GatedRepoError(HubHttpError):
+class HubServerError(HubHttpError):
+    """A 5xx answer (after retries): the server failed, exit 4."""
+
+
+class RateLimitedError(HubHttpError):
+    """A 429: the Hub's rate limit for this bucket, after the waits the run allows."""
+
+
+class EgressLimitError(HubHttpError):
+    """`X-Error-Code: EgressLimitReached`: the download (egress) allowance behind this repo is used up;
+    neither a retry nor another token helps until it is reset or raised."""
+
+    exit_code = ExitCode.QUOTA
+
+
+class HubAccessError(HubHttpError):
+    """The Hub refuses this request with these credentials: auth, gated, private, not found (exit 3)."""
+
+    exit_code = ExitCode.ACCESS
+
+
+class UnauthorizedError(HubAccessError):
+    """A 401 without an error code: no valid credentials (an invalid or revoked token)."""
+
+
+class ForbiddenError(HubAccessError):
+    """A 403 without an error code: the token lacks a permission (e.g. a fine-grained token's)."""
+
+
+class NotFoundError(HubAccessError):
+    """A 404 without an error code: on an API route, not a repo or file the token can see."""
+
+
+class GatedRepoError(HubAccessError):
     """`X-Error-Code: GatedRepo`: the repo is gated and this token (or none) may not read it yet."""
 
 
-class RepoNotFoundError(HubHttpError):
+class RepoNotFoundError(HubAccessError):
     """`X-Error-Code: RepoNotFound`: unknown, or private and not visible to this token."""
 
 
-class RevisionNotFoundError(HubHttpError):
+class RevisionNotFoundError(HubAccessError):
     """`X-Error-Code: RevisionNotFound`: no such branch, tag or commit."""
 
 
-class EntryNotFoundError(HubHttpError):
+class EntryNotFoundError(HubAccessError):
     """`X-Error-Code: EntryNotFound`: no such file at that revision."""
 
 
-_BY_ERROR_CODE: dict[str, type[HubHttpError]] = {
+class DisabledRepoError(HubAccessError):
+    """The Hub has disabled the repo (`X-Error-Message: Access to this resource is disabled.`): nobody
+    can read it, whatever the token."""
+
+
+# huggingface_hub's reading of an error answer (`hfhub.ErrorAnswer.kind`) -> the class prefetch raises.
+_BY_KIND: dict[str, type[HubHttpError]] = {
     "GatedRepo": GatedRepoError,
     "RepoNotFound": RepoNotFoundError,
     "RevisionNotFound": RevisionNotFoundError,
     "EntryNotFound": EntryNotFoundError,
+    "DisabledRepo": DisabledRepoError,
+    "EgressLimitReached": EgressLimitError,
+}
+# An answer huggingface_hub has no class for, by its status.
+_BY_STATUS: dict[int, type[HubHttpError]] = {
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    429: RateLimitedError,
 }
 
 
 def hub_http_error(
     url: str,
     status: int,
-    header: Callable[[str], str | None],
+    headers: Sequence[tuple[str, str]],
     body: bytes,
     *,
     reason: str = "",
     retry_after: float | None = None,
 ) -> HubHttpError:
-    """The one translation of an error answer into a typed error, as huggingface_hub's `hf_raise_for_status`.
+    """The one translation of an error answer into a typed error: read as huggingface_hub's
+    `hf_raise_for_status` reads it (`X-Error-Code`, `X-Error-Message`, the JSON `error`, the request
+    id), so an answer the next huggingface_hub learns to tell apart reaches prefetch with it.
 
-    `header` looks a header up by lower-case name; `body` is what the caller read of the answer (bounded):
-    its JSON `error` is the message when the Hub sent no `X-Error-Message`, else the status line's `reason`.
-    Nothing else of the body is kept: a server's text must not flood a report.
+    `headers`: the answer's header fields; `body`: what the caller read of it (bounded). The server's
+    message is cut to 500 characters: a server's text must not flood a report.
     """
-    error_code = header("x-error-code")
-    message = header("x-error-message") or _json_error(body) or reason
-    kind = _BY_ERROR_CODE.get(error_code or "", HubHttpError)
-    content_type = (header("content-type") or "").split(";")[0].strip().lower()
-    return kind(url, status, error_code, message[:500], retry_after, content_type)
-
-
-def _json_error(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:  # also UnicodeDecodeError
-        return ""
-    error = data.get("error") if isinstance(data, dict) else None
-    return error if isinstance(error, str) else ""
+    answer = read_error_answer(url, status, headers, body)
+    kind = _BY_KIND.get(answer.kind) or _BY_STATUS.get(status)
+    if kind is None:
+        kind = HubServerError if status >= 500 else HubHttpError
+    lookup = {name.lower(): value for name, value in headers}
+    content_type = lookup.get("content-type", "").split(";")[0].strip().lower()
+    return kind(
+        url, status, lookup.get("x-error-code"), (answer.server_message or reason)[:500],
+        retry_after=retry_after, content_type=content_type, request_id=answer.request_id,
+    )  # fmt: skip
 
 
 def exit_code_for(exc: BaseException) -> ExitCode:

@@ -18,7 +18,8 @@ huggingface_hub release.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from huggingface_hub import constants
 
@@ -69,3 +70,51 @@ def repo_folder_name(repo_id: str, repo_type: str) -> str:
     from huggingface_hub.file_download import repo_folder_name as folder_name
 
     return folder_name(repo_id=repo_id, repo_type=repo_type)
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """An error answer as huggingface_hub reads it: `kind` names the exception it raises (`GatedRepo`,
+    `RepoNotFound`, `RevisionNotFound`, `EntryNotFound`, `DisabledRepo`, `EgressLimitReached`, or "" for
+    its generic one), `server_message` the server's words, `request_id` the id to quote to the Hub."""
+
+    kind: str
+    server_message: str
+    request_id: str | None
+
+
+def read_error_answer(url: str, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> ErrorAnswer:
+    """Read an error answer (status >= 400) with huggingface_hub's `hf_raise_for_status`.
+
+    It takes a response of the HTTP library huggingface_hub itself uses (httpx2 in 2.x), built here from
+    what prefetch's own HTTP layer received; only error answers pay for it.
+    """
+    import httpx2
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub.utils import hf_raise_for_status
+
+    kinds: tuple[tuple[type[Exception], str], ...] = (
+        (hf_errors.GatedRepoError, "GatedRepo"),  # (a subclass of RepositoryNotFoundError: first)
+        (hf_errors.RepositoryNotFoundError, "RepoNotFound"),
+        (hf_errors.RevisionNotFoundError, "RevisionNotFound"),
+        (hf_errors.RemoteEntryNotFoundError, "EntryNotFound"),
+        (hf_errors.DisabledRepoError, "DisabledRepo"),
+        (hf_errors.EgressLimitError, "EgressLimitReached"),
+    )
+    response = httpx2.Response(
+        status, headers=list(headers), content=body, request=httpx2.Request("GET", url)
+    )
+    try:
+        hf_raise_for_status(response)
+    except hf_errors.HfHubHTTPError as e:
+        kind = next((name for cls, name in kinds if isinstance(e, cls)), "")
+        return ErrorAnswer(kind, (e.server_message or "").strip(), e.request_id)
+    return ErrorAnswer("", "", None)
+
+
+def resolve_url(endpoint: str, repo_id: str, repo_type: str, revision: str, path: str = "") -> str:
+    """`{endpoint}/{prefix}{repo_id}/resolve/{revision}/{path}`, quoted as huggingface_hub's `hf_hub_url`
+    quotes it (with `path` "": the prefix a repo's files share)."""
+    from huggingface_hub.file_download import hf_hub_url
+
+    return hf_hub_url(repo_id, path, repo_type=repo_type, revision=revision, endpoint=endpoint)

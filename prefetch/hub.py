@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -72,6 +73,8 @@ class HubApi:
         self.http = http
         self.endpoint = http.endpoint
         self.endpoint_name = endpoint_name or self.endpoint  # how messages name it: `HF_ENDPOINT=https://...`
+        self._whoami: dict[str, dict[str, Any] | None] = {}  # token value -> this run's answer (or None)
+        self._whoami_lock = threading.Lock()
 
     def _get_json(self, url: str, token: Token | None) -> tuple[Any, Headers]:
         return self.http.get_json(url, token)
@@ -182,11 +185,18 @@ class HubApi:
         """Raises a HubHttpError when `token` cannot read the repo's files (gated, private...)."""
         self._get_json(self._api(repo, repo_type, "auth-check"), token)
 
-    def whoami(self, token: Token) -> dict[str, Any]:
-        """The token's account and scopes, in one attempt: whoami is strictly rate-limited on the Hub."""
-        with contextlib.closing(self.http.open(f"{self.endpoint}/api/whoami-v2", token)) as r:
-            data = r.json()
-        return data if isinstance(data, dict) else {}
+    def whoami_once(self, token: Token) -> dict[str, Any] | None:
+        """The token's account and scopes, asked at most once per token in this run and in one attempt:
+        whoami is strictly rate-limited on the Hub, and only explains a failure (None: it would not say)."""
+        with self._whoami_lock:
+            if token.value not in self._whoami:
+                try:
+                    with contextlib.closing(self.http.open(f"{self.endpoint}/api/whoami-v2", token)) as r:
+                        data = r.json()
+                    self._whoami[token.value] = data if isinstance(data, dict) else {}
+                except Exception:  # explanation only: any failure just means less detail
+                    self._whoami[token.value] = None
+            return self._whoami[token.value]
 
     def head_file(self, repo: str, repo_type: str, commit: str, path: str, token: Token | None) -> None:
         """Can `token` read this file? (A HEAD, for mirrors without the auth-check endpoint.)"""

@@ -26,7 +26,7 @@ from prefetch.manifest import Manifest, parse_manifest
 from prefetch.paths import revision_problem
 
 if TYPE_CHECKING:
-    from prefetch.sync import Settings
+    from prefetch.run import Settings
 
 __all__ = ["REPO_TYPES", "EntryRequest", "add_entry", "init_manifest", "remove_entry"]
 

@@ -1,19 +1,33 @@
-"""What a sync will do, before it does it: per entry, its locked content and the blobs the cache
-still lacks (`EntryPlan`, shown by `plan`, `sync --dry-run` and `--json`); what it did (`SyncResult`);
-and the disk space it keeps free."""
+"""Stage 2, plan: the resolved entries + the cache -> what the sync will do, before it does it.
+
+Per entry, its locked content and the blobs the cache still lacks (`EntryPlan`, shown by `plan`,
+`sync --dry-run` and `--json`); the download jobs, one per distinct blob (`Plan.jobs`); and the checks
+that can fail before any byte moves: the space the bytes need on the cache's disk, names the cache's
+filesystem can hold.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prefetch.access import AccessReport
-from prefetch.download.job import TransferStats
-from prefetch.lockfile import Lock, LockedEntry, LockedFile
+from prefetch.cache import folders_kept_open
+from prefetch.download.job import FileJob
+from prefetch.errors import DiskSpaceError, FilesystemError
+from prefetch.hfhub import resolve_url
+from prefetch.lockfile import LockedEntry, LockedFile
 from prefetch.manifest import Entry
+from prefetch.offline.shared import LockedBlob, mismatches
 from prefetch.progress import human_bytes
+from prefetch.terminal import printable
+
+if TYPE_CHECKING:
+    from prefetch.resolve import Resolution
+    from prefetch.run import RunContext
 
 MiB = 1024 * 1024
 DISK_MARGIN = 64 * MiB  # at most this much is kept free after the planned bytes (unless --min-free)
@@ -72,34 +86,6 @@ class EntryPlan:
         }
 
 
-@dataclass
-class SyncResult:
-    plans: list[EntryPlan]
-    lock: Lock
-    lock_path: Path
-    cache_dir: Path
-    stats: TransferStats = field(default_factory=TransferStats)
-    changes: list[str] = field(default_factory=list)
-    report: AccessReport | None = None
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "entries": len(self.plans),
-            "files": sum(len(p.locked.files) for p in self.plans),
-            "fetched_files": self.stats.files_fetched,
-            "linked_files": self.stats.files_linked,
-            "fetched_bytes": self.stats.bytes_fetched,
-            "lockfile": str(self.lock_path),
-            "cache_dir": str(self.cache_dir),
-            "changes": self.changes,
-        }
-
-    def render_plan(self, width: int | None = None) -> str:
-        """Every entry and its files, for `plan` and `sync --dry-run` (lines fitted to `width` when given)."""
-        lines = [line for p in self.plans for line in p.render(width)]
-        return "\n".join(lines) if lines else "nothing to do: the manifest lists no entry"
-
-
 def fit(text: str, width: int | None, *, middle: bool = False) -> str:
     """`text` cut to `width` characters with an ellipsis (in the middle for paths, whose end matters)."""
     if width is None or len(text) <= width:
@@ -121,3 +107,150 @@ def disk_margin(needed: int) -> int:
 def first_use_key(commit: str, label: str) -> str:
     """The stand-in blob key (partial file name) of a file without a published hash, until it is hashed."""
     return "first-use-" + hashlib.sha256(f"{commit}:{label}".encode()).hexdigest()[:40]
+
+
+@dataclass
+class Plan:
+    """Every resolved entry's plan, and the download jobs: `first` (one per distinct blob), then `later`
+    (the same blobs for another repo's folder: hard-linked once the first are in)."""
+
+    entries: list[EntryPlan]
+    first: list[FileJob] = field(default_factory=list)
+    later: list[FileJob] = field(default_factory=list)
+
+    @property
+    def jobs(self) -> list[FileJob]:
+        return self.first + self.later
+
+
+def make_plan(ctx: RunContext, resolution: Resolution, *, verify: bool = False) -> Plan:
+    """What each resolved entry still lacks in the cache (entries that failed to resolve are left out),
+    and the jobs that fetch it.
+
+    A cached blob of the right size is trusted (it was verified when it was installed); with `verify` it
+    is hashed first, and one that does not match is fetched again (`EntryPlan.corrupt`).
+    """
+    entries = []
+    for entry in resolution.entries:
+        locked = resolution.locked.get(entry.key)
+        if locked is None:
+            continue
+        cache = ctx.repo_cache(locked.repo, locked.type)
+        partials = cache.sweep_partials()
+        missing = []
+        for f in locked.files:
+            if not cache.has_blob(f.etag, f.size):
+                missing.append(f)
+            elif f.etag in partials:
+                cache.discard_stale_partial(f.etag, f.size)  # left by a run that another one beat
+        entries.append(EntryPlan(entry, locked, missing))
+    if verify:
+        _find_corrupt(ctx, entries)
+    plan = Plan(entries)
+    plan.first, plan.later = _file_jobs(ctx, entries)
+    return plan
+
+
+def _find_corrupt(ctx: RunContext, plans: list[EntryPlan]) -> None:
+    """Hash every cached blob of the plans (each once, in parallel); move those that fail to `missing`."""
+    blobs: dict[tuple[str, str], LockedBlob] = {}
+    for p in plans:
+        cache = ctx.repo_cache(p.locked.repo, p.locked.type)
+        absent = {f.etag for f in p.missing}
+        for f in p.locked.files:
+            if f.etag not in absent:
+                blobs.setdefault((cache.folder.name, f.etag), LockedBlob(cache, f.etag, f.size, f.is_lfs))
+    keys = list(blobs)
+    bad = {keys[i] for i in mismatches(list(blobs.values()))}
+    for p in plans:
+        folder = ctx.repo_cache(p.locked.repo, p.locked.type).folder.name
+        p.corrupt = [f for f in p.locked.files if (folder, f.etag) in bad]
+        p.missing += p.corrupt
+        for f in p.corrupt:
+            message = f"{f.path}: the cached blob {f.etag} does not match its hash; fetching it again"
+            ctx.progress.message(f"warning: {p.entry.label}: {message}")
+            ctx.progress.event("warning", repo=p.entry.repo, revision=p.entry.revision, message=message)
+
+
+def _file_jobs(ctx: RunContext, plans: list[EntryPlan]) -> tuple[list[FileJob], list[FileJob]]:
+    """(first, later) jobs: one job per blob; a blob a second repo shares waits and is hard-linked."""
+    first: dict[str, FileJob] = {}
+    seen: dict[str, set[str]] = {}  # repo folder -> its blobs with a job (no tuple per file)
+    later: list[FileJob] = []
+    for p in plans:
+        if not p.missing:
+            continue
+        locked = p.locked
+        cache = ctx.repo_cache(locked.repo, locked.type)
+        corrupt = {f.etag for f in p.corrupt}
+        files_url = resolve_url(ctx.endpoint, locked.repo, locked.type, locked.commit)
+        token = ctx.token(p.entry)
+        in_folder = seen.setdefault(cache.folder.name, set())
+        for f in p.missing:
+            etag = f.etag or first_use_key(locked.commit, f"{locked.repo}:{printable(f.path)}")
+            if etag in in_folder:
+                continue
+            in_folder.add(etag)
+            job = FileJob(
+                cache=cache,
+                resolve_url=files_url,
+                repo=locked.repo,
+                path=f.path,
+                token=token,
+                etag=etag,
+                size=f.size,
+                lfs=f.is_lfs,
+                published=bool(f.etag),
+                replace=f.etag in corrupt,
+            )
+            if etag in first:  # (a file without a published hash has a key of its own: never shared)
+                later.append(job)
+            else:
+                first[etag] = job
+    return list(first.values()), later
+
+
+# -------------------------------------------------------------------------- what can fail before a byte
+def check_names(plan: Plan, cache_dir: Path) -> None:
+    """Every file name fits the cache's filesystem (a snapshot link per path component): refused before
+    the download, not after it."""
+    try:
+        name_max = os.pathconf(cache_dir, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for p in plan.entries:
+        for f in p.locked.files:
+            if len(f.path.encode()) <= name_max:
+                continue
+            long = [part for part in f.path.split("/") if len(part.encode()) > name_max]
+            if long:
+                raise FilesystemError(
+                    f"{p.locked.repo}: cannot store {printable(f.path[:80])}...: the name "
+                    f"{printable(long[0][:40])}... is {len(long[0].encode())} bytes, the filesystem of "
+                    f"{cache_dir} allows {name_max}"
+                )
+
+
+def check_space(plan: Plan, cache_dir: Path, min_free: int | None) -> None:
+    """The bytes still to fetch (less what partial files hold) fit on the cache's disk, with a margin
+    kept free (`min_free`, else `disk_margin`); `later` jobs are hard links and need none."""
+    with folders_kept_open(j.cache for j in plan.first):
+        needed = sum(j.size - _bytes_on_disk(j) for j in plan.first)
+    if needed <= 0:
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache_dir).free
+    margin = min_free if min_free is not None else disk_margin(needed)
+    if needed + margin > free:
+        raise DiskSpaceError(
+            f"not enough disk space in {cache_dir}: {human_bytes(needed)} to fetch "
+            f"(+{human_bytes(margin)} kept free), {human_bytes(free)} free. Free some space "
+            "(`prefetch prune`), choose another --cache-dir, or lower the margin with --min-free."
+        )
+
+
+def _bytes_on_disk(job: FileJob) -> int:
+    """Bytes of a blob already in its partial file (they need no new space; a small file has none)."""
+    if job.small:
+        return 0
+    return sum(b - a for a, b in job.cache.read_partial_state(job.etag, job.size))

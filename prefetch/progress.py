@@ -26,7 +26,7 @@ import time
 from typing import IO, Any
 
 from prefetch import settings
-from prefetch.auth import redact
+from prefetch.auth import Secrets
 from prefetch.download.job import FileJob, Reporter
 from prefetch.terminal import escape_controls
 
@@ -59,9 +59,9 @@ def parse_size(text: str) -> int:
     return int(number * 1024 ** " kmgtp".index(unit or " "))
 
 
-def shown(text: str) -> str:
-    """`text` as it may reach a terminal or a log: secrets redacted, control characters escaped."""
-    return escape_controls(redact(text))
+def shown(text: str, secrets: Secrets) -> str:
+    """`text` as it may reach a terminal or a log: the run's secrets redacted, control characters escaped."""
+    return escape_controls(secrets.redact(text))
 
 
 def human_duration(value: float) -> str:
@@ -75,17 +75,21 @@ def human_duration(value: float) -> str:
 
 
 class RedactingFormatter(logging.Formatter):
+    def __init__(self, fmt: str, secrets: Secrets) -> None:
+        super().__init__(fmt)
+        self.secrets = secrets
+
     def format(self, record: logging.LogRecord) -> str:
-        return shown(super().format(record))
+        return shown(super().format(record), self.secrets)
 
 
-def setup_logging(verbosity: int, stream: IO[str] | None = None) -> None:
-    """Route the `prefetch` logger to stderr through the redactor: warnings by default, more with -v."""
+def setup_logging(verbosity: int, secrets: Secrets, stream: IO[str] | None = None) -> None:
+    """Route the `prefetch` logger to stderr through the run's redactor: warnings by default, more with -v."""
     logger = logging.getLogger("prefetch")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(RedactingFormatter("prefetch: %(levelname)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter("prefetch: %(levelname)s: %(message)s", secrets))
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity == 1 else logging.WARNING)
     logger.propagate = False
@@ -98,9 +102,10 @@ def short_name(label: str) -> str:
 
 class Progress(Reporter):
     """Counts bytes and files (thread-safe: the transfer engine reports from many threads); subclasses
-    decide how to show them."""
+    decide how to show them. `secrets`: the run's (every line it shows is redacted with them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: Secrets | None = None) -> None:
+        self.secrets = secrets or Secrets()
         self.total_bytes = 0
         self.total_files = 0
         self.done_bytes = 0
@@ -134,7 +139,7 @@ class Progress(Reporter):
 
     def message(self, text: str) -> None:
         """A line for the user (plan, warnings): stderr, except in JSON and quiet modes."""
-        print(shown(text), file=sys.stderr, flush=True)
+        print(shown(text, self.secrets), file=sys.stderr, flush=True)
 
     def event(self, kind: str, **fields: Any) -> None:
         """A structured event; only the JSON display prints these."""
@@ -186,8 +191,10 @@ class QuietProgress(Progress):
 class LineProgress(Progress):
     """For CI logs (no TTY): one status line every `interval` seconds while bytes are being fetched."""
 
-    def __init__(self, interval: float | None = None, stream: IO[str] | None = None) -> None:
-        super().__init__()
+    def __init__(
+        self, secrets: Secrets | None = None, interval: float | None = None, stream: IO[str] | None = None
+    ) -> None:
+        super().__init__(secrets)
         if interval is None:
             interval = settings.progress_interval()
         self.interval = max(0.05, interval)
@@ -210,7 +217,7 @@ class LineProgress(Progress):
         self._print(f"prefetch: {self.status_line()}")
 
     def _print(self, text: str) -> None:
-        print(shown(text), file=self.stream or sys.stderr, flush=True)
+        print(shown(text, self.secrets), file=self.stream or sys.stderr, flush=True)
 
     def close(self) -> None:
         self._stop.set()
@@ -283,8 +290,8 @@ class TtyProgress(Progress):
     """For terminals: one overall tqdm bar (bytes, rate, ETA, files done) and a line naming the files in
     flight."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        super().__init__()
+    def __init__(self, secrets: Secrets | None = None, stream: IO[str] | None = None) -> None:
+        super().__init__(secrets)
         self.stream = stream
         self.bar: Any = None
         self.line: Any = None
@@ -356,7 +363,7 @@ class TtyProgress(Progress):
     def message(self, text: str) -> None:
         """Wrapped to the terminal's width: a line the terminal wraps itself would break the bar's redraw."""
         out = self.stream or sys.stderr
-        lines = wrap_lines(shown(text), _columns(out))
+        lines = wrap_lines(shown(text, self.secrets), _columns(out))
         if self.bar is not None:
             with self._draw:
                 for line in lines:
@@ -380,8 +387,9 @@ class JsonProgress(LineProgress):
     else. A `progress` event comes at least every second while the transfer runs, so a tool watching a
     multi-GB file sees bytes move between two `file` events."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        super().__init__(interval=min(JSON_PROGRESS_INTERVAL, settings.progress_interval()), stream=stream)
+    def __init__(self, secrets: Secrets | None = None, stream: IO[str] | None = None) -> None:
+        interval = min(JSON_PROGRESS_INTERVAL, settings.progress_interval())
+        super().__init__(secrets, interval=interval, stream=stream)
         self._out = threading.Lock()
 
     def tick(self) -> None:
@@ -398,7 +406,7 @@ class JsonProgress(LineProgress):
         )  # fmt: skip
 
     def event(self, kind: str, **fields: Any) -> None:
-        line = redact(json.dumps({"event": kind, **fields}, sort_keys=True, default=str))
+        line = self.secrets.redact(json.dumps({"event": kind, **fields}, sort_keys=True, default=str))
         with self._out:
             print(line, file=self.stream or sys.stdout, flush=True)
 
@@ -417,8 +425,9 @@ class JsonProgress(LineProgress):
         """Human lines stay off stdout: the plan and warnings arrive as their own events."""
 
 
-def make_progress(mode: str) -> Progress:
-    """`mode`: auto | tty | lines | quiet | json (`auto`: a bar when stderr is a terminal, else lines)."""
+def make_progress(mode: str, secrets: Secrets) -> Progress:
+    """`mode`: auto | tty | lines | quiet | json (`auto`: a bar when stderr is a terminal, else lines);
+    `secrets`: the run's, which every line it shows is redacted with."""
     if mode == "auto":
         # HF_HUB_DISABLE_PROGRESS_BARS: no bar, but the periodic lines a log would get
         mode = "tty" if sys.stderr.isatty() and not settings.progress_bars_disabled() else "lines"
@@ -428,4 +437,4 @@ def make_progress(mode: str) -> Progress:
         "quiet": QuietProgress,
         "json": JsonProgress,
     }
-    return displays[mode]()
+    return displays[mode](secrets)

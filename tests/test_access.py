@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from prefetch import access, auth, errors
-from prefetch.auth import Token, find_token
+from prefetch.auth import Secrets, Token, find_token
 from prefetch.errors import UsageError
 from prefetch.hub import RepoInfo
 from prefetch.manifest import Entry
@@ -669,28 +669,28 @@ def test_find_token_order_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyP
     home = tmp_path / "hf"
     home.mkdir()
     env: dict[str, str] = {"HF_HOME": str(home)}
-    assert find_token(env=env) is None
+    assert find_token(Secrets(), env=env) is None
 
     secret.write_text("hf_from_docker_secret\n")
-    token = find_token(env=env)
+    token = find_token(Secrets(), env=env)
     assert token is not None and token.source == str(secret) and token.value == "hf_from_docker_secret"
 
     (home / "token").write_text("hf_from_hf_home")
-    assert find_token(env=env).source == str(home / "token")  # type: ignore[union-attr]
+    assert find_token(Secrets(), env=env).source == str(home / "token")  # type: ignore[union-attr]
 
     (tmp_path / "p").write_text("hf_from_token_path")
     env["HF_TOKEN_PATH"] = str(tmp_path / "p")
-    assert find_token(env=env).source == f"HF_TOKEN_PATH ({tmp_path / 'p'})"  # type: ignore[union-attr]
+    assert find_token(Secrets(), env=env).source == f"HF_TOKEN_PATH ({tmp_path / 'p'})"  # type: ignore[union-attr]
 
     env["HF_TOKEN"] = "  hf_from_env \n"
-    token = find_token(env=env)
+    token = find_token(Secrets(), env=env)
     assert token is not None and token.source == "HF_TOKEN" and token.value == "hf_from_env"
 
     (tmp_path / "f").write_text("hf_from_flag")
-    assert find_token(tmp_path / "f", env=env).source == f"--token-file {tmp_path / 'f'}"  # type: ignore[union-attr]
+    assert find_token(Secrets(), tmp_path / "f", env=env).source == f"--token-file {tmp_path / 'f'}"  # type: ignore[union-attr]
 
     env["HF_TOKEN"] = "   "  # blank: skipped, not an empty token
-    assert find_token(env=env).source.startswith("HF_TOKEN_PATH")  # type: ignore[union-attr]
+    assert find_token(Secrets(), env=env).source.startswith("HF_TOKEN_PATH")  # type: ignore[union-attr]
 
 
 def test_default_hf_home_token_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -699,11 +699,11 @@ def test_default_hf_home_token_path(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     target = tmp_path / ".cache" / "huggingface" / "token"
     target.parent.mkdir(parents=True)
     target.write_text("hf_default_location")
-    assert find_token(env={"HOME": str(tmp_path)}).source == str(target)  # type: ignore[union-attr]
+    assert find_token(Secrets(), env={"HOME": str(tmp_path)}).source == str(target)  # type: ignore[union-attr]
     xdg = tmp_path / "xdg"
     (xdg / "huggingface").mkdir(parents=True)
     (xdg / "huggingface" / "token").write_text("hf_xdg")
-    found = find_token(env={"XDG_CACHE_HOME": str(xdg)})
+    found = find_token(Secrets(), env={"XDG_CACHE_HOME": str(xdg)})
     assert found is not None and found.value == "hf_xdg"
 
 
@@ -712,10 +712,10 @@ def test_a_malformed_token_is_refused_without_printing_it(tmp_path: Path, value:
     path = tmp_path / "t"
     path.write_text(value)
     with pytest.raises(UsageError) as info:
-        find_token(path, env={})
+        find_token(Secrets(), path, env={})
     assert value not in str(info.value) and str(path) in str(info.value)
     with pytest.raises(UsageError) as info:
-        find_token(env={"HF_TOKEN": value})
+        find_token(Secrets(), env={"HF_TOKEN": value})
     assert value not in str(info.value) and "HF_TOKEN" in str(info.value)
 
 
@@ -758,38 +758,53 @@ def test_entries_are_checked_concurrently_and_bounded() -> None:
 
 # ------------------------------------------------------------------------------- the error translator
 @pytest.mark.parametrize(
-    ("code", "status", "kind", "exit_code"),
+    ("headers", "status", "kind", "exit_code"),
     [
-        ("GatedRepo", 401, errors.GatedRepoError, 3),
-        ("GatedRepo", 403, errors.GatedRepoError, 3),
-        ("RepoNotFound", 404, errors.RepoNotFoundError, 3),
-        ("RevisionNotFound", 404, errors.RevisionNotFoundError, 3),
-        ("EntryNotFound", 404, errors.EntryNotFoundError, 3),
-        (None, 403, errors.HubHttpError, 3),
-        ("SomethingNew", 404, errors.HubHttpError, 3),
-        (None, 429, errors.HubHttpError, 4),
-        (None, 500, errors.HubHttpError, 4),
+        ({"X-Error-Code": "GatedRepo"}, 401, errors.GatedRepoError, 3),
+        ({"X-Error-Code": "GatedRepo"}, 403, errors.GatedRepoError, 3),
+        ({"X-Error-Code": "RepoNotFound"}, 404, errors.RepoNotFoundError, 3),
+        ({"X-Error-Code": "RevisionNotFound"}, 404, errors.RevisionNotFoundError, 3),
+        ({"X-Error-Code": "EntryNotFound"}, 404, errors.EntryNotFoundError, 3),
+        ({"X-Error-Message": "Access to this resource is disabled."}, 403, errors.DisabledRepoError, 3),
+        ({"X-Error-Code": "EgressLimitReached"}, 429, errors.EgressLimitError, 10),
+        ({}, 401, errors.RepoNotFoundError, 3),  # on an https API route, as huggingface_hub reads it
+        (
+            {"X-Error-Message": "Invalid credentials in Authorization header"},
+            401,
+            errors.UnauthorizedError,
+            3,
+        ),
+        ({}, 403, errors.ForbiddenError, 3),
+        ({"X-Error-Code": "SomethingNew"}, 404, errors.NotFoundError, 3),
+        ({}, 429, errors.RateLimitedError, 4),
+        ({}, 500, errors.HubServerError, 4),
+        ({}, 410, errors.HubHttpError, 4),
     ],
 )
-def test_hub_answers_become_typed_errors_with_one_exit_code(
-    code: str | None, status: int, kind: type, exit_code: int
+def test_hub_answers_become_typed_errors_whose_class_decides_the_exit_code(
+    headers: dict[str, str], status: int, kind: type, exit_code: int
 ) -> None:
-    headers = {"x-error-code": code}
-    error = errors.hub_http_error("https://hub/api/models/org/x", status, headers.get, b"")
-    assert type(error) is kind and error.status == status and error.error_code == code
-    assert errors.exit_code_for(error) == exit_code
+    """Read as huggingface_hub's `hf_raise_for_status` reads them; the class alone gives the exit code."""
+    error = errors.hub_http_error("https://hub/api/models/org/x", status, list(headers.items()), b"")
+    assert type(error) is kind and error.status == status
+    assert errors.exit_code_for(error) == exit_code == kind.exit_code
+    assert type(error.in_context("downloading x")) is kind
 
 
-def test_hub_error_message_from_header_else_bounded_json_body() -> None:
-    def translate(headers: dict[str, str | None], body: bytes) -> errors.HubHttpError:
-        return errors.hub_http_error("https://hub/api/x", 403, headers.get, body)
+def test_hub_error_message_from_header_else_bounded_body_and_the_request_id() -> None:
+    def translate(headers: dict[str, str], body: bytes) -> errors.HubHttpError:
+        return errors.hub_http_error("https://hub/api/x", 403, list(headers.items()), body)
 
-    assert translate({"x-error-message": "from header"}, b'{"error": "from body"}').message == "from header"
+    assert translate({"x-error-message": "from header"}, b'{"error": "from body"}').message.startswith(
+        "from header"
+    )
     assert translate({}, b'{"error": "from body"}').message == "from body"
-    assert translate({}, b"<html>oops</html>").message == ""
-    assert translate({}, b"\xff\xfe").message == ""
+    assert translate({"content-type": "text/html"}, b"<html>oops</html>").message == ""
     assert len(translate({}, b'{"error": "%s"}' % (b"x" * 5000)).message) == 500
     assert str(translate({}, b'{"error": "no"}')) == "403 from /api/x: no"
+    assert str(translate({"x-request-id": "Root=1-abc"}, b'{"error": "no"}')) == (
+        "403 from /api/x: no (request id Root=1-abc)"
+    )
 
 
 def test_check_exits_through_the_shared_mapping(prefetch: PrefetchRunner, hub: HubEmulator) -> None:

@@ -209,13 +209,6 @@ def test_repo_folders_are_the_folders_named_like_repos(tmp_path):
     assert [p.name for p in repo_folders(root)] == ["datasets--org--b", "models--org--a"]
 
 
-def test_the_lock_is_huggingface_hubs_lock(repo):
-    from huggingface_hub.file_download import repo_folder_name
-
-    expected = repo.root / ".locks" / repo_folder_name(repo_id="org/name", repo_type="model") / f"{ETAG}.lock"
-    assert repo.lock_path(ETAG) == expected
-
-
 def test_blob_lock_waits_for_huggingface_hub_and_can_be_interrupted(repo):
     from huggingface_hub.utils import WeakFileLock
 

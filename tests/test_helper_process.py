@@ -21,13 +21,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prefetch import errors
 from prefetch.cancel import CancelToken
 from prefetch.download import helper
 from prefetch.download.job import FileJob
 from prefetch.errors import Cancelled, ExitCode, IntegrityError, relayed_error
 from prefetch.offline.verify import verify
 from prefetch.progress import QuietProgress
-from prefetch.sync import Settings, sync
+from prefetch.run import Settings
+from prefetch.sync import sync
 from tests.conftest import CANARY_TOKEN, PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
 from tests.test_interop import NETNS_UNAVAILABLE, run_consumer
@@ -261,7 +263,8 @@ def test_a_library_callers_unguarded_script_runs_once(tmp_path: Path, hub: HubEm
     script.write_text(
         textwrap.dedent(f"""
             import logging
-            from prefetch.sync import Settings, sync
+            from prefetch.run import Settings
+            from prefetch.sync import sync
             logging.basicConfig(level=logging.INFO)
             with open({str(ran)!r}, "a") as out:
                 out.write("ran\\n")
@@ -297,14 +300,19 @@ def test_names_the_helper_learned_from_the_bytes_reach_the_lock(tmp_path: Path, 
     assert verify(tmp_path / "models.lock", cache_dir=tmp_path / "cache").ok
 
 
-def test_a_relayed_error_keeps_its_exit_code() -> None:
-    for code in (
-        ExitCode.NETWORK,
-        ExitCode.ACCESS,
-        ExitCode.INTEGRITY,
-        ExitCode.DISK_FULL,
-        ExitCode.FILESYSTEM,
+def test_a_relayed_error_keeps_its_class_and_so_its_exit_code() -> None:
+    for kind in (
+        errors.NetworkError,
+        errors.AccessError,
+        errors.IntegrityError,
+        errors.DiskSpaceError,
+        errors.FilesystemError,
+        errors.VerifyError,
+        errors.GatedRepoError,
+        errors.EgressLimitError,
     ):
-        error = relayed_error(int(code), "what happened")
-        assert error.exit_code == code and str(error) == "what happened"
-    assert relayed_error(int(ExitCode.INTERNAL), "a bug").exit_code == ExitCode.INTERNAL
+        error = relayed_error(kind.__name__, "what happened")
+        assert type(error) is kind and error.exit_code == kind.exit_code and str(error) == "what happened"
+    assert relayed_error("VerifyError", "x").exit_code == ExitCode.VERIFY_FAILED
+    assert relayed_error("NoSuchError", "a bug").exit_code == ExitCode.INTERNAL
+    assert relayed_error("Path", "not an error class").exit_code == ExitCode.INTERNAL

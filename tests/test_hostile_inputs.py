@@ -27,10 +27,11 @@ from prefetch.errors import UnusableAnswer, UsageError
 from prefetch.hub import HubApi
 from prefetch.net.proxies import checked_proxy_url, parse_proxy_url
 from prefetch.net.retry import RetryPolicy
-from prefetch.net.session import Http, is_loopback_host
+from prefetch.net.session import Http
 from prefetch.progress import parse_size
 from prefetch.settings import RetrySettings
 from prefetch.terminal import escape_controls, printable
+from prefetch.urls import is_loopback_host
 from tests.conftest import CANARY_TOKEN, OTHER_TOKEN, PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
 from tests.test_resilience import FAST, MiB, assert_cache_verifies, make_model, retry_lines, sync, tmpfs

@@ -14,7 +14,8 @@ from prefetch.download import new_blobs
 from prefetch.download.lane import SmallLast
 from prefetch.offline.verify import verify
 from prefetch.progress import QuietProgress
-from prefetch.sync import Settings, sync
+from prefetch.run import Settings
+from prefetch.sync import sync
 from tests.conftest import CANARY_TOKEN
 from tests.hubemu import Fault, HubEmulator
 

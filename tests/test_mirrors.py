@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from prefetch.lockfile import LockedEntry, LockedFile
-from prefetch.resolution import endpoint_for_lock, trust_lock
+from prefetch.resolve import endpoint_for_lock, trust_lock
 from tests.conftest import PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
 from tests.hubemu.fixtures import over_both_profiles
@@ -247,18 +247,22 @@ def test_an_endpoint_publishing_no_hash_is_hashed_on_first_use_and_recorded(
 def test_files_without_a_published_hash_are_fetched_in_one_pass(hub: HubEmulator, tmp_path: Path) -> None:
     """Each such file has a key of its own: none waits for a second pass as a copy of another (they
     all had the empty hash as their key, so all but one waited for the first pass to finish)."""
-    from prefetch.sync import Run, Settings
+    from prefetch.manifest import load_manifest
+    from prefetch.plan import make_plan
+    from prefetch.resolve import LockMode, resolve
+    from prefetch.run import RunContext, Settings
 
     hub.create_repo(REPO).commit(repo_files())
     hub.missing_routes.add("tree")
     hub.publishes_hashes = False
     manifest = tmp_path / "models.yaml"
     manifest.write_text(f"version: 1\nendpoint: {hub.url}\nrepos:\n  - repo: {REPO}\n")
-    run = Run(manifest, Settings(cache_dir=tmp_path / "cache"))
-    resolved, failures = run.resolve()
-    assert not failures
-    first, later = run.file_jobs(run.plan(resolved))
-    assert sorted(job.path for job in first) == sorted(repo_files()) and later == []
+    loaded = load_manifest(manifest)
+    with RunContext(loaded, Settings(cache_dir=tmp_path / "cache")) as ctx:
+        resolution = resolve(ctx, loaded, None, tmp_path / "models.lock", LockMode())
+        assert not resolution.failures
+        plan = make_plan(ctx, resolution)
+    assert sorted(job.path for job in plan.first) == sorted(repo_files()) and plan.later == []
 
 
 @on_the_mirror_profile

@@ -25,8 +25,7 @@ from email.message import Message
 import pytest
 
 from prefetch.errors import ConnectError, ProxyError, ReadTimeout, RemoteProtocolError
-from prefetch.net import connection
-from prefetch.net.connection import Pool, Response
+from prefetch.net.connection import Pool, Response, tls_context
 from tests.hubemu import HubEmulator
 from tests.hubemu.fixtures import tls_hub  # noqa: F401  (a fixture)
 
@@ -111,8 +110,15 @@ def server() -> Iterator[Callable[..., ScriptedServer]]:
         s.close()
 
 
-def make_pool(proxy: str | None = None, read_timeout: float = 5.0) -> Pool:
-    return Pool(proxy, user_agent="test", max_idle=4, connect_timeout=5.0, read_timeout=read_timeout)
+def make_pool(proxy: str | None = None, read_timeout: float = 5.0, tls: ssl.SSLContext | None = None) -> Pool:
+    return Pool(
+        tls or tls_context(),
+        proxy,
+        user_agent="test",
+        max_idle=4,
+        connect_timeout=5.0,
+        read_timeout=read_timeout,
+    )
 
 
 def fields_of(head: bytes) -> Message:
@@ -340,8 +346,7 @@ def test_a_read_over_tls_also_takes_the_records_that_have_arrived(
     data = os.urandom(1 << 20)
     tls_hub.create_repo("org/records").commit({"notes.txt": data})
     trusted = ssl.create_default_context(cafile=tls_hub.ca_file)  # the test Hub's throwaway CA
-    monkeypatch.setattr(connection, "tls_context", lambda: trusted)
-    response = make_pool().request("GET", f"{tls_hub.url}/org/records/resolve/main/notes.txt", {})
+    response = make_pool(tls=trusted).request("GET", f"{tls_hub.url}/org/records/resolve/main/notes.txt", {})
     assert response.status_code == 200
     time.sleep(0.5)  # meanwhile the server fills the socket's buffers
     buffer = memoryview(bytearray(len(data)))

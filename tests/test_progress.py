@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from prefetch.auth import Secrets
 from prefetch.progress import JsonProgress, LineProgress, Progress, human_bytes, human_duration, make_progress
 from tests.conftest import ROOT, PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
@@ -294,10 +295,10 @@ def test_json_progress_is_one_object_per_line() -> None:
 
 
 def test_make_progress_picks_lines_without_a_terminal() -> None:
-    assert type(make_progress("quiet")).__name__ == "QuietProgress"
-    assert type(make_progress("json")).__name__ == "JsonProgress"
+    assert type(make_progress("quiet", Secrets())).__name__ == "QuietProgress"
+    assert type(make_progress("json", Secrets())).__name__ == "JsonProgress"
     expected = "TtyProgress" if sys.stderr.isatty() else "LineProgress"
-    assert type(make_progress("auto")).__name__ == expected
+    assert type(make_progress("auto", Secrets())).__name__ == expected
 
 
 # ---------------------------------------------------------------------------------------------- bench helpers

@@ -41,6 +41,7 @@ from prefetch.errors import Cancelled, ConnectError, DiskSpaceError, ProxyRoutes
 from prefetch.net.proxies import bypasses_proxy
 from prefetch.net.retry import RetryPolicy, is_retryable, retry_after_seconds
 from prefetch.net.session import Http
+from prefetch.run import Settings
 from prefetch.settings import RetrySettings
 from tests.conftest import PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
@@ -503,7 +504,7 @@ def test_a_cancelled_sync_stops_and_the_next_sync_in_the_same_process_completes(
         monkeypatch.setenv(key, value)
     model = make_model(hub, big=8 * MiB)
     manifest = prefetch.manifest([{"repo": model.repo_id}])
-    settings = sync_mod.Settings(retry_max_wait=0.2)
+    settings = Settings(retry_max_wait=0.2)
     hub.bandwidth_per_connection = 2 * MiB
     cancel = CancelToken()
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pytest
 
 from prefetch.access import AccessReport, AccessResult, AccessStatus
-from prefetch.auth import Token, redact, redact_url, register_secret
+from prefetch.auth import Secrets, Token, mask_patterns, redact_url
 from prefetch.manifest import Entry
 from prefetch.progress import setup_logging
 from tests.conftest import CANARY_TOKEN, OTHER_TOKEN, ROOT, CliResult, PrefetchRunner
@@ -76,33 +76,38 @@ def test_token_repr_and_str_never_show_the_value() -> None:
     assert Token("sekrit-value-5678", "/x", path=Path("/x")).replace_hint == "write it to /x"
 
 
-def test_redact_removes_registered_secrets_urls_and_token_shapes() -> None:
-    register_secret("plain-secret-9876")
+def test_redact_removes_the_runs_secrets_urls_and_token_shapes() -> None:
+    secrets = Secrets()
+    secrets.add("plain-secret-9876")
+    redact = secrets.redact
     assert redact("a plain-secret-9876 b") == "a *** b"
     assert redact("x") == "x"
-    Token("another-secret-4321", "HF_TOKEN")  # creating a Token registers it
-    assert "another-secret-4321" not in redact("value=another-secret-4321!")
+    assert "plain-secret-9876" in Secrets().redact("plain-secret-9876")  # another run's: not its business
     assert redact("http://user:pw@proxy:3128/x") == "http://user:***@proxy:3128/x"
     assert redact("https://me:p%40ss@h") == "https://me:***@h"
     assert redact("Authorization: Bearer abc.def-ghi") == "Authorization: Bearer ***"
     assert CANARY_TOKEN not in redact(f"never registered: {CANARY_TOKEN}.")  # token-shaped
+    assert CANARY_TOKEN not in mask_patterns(f"never registered: {CANARY_TOKEN}.")
     assert redact("repo org/hf_model and hf_short stay") == "repo org/hf_model and hf_short stay"
-    register_secret("abc")  # too short to redact safely: ignored
+    secrets.add("abc")  # too short to redact safely: ignored
     assert redact("abc") == "abc"
 
 
-def test_redact_url_masks_the_password_in_both_forms() -> None:
+def test_redact_url_masks_the_password_and_the_run_learns_both_forms() -> None:
     url = "http://bob:p%40ss%2Fw0rd-77@127.0.0.1:3128"
-    shown = redact_url(url)
-    assert shown == "http://bob:***@127.0.0.1:3128"
-    assert redact("raw p%40ss%2Fw0rd-77 decoded p@ss/w0rd-77") == "raw *** decoded ***"
+    assert redact_url(url) == "http://bob:***@127.0.0.1:3128"
+    secrets = Secrets()
+    secrets.add_url(url)
+    assert secrets.redact("raw p%40ss%2Fw0rd-77 decoded p@ss/w0rd-77") == "raw *** decoded ***"
     assert redact_url("http://127.0.0.1:3128") == "http://127.0.0.1:3128"
     assert redact_url("http://user@[::1]:8080") == "http://user@[::1]:8080"
     assert redact_url("http://u:pw-ipv6-99@[::1]:8080") == "http://u:***@[::1]:8080"
 
 
 def test_reports_and_logs_are_redacted() -> None:
+    secrets = Secrets()
     token = Token("report-secret-2468", "HF_TOKEN")
+    secrets.add(token.value)
     row = AccessResult(
         Entry(repo="org/x"),
         AccessStatus.FORBIDDEN,
@@ -112,16 +117,16 @@ def test_reports_and_logs_are_redacted() -> None:
         warnings=[token.value],
     )
     report = AccessReport([row])
-    assert token.value not in report.render()
-    assert token.value not in json.dumps(row.to_json())
-    assert token.value not in str(report.error())
+    assert token.value not in secrets.redact(report.render())
+    assert token.value not in secrets.redact(json.dumps(row.to_json()))
+    assert token.value not in secrets.redact(str(report.error()))
 
     stream = io.StringIO()
-    setup_logging(2, stream)
+    setup_logging(2, secrets, stream)
     try:
         logging.getLogger("prefetch").debug("header was %s", token.value)
     finally:
-        setup_logging(0)
+        setup_logging(0, Secrets())
     assert "report-secret-2468" not in stream.getvalue() and "***" in stream.getvalue()
 
 

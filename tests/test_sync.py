@@ -250,7 +250,8 @@ def test_unknown_key_suggests_the_close_one(prefetch: PrefetchRunner):
 
 def test_python_api_is_what_the_cli_calls(tmp_path: Path, hub: HubEmulator):
     """`prefetch.sync.sync` works in-process, the way a Python user would call it."""
-    from prefetch.sync import Settings, sync
+    from prefetch.run import Settings
+    from prefetch.sync import sync
 
     make_repos(hub)
     manifest = tmp_path / "m.yaml"
@@ -282,7 +283,8 @@ def test_without_unnamed_files_small_blobs_take_the_lock_and_an_fsync_each(
     huggingface_hub's lock. Faked at the system-call boundary: `os.open` refuses O_TMPFILE as such a
     filesystem does (EOPNOTSUPP); the downloads go through the test Hub as always."""
     from prefetch.offline.verify import verify
-    from prefetch.sync import Settings, sync
+    from prefetch.run import Settings
+    from prefetch.sync import sync
 
     real_open = os.open
 

@@ -684,5 +684,5 @@ def _most_severe(errors: list[PrefetchError]) -> PrefetchError:
         if same:
             if len(same) == 1:
                 return same[0]
-            return type(same[0])("\n".join(str(e) for e in same))
+            return type(same[0]).with_message("\n".join(str(e) for e in same))
     return errors[0]

@@ -50,7 +50,7 @@ from prefetch.cache import RepoCache
 from prefetch.cancel import CancelToken
 from prefetch.download.job import FileJob, Reporter
 from prefetch.download.scheduler import HostLimits
-from prefetch.errors import ExitCode, relayed_error
+from prefetch.errors import relayed_error
 from prefetch.net.session import HttpRecipe
 
 if TYPE_CHECKING:
@@ -296,8 +296,8 @@ class SmallFileHelper:
         elif kind == "log":
             log.handle(event[1])
         elif kind == "end":
-            for exit_code, message in event[1]:
-                transfer.record(relayed_error(exit_code, message))
+            for class_name, message in event[1]:
+                transfer.record(relayed_error(class_name, message))
             self._ended = True
             return True
         return False
@@ -463,13 +463,13 @@ def serve(fd: int) -> None:
         cancel=cancel,
         processes=1,
     )
-    errors: list[tuple[int, str]] = []
+    errors: list[tuple[str, str]] = []
     try:
         transfer.stats.learned = learned  # the reporter looks names up here
         transfer.run_items(iter(given.next, None), order.caches, order.jobs, HostLimits(order.jobs))
-        errors = [(int(e.exit_code), str(e)) for e in transfer.stats.errors]
+        errors = [(type(e).__name__, str(e)) for e in transfer.stats.errors]  # relayed by class
     except BaseException as e:  # a bug: reported as one, with what it was
-        errors = [(int(ExitCode.INTERNAL), f"internal error in the helper process for small files: {e!r}")]
+        errors = [("PrefetchError", f"internal error in the helper process for small files: {e!r}")]
     finally:
         http.close()
         outbox.close(("end", errors))

@@ -62,10 +62,10 @@ Headers = Message  # case-insensitive `get` and `in`, as `http.client` parses th
 
 
 # ---------------------------------------------------------------------------------------------- TLS
-@functools.cache
 def tls_context() -> ssl.SSLContext:
     """The system's trust store; OpenSSL reads SSL_CERT_FILE / SSL_CERT_DIR when set (as huggingface_hub
-    does through httpx2). certifi's bundle only where the system has no CA certificates at all."""
+    does through httpx2). certifi's bundle only where the system has no CA certificates at all. One per
+    HTTP session (made when the session is), so a process's next run sees a changed SSL_CERT_FILE."""
     context = ssl.create_default_context()
     if not context.cert_store_stats()["x509_ca"] and not context.get_ca_certs():
         try:
@@ -349,6 +349,7 @@ class Pool:
 
     def __init__(
         self,
+        tls: ssl.SSLContext,
         proxy: str | None,
         *,
         user_agent: str,
@@ -356,6 +357,7 @@ class Pool:
         connect_timeout: float,
         read_timeout: float,
     ) -> None:
+        self.tls = tls
         self.proxy = urlsplit(proxy) if proxy else None
         if self.proxy is not None and (self.proxy.scheme != "http" or not self.proxy.hostname):
             raise ValueError(
@@ -443,7 +445,7 @@ class Pool:
         address = (host, port) if self.proxy is None else (self.proxy.hostname or "", self.proxy.port or 80)
         if scheme == "http":
             return _HTTPConnection(*address, timeout=self.connect_timeout)
-        conn = _HTTPSConnection(*address, timeout=self.connect_timeout, context=tls_context())
+        conn = _HTTPSConnection(*address, timeout=self.connect_timeout, context=self.tls)
         if self.proxy is not None:
             tunnel = {"User-Agent": self.user_agent}
             if self._proxy_auth:

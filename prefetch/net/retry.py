@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import functools
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +15,7 @@ from typing import TypeVar
 import tenacity
 
 from prefetch import settings
-from prefetch.auth import redact
+from prefetch.auth import mask_patterns
 from prefetch.cancel import CancelToken
 from prefetch.errors import (
     CertificateError,
@@ -75,17 +73,64 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line reason for logs, free of secrets."""
+    """A one-line reason for logs, free of secrets (the run's outputs redact its own on top)."""
     if isinstance(exc, HubHttpError | ProxyRoutesFailed | TruncatedBody | StaleUrl):
-        return redact(str(exc))
-    return redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        return mask_patterns(str(exc))
+    return mask_patterns(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+class _ServerHintOr(tenacity.wait.wait_base):
+    """The wait a server asked for (`Retry-After` / `RateLimit` on a 429 or 503) when it gave one, else
+    `backoff`'s."""
+
+    def __init__(self, backoff: tenacity.wait.wait_base) -> None:
+        self.backoff = backoff
+
+    def __call__(self, state: tenacity.RetryCallState) -> float:
+        hint = _server_hint(state)
+        return hint if hint is not None else self.backoff(state)
+
+
+class _FirstContact(tenacity.stop.stop_base):
+    """Stop early when the host never answered this run (a wrong or down endpoint, not a blip)."""
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        return (
+            getattr(exc, "first_contact", False) and state.attempt_number >= settings.FIRST_CONTACT_ATTEMPTS
+        )
+
+
+class _HintBeyond(tenacity.stop.stop_base):
+    """Stop at once when the server asks to wait past the time left: waiting could not end in success.
+    (Says so: a silent stop after a 429 would read as a network failure.)"""
+
+    def __init__(self, max_time: float) -> None:
+        self.max_time = max_time
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
+        hint = _server_hint(state)
+        if hint is None or hint <= self.max_time - (state.seconds_since_start or 0.0):
+            return False
+        log.warning(
+            "giving up: the server asked to wait %.0fs, beyond the retry time budget (retry.max_time %ss)",
+            hint,
+            self.max_time,
+        )
+        return True
+
+
+def _server_hint(state: tenacity.RetryCallState) -> float | None:
+    exc = state.outcome.exception() if state.outcome else None
+    return getattr(exc, "retry_after", None)
 
 
 class RetryPolicy:
-    """Exponential backoff with jitter, capped per wait, bounded in attempts and total time.
+    """tenacity's retrying, with prefetch's bounds: at most `attempts`, never past `max_time` (a wait that
+    would end past it is not started), "equal jitter" exponential backoff (0.25 s doubling, half fixed and
+    half random, so that many clients failing together do not retry together) capped at `max_wait`, or
+    the server's own hint (429, 503); a host that never answered gets `FIRST_CONTACT_ATTEMPTS`.
 
-    A server's `Retry-After` / `RateLimit` hint (429, 503) replaces the backoff; when the hint
-    points past the total time budget there is no point in waiting, so the call fails at once.
     `cancel` is the run's token: cancelling it ends every wait of this policy with `Cancelled`.
     """
 
@@ -98,41 +143,17 @@ class RetryPolicy:
         self.settings = settings
         self.on_retry = on_retry
         self.cancel = cancel or CancelToken()
-
-    def backoff(self, attempt: int) -> float:
-        """0.25 s doubling per attempt, capped at `max_wait`, with "equal jitter" (half fixed, half
-        random) so that many clients failing together do not retry together."""
-        base = min(self.settings.max_wait, 0.25 * 2 ** min(attempt - 1, 32))
-        return base / 2 + random.uniform(0, base / 2)
-
-    def _remaining(self, started: float) -> float:
-        return self.settings.max_time - (time.monotonic() - started)
-
-    @staticmethod
-    def _hint(state: tenacity.RetryCallState) -> float | None:
-        exc = state.outcome.exception() if state.outcome else None
-        return getattr(exc, "retry_after", None)
-
-    def _stop(self, started: float, state: tenacity.RetryCallState) -> bool:
-        if state.attempt_number >= self.settings.attempts or self._remaining(started) <= 0:
-            return True
-        exc = state.outcome.exception() if state.outcome else None
-        if getattr(exc, "first_contact", False) and state.attempt_number >= settings.FIRST_CONTACT_ATTEMPTS:
-            return True  # the host never answered this run: a wrong or down endpoint, say so now
-        hint = self._hint(state)
-        if hint is not None and hint > self._remaining(started):
-            log.warning(
-                "giving up: the server asked to wait %.0fs, beyond the retry time budget (retry.max_time %ss)",
-                hint,
-                self.settings.max_time,
-            )
-            return True
-        return False
-
-    def _wait(self, started: float, state: tenacity.RetryCallState) -> float:
-        hint = self._hint(state)
-        wait = hint if hint is not None else self.backoff(state.attempt_number)  # a server hint wins
-        return max(0.0, min(wait, self._remaining(started)))
+        half = settings.max_wait / 2
+        self._stop = (  # (in this order: the first that says stop is the one that says why)
+            _HintBeyond(settings.max_time)
+            | _FirstContact()
+            | tenacity.stop_after_attempt(settings.attempts)
+            | tenacity.stop_before_delay(settings.max_time)
+        )
+        self._wait = _ServerHintOr(
+            tenacity.wait_exponential(multiplier=0.125, max=half)
+            + tenacity.wait_random_exponential(multiplier=0.125, max=half)
+        )
 
     def call(
         self,
@@ -147,14 +168,6 @@ class RetryPolicy:
         transfer passes its own child of it) ends the wait between attempts.
         """
         token = cancel or self.cancel
-        started = time.monotonic()
-        token.raise_if_cancelled()
-        try:  # the first attempt without tenacity: most calls need no retry, and it cost ~35 µs a call
-            return fn()
-        except Exception as e:
-            if not is_retryable(e):
-                raise
-            failed: list[Exception] = [e]  # tenacity's attempt 1 is this failure, told again
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -168,22 +181,17 @@ class RetryPolicy:
             if self.on_retry:
                 self.on_retry(message)
 
-        def attempt() -> T:
-            if failed:
-                raise failed.pop()
-            token.raise_if_cancelled()
-            return fn()
-
         retrying = tenacity.Retrying(
-            stop=functools.partial(self._stop, started),
-            wait=functools.partial(self._wait, started),
+            stop=self._stop,
+            wait=self._wait,
             retry=tenacity.retry_if_exception(is_retryable),
+            before=lambda _: token.raise_if_cancelled(),
             before_sleep=before_sleep,
             sleep=token.sleep,
             reraise=True,
         )
         try:
-            return retrying(attempt)
+            return retrying(fn)
         except Exception as e:
             if is_retryable(e):  # gave up on a transient failure: say how hard we tried
                 with contextlib.suppress(AttributeError):

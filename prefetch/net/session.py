@@ -4,14 +4,13 @@ the Hub's origin (redirects are followed by hand, so the `Authorization` header 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from prefetch import __version__
-from prefetch.auth import Token, redact_url
+from prefetch.auth import Token
 from prefetch.errors import (
     AccessError,
     CertificateError,
@@ -21,19 +20,22 @@ from prefetch.errors import (
     PrefetchError,
     ProxyError,
     ProxyRoutesFailed,
+    TooManyRedirects,
     TransportError,
     UnusableAnswer,
     hub_http_error,
 )
-from prefetch.net.connection import Headers, Pool, Response, Sent
+from prefetch.net.connection import Headers, Pool, Response, Sent, tls_context
 from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_hint, is_proxy_failure
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
 from prefetch.settings import RetrySettings
+from prefetch.urls import plain_http_token_problem
 
 FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of the stored bytes
 CONNECT_TIMEOUT = 10.0  # seconds to connect (TLS handshake and proxy tunnel included)
 READ_TIMEOUT = 60.0  # seconds without a byte from the server
 MAX_REDIRECTS = 5
+ERROR_BODY_LIMIT = 64 * 1024  # of an error answer's body, what is read (for its message); the rest is not
 
 Origin = tuple[str, str | None, int | None]
 
@@ -78,8 +80,11 @@ class Http:
         self._answered: set[Origin] = set()  # origins that answered this run
         self._made_with = (tuple(proxies), no_proxy, pool_size)
 
+        tls = tls_context()  # this session's: SSL_CERT_FILE / SSL_CERT_DIR as they are now
+
         def pool(proxy: str | None) -> Pool:
             return Pool(
+                tls,
                 proxy,
                 user_agent=f"prefetch/{__version__}",
                 max_idle=pool_size,
@@ -88,8 +93,6 @@ class Http:
             )
 
         proxies = [checked_proxy_url(p, "proxy URL") for p in proxies]
-        for proxy in proxies:
-            redact_url(proxy)  # registers its password as a secret
         self.routes = Routes([Route(p, pool(p)) for p in proxies], Route(None, pool(None)), no_proxy)
 
     def recipe(self) -> HttpRecipe:
@@ -243,7 +246,9 @@ class Http:
             on_redirect(response.headers)
         target = urljoin(url, location)
         if hop + 1 >= MAX_REDIRECTS:
-            raise HubHttpError(target, 310, None, "too many redirects")
+            raise TooManyRedirects(
+                f"GET {urlsplit(url).path}: more than {MAX_REDIRECTS} redirects; last to {target}"
+            )
         return target
 
     def head(self, url: str, token: Token | None) -> Headers:
@@ -281,26 +286,6 @@ class Http:
         return self.retry.call(attempt, f"GET {urlsplit(url).path}")
 
 
-def is_loopback_host(host: str) -> bool:
-    """`localhost`, 127.0.0.0/8 or ::1, by the name as written: never resolved, so no DNS answer (or
-    /etc/hosts entry) can make a remote host count as this machine."""
-    host = host.strip("[]").lower().rstrip(".")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def plain_http_token_problem(url: str) -> str | None:
-    """Why a token must not go to `url` (plain http to a host off this machine), or None."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or is_loopback_host(parts.hostname or ""):
-        return None
-    return f"refusing to send a token over plain http to {parts.hostname} (anyone on the path could read it)"
-
-
 def _origin(url: str) -> Origin:
     parts = urlsplit(url)
     return parts.scheme, parts.hostname, parts.port
@@ -315,7 +300,7 @@ def http_status_error(url: str, response: Response) -> HubHttpError:
     """The error for an HTTP answer >= 400, through `errors.hub_http_error` (the one translator), with the
     wait a 429 / 503 asked for. (Reads and closes the response.)"""
     try:
-        body = response.read()
+        body = response.read(ERROR_BODY_LIMIT)
     except (UnusableAnswer, TransportError):
         body = b""
     finally:
@@ -323,17 +308,22 @@ def http_status_error(url: str, response: Response) -> HubHttpError:
     headers = response.headers
     retry_after = retry_after_seconds(headers) if response.status_code in (429, 503) else None
     return hub_http_error(
-        url, response.status_code, headers.get, body, reason=response.reason_phrase, retry_after=retry_after
+        url,
+        response.status_code,
+        headers.items(),
+        body,
+        reason=response.reason_phrase,
+        retry_after=retry_after,
     )
 
 
 def network_error(exc: BaseException, http: Http, what: str) -> PrefetchError:
-    """The typed error (with its exit code) for a network call that failed for good."""
-    if isinstance(exc, HubHttpError) and exc.status in (401, 403, 404):
-        return AccessError(f"{what}: {exc}")
+    """The typed error (its class decides the exit code) for a network call that failed for good."""
+    attempts = getattr(exc, "prefetch_attempts", None)
+    gave_up = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}; " if attempts else ""
+    if isinstance(exc, HubHttpError):
+        return exc.in_context(what, f" ({gave_up}tried {http.describe_routes()})" if attempts else "")
     if isinstance(exc, ProxyRoutesFailed):
         lines = "\n".join(f"  - {route}: {reason}" for route, reason in exc.failures)
         return NetworkError(f"{what}: every proxy failed (endpoint {http.endpoint}):\n{lines}")
-    attempts = getattr(exc, "prefetch_attempts", None)
-    gave_up = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}; " if attempts else ""
     return NetworkError(f"{what}: {describe(exc)} ({gave_up}tried {http.describe_routes()})")

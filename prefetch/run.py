@@ -1,0 +1,177 @@
+"""The run context: what every stage of one command shares, and nothing else.
+
+Where the run works (the endpoint, the cache), with whose credentials (the token source), through which
+HTTP session, what it shows (its progress display, which holds the run's `Secrets`) and when it must stop
+(its `CancelToken`). Stages take their data as arguments and return it; they take this context for those
+shared means. The HTTP session and the tokens are made on first use: a warm or offline run never
+imports the network stack, reads a token, or checks a folder it will not write.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from prefetch import settings as env_settings
+from prefetch.auth import Token, entry_token, find_token
+from prefetch.cache import RepoCache
+from prefetch.cancel import CancelToken
+from prefetch.errors import AccessError, filesystem_error
+from prefetch.manifest import Entry, Manifest
+from prefetch.progress import Progress, QuietProgress
+from prefetch.urls import plain_http_token_problem
+
+if TYPE_CHECKING:
+    from prefetch.hub import HubApi
+    from prefetch.net.session import Http
+
+PLAIN_HTTP_FIX = (
+    "use an https:// endpoint (only a loopback Hub, localhost, 127.0.0.0/8 or ::1, "
+    "may take a token over plain http)"
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run settings that do not live in the manifest (command-line flags, mostly)."""
+
+    lock_path: Path | None = None
+    cache_dir: Path | None = None
+    endpoint: str | None = None
+    token_file: Path | None = None
+    proxies: tuple[str, ...] = ()
+    jobs: int = env_settings.DEFAULT_JOBS
+    retry_attempts: int | None = None  # overrides the manifest's `retry:`
+    retry_max_wait: float | None = None
+    offline: bool = False
+    segment_threshold: int = env_settings.DEFAULT_SEGMENT_THRESHOLD
+    segment_size: int = env_settings.DEFAULT_SEGMENT_SIZE
+    min_free: int | None = None  # bytes to keep free after the download (default: scales with the plan)
+    processes: int | None = None  # that share many small files: 1 or 2 (default: `settings.processes`)
+
+
+class RunContext:
+    """One command's shared means: endpoint, cache, tokens, HTTP, progress, cancellation."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        settings: Settings,
+        progress: Progress | None = None,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        self.manifest = manifest  # its proxies, retry and per-entry token variables
+        self.settings = settings
+        self.progress = progress or QuietProgress()
+        self.secrets = self.progress.secrets  # what the run's outputs redact
+        self.cancel = cancel or CancelToken()  # every retry wait and transfer watches it
+        self.cache_dir = env_settings.resolve_cache_dir(settings.cache_dir or manifest.cache_dir)
+        self.offline = settings.offline or env_settings.offline()
+        self.endpoint = (
+            settings.endpoint or manifest.endpoint or env_settings.endpoint() or env_settings.DEFAULT_ENDPOINT
+        ).rstrip("/")
+        self._must_write: list[tuple[Path, str]] = []  # folders checked writable before the first request
+
+    def __enter__(self) -> RunContext:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        if "http" in self.__dict__:  # made only if the run touched the network
+            self.http.close()
+
+    @property
+    def endpoint_name(self) -> str:
+        """The endpoint as its source names it, for messages: `HF_ENDPOINT=http://...`."""
+        if self.settings.endpoint:
+            return f"--endpoint {self.endpoint}"
+        if self.manifest.endpoint:
+            return f"the manifest's endpoint {self.endpoint}"
+        return f"HF_ENDPOINT={self.endpoint}" if env_settings.endpoint() else f"the Hub at {self.endpoint}"
+
+    def retry_settings(self) -> env_settings.RetrySettings:
+        retry = self.manifest.retry
+        if self.settings.retry_attempts is not None:
+            retry = replace(retry, attempts=self.settings.retry_attempts)
+        if self.settings.retry_max_wait is not None:
+            retry = replace(retry, max_wait=self.settings.retry_max_wait)
+        return retry
+
+    # -- made on first use ----------------------------------------------------------------------------
+    @functools.cached_property
+    def http(self) -> Http:
+        """The run's HTTP session. Before it is made, the folders the run will write are checked: a run
+        that needs no request (a warm cache) writes nothing either."""
+        from prefetch.net.proxies import checked_proxy_url  # the network stack: only for a run that uses it
+        from prefetch.net.retry import RetryPolicy
+        from prefetch.net.session import Http
+
+        self.check_writable()
+        _, no_proxy = env_settings.proxies()
+        sources = [
+            *(("--proxy", p) for p in self.settings.proxies),
+            *((f"{self.manifest.path}: proxies", p) for p in self.manifest.proxies),
+            *env_settings.proxy_variables(),
+        ]
+        proxies = list(dict.fromkeys(checked_proxy_url(value, source) for source, value in sources))
+        for proxy in proxies:
+            self.secrets.add_url(proxy)
+        retry = RetryPolicy(self.retry_settings(), on_retry=self.progress.retry, cancel=self.cancel)
+        return Http(
+            self.endpoint,
+            proxies,
+            retry,
+            no_proxy=no_proxy,
+            pool_size=self.settings.jobs * 2 + 4,
+            offline=self.offline,
+        )
+
+    @functools.cached_property
+    def hub(self) -> HubApi:
+        from prefetch.hub import HubApi
+
+        return HubApi(self.http, self.endpoint_name)
+
+    @functools.cached_property
+    def default_token(self) -> Token | None:
+        return find_token(self.secrets, self.settings.token_file)
+
+    def token(self, entry: Entry) -> Token | None:
+        return entry_token(entry.token_env, self.default_token, self.secrets)
+
+    def repo_cache(self, repo: str, repo_type: str) -> RepoCache:
+        return RepoCache(self.cache_dir, repo, repo_type)
+
+    # -- pre-flight: what can fail without the network fails before any request --------------------------
+    def check_token_transport(self, entries: tuple[Entry, ...]) -> None:
+        """Exit 3 before any request when a token would travel over plain http to a non-loopback Hub."""
+        problem = plain_http_token_problem(self.endpoint)
+        if problem is None:
+            return
+        for entry in entries:
+            token = self.token(entry)
+            if token is not None:
+                raise AccessError(f"{entry.label}: {problem} (the {token}); {PLAIN_HTTP_FIX}")
+
+    def write_before_requests(self, folder: Path, what: str) -> None:
+        """`folder` must take new files: checked before the first request (an unwritable folder must not
+        be found after the whole download), or by `check_writable` for a run that makes none."""
+        self._must_write.append((folder, what))
+
+    def check_writable(self) -> None:
+        """The folders `write_before_requests` named take new files, or FilesystemError (exit 9)."""
+        while self._must_write:
+            _check_writable(*self._must_write.pop())
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and an (unnamed, never linked) file in it, or raise a FilesystemError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise filesystem_error(e, f"{what} {folder}") or e from None
