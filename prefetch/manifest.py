@@ -25,8 +25,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prefetch.errors import BadProxyUrl, ManifestError
 from prefetch.hfhub import REPO_TYPES, repo_id_problem
-from prefetch.net.proxies import parse_proxy_url
 from prefetch.paths import revision_problem
+from prefetch.proxy_url import parse_proxy_url
 from prefetch.settings import RetrySettings
 
 MANIFEST_VERSION = 1
@@ -382,7 +382,7 @@ class _Parser:
         return value
 
     def proxy_url(self, node: Node, key_path: str) -> str:
-        """A proxy URL, through the one proxy parser (`net.proxies`); never echoed: it may carry a password."""
+        """A proxy URL, through the one proxy parser (`proxy_url`); never echoed: it may carry a password."""
         value = self.string(node, key_path, echo=False)
         try:
             return parse_proxy_url(value)
