@@ -2,28 +2,45 @@
 
 A lockfile is input too (`--frozen`, `verify`), and its paths and revisions become file names in the
 cache, so loading it validates every field strictly: a hostile lockfile must not reach outside the cache.
+The YAML is read as located nodes (`located_yaml`, shared with the manifest); this module holds only the
+lockfile's own entries and files.
+
+Files lists, the bulk of a big lock, are written and read line by line in the layout PyYAML gives them
+(`_files_text`, `_split_files_blocks`): YAML nodes cost too much per file. Measured on the shared 2-core
+test machine, best of 5, one entry of 30,000 files (3.5 MB of lock; 100,000 files: 11.6 MB):
+
+  line by line:  load 0.10 s (100k: 0.44 s)   dump 0.05 s (100k: 0.17 s)
+  YAML nodes:    load 1.1-2.0 s (libyaml composing alone)   dump 1.05 s and 70 MB (libyaml's emitter)
+
+So nodes alone would load 30k files 4-7 times over the 0.3 s budget, and PyYAML's writer takes 20 times
+as long and, at 100k files, 255 MB at its peak: past the 120 MB a 100k-file sync may use in all. A layout
+that needs no such writer (one JSON line per file, say) would change the bytes of every committed
+lockfile, and old locks would still need this reader to load in time. Hence the layout stays, both
+directions stay line by line, on one grammar (`_ITEM`, `_plain_str`, derived from PyYAML's resolver):
+a value is written plain only where it reads back as that string; anything else (other characters,
+no hash yet) goes, per entry, through PyYAML and the YAML reader, whose texts the tests hold it to.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
 
 import yaml
-from yaml.constructor import ConstructorError, SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import Node, SequenceNode
 
 from prefetch import __version__
 from prefetch.errors import LockfileError, LockOutdatedError
 from prefetch.files import atomic_write, is_disk_full
 from prefetch.hfhub import REPO_TYPES, repo_id_problem
+from prefetch.located_yaml import STR, YamlReader
+from prefetch.manifest import TOP_KEYS as MANIFEST_KEYS
+from prefetch.manifest import Entry, Manifest
 from prefetch.paths import revision_problem, unsafe_path_reason
-
-if TYPE_CHECKING:
-    from prefetch.manifest import Entry, Manifest
 
 LOCK_VERSION = 1
 
@@ -104,9 +121,7 @@ def default_lock_path(manifest_path: Path) -> Path:
 # --------------------------------------------------------------------------------------------------------
 # Writing
 
-
-# libyaml when available: a lock of thousands of files loads and dumps several times faster.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's emitter when available: the parts PyYAML writes (all but the files lists) go faster.
 _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -117,7 +132,7 @@ class _LockDumper(_SafeDumper):  # type: ignore[misc,valid-type]
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     # PyYAML may emit NEL/LS/PS inside a single-quoted scalar, where reading folds them: escape them instead.
     style = '"' if any(c in value for c in "\x85\u2028\u2029") else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+    return dumper.represent_scalar(STR, value, style=style)
 
 
 _LockDumper.add_representer(str, _represent_str)
@@ -125,72 +140,34 @@ _LockDumper.add_representer(str, _represent_str)
 
 def dump_lock(lock: Lock) -> str:
     """Deterministic YAML: the same Lock always gives the same bytes, so lockfiles diff cleanly in git.
-
-    Files lists are written line by line where every value is one `_ITEM` reads (PyYAML's emitter
-    costs ~70 us and ~2 KB per file); the text is the same as PyYAML's (tests/test_lockfile.py).
-    """
+    The text is PyYAML's for the whole lock, files lists included (tests/test_lockfile.py)."""
     return "".join(_lock_chunks(lock))
 
 
-def _lock_chunks(lock: Lock) -> list[str]:
-    """`dump_lock`'s text in pieces (each entry's files list one piece), so that `write_lock` never holds
-    a 100k-file lock as a whole string (and its encoded copy) beside the pieces."""
-    blocks = [_files_text(e.files) for e in lock.entries]
-    body = _yaml_body(lock, fast=[b is not None for b in blocks])
-    placeholder = f"\n{_EMPTY_FILES}"
-    empty = [b for e, b in zip(lock.entries, blocks, strict=True) if b is not None or not e.files]
-    parts = body.split(placeholder)
+def _lock_chunks(lock: Lock) -> Iterator[str]:
+    """`dump_lock`'s text in pieces, so that `write_lock` never holds a 100k-file lock as a whole string
+    (and its encoded copy) beside the pieces. PyYAML writes the top keys and each entry (files last, as
+    `[]`); a files list in `_ITEM`'s layout is written line by line in place of that `[]`."""
     tool = " ".join(lock.tool_version.split())  # a comment must stay on one line
-    chunks = [f"# prefetch lockfile: generated by prefetch {tool}; do not edit by hand.\n"]
-    if len(parts) != len(empty) + 1:  # a string of the lock made a line like it: PyYAML writes it all
-        return [*chunks, _yaml_body(lock, fast=[False] * len(blocks))]
-    chunks.append(parts[0])
-    for b, rest in zip(empty, parts[1:], strict=True):
-        chunks += ["\n", b or _EMPTY_FILES, rest]
-    return chunks
+    yield f"# prefetch lockfile: generated by prefetch {tool}; do not edit by hand.\n"
+    yield _yaml_text(_top_data(lock))
+    if not lock.entries:
+        yield _yaml_text({"entries": []})
+        return
+    yield "entries:\n"  # a block list under a top key is not indented: its items are written as at the top
+    for entry in lock.entries:
+        files = _files_text(entry.files)
+        if files is None:
+            yield _yaml_text([_entry_data(entry)])
+        else:
+            yield _yaml_text([_entry_data(entry, with_files=False)]).removesuffix(_EMPTY_FILES)
+            yield files
 
 
-_EMPTY_FILES = "  files: []\n"
+_EMPTY_FILES = "  files: []\n"  # how PyYAML ends an entry with no files
 
 
-def _files_text(files: tuple[LockedFile, ...]) -> str | None:
-    """An entry's files list as PyYAML writes it, or None when a value needs PyYAML to tell how."""
-    if not files:
-        return None
-    lines = ["  files:\n"]
-    for f in sorted(files, key=lambda f: f.path):
-        path = f.path
-        if not _PATH.fullmatch(path) or path.startswith("..."):  # `...`: PyYAML quotes a document marker
-            return None
-        if not _plain_str(path):
-            path = f"'{path}'"
-        key, digest = ("sha256", f.sha256) if f.sha256 is not None else ("git_sha1", f.git_sha1)
-        digest_text = _hex_text(digest or "")
-        if digest_text is None:
-            return None
-        lines.append(f"  - path: {path}\n    size: {f.size}\n    {key}: {digest_text}\n")
-    return "".join(lines)
-
-
-def _hex_text(value: str) -> str | None:
-    """A lowercase hex digest as PyYAML writes it: quoted when YAML would read a number; else None."""
-    if _PLAIN_HEX.fullmatch(value):
-        return value
-    return f"'{value}'" if _HEX.fullmatch(value) else None
-
-
-def _yaml_body(lock: Lock, fast: list[bool]) -> str:
-    """The lock as PyYAML writes it; the files of entries marked `fast` as `[]`, filled in by the caller."""
-    data: dict[str, object] = {
-        "version": lock.version,
-        "tool_version": lock.tool_version,
-        "manifest_digest": lock.manifest_digest,
-    }
-    if lock.cache_dir is not None:
-        data["cache_dir"] = lock.cache_dir
-    if lock.endpoint is not None:
-        data["endpoint"] = lock.endpoint
-    data["entries"] = [_entry_data(e, with_files=not f) for e, f in zip(lock.entries, fast, strict=True)]
+def _yaml_text(data: object) -> str:
     return yaml.dump(
         data,
         Dumper=_LockDumper,
@@ -202,9 +179,23 @@ def _yaml_body(lock: Lock, fast: list[bool]) -> str:
     )
 
 
+def _top_data(lock: Lock) -> dict[str, object]:
+    """The lock's keys before `entries`, in the order they are written."""
+    data: dict[str, object] = {
+        "version": lock.version,
+        "tool_version": lock.tool_version,
+        "manifest_digest": lock.manifest_digest,
+    }
+    if lock.cache_dir is not None:
+        data["cache_dir"] = lock.cache_dir
+    if lock.endpoint is not None:
+        data["endpoint"] = lock.endpoint
+    return data
+
+
 def _entry_data(entry: LockedEntry, with_files: bool = True) -> dict[str, object]:
     files: list[dict[str, object]] = []
-    for f in sorted(entry.files, key=lambda f: f.path) if with_files else ():
+    for f in sorted(entry.files, key=_by_path) if with_files else ():
         item: dict[str, object] = {"path": f.path, "size": f.size}
         if f.sha256 is not None:
             item["sha256"] = f.sha256
@@ -223,6 +214,10 @@ def _entry_data(entry: LockedEntry, with_files: bool = True) -> dict[str, object
     }
 
 
+def _by_path(file: LockedFile) -> str:
+    return file.path
+
+
 def write_lock(lock: Lock, path: str | Path) -> None:
     """Atomic replace, so a crash or a full disk never leaves a half-written lockfile behind."""
     target = Path(path)
@@ -232,6 +227,105 @@ def write_lock(lock: Lock, path: str | Path) -> None:
         if is_disk_full(exc):
             raise  # keeps its errno: the disk-full exit code
         raise LockfileError(f"{target}: cannot write the lockfile: {exc.strerror or exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------------------
+# Files lists line by line: one grammar for writing and reading
+
+# A value written plain: of these characters, and a string by YAML's rules (`_plain_str`). Single-quoted,
+# a value of the second set reads back as itself. Anything else is PyYAML's to write and the YAML
+# reader's to read.
+_PLAIN = r"[A-Za-z0-9_.][A-Za-z0-9_./+=@~-]*"
+_PLAIN_VALUE = re.compile(_PLAIN)
+_QUOTED = r"'([A-Za-z0-9_./+=@~ :-]*)'"
+_ITEM = re.compile(
+    rf"  - path: (?:({_PLAIN})|{_QUOTED})\n"
+    r"    size: (0|[1-9][0-9]{0,18})\n"  # 19 digits at most: a longer one is the YAML reader's to refuse
+    r"    (?:sha256: (?:([0-9a-f]{64})|'([0-9a-f]{64})')|git_sha1: (?:([0-9a-f]{40})|'([0-9a-f]{40})'))\n"
+)
+_ITEM_CONTINUES = ("  - ", "    ")  # what a line of a files list starts with
+_FILES_KEY = re.compile(r"^  files:\n", re.MULTILINE)  # an entry's files list, as `_files_text` writes it
+# YAML's implicit types (bool, int, float, null, timestamp, merge...) as PyYAML's resolver has them:
+# the characters they start with, and their patterns as one regex (each with its own flags). A plain
+# scalar none of them matches is a string.
+_IMPLICIT_FIRST = frozenset(yaml.resolver.Resolver.yaml_implicit_resolvers)
+_IMPLICIT = re.compile(
+    "|".join(
+        dict.fromkeys(
+            f"(?{'x' if regexp.flags & re.VERBOSE else ''}:{regexp.pattern})"
+            for resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.values()
+            for _, regexp in resolvers
+        )
+    )
+)
+
+
+def _plain_str(scalar: str) -> bool:
+    """Whether YAML reads this plain scalar (of `_PLAIN`'s characters) as a string."""
+    return "/" in scalar or scalar[0] not in _IMPLICIT_FIRST or not _IMPLICIT.match(scalar)  # none has a '/'
+
+
+def _value_text(value: str) -> str | None:
+    """A value of `_PLAIN`'s characters as PyYAML writes it: plain if YAML reads it back as a string,
+    else single-quoted; None for any other value. (`...` begins a document end marker: PyYAML quotes it.)"""
+    if not _PLAIN_VALUE.fullmatch(value) or value.startswith("..."):
+        return None
+    return value if _plain_str(value) else f"'{value}'"
+
+
+def _files_text(files: tuple[LockedFile, ...]) -> str | None:
+    """An entry's files list as PyYAML writes it, or None when a value needs PyYAML to tell how."""
+    if not files:
+        return None
+    lines = ["  files:\n"]
+    for f in sorted(files, key=_by_path):
+        key, digest = ("sha256", f.sha256) if f.sha256 is not None else ("git_sha1", f.git_sha1 or "")
+        path_text, digest_text = _value_text(f.path), _value_text(digest)
+        if path_text is None or digest_text is None:
+            return None
+        lines.append(f"  - path: {path_text}\n    size: {f.size}\n    {key}: {digest_text}\n")
+    return "".join(lines)
+
+
+def _split_files_blocks(text: str) -> tuple[str, dict[int, tuple[LockedFile, ...]]] | None:
+    """(the text with each entry's files list replaced by `[]`, line of each `[]` -> its files),
+    or None when a files list is not in `_ITEM`'s layout or is invalid."""
+    skeleton: list[str] = []
+    blocks: dict[int, tuple[LockedFile, ...]] = {}
+    line, done = 0, 0
+    for key in _FILES_KEY.finditer(text):
+        if key.start() < done:
+            return None
+        files: dict[str, LockedFile] = {}
+        pos = key.end()
+        while item := _ITEM.match(text, pos):
+            path_plain, path_quoted, size, sha256, sha256_quoted, git_sha1, git_sha1_quoted = item.groups()
+            path = path_quoted if path_plain is None else path_plain
+            digest_plain = sha256 or git_sha1
+            if (
+                path in files
+                or unsafe_path_reason(path)
+                or (path_plain is not None and not _plain_str(path_plain))
+                or (digest_plain is not None and not _plain_str(digest_plain))
+            ):
+                return None
+            if sha256 or sha256_quoted:
+                files[path] = LockedFile(path, int(size), sha256=sha256 or sha256_quoted)
+            else:
+                files[path] = LockedFile(path, int(size), git_sha1=git_sha1 or git_sha1_quoted)
+            pos = item.end()
+        if not files or text.startswith(_ITEM_CONTINUES, pos):
+            return None
+        before = text[done : key.start()]
+        line += before.count("\n")
+        skeleton += [before, _EMPTY_FILES]
+        blocks[line] = tuple(files[p] for p in sorted(files))
+        line += 1
+        done = pos
+    if not blocks:
+        return None
+    skeleton.append(text[done:])
+    return "".join(skeleton), blocks
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -257,9 +351,9 @@ def load_lock(path: str | Path) -> Lock:
 def parse_lock(text: str, path: str) -> Lock:
     """Validate lockfile text; `path` names the file in messages.
 
-    Files lists in the layout `dump_lock` writes are read line by line (`_fast_files`): composing
-    YAML nodes costs ~50 us per file even with libyaml, seconds for a 100k-file repo. Anything else,
-    and every invalid lockfile, goes through the YAML reader, whose messages carry line:col.
+    Files lists in `_ITEM`'s layout are read line by line (`_split_files_blocks`), the rest as YAML
+    nodes. Anything else, and every invalid lockfile, goes through the YAML reader alone, whose
+    messages carry the lockfile's own line:col.
     """
     fast = _split_files_blocks(text)
     if fast is not None:
@@ -273,98 +367,35 @@ def parse_lock(text: str, path: str) -> Lock:
     return _LockReader(path).parse(text)
 
 
-_FILES_KEY = re.compile(r"^  files:\n", re.MULTILINE)  # an entry's files list, as `dump_lock` writes it
-# One file item as `dump_lock` writes it, each value plain or single-quoted: a plain path of these
-# characters, or a plain hex with a letter in it, is a string by YAML's rules (`_plain_str` checks
-# the paths that could be something else); anything else is left to the YAML reader.
-_PLAIN_PATH = r"[A-Za-z0-9_.][A-Za-z0-9_./+=@~-]*"
-_PATH = re.compile(_PLAIN_PATH)
-# Hex with a letter in it is a string for YAML, unless it reads as a binary int (0b0101...).
-_PLAIN_HEX_RULE = r"(?=[0-9]*[a-f])(?!0b[01]*(?![0-9a-f]))[0-9a-f]"
-_PLAIN_HEX = re.compile(_PLAIN_HEX_RULE + "+")
-_HEX = re.compile("[0-9a-f]+")
-_ITEM = re.compile(
-    rf"  - path: (?:({_PLAIN_PATH})|'([A-Za-z0-9_./+=@~ :-]*)')\n"
-    r"    size: (0|[1-9][0-9]*)\n"
-    rf"    (?:sha256: (?:({_PLAIN_HEX_RULE}{{64}})|'([0-9a-f]{{64}})')"
-    rf"|git_sha1: (?:({_PLAIN_HEX_RULE}{{40}})|'([0-9a-f]{{40}})'))\n"
-)
-_ITEM_CONTINUES = ("  - ", "    ")  # what a line of a files list starts with
-_RESOLVER = yaml.resolver.Resolver()
+def _located(path: str, line: int, column: int, key_path: str, message: str) -> LockfileError:
+    where = f"{path}:{line}:{column}"
+    return LockfileError(f"{where}: {key_path}: {message}" if key_path else f"{where}: {message}")
 
 
-def _split_files_blocks(text: str) -> tuple[str, dict[int, tuple[LockedFile, ...]]] | None:
-    """(the text with each entry's files list replaced by `[]`, line of each `[]` -> its files),
-    or None when a files list is not in `dump_lock`'s layout or is invalid."""
-    skeleton: list[str] = []
-    blocks: dict[int, tuple[LockedFile, ...]] = {}
-    line, done = 0, 0
-    for key in _FILES_KEY.finditer(text):
-        if key.start() < done:
-            return None
-        files: dict[str, LockedFile] = {}
-        pos = key.end()
-        while item := _ITEM.match(text, pos):
-            path = item[1] if item[1] is not None else item[2]
-            if path in files or unsafe_path_reason(path) or (item[1] is not None and not _plain_str(path)):
-                return None
-            size = int(item[3])
-            if item[4] is not None or item[5] is not None:
-                files[path] = LockedFile(path=path, size=size, sha256=item[4] or item[5])
-            else:
-                files[path] = LockedFile(path=path, size=size, git_sha1=item[6] or item[7])
-            pos = item.end()
-        if not files or text.startswith(_ITEM_CONTINUES, pos):
-            return None
-        before = text[done : key.start()]
-        line += before.count("\n")
-        skeleton += [before, "  files: []\n"]
-        blocks[line] = tuple(files[p] for p in sorted(files))
-        line += 1
-        done = pos
-    if not blocks:
-        return None
-    skeleton.append(text[done:])
-    return "".join(skeleton), blocks
-
-
-def _plain_str(scalar: str) -> bool:
-    """Whether YAML reads this plain scalar (of `_ITEM`'s path characters) as a string."""
-    if "/" in scalar or scalar[0] not in _RESOLVER.yaml_implicit_resolvers:
-        return True  # no implicit type (bool, int, float, null, timestamp, merge) has a '/' or starts so
-    return bool(_RESOLVER.resolve(ScalarNode, scalar, (True, False)) == "tag:yaml.org,2002:str")
-
-
-class _LockReader:
-    """Walks the composed YAML nodes so that errors carry line:col and a key path."""
+class _LockReader(YamlReader):
+    """The lockfile's entries and files, on the shared located-YAML reader (no merge keys: a lockfile is
+    written by prefetch, never with `<<`)."""
 
     def __init__(self, path: str, fast_files: dict[int, tuple[LockedFile, ...]] | None = None) -> None:
-        self.path = path
-        self.constructor = SafeConstructor()
+        super().__init__(path, partial(_located, path), merge_keys=False)
         # Files lists `_split_files_blocks` read, by the line of the `[]` that stands for each:
         # taken (and removed) by the entry whose `files` is there.
         self.fast_files = fast_files if fast_files is not None else {}
 
-    def fail(self, node: Node | None, key_path: str, message: str) -> NoReturn:
-        where = self.path
-        if node is not None:
-            where += f":{node.start_mark.line + 1}:{node.start_mark.column + 1}"
-        raise LockfileError(f"{where}: {key_path}: {message}" if key_path else f"{where}: {message}")
-
     def parse(self, text: str) -> Lock:
-        try:
-            root = yaml.compose(text, Loader=_SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = f"{self.path}:{mark.line + 1}:{mark.column + 1}" if mark else self.path
-            raise LockfileError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
-        except yaml.YAMLError as exc:
-            raise LockfileError(f"{self.path}: invalid YAML: {exc}") from None
+        root = self.compose(text)
         if root is None:
-            self.fail(None, "", "the lockfile is empty")
-        top = self.mapping(root, "", _TOP_KEYS, required=("version",), check_unknown=False)
-        version_node = top["version"]
-        version = self.integer(version_node, "version")
+            raise LockfileError(f"{self.path}: the lockfile is empty")
+        top = self.keys(root, "")
+        if "entries" not in top and any(key in top for key in MANIFEST_KEYS if key not in _TOP_KEYS):
+            lock_name = default_lock_path(Path(self.path)).name
+            message = (
+                "this is a manifest, not a lockfile: pass the lockfile written from it (e.g. "
+                f"{lock_name}, beside it; `prefetch lock` writes it)"
+            )
+            self.fail(root, "", message)
+        version_node = self.require(top, root, "", "version")
+        version = self.integer(version_node, "version", 0)
         if version != LOCK_VERSION:
             newer = " (written by a newer prefetch: upgrade, or re-lock)" if version > LOCK_VERSION else ""
             reads = f"prefetch {__version__} reads version {LOCK_VERSION}"
@@ -373,13 +404,7 @@ class _LockReader:
         top = self.mapping(
             root, "", _TOP_KEYS, required=("version", "tool_version", "manifest_digest", "entries")
         )
-        cache_dir = None
-        if "cache_dir" in top and not self.is_null(top["cache_dir"]):
-            cache_dir = self.string(top["cache_dir"], "cache_dir")
-        endpoint = None
-        if "endpoint" in top and not self.is_null(top["endpoint"]):
-            endpoint = self.string(top["endpoint"], "endpoint")
-        entries_node = top["entries"]
+        entries_node = top["entries"].value
         if not isinstance(entries_node, SequenceNode):
             self.fail(entries_node, "entries", "expected a list of entries")
         entries: list[LockedEntry] = []
@@ -394,17 +419,17 @@ class _LockReader:
             entries.append(entry)
         return Lock(
             manifest_digest=self.matching(
-                top["manifest_digest"], "manifest_digest", _DIGEST, "sha256:<64 hex>"
+                top["manifest_digest"].value, "manifest_digest", _DIGEST, "sha256:<64 hex>"
             ),
-            tool_version=self.string(top["tool_version"], "tool_version"),
+            tool_version=self.string(top["tool_version"].value, "tool_version"),
             entries=tuple(entries),
             version=version,
-            cache_dir=cache_dir,
-            endpoint=endpoint,
+            cache_dir=self.optional(top, "cache_dir", "", self.string),
+            endpoint=self.optional(top, "endpoint", "", self.string),
         )
 
     def entry(self, node: Node, key_path: str) -> LockedEntry:
-        items = self.mapping(node, key_path, _ENTRY_KEYS, required=_ENTRY_KEYS)
+        items = self.values(node, key_path, _ENTRY_KEYS, required=_ENTRY_KEYS)
         repo = self.string(items["repo"], f"{key_path}.repo")
         problem = repo_id_problem(repo)
         if problem:
@@ -444,12 +469,12 @@ class _LockReader:
 
     def file(self, node: Node, key_path: str) -> tuple[LockedFile, Node]:
         """One file, and the node of its path (for the caller's duplicate check)."""
-        items = self.mapping(node, key_path, _FILE_KEYS, required=("path", "size"))
+        items = self.values(node, key_path, _FILE_KEYS, required=("path", "size"))
         path = self.string(items["path"], f"{key_path}.path")
         problem = unsafe_path_reason(path)
         if problem:
             self.fail(items["path"], f"{key_path}.path", f"unsafe file path {path!r}: {problem}")
-        size = self.integer(items["size"], f"{key_path}.size")
+        size = self.integer(items["size"], f"{key_path}.size", 0)
         if "sha256" in items and "git_sha1" in items:
             self.fail(
                 node, key_path, "expected one of sha256 (LFS files) or git_sha1 (other files), not both"
@@ -463,64 +488,17 @@ class _LockReader:
             )
         return LockedFile(path=path, size=size, sha256=sha256, git_sha1=git_sha1), items["path"]
 
-    # ---- generic readers
-
-    def mapping(
-        self,
-        node: Node,
-        key_path: str,
-        allowed: tuple[str, ...],
-        required: tuple[str, ...],
-        check_unknown: bool = True,
+    def values(
+        self, node: Node, key_path: str, allowed: tuple[str, ...], required: tuple[str, ...]
     ) -> dict[str, Node]:
-        if not isinstance(node, MappingNode):
-            self.fail(node, key_path, "expected a mapping")
-        items: dict[str, Node] = {}
-        for key_node, value in node.value:
-            if not isinstance(key_node, ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
-                self.fail(key_node, key_path, "expected a plain string key")
-            key = key_node.value
-            sub_path = f"{key_path}.{key}" if key_path else key
-            if check_unknown and key not in allowed:
-                self.fail(key_node, sub_path, f"unknown key {key!r} (allowed: {', '.join(allowed)})")
-            if key in items:
-                self.fail(key_node, sub_path, f"duplicate key {key!r}")
-            items[key] = value
-        for key in required:
-            if key not in items:
-                self.fail(node, key_path, f"missing required key {key!r}")
-        return items
-
-    @staticmethod
-    def is_null(node: Node) -> bool:
-        return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
-
-    def string(self, node: Node, key_path: str) -> str:
-        if not (isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:str"):
-            self.fail(node, key_path, "expected a string")
-        return node.value
+        """`mapping`'s keys and their values (a lockfile's keys are all plain: no merge to trace back)."""
+        return {key: item.value for key, item in self.mapping(node, key_path, allowed, required).items()}
 
     def matching(self, node: Node, key_path: str, pattern: re.Pattern[str], what: str) -> str:
         value = self.string(node, key_path)
         if not pattern.fullmatch(value):
             self.fail(node, key_path, f"expected {what}, got {value!r}")
         return value
-
-    def integer(self, node: Node, key_path: str) -> int:
-        value: object = None
-        if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:int":
-            try:
-                value = self.constructor.construct_object(node)
-            except ConstructorError:
-                value = None
-        if not isinstance(value, int) or value < 0:
-            self.fail(node, key_path, "expected an integer >= 0")
-        return value
-
-    def strings(self, node: Node, key_path: str) -> tuple[str, ...]:
-        if not isinstance(node, SequenceNode):
-            self.fail(node, key_path, "expected a list of strings")
-        return tuple(self.string(child, f"{key_path}[{i}]") for i, child in enumerate(node.value))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
 """The manifest (`models.yaml`): pure data, no network. Parsing and validation with file:line:col errors.
 
-Parsing goes through `yaml.compose` (nodes with marks) instead of `yaml.safe_load` (plain values) so that
-every error can point at the exact line and column, and so that duplicate keys, which `safe_load`
-silently collapses, can be reported.
+The YAML is read as located nodes (`located_yaml`, shared with the lockfile): this module holds only
+the manifest's own fields, defaults and rules.
 """
 
 from __future__ import annotations
@@ -10,23 +9,21 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import math
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
-import yaml
-from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prefetch.errors import BadProxyUrl, ManifestError
 from prefetch.hfhub import REPO_TYPES, repo_id_problem
-from prefetch.net.proxies import parse_proxy_url
+from prefetch.located_yaml import STR, Item, YamlReader, join, line_of
 from prefetch.paths import revision_problem
+from prefetch.proxy_url import parse_proxy_url
 from prefetch.settings import RetrySettings
 
 MANIFEST_VERSION = 1
@@ -136,171 +133,26 @@ def parse_manifest(text: str, path: str) -> Manifest:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Implementation: walk the composed node tree, building values and checking them with their marks at hand.
+# Implementation: walk the composed node tree (`located_yaml`), building values and checking them with
+# their marks at hand.
 
-_TAG = "tag:yaml.org,2002:"
-_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
-_MERGE = _TAG + "merge"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DESCRIPTIONS = {
-    _STR: "a string",
-    _INT: "a number",
-    _FLOAT: "a number",
-    _BOOL: "true/false",
-    _NULL: "nothing (null)",
-    _TAG + "timestamp": "a date",
-    _TAG + "binary": "binary data",
-}
-
-T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class _Item:
-    """One key of a mapping after merge keys are applied, with both nodes kept for their marks."""
-
-    key_node: Node
-    value: Node
-
-
-def _join(key_path: str, key: str) -> str:
-    return f"{key_path}.{key}" if key_path else key
-
-
-def _line(node: Node) -> int:
-    return node.start_mark.line + 1
-
-
-class _Parser:
-    """Holds the manifest's name so that every check can raise a located error in one call."""
+class _Parser(YamlReader):
+    """The manifest's fields, defaults and rules, on the shared located-YAML reader."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self.constructor = SafeConstructor()
+        super().__init__(path, partial(ManifestError, path), merge_keys=True)
 
-    # ---- errors and generic node readers
-
-    def fail(self, node: Node, key_path: str, message: str) -> NoReturn:
-        mark = node.start_mark
-        raise ManifestError(self.path, mark.line + 1, mark.column + 1, key_path, message)
-
-    def scalar(self, node: Node, key_path: str) -> object:
-        """The Python value of a scalar node, as `safe_load` would build it; custom tags are errors."""
-        try:
-            return self.constructor.construct_object(node, deep=True)
-        except ConstructorError as exc:
-            tag = node.tag.replace(_TAG, "!!", 1)
-            self.fail(node, key_path, f"unsupported YAML tag '{tag}' ({exc.problem})")
-
-    def describe(self, node: Node, key_path: str, *, echo: bool = True) -> str:
-        """How messages name what was found instead of the expected type, with a quoting hint."""
-        if isinstance(node, MappingNode):
-            return "a mapping"
-        if isinstance(node, SequenceNode):
-            return "a list"
-        self.scalar(node, key_path)  # rejects custom tags
-        found = _DESCRIPTIONS.get(node.tag, "another type")
-        if node.tag in (_NULL, _STR) or not node.value or not echo:
-            return found
-        return f"{found}; quote it to make it a string: '{node.value}'"
-
-    def string(self, node: Node, key_path: str, *, echo: bool = True) -> str:
-        """A string value; `echo=False` keeps the value out of the message (it may be a secret)."""
-        if isinstance(node, ScalarNode) and node.tag == _STR:
-            return node.value
-        found = self.describe(node, key_path, echo=echo)
-        self.fail(node, key_path, f"expected a string, got {found}")
-
-    def mapping(self, node: Node, key_path: str, allowed: tuple[str, ...]) -> dict[str, _Item]:
-        """A mapping's keys (merge keys applied, duplicates and unknown keys rejected)."""
-        if not isinstance(node, MappingNode):
-            self.fail(node, key_path, f"expected a mapping, got {self.describe(node, key_path)}")
-        items = self.flatten(node, key_path, frozenset())
-        for key, item in items.items():
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else "allowed keys: " + ", ".join(allowed)
-                self.fail(item.key_node, _join(key_path, key), f"unknown key '{key}' ({hint})")
-        return items
-
-    def flatten(self, node: MappingNode, key_path: str, active: frozenset[int]) -> dict[str, _Item]:
-        """Apply `<<` merge keys like YAML does (explicit keys win, earlier merged mappings win)."""
-        if id(node) in active:
-            self.fail(node, key_path, "merge key '<<' refers to a mapping that contains it")
-        active = active | {id(node)}
-        explicit: dict[str, _Item] = {}
-        merged: dict[str, _Item] = {}
-        for key_node, value in node.value:
-            if key_node.tag == _MERGE:
-                sources = value.value if isinstance(value, SequenceNode) else [value]
-                for source in sources:
-                    if not isinstance(source, MappingNode):
-                        self.fail(source, key_path, "a merge key '<<' takes a mapping or a list of mappings")
-                    for key, item in self.flatten(source, key_path, active).items():
-                        merged.setdefault(key, item)
-                continue
-            if not isinstance(key_node, ScalarNode):
-                self.fail(key_node, key_path, "expected a plain key, not a list or mapping")
-            key = key_node.value
-            if key in explicit:
-                first = _line(explicit[key].key_node)
-                message = f"duplicate key '{key}' (first at line {first}; YAML would keep only the last one)"
-                self.fail(key_node, _join(key_path, key), message)
-            explicit[key] = _Item(key_node, value)
-        return {**merged, **explicit}
-
-    def optional(
-        self, items: dict[str, _Item], key: str, key_path: str, read: Callable[[Node, str], T]
-    ) -> T | None:
-        """Read `key` if present and not null."""
-        item = items.get(key)
-        if item is None or self.is_null(item.value):
-            return None
-        return read(item.value, _join(key_path, key))
-
-    @staticmethod
-    def is_null(node: Node) -> bool:
-        return isinstance(node, ScalarNode) and node.tag == _NULL
-
-    # ---- typed readers
-
-    def integer(self, node: Node, key_path: str, minimum: int) -> int:
-        value = self.scalar(node, key_path) if isinstance(node, ScalarNode) else None
-        if node.tag != _INT or not isinstance(value, int) or value < minimum:
-            self.fail(node, key_path, f"expected an integer >= {minimum}, got {self.found(node, key_path)}")
-        return value
-
-    def positive_number(self, node: Node, key_path: str) -> float:
-        value = self.scalar(node, key_path) if isinstance(node, ScalarNode) else None
-        if node.tag not in (_INT, _FLOAT) or not isinstance(value, int | float):
-            self.fail(node, key_path, f"expected a number > 0 (seconds), got {self.found(node, key_path)}")
-        if not math.isfinite(value) or value <= 0:
-            self.fail(node, key_path, f"expected a number > 0 (seconds), got {self.found(node, key_path)}")
-        return float(value)
-
-    def found(self, node: Node, key_path: str) -> str:
-        """What a numeric check found: the literal for scalars, the kind otherwise."""
-        if isinstance(node, ScalarNode) and node.tag != _NULL and node.value:
-            self.scalar(node, key_path)
-            return repr(node.value) if node.tag == _STR else node.value
-        return self.describe(node, key_path)
-
-    def boolean(self, node: Node, key_path: str) -> bool:
-        if not (isinstance(node, ScalarNode) and node.tag == _BOOL):
-            self.fail(node, key_path, f"expected true or false, got {self.found(node, key_path)}")
-        return bool(self.scalar(node, key_path))
+    # ---- the manifest's values
 
     def patterns(self, node: Node, key_path: str) -> tuple[str, ...]:
         """`include`/`exclude`: one glob or a list of globs, matched against repo-relative paths."""
-        if isinstance(node, SequenceNode):
-            items = [(child, f"{key_path}[{i}]") for i, child in enumerate(node.value)]
-        elif isinstance(node, ScalarNode) and node.tag == _STR:
-            items = [(node, key_path)]
-        else:
-            found = self.describe(node, key_path)
-            self.fail(node, key_path, f"expected a list of strings (or one string), got {found}")
         result = []
-        for child, child_path in items:
+        for child, child_path in self.elements(
+            node, key_path, "a list of strings (or one string)", or_one_string=True
+        ):
             pattern = self.string(child, child_path)
             if not pattern.strip():
                 self.fail(child, child_path, "expected a non-empty glob pattern")
@@ -382,7 +234,7 @@ class _Parser:
         return value
 
     def proxy_url(self, node: Node, key_path: str) -> str:
-        """A proxy URL, through the one proxy parser (`net.proxies`); never echoed: it may carry a password."""
+        """A proxy URL, through the one proxy parser (`proxy_url`); never echoed: it may carry a password."""
         value = self.string(node, key_path, echo=False)
         try:
             return parse_proxy_url(value)
@@ -411,9 +263,11 @@ class _Parser:
             )
         if not isinstance(root, MappingNode):
             self.fail(
-                root, "", f"the manifest must be a mapping (version:, repos:…), got {self.describe(root, '')}"
+                root,
+                "",
+                f"the manifest must be a mapping (version:, repos:…), got {self.describe(root, '', echo=False)}",
             )
-        items = self.flatten(root, "", frozenset())
+        items = self.keys(root, "")
         if "repos" not in items and any(key in items for key in LOCKFILE_KEYS):
             manifest = Path(self.path).with_suffix(".yaml").name
             message = (
@@ -421,9 +275,7 @@ class _Parser:
                 f"it was generated from (e.g. {manifest}, beside it)"
             )
             self.fail(root, "", message)
-        if "version" not in items:
-            self.fail(root, "", "missing required key 'version' (add 'version: 1')")
-        version_node = items["version"].value
+        version_node = self.require(items, root, "", "version", "add 'version: 1'")
         version = self.integer(version_node, "version", 1)
         if version != MANIFEST_VERSION:
             message = (
@@ -438,9 +290,8 @@ class _Parser:
         proxies = self.optional(items, "proxies", "", self.proxies) or ()
         retry = self.optional(items, "retry", "", self.retry) or RetrySettings()
         defaults = self.optional(items, "defaults", "", lambda n, p: self.mapping(n, p, DEFAULT_KEYS)) or {}
-        if "repos" not in items:
-            self.fail(root, "", "missing required key 'repos' (the list of repos to prefetch)")
-        entries = self.entries(items["repos"].value, defaults)
+        repos = self.require(items, root, "", "repos", "the list of repos to prefetch")
+        entries = self.entries(repos, defaults)
         return Manifest(
             path=Path(self.path),
             entries=entries,
@@ -452,54 +303,36 @@ class _Parser:
             retry=retry,
         )
 
-    def compose(self, text: str) -> Node | None:
-        """YAML syntax errors become ManifestErrors at the position the YAML parser reports."""
-        try:
-            return yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            message = exc.problem or exc.context or "syntax error"
-            if exc.context and exc.problem:
-                at = exc.context_mark
-                where = f" at line {at.line + 1}, column {at.column + 1}" if at else ""
-                message = f"{exc.context}{where}: {exc.problem}"
-            raise ManifestError(self.path, line, column, "", f"invalid YAML: {message}") from None
-        except yaml.reader.ReaderError as exc:
-            line = text.count("\n", 0, exc.position) + 1
-            column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-            char = exc.character if isinstance(exc.character, int) else ord(exc.character)
-            message = f"invalid YAML: character U+{char:04X} is not allowed in YAML text"
-            raise ManifestError(self.path, line, column, "", message) from None
-        except yaml.YAMLError as exc:
-            raise ManifestError(self.path, 1, 1, "", f"invalid YAML: {exc}") from None
-
     def proxies(self, node: Node, key_path: str) -> tuple[str, ...]:
-        if isinstance(node, ScalarNode) and node.tag == _STR:
-            return (self.proxy_url(node, key_path),)
-        if not isinstance(node, SequenceNode):
-            found = self.describe(node, key_path)
-            self.fail(node, key_path, f"expected a list of strings (http:// proxy URLs), got {found}")
-        return tuple(self.proxy_url(child, f"{key_path}[{i}]") for i, child in enumerate(node.value))
+        expected = "a list of strings (http:// proxy URLs)"
+        return tuple(
+            self.proxy_url(child, path)
+            for child, path in self.elements(node, key_path, expected, or_one_string=True)
+        )
+
+    def seconds(self, node: Node, key_path: str) -> float:
+        return self.positive_number(node, key_path, "seconds")
 
     def retry(self, node: Node, key_path: str) -> RetrySettings:
         items = self.mapping(node, key_path, RETRY_KEYS)
         base = RetrySettings()
         attempts = self.optional(items, "attempts", key_path, lambda n, p: self.integer(n, p, 1))
-        max_wait = self.optional(items, "max_wait", key_path, self.positive_number)
-        max_time = self.optional(items, "max_time", key_path, self.positive_number)
+        max_wait = self.optional(items, "max_wait", key_path, self.seconds)
+        max_time = self.optional(items, "max_time", key_path, self.seconds)
         return RetrySettings(
             attempts=base.attempts if attempts is None else attempts,
             max_wait=base.max_wait if max_wait is None else max_wait,
             max_time=base.max_time if max_time is None else max_time,
         )
 
-    def entries(self, node: Node, defaults: dict[str, _Item]) -> tuple[Entry, ...]:
+    def entries(self, node: Node, defaults: dict[str, Item]) -> tuple[Entry, ...]:
         if self.is_null(node) or (isinstance(node, SequenceNode) and not node.value):
             self.fail(node, "repos", "'repos' needs at least one entry (- repo: namespace/name)")
         if not isinstance(node, SequenceNode):
             self.fail(
-                node, "repos", f"expected a list of entries (- repo: …), got {self.describe(node, 'repos')}"
+                node,
+                "repos",
+                f"expected a list of entries (- repo: …), got {self.describe(node, 'repos', echo=False)}",
             )
         base = self.fields(defaults, "defaults")
         seen: dict[str, Entry] = {}
@@ -517,7 +350,7 @@ class _Parser:
             result.append(entry)
         return tuple(result)
 
-    def fields(self, items: dict[str, _Item], key_path: str) -> dict[str, object]:
+    def fields(self, items: dict[str, Item], key_path: str) -> dict[str, object]:
         """The per-entry settings present in a mapping (defaults or entry); explicit null counts as set."""
         readers: dict[str, Callable[[Node, str], object]] = {
             "revision": self.revision,
@@ -535,17 +368,15 @@ class _Parser:
             if self.is_null(item.value) and key != "revision":
                 result[key] = () if key == "exclude" else None
             else:
-                result[key] = read(item.value, _join(key_path, key))
+                result[key] = read(item.value, join(key_path, key))
         return result
 
     def entry(self, node: Node, index: int, defaults: dict[str, object]) -> Entry:
         key_path = f"repos[{index}]"
-        if isinstance(node, ScalarNode) and node.tag == _STR:
+        if isinstance(node, ScalarNode) and node.tag == STR:
             self.fail(node, key_path, f"expected a mapping: write '- repo: {node.value}'")
         items = self.mapping(node, key_path, ENTRY_KEYS)
-        if "repo" not in items:
-            self.fail(node, key_path, "missing required key 'repo'")
-        repo = self.repo_id(items["repo"].value, _join(key_path, "repo"))
+        repo = self.repo_id(self.require(items, node, key_path, "repo"), join(key_path, "repo"))
         repo_type = self.optional(items, "type", key_path, self.repo_type) or "model"
         own = self.fields(items, key_path)
         settings = {**defaults, **own}
@@ -561,7 +392,7 @@ class _Parser:
             own_include=own.get("include") or (),  # type: ignore[arg-type]
             own_exclude=own.get("exclude") or (),  # type: ignore[arg-type]
             index=index,
-            line=_line(node),
+            line=line_of(node),
             column=node.start_mark.column + 1,
             manifest_path=self.path,
         )

@@ -595,3 +595,60 @@ def test_expected_example_manifests_exist() -> None:
     assert any(len(e.revision) == 40 for e in datasets.entries)
     serving = load_manifest(MANIFESTS / "llm-serving.yaml")
     assert any(e.gated for e in serving.entries) and any(e.revision not in ("main",) for e in serving.entries)
+
+
+# ---- hostile YAML (the shared reader, `located_yaml`)
+
+
+@pytest.mark.parametrize(
+    ("repos", "column"),
+    [
+        ("[" * 50_000 + "]" * 50_000, 107),  # flow: the 100th '[' (the top mapping is the first level)
+        ("\n  " + "- " * 50_000 + "x", 201),  # block, on one line: the 100th '- '
+    ],
+    ids=["flow", "block"],
+)
+def test_nesting_deeper_than_the_bound_is_an_error_at_its_position(repos: str, column: int) -> None:
+    line = 2 if repos.startswith("[") else 3
+    exc = check(f"version: 1\nrepos: {repos}\n", line, column, "", "")
+    assert exc.message == "lists and mappings nested more than 100 levels deep"
+
+
+def test_aliases_merged_many_times_are_read_once() -> None:
+    """Each entry merges the one before twice: read naively, 2**60 mappings for the last."""
+    text = "version: 1\nrepos:\n  - &m0 {repo: a/b, gated: true}\n"
+    text += "".join(f"  - &m{i} {{<<: [*m{i - 1}, *m{i - 1}], revision: v{i}}}\n" for i in range(1, 61))
+    entries = parse(text).entries
+    assert len(entries) == 61 and all(e.gated for e in entries) and entries[-1].revision == "v60"
+
+
+def test_a_merge_chain_deeper_than_the_bound_is_an_error_not_a_crash() -> None:
+    """Aliases chain merges without nesting the text: the chain is bounded like nesting."""
+    chain = "".join(f"  - &m{i} {{<<: *m{i - 1}}}\n" for i in range(1, 200))
+    text = "version: 1\nx-anchors:\n  - &m0 {repo: a/b}\n" + chain + "<<: *m199\nrepos: [{repo: a/b}]\n"
+    exc = check(text, 103, 5, "", "")  # m100: the 100th mapping merging the next
+    assert exc.message == "merge keys '<<' chained more than 100 levels deep"
+
+
+@pytest.mark.parametrize(
+    ("value", "tag"),
+    [
+        ("!!int abc", "!!int"),
+        ("!!float abc", "!!float"),
+        ("!!timestamp xyz", "!!timestamp"),
+        ("!!bool maybe", "!!bool"),
+        ("1" * 5000, "!!int"),  # past Python's 4,300 digits for int()
+    ],
+)
+def test_a_value_its_tag_cannot_hold_is_an_error_not_a_crash(value: str, tag: str) -> None:
+    check(f"version: {value}\nrepos: [{{repo: a/b}}]\n", 1, 10, "version", f"invalid '{tag}' value")
+
+
+def test_a_lone_surrogate_is_located() -> None:
+    check("version: 1\nrepos: [{repo: 'a/\ud800'}]\n", 2, 19, "", "character U+D800 is not allowed")
+
+
+def test_no_hint_to_quote_where_a_string_would_not_do() -> None:
+    assert error("version: 1\nretry: 5\nrepos: [{repo: a/b}]\n").message == "expected a mapping, got a number"
+    assert error("version: 1\nrepos: 5\n").message == "expected a list of entries (- repo: …), got a number"
+    assert "quote it" in error("version: 1\nrepos: [{repo: a/b, include: 5}]\n").message  # a string would do
