@@ -39,6 +39,7 @@ import pytest
 import yaml
 
 import prefetch
+from tests.hubemu.hub import Fault
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_APP = ROOT / "docs" / "examples" / "app"
@@ -954,13 +955,34 @@ def test_daemonset_pod_warms_a_node_as_written(prefetch_image: str, hub: Any, tm
     assert CANARY not in json.dumps(node.spec)
 
 
+def corrupt_in_place(path: Path) -> None:
+    """Flip one byte in the middle of a file: same inode, same size (`verify --fast` passes), another hash."""
+    with path.open("r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def wait_not_ready(node: Node, seconds: float) -> float:
+    """Poll the readiness probe until it fails; how long that took."""
+    start = time.monotonic()
+    while node.ready():
+        assert node.pod is not None and node.pod.running(node.name), podman("logs", node.name).stderr
+        assert time.monotonic() - start < seconds, f"still Ready after {seconds} s:\n" + (
+            podman("logs", node.name).stderr
+        )
+        time.sleep(0.3)
+    return time.monotonic() - start
+
+
 @pytest.mark.container
 @pytest.mark.timeout(900)
 def test_daemonset_node_repairs_a_wiped_cache(prefetch_image: str, hub: Any, tmp_path: Path) -> None:
-    """A blob deleted under a Ready pod: the readiness probe fails, the watch loop ends the container
-    (exit 7), and the container the kubelet restarts syncs the file back and is Ready again."""
+    """Blobs deleted under a Ready pod: the next check (CHECK_SECONDS) turns the pod not-Ready, and the
+    same container, still running, syncs the files back and is Ready again."""
     repo = private_repo(hub, "acme/repair-model")
-    weights = os.urandom(64 * 1024)
+    weights = os.urandom(256 * 1024)
     repo.commit({"config.json": b"{}", "model.safetensors": weights})
     manifest = {"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/repair-model"}]}
     configmap = configmap_folder(tmp_path / "configmap", manifest, CANARY)
@@ -968,19 +990,110 @@ def test_daemonset_node_repairs_a_wiped_cache(prefetch_image: str, hub: Any, tmp
     try:
         node.start(configmap)
         node.wait_ready()
+        hub.inject(Fault(kind="slow", origin="cdn", times=None, bytes_per_sec=64 * 1024))  # see it not-Ready
         blobs = node.cache / "models--acme--repair-model" / "blobs"
         for blob in blobs.iterdir():
             blob.unlink()
-        assert not node.ready(), "a node that lost files of its lock is not Ready"
-        assert node.pod is not None
-        code = node.pod.wait_exit(node.name)
-        assert code == 7, podman("logs", node.name).stderr
-        assert "restarting to repair" in podman("logs", node.name).stderr
-        node.restart_container()
+        wait_not_ready(node, seconds=30)
         node.wait_ready()
+        assert "repairing" in podman("logs", node.name).stderr
         commit = yaml.safe_load((configmap / "models.lock").read_text())["entries"][0]["commit"]
         snapshot = node.cache / "models--acme--repair-model" / "snapshots" / commit
         assert (snapshot / "model.safetensors").read_bytes() == weights
+    finally:
+        node.stop()
+
+
+@pytest.mark.container
+@pytest.mark.timeout(900)
+def test_daemonset_node_repairs_a_blob_corrupted_in_place(
+    prefetch_image: str, hub: Any, tmp_path: Path
+) -> None:
+    """Bit rot: a blob changed in place keeps its size, so only a full verify sees it. Under a Ready
+    pod, the next full check (VERIFY_SECONDS) turns the pod not-Ready and the container repairs the
+    blob in place, still running; corrupted while the container is down, the restarted container
+    repairs it at start instead of exiting 7 again and again (a crash loop)."""
+    repo = private_repo(hub, "acme/bitrot-model")
+    weights = os.urandom(256 * 1024)
+    repo.commit({"config.json": b"{}", "model.safetensors": weights})
+    manifest = {"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/bitrot-model"}]}
+    configmap = configmap_folder(tmp_path / "configmap", manifest, CANARY)
+    node = Node(tmp_path / "node", prefetch_image, CANARY, env={"CHECK_SECONDS": "1", "VERIFY_SECONDS": "3"})
+    blob = node.cache / "models--acme--bitrot-model" / "blobs" / hashlib.sha256(weights).hexdigest()
+    try:
+        node.start(configmap)
+        node.wait_ready()
+        # the repair's download takes ~4 s, so the probe can be seen failing before it is done
+        hub.inject(Fault(kind="slow", origin="cdn", times=None, bytes_per_sec=64 * 1024))
+        hub.reset_counters()
+        corrupt_in_place(blob)
+        wait_not_ready(node, seconds=30)  # one full check (3 s), with room for a slow machine
+        node.wait_ready()  # and it stays up meanwhile: repaired in place, no restart
+        assert blob.read_bytes() == weights
+        assert hub.bytes_served(hashlib.sha256(weights).hexdigest()) == len(weights), "only the bad blob"
+        assert "repairing" in podman("logs", node.name).stderr
+
+        hub.clear_faults()
+        podman("stop", "-t", "10", node.name)
+        corrupt_in_place(blob)  # while the container is down: its restart must repair, not crash-loop
+        node.restart_container()
+        node.wait_ready()
+        assert blob.read_bytes() == weights
+    finally:
+        node.stop()
+
+
+@pytest.mark.container
+@pytest.mark.timeout(900)
+def test_daemonset_pod_stops_on_sigterm_keeping_its_partial_files(
+    prefetch_image: str, hub: Any, tmp_path: Path
+) -> None:
+    """Deleting a pod sends SIGTERM to its container's PID 1, the shell, then SIGKILL after the grace
+    period (60 s). The container must end within seconds: during a sync, with the partial file kept
+    (and resumed by the next container), and while it watches."""
+    repo = hub.create_repo("acme/slow-model")
+    weights = os.urandom(4 * 2**20)
+    repo.commit({"config.json": b"{}", "model.safetensors": weights})
+    manifest = {"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/slow-model"}]}
+    configmap = configmap_folder(tmp_path / "configmap", manifest, None)
+    node = Node(tmp_path / "node", prefetch_image, "")
+    blobs = node.cache / "models--acme--slow-model" / "blobs"
+
+    def partial_bytes() -> int:
+        """What the partial file's resume state says was written (the file itself is preallocated)."""
+        found = blobs.glob("*.prefetch-partial.json") if blobs.is_dir() else []
+        return sum(b - a for p in found for a, b in json.loads(p.read_bytes() or b"{}").get("done", []))
+
+    def stop_takes() -> float:
+        start = time.monotonic()
+        podman("stop", "-t", "60", node.name, timeout=120)
+        return time.monotonic() - start
+
+    hub.inject(Fault(kind="slow", origin="cdn", times=None, bytes_per_sec=256 * 1024))  # 16 s for the file
+    try:
+        node.start(configmap)
+        deadline = time.monotonic() + 60
+        while partial_bytes() < 2**20:
+            assert time.monotonic() < deadline, "the sync never started:\n" + podman("logs", node.name).stderr
+            time.sleep(0.2)
+        took = stop_takes()
+        logs = podman("logs", node.name).stderr
+        assert took < 10, f"SIGTERM ignored during a sync: stopped after {took:.0f} s\n{logs}"
+        code = podman("inspect", "--format", "{{.State.ExitCode}}", node.name).stdout.strip()
+        assert code == "143", f"exit {code}, not the shell's answer to SIGTERM\n{logs}"
+        kept = partial_bytes()
+        assert kept >= 2**20, "the interrupted sync's partial file is gone"
+
+        hub.clear_faults()
+        hub.reset_counters()
+        node.restart_container()
+        node.wait_ready()
+        assert hub.bytes_served(hashlib.sha256(weights).hexdigest()) <= len(weights) - kept, "not resumed"
+        snapshot = node.cache / "models--acme--slow-model" / "snapshots"
+        assert next(snapshot.glob("*/model.safetensors")).read_bytes() == weights
+
+        took = stop_takes()
+        assert took < 10, f"SIGTERM ignored while watching: stopped after {took:.0f} s"
     finally:
         node.stop()
 
