@@ -39,6 +39,7 @@ import pytest
 import yaml
 
 import prefetch
+from tests.gitignore_check import files_under, not_ignored
 from tests.hubemu.hub import Fault
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1408,6 +1409,7 @@ def test_docker_md_shell_blocks_run_as_written(engine: str, hub: Any, tmp_path: 
         PYTHONPATH=str(ROOT),
     )
     podman("volume", "rm", "-f", "hf-cache", check=False)
+    before = files_under(checkout)
     try:
         outputs = []
         for block in blocks:
@@ -1430,3 +1432,5 @@ def test_docker_md_shell_blocks_run_as_written(engine: str, hub: Any, tmp_path: 
     assert prefetch.__version__ in outputs[0]
     for out in (outputs[2], outputs[3]):  # the baked image and the host-cache image, run
         assert "sentence-transformers/all-MiniLM-L6-v2: 5 files" in out, out
+    left = not_ignored(files_under(checkout) - before, tmp_path / "git-status")
+    assert not left, f"docs/docker.md's commands leave files .gitignore does not cover: {left}"
