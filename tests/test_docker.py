@@ -39,6 +39,8 @@ import pytest
 import yaml
 
 import prefetch
+from tests.gitignore_check import files_under, not_ignored
+from tests.hubemu.hub import Fault
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_APP = ROOT / "docs" / "examples" / "app"
@@ -304,6 +306,16 @@ def test_docs_quote_the_shipped_dockerfiles() -> None:
         )
 
 
+def test_docker_md_says_a_cached_layer_skips_the_access_check() -> None:
+    """A build that names the token holder's cache id reuses the cached layer without the secret
+    (test_app_example_bakes_models_with_the_token_only_as_a_secret shows it with podman): the page
+    says so and what to do, instead of promising that such a build cannot skip the access check."""
+    doc = (ROOT / "docs" / "docker.md").read_text(encoding="utf-8")
+    assert "cannot skip the Hub's access check" not in doc
+    for needle in ("reuses the cached layer", "no secret on the builder", "One builder per tenant"):
+        assert needle in doc, f"docs/docker.md should say {needle!r}"
+
+
 def test_dockerignore_keeps_tokens_and_caches_out() -> None:
     for ignore in (ROOT / ".dockerignore", EXAMPLE_APP / ".dockerignore"):
         lines = [
@@ -311,6 +323,43 @@ def test_dockerignore_keeps_tokens_and_caches_out() -> None:
         ]
         assert lines[0] == "*", f"{rel(ignore)} should be an allowlist (start with '*')"
         assert not any("token" in ln.lower() for ln in lines if ln.startswith("!")), rel(ignore)
+
+
+# ============================================================== copy-locked.py, the image's copy
+SHARED_REPOS = ("acme/base", "acme/base-instruct", "acme/base-chat")
+
+
+def repos_sharing_a_blob(hub: Any, weights: bytes) -> dict[str, Any]:
+    """Three public repos with the same weights (a blob they share) and configs of their own; their
+    manifest."""
+    for i, repo_id in enumerate(SHARED_REPOS):
+        hub.create_repo(repo_id).commit({"config.json": b'{"variant": %d}' % i, "model.safetensors": weights})
+    return {"version": 1, "repos": [{"repo": r} for r in SHARED_REPOS]}
+
+
+def test_copy_locked_copies_a_blob_shared_by_several_repos_once(hub: Any, tmp_path: Path) -> None:
+    """prefetch hard-links a blob identical across repos in its cache; copy-locked.py, which copies
+    what the lock pins into the image's cache, keeps it one file: copied once, hard-linked into the
+    other repos' folders, and `prefetch verify` accepts the copy."""
+    weights = os.urandom(2**20)
+    ctx = example_context(tmp_path, repos_sharing_a_blob(hub, weights))
+    env = {"HF_ENDPOINT": hub.url}
+    host_prefetch("sync", "models.yaml", "--cache-dir", "src", cwd=ctx, env=env)
+    proc = subprocess.run(
+        [sys.executable, "copy-locked.py", "models.lock", "src", "dst"],
+        cwd=ctx,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    name = hashlib.sha256(weights).hexdigest()
+    copies = [ctx / "dst" / f"models--{r.replace('/', '--')}" / "blobs" / name for r in SHARED_REPOS]
+    inodes = {(p.stat().st_dev, p.stat().st_ino) for p in copies}
+    assert len(inodes) == 1, f"{len(inodes)} copies of one blob"
+    assert copies[0].stat().st_nlink == len(SHARED_REPOS)
+    host_prefetch("verify", "models.lock", "--cache-dir", "dst", cwd=ctx, env=env)
 
 
 # ==================================================================================== podman helpers
@@ -640,6 +689,18 @@ def test_app_example_bakes_models_with_the_token_only_as_a_secret(
     assert any(r.headers.get("authorization") == f"Bearer {CANARY}" for r in hub.requests), (
         "the build never presented the secret token to the Hub"
     )
+    # What docs/docker.md warns about: the layer cache keys the RUN on its text and build arguments, not
+    # on the secret, so a build that names the token holder's cache id, without the secret, reuses the
+    # cached layer: the step never runs, no `prefetch check`, no Hub request, the private model baked.
+    stolen_tag = "localhost/prefetch-app-stolen:test"
+    hub.reset_counters()
+    podman("build", *common, "--build-arg", f"MODELS_CACHE_ID={cache_id}", "-t", stolen_tag, str(ctx))
+    try:
+        assert not hub.requests, "the layer was not reused: docs/docker.md's warning is out of date"
+        baked = podman("run", "--rm", "--network", "none", stolen_tag, timeout=120).stdout
+        assert "acme/private-tiny: 3 files" in baked, baked
+    finally:
+        podman("rmi", stolen_tag, check=False)  # a second tag of the app image: untagged
     # the models stage is build cache too: tag it (no rebuild, every step is cached) to scan it
     models_tag = APP_TAG.replace(":test", "-models:test")
     podman("build", *build_args, "--target", "models", "-t", models_tag, str(ctx), timeout=600)
@@ -660,6 +721,10 @@ def test_app_example_bakes_models_with_the_token_only_as_a_secret(
     hits = leaks_in_image(APP_TAG, CANARY, tmp_path) + leaks_in_image(models_tag, CANARY, tmp_path)
     hits += leaks_in_build_cache(CANARY)
     assert not hits, "the canary token leaked into:\n" + "\n".join(hits)
+    # The cache id is no secret from whoever can list the builder's images: the models stage's history
+    # records the build argument. The application image, which others pull, does not hold it.
+    assert cache_id in podman("history", "--no-trunc", models_tag).stdout
+    assert cache_id not in podman("history", "--no-trunc", APP_TAG).stdout + json.dumps(inspect(APP_TAG))
     podman("rmi", models_tag, check=False)
 
     # the baked models belong to root and the app user (10001) cannot write them
@@ -680,24 +745,69 @@ def test_app_example_bakes_models_with_the_token_only_as_a_secret(
     assert owners and set(owners) == {"0"}, probe
     assert "WROTE" not in probe, probe
 
-    # the same lock without the secret: refused, whether the builder's caches are reused or not
-    public_id = hashlib.sha256(lock).hexdigest()[:32]  # docs/docker.md's id for a build without a token
+    # the same lock without the secret, under another cache id (docs/docker.md's id for a build without
+    # a token), or under the token holder's id with --no-cache: the step runs, `prefetch check` refuses
+    public_id = hashlib.sha256(lock).hexdigest()[:32]
     for args in (
         ["--build-arg", f"MODELS_CACHE_ID={public_id}"],
         ["--no-cache", "--build-arg", f"MODELS_CACHE_ID={cache_id}"],
     ):
         hub.reset_counters()
-        stolen = podman(
-            "build", *common, *args, "-t", "localhost/prefetch-app-stolen:test", str(ctx), check=False
-        )
+        stolen = podman("build", *common, *args, "-t", stolen_tag, str(ctx), check=False)
         assert stolen.returncode != 0, f"a build without the secret baked the private model ({args})"
         assert (
             "acme/private-tiny" in stolen.stdout + stolen.stderr
             and "no token" in stolen.stdout + stolen.stderr
         )
         assert hub.bytes_served() == 0
-    unscoped = podman("build", *common, "-t", "localhost/prefetch-app-stolen:test", str(ctx), check=False)
+    unscoped = podman("build", *common, "-t", stolen_tag, str(ctx), check=False)
     assert unscoped.returncode != 0 and "MODELS_CACHE_ID" in unscoped.stdout + unscoped.stderr
+
+
+@pytest.mark.container
+@pytest.mark.timeout(900)
+def test_app_example_stores_a_blob_shared_by_several_repos_once(
+    prefetch_image: str, hub: Any, tmp_path: Path
+) -> None:
+    """Three repos with the same weights: the application image holds the blob once (one inode, three
+    names), as the cache the build synced does, and the application opens all three offline."""
+    weights = os.urandom(3 * 2**20)
+    ctx = example_context(tmp_path, repos_sharing_a_blob(hub, weights))
+    host_prefetch("lock", "models.yaml", cwd=ctx, env={"HF_ENDPOINT": hub.url})
+    cache_id = hashlib.sha256((ctx / "models.lock").read_bytes()).hexdigest()[:32]
+    tag = "localhost/prefetch-app-shared-blob:test"
+    podman(
+        "build",
+        "--network",
+        "host",
+        "--build-arg",
+        f"PREFETCH_IMAGE={prefetch_image}",
+        "--build-arg",
+        f"HF_ENDPOINT={hub.url}",
+        "--build-arg",
+        f"MODELS_CACHE_ID={cache_id}",
+        "-t",
+        tag,
+        str(ctx),
+        timeout=900,
+    )
+    try:
+        run = podman("run", "--rm", "--network", "none", tag, timeout=120).stdout
+        for repo_id in SHARED_REPOS:
+            assert f"{repo_id}: 2 files" in run, run
+        name = hashlib.sha256(weights).hexdigest()
+        blobs = [f"/models/hub/models--{r.replace('/', '--')}/blobs/{name}" for r in SHARED_REPOS]
+        stat_out = podman(
+            "run", "--rm", "--network", "none", "--entrypoint", "stat", tag, "-c", "%i %h", *blobs
+        ).stdout.split("\n")
+        assert len({line for line in stat_out if line}) == 1, stat_out
+        layers = json.loads(podman("history", "--format", "json", tag).stdout)
+        copies = [layer for layer in layers if re.search(r"\bCOPY .* in /models/hub\s*$", layer["CreatedBy"])]
+        assert len(copies) == 1, layers
+        models_layer = copies[0]  # COPY --from=models ... /models/hub
+        assert len(weights) <= models_layer["size"] < 2 * len(weights), models_layer
+    finally:
+        podman("rmi", tag, check=False)
 
 
 @pytest.mark.container
@@ -954,13 +1064,34 @@ def test_daemonset_pod_warms_a_node_as_written(prefetch_image: str, hub: Any, tm
     assert CANARY not in json.dumps(node.spec)
 
 
+def corrupt_in_place(path: Path) -> None:
+    """Flip one byte in the middle of a file: same inode, same size (`verify --fast` passes), another hash."""
+    with path.open("r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def wait_not_ready(node: Node, seconds: float) -> float:
+    """Poll the readiness probe until it fails; how long that took."""
+    start = time.monotonic()
+    while node.ready():
+        assert node.pod is not None and node.pod.running(node.name), podman("logs", node.name).stderr
+        assert time.monotonic() - start < seconds, f"still Ready after {seconds} s:\n" + (
+            podman("logs", node.name).stderr
+        )
+        time.sleep(0.3)
+    return time.monotonic() - start
+
+
 @pytest.mark.container
 @pytest.mark.timeout(900)
 def test_daemonset_node_repairs_a_wiped_cache(prefetch_image: str, hub: Any, tmp_path: Path) -> None:
-    """A blob deleted under a Ready pod: the readiness probe fails, the watch loop ends the container
-    (exit 7), and the container the kubelet restarts syncs the file back and is Ready again."""
+    """Blobs deleted under a Ready pod: the next check (CHECK_SECONDS) turns the pod not-Ready, and the
+    same container, still running, syncs the files back and is Ready again."""
     repo = private_repo(hub, "acme/repair-model")
-    weights = os.urandom(64 * 1024)
+    weights = os.urandom(256 * 1024)
     repo.commit({"config.json": b"{}", "model.safetensors": weights})
     manifest = {"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/repair-model"}]}
     configmap = configmap_folder(tmp_path / "configmap", manifest, CANARY)
@@ -968,19 +1099,110 @@ def test_daemonset_node_repairs_a_wiped_cache(prefetch_image: str, hub: Any, tmp
     try:
         node.start(configmap)
         node.wait_ready()
+        hub.inject(Fault(kind="slow", origin="cdn", times=None, bytes_per_sec=64 * 1024))  # see it not-Ready
         blobs = node.cache / "models--acme--repair-model" / "blobs"
         for blob in blobs.iterdir():
             blob.unlink()
-        assert not node.ready(), "a node that lost files of its lock is not Ready"
-        assert node.pod is not None
-        code = node.pod.wait_exit(node.name)
-        assert code == 7, podman("logs", node.name).stderr
-        assert "restarting to repair" in podman("logs", node.name).stderr
-        node.restart_container()
+        wait_not_ready(node, seconds=30)
         node.wait_ready()
+        assert "repairing" in podman("logs", node.name).stderr
         commit = yaml.safe_load((configmap / "models.lock").read_text())["entries"][0]["commit"]
         snapshot = node.cache / "models--acme--repair-model" / "snapshots" / commit
         assert (snapshot / "model.safetensors").read_bytes() == weights
+    finally:
+        node.stop()
+
+
+@pytest.mark.container
+@pytest.mark.timeout(900)
+def test_daemonset_node_repairs_a_blob_corrupted_in_place(
+    prefetch_image: str, hub: Any, tmp_path: Path
+) -> None:
+    """Bit rot: a blob changed in place keeps its size, so only a full verify sees it. Under a Ready
+    pod, the next full check (VERIFY_SECONDS) turns the pod not-Ready and the container repairs the
+    blob in place, still running; corrupted while the container is down, the restarted container
+    repairs it at start instead of exiting 7 again and again (a crash loop)."""
+    repo = private_repo(hub, "acme/bitrot-model")
+    weights = os.urandom(256 * 1024)
+    repo.commit({"config.json": b"{}", "model.safetensors": weights})
+    manifest = {"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/bitrot-model"}]}
+    configmap = configmap_folder(tmp_path / "configmap", manifest, CANARY)
+    node = Node(tmp_path / "node", prefetch_image, CANARY, env={"CHECK_SECONDS": "1", "VERIFY_SECONDS": "3"})
+    blob = node.cache / "models--acme--bitrot-model" / "blobs" / hashlib.sha256(weights).hexdigest()
+    try:
+        node.start(configmap)
+        node.wait_ready()
+        # the repair's download takes ~4 s, so the probe can be seen failing before it is done
+        hub.inject(Fault(kind="slow", origin="cdn", times=None, bytes_per_sec=64 * 1024))
+        hub.reset_counters()
+        corrupt_in_place(blob)
+        wait_not_ready(node, seconds=30)  # one full check (3 s), with room for a slow machine
+        node.wait_ready()  # and it stays up meanwhile: repaired in place, no restart
+        assert blob.read_bytes() == weights
+        assert hub.bytes_served(hashlib.sha256(weights).hexdigest()) == len(weights), "only the bad blob"
+        assert "repairing" in podman("logs", node.name).stderr
+
+        hub.clear_faults()
+        podman("stop", "-t", "10", node.name)
+        corrupt_in_place(blob)  # while the container is down: its restart must repair, not crash-loop
+        node.restart_container()
+        node.wait_ready()
+        assert blob.read_bytes() == weights
+    finally:
+        node.stop()
+
+
+@pytest.mark.container
+@pytest.mark.timeout(900)
+def test_daemonset_pod_stops_on_sigterm_keeping_its_partial_files(
+    prefetch_image: str, hub: Any, tmp_path: Path
+) -> None:
+    """Deleting a pod sends SIGTERM to its container's PID 1, the shell, then SIGKILL after the grace
+    period (60 s). The container must end within seconds: during a sync, with the partial file kept
+    (and resumed by the next container), and while it watches."""
+    repo = hub.create_repo("acme/slow-model")
+    weights = os.urandom(4 * 2**20)
+    repo.commit({"config.json": b"{}", "model.safetensors": weights})
+    manifest = {"version": 1, "endpoint": hub.url, "repos": [{"repo": "acme/slow-model"}]}
+    configmap = configmap_folder(tmp_path / "configmap", manifest, None)
+    node = Node(tmp_path / "node", prefetch_image, "")
+    blobs = node.cache / "models--acme--slow-model" / "blobs"
+
+    def partial_bytes() -> int:
+        """What the partial file's resume state says was written (the file itself is preallocated)."""
+        found = blobs.glob("*.prefetch-partial.json") if blobs.is_dir() else []
+        return sum(b - a for p in found for a, b in json.loads(p.read_bytes() or b"{}").get("done", []))
+
+    def stop_takes() -> float:
+        start = time.monotonic()
+        podman("stop", "-t", "60", node.name, timeout=120)
+        return time.monotonic() - start
+
+    hub.inject(Fault(kind="slow", origin="cdn", times=None, bytes_per_sec=256 * 1024))  # 16 s for the file
+    try:
+        node.start(configmap)
+        deadline = time.monotonic() + 60
+        while partial_bytes() < 2**20:
+            assert time.monotonic() < deadline, "the sync never started:\n" + podman("logs", node.name).stderr
+            time.sleep(0.2)
+        took = stop_takes()
+        logs = podman("logs", node.name).stderr
+        assert took < 10, f"SIGTERM ignored during a sync: stopped after {took:.0f} s\n{logs}"
+        code = podman("inspect", "--format", "{{.State.ExitCode}}", node.name).stdout.strip()
+        assert code == "143", f"exit {code}, not the shell's answer to SIGTERM\n{logs}"
+        kept = partial_bytes()
+        assert kept >= 2**20, "the interrupted sync's partial file is gone"
+
+        hub.clear_faults()
+        hub.reset_counters()
+        node.restart_container()
+        node.wait_ready()
+        assert hub.bytes_served(hashlib.sha256(weights).hexdigest()) <= len(weights) - kept, "not resumed"
+        snapshot = node.cache / "models--acme--slow-model" / "snapshots"
+        assert next(snapshot.glob("*/model.safetensors")).read_bytes() == weights
+
+        took = stop_takes()
+        assert took < 10, f"SIGTERM ignored while watching: stopped after {took:.0f} s"
     finally:
         node.stop()
 
@@ -1187,6 +1409,7 @@ def test_docker_md_shell_blocks_run_as_written(engine: str, hub: Any, tmp_path: 
         PYTHONPATH=str(ROOT),
     )
     podman("volume", "rm", "-f", "hf-cache", check=False)
+    before = files_under(checkout)
     try:
         outputs = []
         for block in blocks:
@@ -1209,3 +1432,5 @@ def test_docker_md_shell_blocks_run_as_written(engine: str, hub: Any, tmp_path: 
     assert prefetch.__version__ in outputs[0]
     for out in (outputs[2], outputs[3]):  # the baked image and the host-cache image, run
         assert "sentence-transformers/all-MiniLM-L6-v2: 5 files" in out, out
+    left = not_ignored(files_under(checkout) - before, tmp_path / "git-status")
+    assert not left, f"docs/docker.md's commands leave files .gitignore does not cover: {left}"

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, PrefetchRunner
+from tests.gitignore_check import files_under, not_ignored
 from tests.hubemu.demo import populate_demo
 from tests.hubemu.hub import HubEmulator
 
@@ -129,6 +130,7 @@ def test_doc_block_runs(block: Block, prefetch: PrefetchRunner, hub: HubEmulator
         ("8765", str(free_port())),
     ):
         script = script.replace(illustrative, real)
+    before = files_under(work)
     result = subprocess.run(
         ["bash", "-e", "-o", "pipefail", "-c", script],
         cwd=work,
@@ -142,3 +144,6 @@ def test_doc_block_runs(block: Block, prefetch: PrefetchRunner, hub: HubEmulator
         f"{block.name} failed ({result.returncode}):\n{script}\n--- stdout\n{result.stdout}\n"
         f"--- stderr\n{result.stderr}"
     )
+    # `work` stands for the checkout's root: what the block wrote there, git must ignore
+    left = not_ignored(files_under(work) - before, tmp_path / "git-status")
+    assert not left, f"{block.name} leaves files .gitignore does not cover: {left}"

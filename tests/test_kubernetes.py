@@ -294,42 +294,71 @@ def test_no_token_literal_anywhere() -> None:
 
 
 # ------------------------------------------------------------------------------------------ DaemonSet
-DAEMONSET_CALLS = ["verify", "prune", "sync", "prune", "verify", "verify"]
+# repair(): the guard's prune, sync, prune, verify --fast; the start: verify, prune; the watch: verify
+DAEMONSET_CALLS = ["prune", "sync", "prune", "verify", "verify", "prune", "verify"]
+READY_MARKER = re.compile(r"\bready=(\S+)")
+
+
+def warm_script() -> str:
+    ds = one("DaemonSet")
+    check_sync_then_verify(ds, DAEMONSET_CALLS)
+    return argv(pod_spec(ds)["containers"][0])[2]
 
 
 def test_daemonset_syncs_frozen_prunes_verifies_and_watches() -> None:
-    """One long-running container: `verify --fast` (anything to do?), the disk guard's prune, sync
-    --frozen, prune to the lock, full verify, then the `verify --fast` watch loop that repairs."""
+    """One long-running container: a full verify decides (only hashes see a blob corrupted in place),
+    the repair is the disk guard's prune, `sync --frozen --verify` (which fetches a corrupt cached
+    blob again), prune to the lock and `verify --fast`; then the watch loop checks and repairs."""
     ds = one("DaemonSet")
     sync_c, verify_c = check_sync_then_verify(ds, DAEMONSET_CALLS)
     spec = pod_spec(ds)
     assert sync_c is verify_c and sync_c in spec["containers"], "sync runs where it can run again (repair)"
+    calls = [call for _, call in workload_calls(ds)]
+    assert "--verify" in calls[1], f"sync must hash what is cached, or a corrupt blob stays: {calls[1]}"
+    assert "--fast" not in calls[4], f"the start must hash: {calls[4]}"
     script = argv(sync_c)[2]
     assert "set -e" in script, "a failing step must end the container with prefetch's exit code"
-    assert re.search(r"while prefetch .*verify .*--fast.*; do sleep", script), "the watch loop"
-    assert "exit 7" in script and "exit 8" in script, script
+    assert "exit 8" in script, script
+    loop = script[script.index("while :; do") :]
+    assert 'run sleep "$CHECK_SECONDS"' in loop and "--fast" in loop and "VERIFY_SECONDS" in loop, loop
+    assert "repair" in loop and "exit 7" not in script, "a failed check repairs in place, no restart"
     assert [c["name"] for c in spec.get("initContainers", [])] == ["prepare-cache"]
 
 
-def test_daemonset_warms_a_node_local_cache() -> None:
-    ds = one("DaemonSet")
-    sync_c, _ = check_sync_then_verify(ds, DAEMONSET_CALLS)
-    cache_vol = volume(ds, mount_of(sync_c, "/cache")["name"])
-    assert cache_vol["hostPath"]["path"].startswith("/"), cache_vol
+def test_daemonset_passes_sigterm_to_prefetch() -> None:
+    """The shell is PID 1, which gets no signal it does not trap, and runs a trap only once its
+    foreground command ends: every command runs in the background through `run`, whose wait a
+    trapped SIGTERM interrupts and passes on. (The podman test proves the timing.)"""
+    script = warm_script()
+    assert re.search(r"^\s*trap '.*kill -TERM \"\$child\".*' TERM", script, re.M), script
+    assert re.search(r'^\s*"\$@" &\n\s*child=\$!', script, re.M), script
+    for line in script.splitlines():
+        if PREFETCH_CALL.search(line) and not line.strip().startswith("#"):
+            assert re.search(r"\brun prefetch ", line), f"runs in the foreground, deaf to SIGTERM: {line}"
+    assert "run sleep" in script
 
 
 def test_daemonset_readiness_is_the_pods_own_lock() -> None:
-    """Ready = the node holds the lock this pod was started with: the probe verifies the mounted lock,
-    whose ConfigMap the overlay makes immutable and names by content. Tolerant of one slow probe."""
+    """Ready = the script verified the lock this pod was started with (its ConfigMap is immutable and
+    named by its content) and no check failed since: it removes a marker on the pod's emptyDir first,
+    writes it once the start's verify or repair passed, removes it when a check fails. The probe only
+    reads the marker (free, however big the cache) and turns a failed check into NotReady quickly."""
     ds = one("DaemonSet")
     _, verify_c = check_sync_then_verify(ds, DAEMONSET_CALLS)
+    script = argv(verify_c)[2]
+    marker = READY_MARKER.search(script)
+    assert marker, script
     probe = verify_c["readinessProbe"]
-    calls = list(prefetch_calls([str(a) for a in probe["exec"]["command"]]))
-    assert calls and calls[-1][0] == "verify" and "--fast" in calls[-1], calls
-    assert positionals(calls[-1])[0] == "/etc/prefetch/models.lock"
+    assert probe["exec"]["command"] == ["test", "-e", marker.group(1)], probe
+    assert "emptyDir" in volume(ds, mount_of(verify_c, marker.group(1))["name"])
     assert volume(ds, mount_of(verify_c, "/etc/prefetch/models.lock")["name"])["configMap"]
-    assert probe["failureThreshold"] > 1 and probe["timeoutSeconds"] >= 10, probe
-    assert probe["periodSeconds"] >= probe["timeoutSeconds"], probe
+    removed, written = 'rm -f "$ready"', 'touch "$ready"'
+    first_check = script.index("if run prefetch -q verify")
+    assert script.index(removed) < first_check < script.index(written), "no marker before the start's verify"
+    loop = script[script.index("while :; do") :]
+    assert loop.index(removed) < loop.index("repair") < loop.index(written), loop
+    assert probe["failureThreshold"] * probe["periodSeconds"] <= 30, "NotReady soon after a failed check"
+    assert probe["timeoutSeconds"] >= 5 and probe["periodSeconds"] >= probe["timeoutSeconds"], probe
     assert ds["spec"].get("minReadySeconds", 0) > 0
 
 
@@ -394,8 +423,17 @@ def test_daemonset_disk_guard_and_documented_eviction() -> None:
     env = {e["name"]: e.get("value") for e in warm["env"]}
     assert 10 < int(env["MIN_FREE_PERCENT"]) < 100, "above the kubelet's default nodefs.available<10%"
     assert "MIN_FREE_PERCENT" in argv(warm)[2]
+    assert 0 < int(env["CHECK_SECONDS"]) < int(env["VERIFY_SECONDS"]), "the full verify is the rare one"
     readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
-    for needle in ("MIN_FREE_PERCENT", "disk-pressure", "evict", "prefetch prune --lock"):
+    for needle in (
+        "MIN_FREE_PERCENT",
+        "disk-pressure",
+        "evict",
+        "prefetch prune --lock",
+        "CHECK_SECONDS",
+        "VERIFY_SECONDS",
+        "SIGTERM",
+    ):
         assert needle in readme, f"README.md should document {needle!r}"
     assert "hf cache" not in readme, "prune with prefetch prune --lock, which knows the lock"
 

@@ -7,9 +7,11 @@ every model this build ever fetched (so rebuilds download nothing twice), and th
 image layer only what the lock pins: for each entry, its files under `snapshots/<commit>/` (relative
 symlinks, as the HF cache keeps them), the blobs those symlinks point to, and `refs/<revision>` (so
 offline loaders resolve a branch or tag name). Nothing else: no other revision or repo the cache
-mount holds, no lock files, no partial downloads. Run `prefetch verify LOCK --cache-dir DST_CACHE`
-afterwards: it proves the copy whole. Runs where prefetch is installed (it reads the lockfile with
-prefetch's own strict loader).
+mount holds, no lock files, no partial downloads. A blob several repos share (a fine-tune's
+tokenizer, the same weights under two names) is copied once and hard-linked into the other repos'
+folders, as prefetch links it in a cache: an image holds its bytes once. Run `prefetch verify LOCK
+--cache-dir DST_CACHE` afterwards: it proves the copy whole. Runs where prefetch is installed (it
+reads the lockfile with prefetch's own strict loader).
 """
 
 from __future__ import annotations
@@ -36,7 +38,31 @@ def copy_file(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def copy_snapshot(src_repo: Path, dst_repo: Path, commit: str, paths: list[str]) -> None:
+class BlobCopier:
+    """Copies each blob once. A blob's name is its content's hash (sha256, or the git blob sha1), so a
+    name already copied for another repo is the same bytes: it becomes a hard link to that copy (a
+    copy where the destination refuses links). `prefetch verify` then checks every repo's blobs
+    against its own lock entry, so a link can never stand in for other bytes unnoticed."""
+
+    def __init__(self) -> None:
+        self.copied: dict[str, Path] = {}
+
+    def copy(self, src: Path, dst: Path) -> None:
+        if dst.exists():
+            return
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        first = self.copied.get(src.name)
+        if first is not None:
+            try:
+                os.link(first, dst)
+                return
+            except OSError:  # another filesystem, or none that links: a copy
+                pass
+        shutil.copy2(src, dst)
+        self.copied.setdefault(src.name, dst)
+
+
+def copy_snapshot(src_repo: Path, dst_repo: Path, commit: str, paths: list[str], blobs: BlobCopier) -> None:
     """Copy the locked files of `snapshots/<commit>` (symlinks kept) and the blobs they point to."""
     for path in paths:
         link = src_repo / "snapshots" / commit / path
@@ -49,7 +75,7 @@ def copy_snapshot(src_repo: Path, dst_repo: Path, commit: str, paths: list[str])
             blob = Path(os.path.normpath(link.parent / target))
             if blob.parent != src_repo / "blobs":
                 raise SystemExit(f"copy-locked: {link} points outside the cache: {target}")
-            copy_file(blob, dst_repo / "blobs" / blob.name)
+            blobs.copy(blob, dst_repo / "blobs" / blob.name)
             if not dst.is_symlink():
                 dst.symlink_to(target)
         else:  # a cache written where symlinks are unavailable holds plain files
@@ -61,12 +87,13 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     lock_path, src, dst = Path(argv[1]), Path(argv[2]), Path(argv[3])
+    blobs = BlobCopier()
     for entry in load_lock(lock_path).entries:
         repo, commit, revision = entry.repo, entry.commit, entry.revision
         folder = repo_folder(repo, entry.type)
         src_repo, dst_repo = src / folder, dst / folder
         paths = [f.path for f in entry.files]
-        copy_snapshot(src_repo, dst_repo, commit, paths)
+        copy_snapshot(src_repo, dst_repo, commit, paths, blobs)
         if not COMMIT.match(revision):
             ref = dst_repo / "refs" / revision
             ref.parent.mkdir(parents=True, exist_ok=True)
