@@ -22,6 +22,8 @@ this module follows the reference implementation, because hf_xet checks every by
   one-chunk file's tree is that chunk's hash itself (no internal node).
 - **Hash text inside internal nodes**: `{hash:x}` in hashing.md is the API string form (each 8-byte word
   reversed, api.md), not the hex of the raw bytes.
+- **api.md's hash-string example** reads `...171615141312111f1e...`: 62 digits, byte 16's `10` is missing;
+  its rule (each word a little-endian u64 in 16 digits) gives `...17161514131211101f1e...`, as xet-core does.
 - **Empty file**: its file hash is 32 zero bytes (no keyed hash over an empty tree).
 - **"Standard LZ4"** (xorb.md) is the LZ4 *frame* format (magic 04 22 4d 18, independent 64 KiB blocks,
   no checksums), not a raw LZ4 block; BG4 is the same frame over the regrouped bytes.
@@ -98,9 +100,10 @@ def _boundary_candidates(data: bytes | memoryview) -> np.ndarray:
         h = hashes[: end - lo]
         np.take(_TABLE, arr[lo:end], out=h)
         width = 1
-        while width < _WINDOW:
-            np.left_shift(h[:-width], np.uint64(width), out=shifted[: len(h) - width])
-            np.add(h[width:], shifted[: len(h) - width], out=h[width:])
+        while width < min(_WINDOW, len(h)):
+            kept = len(h) - width
+            np.left_shift(h[:kept], np.uint64(width), out=shifted[:kept])
+            np.add(h[width:], shifted[:kept], out=h[width:])
             width *= 2
         np.bitwise_and(h, _MASK, out=shifted[: len(h)])
         hits = np.flatnonzero(shifted[: len(h)] == 0) + lo
@@ -381,8 +384,8 @@ def chunked(data: bytes, sha256: str) -> ChunkedContent:
             return found
     view = memoryview(data)
     ends = chunk_ends(view)
-    hashes = [chunk_hash(view[start:end]) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
-    sizes = [end - start for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+    hashes = [chunk_hash(view[start:end]) for start, end in zip([0, *ends], ends, strict=False)]
+    sizes = [end - start for start, end in zip([0, *ends], ends, strict=False)]
     content = ChunkedContent(ends, hashes, sizes)
     with _CACHE_LOCK:
         content = _CACHE.setdefault(key, content)
