@@ -30,6 +30,7 @@ from tests.hubemu import Fault, HubEmulator, Repo
 from tests.hubemu.xet import changed_revision
 from tests.hubemu.xetformat import (
     CHUNK_HEADER_SIZE,
+    DISK_CACHE_ENV,
     MAX_CHUNK,
     MIN_CHUNK,
     SCHEME_BG4_LZ4,
@@ -39,6 +40,7 @@ from tests.hubemu.xetformat import (
     chunk_ends,
     chunk_hash,
     chunked,
+    clear_cache,
     deserialize_chunks,
     file_hash,
     hash_from_string,
@@ -231,6 +233,28 @@ def test_xorbs_hold_chunks_compressed_as_specified() -> None:
     assert b"XBLBHSH" in footer and b"XBLBBND" in footer
     for policy in ("none", "lz4", "bg4-lz4"):
         assert deserialize_chunks(b"".join(serialize_chunk(c, policy) for c in chunks)) == chunks
+
+
+def test_chunk_lists_kept_on_disk_serve_the_next_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DISK_CACHE_ENV, str(tmp_path / "lists"))
+    data = rnd(8, 600_000)
+    sha256 = hashlib.sha256(data).hexdigest()
+    clear_cache()
+    fresh = chunked(data, sha256)
+    (kept,) = (tmp_path / "lists").iterdir()
+    assert kept.name == f"{sha256}-{len(data)}.chunks" and kept.stat().st_size == 40 * len(fresh.ends)
+    raw = bytearray(kept.read_bytes())
+    raw[8:40] = bytes(32)  # a recognisable first hash: read back, it proves the list came from the disk
+    kept.write_bytes(bytes(raw))
+    clear_cache()
+    assert chunked(data, sha256).hashes[0] == bytes(32)
+    kept.write_bytes(bytes(raw[:-1]))  # a damaged list is not used (and is replaced)
+    clear_cache()
+    assert chunked(data, sha256).hashes == fresh.hashes
+    assert kept.stat().st_size == 40 * len(fresh.ends)
+    clear_cache()
 
 
 def test_a_rebuilt_file_reuses_the_cached_xorbs() -> None:

@@ -9,8 +9,9 @@ has hf_xet read every xorb layout built here.
 Speed: a 256 MiB file is chunked in ~2 s (the gear hash at a position depends only on the 64 bytes that
 end there, so it is computed for a whole block at once with numpy, in L2-sized blocks); chunk hashing
 (blake3) and compression attempts (lz4) add a fraction of that. `chunked()` caches, per content, the chunk
-list and the serialized chunk runs a build produced, process-wide and bounded (`CACHE_LIMIT_BYTES`), so a
-benchmark that builds the same files in a fresh emulator again pays for lookups only.
+list and the serialized chunk runs a build produced, process-wide and bounded (`CACHE_LIMIT_BYTES`), so
+the same files built again in a fresh emulator cost lookups only; with `HUBEMU_XET_CACHE` naming a folder,
+chunk lists (40 bytes a chunk) are also kept there for the next process (a benchmark's Hub runs in one).
 
 Where the reference implementation (xet-core, what hf_xet 1.8 runs) and the specification's text differ,
 this module follows the reference implementation, because hf_xet checks every byte:
@@ -35,11 +36,14 @@ this module follows the reference implementation, because hf_xet checks every by
 
 from __future__ import annotations
 
+import os
+import re
 import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import blake3
 import lz4.frame
@@ -73,6 +77,8 @@ FOOTER_FIXED_SIZE = 96  # the footer without its per-chunk parts, info_length in
 FOOTER_PER_CHUNK = 40  # a chunk hash and two u32 offsets
 
 CACHE_LIMIT_BYTES = 4 * 1024**3  # serialized chunk runs kept by `chunked()` across emulators (LRU)
+DISK_CACHE_ENV = "HUBEMU_XET_CACHE"  # a folder keeping chunk lists across processes (unset: none kept)
+_LIST_ENTRY = struct.Struct("<Q32s")  # a chunk list on disk: per chunk, its end offset and hash
 
 _TABLE = np.array(GEAR_TABLE, dtype=np.uint64)
 _MASK = np.uint64(BOUNDARY_MASK)
@@ -374,23 +380,72 @@ _CACHE: OrderedDict[tuple[str, int], ChunkedContent] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 
 
+def _list_path(sha256: str, size: int) -> Path | None:
+    folder = os.environ.get(DISK_CACHE_ENV)
+    if not folder or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        return None
+    return Path(folder) / f"{sha256}-{size}.chunks"
+
+
+def _load_list(path: Path, size: int) -> tuple[list[int], list[bytes]] | None:
+    """A chunk list kept on disk, if there is a plausible one for content of this size."""
+    most = _LIST_ENTRY.size * (size // MIN_CHUNK + 1)
+    try:
+        with path.open("rb") as f:
+            raw = f.read(most + 1)
+    except OSError:
+        return None
+    if len(raw) > most or len(raw) % _LIST_ENTRY.size:
+        return None
+    entries = list(_LIST_ENTRY.iter_unpack(raw))
+    ends = [end for end, _ in entries]
+    sizes = [end - start for start, end in zip([0, *ends], ends, strict=False)]
+    if (ends[-1] if ends else 0) != size or any(not 0 < s <= MAX_CHUNK for s in sizes):
+        return None
+    return ends, [h for _, h in entries]
+
+
+def _save_list(path: Path, ends: list[int], hashes: list[bytes]) -> None:
+    """Written whole then renamed, so a reader never sees half a list; a failure only costs the cache."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(b"".join(_LIST_ENTRY.pack(e, h) for e, h in zip(ends, hashes, strict=True)))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 def chunked(data: bytes, sha256: str) -> ChunkedContent:
-    """The chunks of `data` (whose sha256 is given, as the store knows it already), from the cache or new."""
+    """The chunks of `data` (whose sha256 is given, as the store knows it already), from a cache or new."""
     key = (sha256, len(data))
     with _CACHE_LOCK:
         found = _CACHE.get(key)
         if found is not None:
             _CACHE.move_to_end(key)
             return found
-    view = memoryview(data)
-    ends = chunk_ends(view)
-    hashes = [chunk_hash(view[start:end]) for start, end in zip([0, *ends], ends, strict=False)]
+    path = _list_path(sha256, len(data))
+    kept = _load_list(path, len(data)) if path is not None else None
+    if kept is not None:
+        ends, hashes = kept
+    else:
+        view = memoryview(data)
+        ends = chunk_ends(view)
+        hashes = [chunk_hash(view[start:end]) for start, end in zip([0, *ends], ends, strict=False)]
+        if path is not None:
+            _save_list(path, ends, hashes)
     sizes = [end - start for start, end in zip([0, *ends], ends, strict=False)]
     content = ChunkedContent(ends, hashes, sizes)
     with _CACHE_LOCK:
         content = _CACHE.setdefault(key, content)
         _CACHE.move_to_end(key)
     return content
+
+
+def clear_cache() -> None:
+    """Forget every content kept in this process (chunk lists on disk stay)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
 
 
 def trim_cache() -> None:
