@@ -527,7 +527,7 @@ class XetService:
         if xorb is None:
             return _text(404, "NoSuchKey")
         headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
-        if self._hub._take_fault(rec, "ignore_range") is not None:
+        if rec.range is not None and self._hub._take_fault(rec, "ignore_range") is not None:
             return hubmod._Response(200, headers, xorb.body + xorb.footer)
         allowed = _ranges(signed)
         asked = _ranges((rec.range or "").replace(" ", ""))
