@@ -1,8 +1,9 @@
 """The test Hub's Xet storage, held to the real client: huggingface_hub 2.5 with hf_xet 1.8 (Xet enabled).
 
 Every download here goes through real sockets to the emulator's Hub, CAS, transfer and bridge hosts; the
-request log says which path the client took. Hashes are checked against hf_xet's own (`hash_files`), and
-the format functions against a byte-by-byte reading of the specification.
+request log says which path the client took. File hashes are checked against hf_xet's own (`hash_files`),
+xorbs (hash and bytes) against the ones hf_xet uploads for the same file, and chunk boundaries against a
+byte-by-byte reading of the specification.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import random
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 import hf_xet
@@ -225,14 +229,85 @@ def test_xorbs_hold_chunks_compressed_as_specified() -> None:
             assert s[CHUNK_HEADER_SIZE : CHUNK_HEADER_SIZE + 4] == b"\x04\x22\x4d\x18"  # an LZ4 frame
     xorb = build_xorb([chunk_hash(c) for c in chunks], [len(c) for c in chunks], serialized)
     assert deserialize_chunks(xorb.body) == chunks
-    footer = xorb.footer
-    assert (
-        footer.startswith(b"XETBLOB\x01" + xorb.hash)
-        and int.from_bytes(footer[-4:], "little") == len(footer) - 4
-    )
-    assert b"XBLBHSH" in footer and b"XBLBBND" in footer
     for policy in ("none", "lz4", "bg4-lz4"):
         assert deserialize_chunks(b"".join(serialize_chunk(c, policy) for c in chunks)) == chunks
+
+
+class _XorbCapture(BaseHTTPRequestHandler):
+    """Just enough of a CAS for hf_xet to upload one file: it keeps the xorbs it is sent."""
+
+    protocol_version = "HTTP/1.1"
+    xorbs: ClassVar[dict[str, bytes]] = {}
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # global dedup queries: nothing known
+        self._answer(404, b"{}")
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.startswith("/v1/xorbs/default/"):
+            self.xorbs[self.path.rsplit("/", 1)[1]] = body
+            self._answer(200, b'{"was_inserted":true}')
+        elif self.path == "/v1/shards":
+            self._answer(200, b'{"result":1}')
+        else:  # /v2/shards (hf_xet falls back to v1)
+            self._answer(404, b"{}")
+
+
+UPLOAD = """
+import sys, time, hf_xet
+expires = int(time.time()) + 3600
+data = open(sys.argv[2], "rb").read()
+hf_xet.upload_bytes([data], sys.argv[1], ("t", expires), lambda: ("t", expires), None, "model")
+"""
+
+
+def test_hf_xet_uploads_the_same_xorb_for_the_same_bytes(tmp_path: Path) -> None:
+    """hf_xet's own xorb for a file (its direct upload, compression off) is the one the store builds."""
+    data = rnd(9, 1_500_000)
+    (tmp_path / "file.bin").write_bytes(data)
+    _XorbCapture.xorbs.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _XorbCapture)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {
+        "HOME": str(tmp_path),
+        "HF_HOME": str(tmp_path / "hf"),
+        "PATH": "/usr/bin:/bin",
+        "HF_XET_CLIENT_LEGACY_DIRECT_XORB_UPLOAD": "true",  # the body itself, not an upload grant
+        "HF_XET_XORB_COMPRESSION_POLICY": "none",  # LZ4 output is not canonical; stored chunks are
+        "HF_XET_TELEMETRY_ENABLED": "false",
+    }
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        run = subprocess.run(
+            [sys.executable, "-c", UPLOAD, url, str(tmp_path / "file.bin")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run.returncode == 0, run.stderr[-2000:]
+    ((uploaded_hash, uploaded),) = _XorbCapture.xorbs.items()
+    emulator = HubEmulator()
+    emulator.xet.compression = "none"
+    repo = emulator.create_repo("org/m", xet=True)
+    repo.commit({"m.safetensors": data})
+    (xorb_hash,) = emulator.xet.file(repo.file_info("main", "m.safetensors").xet_hash or "").xorbs
+    xorb = emulator.xet.xorb(xorb_hash)
+    assert xorb.num_chunks > 9  # a tree of several levels
+    assert uploaded_hash == xorb_hash and uploaded == xorb.body
 
 
 def test_chunk_lists_kept_on_disk_serve_the_next_process(

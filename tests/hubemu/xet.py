@@ -73,7 +73,6 @@ from .xetformat import (
     build_xorb,
     chunked,
     file_hash,
-    footer_size,
     hash_from_string,
     hash_string,
     serialize_chunk,
@@ -528,7 +527,7 @@ class XetService:
             return _text(404, "NoSuchKey")
         headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
         if rec.range is not None and self._hub._take_fault(rec, "ignore_range") is not None:
-            return hubmod._Response(200, headers, xorb.body + xorb.footer)
+            return hubmod._Response(200, headers, xorb.body)
         allowed = _ranges(signed)
         asked = _ranges((rec.range or "").replace(" ", ""))
         if not asked or not allowed or any(r not in allowed for r in asked):
@@ -614,9 +613,7 @@ class _XorbPacker:
             serialized = serialize_chunk(self._view[start : ends[i]], self._policy)
             max_bytes, max_chunks = self._limits
             n = len(self._open) + 1
-            if self._open and (
-                self._open_bytes + len(serialized) + footer_size(n) > max_bytes or n > max_chunks
-            ):
+            if self._open and (self._open_bytes + len(serialized) > max_bytes or n > max_chunks):
                 self._close()
             ref = (len(self.new_xorbs), len(self._open))
             self._local[hashes[i]] = ref

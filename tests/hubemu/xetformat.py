@@ -28,10 +28,9 @@ this module follows the reference implementation, because hf_xet checks every by
 - **Empty file**: its file hash is 32 zero bytes (no keyed hash over an empty tree).
 - **"Standard LZ4"** (xorb.md) is the LZ4 *frame* format (magic 04 22 4d 18, independent 64 KiB blocks,
   no checksums), not a raw LZ4 block; BG4 is the same frame over the regrouped bytes.
-- **Xorb footer**: xorb.md specifies only the chunk stream. xet-core appends a footer to every xorb it
-  uploads (`XETBLOB` v1: xorb hash, a chunk-hash section `XBLBHSH`, a boundary section `XBLBBND` with
-  serialized and unpacked chunk end offsets, the section offsets, a 16-byte reserved buffer and the footer
-  length); the stored objects here carry it too. Downloads never read it: `url_range` covers chunks only.
+- **No xorb footer**: xet-core's library can append a footer to a serialized xorb (`XETBLOB`: chunk hashes
+  and boundaries), but hf_xet 1.8 uploads the chunk stream alone, as xorb.md defines a xorb
+  (tests/test_hubemu_xet.py captures an upload and compares it byte for byte): stored xorbs are that.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ from ._gear_table import GEAR_TABLE
 MIN_CHUNK = 8 * 1024
 MAX_CHUNK = 128 * 1024
 BOUNDARY_MASK = 0xFFFF_0000_0000_0000  # target 64 KiB: 16 one-bits, shifted all the way left (chunking.md)
-MAX_XORB_BYTES = 64 * 1024 * 1024  # a serialized xorb, footer included (xorb.md)
+MAX_XORB_BYTES = 64 * 1024 * 1024  # a serialized xorb (xorb.md)
 MAX_XORB_CHUNKS = 8 * 1024  # (deduplication.md)
 
 # fmt: off
@@ -73,8 +72,6 @@ FILE_HASH_KEY = bytes(32)
 SCHEME_NONE, SCHEME_LZ4, SCHEME_BG4_LZ4 = 0, 1, 2
 COMPRESSION_POLICIES = ("auto", "none", "lz4", "bg4-lz4")  # "auto": the smallest of the three, per chunk
 CHUNK_HEADER_SIZE = 8
-FOOTER_FIXED_SIZE = 96  # the footer without its per-chunk parts, info_length included
-FOOTER_PER_CHUNK = 40  # a chunk hash and two u32 offsets
 
 CACHE_LIMIT_BYTES = 4 * 1024**3  # serialized chunk runs kept by `chunked()` across emulators (LRU)
 DISK_CACHE_ENV = "HUBEMU_XET_CACHE"  # a folder keeping chunk lists across processes (unset: none kept)
@@ -236,18 +233,15 @@ def serialize_chunk(chunk: bytes | memoryview, policy: str) -> bytes:
     for candidate, compressed in tries:
         if len(compressed) < len(payload):
             scheme, payload = candidate, compressed
-    size = len(chunk)
+    # version 0, compressed length (3 bytes, little-endian), scheme, unpacked length (3 bytes, little-endian)
     header = (
-        struct.pack("<B", 0)
-        + len(payload).to_bytes(3, "little")
-        + bytes([scheme])
-        + size.to_bytes(3, "little")
+        b"\x00" + len(payload).to_bytes(3, "little") + bytes((scheme,)) + len(chunk).to_bytes(3, "little")
     )
     return header + payload
 
 
 def deserialize_chunks(stream: bytes | memoryview) -> list[bytes]:
-    """The chunks of a serialized chunk stream (a xorb's chunk area, or a range of it), decompressed."""
+    """The chunks of a serialized chunk stream (a xorb, or a range of it), decompressed."""
     view = memoryview(stream)
     chunks: list[bytes] = []
     pos = 0
@@ -275,49 +269,19 @@ def deserialize_chunks(stream: bytes | memoryview) -> list[bytes]:
 
 
 # ------------------------------------------------------------------------------------------- xorbs
-def footer_size(num_chunks: int) -> int:
-    return FOOTER_FIXED_SIZE + FOOTER_PER_CHUNK * num_chunks
-
-
-def xorb_footer(
-    xorb: bytes, hashes: Sequence[bytes], serialized_ends: Sequence[int], unpacked_ends: Sequence[int]
-) -> bytes:
-    """xet-core's xorb footer (`XorbObjectInfoV1`) followed by its length, as hf_xet uploads it."""
-    n = len(hashes)
-    u32s = struct.Struct(f"<{n}I")
-    boundaries = (
-        b"XBLBBND" + b"\x01" + struct.pack("<I", n) + u32s.pack(*serialized_ends) + u32s.pack(*unpacked_ends)
-    )
-    trailer_size = 12 + 16  # num_chunks and the two section offsets, then the reserved buffer
-    boundary_offset = len(boundaries) + trailer_size
-    hash_section = b"XBLBHSH" + b"\x00" + struct.pack("<I", n) + b"".join(hashes)
-    hashes_offset = len(hash_section) + boundary_offset
-    info = (
-        b"XETBLOB"
-        + b"\x01"
-        + xorb
-        + hash_section
-        + boundaries
-        + struct.pack("<III", n, hashes_offset, boundary_offset)
-        + bytes(16)
-    )
-    return info + struct.pack("<I", len(info))
-
-
 @dataclass(frozen=True)
 class Xorb:
-    """A stored xorb: its chunk area (header + data per chunk), the footer, and where each chunk lies."""
+    """A stored xorb: its chunks (header + data each) and where each one lies."""
 
     hash: bytes
-    body: bytes  # the chunk area
-    footer: bytes
+    body: bytes
     chunk_starts: tuple[int, ...]  # serialized offset of each chunk in `body`, then len(body)
     unpacked_starts: tuple[int, ...]  # offset of each chunk in the unpacked stream, then its length
     chunk_hashes: tuple[bytes, ...]
 
     @property
     def size(self) -> int:
-        return len(self.body) + len(self.footer)
+        return len(self.body)
 
     @property
     def num_chunks(self) -> int:
@@ -331,16 +295,14 @@ class Xorb:
         return self.unpacked_starts[end] - self.unpacked_starts[start]
 
     def object_range(self, first: int, last: int) -> memoryview:
-        """Bytes [first, last] of the stored object (chunk area, then footer), without copying the body."""
-        if last < len(self.body):
-            return memoryview(self.body)[first : last + 1]
-        return memoryview((self.body + self.footer)[first : last + 1])
+        """Bytes [first, last] of the xorb, without a copy."""
+        return memoryview(self.body)[first : last + 1]
 
 
 def build_xorb(hashes: Sequence[bytes], sizes: Sequence[int], serialized: Sequence[bytes] | bytes) -> Xorb:
     """A xorb of these chunks (hash, unpacked size, serialized form), in order.
 
-    `serialized` may be the chunk area already joined (then it is used without a copy)."""
+    `serialized` may be the chunks already joined (then they are used without a copy)."""
     body = serialized if isinstance(serialized, bytes) else b"".join(serialized)
     chunk_starts = [0]
     pos = 0
@@ -353,8 +315,7 @@ def build_xorb(hashes: Sequence[bytes], sizes: Sequence[int], serialized: Sequen
     for size in sizes:
         unpacked.append(unpacked[-1] + size)
     xorb = merkle_root(list(zip(hashes, sizes, strict=True)))
-    footer = xorb_footer(xorb, hashes, chunk_starts[1:], unpacked[1:])
-    return Xorb(xorb, body, footer, tuple(chunk_starts), tuple(unpacked), tuple(hashes))
+    return Xorb(xorb, body, tuple(chunk_starts), tuple(unpacked), tuple(hashes))
 
 
 # --------------------------------------------------------------------------------- content cache
