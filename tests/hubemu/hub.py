@@ -46,16 +46,7 @@ FAULT_KINDS = ("status", "reset", "truncate", "corrupt", "slow", "ignore_range")
 ROLES = ("read", "write", "fineGrained")
 _TYPE_PLURALS = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
-_API_SUBRESOURCES = {
-    "revision",
-    "tree",
-    "refs",
-    "auth-check",
-    "paths-info",
-    "commits",
-    "resolve",
-    TOKEN_ROUTE,
-}
+_API_SUBRESOURCES = {"revision", "tree", "refs", "auth-check", "paths-info", "commits", "resolve"}
 # Served at /api/agent-harnesses: huggingface_hub calls `.get()` on it, so it must be this dict, not a list.
 AGENT_HARNESSES: dict[str, Any] = {"standardEnvVars": [], "harnesses": {}}
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
