@@ -40,8 +40,9 @@ Hub does what the client needs (see also tests/hubemu/xetformat.py for the forma
 - **Presigned URL refusal**: a transfer URL answered 403 makes hf_xet ask the CAS for new URLs (it retries
   on 403), so a refused or expired URL costs a client a reconstruction call, not the download.
 
-Not emulated: uploads (xorb/shard POST, write tokens), global dedup queries (`/v1/chunks/...` is a 404),
-gzip/zstd on the JSON, xorbs shared by several files (each file's new chunks go to its own xorbs).
+Not emulated: uploads (xorb/shard POST, hf_xet 1.8's `/v1/xorb-grants/...`, write tokens), global dedup
+queries (`/v1/chunks/...` is a 404), gzip/zstd on the JSON, xorbs shared by several files (each file's new
+chunks go to xorbs of its own).
 Assumed (not observable here): a CAS token only reads files of the repo it was issued for (others: 404);
 the bridge's ETag is the file's sha256, like the CDN's.
 """
@@ -581,9 +582,8 @@ class _XorbPacker:
         self._view = memoryview(data)
         self._policy = service.compression
         self._limits = (service.max_xorb_bytes, service.max_xorb_chunks)
-        self.plan: list[
-            tuple[bytes | int, int]
-        ] = []  # per chunk: (stored xorb hash | new xorb number, index)
+        # per chunk of the file: (the hash of a stored xorb, or the number of a new one; index in that xorb)
+        self.plan: list[tuple[bytes | int, int]] = []
         self.new_xorbs: list[Xorb] = []
         self._local: dict[bytes, tuple[bytes | int, int]] = {}
         self._open: list[int] = []  # chunk numbers (in the file) of the xorb being filled
