@@ -41,6 +41,7 @@ from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlspli
 from ._httpbase import FastHandler, HandshakeRecord, LoopbackServer, ServerRunner, SharedLink, http_date
 from .ratelimit import RateLimiter, Verdict
 from .store import LFS_SUFFIXES, Commit, Repo
+from .xet import TOKEN_ROUTE, XET_ORIGINS, XetService
 
 FAULT_KINDS = ("status", "reset", "truncate", "corrupt", "slow", "ignore_range")
 ROLES = ("read", "write", "fineGrained")
@@ -51,6 +52,7 @@ _API_SUBRESOURCES = {"revision", "tree", "refs", "auth-check", "paths-info", "co
 AGENT_HARNESSES: dict[str, Any] = {"standardEnvVars": [], "harnesses": {}}
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 PROFILES = ("hub", "mirror")
+DATA_ORIGINS = ("cdn", "bridge", "transfer")  # hosts serving file bytes after a redirect or a presigned URL
 # API routes a mirror may lack (olah 0.5.4 serving local repos lacks auth-check and whoami; artifact managers
 # serve little beyond what `hf download` needs: revision info, the tree listing, /resolve). On a mirror they
 # reach the catch-all 404 below.
@@ -73,7 +75,7 @@ class Fault:
     kind: str
     times: int | None = 1
     match: str | None = None  # regex searched in the raw request path
-    origin: str | None = None  # "api" | "cdn" | None (both)
+    origin: str | None = None  # "api" | "cdn" | a Xet origin ("cas", "bridge", "transfer") | None (all)
     method: str | None = None
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
@@ -85,8 +87,10 @@ class Fault:
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"Fault.kind must be one of {FAULT_KINDS}, got {self.kind!r}")
-        if self.origin not in (None, "api", "cdn"):
-            raise ValueError(f"Fault.origin must be 'api', 'cdn' or None, got {self.origin!r}")
+        if self.origin not in (None, "api", "cdn", *XET_ORIGINS):
+            raise ValueError(
+                f"Fault.origin must be 'api', 'cdn', one of {XET_ORIGINS} or None, got {self.origin!r}"
+            )
         if self.kind == "slow" and self.bytes_per_sec <= 0:
             raise ValueError("a 'slow' fault needs bytes_per_sec > 0")
 
@@ -102,7 +106,7 @@ class RequestRecord:
     origin: str
     method: str
     path: str  # raw (still percent-encoded) path, without the query string
-    query: dict[str, str]
+    query: dict[str, str]  # decoded; a repeated key keeps its last value (`query_string` has them all)
     status: int
     headers: dict[str, str]  # lower-case keys
     body_bytes: int
@@ -110,12 +114,16 @@ class RequestRecord:
     client_port: int
     time: float = 0.0  # arrival (time.time())
     sent: float = 0.0  # when the answer was all sent (time.time(); 0: not yet, or cut)
+    query_string: str = ""  # raw
 
     @property
     def kind(self) -> str:
-        """ "file" (GET/HEAD on /resolve/, or any CDN request), "meta" (/api/...) or "other"."""
-        if self.origin == "cdn" or (self.method in ("GET", "HEAD") and "/resolve/" in self.path):
+        """ "file" (GET/HEAD on /resolve/, or any CDN, CAS bridge or Xet transfer request), "meta" (/api/...,
+        and the Xet CAS's reconstruction API) or "other"."""
+        if self.origin in DATA_ORIGINS or (self.method in ("GET", "HEAD") and "/resolve/" in self.path):
             return "file"
+        if self.origin == "cas":
+            return "meta"
         return "meta" if self.path.startswith("/api/") else "other"
 
 
@@ -132,7 +140,7 @@ class _Token:
 class _Response:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
+    body: bytes | memoryview = b""
     ranged: bool = False  # honour Range / If-Range on this body
     chunked: bool = False  # send the body with Transfer-Encoding: chunked (no Content-Length)
 
@@ -219,6 +227,7 @@ class _HubHandler(FastHandler):
             range=headers.get("range"),
             client_port=int(self.client_address[1]),
             time=time.time(),
+            query_string=split.query,
         )
         verdict = hub._rate_verdict(rec, self.client_address[0])
         fault = None if verdict and verdict.rejected else hub._take_fault(rec, "status")
@@ -277,7 +286,7 @@ class _HubHandler(FastHandler):
             r
             for r in (
                 slow.bytes_per_sec if slow else None,
-                hub.bandwidth_per_connection if rec.origin == "cdn" else None,
+                hub.bandwidth_per_connection if rec.origin in DATA_ORIGINS else None,
             )
             if r
         ]
@@ -313,6 +322,9 @@ class HubEmulator:
 
     `tls=True`: both origins speak HTTPS (certificate for 127.0.0.1 and localhost from a per-emulator CA whose
     PEM is at `ca_file` while the emulator runs); `url`, `cdn_url` and every URL the Hub hands out are https://.
+
+    `hub.xet` serves the repos' Xet-backed files (`create_repo(..., xet=True)`): its CAS, CAS bridge and
+    transfer hosts start on first use, over TLS too when `tls=True` (tests/hubemu/xet.py).
     """
 
     def __init__(
@@ -335,6 +347,7 @@ class HubEmulator:
         # info lists bare `siblings` (`?blobs=true` ignored) and /resolve's ETag is an MD5, no git id.
         self.publishes_hashes = True
         self.tls = tls
+        self._tls_context: ssl.SSLContext | None = None  # shared by every origin, Xet ones included
         self._tls_dir: str | None = None
         self._ca_file: str | None = None
         self.page_size = page_size
@@ -358,6 +371,7 @@ class HubEmulator:
         self._secret = secrets.token_bytes(16)
         self._api: ServerRunner | None = None
         self._cdn: ServerRunner | None = None
+        self.xet = XetService(self)
         self._stopped = False
 
     # --------------------------------------------------------------------------------------- lifecycle
@@ -365,7 +379,7 @@ class HubEmulator:
         """Bind both servers on 127.0.0.1 and serve in daemon threads (idempotent)."""
         if self._api is not None:
             return self
-        context = self._make_tls() if self.tls else None
+        context = self._tls_context = self._make_tls() if self.tls else None
         api = LoopbackServer(_HubHandler, self._ports[0], owner=self, origin="api", ssl_context=context)
         cdn = LoopbackServer(_HubHandler, self._ports[1], owner=self, origin="cdn", ssl_context=context)
         self._api = ServerRunner(api, self.max_lifetime, "hubemu-api")
@@ -380,6 +394,7 @@ class HubEmulator:
         for runner in (self._api, self._cdn):
             if runner is not None:
                 runner.stop()
+        self.xet.stop()
         if self._tls_dir is not None:
             shutil.rmtree(self._tls_dir, ignore_errors=True)
 
@@ -437,11 +452,10 @@ class HubEmulator:
 
     @property
     def tls_handshakes(self) -> list[HandshakeRecord]:
-        """Every TLS handshake attempt on either origin, oldest first (`record.ok`, `record.error`)."""
+        """Every TLS handshake attempt on any origin, oldest first (`record.ok`, `record.error`)."""
         records: list[HandshakeRecord] = []
-        for runner in (self._api, self._cdn):
-            if runner is not None:
-                records.extend(runner.server.handshakes)
+        for server in self._servers():
+            records.extend(server.handshakes)
         return sorted(records, key=lambda r: r.time)
 
     # ------------------------------------------------------------------------------------ repos & users
@@ -452,13 +466,17 @@ class HubEmulator:
         gated: bool | str = False,
         private: bool = False,
         owner: str | None = None,
+        xet: bool = False,
     ) -> Repo:
-        """Create an empty repo (no commits). `owner` defaults to the namespace of `repo_id`."""
+        """Create an empty repo (no commits). `owner` defaults to the namespace of `repo_id`.
+
+        `xet=True`: a Xet-enabled repo, whose LFS files are stored in Xet (`Repo.commit`'s `xet=` decides per
+        file)."""
         with self._lock:
             key = (repo_type, repo_id)
             if key in self._repos:
                 raise ValueError(f"{repo_type} repo {repo_id!r} already exists")
-            repo = Repo(self, repo_id, repo_type, gated, private, owner or repo_id.split("/")[0])
+            repo = Repo(self, repo_id, repo_type, gated, private, owner or repo_id.split("/")[0], xet=xet)
             self._repos[key] = repo
             return repo
 
@@ -552,9 +570,11 @@ class HubEmulator:
     def reset_counters(self) -> None:
         with self._records_lock:
             self._records.clear()
-        for runner in (self._api, self._cdn):
-            if runner is not None:
-                runner.server.handshakes.clear()
+        for server in self._servers():
+            server.handshakes.clear()
+
+    def _servers(self) -> list[LoopbackServer]:
+        return [r.server for r in (self._api, self._cdn) if r is not None] + self.xet.servers()
 
     def _record(self, rec: RequestRecord) -> None:
         with self._records_lock:
@@ -590,6 +610,8 @@ class HubEmulator:
     def _route(self, rec: RequestRecord, body: bytes) -> _Response:
         if rec.origin == "cdn":
             return self._route_cdn(rec)
+        if rec.origin in XET_ORIGINS:
+            return self.xet.route(rec, body)
         token = self._token_of(rec)
         if "authorization" in rec.headers and (token is None or token.revoked):
             return _error(401, None, INVALID_CREDENTIALS)
@@ -718,9 +740,11 @@ class HubEmulator:
             ("auth-check", "GET"),
             ("paths-info", "POST"),
             ("commits", "GET"),
+            (TOKEN_ROUTE, "GET"),
         }:
             return _error(404, None, "Not Found")
-        denied = self._check_access(repo, repo_type, repo_id, token, gate=(sub == "auth-check"))
+        gate = sub in ("auth-check", TOKEN_ROUTE)  # the token route reads files: gated like /resolve
+        denied = self._check_access(repo, repo_type, repo_id, token, gate=gate)
         if denied is not None or repo is None:
             return denied or _error(404, "RepoNotFound", "Repository not found")
         if sub == "auth-check":
@@ -747,6 +771,8 @@ class HubEmulator:
             return self._tree(rec, repo, commit, rev, unquote("/".join(tail)).strip("/"))
         if sub == "paths-info":
             return self._paths_info(rec, commit, body)
+        if sub == TOKEN_ROUTE:
+            return self.xet.read_token(repo)
         return self._commits(rec, repo, commit)
 
     def _whoami(self, token: _Token | None) -> _Response:
@@ -821,6 +847,8 @@ class HubEmulator:
             out = {"type": "file", "oid": f.oid, "size": f.size, "path": path}
             if f.lfs and not self.is_mirror:  # a mirror's listing: `oid` is the pointer's git sha1, no more
                 out["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": f.pointer_size}
+            if f.xet_hash and not self.is_mirror:
+                out["xetHash"] = f.xet_hash
         if expand:
             out["lastCommit"] = {
                 "id": commit.last_changed.get(path, commit.sha),
@@ -965,6 +993,18 @@ class HubEmulator:
             )
         name = path.rsplit("/", 1)[-1]
         disposition = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\";"
+        if f.xet_hash and not self.is_mirror:  # to the CAS bridge, with what a Xet client needs instead
+            xet_headers = self.xet.resolve_redirect(repo, commit, f)
+            return _Response(
+                302,
+                {
+                    **xet_headers,
+                    "X-Repo-Commit": commit.sha,
+                    "ETag": f'"{f.oid}"',
+                    "Content-Disposition": disposition,
+                    "Vary": "Origin, Accept-Encoding",
+                },
+            )
         if f.lfs and f.sha256 and not self.is_mirror:
             return _Response(
                 302,

@@ -57,6 +57,7 @@ class StoredFile:
     oid: str  # git blob sha1 of what git stores (the pointer file for LFS files)
     sha256: str | None = None  # LFS only
     pointer_size: int | None = None  # LFS only
+    xet_hash: str | None = None  # Xet-backed LFS files only (hash string, as the tree listing gives it)
 
     @classmethod
     def make(cls, data: bytes, lfs: bool) -> StoredFile:
@@ -122,7 +123,14 @@ class Repo:
     """A Hub repository: branches, tags and commits. Mutations are thread-safe (guarded by the hub lock)."""
 
     def __init__(
-        self, hub: HubEmulator, repo_id: str, repo_type: str, gated: bool | str, private: bool, owner: str
+        self,
+        hub: HubEmulator,
+        repo_id: str,
+        repo_type: str,
+        gated: bool | str,
+        private: bool,
+        owner: str,
+        xet: bool = False,
     ) -> None:
         if repo_type not in REPO_TYPES:
             raise ValueError(f"repo_type must be one of {REPO_TYPES}, got {repo_type!r}")
@@ -137,6 +145,7 @@ class Repo:
         self.gated: bool | str = gated
         self.private = private
         self.owner = owner
+        self.xet = xet  # Xet-enabled: its LFS files are stored in Xet unless `commit(xet=...)` says otherwise
         self.members: set[str] = set()
         self.grants: dict[str, str] = {}
         self.created = time.time()
@@ -159,11 +168,13 @@ class Repo:
         message: str | None = None,
         date: float | None = None,
         sha: str | None = None,
+        xet: set[str] | None = None,
     ) -> str:
         """Create a commit on `branch` (created if missing); unnamed paths carry over, None deletes.
 
         `sha` pins the commit id (e.g. a real Hub commit that a shipped manifest names) instead of the
-        one computed from the commit's content."""
+        one computed from the commit's content. `xet`: the paths stored in Xet (they are LFS files then);
+        default: every LFS file of a Xet-enabled repo. Deduplication runs against every xorb stored before."""
         with self._lock:
             parent = self._branches.get(branch)
             base = self._commits[parent] if parent else None
@@ -180,7 +191,9 @@ class Repo:
                 continue
             data = bytes(data)
             is_lfs = (path in lfs) if lfs is not None else self._hub._auto_lfs(path, len(data))
-            changed[path] = StoredFile.make(data, is_lfs)
+            in_xet = (path in xet) if xet is not None else (self.xet and is_lfs)
+            stored = StoredFile.make(data, is_lfs or in_xet)
+            changed[path] = self._hub.xet.store(stored, self) if in_xet else stored
         new_files.update(changed)
         dirs = {p[:i] for p in new_files for i in range(len(p)) if p[i] == "/"}
         clash = dirs & new_files.keys()
