@@ -25,7 +25,7 @@ from prefetch.errors import (
     UnusableAnswer,
     hub_http_error,
 )
-from prefetch.net.connection import Headers, Pool, Response, Sent
+from prefetch.net.connection import Body, Headers, Pool, Response, Sent
 from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_hint, is_proxy_failure
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
 from prefetch.settings import RetrySettings
@@ -124,7 +124,9 @@ class Http:
     def describe_routes(self) -> str:
         return self.routes.describe(self.endpoint)
 
-    def _send_once(self, method: str, url: str, headers: dict[str, str]) -> Response:
+    def _send_once(
+        self, method: str, url: str, headers: dict[str, str], body: Body | None = None
+    ) -> Response:
         """One attempt over the routes: a failing proxy hands over to the next one.
 
         A proxy fails when it cannot be reached, breaks the connection or tunnel before an answer,
@@ -135,7 +137,7 @@ class Http:
         needs_credentials = 0
         for route in self.routes.for_url(url):
             try:
-                response = route.pool.request(method, url, headers)
+                response = route.pool.request(method, url, headers, body)
             except TransportError as e:
                 if route.proxy is None and isinstance(e, ConnectError):
                     e.first_contact = _origin(url) not in self._answered
@@ -188,6 +190,19 @@ class Http:
         """
         response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
         return self.follow(url, response, token, headers, on_redirect)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        token: Token | None,
+        headers: dict[str, str] | None = None,
+        body: Body | None = None,
+    ) -> Response:
+        """One request of any method, with `body` if any, over the routes (`_send_once`): redirects not
+        followed and the status not checked, for a protocol whose answers say more than 2xx or not
+        (a registry's 201, 202, 416...). The answer is the caller's to read and close."""
+        return self._send_once(method, url, {**(headers or {}), **self._auth(url, token)}, body)
 
     def send(
         self, url: str, token: Token | None, headers: dict[str, str] | None = None, *, connect: bool = True
