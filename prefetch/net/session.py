@@ -7,7 +7,7 @@ import contextlib
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 from prefetch import __version__
@@ -36,6 +36,16 @@ READ_TIMEOUT = 60.0  # seconds without a byte from the server
 MAX_REDIRECTS = 5
 
 Origin = tuple[str, str | None, int | None]
+
+
+class Authorizer(Protocol):
+    """A credential that decides per URL where it goes (a registry's, scoped to its own origin and its
+    token realm's): the `Authorization` value for `url`, or None to send nothing there."""
+
+    def authorization(self, url: str) -> str | None: ...
+
+
+Credential = Token | Authorizer  # a Hub token goes to the endpoint's origin only; an Authorizer decides
 
 
 @dataclass(frozen=True)
@@ -178,7 +188,7 @@ class Http:
     def open(
         self,
         url: str,
-        token: Token | None,
+        token: Credential | None,
         headers: dict[str, str] | None = None,
         on_redirect: Callable[[Headers], None] | None = None,
     ) -> Response:
@@ -195,7 +205,7 @@ class Http:
         self,
         method: str,
         url: str,
-        token: Token | None,
+        token: Credential | None,
         headers: dict[str, str] | None = None,
         body: Body | None = None,
     ) -> Response:
@@ -205,7 +215,12 @@ class Http:
         return self._send_once(method, url, {**(headers or {}), **self._auth(url, token)}, body)
 
     def send(
-        self, url: str, token: Token | None, headers: dict[str, str] | None = None, *, connect: bool = True
+        self,
+        url: str,
+        token: Credential | None,
+        headers: dict[str, str] | None = None,
+        *,
+        connect: bool = True,
     ) -> InFlight | None:
         """GET `url` on the route it takes now, without waiting for the answer (`answer`, then `follow`,
         take it from there): for a thread that keeps several requests in flight. No failover: a
@@ -230,7 +245,7 @@ class Http:
         self,
         url: str,
         response: Response,
-        token: Token | None,
+        token: Credential | None,
         headers: dict[str, str] | None = None,
         on_redirect: Callable[[Headers], None] | None = None,
     ) -> Response:
@@ -261,7 +276,7 @@ class Http:
             raise HubHttpError(target, 310, None, "too many redirects")
         return target
 
-    def head(self, url: str, token: Token | None) -> Headers:
+    def head(self, url: str, token: Credential | None) -> Headers:
         """HEAD `url` with retries, redirects not followed (a 3xx is an answer); HubHttpError if >= 400."""
 
         def attempt() -> Headers:
@@ -273,17 +288,23 @@ class Http:
 
         return self.retry.call(attempt, f"HEAD {urlsplit(url).path}")
 
-    def _auth(self, url: str, token: Token | None) -> dict[str, str]:
-        """The Authorization header, for the Hub's own origin only (never a CDN or another host), and
-        never in clear text to a host off this machine."""
-        if token is None or not _same_origin(url, self.endpoint):
+    def _auth(self, url: str, token: Credential | None) -> dict[str, str]:
+        """The Authorization header: a Hub token for the Hub's own origin only (never a CDN or another
+        host), an `Authorizer`'s wherever it says; never in clear text to a host off this machine."""
+        if token is None:
+            return {}
+        if isinstance(token, Token):
+            value = f"Bearer {token.value}" if _same_origin(url, self.endpoint) else None
+        else:
+            value = token.authorization(url)
+        if value is None:
             return {}
         problem = plain_http_token_problem(url)
         if problem is not None:
             raise AccessError(f"{problem}: use an https:// endpoint")
-        return {"authorization": f"Bearer {token.value}"}
+        return {"authorization": value}
 
-    def get_json(self, url: str, token: Token | None) -> tuple[Any, Headers]:
+    def get_json(self, url: str, token: Credential | None) -> tuple[Any, Headers]:
         """GET a Hub API URL and parse its JSON, with retries."""
 
         def attempt() -> tuple[Any, Headers]:
