@@ -144,7 +144,6 @@ class Manifest:
     data: bytes
     media_type: str
     annotations: dict[str, str] = field(default_factory=dict)
-    artifact_type: str | None = None
     platform: dict[str, str] | None = None
     entry: LockedEntry | None = None
 
@@ -157,9 +156,9 @@ class Manifest:
         return self.blob.digest
 
     def descriptor(self) -> dict[str, Any]:
+        # No `artifactType` (OPTIONAL; the manifest itself carries it): skopeo 1.9 (Debian 12) re-serialises
+        # an index whose descriptors have one, which changes the digest that pins the deployment.
         extra: dict[str, Any] = {}
-        if self.artifact_type:
-            extra["artifactType"] = self.artifact_type
         if self.annotations:
             extra["annotations"] = self.annotations
         if self.platform:
@@ -276,13 +275,7 @@ def modelpack(lock: Lock, root: Path) -> Artifact:
             "annotations": annotations,
         }
         manifests.append(
-            Manifest(
-                canonical_json(document),
-                MANIFEST,
-                entry_annotations(entry, endpoint),
-                MODEL_ARTIFACT,
-                entry=entry,
-            )
+            Manifest(canonical_json(document), MANIFEST, entry_annotations(entry, endpoint), entry=entry)
         )
     index = index_of(manifests, {LOCK_DIGEST: lock.manifest_digest})
     return Artifact(blobs, manifests, index, files=sum(len(e.files) for e in lock.entries))
