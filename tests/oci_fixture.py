@@ -6,8 +6,10 @@ a Hugging Face cache + lock written with prefetch's own cache and lockfile code.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -58,9 +60,9 @@ class RegistryServer:
             self.process.wait(10)
 
 
-def start_registry(folder: Path, htpasswd: str | None = None) -> RegistryServer:
+def start_registry(folder: Path, htpasswd: str | None = None, auth_config: str = "") -> RegistryServer:
     """Start the Distribution registry with its storage under `folder`; `htpasswd`: a bcrypt line for
-    basic auth. Waits (bounded) until `/v2/` answers."""
+    basic auth; `auth_config`: another `auth:` section. Waits (bounded) until `/v2/` answers."""
     binary = shutil.which("docker-registry")
     if binary is None:
         if os.environ.get("CI") == "true":
@@ -68,7 +70,7 @@ def start_registry(folder: Path, htpasswd: str | None = None) -> RegistryServer:
         pytest.skip("docker-registry (Debian package docker-registry) is not installed")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    auth = ""
+    auth = auth_config
     if htpasswd is not None:
         (folder / "htpasswd").write_text(htpasswd + "\n")
         auth = f"auth:\n  htpasswd:\n    realm: prefetch-test\n    path: {folder / 'htpasswd'}\n"
@@ -290,3 +292,119 @@ def write_lock_file(path: Path, entries: list[LockedEntry], cache_dir: str = "ca
     )
     write_lock(lock, path)
     return lock
+
+
+# ------------------------------------------------------------------------- a Bearer token service
+class TokenService:
+    """The token realm of a registry set up for Bearer auth (distribution's `auth: token:`): it grants
+    the scopes asked for to the right Basic login (anonymous callers get pull only) and signs JWTs
+    (ES256, the certificate in `x5c`) that the registry verifies against `cert`. Records each request's
+    Authorization header, to prove where credentials went."""
+
+    SERVICE = "prefetch-test-registry"
+    ISSUER = "prefetch-test-issuer"
+
+    def __init__(self, folder: Path) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "prefetch-test-token-signer")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.cert = folder / "token-signer.pem"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.cert_der = cert.public_bytes(serialization.Encoding.DER)
+        self.authorizations: list[str | None] = []
+        self.scopes: list[list[str]] = []
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlsplit
+
+                query = parse_qs(urlsplit(self.path).query)
+                auth = self.headers.get("authorization")
+                service.authorizations.append(auth)
+                scopes = query.get("scope", [])
+                service.scopes.append(scopes)
+                expected = "Basic " + base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_CANARY}".encode()).decode()
+                if auth is not None and auth != expected:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = json.dumps(
+                    {"token": service.token(scopes, full=auth is not None), "expires_in": 300}
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def token(self, scopes: list[str], full: bool) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        def b64url(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            granted = actions.split(",") if full else [a for a in actions.split(",") if a == "pull"]
+            access.append({"type": kind, "name": name, "actions": granted})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(self.cert_der).decode()]}
+        claims = {"iss": self.ISSUER, "sub": REGISTRY_USER if full else "", "aud": self.SERVICE, "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(), "access": access}  # fmt: skip
+        signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+        r, s = decode_dss_signature(self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        return f"{signing_input}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def config(self) -> str:
+        return (
+            f"auth:\n  token:\n    realm: {self.realm}\n    service: {self.SERVICE}\n"
+            f"    issuer: {self.ISSUER}\n    rootcertbundle: {self.cert}\n"
+        )
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def token_registry(tmp_path: Path) -> Iterator[tuple[RegistryServer, TokenService]]:
+    service = TokenService(tmp_path / "token-service")
+    server = start_registry(tmp_path / "registry-token", auth_config=service.config())
+    yield server, service
+    server.stop()
+    service.stop()

@@ -15,8 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import pytest
 
 from prefetch.auth import redact
 from prefetch.errors import AccessError, ExitCode, IntegrityError, UsageError, VerifyError
-from prefetch.lockfile import Lock, load_lock
+from prefetch.lockfile import Lock, load_lock, write_lock
 from prefetch.net.connection import FileBody
 from prefetch.oci.blobs import canonical_json
 from prefetch.oci.credentials import RegistryLogin, find_login
@@ -39,10 +37,12 @@ from tests.oci_fixture import (
     REGISTRY_USER,
     RecordingProxy,
     RegistryServer,
+    TokenService,
     auth_registry,  # noqa: F401  (fixture)
     recording_proxy,  # noqa: F401  (fixture)
     registry,  # noqa: F401  (fixture)
     second_registry,  # noqa: F401  (fixture)
+    token_registry,  # noqa: F401  (fixture)
     write_entry,
     write_lock_file,
 )
@@ -235,9 +235,10 @@ def test_a_corrupt_regular_blob_is_refused_before_any_request(tmp_path: Path) ->
 
 # ============================================================================== push to a registry
 def test_push_twice_uploads_nothing_again_and_a_shared_blob_once(
-    tmp_path: Path, recording_proxy: RecordingProxy
+    tmp_path: Path,
+    recording_proxy: RecordingProxy,  # noqa: F811  (fixtures)
 ) -> None:
-    lock_path, cache, lock = make_lock(tmp_path, big=True)
+    lock_path, _, lock = make_lock(tmp_path, big=True)
     env = env_for(tmp_path)
     target = f"oci://{recording_proxy.host}/team/models:prod"
     io_before = _read_bytes()
@@ -274,7 +275,9 @@ def _read_bytes() -> int:
 
 
 def test_skopeo_reads_the_index_and_copies_it_to_a_second_registry_for_the_air_gap(
-    tmp_path: Path, registry: RegistryServer, second_registry: RegistryServer
+    tmp_path: Path,
+    registry: RegistryServer,  # noqa: F811
+    second_registry: RegistryServer,  # noqa: F811  (fixtures)
 ) -> None:
     lock_path, _, lock = make_lock(tmp_path)
     env = env_for(tmp_path)
@@ -304,7 +307,8 @@ def test_skopeo_reads_the_index_and_copies_it_to_a_second_registry_for_the_air_g
 
 
 def test_layout_hard_links_the_cache_and_skopeo_copies_it_to_a_registry(
-    tmp_path: Path, registry: RegistryServer
+    tmp_path: Path,
+    registry: RegistryServer,  # noqa: F811  (fixtures)
 ) -> None:
     lock_path, cache, lock = make_lock(tmp_path)
     layout = tmp_path / "layout"
@@ -335,7 +339,8 @@ def test_layout_hard_links_the_cache_and_skopeo_copies_it_to_a_registry(
 
 # ============================================================================== basic auth, canary
 def test_basic_auth_registry_with_credentials_from_the_auth_file(
-    tmp_path: Path, auth_registry: RegistryServer
+    tmp_path: Path,
+    auth_registry: RegistryServer,  # noqa: F811  (fixtures)
 ) -> None:
     lock_path, _, lock = make_lock(tmp_path)
     auth_file = tmp_path / "auth.json"
@@ -395,7 +400,8 @@ def test_credentials_stay_on_the_registry_origin_and_off_plain_http_to_remote_ho
 
 # ======================================================================================== resumes
 def test_a_broken_chunk_upload_resumes_at_the_registrys_offset(
-    tmp_path: Path, recording_proxy: RecordingProxy
+    tmp_path: Path,
+    recording_proxy: RecordingProxy,  # noqa: F811  (fixtures)
 ) -> None:
     lock_path, _, _ = make_lock(tmp_path, big=True)
     recording_proxy.rules.break_patch = {2}
@@ -407,7 +413,7 @@ def test_a_broken_chunk_upload_resumes_at_the_registrys_offset(
     assert recording_proxy.count("GET", "/blobs/uploads/") >= 1  # asked where the upload stood
 
 
-def test_a_killed_push_resumes_its_upload(tmp_path: Path, recording_proxy: RecordingProxy) -> None:
+def test_a_killed_push_resumes_its_upload(tmp_path: Path, recording_proxy: RecordingProxy) -> None:  # noqa: F811  (fixtures)
     lock_path, _, _ = make_lock(tmp_path, big=True)
     env = env_for(tmp_path, PYTHONPATH=str(ROOT))
     target = f"oci://{recording_proxy.host}/m:v1"
@@ -453,14 +459,10 @@ def test_pull_refuses_what_the_lock_does_not_name(tmp_path: Path) -> None:
     lock_path, cache, lock = make_lock(tmp_path)
     layout = tmp_path / "layout"
     push(lock_path, f"oci:{layout}:v1")
-    # Another lock whose weights differ (same size): the artifact's LFS layer is not the lock's.
-    other = tmp_path / "other"
-    other.mkdir()
-    _, _, tampered = make_lock(other)
+    # The lock names other weights than the artifact's layer (as a registry serving other bytes would).
     with pytest.raises(IntegrityError) as info:
         resolve_pull(f"oci:{layout}:v1", _with_weights_digest(lock, "0" * 64))
     assert info.value.exit_code == ExitCode.INTEGRITY and "refusing layer" in str(info.value)
-    assert tampered.entries  # (made with other random bytes on purpose)
     # A manifest naming an unsafe path, or a file the lock does not have, is refused.
     for path, reason in (("../../etc/passwd", "unsafe"), ("extra.bin", "no such file")):
         _rewrite_first_layer_path(layout, path)
@@ -470,8 +472,6 @@ def test_pull_refuses_what_the_lock_does_not_name(tmp_path: Path) -> None:
     # A locked file the artifact lacks is reported, not invented.
     fewer = tmp_path / "fewer"
     lock_small = Lock(lock.manifest_digest, lock.tool_version, lock.entries[2:], endpoint=lock.endpoint)
-    from prefetch.lockfile import write_lock
-
     write_lock(lock_small, fewer.with_suffix(".lock"))
     push(fewer.with_suffix(".lock"), f"oci:{fewer}:v1", cache_dir=cache)
     plan = resolve_pull(f"oci:{fewer}:v1", lock)
@@ -536,7 +536,8 @@ def _podman_ready() -> str | None:
 @pytest.mark.container
 @pytest.mark.timeout(300)
 def test_image_volume_mounts_under_podman_and_huggingface_hub_loads_offline(
-    tmp_path: Path, registry: RegistryServer
+    tmp_path: Path,
+    registry: RegistryServer,  # noqa: F811  (fixtures)
 ) -> None:
     reason = _podman_ready()
     if reason and os.environ.get("CI") == "true":
@@ -597,8 +598,7 @@ def test_image_volume_layers_are_deterministic_tars_of_the_cache(tmp_path: Path)
     manifest = json.loads(first.manifests[0].data)
     layers = manifest["layers"]
     assert len(layers) == 3  # BIG and WEIGHTS alone, then the tree
-    with first.blobs[layers[-1]["digest"]].open() as f:
-        tree = tarfile.open(fileobj=f, mode="r:")  # type: ignore[call-overload]
+    with first.blobs[layers[-1]["digest"]].open() as f, tarfile.open(fileobj=f, mode="r:") as tree:
         members = {m.name: m for m in tree.getmembers()}
     link = members[f"models--org--model/snapshots/{C1}/nested/tokenizer.json"]
     assert link.issym() and link.linkname.startswith("../../../blobs/")
@@ -611,7 +611,7 @@ def test_image_volume_layers_are_deterministic_tars_of_the_cache(tmp_path: Path)
         '{"architecture": "amd64", "os": "linux"}', '{"architecture": "arm64", "os": "linux"}'}  # fmt: skip
 
 
-def test_cancel_is_honoured(tmp_path: Path, registry: RegistryServer) -> None:
+def test_cancel_is_honoured(tmp_path: Path, registry: RegistryServer) -> None:  # noqa: F811  (fixtures)
     from prefetch.cancel import CancelToken
     from prefetch.errors import Cancelled
 
@@ -620,4 +620,47 @@ def test_cancel_is_honoured(tmp_path: Path, registry: RegistryServer) -> None:
     token.cancel()
     with pytest.raises(Cancelled):
         push(lock_path, f"oci://{registry.host}/m:v1", env=env_for(tmp_path), cancel=token)
-    assert threading.active_count() < 50 and time.monotonic() > 0
+
+
+def test_bearer_tokens_from_the_realm_per_scope(
+    tmp_path: Path,
+    token_registry: tuple[RegistryServer, TokenService],  # noqa: F811  (fixtures)
+) -> None:
+    """The registry's `auth: token:` (JWTs it verifies itself): the challenge leads to the realm, the
+    login goes there as Basic and nowhere else, tokens are asked per scope (a mount's names both
+    repositories), and a refused login is exit 3 naming the file."""
+    server, service = token_registry
+    lock_path, _, lock = make_lock(tmp_path)
+    auth_file = tmp_path / "auth.json"
+    auth_file.write_text(auth_json({server.host: {"auth": b64(f"{REGISTRY_USER}:{REGISTRY_CANARY}")}}))
+    env = env_for(tmp_path, REGISTRY_AUTH_FILE=str(auth_file))
+    report = push(lock_path, f"oci://{server.host}/team/models:v1", env=env)
+    assert report.uploaded == report.blobs
+    basic = "Basic " + b64(f"{REGISTRY_USER}:{REGISTRY_CANARY}")
+    assert set(service.authorizations) == {basic}
+    assert len(service.scopes) <= 3  # one token per set of scopes, kept and reused
+    mounted = push(lock_path, f"oci://{server.host}/other/models:v1", env=env)
+    assert mounted.mounted == mounted.blobs
+    assert ["repository:other/models:pull,push", "repository:team/models:pull"] in [
+        sorted(s) for s in service.scopes
+    ]
+    plan = resolve_pull(f"oci://{server.host}/team/models:v1", lock, env=env)
+    try:
+        source = plan.sources[0]
+        assert source.credential is not None
+        assert (source.credential.authorization(source.url or "") or "").startswith("Bearer ")
+        assert source.credential.authorization("http://127.0.0.1:1/elsewhere") is None
+        assert plan.registry is not None
+        response = plan.registry.http.open(source.url or "", source.credential)
+        assert hashlib.sha256(response.read(1 << 20)).hexdigest() == source.digest.split(":")[1]
+        response.close()
+    finally:
+        plan.close()
+    anonymous = resolve_pull(f"oci://{server.host}/team/models:v1", lock, env=env_for(tmp_path))
+    anonymous.close()  # the realm grants anonymous pulls here
+    with pytest.raises(AccessError):
+        push(lock_path, f"oci://{server.host}/team/models:v2", env=env_for(tmp_path))
+    auth_file.write_text(auth_json({server.host: {"auth": b64(f"{REGISTRY_USER}:nope")}}))
+    with pytest.raises(AccessError) as refused:
+        push(lock_path, f"oci://{server.host}/team/models:v3", env=env)
+    assert REGISTRY_CANARY not in str(refused.value)

@@ -68,14 +68,10 @@ _RANGE = re.compile(r"(?:bytes=)?0-([0-9]{1,19})")
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]{1,16384}")
 
 
-class RegistryHttpError(HubHttpError):
-    """An error answer from a registry, with its distribution error code (`BLOB_UNKNOWN`...); built only
-    by `registry_error`. Its exit code and retries are HubHttpError's: 401/403/404 are access (3),
-    408/429/5xx retried."""
-
-
-def registry_error(url: str, response: Response, what: str) -> RegistryHttpError:
-    """Read (bounded) and close an error answer: its `errors[0].code` and message, escaped."""
+def registry_error(url: str, response: Response, what: str) -> HubHttpError:
+    """Read (bounded) and close an error answer as the one type of every HTTP error answer (its exit code
+    and retries are HubHttpError's: 401/403/404 are access, 408/429/5xx retried), with the
+    distribution spec's `errors[0].code` (`BLOB_UNKNOWN`...) as its error code."""
     try:
         body = response.read(MAX_ERROR_BODY)
     except (UnusableAnswer, TransportError):
@@ -89,9 +85,7 @@ def registry_error(url: str, response: Response, what: str) -> RegistryHttpError
         message = str(first.get("message") or message)[:300]
     retry_after = retry_after_seconds(response.headers) if response.status_code in (429, 503) else None
     status = response.status_code
-    return RegistryHttpError(
-        url, status, code, f"{what}: {code + ': ' if code else ''}{message}", retry_after
-    )
+    return HubHttpError(url, status, code, f"{what}: {code + ': ' if code else ''}{message}", retry_after)
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -183,7 +177,12 @@ class RegistryAuth:
             response = self.http.request("POST", realm, None, headers, form)
         else:
             sep = "&" if urlsplit(realm).query else "?"
-            response = self.http.open(realm + (sep + urlencode(query) if query else ""), realm_login)
+            try:
+                response = self.http.open(realm + (sep + urlencode(query) if query else ""), realm_login)
+            except HubHttpError as exc:
+                if exc.status in (401, 403):
+                    raise AccessError(f"{self.refused()} (its token realm answered {exc.status})") from None
+                raise
         try:
             if response.status_code >= 400:
                 raise registry_error(realm, response, "token request")
