@@ -23,8 +23,8 @@ from prefetch.errors import BadProxyUrl, ManifestError
 from prefetch.hfhub import REPO_TYPES, repo_id_problem
 from prefetch.located_yaml import STR, Item, YamlReader, join, line_of
 from prefetch.paths import revision_problem
-from prefetch.proxy_url import parse_proxy_url
 from prefetch.settings import RetrySettings
+from prefetch.urls import parse_proxy_url
 
 MANIFEST_VERSION = 1
 

@@ -1,13 +1,17 @@
-"""Rules about URLs that need no network: which hosts are this machine, and where a token may not go.
+"""Rules about URLs that need no network: proxy URLs as users write them (HTTPS_PROXY & co, `--proxy`,
+a manifest's `proxies:`), which hosts are this machine, and where a token may not go.
 
-Pure string rules (nothing here resolves a name or opens a socket), so the pre-flight checks of a run
-that makes no request do not load the network stack.
+Pure string rules (nothing here resolves a name or opens a socket), so the manifest can check its
+`proxies:` and a run that makes no request can do its pre-flight checks without loading the network stack.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
+
+from prefetch.errors import BadProxyUrl
 
 
 def is_loopback_host(host: str) -> bool:
@@ -28,3 +32,44 @@ def plain_http_token_problem(url: str) -> str | None:
     if parts.scheme != "http" or is_loopback_host(parts.hostname or ""):
         return None
     return f"refusing to send a token over plain http to {parts.hostname} (anyone on the path could read it)"
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
+_NAMED_SCHEMES = ("https", "socks4", "socks4a", "socks5", "socks5h", "ftp")  # safe to name back
+PROXY_EXAMPLE = "http://[user:password@]proxy.example:3128"
+
+
+def parse_proxy_url(value: str) -> str:
+    """The proxy URL to use for `value` (from HTTPS_PROXY & co, `--proxy`, a manifest's `proxies:`).
+
+    A scheme-less value means http://, as in curl and httpx. The one parser for every source, so a
+    value is accepted, normalized and refused the same way wherever it comes from.
+    """
+    text = value.strip()
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise BadProxyUrl(f"the proxy URL contains spaces or control characters (expected {PROXY_EXAMPLE})")
+    if "://" not in text:
+        text = "http://" + text
+    scheme, _, rest = text.partition("://")
+    if scheme.lower() != "http":
+        named = scheme.lower() if _SCHEME.fullmatch(scheme) and scheme.lower() in _NAMED_SCHEMES else None
+        reason = f"expected an http URL such as {PROXY_EXAMPLE}" + (f", not {named}://" if named else "")
+        if named == "https":
+            reason += " (prefetch talks plain HTTP to proxies; https:// traffic still crosses them encrypted)"
+        raise BadProxyUrl(reason)
+    authority, remainder = re.fullmatch(r"([^/?#]*)(.*)", rest, re.DOTALL).groups()  # type: ignore[union-attr]
+    if "@" in remainder:
+        raise BadProxyUrl(
+            "the proxy user name or password contains an unescaped '/', '?' or '#': percent-encode it "
+            "(%2F, %3F, %23)"
+        )
+    if remainder not in ("", "/"):
+        raise BadProxyUrl(f"a proxy URL has no path, query or fragment (expected {PROXY_EXAMPLE})")
+    host_port = authority.rpartition("@")[2]
+    host, port = re.fullmatch(r"(\[[^\]]*\]|[^:]*)(?::(.*))?", host_port, re.DOTALL).groups()  # type: ignore[union-attr]
+    if not host or not _HOST.fullmatch(host):
+        raise BadProxyUrl(f"the proxy URL has no valid host name (expected {PROXY_EXAMPLE})")
+    if port is not None and not (port.isdigit() and port.isascii() and 0 < int(port) <= 65535):
+        raise BadProxyUrl("the proxy port must be a number from 1 to 65535")
+    return f"http://{authority}"

@@ -76,7 +76,7 @@ def test_the_manifest_and_the_lockfile_are_pure_data(module: str) -> None:
 
 
 def test_the_proxy_url_parser_is_shared_not_copied() -> None:
-    from prefetch import manifest, proxy_url
+    from prefetch import manifest, urls
     from prefetch.net import proxies
 
-    assert manifest.parse_proxy_url is proxies.parse_proxy_url is proxy_url.parse_proxy_url
+    assert manifest.parse_proxy_url is proxies.parse_proxy_url is urls.parse_proxy_url

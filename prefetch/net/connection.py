@@ -10,7 +10,8 @@ with 32 connections, 32 threads took turns at it once per record. So a read, onc
 is in, also takes the records that have already arrived, without waiting, with at most `TLS_READERS`
 threads doing so at once; the others wait for data in the kernel, wanting no lock (`Response.readinto`).
 
-What it speaks is http.client's: GET and HEAD; bodies framed by Content-Length, chunked, or the
+What it speaks is http.client's: any method, with a request body of bytes or read from a file
+(`FileBody`: streamed, never whole in memory); answers framed by Content-Length, chunked, or the
 connection's close; http and https (the system's trust store, or SSL_CERT_FILE / SSL_CERT_DIR, as
 huggingface_hub); http:// proxies, in absolute form for http URLs and through CONNECT tunnels
 (`set_tunnel`) for https ones, with Basic credentials from the proxy URL. Retries, redirects and
@@ -31,9 +32,10 @@ import re
 import select
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from email.message import Message
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from prefetch import settings
@@ -59,6 +61,32 @@ _TARGET_SAFE = "!$%&'()*+,/:;=?@[]~"
 _TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})\b ?(.*)")  # http.client's CONNECT failure
 
 Headers = Message  # case-insensitive `get` and `in`, as `http.client` parses them
+BODY_BLOCK = 1024 * 1024  # a `FileBody` is sent in blocks of this size
+
+
+@dataclass(frozen=True)
+class FileBody:
+    """A request body of `length` bytes read from `file` at `offset`: streamed block by block (a
+    256 MiB blob is never in memory), from `offset` again at each send (a retry, another proxy).
+    Exactly `length` bytes go out, so a file that grew cannot overrun the stated Content-Length;
+    one that ends sooner fails the request (ValueError) rather than hang the server."""
+
+    file: IO[bytes]
+    offset: int
+    length: int
+
+    def blocks(self) -> Iterator[bytes]:
+        self.file.seek(self.offset)
+        left = self.length
+        while left:
+            block = self.file.read(min(BODY_BLOCK, left))
+            if not block:
+                raise ValueError(f"the request body's file ended {left} bytes before its stated length")
+            left -= len(block)
+            yield block
+
+
+Body = bytes | FileBody
 
 
 # ---------------------------------------------------------------------------------------------- TLS
@@ -371,13 +399,22 @@ class Pool:
         self._lock = threading.Lock()
         self._tls_readers = threading.Semaphore(TLS_READERS)
 
-    def request(self, method: str, url: str, headers: dict[str, str]) -> Response:
-        """Send one request and read the answer's head; the body is the caller's to read and close."""
-        sent = self.send(method, url, headers)
+    def request(self, method: str, url: str, headers: dict[str, str], body: Body | None = None) -> Response:
+        """Send one request (with `body`, if any) and read the answer's head; the answer's body is the
+        caller's to read and close."""
+        sent = self.send(method, url, headers, body=body)
         assert sent is not None  # (it connects)
         return sent.answer()
 
-    def send(self, method: str, url: str, headers: dict[str, str], *, connect: bool = True) -> Sent | None:
+    def send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        *,
+        connect: bool = True,
+        body: Body | None = None,
+    ) -> Sent | None:
         """Send one request without waiting for its answer (`Sent.answer` reads its head later): one
         thread may have several in flight, each on a connection of its own. `connect=False`: only on
         a kept-alive connection (None if there is none), so that the caller never waits for a
@@ -396,6 +433,10 @@ class Pool:
             safe=_TARGET_SAFE,
         )
         fields = {"user-agent": self.user_agent, **headers}
+        data: bytes | Iterator[bytes] | None = None
+        if body is not None:  # Content-Length always: http.client would frame a stream as chunked
+            fields["content-length"] = str(len(body) if isinstance(body, bytes) else body.length)
+            data = body if isinstance(body, bytes) else body.blocks()
         if absolute and self._proxy_auth:
             fields["proxy-authorization"] = self._proxy_auth
         conn = self._checkout(key)
@@ -404,7 +445,7 @@ class Pool:
                 return None
             conn = self._connect(scheme, host, port)
         try:
-            conn.request(method, target, headers=fields)
+            conn.request(method, target, body=data, headers=fields)
         except BaseException as e:
             conn.close()
             if isinstance(e, TimeoutError):

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from prefetch.auth import redact_url
 from prefetch.errors import BadProxyUrl, UsageError
 from prefetch.net.connection import Pool, Response
-from prefetch.proxy_url import parse_proxy_url
+from prefetch.urls import parse_proxy_url
 
 log = logging.getLogger("prefetch")
 

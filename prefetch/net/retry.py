@@ -160,12 +160,14 @@ class RetryPolicy:
         fn: Callable[[], T],
         what: str | Callable[[], str],
         cancel: CancelToken | None = None,
+        retryable: Callable[[BaseException], bool] = is_retryable,
     ) -> T:
         """Run `fn` until it succeeds, fails for good, or the bounds are reached; log each retry once.
 
         `what` names the request in the log (a callable is asked at each retry, e.g. for the byte
         position a resumed download restarts from); `cancel` (by default the policy's token; a
-        transfer passes its own child of it) ends the wait between attempts.
+        transfer passes its own child of it) ends the wait between attempts; `retryable` says which
+        failures are worth another attempt (by default the transient ones, `is_retryable`).
         """
         token = cancel or self.cancel
 
@@ -184,7 +186,7 @@ class RetryPolicy:
         retrying = tenacity.Retrying(
             stop=self._stop,
             wait=self._wait,
-            retry=tenacity.retry_if_exception(is_retryable),
+            retry=tenacity.retry_if_exception(retryable),
             before=lambda _: token.raise_if_cancelled(),
             before_sleep=before_sleep,
             sleep=token.sleep,
@@ -193,7 +195,7 @@ class RetryPolicy:
         try:
             return retrying(fn)
         except Exception as e:
-            if is_retryable(e):  # gave up on a transient failure: say how hard we tried
+            if retryable(e):  # gave up on a transient failure: say how hard we tried
                 with contextlib.suppress(AttributeError):
                     e.prefetch_attempts = retrying.statistics.get("attempt_number", 1)  # type: ignore[attr-defined]
             raise

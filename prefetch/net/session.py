@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 from prefetch import __version__
@@ -25,7 +25,7 @@ from prefetch.errors import (
     UnusableAnswer,
     hub_http_error,
 )
-from prefetch.net.connection import Headers, Pool, Response, Sent, tls_context
+from prefetch.net.connection import Body, Headers, Pool, Response, Sent, tls_context
 from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_hint, is_proxy_failure
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
 from prefetch.settings import RetrySettings
@@ -38,6 +38,16 @@ MAX_REDIRECTS = 5
 ERROR_BODY_LIMIT = 64 * 1024  # of an error answer's body, what is read (for its message); the rest is not
 
 Origin = tuple[str, str | None, int | None]
+
+
+class Authorizer(Protocol):
+    """A credential that decides per URL where it goes (a registry's, scoped to its own origin and its
+    token realm's): the `Authorization` value for `url`, or None to send nothing there."""
+
+    def authorization(self, url: str) -> str | None: ...
+
+
+Credential = Token | Authorizer  # a Hub token goes to the endpoint's origin only; an Authorizer decides
 
 
 @dataclass(frozen=True)
@@ -127,7 +137,9 @@ class Http:
     def describe_routes(self) -> str:
         return self.routes.describe(self.endpoint)
 
-    def _send_once(self, method: str, url: str, headers: dict[str, str]) -> Response:
+    def _send_once(
+        self, method: str, url: str, headers: dict[str, str], body: Body | None = None
+    ) -> Response:
         """One attempt over the routes: a failing proxy hands over to the next one.
 
         A proxy fails when it cannot be reached, breaks the connection or tunnel before an answer,
@@ -138,7 +150,7 @@ class Http:
         needs_credentials = 0
         for route in self.routes.for_url(url):
             try:
-                response = route.pool.request(method, url, headers)
+                response = route.pool.request(method, url, headers, body)
             except TransportError as e:
                 if route.proxy is None and isinstance(e, ConnectError):
                     e.first_contact = _origin(url) not in self._answered
@@ -179,7 +191,7 @@ class Http:
     def open(
         self,
         url: str,
-        token: Token | None,
+        token: Credential | None,
         headers: dict[str, str] | None = None,
         on_redirect: Callable[[Headers], None] | None = None,
     ) -> Response:
@@ -192,8 +204,26 @@ class Http:
         response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
         return self.follow(url, response, token, headers, on_redirect)
 
+    def request(
+        self,
+        method: str,
+        url: str,
+        token: Credential | None,
+        headers: dict[str, str] | None = None,
+        body: Body | None = None,
+    ) -> Response:
+        """One request of any method, with `body` if any, over the routes (`_send_once`): redirects not
+        followed and the status not checked, for a protocol whose answers say more than 2xx or not
+        (a registry's 201, 202, 416...). The answer is the caller's to read and close."""
+        return self._send_once(method, url, {**(headers or {}), **self._auth(url, token)}, body)
+
     def send(
-        self, url: str, token: Token | None, headers: dict[str, str] | None = None, *, connect: bool = True
+        self,
+        url: str,
+        token: Credential | None,
+        headers: dict[str, str] | None = None,
+        *,
+        connect: bool = True,
     ) -> InFlight | None:
         """GET `url` on the route it takes now, without waiting for the answer (`answer`, then `follow`,
         take it from there): for a thread that keeps several requests in flight. No failover: a
@@ -218,7 +248,7 @@ class Http:
         self,
         url: str,
         response: Response,
-        token: Token | None,
+        token: Credential | None,
         headers: dict[str, str] | None = None,
         on_redirect: Callable[[Headers], None] | None = None,
     ) -> Response:
@@ -251,7 +281,7 @@ class Http:
             )
         return target
 
-    def head(self, url: str, token: Token | None) -> Headers:
+    def head(self, url: str, token: Credential | None) -> Headers:
         """HEAD `url` with retries, redirects not followed (a 3xx is an answer); HubHttpError if >= 400."""
 
         def attempt() -> Headers:
@@ -263,17 +293,23 @@ class Http:
 
         return self.retry.call(attempt, f"HEAD {urlsplit(url).path}")
 
-    def _auth(self, url: str, token: Token | None) -> dict[str, str]:
-        """The Authorization header, for the Hub's own origin only (never a CDN or another host), and
-        never in clear text to a host off this machine."""
-        if token is None or not _same_origin(url, self.endpoint):
+    def _auth(self, url: str, token: Credential | None) -> dict[str, str]:
+        """The Authorization header: a Hub token for the Hub's own origin only (never a CDN or another
+        host), an `Authorizer`'s wherever it says; never in clear text to a host off this machine."""
+        if token is None:
+            return {}
+        if isinstance(token, Token):
+            value = f"Bearer {token.value}" if _same_origin(url, self.endpoint) else None
+        else:
+            value = token.authorization(url)
+        if value is None:
             return {}
         problem = plain_http_token_problem(url)
         if problem is not None:
             raise AccessError(f"{problem}: use an https:// endpoint")
-        return {"authorization": f"Bearer {token.value}"}
+        return {"authorization": value}
 
-    def get_json(self, url: str, token: Token | None) -> tuple[Any, Headers]:
+    def get_json(self, url: str, token: Credential | None) -> tuple[Any, Headers]:
         """GET a Hub API URL and parse its JSON, with retries."""
 
         def attempt() -> tuple[Any, Headers]:

@@ -1,0 +1,628 @@
+"""A client of one OCI registry (the OCI distribution spec) over prefetch's HTTP layer: the auth
+challenge (`WWW-Authenticate: Basic` or `Bearer realm=,service=,scope=`), blob HEAD, cross-repository
+mount, uploads (monolithic for small blobs; chunked and resumable for the others), manifests.
+
+Credentials go only where they belong (`RegistryAuth.credential`, an `Authorizer`): the login as
+`Basic` or the token as `Bearer` to the registry's origin; the login to the token realm's origin for
+the token request alone; nothing to any other origin, such as the storage a blob GET is redirected
+to. Over plain http, the net layer refuses to send any of it to a host off this machine.
+
+An unfinished chunked upload is remembered (`UploadStates`: its URL and acknowledged offset, in a
+file only its owner can read) after each chunk the registry acknowledged, so a later run asks the
+registry where it stands and resumes there; a registry that refuses that upload (the Distribution
+registry 2.8 does when a broken request left bytes past the offset) gets a fresh one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urljoin, urlsplit
+
+from prefetch import settings
+from prefetch.auth import Secrets
+from prefetch.cancel import CancelToken
+from prefetch.errors import (
+    AccessError,
+    HubHttpError,
+    IntegrityError,
+    NetworkError,
+    TransportError,
+    UnusableAnswer,
+    hub_http_error,
+)
+from prefetch.files import atomic_write
+from prefetch.net.connection import FileBody, Response
+from prefetch.net.retry import RetryPolicy, is_retryable, retry_after_seconds
+from prefetch.net.session import Http
+from prefetch.oci.blobs import Blob
+from prefetch.oci.credentials import RegistryLogin
+from prefetch.oci.reference import RegistryRef
+from prefetch.settings import RetrySettings
+from prefetch.terminal import printable
+
+MAX_MANIFEST = 4 * 1024 * 1024  # bytes of a manifest or index read (distribution's own limit is 4 MiB)
+MAX_ERROR_BODY = 64 * 1024
+MAX_TOKEN_ANSWER = 1024 * 1024
+MAX_CHALLENGE = 8192
+DEFAULT_CHUNK = 64 * 1024 * 1024  # bytes per PATCH: what a broken connection costs at most
+TOKEN_MARGIN = 10.0  # seconds before a token's expiry when a new one is asked for
+MANIFEST_ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+_PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
+_RANGE = re.compile(r"(?:bytes=)?0-([0-9]{1,19})")
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]{1,16384}")
+
+
+def registry_error(url: str, response: Response, what: str) -> HubHttpError:
+    """Read (bounded) and close an error answer, through the one translator of HTTP answers (its class
+    decides the exit code: 401/403/404 access, 408/429/5xx retried), with the distribution spec's
+    `errors[0].code` (`BLOB_UNKNOWN`...) as its error code."""
+    try:
+        body = response.read(MAX_ERROR_BODY)
+    except (UnusableAnswer, TransportError):
+        body = b""
+    finally:
+        response.close()
+    retry_after = retry_after_seconds(response.headers) if response.status_code in (429, 503) else None
+    error = hub_http_error(
+        url, response.status_code, response.headers.items(), body, reason=response.reason_phrase,
+        retry_after=retry_after,
+    ).in_context(what)  # fmt: skip
+    with contextlib.suppress(ValueError, RecursionError, AttributeError, IndexError, TypeError, KeyError):
+        error.error_code = str(json.loads(body)["errors"][0].get("code"))[:64] or None
+    return error
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    return (
+        parts.scheme,
+        (parts.hostname or "").lower(),
+        parts.port or (443 if parts.scheme == "https" else 80),
+    )
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="...",service="...",scope="..."` -> ("bearer", {...}); bounded, unknown -> ("", {})."""
+    header = header[:MAX_CHALLENGE].strip()
+    scheme, _, rest = header.partition(" ")
+    params = {
+        m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
+        for m in _PARAM.finditer(rest)
+    }
+    return scheme.lower(), {k: v.replace('\\"', '"') for k, v in params.items()}
+
+
+def pull_scope(repository: str) -> str:
+    return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
+
+
+class RegistryAuth:
+    """What one registry asked for, and the tokens it gave (per set of scopes), shared by threads."""
+
+    def __init__(self, base: str, login: RegistryLogin | None, http: Http, secrets: Secrets) -> None:
+        self.base = base
+        self.login = login
+        self.http = http
+        self.secrets = secrets  # the run's: the tokens the realm gives join it
+        self.scheme = ""  # "", "basic" or "bearer": learnt from the registry's first 401
+        self.realm = ""
+        self.service = ""
+        self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def learn(self, challenge: str) -> bool:
+        """Take a 401's challenge; whether sending the request again with what it asks can help."""
+        scheme, params = parse_challenge(challenge)
+        with self._lock:
+            if scheme == "basic":
+                self.scheme = "basic"
+                return self.login is not None and bool(self.login.username or self.login.password)
+            if scheme == "bearer" and params.get("realm"):
+                realm = params["realm"]
+                if urlsplit(realm).scheme not in ("http", "https") or len(realm) > 2048:
+                    raise UnusableAnswer(f"{self.base}: the registry named an unusable token realm")
+                self.scheme, self.realm, self.service = "bearer", realm, params.get("service", "")
+                self._tokens.clear()  # refused or expired: ask again
+                return True
+        return False
+
+    def header(self, scopes: tuple[str, ...]) -> str | None:
+        """The Authorization value for a request needing `scopes`; a Bearer token is asked for (and
+        kept until shortly before it expires) here."""
+        if self.scheme == "basic" and self.login is not None and (self.login.username or self.login.password):
+            return f"Basic {self.login.basic_value}"
+        if self.scheme != "bearer":
+            return None
+        key = tuple(sorted(set(scopes)))
+        with self._lock:
+            cached = self._tokens.get(key)
+            if cached is not None and cached[1] > time.monotonic():
+                return f"Bearer {cached[0]}"
+            token, lifetime = self._fetch_token(key)
+            self._tokens[key] = (token, time.monotonic() + max(0.0, lifetime - TOKEN_MARGIN))
+            return f"Bearer {token}"
+
+    def _fetch_token(self, scopes: tuple[str, ...]) -> tuple[str, float]:
+        """A token from the realm: GET with the login as Basic (or none: anonymous), or, for an identity
+        token, the OAuth2 refresh-token POST. Raises AccessError when the realm refuses."""
+        realm = self.realm
+        login = self.login
+        realm_login = _RealmLogin(realm, login)
+        query = [("service", self.service)] if self.service else []
+        query += [("scope", s) for s in scopes]
+        if login is not None and login.identity_token:
+            grant = [("grant_type", "refresh_token"), ("refresh_token", login.identity_token)]
+            fields = [*grant, ("client_id", "prefetch"), *query[:1], ("scope", " ".join(scopes))]
+            form = urlencode(fields).encode()
+            headers = {"content-type": "application/x-www-form-urlencoded"}
+            response = self.http.request("POST", realm, None, headers, form)
+        else:
+            sep = "&" if urlsplit(realm).query else "?"
+            try:
+                response = self.http.open(realm + (sep + urlencode(query) if query else ""), realm_login)
+            except HubHttpError as exc:
+                if exc.status in (401, 403):
+                    raise AccessError(f"{self.refused()} (its token realm answered {exc.status})") from None
+                raise
+        try:
+            if response.status_code >= 400:
+                raise registry_error(realm, response, "token request")
+            answer = response.json() if response.status_code == 200 else None
+        finally:
+            response.close()
+        token = answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not _TOKEN_CHARS.fullmatch(token):
+            raise AccessError(f"{self.base}: the token realm answered without a usable token")
+        self.secrets.add(token)
+        lifetime = answer.get("expires_in") if isinstance(answer, dict) else None
+        return token, float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else 60.0
+
+    def credential(self, scopes: tuple[str, ...]) -> ScopedCredential:
+        return ScopedCredential(self, scopes)
+
+    def refused(self) -> str:
+        """Why the registry said 401, for a message that names the login's source, never the login."""
+        if self.login is None:
+            where = "REGISTRY_AUTH_FILE, podman's or docker's auth files"
+            return f"{self.base} asks for credentials and none were found ({where})"
+        return f"{self.base} refused the {self.login}"
+
+
+@dataclass(frozen=True)
+class ScopedCredential:
+    """The registry's credentials for requests needing `scopes`: to the registry's origin only."""
+
+    auth: RegistryAuth
+    scopes: tuple[str, ...]
+
+    def authorization(self, url: str) -> str | None:
+        if _origin(url) != _origin(self.auth.base):
+            return None  # a redirect to storage, another host: nothing
+        return self.auth.header(self.scopes)
+
+
+@dataclass(frozen=True)
+class _RealmLogin:
+    """The login, as Basic, for the token realm's origin only (the token request itself)."""
+
+    realm: str
+    login: RegistryLogin | None
+
+    def authorization(self, url: str) -> str | None:
+        if self.login is None or not (self.login.username or self.login.password):
+            return None
+        return f"Basic {self.login.basic_value}" if _origin(url) == _origin(self.realm) else None
+
+
+@dataclass(frozen=True)
+class SavedUpload:
+    location: str
+    offset: int
+
+
+class UploadStates:
+    """Unfinished chunked uploads, one small JSON file each (`folder`, mode 0700; files 0600): the upload
+    URL and the offset the registry acknowledged. None: nothing is remembered (uploads still resume
+    within a run)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def _path(self, base: str, repository: str, digest: str) -> Path | None:
+        if self.folder is None:
+            return None
+        name = hashlib.sha256(f"{base}/{repository}@{digest}".encode()).hexdigest()[:40]
+        return self.folder / f"{name}.json"
+
+    def load(self, base: str, repository: str, digest: str) -> SavedUpload | None:
+        path = self._path(base, repository, digest)
+        try:
+            data = json.loads(path.read_bytes()[:65536]) if path is not None else None
+            return SavedUpload(str(data["location"]), int(data["offset"])) if isinstance(data, dict) else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self, base: str, repository: str, digest: str, saved: SavedUpload) -> None:
+        path = self._path(base, repository, digest)
+        if path is None:
+            return
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data = json.dumps({"location": saved.location, "offset": saved.offset}).encode()
+        old = os.umask(0o077)
+        try:
+            atomic_write(path, data, durable=False)
+        finally:
+            os.umask(old)
+
+    def clear(self, base: str, repository: str, digest: str) -> None:
+        path = self._path(base, repository, digest)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def default_upload_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """`${XDG_STATE_HOME:-~/.local/state}/prefetch/oci-uploads`."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or os.path.expanduser("~")) / ".local/state")
+    return Path(base) / "prefetch" / "oci-uploads"
+
+
+@dataclass
+class UploadResult:
+    sent: int  # bytes sent in this run
+    resumed_at: int  # offset a remembered or broken upload resumed from (0: from the start)
+    restarts: int = 0  # uploads the registry refused to resume, started again
+
+
+class Registry:
+    """One registry, its auth, and the requests of the distribution spec prefetch makes."""
+
+    def __init__(
+        self,
+        ref: RegistryRef,
+        login: RegistryLogin | None,
+        *,
+        plain_http: bool | None = None,
+        retry: RetrySettings | None = None,
+        cancel: CancelToken | None = None,
+        env: Mapping[str, str] | None = None,
+        pool_size: int = 8,
+        secrets: Secrets | None = None,
+    ) -> None:
+        """`plain_http` None: https, except to a loopback host (as Docker treats 127.0.0.0/8 as an
+        insecure registry): traffic that never leaves the machine. `secrets`: the run's, which the
+        login's values and the realm's tokens join."""
+        use_http = plain_http if plain_http is not None else ref.is_loopback
+        self.ref = ref
+        self.base = f"{'http' if use_http else 'https'}://{ref.registry}"
+        proxies, no_proxy = settings.proxies(env)
+        self.cancel = cancel or CancelToken()
+        self.http = Http(
+            self.base,
+            proxies,
+            RetryPolicy(retry or RetrySettings(), cancel=self.cancel),
+            no_proxy=no_proxy,
+            pool_size=pool_size,
+        )
+        self.secrets = secrets or Secrets()
+        for value in login.secret_values if login else ():
+            self.secrets.add(value)
+        self.auth = RegistryAuth(self.base, login, self.http, self.secrets)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------- plumbing
+    def url(self, repository: str, kind: str, reference: str = "") -> str:
+        return f"{self.base}/v2/{repository}/{kind}/{quote(reference, safe=':')}"
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        scopes: tuple[str, ...],
+        headers: dict[str, str] | None = None,
+        body: bytes | FileBody | None = None,
+    ) -> Response:
+        """One request with the registry's credentials; after a 401, once more with what its challenge
+        asks (a login as Basic, a new token). A second 401 is an AccessError naming the login's source."""
+        for attempt in (1, 2):
+            response = self.http.request(method, url, self.auth.credential(scopes), headers, body)
+            if response.status_code != 401:
+                return response
+            challenge = response.headers.get("www-authenticate", "")
+            error = registry_error(url, response, f"{method} {urlsplit(url).path}")
+            if attempt == 2 or not self.auth.learn(challenge):
+                raise AccessError(f"{self.auth.refused()} ({error.status} {error.message})")
+        raise AssertionError("unreachable")
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return self.http.retry.call(fn, what)
+        except (TransportError, HubHttpError) as exc:
+            if isinstance(exc, HubHttpError) and exc.status in (401, 403, 404):
+                raise
+            if is_retryable(exc) or isinstance(exc, TransportError):
+                raise NetworkError(f"{self.base}: {what}: {printable(str(exc))}") from exc
+            raise
+
+    # ---------------------------------------------------------------------------------------- requests
+    def ping(self, repository: str) -> None:
+        """`GET /v2/`: is it a registry, and which auth does it ask for (learnt, and a token fetched)."""
+
+        def attempt() -> None:
+            response = self._send("GET", f"{self.base}/v2/", (pull_scope(repository),))
+            if response.status_code != 200:
+                raise registry_error(response.url, response, "GET /v2/ (is it an OCI registry?)")
+            response.close()
+
+        self._call("GET /v2/", attempt)
+
+    def blob_size(self, repository: str, digest: str, push: bool = False) -> int | None:
+        """The size of a blob the repository has (HEAD), None when it has not."""
+        url = self.url(repository, "blobs", digest)
+        scopes = (push_scope(repository) if push else pull_scope(repository),)
+
+        def attempt() -> int | None:
+            response = self._send("HEAD", url, scopes)
+            response.close()
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise registry_error(url, response, f"HEAD blob {digest}")
+            length = response.headers.get("content-length", "")
+            return int(length) if length.isdigit() else -1
+
+        result: int | None = self._call(f"HEAD blob {digest}", attempt)
+        return result
+
+    def mount(self, repository: str, digest: str, source: str) -> bool:
+        """Cross-repository mount (201: done); a registry that declines (202) gets its upload cancelled."""
+        url = f"{self.base}/v2/{repository}/blobs/uploads/?{urlencode({'mount': digest, 'from': source})}"
+        scopes = (push_scope(repository), pull_scope(source))
+
+        def attempt() -> bool:
+            response = self._send("POST", url, scopes, body=b"")
+            if response.status_code == 201:
+                response.close()
+                return True
+            if response.status_code == 202:
+                location = urljoin(url, response.headers.get("location", ""))
+                response.close()
+                with contextlib.suppress(TransportError, HubHttpError, AccessError):
+                    self._send("DELETE", location, scopes).close()
+                return False
+            raise registry_error(url, response, f"mount {digest} from {source}")
+
+        mounted: bool = self._call(f"mount {digest}", attempt)
+        return mounted
+
+    def _start_upload(self, repository: str) -> tuple[str, int]:
+        url = f"{self.base}/v2/{repository}/blobs/uploads/"
+
+        def attempt() -> tuple[str, int]:
+            response = self._send("POST", url, (push_scope(repository),), body=b"")
+            if response.status_code != 202 or "location" not in response.headers:
+                raise registry_error(url, response, "start an upload")
+            location = urljoin(url, response.headers["location"])
+            minimum = response.headers.get("oci-chunk-min-length", "")
+            response.close()
+            return location, int(minimum) if minimum.isdigit() else 0
+
+        started: tuple[str, int] = self._call("start an upload", attempt)
+        return started
+
+    def _upload_status(self, repository: str, location: str) -> SavedUpload | None:
+        """Where an upload stands (GET: 204 + Range); None when the registry does not know or refuses it."""
+        try:
+            response = self._send("GET", location, (push_scope(repository),))
+        except (TransportError, AccessError):
+            return None
+        try:
+            if response.status_code != 204:
+                return None
+            match = _RANGE.fullmatch(response.headers.get("range", "").strip())
+            offset = int(match.group(1)) + 1 if match else 0
+            if match and match.group(1) == "0":
+                offset = 0  # "0-0" is empty or one byte: restart that byte rather than skip it
+            return SavedUpload(urljoin(location, response.headers.get("location") or location), offset)
+        finally:
+            response.close()
+
+    def _finish(self, repository: str, location: str, blob: Blob, body: bytes | FileBody) -> None:
+        sep = "&" if urlsplit(location).query else "?"
+        url = f"{location}{sep}{urlencode({'digest': blob.digest})}"
+        headers = {"content-type": "application/octet-stream"}
+        response = self._send("PUT", url, (push_scope(repository),), headers, body)
+        if response.status_code == 201:
+            response.close()
+            return
+        error = registry_error(url, response, f"upload of {blob.digest}")
+        if error.error_code == "DIGEST_INVALID":
+            raise IntegrityError(
+                f"{self.base}/{repository}: the registry computed another digest than {blob.digest} for the "
+                f"{blob.size} bytes sent: the cache's blob is corrupt (run `prefetch verify`)"
+            )
+        raise error
+
+    def upload(
+        self,
+        repository: str,
+        blob: Blob,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        states: UploadStates | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> UploadResult:
+        """Upload `blob` (its bytes read from its parts): one PUT when it fits a chunk, else PATCHes of
+        `chunk_size` bytes (or the registry's `OCI-Chunk-Min-Length`) then the closing PUT. A remembered
+        upload (`states`) resumes where the registry says it stands; a failed chunk is retried from
+        the registry's offset, within the retry budget."""
+        states = states or UploadStates(None)
+        key = (self.base, repository, blob.digest)
+        result = UploadResult(0, 0)
+        saved = states.load(*key)
+        status = self._upload_status(repository, saved.location) if saved else None
+        if saved and status is None:
+            result.restarts += 1
+            states.clear(*key)
+        minimum = 0
+        if status is None:
+            location, minimum = self._start_upload(repository)
+            offset = 0
+        else:
+            location, offset = status.location, status.offset
+            result.resumed_at = offset
+        chunk = max(chunk_size, minimum, 1)
+        retried = False
+
+        def send_the_rest() -> None:
+            """One attempt: from where the registry says the upload stands (after a failure), the
+            remaining chunks, then the closing PUT."""
+            nonlocal location, offset, minimum, retried
+            if retried:
+                status = self._upload_status(repository, location)
+                if status is None:  # unknown to the registry, or refused at its offset: anew
+                    result.restarts += 1
+                    location, minimum = self._start_upload(repository)
+                    offset = 0
+                else:
+                    location, offset = status.location, status.offset
+            retried = True
+            while True:
+                if offset == 0 and blob.size <= chunk:
+                    self._finish(repository, location, blob, FileBody(reader, 0, blob.size))
+                    result.sent += blob.size
+                    if progress:
+                        progress(blob.size)
+                    return
+                if offset >= blob.size:
+                    self._finish(repository, location, blob, b"")
+                    return
+                before = offset
+                location, offset = self._patch(
+                    repository, location, reader, offset, min(chunk, blob.size - offset)
+                )
+                states.save(*key, SavedUpload(location, offset))
+                result.sent += offset - before
+                if progress:
+                    progress(offset - before)
+
+        with blob.open() as reader:
+            try:
+                self.http.retry.call(
+                    send_the_rest, f"upload of {blob.digest}", cancel=self.cancel, retryable=_upload_retryable
+                )
+            except (TransportError, HubHttpError) as exc:
+                if not _upload_retryable(exc):
+                    raise
+                raise NetworkError(
+                    f"{self.base}/{repository}: upload of {blob.digest}: {printable(str(exc))}"
+                ) from exc
+        states.clear(*key)
+        return result
+
+    def _patch(
+        self, repository: str, location: str, reader: Any, offset: int, length: int
+    ) -> tuple[str, int]:
+        headers = {
+            "content-type": "application/octet-stream",
+            "content-range": f"{offset}-{offset + length - 1}",
+        }
+        response = self._send(
+            "PATCH", location, (push_scope(repository),), headers, FileBody(reader, offset, length)
+        )
+        if response.status_code != 202:
+            raise registry_error(location, response, f"PATCH {offset}-{offset + length - 1}")
+        match = _RANGE.fullmatch(response.headers.get("range", "").strip())
+        new_location = urljoin(location, response.headers.get("location") or location)
+        response.close()
+        end = int(match.group(1)) + 1 if match else offset + length
+        if end != offset + length:
+            raise UnusableAnswer(
+                f"{self.base}: after a chunk ending at {offset + length} the registry stands at {end}"
+            )
+        return new_location, end
+
+    def put_manifest(self, repository: str, reference: str, media_type: str, data: bytes) -> None:
+        url = self.url(repository, "manifests", reference)
+
+        def attempt() -> None:
+            response = self._send("PUT", url, (push_scope(repository),), {"content-type": media_type}, data)
+            if response.status_code not in (200, 201):
+                raise registry_error(url, response, f"PUT manifest {reference}")
+            response.close()
+
+        self._call(f"PUT manifest {reference}", attempt)
+
+    def manifest_digest(self, repository: str, reference: str) -> str | None:
+        """The digest of the manifest `reference` (a tag or digest) names (HEAD: `Docker-Content-Digest`);
+        None when there is none, or the registry does not say."""
+        url = self.url(repository, "manifests", reference)
+
+        def attempt() -> str | None:
+            response = self._send("HEAD", url, (push_scope(repository),), {"accept": MANIFEST_ACCEPT})
+            response.close()
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise registry_error(url, response, f"HEAD manifest {reference}")
+            return response.headers.get("docker-content-digest")
+
+        found: str | None = self._call(f"HEAD manifest {reference}", attempt)
+        return found
+
+    def get_manifest(self, repository: str, reference: str) -> tuple[str, bytes]:
+        """(media type, bytes) of a manifest or index, at most MAX_MANIFEST bytes."""
+        url = self.url(repository, "manifests", reference)
+
+        def attempt() -> tuple[str, bytes]:
+            response = self._send("GET", url, (pull_scope(repository),), {"accept": MANIFEST_ACCEPT})
+            if response.status_code != 200:
+                raise registry_error(url, response, f"GET manifest {reference}")
+            try:
+                data = response.read(MAX_MANIFEST)
+            finally:
+                response.close()
+            return response.headers.get("content-type", "").split(";")[0].strip(), data
+
+        got: tuple[str, bytes] = self._call(f"GET manifest {reference}", attempt)
+        return got
+
+    def credential(self, repository: str) -> ScopedCredential:
+        """The credential a blob download from `repository` uses (pull scope; the registry's origin only)."""
+        return self.auth.credential((pull_scope(repository),))
+
+
+def _upload_retryable(exc: BaseException) -> bool:
+    """An upload is tried again (from where the registry says it stands) after what is worth a retry, and
+    after the registry's refusal of a chunk at its offset (400, 404, 416: it lost or moved the upload)."""
+    return is_retryable(exc) or (isinstance(exc, HubHttpError) and exc.status in (400, 404, 416))
