@@ -1,13 +1,12 @@
 """Every environment variable prefetch reads, and every default, in one place.
 
-The Hugging Face variables follow huggingface_hub 2.4.0's `constants.py` rule for rule (`~` and
-`$VARS` expanded in paths, the legacy `HUGGINGFACE_HUB_CACHE`, `TRANSFORMERS_OFFLINE`, the same
-truthy words), so prefetch fills the cache that transformers and vLLM will read. They are restated
-rather than imported (importing huggingface_hub costs every run ~45 ms); tests/test_settings.py holds
-them to huggingface_hub's by running both on the same environments.
-
-Each function takes an optional `env` mapping (default: `os.environ`, read at call time), so there is
-no process-wide state and tests need not touch the real environment.
+The Hugging Face variables follow huggingface_hub's `constants.py` rule for rule (`~` and `$VARS`
+expanded in paths, the legacy `HUGGINGFACE_HUB_CACHE`, `TRANSFORMERS_OFFLINE`, its truthy words, taken
+from it), so prefetch fills the cache that transformers and vLLM will read. huggingface_hub computes
+those as module constants at import, from `os.environ`; prefetch restates the rules instead, so that
+each function takes an optional `env` mapping (default: `os.environ`, read at call time): no
+process-wide state, and tests need not touch the real environment. tests/test_hf_rules.py holds the
+restatement to huggingface_hub by running both on the same environments.
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from prefetch import hfhub
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_JOBS = 32  # connections; 32 beats per-connection CDN caps (docs/benchmarks.md)
@@ -32,8 +33,6 @@ DOCKER_SECRET_PATH = Path(
     "/run/secrets/hf_token"
 )  # where BuildKit's `--mount=type=secret,id=hf_token` puts it
 
-# huggingface_hub's ENV_VARS_TRUE_VALUES
-TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 # Read, in this order, for the proxies to try (as curl and requests read them).
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
@@ -56,7 +55,7 @@ def _env(env: Env | None) -> Env:
 
 def is_true(value: str | None) -> bool:
     """huggingface_hub's `_is_true`: 1, ON, YES, TRUE in any case."""
-    return value is not None and value.upper() in TRUE_VALUES
+    return value is not None and value.upper() in hfhub.TRUE_VALUES
 
 
 _VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # posixpath.expandvars' pattern
@@ -195,3 +194,38 @@ def processes(env: Env | None = None) -> int | None:
 def show_traceback(env: Env | None = None) -> bool:
     """`PREFETCH_TRACEBACK` set (non-empty): print the traceback of an internal error."""
     return bool(_env(env).get("PREFETCH_TRACEBACK"))
+
+
+# ------------------------------------------------------------------- container registries (prefetch.oci)
+def registry_auth_file(env: Env | None = None) -> Path | None:
+    """`REGISTRY_AUTH_FILE`: when set, the only registry login file read (as skopeo's `--authfile`)."""
+    value = _env(env).get("REGISTRY_AUTH_FILE")
+    return Path(value) if value else None
+
+
+def registry_login_files(env: Env | None = None) -> tuple[Path, Path, Path, Path]:
+    """Where docker, podman and skopeo users keep registry logins, in skopeo's order: podman's
+    `$XDG_RUNTIME_DIR/containers/auth.json` (else `/run/containers/$UID/auth.json`),
+    `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`, `${DOCKER_CONFIG:-~/.docker}/config.json`, and
+    the legacy `~/.dockercfg`."""
+    env = _env(env)
+    home = Path(env.get("HOME") or os.path.expanduser("~"))
+    runtime = env.get("XDG_RUNTIME_DIR")
+    docker = env.get("DOCKER_CONFIG")
+    return (
+        Path(runtime) / "containers/auth.json"
+        if runtime
+        else Path(f"/run/containers/{os.getuid()}/auth.json"),
+        Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "containers/auth.json",
+        Path(docker) / "config.json" if docker else home / ".docker/config.json",
+        home / ".dockercfg",
+    )
+
+
+def state_home(env: Env | None = None) -> Path:
+    """`$XDG_STATE_HOME`, else `~/.local/state`: where prefetch keeps what must outlive a run (unfinished
+    registry uploads)."""
+    env = _env(env)
+    return Path(
+        env.get("XDG_STATE_HOME") or Path(env.get("HOME") or os.path.expanduser("~")) / ".local/state"
+    )

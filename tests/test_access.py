@@ -145,6 +145,17 @@ def _proxy(mode: str) -> Callable[..., Any]:
     return setup
 
 
+def _hub_answers(status: int, **headers: str) -> Callable[..., Any]:
+    """The Hub answers every request about the repo so (its answers for a disabled repo, an egress limit)."""
+
+    def setup(hub: HubEmulator, prefetch: PrefetchRunner, _: Any) -> Any:
+        add_repo(hub, "org/public")
+        hub.inject(Fault("status", times=None, match="org/public", status=status, headers=headers))
+        return {"repo": "org/public"}, {}, []
+
+    return setup
+
+
 def _dead_endpoint(hub: HubEmulator, prefetch: PrefetchRunner, _: Any) -> Any:
     port = free_port()
     return {"repo": "org/public"}, {"HF_ENDPOINT": f"http://127.0.0.1:{port}"}, []
@@ -211,6 +222,26 @@ CASES = {
         ["'v9-missing'", "branches: dev, main", "tags: v1.0"],
         None,
         _revision_not_found,
+    ),
+    "disabled": Case(
+        "disabled",
+        3,
+        [
+            "the Hub has disabled model repo org/public",
+            "Access to this resource is disabled.",
+            "remove the entry",
+        ],
+        None,
+        _hub_answers(403, **{"X-Error-Message": "Access to this resource is disabled."}),
+    ),
+    "egress-limit": Case(
+        "egress-limit",
+        10,
+        ["refuses downloads of org/public", "allowance", "another token does not help"],
+        None,
+        _hub_answers(
+            403, **{"X-Error-Code": "EgressLimitReached", "X-Error-Message": "Egress limit reached."}
+        ),
     ),
     "proxy-refused": Case("network", 4, ["{endpoint}", "proxy http://127.0.0.1:"], None, _proxy("refuse")),
     "proxy-502": Case("network", 4, ["{endpoint}", "proxy http://127.0.0.1:", "502"], None, _proxy("502")),

@@ -19,6 +19,8 @@ from prefetch.auth import mask_patterns
 from prefetch.cancel import CancelToken
 from prefetch.errors import (
     CertificateError,
+    EgressLimitError,
+    HubAccessError,
     HubHttpError,
     ProxyRoutesFailed,
     StaleUrl,
@@ -63,6 +65,8 @@ def is_retryable(exc: BaseException) -> bool:
 
     Not a TLS certificate that does not verify: that needs a fix (SSL_CERT_FILE), not a retry.
     """
+    if isinstance(exc, HubAccessError | EgressLimitError):  # the Hub's final word, whatever the status
+        return False
     if isinstance(exc, HubHttpError):
         return exc.status in RETRYABLE_STATUS
     if isinstance(exc, ProxyRoutesFailed):

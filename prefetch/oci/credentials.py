@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prefetch import settings
 from prefetch.errors import AccessError, UsageError
 from prefetch.terminal import printable
 
@@ -73,25 +74,11 @@ class _AuthFile:
 
 def auth_files(env: Mapping[str, str] | None = None) -> list[_AuthFile]:
     """The files searched, in order (some may not exist)."""
-    env = os.environ if env is None else env
-    if env.get("REGISTRY_AUTH_FILE"):
-        return [_AuthFile(Path(env["REGISTRY_AUTH_FILE"]))]
-    home = Path(env.get("HOME") or os.path.expanduser("~"))
-    runtime = env.get("XDG_RUNTIME_DIR")
-    files = [
-        _AuthFile(
-            Path(runtime) / "containers/auth.json"
-            if runtime
-            else Path(f"/run/containers/{os.getuid()}/auth.json")
-        ),
-        _AuthFile(Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "containers/auth.json"),
-        _AuthFile(
-            Path(env["DOCKER_CONFIG"]) / "config.json"
-            if env.get("DOCKER_CONFIG")
-            else home / ".docker/config.json"
-        ),
-        _AuthFile(home / ".dockercfg", legacy=True),
-    ]
+    explicit = settings.registry_auth_file(env)
+    if explicit is not None:
+        return [_AuthFile(explicit)]
+    runtime, config, docker, legacy = settings.registry_login_files(env)
+    files = [_AuthFile(runtime), _AuthFile(config), _AuthFile(docker), _AuthFile(legacy, legacy=True)]
     if os.getuid() == 0:
         files.append(_AuthFile(Path("/etc/containers/auth.json"), owner_only=True))
     return files

@@ -284,9 +284,7 @@ class UploadStates:
 
 def default_upload_state_dir(env: Mapping[str, str] | None = None) -> Path:
     """`${XDG_STATE_HOME:-~/.local/state}/prefetch/oci-uploads`."""
-    env = os.environ if env is None else env
-    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or os.path.expanduser("~")) / ".local/state")
-    return Path(base) / "prefetch" / "oci-uploads"
+    return settings.state_home(env) / "prefetch" / "oci-uploads"
 
 
 @dataclass
