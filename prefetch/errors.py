@@ -45,7 +45,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.DISK_FULL: "not enough disk space",
     ExitCode.FILESYSTEM: "filesystem: cannot write the cache or the lockfile's folder (permissions, read-only, "
     "a file in the way, a name too long)",
-    ExitCode.QUOTA: "quota: the Hub refuses more downloads for now (an egress limit)",
+    ExitCode.QUOTA: "quota: the Hub's rate limit or egress limit refuses more requests for now",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C / SIGTERM)",
 }
 
@@ -257,7 +257,15 @@ class HubServerError(HubHttpError):
 
 
 class RateLimitedError(HubHttpError):
-    """A 429: the Hub's rate limit for this bucket, after the waits the run allows."""
+    """A 429 that retries did not get past (a server that says no more than 429): exit 10."""
+
+    exit_code = ExitCode.QUOTA
+
+
+class QuotaWaitTooLong(PrefetchError):
+    """The Hub's rate limit closed a bucket for longer than the run may wait (`retry.max_time`): exit 10."""
+
+    exit_code = ExitCode.QUOTA
 
 
 class EgressLimitError(HubHttpError):

@@ -23,12 +23,15 @@ import sys
 import textwrap
 import threading
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from prefetch import settings
 from prefetch.auth import Secrets
 from prefetch.download.job import FileJob, Reporter
 from prefetch.terminal import escape_controls
+
+if TYPE_CHECKING:
+    from prefetch.net.ratelimit import Wait
 
 log = logging.getLogger("prefetch")
 
@@ -136,6 +139,26 @@ class Progress(Reporter):
 
     def retry(self, message: str) -> None:
         """A request failed and will be tried again (the engine also logs it as a warning)."""
+
+    def rate_limited(self, wait: Wait) -> None:
+        """A request waits for its rate-limit bucket's next window: say so, with what the quota means for
+        the files left (`rate-limited by the Hub (resolvers: 5,000 per 5 min): waiting 3m12s; 41,200
+        files left ≈ 42 min at this quota`)."""
+        with self._lock:
+            left = max(0, self.total_files - self.done_files)
+        policy = wait.policy
+        text = f"rate-limited by the Hub ({policy.describe(wait.bucket) if policy else wait.bucket}): "
+        text += f"waiting {human_duration(wait.seconds)}"
+        at_quota = None
+        if policy is not None and wait.bucket == "resolvers" and left:
+            at_quota = wait.seconds + (left // policy.quota) * policy.window
+            text += f"; {left:,} files left ≈ {human_duration(at_quota)} at this quota"
+        self.message(text)
+        self.event(
+            "rate_limit", bucket=wait.bucket, wait_seconds=round(wait.seconds, 1),
+            quota=policy.quota if policy else None, window_seconds=policy.window if policy else None,
+            files_left=left, seconds_at_quota=None if at_quota is None else round(at_quota),
+        )  # fmt: skip
 
     def message(self, text: str) -> None:
         """A line for the user (plan, warnings): stderr, except in JSON and quiet modes."""

@@ -106,6 +106,7 @@ class RunContext:
         """The run's HTTP session. Before it is made, the folders the run will write are checked: a run
         that needs no request (a warm cache) writes nothing either."""
         from prefetch.net.proxies import checked_proxy_url  # the network stack: only for a run that uses it
+        from prefetch.net.ratelimit import RateGate
         from prefetch.net.retry import RetryPolicy
         from prefetch.net.session import Http
 
@@ -119,7 +120,9 @@ class RunContext:
         proxies = list(dict.fromkeys(checked_proxy_url(value, source) for source, value in sources))
         for proxy in proxies:
             self.secrets.add_url(proxy)
-        retry = RetryPolicy(self.retry_settings(), on_retry=self.progress.retry, cancel=self.cancel)
+        settings = self.retry_settings()
+        retry = RetryPolicy(settings, on_retry=self.progress.retry, cancel=self.cancel)
+        gate = RateGate(self.endpoint, self.cancel, settings.max_time, on_wait=self.progress.rate_limited)
         return Http(
             self.endpoint,
             proxies,
@@ -127,6 +130,7 @@ class RunContext:
             no_proxy=no_proxy,
             pool_size=self.settings.jobs * 2 + 4,
             offline=self.offline,
+            gate=gate,
         )
 
     @functools.cached_property

@@ -807,7 +807,7 @@ def test_entries_are_checked_concurrently_and_bounded() -> None:
         ),
         ({}, 403, errors.ForbiddenError, 3),
         ({"X-Error-Code": "SomethingNew"}, 404, errors.NotFoundError, 3),
-        ({}, 429, errors.RateLimitedError, 4),
+        ({}, 429, errors.RateLimitedError, 10),
         ({}, 500, errors.HubServerError, 4),
         ({}, 410, errors.HubHttpError, 4),
     ],

@@ -20,6 +20,7 @@ from prefetch.errors import (
     PrefetchError,
     ProxyError,
     ProxyRoutesFailed,
+    QuotaWaitTooLong,
     TooManyRedirects,
     TransportError,
     UnusableAnswer,
@@ -27,6 +28,7 @@ from prefetch.errors import (
 )
 from prefetch.net.connection import Body, Headers, Pool, Response, Sent, tls_context
 from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_hint, is_proxy_failure
+from prefetch.net.ratelimit import RateGate
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
 from prefetch.settings import RetrySettings
 from prefetch.urls import plain_http_token_problem
@@ -35,6 +37,7 @@ FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of
 CONNECT_TIMEOUT = 10.0  # seconds to connect (TLS handshake and proxy tunnel included)
 READ_TIMEOUT = 60.0  # seconds without a byte from the server
 MAX_REDIRECTS = 5
+MAX_QUOTA_WAITS = 50  # windows one request may wait for (other clients may share its quota), then it fails
 ERROR_BODY_LIMIT = 64 * 1024  # of an error answer's body, what is read (for its message); the rest is not
 
 Origin = tuple[str, str | None, int | None]
@@ -83,10 +86,12 @@ class Http:
         no_proxy: str = "",
         pool_size: int = 16,
         offline: bool = False,
+        gate: RateGate | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.retry = retry
         self.offline = offline
+        self.gate = gate  # the endpoint's rate-limit buckets (None: not paced, e.g. a registry)
         self._answered: set[Origin] = set()  # origins that answered this run
         self._made_with = (tuple(proxies), no_proxy, pool_size)
 
@@ -118,8 +123,9 @@ class Http:
         )
 
     @classmethod
-    def from_recipe(cls, recipe: HttpRecipe, retry: RetryPolicy) -> Http:
-        """The session `recipe` describes, with this process's own pools and `retry` (its settings)."""
+    def from_recipe(cls, recipe: HttpRecipe, retry: RetryPolicy, gate: RateGate | None = None) -> Http:
+        """The session `recipe` describes, with this process's own pools, `retry` (its settings) and
+        `gate`."""
         http = cls(
             recipe.endpoint,
             list(recipe.proxies),
@@ -127,6 +133,7 @@ class Http:
             no_proxy=recipe.no_proxy,
             pool_size=recipe.pool_size,
             offline=recipe.offline,
+            gate=gate,
         )
         http._answered.update(recipe.answered)
         return http
@@ -140,12 +147,32 @@ class Http:
     def _send_once(
         self, method: str, url: str, headers: dict[str, str], body: Body | None = None
     ) -> Response:
+        """One attempt, in its rate-limit bucket's window: a 429 of the Hub's quota (the window closed
+        while the request was on its way) is not a failure, and the request is sent again when the
+        window opens."""
+        self._check_online(method, url)
+        for _ in range(MAX_QUOTA_WAITS):
+            ticket = self.gate.take(url) if self.gate else 0
+            response = self._over_routes(method, url, headers, body)
+            wait = (
+                self.gate.observe(url, ticket or 0, response.status_code, response.headers)
+                if self.gate
+                else None
+            )
+            if wait is None:
+                return response
+            response.close()
+        raise QuotaWaitTooLong(
+            f"{method} {urlsplit(url).path}: the Hub's rate limit refused it in {MAX_QUOTA_WAITS} windows in a row "
+            "(other clients share this quota: anonymous limits are per IP address); run again later, or use a token"
+        )
+
+    def _over_routes(self, method: str, url: str, headers: dict[str, str], body: Body | None) -> Response:
         """One attempt over the routes: a failing proxy hands over to the next one.
 
         A proxy fails when it cannot be reached, breaks the connection or tunnel before an answer,
         or answers 407 / a 502-504 of its own; an answer relayed from the origin is not its failure.
         """
-        self._check_online(method, url)
         failures: list[tuple[str, str]] = []
         needs_credentials = 0
         for route in self.routes.for_url(url):

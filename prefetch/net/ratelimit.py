@@ -1,0 +1,217 @@
+"""The Hub's rate limits, paced: a request waits for its bucket's window rather than meet a 429.
+
+The Hub counts requests in fixed windows (5 minutes), per bucket (`api`: `/api/...`; `resolvers`: every
+`/resolve/` URL; `pages`: the rest of its origin) and per user (per IP when anonymous); the CDN a
+redirect leads to is not counted. Past the quota it answers 429 with the IETF draft-09 headers
+`RateLimit: "resolvers";r=0;t=<seconds to the reset>` and `RateLimit-Policy: "fixed window";
+"resolvers";q=<quota>;w=<window seconds>` (read here with huggingface_hub's own parser); the real Hub
+sends them on every answer, some deployments only on the 429.
+
+Each bucket of the run's endpoint keeps what its answers said: the policy (`q` per `w` seconds), when
+the current window ends, and how many requests the run may still send in it. A request takes a place
+before it is sent (`RateGate.take`), waiting while the bucket is spent; an answer updates the bucket
+(`RateGate.observe`). The first 429 (or an answer with `r=0`) closes the bucket for every request until
+the reset, after which the run sends at most `q` per window; so the only 429s a run meets are those of the
+requests already in flight when the window closed, and none once the policy is known. Such a 429 is not a
+failure: the request is sent again when the window opens, spending none of its retry attempts.
+
+Windows are inferred from `t`, which the Hub rounds to whole seconds: the requests sent in the last
+`EDGE` seconds of a window may be counted in the next one, so they are charged to it too.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from prefetch.cancel import CancelToken
+from prefetch.errors import QuotaWaitTooLong
+from prefetch.net.connection import Headers
+
+if TYPE_CHECKING:
+    from huggingface_hub.utils import RateLimitInfo
+
+BUCKETS = ("api", "resolvers", "pages")
+EDGE = 1.0  # seconds: how far a window's inferred end may be off (the Hub's `t` is whole seconds)
+POLL = 0.25  # seconds between two cancellation checks while a request waits for its window
+
+
+def bucket_of(path: str) -> str:
+    """The bucket a request to the Hub's own origin counts in, by its path."""
+    if "/resolve/" in path or path.startswith("/api/resolve-cache/"):
+        return "resolvers"
+    return "api" if path == "/api" or path.startswith("/api/") else "pages"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """`quota` requests per `window` seconds, as the Hub's `RateLimit-Policy` states it."""
+
+    quota: int
+    window: float
+
+    def describe(self, bucket: str) -> str:
+        """`resolvers: 5,000 per 5 min`."""
+        span = f"{self.window / 60:g} min" if self.window >= 60 else f"{self.window:g} s"
+        return f"{bucket}: {self.quota:,} per {span}"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A wait for a bucket's window, as progress displays tell it."""
+
+    bucket: str
+    seconds: float
+    policy: Policy | None
+
+
+@dataclass
+class _Bucket:
+    policy: Policy | None = None
+    window_end: float | None = None  # monotonic: when the current window ends (None: not known)
+    allowance: int | None = None  # requests the run may still send in this window (None: unlimited so far)
+    sent: collections.deque[float] = field(default_factory=collections.deque)  # send times, this window
+    counted: int = 0  # requests sent in all: each request's ticket is the count when it was sent
+
+
+class RateGate:
+    """Pacing for one endpoint's buckets, shared by every thread of the run.
+
+    `max_wait`: the longest one wait may be (the run's `retry.max_time`): a quota that needs more is a
+    `RateLimitedError` (exit 10) that says so. `on_wait` is told of each wait a request begins (for the
+    progress display).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        cancel: CancelToken,
+        max_wait: float,
+        on_wait: Callable[[Wait], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        parts = urlsplit(endpoint)
+        self._origin = (parts.scheme, parts.hostname, parts.port)
+        self.cancel = cancel
+        self.max_wait = max_wait
+        self.on_wait = on_wait
+        self._clock = clock
+        self._buckets = {name: _Bucket() for name in BUCKETS}
+        self._cond = threading.Condition()
+
+    def bucket(self, url: str) -> str | None:
+        """The bucket `url` counts in; None: another origin (the CDN), not counted."""
+        parts = urlsplit(url)
+        if (parts.scheme, parts.hostname, parts.port) != self._origin:
+            return None
+        return bucket_of(parts.path)
+
+    def counts(self) -> dict[str, int]:
+        """Requests sent per bucket so far."""
+        with self._cond:
+            return {name: b.counted for name, b in self._buckets.items()}
+
+    def policy(self, bucket: str) -> Policy | None:
+        with self._cond:
+            return self._buckets[bucket].policy
+
+    # -- before a request --------------------------------------------------------------------------------
+    def take(self, url: str, *, block: bool = True) -> int | None:
+        """A place for a request to `url` in its bucket's window, waiting (cancellable) until there is one.
+        Returns the request's ticket, for `observe` (0: another origin, not counted); `block=False`: None
+        instead of waiting."""
+        name = self.bucket(url)
+        if name is None:
+            return 0
+        told = False
+        with self._cond:
+            bucket = self._buckets[name]
+            while True:
+                now = self._clock()
+                self._roll(bucket, now)
+                if bucket.allowance is None or bucket.allowance > 0:
+                    break
+                if not block:
+                    return None
+                assert bucket.window_end is not None  # (a spent allowance always has its window's end)
+                wait = bucket.window_end - now
+                if wait > self.max_wait:
+                    raise QuotaWaitTooLong(
+                        f"rate-limited by the Hub ({_described(bucket.policy, name)}): its next window opens in "
+                        f"{wait:.0f}s, beyond the longest wait this run allows (retry.max_time {self.max_wait:g}s); "
+                        "run again later, raise retry.max_time, or use a token (anonymous limits are per IP "
+                        "address, and lower)"
+                    )
+                if not told and self.on_wait is not None:
+                    self.on_wait(Wait(name, wait, bucket.policy))
+                    told = True
+                self._cond.wait(min(POLL, wait))
+                self._cond.release()
+                try:
+                    self.cancel.raise_if_cancelled()
+                finally:
+                    self._cond.acquire()
+            if bucket.allowance is not None:
+                bucket.allowance -= 1
+            bucket.counted += 1
+            bucket.sent.append(now)
+            return bucket.counted
+
+    def _roll(self, bucket: _Bucket, now: float) -> None:
+        """Open the next window once the current one ended: the policy's quota, less what was sent at its
+        edge (those may count in this one)."""
+        if bucket.window_end is None or now < bucket.window_end:
+            return
+        end = bucket.window_end
+        at_edge = sum(1 for t in bucket.sent if t >= end - EDGE)
+        bucket.sent.clear()
+        if bucket.policy is None:
+            bucket.window_end, bucket.allowance = None, None
+            return
+        windows = max(1, math.ceil((now - end) / bucket.policy.window)) if now > end else 1
+        bucket.window_end = end + windows * bucket.policy.window
+        bucket.allowance = max(0, bucket.policy.quota - (at_edge if windows == 1 else 0))
+
+    # -- after its answer ----------------------------------------------------------------------------------
+    def observe(self, url: str, ticket: int, status: int, headers: Headers) -> float | None:
+        """Update `url`'s bucket from the answer to the request `ticket` names. A 429 of the quota closes
+        the bucket until the reset; the returned seconds (not None) say the request must be sent again then."""
+        name = self.bucket(url) if ticket else None
+        if name is None or "ratelimit" not in headers:
+            return None
+        info = _parse(headers)
+        if info is None:
+            return None
+        with self._cond:
+            bucket = self._buckets[name]
+            now = self._clock()
+            if info.limit is not None and info.window_seconds:
+                bucket.policy = Policy(info.limit, float(info.window_seconds))
+            end = now + info.reset_in_seconds
+            if bucket.window_end is None or abs(end - bucket.window_end) > EDGE:
+                bucket.window_end = end  # (a whole-second `t` moves by one: keep the first reading)
+            # `r` counted this request and those sent before it; the ones sent after it come off it.
+            remaining = max(0, info.remaining - (bucket.counted - ticket))
+            bucket.allowance = remaining if bucket.allowance is None else min(bucket.allowance, remaining)
+            self._cond.notify_all()
+            if status == 429 and info.remaining == 0:
+                bucket.allowance = 0
+                return max(0.0, bucket.window_end - now)
+        return None
+
+
+def _described(policy: Policy | None, bucket: str) -> str:
+    return policy.describe(bucket) if policy else bucket
+
+
+def _parse(headers: Headers) -> RateLimitInfo | None:
+    """The `RateLimit` headers as huggingface_hub reads them (`parse_ratelimit_headers`), or None."""
+    from huggingface_hub.utils import parse_ratelimit_headers
+
+    return parse_ratelimit_headers(headers)  # type: ignore[arg-type]

@@ -1,0 +1,89 @@
+"""Issue 27: prefetch paces the Hub's rate-limit buckets: it waits for a window rather than meet 429s,
+spends no retry attempt on such a wait, says how long the quota makes the sync, and fails clearly when
+the quota needs a longer wait than the run allows.
+
+Every test runs the real CLI against the test Hub, whose `RateLimiter` counts requests per bucket in
+fixed windows and answers 429 with the Hub's `RateLimit` / `RateLimit-Policy` headers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.conftest import PrefetchRunner
+from tests.hubemu import HubEmulator
+from tests.hubemu.ratelimit import LOCAL_ANONYMOUS, RateLimiter
+
+WINDOW = 2.0  # seconds: the test Hub's windows (the real Hub's are 300 s)
+
+
+def limit(hub: HubEmulator, headers: str, **quotas: int) -> RateLimiter:
+    limiter = RateLimiter(window=WINDOW, headers=headers)
+    limiter.set_quotas(LOCAL_ANONYMOUS, **quotas)
+    hub.rate_limiter = limiter
+    return limiter
+
+
+def rejected(hub: HubEmulator) -> list[str]:
+    return [r.path for r in hub.requests if r.status == 429]
+
+
+def test_a_paged_listing_beyond_the_api_quota_waits_for_the_window_once(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """25 API requests (revision info, 23 listing pages, the lock's) at 20 per window, the headers only on
+    the 429: one 429 (the request that found the window closed), then the run waits and sends the rest
+    in the next window."""
+    hub.page_size = 100
+    hub.create_repo("org/many").commit({f"data/{i:05d}.json": b"{}" for i in range(2_300)})
+    prefetch.manifest([{"repo": "org/many"}])
+    limiter = limit(hub, "on-429", api=20)
+    started = time.monotonic()
+    result = prefetch("plan", "--max-wait", "0.1")
+    assert result.code == 0, result
+    assert len(rejected(hub)) == 1, rejected(hub)
+    assert limiter.count(LOCAL_ANONYMOUS, "api").requests >= 24
+    assert time.monotonic() - started < 3 * WINDOW + 5
+    assert "rate-limited by the Hub (api: 20 per 2 s): waiting" in result.stderr, result
+
+
+def test_with_the_headers_on_every_answer_no_request_meets_a_429(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    hub.page_size = 100
+    hub.create_repo("org/many").commit({f"data/{i:05d}.json": b"{}" for i in range(2_300)})
+    prefetch.manifest([{"repo": "org/many"}])
+    limit(hub, "always", api=10)
+    result = prefetch("lock")
+    assert result.code == 0, result
+    assert rejected(hub) == []
+
+
+def test_a_quota_wait_spends_no_retry_attempt(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    """Three closed windows in a row for the revision call, with one attempt allowed: waiting for a window
+    is not a failed attempt, so the run completes."""
+    hub.create_repo("org/model").commit({"config.json": b"{}"})
+    prefetch.manifest([{"repo": "org/model"}])
+    limiter = limit(hub, "on-429", api=1)
+    result = prefetch("plan", "--retries", "1", "--json")
+    assert result.code == 0, result
+    assert len(rejected(hub)) >= 1
+    assert limiter.count(LOCAL_ANONYMOUS, "api").requests >= 3
+    waits = [json.loads(line) for line in result.stdout.splitlines() if '"rate_limit"' in line]
+    assert waits and waits[0]["bucket"] == "api" and waits[0]["quota"] == 1, result.stdout
+
+
+def test_a_window_beyond_the_time_budget_fails_with_exit_10_saying_why(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    hub.create_repo("org/model").commit({"config.json": b"{}"})
+    prefetch.manifest([{"repo": "org/model"}], retry={"max_time": 1})
+    hub.rate_limiter = RateLimiter(window=30.0, headers="on-429")
+    hub.rate_limiter.set_quotas(LOCAL_ANONYMOUS, api=1)
+    started = time.monotonic()
+    result = prefetch("lock")
+    assert result.code == 10, result
+    assert time.monotonic() - started < 10
+    assert "rate-limited by the Hub (api: 1 per 30 s)" in result.stderr, result
+    assert "beyond the longest wait this run allows (retry.max_time 1s)" in result.stderr, result
