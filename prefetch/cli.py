@@ -587,7 +587,9 @@ def verify(
     if repair:
         progress = c.progress()
         try:
-            report = sync_mod.repair(
+            from prefetch import repair as repair_mod
+
+            report = repair_mod.repair(
                 lockfile, manifest_path=manifest, cache_dir=cache_dir, progress=progress, cancel=c.cancel
             )
         finally:

@@ -9,6 +9,7 @@ filesystem can hold.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from prefetch.hfhub import resolve_url
 from prefetch.lockfile import LockedEntry, LockedFile
 from prefetch.manifest import Entry
 from prefetch.offline.shared import LockedBlob, mismatches
-from prefetch.progress import human_bytes
+from prefetch.progress import human_bytes, human_duration
 from prefetch.terminal import printable
 
 if TYPE_CHECKING:
@@ -254,3 +255,61 @@ def _bytes_on_disk(job: FileJob) -> int:
     if job.small:
         return 0
     return sum(b - a for a, b in job.cache.read_partial_state(job.etag, job.size))
+
+
+# -------------------------------------------------------------------------------- what the quota means
+@dataclass(frozen=True)
+class RequestForecast:
+    """The requests a sync of this plan makes to the endpoint, per rate-limit bucket: those resolving
+    and checking access made (counted as they were sent), and one resolver call per file to fetch
+    (none for a cached file; the bytes behind a redirect come from the CDN, which is not counted).
+    `policies`: what the Hub stated of each bucket (quota, window seconds), when it did."""
+
+    requests: dict[str, int]
+    policies: dict[str, tuple[int, float]]
+    token: bool  # the run sends a token (anonymous limits are per IP address, and lower)
+
+    @classmethod
+    def of(
+        cls, plan: Plan, made: dict[str, int], policies: dict[str, tuple[int, float]], token: bool
+    ) -> RequestForecast:
+        requests = {"api": 0, "resolvers": 0, "pages": 0, **made}
+        requests["resolvers"] += len(plan.jobs)
+        return cls(requests, policies, token)
+
+    def floors(self) -> dict[str, float]:
+        """Per bucket with a known policy: the least time its requests take at the quota (the last
+        window's requests go at its start)."""
+        return {
+            bucket: (math.ceil(self.requests.get(bucket, 0) / quota) - 1) * window
+            for bucket, (quota, window) in self.policies.items()
+            if self.requests.get(bucket, 0) > quota
+        }
+
+    def lines(self) -> list[str]:
+        """`requests: api 23, resolvers 1,500` and, where a quota binds, how long it makes the sync."""
+        counted = ", ".join(f"{bucket} {n:,}" for bucket, n in self.requests.items() if n)
+        lines = [f"requests to the Hub: {counted or 'none'} (the CDN is not counted)"]
+        for bucket, seconds in self.floors().items():
+            quota, window = self.policies[bucket]
+            lines.append(
+                f"the Hub's {bucket} quota ({quota:,} per {window:g} s) makes this sync take at least "
+                f"{human_duration(seconds)}; {QUOTA_ADVICE if self.token else ANONYMOUS_ADVICE}"
+            )
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "quotas": {b: {"quota": q, "window_seconds": w} for b, (q, w) in self.policies.items()},
+            "floor_seconds": {b: round(s, 1) for b, s in self.floors().items()},
+        }
+
+
+ANONYMOUS_ADVICE = (
+    "use a token: anonymous limits are per IP address (every machine behind it shares them) and lower"
+)
+QUOTA_ADVICE = (
+    "for a fleet, sync through an in-cluster mirror (docs/fleet.md) so the Hub sees one node's requests; "
+    "PRO, Team and Enterprise accounts have higher quotas"
+)

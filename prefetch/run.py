@@ -146,6 +146,15 @@ class RunContext:
     def token(self, entry: Entry) -> Token | None:
         return entry_token(entry.token_env, self.default_token, self.secrets)
 
+    def rate_limits(self) -> tuple[dict[str, int], dict[str, tuple[int, float]]]:
+        """The requests this run sent per rate-limit bucket, and each bucket's policy the Hub stated
+        (quota, window seconds); nothing for a run that made no request."""
+        if "http" not in self.__dict__ or self.http.gate is None:
+            return {}, {}
+        gate = self.http.gate
+        policies = {name: (p.quota, p.window) for name in gate.counts() if (p := gate.policy(name))}
+        return gate.counts(), policies
+
     def repo_cache(self, repo: str, repo_type: str) -> RepoCache:
         return RepoCache(self.cache_dir, repo, repo_type)
 

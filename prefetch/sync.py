@@ -2,7 +2,7 @@
 
 Each stage is a module that takes and returns plain data (`resolve`, `plan`, `transfer`, `materialise`);
 this module only runs them in order over one `RunContext`, and is the library API the CLI calls:
-`sync`, `lock`, `check`, `repair`.
+`sync`, `lock`, `check` (and `prefetch.repair.repair`, a verify then a sync).
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ from typing import Any
 from prefetch.access import AccessReport, check_entries
 from prefetch.cancel import CancelToken
 from prefetch.download.job import TransferStats
-from prefetch.errors import UsageError, VerifyError
+from prefetch.errors import UsageError
 from prefetch.gcpause import paused_gc
 from prefetch.lockfile import Lock, default_lock_path, load_lock, write_lock
 from prefetch.manifest import load_manifest
 from prefetch.materialise import materialise, refuse_corrupt_offline
-from prefetch.offline.shared import cache_root
-from prefetch.offline.verify import VerifyReport
-from prefetch.offline.verify import verify as verify_cache
-from prefetch.plan import EntryPlan, Plan, check_names, check_space, make_plan
+from prefetch.plan import EntryPlan, Plan, RequestForecast, check_names, check_space, make_plan
 from prefetch.progress import Progress
 from prefetch.resolve import (
     LockMode,
@@ -48,6 +45,7 @@ class SyncResult:
     stats: TransferStats = field(default_factory=TransferStats)
     changes: list[str] = field(default_factory=list)
     report: AccessReport | None = None
+    forecast: RequestForecast | None = None  # the requests per rate-limit bucket (a plan's)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -59,12 +57,15 @@ class SyncResult:
             "lockfile": str(self.lock_path),
             "cache_dir": str(self.cache_dir),
             "changes": self.changes,
+            **(self.forecast.to_json() if self.forecast else {}),
         }
 
     def render_plan(self, width: int | None = None) -> str:
         """Every entry and its files, for `plan` and `sync --dry-run` (lines fitted to `width` when given)."""
         lines = [line for p in self.plans for line in p.render(width)]
-        return "\n".join(lines) if lines else "nothing to do: the manifest lists no entry"
+        if not lines:
+            return "nothing to do: the manifest lists no entry"
+        return "\n".join([*lines, *(self.forecast.lines() if self.forecast else [])])
 
 
 @paused_gc()
@@ -115,7 +116,10 @@ def sync(
         lock = old if mode.frozen and old else _lock(ctx, old, resolution, lock_path)
         result = SyncResult(plan.entries, lock, lock_path, ctx.cache_dir, report=report)
         result.changes = lock_changes(old, lock)
-        _announce(ctx, plan, dry_run)
+        made, policies = ctx.rate_limits()
+        token = any(ctx.token(p.entry) for p in plan.entries if p.missing)
+        result.forecast = RequestForecast.of(plan, made, policies, token)
+        _announce(ctx, plan, result.forecast, dry_run)
         if dry_run:
             return result
         ctx.check_writable()  # a warm run makes no request, but rewrites what links or refs are stale
@@ -166,15 +170,18 @@ def _check_access(ctx: RunContext, plan: Plan, resolution: Resolution) -> Access
     return report
 
 
-def _announce(ctx: RunContext, plan: Plan, dry_run: bool) -> None:
+def _announce(ctx: RunContext, plan: Plan, forecast: RequestForecast, dry_run: bool) -> None:
     jobs = plan.jobs
     total = sum(j.size for j in jobs)
     entries = [p.to_json() for p in plan.entries]
-    ctx.progress.event("plan", entries=entries, fetch_files=len(jobs), fetch_bytes=total, dry_run=dry_run)
+    fields = {"fetch_files": len(jobs), "fetch_bytes": total, "dry_run": dry_run, **forecast.to_json()}
+    ctx.progress.event("plan", entries=entries, **fields)
     if dry_run:  # the caller prints the whole plan (`SyncResult.render_plan`); no bar for what won't move
         return
     for p in plan.entries:
         ctx.progress.message(p.header())
+    for line in forecast.floors() and forecast.lines():
+        ctx.progress.message(line)
     ctx.progress.start(total, len(jobs))
 
 
@@ -226,41 +233,3 @@ def check(
         ctx.check_token_transport(manifest.entries)
         entries = [e for e in manifest.entries if keys is None or e.key in keys]
         return check_entries(ctx.hub, [(e, ctx.token(e)) for e in entries])
-
-
-def repair(
-    lock_path: Path,
-    *,
-    manifest_path: Path | None = None,
-    cache_dir: Path | None = None,
-    progress: Progress | None = None,
-    cancel: CancelToken | None = None,
-) -> VerifyReport:
-    """`verify --repair`: verify the cache against the lock; if anything is missing or corrupt, fetch it
-    again as `sync --frozen --verify` would, then verify again.
-
-    Re-fetching needs what a sync needs: the endpoint, tokens and proxies come from the manifest
-    (default: the lockfile's name with `.yaml`) and the environment, as for `sync`.
-    """
-    try:
-        return verify_cache(lock_path, cache_dir=cache_dir)
-    except VerifyError as e:
-        problems = e.problems
-    manifest = manifest_path or lock_path.with_suffix(".yaml")
-    if not manifest.exists():
-        raise UsageError(
-            f"{len(problems)} problem(s) in the cache; --repair fetches again from the Hub with the manifest's "
-            f"settings, and {manifest} does not exist: name the manifest with --manifest"
-        )
-    root = cache_root(load_lock(lock_path), lock_path, cache_dir)
-    if progress is not None:
-        progress.message(f"repairing {len(problems)} problem(s) in {root} from the Hub")
-    sync(
-        manifest,
-        settings=Settings(lock_path=lock_path, cache_dir=root),
-        frozen=True,
-        verify=True,
-        progress=progress,
-        cancel=cancel,
-    )
-    return verify_cache(lock_path, cache_dir=root)

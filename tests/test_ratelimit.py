@@ -87,3 +87,42 @@ def test_a_window_beyond_the_time_budget_fails_with_exit_10_saying_why(
     assert time.monotonic() - started < 10
     assert "rate-limited by the Hub (api: 1 per 30 s)" in result.stderr, result
     assert "beyond the longest wait this run allows (retry.max_time 1s)" in result.stderr, result
+
+
+def test_plan_reports_the_requests_per_bucket_that_the_sync_then_makes(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """`plan --json` counts what resolving and the access check sent and adds one resolver call per file
+    to fetch; a sync from the same state makes exactly those (the test Hub's own counts)."""
+    files = {f"cfg/{i:02d}.json": b"{%d}" % i for i in range(30)}
+    files |= {"a.safetensors": b"\1" * 4096, "b.safetensors": b"\2" * 4096}
+    hub.create_repo("org/model").commit(files)
+    hub.create_repo("org/data", repo_type="dataset").commit({"train.csv": b"a\n"})
+    prefetch.manifest([{"repo": "org/model"}, {"repo": "org/data", "type": "dataset"}])
+    limiter = limit(hub, "always", api=10_000, resolvers=10_000)
+    planned = prefetch("plan", "--json")
+    assert planned.code == 0, planned
+    (summary,) = [json.loads(line) for line in planned.stdout.splitlines() if '"summary"' in line]
+    assert summary["requests"]["resolvers"] == 33
+    assert summary["quotas"]["api"] == {"quota": 10_000, "window_seconds": 2.0}  # (stated on every answer)
+    limiter.reset()
+    synced = prefetch("sync")
+    assert synced.code == 0, synced
+    made = {
+        bucket: limiter.count(LOCAL_ANONYMOUS, bucket).requests for bucket in ("api", "resolvers", "pages")
+    }
+    assert made == summary["requests"], (made, summary["requests"])
+    limiter.reset()
+    assert prefetch("plan", "--json").code == 0  # warm: nothing to fetch, nothing asked
+    assert limiter.count(LOCAL_ANONYMOUS, "resolvers").requests == 0
+
+
+def test_plan_says_how_long_the_quota_makes_the_sync(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    hub.create_repo("org/model").commit({f"cfg/{i:02d}.json": b"{%d}" % i for i in range(30)})
+    prefetch.manifest([{"repo": "org/model"}])
+    limit(hub, "always", api=2)
+    result = prefetch("plan")
+    assert result.code == 0, result
+    assert "requests to the Hub: api 3, resolvers 30 (the CDN is not counted)" in result.stdout, result
+    assert "the Hub's api quota (2 per 2 s) makes this sync take at least 2s" in result.stdout
+    assert "use a token: anonymous limits are per IP address" in result.stdout
