@@ -24,7 +24,7 @@ from prefetch.hfhub import REPO_TYPES, repo_id_problem
 from prefetch.located_yaml import STR, Item, YamlReader, join, line_of
 from prefetch.paths import revision_problem
 from prefetch.settings import RetrySettings
-from prefetch.urls import parse_proxy_url
+from prefetch.urls import endpoint_problem, parse_proxy_url
 
 MANIFEST_VERSION = 1
 
@@ -215,20 +215,10 @@ class _Parser(YamlReader):
     def url(self, node: Node, key_path: str) -> str:
         """The endpoint: an http(s) URL without credentials (never echoed: it might carry some)."""
         value = self.string(node, key_path, echo=False)
-        message = "expected an http(s) URL such as https://huggingface.co"
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            self.fail(node, key_path, message)
-        if (
-            parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or parts.query
-            or parts.fragment
-            or any(c.isspace() for c in value)
-        ):
-            self.fail(node, key_path, message)
+        problem = endpoint_problem(value)
+        if problem:
+            self.fail(node, key_path, problem)
+        parts = urlsplit(value)
         if parts.username or parts.password:
             self.fail(node, key_path, "the endpoint must not carry credentials: use token_env or HF_TOKEN")
         return value

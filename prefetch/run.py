@@ -20,10 +20,10 @@ from prefetch import settings as env_settings
 from prefetch.auth import Token, entry_token, find_token
 from prefetch.cache import RepoCache
 from prefetch.cancel import CancelToken
-from prefetch.errors import AccessError, filesystem_error
+from prefetch.errors import AccessError, UsageError, filesystem_error
 from prefetch.manifest import Entry, Manifest
 from prefetch.progress import Progress, QuietProgress
-from prefetch.urls import plain_http_token_problem
+from prefetch.urls import endpoint_problem, plain_http_token_problem
 
 if TYPE_CHECKING:
     from prefetch.hub import HubApi
@@ -74,6 +74,9 @@ class RunContext:
         self.endpoint = (
             settings.endpoint or manifest.endpoint or env_settings.endpoint() or env_settings.DEFAULT_ENDPOINT
         ).rstrip("/")
+        problem = endpoint_problem(self.endpoint)
+        if problem:  # a usage error, before anything tries to connect to it
+            raise UsageError(f"{self.endpoint_source}: {problem}")
         self._must_write: list[tuple[Path, str]] = []  # folders checked writable before the first request
 
     def __enter__(self) -> RunContext:
@@ -82,6 +85,13 @@ class RunContext:
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         if "http" in self.__dict__:  # made only if the run touched the network
             self.http.close()
+
+    @property
+    def endpoint_source(self) -> str:
+        """Where the endpoint came from: `--endpoint`, the manifest's `endpoint:`, `HF_ENDPOINT`."""
+        if self.settings.endpoint:
+            return "--endpoint"
+        return f"{self.manifest.path}: endpoint" if self.manifest.endpoint else "HF_ENDPOINT"
 
     @property
     def endpoint_name(self) -> str:

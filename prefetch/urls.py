@@ -13,6 +13,23 @@ from urllib.parse import urlsplit
 
 from prefetch.errors import BadProxyUrl
 
+ENDPOINT_EXAMPLE = "https://huggingface.co"
+
+
+def endpoint_problem(value: str) -> str | None:
+    """Why `value` cannot be a Hub endpoint (an http(s) URL with a host, no query or fragment); None if
+    it can. The message never quotes the value: it may carry credentials."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return f"expected an http(s) URL such as {ENDPOINT_EXAMPLE}"
+    if parts.scheme not in ("http", "https"):
+        return f"expected an http(s) URL such as {ENDPOINT_EXAMPLE}: start it with http:// or https://"
+    if not parts.hostname or parts.query or parts.fragment or any(c.isspace() for c in value):
+        return f"expected an http(s) URL such as {ENDPOINT_EXAMPLE}"
+    return None
+
 
 def is_loopback_host(host: str) -> bool:
     """`localhost`, 127.0.0.0/8 or ::1, by the name as written: never resolved, so no DNS answer (or

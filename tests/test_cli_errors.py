@@ -124,3 +124,28 @@ def test_an_unreachable_hub_fails_fast_naming_it_and_the_demo(prefetch: Prefetch
     assert result.code == 4, result
     assert time.monotonic() - started < 10  # a host that never answered is not retried for long
     assert endpoint in result.stderr and "Try it without a token" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("--endpoint", "127.0.0.1:8765"),
+        ("--endpoint", "localhost:8765"),
+        ("--endpoint", "ftp://x"),
+        ("HF_ENDPOINT", "http:/host"),
+    ],
+)
+def test_an_endpoint_that_is_not_an_http_url_is_a_usage_error(
+    prefetch: PrefetchRunner, hub: HubEmulator, where: str, value: str
+) -> None:
+    """Not a network error retried with advice about proxies (exit 4): the value itself is wrong (exit 2),
+    found before anything connects."""
+    prefetch.manifest([{"repo": "org/model"}])
+    args, env = (("--endpoint", value), None) if where == "--endpoint" else ((), {"HF_ENDPOINT": value})
+    started = time.monotonic()
+    result = prefetch("sync", *args, env=env)
+    assert result.code == 2, result
+    assert f"{where}: expected an http(s) URL such as https://huggingface.co" in result.stderr, result
+    assert "proxy" not in result.stderr and "None" not in result.stderr
+    assert time.monotonic() - started < 5
+    assert hub.count() == 0
