@@ -3,7 +3,9 @@ file per blob, with resumable on-disk state, streaming hash verification and ato
 under `job.SMALL_FILE` are fetched into memory by one thread with several requests in flight
 (`prefetch.download.lane`), verified, and installed in durable batches (`new_blobs`); the blobs
 folder is fsynced once per run. Many small files are shared with a second process
-(`prefetch.download.helper`).
+(`prefetch.download.helper`). Big files are the file workers' (`prefetch.workers`): each thread takes
+the next one and does all of it (lock, fetch, hash, install); small files are the lane's, so that a
+file costs no hand-off of the interpreter lock between threads.
 Connections per host adapt to the measured rate within `jobs` (`prefetch.download.scheduler`).
 Cancellation is the run's `CancelToken` (and a child of it, which a fatal failure of one file
 cancels for the others).
@@ -29,7 +31,7 @@ from prefetch.download.job import FileJob, Reporter, TransferStats
 from prefetch.download.lane import SmallFileLane, SmallLast
 from prefetch.download.new_blobs import NewBlobs
 from prefetch.download.partial import CHUNK, Cursor, MemoryFile, PartialFile
-from prefetch.download.scheduler import HostLimit, HostLimits, SegmentPool, Workers
+from prefetch.download.scheduler import HostLimit, HostLimits, SegmentPool
 from prefetch.errors import (
     AccessError,
     BadBytes,
@@ -53,6 +55,7 @@ from prefetch.hashing import hash_file
 from prefetch.net.connection import Headers, Response
 from prefetch.net.retry import describe, is_retryable
 from prefetch.net.session import FILE_HEADERS, Http, network_error
+from prefetch.workers import Workers
 
 log = logging.getLogger("prefetch")
 

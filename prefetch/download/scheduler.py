@@ -1,5 +1,4 @@
-"""How the engine spreads its work: adaptive connection limits per host, the file workers and the
-segment workers.
+"""How the engine spreads its work: adaptive connection limits per host, and the segment workers.
 
 **Connections** (`HostLimits`): each host gets a limit that starts at `--jobs` and is tuned every
 `WINDOW` seconds on the rate of the last window (bytes, plus `REQUEST_COST` per finished request so
@@ -27,11 +26,6 @@ A hill climb, one step (a doubling or a halving) per window:
 A helper process that takes some of the files (`download.helper`) takes its share of `--jobs` from
 this process's `HostLimits` (`resize`) and gives it back when it ends.
 
-**Files** (`Workers`): a fixed set of threads, each taking the next big file and doing all of it
-(lock, fetch, hash, install), with no future per file. Small files are the lane's
-(`download.lane`): one thread with several requests in flight, so that a file costs no hand-off of
-the interpreter lock between threads.
-
 **Segments** (`SegmentPool`): big files' Range segments, lowest file offset first across all files.
 """
 
@@ -44,7 +38,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -282,56 +276,6 @@ class HostLimits:
         """Most connections one host had at once."""
         with self._lock:
             return max((h.peak for h in self._hosts.values()), default=0)
-
-
-class Workers:
-    """`workers` threads, each taking the next item in the given order and doing all of it, until
-    none is left or `stopped()`, then calling `finish` (in its own thread); failures go to `on_error`.
-
-    No future per item: for 100k small files, futures and their hand-offs were most of the cost.
-    """
-
-    def __init__(
-        self,
-        workers: int,
-        fetch: Callable[[Any], None],
-        on_error: Callable[[BaseException, Any], None],
-        stopped: Callable[[], bool] = lambda: False,
-        finish: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.workers, self._fetch, self._on_error, self._stopped = workers, fetch, on_error, stopped
-        self._finish = finish
-
-    def run(self, items: Iterable[Any], alongside: Callable[[], None] | None = None) -> None:
-        """Work through `items`; `alongside` runs in the calling thread meanwhile (the engine's lane of
-        small files), and the workers are waited for whatever it does."""
-        todo = iter(items)
-        take = threading.Lock()
-
-        def work() -> None:
-            while not self._stopped():
-                with take:
-                    item = next(todo, None)
-                if item is None:
-                    break
-                try:
-                    self._fetch(item)
-                except BaseException as exc:  # every failure is the run's to judge
-                    self._on_error(exc, item)
-            self._finish()
-
-        threads = [
-            threading.Thread(target=work, name=f"prefetch-worker-{i}", daemon=True)
-            for i in range(self.workers)
-        ]
-        for thread in threads:
-            thread.start()
-        try:
-            if alongside is not None:
-                alongside()
-        finally:
-            for thread in threads:
-                thread.join()
 
 
 class SegmentPool:
