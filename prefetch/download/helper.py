@@ -157,8 +157,8 @@ class SmallFileHelper:
         order = HelperOrder(
             caches,
             transfer.jobs // 2,
-            transfer.segment_threshold,
-            transfer.segment_size,
+            transfer.ranges.segment_threshold,
+            transfer.ranges.segment_size,
             transfer.http.recipe(),
             log.getEffectiveLevel(),
         )
