@@ -31,19 +31,44 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from prefetch.cancel import CancelToken
 from prefetch.download.answer_checks import redirect_check
-from prefetch.download.job import FileJob
+from prefetch.download.job import FileJob, Reporter
 from prefetch.download.partial import Cursor, MemoryFile
+from prefetch.download.ranges import RangeFetcher
 from prefetch.download.scheduler import HostLimit
 from prefetch.errors import BadBytes
-from prefetch.net.session import FILE_HEADERS, InFlight
-
-if TYPE_CHECKING:
-    from prefetch.download.engine import Transfer
+from prefetch.net.session import FILE_HEADERS, Http, InFlight
 
 log = logging.getLogger("prefetch")
+
+
+class EngineForLane(Protocol):
+    """What the lane needs of the engine that runs it (`engine.Transfer`): the run's session,
+    connections and segment pool (`ranges`), how a file is judged, fetched the worker's way or
+    installed, and where a file's end or failure goes."""
+
+    jobs: int
+    http: Http
+    cancel: CancelToken
+    reporter: Reporter
+    ranges: RangeFetcher
+
+    def unlocked_small(self, job: FileJob) -> bool: ...
+
+    def cached(self, job: FileJob) -> bool: ...
+
+    def fetch_file(self, job: FileJob) -> None: ...
+
+    def fetch_after_lane(self, job: FileJob, failure: Exception | None) -> None: ...
+
+    def install_small(self, job: FileJob, data: bytearray, locked: bool) -> bool: ...
+
+    def done(self, job: FileJob, how: str) -> None: ...
+
+    def failed(self, exc: BaseException, job: FileJob) -> None: ...
 
 
 class SmallLast:
@@ -95,7 +120,7 @@ class _Request:
 class SmallFileLane:
     """One thread's files (see the module docstring), for one `Transfer.run_items`."""
 
-    def __init__(self, transfer: Transfer) -> None:
+    def __init__(self, transfer: EngineForLane) -> None:
         self._transfer = transfer
         self._ranges = transfer.ranges
         # (looked up once: used for every file; the run's, which are set before its lane is made)
