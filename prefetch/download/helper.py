@@ -15,7 +15,8 @@ The parent owns the list: its workers take the next small file from it, and the 
 the next few over its pipe before it runs out, so neither process idles while the other has a
 backlog, and a helper that dies cannot leave a shared lock held.
 
-The helper is a fresh interpreter running this module's `serve`, started with `subprocess`: a fork
+This module is the parent's side; the helper's is `helper_child`, which alone imports the engine.
+The helper is a fresh interpreter running `helper_child.serve`, started with `subprocess`: a fork
 of a process with threads may inherit a lock another thread held, and `multiprocessing`'s spawn
 would import the caller's main script again in the child (a library user's unguarded script would
 run twice). It imports prefetch from the parent's own source tree, gets its share of the
@@ -33,8 +34,6 @@ given and did not report done.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import logging
 import socket
 import subprocess
@@ -44,19 +43,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prefetch.cache import RepoCache
 from prefetch.cancel import CancelToken
 from prefetch.download.job import FileJob, Reporter
+from prefetch.download.ranges import RangeFetcher
 from prefetch.download.scheduler import HostLimits
-from prefetch.errors import relayed_error
-from prefetch.net.session import HttpRecipe
+from prefetch.errors import PrefetchError, relayed_error
+from prefetch.net.session import Http, HttpRecipe
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
-
-    from prefetch.download.engine import Transfer
 
 log = logging.getLogger("prefetch")
 
@@ -66,14 +64,36 @@ MIN_FILES = 512  # fewer small files than this: the helper's start (~0.2 s of a 
 # took 0.95 x the time of one on 5,000 and 0.93 x on 10,000 (docs/benchmarks.md, eighth round).
 AUTO_MIN_FILES = 4096
 BATCH = 32  # small files the helper is given at a time at most (fewer as the list runs out)
-RELAY_EVERY = 0.05  # seconds: the helper reports what happened at most this often (not once per file)
 POLL = 0.02  # seconds between the parent's checks (cancellation, a helper waiting for files)
 CPU_BOUND = 0.5  # of a core, over JUDGED seconds of transfer: this process is bound by its own CPU
 JUDGED = 0.25  # seconds of small files over which the CPU share is measured
 END_WAIT = 10.0  # seconds a cancelled helper has to end before it is stopped (its cache stays whole)
 SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds this `prefetch` package
 # The helper's command: this very prefetch (argv[1]: the folder above), its socket's fd (argv[2]).
-SERVE = "import sys; sys.path[0] = sys.argv[1]; from prefetch.download.helper import serve; serve(int(sys.argv[2]))"
+SERVE = (
+    "import sys; sys.path[0] = sys.argv[1]; from prefetch.download.helper_child import serve; "
+    "serve(int(sys.argv[2]))"
+)
+
+
+class EngineForHelper(Protocol):
+    """What the parent's side needs of the engine that starts it (`engine.Transfer`): what the helper
+    is given (its share of the connections, the segment settings, the HTTP session's recipe), the run's
+    cancellation, and where what the helper reports goes."""
+
+    jobs: int
+    http: Http
+    cancel: CancelToken
+    reporter: Reporter
+    ranges: RangeFetcher
+
+    def advanced(self, nbytes: int) -> None: ...
+
+    def installed(self, job: FileJob, name: str) -> None: ...
+
+    def done(self, job: FileJob, how: str) -> None: ...
+
+    def record(self, exc: PrefetchError) -> None: ...
 
 
 class _Claims:
@@ -132,7 +152,7 @@ class SmallFileHelper:
 
     @classmethod
     def start(
-        cls, transfer: Transfer, ordered: list[FileJob], caches: list[RepoCache], *, at_once: bool
+        cls, transfer: EngineForHelper, ordered: list[FileJob], caches: list[RepoCache], *, at_once: bool
     ) -> SmallFileHelper | None:
         """A started helper for `ordered`'s small files, given some `at_once` or once this process is
         bound by its CPU; None where it would not pay or cannot start."""
@@ -157,8 +177,8 @@ class SmallFileHelper:
         order = HelperOrder(
             caches,
             transfer.jobs // 2,
-            transfer.segment_threshold,
-            transfer.segment_size,
+            transfer.ranges.segment_threshold,
+            transfer.ranges.segment_size,
             transfer.http.recipe(),
             log.getEffectiveLevel(),
         )
@@ -172,7 +192,7 @@ class SmallFileHelper:
 
     def __init__(
         self,
-        transfer: Transfer,
+        transfer: EngineForHelper,
         process: subprocess.Popen[bytes],
         connection: Connection,
         order: HelperOrder,
@@ -301,176 +321,3 @@ class SmallFileHelper:
             self._ended = True
             return True
         return False
-
-
-# -- the helper process ---------------------------------------------------------------------------
-class _Outbox:
-    """What the helper has to tell, sent in batches every RELAY_EVERY seconds (`send_now`: at once)."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self._events: list[tuple[Any, ...]] = []
-        self._bytes = 0
-        self._lock = threading.Lock()  # the pending events
-        self._sending = threading.Lock()  # one message on the pipe at a time
-        self._stop = threading.Event()
-        self._sender = threading.Thread(target=self._send_often, name="prefetch-helper-outbox", daemon=True)
-        self._sender.start()
-
-    def put(self, *event: Any) -> None:
-        with self._lock:
-            self._events.append(event)
-
-    def add_bytes(self, nbytes: int) -> None:
-        with self._lock:
-            self._bytes += nbytes
-
-    def send_now(self, *events: tuple[Any, ...]) -> None:
-        with self._sending, contextlib.suppress(OSError):  # the parent is gone: nobody to tell
-            self._connection.send(list(events))
-
-    def _send_often(self) -> None:
-        while not self._stop.wait(RELAY_EVERY):
-            self._send()
-
-    def _send(self, *last: tuple[Any, ...]) -> None:
-        with self._lock:
-            batch, self._events = self._events, []
-            if self._bytes:
-                batch.append(("advance", self._bytes))
-                self._bytes = 0
-        batch.extend(last)
-        if batch:
-            self.send_now(*batch)
-
-    def close(self, *last: tuple[Any, ...]) -> None:
-        self._stop.set()
-        self._sender.join()
-        self._send(*last)
-
-
-class _Given:
-    """The helper's next files: asked of the parent in batches, the next before this one runs out."""
-
-    def __init__(self, outbox: _Outbox) -> None:
-        self._outbox = outbox
-        self._ready: collections.deque[FileJob] = collections.deque()
-        # id of a job given -> its index in the parent's list, until it is reported done
-        self.index: dict[int, int] = {}
-        self._asked = False
-        self._over = False  # the parent has none left, or the run was cancelled
-        self._cond = threading.Condition()
-
-    def next(self) -> FileJob | None:
-        with self._cond:
-            if len(self._ready) <= BATCH // 4 and not self._asked and not self._over:
-                self._asked = True
-                self._outbox.send_now(("more",))
-            while not self._ready and not self._over:
-                self._cond.wait()
-            return self._ready.popleft() if self._ready else None
-
-    def receive(self, given: list[tuple[int, FileJob]]) -> None:
-        with self._cond:
-            for index, job in given:
-                self.index[id(job)] = index
-                self._ready.append(job)
-            self._asked = False
-            self._over = self._over or not given
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._ready.clear()
-            self._over = True
-            self._cond.notify_all()
-
-
-class _RelayReporter(Reporter):
-    """The engine's reports, by the parent's index of each file; a file's end says under which name
-    it was installed (`TransferStats.learned`: it may have been learned from the bytes)."""
-
-    def __init__(self, outbox: _Outbox, given: _Given, learned: dict[tuple[str, str], str]) -> None:
-        self._outbox = outbox
-        self._index = given.index
-        self._learned = learned
-
-    def file_started(self, job: FileJob) -> None:
-        self._outbox.put("started", self._index[id(job)])
-
-    def advance(self, nbytes: int) -> None:
-        self._outbox.add_bytes(nbytes)
-
-    def file_done(self, job: FileJob, how: str) -> None:
-        name = self._learned.get(job.learned_key, job.etag)
-        self._outbox.put("done", self._index.pop(id(job)), how, name)
-
-    def retry(self, message: str) -> None:
-        self._outbox.put("retry", message)
-
-
-class _RelayHandler(logging.Handler):
-    """The helper's log records, sent to the parent's `prefetch` logger (formatted there)."""
-
-    def __init__(self, outbox: _Outbox) -> None:
-        super().__init__()
-        self._outbox = outbox
-
-    def emit(self, record: logging.LogRecord) -> None:
-        record.msg, record.args, record.exc_info, record.exc_text = record.getMessage(), None, None, None
-        self._outbox.put("log", record)
-
-
-def _listen(connection: Connection, given: _Given, cancel: CancelToken) -> None:
-    """The parent's answers (files), until it says cancel or its end of the pipe closes (it ended or died)."""
-    with contextlib.suppress(EOFError, OSError):
-        while isinstance(message := connection.recv(), list):
-            given.receive(message)
-    cancel.cancel()
-    given.stop()
-
-
-def serve(fd: int) -> None:
-    """The helper process (`SERVE`): fetch the small files the parent gives, until it has none left."""
-    from multiprocessing.connection import Connection
-
-    from prefetch.download.engine import Transfer  # the engine imports this module
-    from prefetch.net.retry import RetryPolicy
-    from prefetch.net.session import Http
-
-    connection = Connection(fd)
-    try:
-        order: HelperOrder = connection.recv()
-    except (EOFError, OSError):  # the parent is gone
-        return
-    outbox = _Outbox(connection)
-    logger = logging.getLogger("prefetch")
-    logger.handlers = [_RelayHandler(outbox)]
-    logger.setLevel(order.log_level)
-    logger.propagate = False
-    cancel = CancelToken()
-    given = _Given(outbox)
-    threading.Thread(target=_listen, args=(connection, given, cancel), daemon=True).start()
-    learned: dict[tuple[str, str], str] = {}
-    reporter = _RelayReporter(outbox, given, learned)
-    http = Http.from_recipe(order.http, RetryPolicy(order.http.retry, on_retry=reporter.retry, cancel=cancel))
-    transfer = Transfer(
-        http,
-        jobs=order.jobs,
-        segment_threshold=order.segment_threshold,
-        segment_size=order.segment_size,
-        reporter=reporter,
-        cancel=cancel,
-        processes=1,
-    )
-    errors: list[tuple[str, str]] = []
-    try:
-        transfer.stats.learned = learned  # the reporter looks names up here
-        transfer.run_items(iter(given.next, None), order.caches, order.jobs, HostLimits(order.jobs))
-        errors = [(type(e).__name__, str(e)) for e in transfer.stats.errors]  # relayed by class
-    except BaseException as e:  # a bug: reported as one, with what it was
-        errors = [("PrefetchError", f"internal error in the helper process for small files: {e!r}")]
-    finally:
-        http.close()
-        outbox.close(("end", errors))
-        connection.close()

@@ -31,18 +31,44 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from prefetch.download.job import FileJob
+from prefetch.cancel import CancelToken
+from prefetch.download.answer_checks import redirect_check
+from prefetch.download.job import FileJob, Reporter
 from prefetch.download.partial import Cursor, MemoryFile
+from prefetch.download.ranges import RangeFetcher
 from prefetch.download.scheduler import HostLimit
 from prefetch.errors import BadBytes
-from prefetch.net.session import FILE_HEADERS, InFlight
-
-if TYPE_CHECKING:
-    from prefetch.download.engine import Transfer
+from prefetch.net.session import FILE_HEADERS, Http, InFlight
 
 log = logging.getLogger("prefetch")
+
+
+class EngineForLane(Protocol):
+    """What the lane needs of the engine that runs it (`engine.Transfer`): the run's session,
+    connections and segment pool (`ranges`), how a file is judged, fetched the worker's way or
+    installed, and where a file's end or failure goes."""
+
+    jobs: int
+    http: Http
+    cancel: CancelToken
+    reporter: Reporter
+    ranges: RangeFetcher
+
+    def unlocked_small(self, job: FileJob) -> bool: ...
+
+    def cached(self, job: FileJob) -> bool: ...
+
+    def fetch_file(self, job: FileJob) -> None: ...
+
+    def fetch_after_lane(self, job: FileJob, failure: Exception | None) -> None: ...
+
+    def install_small(self, job: FileJob, data: bytearray, locked: bool) -> bool: ...
+
+    def done(self, job: FileJob, how: str) -> None: ...
+
+    def failed(self, exc: BaseException, job: FileJob) -> None: ...
 
 
 class SmallLast:
@@ -94,8 +120,12 @@ class _Request:
 class SmallFileLane:
     """One thread's files (see the module docstring), for one `Transfer.run_items`."""
 
-    def __init__(self, transfer: Transfer) -> None:
+    def __init__(self, transfer: EngineForLane) -> None:
         self._transfer = transfer
+        self._ranges = transfer.ranges
+        # (looked up once: used for every file; the run's, which are set before its lane is made)
+        self._connections = self._ranges.connections
+        self._take_body = self._ranges.take_body
         self._in_flight: collections.deque[_Request] = collections.deque()
         self._handed_on: list[cf.Future[None]] = []  # files whose next attempts the segment pool makes
         self._connectors: cf.ThreadPoolExecutor | None = None  # made at the first new connection
@@ -142,7 +172,7 @@ class SmallFileLane:
     def _send(self, job: FileJob, wait: bool) -> bool:
         """Send `job`'s request; False: no connection was free (`wait=False`)."""
         transfer = self._transfer
-        limit = transfer.connections.for_url(job.url)
+        limit = self._connections.for_url(job.url)
         if not limit.acquire(wait):
             return False
         started = time.monotonic()
@@ -175,7 +205,7 @@ class SmallFileLane:
         try:
             try:
                 response = transfer.http.answer(request.in_flight())
-                check = transfer.redirect_check(job)
+                check = redirect_check(job)
                 target = transfer.http.redirect_target(request.url, response, request.hop, check)
                 if target is not None:
                     sent = self._sent(job, target)
@@ -184,7 +214,7 @@ class SmallFileLane:
                     return
                 memory = MemoryFile(job.size)
                 with contextlib.closing(response):
-                    transfer.take_body(job, memory, response, Cursor(0), 0, job.size, False, request.limit)
+                    self._take_body(job, memory, response, Cursor(0), 0, job.size, False, request.limit)
             finally:
                 if not redirected:
                     request.limit.release(request.started)
@@ -205,5 +235,4 @@ class SmallFileLane:
     def _hand_on(self, job: FileJob, tried: Exception | None) -> None:
         """The lane's try of `job` failed (`tried`; None: its bytes were not the file's): its next
         attempts go to the segment pool, and the lane goes on."""
-        transfer = self._transfer
-        self._handed_on.append(transfer.segments.submit(0, transfer.fetch_after_lane, job, tried))
+        self._handed_on.append(self._ranges.segments.submit(0, self._transfer.fetch_after_lane, job, tried))

@@ -1,7 +1,6 @@
-"""How the engine spreads its work: adaptive connection limits per host, the file workers and the
-segment workers.
+"""How many connections the engine uses per host: adaptive limits, tuned on the measured rate.
 
-**Connections** (`HostLimits`): each host gets a limit that starts at `--jobs` and is tuned every
+Each host (`HostLimits`) gets a limit that starts at `--jobs` and is tuned every
 `WINDOW` seconds on the rate of the last window (bytes, plus `REQUEST_COST` per finished request so
 that thousands of small files count; a window also waits for about one report per busy connection).
 A hill climb, one step (a doubling or a halving) per window:
@@ -26,26 +25,14 @@ A hill climb, one step (a doubling or a halving) per window:
 
 A helper process that takes some of the files (`download.helper`) takes its share of `--jobs` from
 this process's `HostLimits` (`resize`) and gives it back when it ends.
-
-**Files** (`Workers`): a fixed set of threads, each taking the next big file and doing all of it
-(lock, fetch, hash, install), with no future per file. Small files are the lane's
-(`download.lane`): one thread with several requests in flight, so that a file costs no hand-off of
-the interpreter lock between threads.
-
-**Segments** (`SegmentPool`): big files' Range segments, lowest file offset first across all files.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
-import itertools
-import math
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 WINDOW = 0.25  # seconds of transfer between two decisions
@@ -282,103 +269,3 @@ class HostLimits:
         """Most connections one host had at once."""
         with self._lock:
             return max((h.peak for h in self._hosts.values()), default=0)
-
-
-class Workers:
-    """`workers` threads, each taking the next item in the given order and doing all of it, until
-    none is left or `stopped()`, then calling `finish` (in its own thread); failures go to `on_error`.
-
-    No future per item: for 100k small files, futures and their hand-offs were most of the cost.
-    """
-
-    def __init__(
-        self,
-        workers: int,
-        fetch: Callable[[Any], None],
-        on_error: Callable[[BaseException, Any], None],
-        stopped: Callable[[], bool] = lambda: False,
-        finish: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.workers, self._fetch, self._on_error, self._stopped = workers, fetch, on_error, stopped
-        self._finish = finish
-
-    def run(self, items: Iterable[Any], alongside: Callable[[], None] | None = None) -> None:
-        """Work through `items`; `alongside` runs in the calling thread meanwhile (the engine's lane of
-        small files), and the workers are waited for whatever it does."""
-        todo = iter(items)
-        take = threading.Lock()
-
-        def work() -> None:
-            while not self._stopped():
-                with take:
-                    item = next(todo, None)
-                if item is None:
-                    break
-                try:
-                    self._fetch(item)
-                except BaseException as exc:  # every failure is the run's to judge
-                    self._on_error(exc, item)
-            self._finish()
-
-        threads = [
-            threading.Thread(target=work, name=f"prefetch-worker-{i}", daemon=True)
-            for i in range(self.workers)
-        ]
-        for thread in threads:
-            thread.start()
-        try:
-            if alongside is not None:
-                alongside()
-        finally:
-            for thread in threads:
-                thread.join()
-
-
-class SegmentPool:
-    """Worker threads that fetch segments lowest file offset first, across all files.
-
-    Every file's contiguous prefix, which is what its hash can take, then grows while the rest is
-    still downloading; in submission order, each file's segments would finish together at the end
-    and all the hashing would be left for after the last byte.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self._queue: queue.PriorityQueue[tuple[float, int, Any]] = queue.PriorityQueue()
-        self._order = itertools.count()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"prefetch-seg-{i}", daemon=True) for i in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, offset: int, fn: Callable[..., None], *args: Any) -> cf.Future[None]:
-        future: cf.Future[None] = cf.Future()
-        self._queue.put((offset, next(self._order), (future, fn, args)))
-        return future
-
-    def _work(self) -> None:
-        while True:
-            _, _, task = self._queue.get()
-            if task is None:
-                return
-            future, fn, args = task
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as e:  # handed to the waiting file thread, as an executor does
-                future.set_exception(e)
-
-    def shutdown(self) -> None:
-        """Cancel what has not started, wait for what has."""
-        while True:
-            try:
-                _, _, task = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if task is not None:
-                task[0].cancel()
-        for _ in self._threads:
-            self._queue.put((math.inf, next(self._order), None))
-        for thread in self._threads:
-            thread.join()

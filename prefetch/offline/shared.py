@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from prefetch.cache import RepoCache
-from prefetch.download.scheduler import Workers
 from prefetch.errors import VerifyError
 from prefetch.hashing import hash_file
 from prefetch.lockfile import Lock, LockedEntry, require_hashes
 from prefetch.settings import resolve_cache_dir
+from prefetch.workers import Workers
 
 
 def cache_root(lock: Lock, lock_path: Path, explicit: str | Path | None) -> Path:
