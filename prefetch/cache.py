@@ -137,6 +137,8 @@ class RepoCache:
         self._kept: dict[tuple[str, ...], int] = {}  # folders opened once while `folders_kept_open`
         self._keepers = 0
         self._kept_lock = threading.Lock()
+        self.partials = PartialFiles(self)
+        self.installer = BlobInstaller(self)
 
     def __reduce__(self) -> tuple[type[RepoCache], tuple[Path, str, str, str]]:
         """Pickled as what names it (for another process): the fds it keeps open are this process's; its
@@ -148,6 +150,7 @@ class RepoCache:
         return path.relative_to(self.root).as_posix()
 
     # blobs --------------------------------------------------------------------------------------
+
     def blob_path(self, etag: str) -> Path:
         return self.blobs / etag
 
@@ -207,268 +210,6 @@ class RepoCache:
     def state_path(self, etag: str) -> Path:
         return self.blobs / (etag + STATE_SUFFIX)
 
-    def read_partial_state(self, etag: str, size: int) -> list[tuple[int, int]]:
-        """Byte ranges of the partial file already written and recorded, or [] if nothing usable.
-
-        After a reboot (another boot id) only the ranges that were fsynced before the state was
-        saved are trusted: the others may have been lost with the page cache.
-        """
-        try:
-            with self.blobs_folder(create=False) as fd:
-                state = json.loads(read_regular(fd, etag + STATE_SUFFIX))
-                partial = os.stat(etag + PARTIAL_SUFFIX, dir_fd=fd, follow_symlinks=False)
-            partial_size = partial.st_size if stat.S_ISREG(partial.st_mode) else 0
-            if not isinstance(state, dict) or state.get("size") != size:
-                return []
-            same_boot = state.get("boot_id") in (None, boot_id())
-            ranges = state.get("done" if same_boot else "synced") or []
-            limit = min(size, partial_size)
-            return [(a, b) for a, b in ((int(a), int(b)) for a, b in ranges) if 0 <= a < b <= limit]
-        except (OSError, ValueError, TypeError):  # missing, unreadable or malformed: start over
-            return []
-
-    def write_partial_state(
-        self,
-        etag: str,
-        size: int,
-        done: list[tuple[int, int]],
-        synced: list[tuple[int, int]] | None = None,
-    ) -> None:
-        """Record the ranges written (`done`) and those already fsynced (`synced`), with the boot id.
-
-        Not fsynced itself: across a process kill the page cache survives, so `done` holds; after a
-        reboot `read_partial_state` falls back to `synced`, and the final hash check catches the rest.
-        """
-        state = {"size": size, "done": done, "synced": synced or [], "boot_id": boot_id()}
-        try:
-            with self.blobs_folder() as fd:
-                atomic_write_at(fd, etag + STATE_SUFFIX, json.dumps(state).encode(), durable=False)
-        except OSError as e:
-            if is_disk_full(e):
-                raise DiskSpaceError(f"disk full while saving download state in {self.blobs}") from e
-            raise
-
-    def discard_partial(self, etag: str) -> None:
-        with contextlib.suppress(FileNotFoundError), self.blobs_folder(create=False) as fd:
-            unlink_at(fd, etag + PARTIAL_SUFFIX, etag + STATE_SUFFIX)
-
-    def open_partial(self, etag: str, label: str) -> tuple[int, bool]:
-        """A read-write fd of the blob's partial file, and whether its bytes may be resumed.
-
-        Resumed only when what the name holds is a regular file with no other name: then, whoever
-        made it (another member of a shared cache, whose partial files are group-writable), writing
-        it cannot reach any file outside the cache. Anything else (a symlink, planted to make this
-        run write a file of its choosing; a hard link; a private file of another user) is unlinked,
-        said, and a new file of ours is made with O_EXCL.
-        """
-        name = etag + PARTIAL_SUFFIX
-        with self.blobs_folder() as dir_fd:
-            try:
-                fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-            except FileNotFoundError:
-                found = ""
-            except PermissionError:  # left by a user whose umask kept it private
-                found = "the private partial file of another user"
-            except OSError as e:
-                if e.errno != errno.ELOOP:
-                    raise
-                found = f"a symlink to {_readlink_at(dir_fd, name)!r} (not followed)"
-            else:
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                    return fd, True
-                os.close(fd)
-                found = "a file with other hard links" if stat.S_ISREG(st.st_mode) else "not a regular file"
-            if found:
-                log.warning(
-                    "%s: %s was %s; starting it over in a new file", label, self.partial_path(etag), found
-                )
-            unlink_at(dir_fd, name, etag + STATE_SUFFIX)
-            # Group-writable where the umask allows it, so another user of a shared cache can resume it.
-            return create_new(dir_fd, name, os.O_RDWR, file_mode()), False
-
-    def has_partial(self, etag: str) -> bool:
-        """A partial file or its state is there (whatever it is: never followed). A question only:
-        `lstat`s as in `has_blob`, not a walk of the folders."""
-        for suffix in (PARTIAL_SUFFIX, STATE_SUFFIX):
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                os.lstat(f"{self.blobs}/{etag}{suffix}")
-                return True
-        return False
-
-    def discard_stale_partial(self, etag: str, size: int) -> bool:
-        """Remove a partial download whose blob is complete after all (another process finished it).
-
-        Taken under the blob's lock, so a download in progress is never touched. Returns whether
-        anything was removed.
-        """
-        if not self.has_partial(etag) or not self.has_blob(etag, size):
-            return False
-        with self.blob_lock(etag):
-            if not self.has_blob(etag, size):
-                return False
-            self.discard_partial(etag)
-        return True
-
-    def write_new_blob(self, name: str, data: bytes | bytearray) -> NewBlob | None:
-        """Write verified in-memory bytes (a small blob) to a new unnamed file in `blobs/` (O_TMPFILE),
-        to be named by `install_new_blob` once durable. None where the filesystem cannot (NFS...):
-        then `install_bytes`, under the blob's lock.
-
-        No lock, no temp name: a kill leaves nothing behind (the kernel frees an unnamed file), and
-        two writers of one blob each install the same verified bytes. No `chmod`: a new file gets
-        the umask's mode (`file_mode()`).
-        """
-        with self.blobs_folder() as dir_fd:
-            try:
-                fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
-            except OSError as e:
-                if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                    return None
-                raise
-        try:
-            write_all(fd, data)
-            return NewBlob(self, fd, name, len(data))
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def install_new_blob(self, new: NewBlob) -> None:
-        """Give a `write_new_blob` file, made durable since, its blob name (and close it). A name
-        already there is kept if it is that blob (another writer's, at the same time), else replaced."""
-        try:
-            with self.blobs_folder() as dir_fd:
-                for _ in range(2):
-                    try:
-                        os.link(f"/proc/self/fd/{new.fd}", new.name, dst_dir_fd=dir_fd, follow_symlinks=True)
-                        return
-                    except FileExistsError:
-                        if _is_blob_at(dir_fd, new.name, new.size):
-                            return
-                        unlink_at(dir_fd, new.name)  # not that blob: planted, or a corrupt one repaired
-            raise IntegrityError(f"cannot install {self.blob_path(new.name)}: something keeps replacing it")
-        finally:
-            os.close(new.fd)
-
-    @staticmethod
-    def discard_new_blob(new: NewBlob) -> None:
-        """Drop a `write_new_blob` file unnamed (the kernel frees it)."""
-        os.close(new.fd)
-
-    def install_bytes(self, etag: str, data: bytes | bytearray, *, name: str | None = None) -> None:
-        """Make verified in-memory bytes (a small blob) the blob `name` (default `etag`): write the partial
-        file, fsync, rename.
-
-        One new file and no state or `chmod` (a new file gets the umask's mode: `file_mode()`).
-        The folder's fsync is the caller's, as with `install_blob(sync_folder=False)`. For blobs
-        without a partial file (one left by another user could not be truncated).
-        """
-        partial = etag + PARTIAL_SUFFIX
-        with self.blobs_folder() as dir_fd:
-            fd = create_new(dir_fd, partial)
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
-            self._rename_checked(dir_fd, partial, name or etag, st)
-
-    def install_blob(
-        self,
-        etag: str,
-        *,
-        name: str | None = None,
-        sync_folder: bool = True,
-        verified_fd: int | None = None,
-        source: Path | None = None,
-    ) -> None:
-        """Make the verified partial file the blob `name` (default `etag`; another when the hash that named
-        the download was learned from the bytes): fsync, set mode, rename, fsync the folder.
-
-        `verified_fd`: the open file that was hashed (the download's); else `source`, a verified file
-        elsewhere on this filesystem (unbundle's staging), is opened and moved to the partial name;
-        else the partial file is opened by name. Held open through the rename, that file is the only
-        one that can be installed: another swapped in under the name (by a member of a shared cache)
-        is found and refused. The mode is set on the file, never by path, and only on a file of ours.
-        `sync_folder=False` leaves the folder's fsync to the caller, who must do it (`fsync_dir`)
-        before any snapshot link to the blob is written: one fsync for many blobs.
-        """
-        partial = etag + PARTIAL_SUFFIX
-        with self.blobs_folder() as dir_fd, contextlib.ExitStack() as opened:
-            fd = verified_fd
-            if fd is None:
-                fd = os.open(source or partial, NOFOLLOW_READ, dir_fd=None if source else dir_fd)
-                opened.callback(os.close, fd)
-            if source is not None:
-                os.replace(source, partial, dst_dir_fd=dir_fd)
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise IntegrityError(f"{self.partial_path(etag)} is not a regular file; not installed")
-            os.fsync(fd)
-            release_pages(fd, 0, 0)  # on disk now: nobody reads a download's bytes soon (see there)
-            mode = file_mode()
-            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
-                os.fchmod(fd, mode)
-            self._rename_checked(dir_fd, partial, name or etag, st)
-            if sync_folder:
-                os.fsync(dir_fd)
-            unlink_at(dir_fd, etag + STATE_SUFFIX)
-
-    def install_hard_link(self, etag: str, source: Path, expected: os.stat_result) -> bool:
-        """Make a verified identical blob of another repo (`source`, whose lstat was `expected`
-        before it was hashed) this repo's blob too, as a hard link; False if it is not that file."""
-        self.discard_partial(etag)
-        name = etag + PARTIAL_SUFFIX
-        with self.blobs_folder() as dir_fd:
-            try:
-                os.link(source, name, dst_dir_fd=dir_fd, follow_symlinks=False)
-            except OSError:
-                return False
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino) or not stat.S_ISREG(st.st_mode):
-                unlink_at(dir_fd, name)  # swapped since it was hashed
-                return False
-            self._rename_checked(dir_fd, name, etag, st)
-        return True
-
-    def _rename_checked(self, dir_fd: int, name: str, etag: str, installed: os.stat_result) -> None:
-        """Rename the partial file `name` to the blob, then make sure the blob is the file that was
-        verified: a member of a shared cache could swap the name in between."""
-        os.replace(name, etag, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        now = os.stat(etag, dir_fd=dir_fd, follow_symlinks=False)
-        if (now.st_dev, now.st_ino) != (installed.st_dev, installed.st_ino):
-            unlink_at(dir_fd, etag)
-            raise IntegrityError(
-                f"{self.partial_path(etag)} was replaced by another file while it was being installed "
-                "(another user of this shared cache?); nothing was installed"
-            )
-
-    def sweep_partials(self) -> set[str]:
-        """List `blobs/` once: remove the resume-state temp files a run killed mid-write left
-        (`STATE_TEMP`), and return the etags that have a partial file or its state (bytes to resume,
-        or litter to discard when the blob is complete after all: `discard_stale_partial`).
-
-        A temp file is removed only under its blob's lock, taken without waiting: whoever holds it
-        may be writing one right now. Names are matched exactly and unlinked, never followed.
-        """
-        partials: set[str] = set()
-        try:
-            with self.blobs_folder(create=False) as dir_fd:
-                for name in os.listdir(dir_fd):
-                    if name.endswith((PARTIAL_SUFFIX, STATE_SUFFIX)) and not name.startswith("."):
-                        partials.add(name.split(".", 1)[0])
-                    match = STATE_TEMP.fullmatch(name)
-                    if match is None:
-                        continue
-                    # Best effort: a read-only cache cannot take the lock, a folder of that name is not ours.
-                    with contextlib.suppress(OSError), self.blob_lock_if_free(match.group(1)) as free:
-                        if free:
-                            unlink_at(dir_fd, name)
-        except FileNotFoundError:
-            pass
-        return partials
-
     def lock_path(self, etag: str) -> Path:
         """huggingface_hub's lock file for this blob (`.locks/{repo folder}/{etag}.lock`)."""
         return self.root / ".locks" / self.folder.name / f"{etag}.lock"
@@ -511,6 +252,7 @@ class RepoCache:
             return open_lock_file(dir_fd, f"{etag}.lock")
 
     # snapshots and refs --------------------------------------------------------------------------
+
     def snapshot_dir(self, commit: str) -> Path:
         return self.snapshots / commit
 
@@ -617,6 +359,289 @@ class RepoCache:
                 if read_regular(dir_fd, rel.name) == commit.encode():
                     return
             atomic_write_at(dir_fd, rel.name, commit.encode())
+
+
+class PartialFiles:
+    """A repo folder's partial downloads: `blobs/{etag}.prefetch-partial` and its resume state (the byte
+    ranges written, and those fsynced), which the next run resumes from."""
+
+    def __init__(self, cache: RepoCache) -> None:
+        self.cache = cache
+
+    def read_partial_state(self, etag: str, size: int) -> list[tuple[int, int]]:
+        """Byte ranges of the partial file already written and recorded, or [] if nothing usable.
+
+        After a reboot (another boot id) only the ranges that were fsynced before the state was
+        saved are trusted: the others may have been lost with the page cache.
+        """
+        try:
+            with self.cache.blobs_folder(create=False) as fd:
+                state = json.loads(read_regular(fd, etag + STATE_SUFFIX))
+                partial = os.stat(etag + PARTIAL_SUFFIX, dir_fd=fd, follow_symlinks=False)
+            partial_size = partial.st_size if stat.S_ISREG(partial.st_mode) else 0
+            if not isinstance(state, dict) or state.get("size") != size:
+                return []
+            same_boot = state.get("boot_id") in (None, boot_id())
+            ranges = state.get("done" if same_boot else "synced") or []
+            limit = min(size, partial_size)
+            return [(a, b) for a, b in ((int(a), int(b)) for a, b in ranges) if 0 <= a < b <= limit]
+        except (OSError, ValueError, TypeError):  # missing, unreadable or malformed: start over
+            return []
+
+    def write_partial_state(
+        self,
+        etag: str,
+        size: int,
+        done: list[tuple[int, int]],
+        synced: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """Record the ranges written (`done`) and those already fsynced (`synced`), with the boot id.
+
+        Not fsynced itself: across a process kill the page cache survives, so `done` holds; after a
+        reboot `read_partial_state` falls back to `synced`, and the final hash check catches the rest.
+        """
+        state = {"size": size, "done": done, "synced": synced or [], "boot_id": boot_id()}
+        try:
+            with self.cache.blobs_folder() as fd:
+                atomic_write_at(fd, etag + STATE_SUFFIX, json.dumps(state).encode(), durable=False)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskSpaceError(f"disk full while saving download state in {self.cache.blobs}") from e
+            raise
+
+    def discard_partial(self, etag: str) -> None:
+        with contextlib.suppress(FileNotFoundError), self.cache.blobs_folder(create=False) as fd:
+            unlink_at(fd, etag + PARTIAL_SUFFIX, etag + STATE_SUFFIX)
+
+    def open_partial(self, etag: str, label: str) -> tuple[int, bool]:
+        """A read-write fd of the blob's partial file, and whether its bytes may be resumed.
+
+        Resumed only when what the name holds is a regular file with no other name: then, whoever
+        made it (another member of a shared cache, whose partial files are group-writable), writing
+        it cannot reach any file outside the cache. Anything else (a symlink, planted to make this
+        run write a file of its choosing; a hard link; a private file of another user) is unlinked,
+        said, and a new file of ours is made with O_EXCL.
+        """
+        name = etag + PARTIAL_SUFFIX
+        with self.cache.blobs_folder() as dir_fd:
+            try:
+                fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            except FileNotFoundError:
+                found = ""
+            except PermissionError:  # left by a user whose umask kept it private
+                found = "the private partial file of another user"
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                found = f"a symlink to {_readlink_at(dir_fd, name)!r} (not followed)"
+            else:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    return fd, True
+                os.close(fd)
+                found = "a file with other hard links" if stat.S_ISREG(st.st_mode) else "not a regular file"
+            if found:
+                log.warning(
+                    "%s: %s was %s; starting it over in a new file",
+                    label,
+                    self.cache.partial_path(etag),
+                    found,
+                )
+            unlink_at(dir_fd, name, etag + STATE_SUFFIX)
+            # Group-writable where the umask allows it, so another user of a shared cache can resume it.
+            return create_new(dir_fd, name, os.O_RDWR, file_mode()), False
+
+    def has_partial(self, etag: str) -> bool:
+        """A partial file or its state is there (whatever it is: never followed). A question only:
+        `lstat`s as in `has_blob`, not a walk of the folders."""
+        for suffix in (PARTIAL_SUFFIX, STATE_SUFFIX):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.lstat(f"{self.cache.blobs}/{etag}{suffix}")
+                return True
+        return False
+
+    def discard_stale_partial(self, etag: str, size: int) -> bool:
+        """Remove a partial download whose blob is complete after all (another process finished it).
+
+        Taken under the blob's lock, so a download in progress is never touched. Returns whether
+        anything was removed.
+        """
+        if not self.has_partial(etag) or not self.cache.has_blob(etag, size):
+            return False
+        with self.cache.blob_lock(etag):
+            if not self.cache.has_blob(etag, size):
+                return False
+            self.discard_partial(etag)
+        return True
+
+    def sweep_partials(self) -> set[str]:
+        """List `blobs/` once: remove the resume-state temp files a run killed mid-write left
+        (`STATE_TEMP`), and return the etags that have a partial file or its state (bytes to resume,
+        or litter to discard when the blob is complete after all: `discard_stale_partial`).
+
+        A temp file is removed only under its blob's lock, taken without waiting: whoever holds it
+        may be writing one right now. Names are matched exactly and unlinked, never followed.
+        """
+        partials: set[str] = set()
+        try:
+            with self.cache.blobs_folder(create=False) as dir_fd:
+                for name in os.listdir(dir_fd):
+                    if name.endswith((PARTIAL_SUFFIX, STATE_SUFFIX)) and not name.startswith("."):
+                        partials.add(name.split(".", 1)[0])
+                    match = STATE_TEMP.fullmatch(name)
+                    if match is None:
+                        continue
+                    # Best effort: a read-only cache cannot take the lock, a folder of that name is not ours.
+                    with contextlib.suppress(OSError), self.cache.blob_lock_if_free(match.group(1)) as free:
+                        if free:
+                            unlink_at(dir_fd, name)
+        except FileNotFoundError:
+            pass
+        return partials
+
+
+class BlobInstaller:
+    """How verified bytes become a repo folder's blob: named only once complete, durable and verified,
+    and checked to be the very file that was verified (a member of a shared cache could swap a name)."""
+
+    def __init__(self, cache: RepoCache) -> None:
+        self.cache = cache
+
+    def write_new_blob(self, name: str, data: bytes | bytearray) -> NewBlob | None:
+        """Write verified in-memory bytes (a small blob) to a new unnamed file in `blobs/` (O_TMPFILE),
+        to be named by `install_new_blob` once durable. None where the filesystem cannot (NFS...):
+        then `install_bytes`, under the blob's lock.
+
+        No lock, no temp name: a kill leaves nothing behind (the kernel frees an unnamed file), and
+        two writers of one blob each install the same verified bytes. No `chmod`: a new file gets
+        the umask's mode (`file_mode()`).
+        """
+        with self.cache.blobs_folder() as dir_fd:
+            try:
+                fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    return None
+                raise
+        try:
+            write_all(fd, data)
+            return NewBlob(self.cache, fd, name, len(data))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def install_new_blob(self, new: NewBlob) -> None:
+        """Give a `write_new_blob` file, made durable since, its blob name (and close it). A name
+        already there is kept if it is that blob (another writer's, at the same time), else replaced."""
+        try:
+            with self.cache.blobs_folder() as dir_fd:
+                for _ in range(2):
+                    try:
+                        os.link(f"/proc/self/fd/{new.fd}", new.name, dst_dir_fd=dir_fd, follow_symlinks=True)
+                        return
+                    except FileExistsError:
+                        if _is_blob_at(dir_fd, new.name, new.size):
+                            return
+                        unlink_at(dir_fd, new.name)  # not that blob: planted, or a corrupt one repaired
+            raise IntegrityError(
+                f"cannot install {self.cache.blob_path(new.name)}: something keeps replacing it"
+            )
+        finally:
+            os.close(new.fd)
+
+    @staticmethod
+    def discard_new_blob(new: NewBlob) -> None:
+        """Drop a `write_new_blob` file unnamed (the kernel frees it)."""
+        os.close(new.fd)
+
+    def install_bytes(self, etag: str, data: bytes | bytearray, *, name: str | None = None) -> None:
+        """Make verified in-memory bytes (a small blob) the blob `name` (default `etag`): write the partial
+        file, fsync, rename.
+
+        One new file and no state or `chmod` (a new file gets the umask's mode: `file_mode()`).
+        The folder's fsync is the caller's, as with `install_blob(sync_folder=False)`. For blobs
+        without a partial file (one left by another user could not be truncated).
+        """
+        partial = etag + PARTIAL_SUFFIX
+        with self.cache.blobs_folder() as dir_fd:
+            fd = create_new(dir_fd, partial)
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            self._rename_checked(dir_fd, partial, name or etag, st)
+
+    def install_blob(
+        self,
+        etag: str,
+        *,
+        name: str | None = None,
+        sync_folder: bool = True,
+        verified_fd: int | None = None,
+        source: Path | None = None,
+    ) -> None:
+        """Make the verified partial file the blob `name` (default `etag`; another when the hash that named
+        the download was learned from the bytes): fsync, set mode, rename, fsync the folder.
+
+        `verified_fd`: the open file that was hashed (the download's); else `source`, a verified file
+        elsewhere on this filesystem (unbundle's staging), is opened and moved to the partial name;
+        else the partial file is opened by name. Held open through the rename, that file is the only
+        one that can be installed: another swapped in under the name (by a member of a shared cache)
+        is found and refused. The mode is set on the file, never by path, and only on a file of ours.
+        `sync_folder=False` leaves the folder's fsync to the caller, who must do it (`fsync_dir`)
+        before any snapshot link to the blob is written: one fsync for many blobs.
+        """
+        partial = etag + PARTIAL_SUFFIX
+        with self.cache.blobs_folder() as dir_fd, contextlib.ExitStack() as opened:
+            fd = verified_fd
+            if fd is None:
+                fd = os.open(source or partial, NOFOLLOW_READ, dir_fd=None if source else dir_fd)
+                opened.callback(os.close, fd)
+            if source is not None:
+                os.replace(source, partial, dst_dir_fd=dir_fd)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IntegrityError(f"{self.cache.partial_path(etag)} is not a regular file; not installed")
+            os.fsync(fd)
+            release_pages(fd, 0, 0)  # on disk now: nobody reads a download's bytes soon (see there)
+            mode = file_mode()
+            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
+            self._rename_checked(dir_fd, partial, name or etag, st)
+            if sync_folder:
+                os.fsync(dir_fd)
+            unlink_at(dir_fd, etag + STATE_SUFFIX)
+
+    def install_hard_link(self, etag: str, source: Path, expected: os.stat_result) -> bool:
+        """Make a verified identical blob of another repo (`source`, whose lstat was `expected`
+        before it was hashed) this repo's blob too, as a hard link; False if it is not that file."""
+        self.cache.partials.discard_partial(etag)
+        name = etag + PARTIAL_SUFFIX
+        with self.cache.blobs_folder() as dir_fd:
+            try:
+                os.link(source, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                return False
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino) or not stat.S_ISREG(st.st_mode):
+                unlink_at(dir_fd, name)  # swapped since it was hashed
+                return False
+            self._rename_checked(dir_fd, name, etag, st)
+        return True
+
+    def _rename_checked(self, dir_fd: int, name: str, etag: str, installed: os.stat_result) -> None:
+        """Rename the partial file `name` to the blob, then make sure the blob is the file that was
+        verified: a member of a shared cache could swap the name in between."""
+        os.replace(name, etag, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        now = os.stat(etag, dir_fd=dir_fd, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) != (installed.st_dev, installed.st_ino):
+            unlink_at(dir_fd, etag)
+            raise IntegrityError(
+                f"{self.cache.partial_path(etag)} was replaced by another file while it was being installed "
+                "(another user of this shared cache?); nothing was installed"
+            )
 
 
 class BlobIndex:

@@ -137,13 +137,13 @@ def make_plan(ctx: RunContext, resolution: Resolution, *, verify: bool = False) 
         if locked is None:
             continue
         cache = ctx.repo_cache(locked.repo, locked.type)
-        partials = cache.sweep_partials()
+        partials = cache.partials.sweep_partials()
         missing = []
         for f in locked.files:
             if not cache.has_blob(f.etag, f.size):
                 missing.append(f)
             elif f.etag in partials:
-                cache.discard_stale_partial(f.etag, f.size)  # left by a run that another one beat
+                cache.partials.discard_stale_partial(f.etag, f.size)  # left by a run that another one beat
         entries.append(EntryPlan(entry, locked, missing))
     if verify:
         _find_corrupt(ctx, entries)
@@ -254,7 +254,7 @@ def _bytes_on_disk(job: FileJob) -> int:
     """Bytes of a blob already in its partial file (they need no new space; a small file has none)."""
     if job.small:
         return 0
-    return sum(b - a for a, b in job.cache.read_partial_state(job.etag, job.size))
+    return sum(b - a for a, b in job.cache.partials.read_partial_state(job.etag, job.size))
 
 
 # -------------------------------------------------------------------------------- what the quota means

@@ -12,7 +12,7 @@ from typing import Any
 
 class Workers:
     """`workers` threads, each taking the next item in the given order and doing all of it, until
-    none is left or `stopped()`, then calling `finish` (in its own thread); failures go to `on_error`.
+    none is left or `stopped()`; failures go to `on_error`.
 
     No future per item: for 100k small files, futures and their hand-offs were most of the cost.
     """
@@ -23,10 +23,8 @@ class Workers:
         fetch: Callable[[Any], None],
         on_error: Callable[[BaseException, Any], None],
         stopped: Callable[[], bool] = lambda: False,
-        finish: Callable[[], None] = lambda: None,
     ) -> None:
         self.workers, self._fetch, self._on_error, self._stopped = workers, fetch, on_error, stopped
-        self._finish = finish
 
     def run(self, items: Iterable[Any], alongside: Callable[[], None] | None = None) -> None:
         """Work through `items`; `alongside` runs in the calling thread meanwhile (the engine's lane of
@@ -44,7 +42,6 @@ class Workers:
                     self._fetch(item)
                 except BaseException as exc:  # every failure is the run's to judge
                     self._on_error(exc, item)
-            self._finish()
 
         threads = [
             threading.Thread(target=work, name=f"prefetch-worker-{i}", daemon=True)

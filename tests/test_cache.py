@@ -61,22 +61,22 @@ def write_state(repo: RepoCache, state: object, partial_size: int = 1000) -> Non
 
 def test_partial_state_round_trip(repo):
     write_state(repo, {})
-    repo.write_partial_state(ETAG, 1000, [(0, 100), (200, 300)], [(0, 100)])
-    assert repo.read_partial_state(ETAG, 1000) == [(0, 100), (200, 300)]
+    repo.partials.write_partial_state(ETAG, 1000, [(0, 100), (200, 300)], [(0, 100)])
+    assert repo.partials.read_partial_state(ETAG, 1000) == [(0, 100), (200, 300)]
     state = json.loads(repo.state_path(ETAG).read_text())
     assert state["boot_id"] == boot_id() and state["synced"] == [[0, 100]]
 
 
 def test_after_a_reboot_only_synced_ranges_count(repo):
     write_state(repo, {"size": 1000, "done": [[0, 600]], "synced": [[0, 200]], "boot_id": "another-boot"})
-    assert repo.read_partial_state(ETAG, 1000) == [(0, 200)]
+    assert repo.partials.read_partial_state(ETAG, 1000) == [(0, 200)]
     write_state(repo, {"size": 1000, "done": [[0, 600]], "boot_id": "another-boot"})
-    assert repo.read_partial_state(ETAG, 1000) == []
+    assert repo.partials.read_partial_state(ETAG, 1000) == []
 
 
 def test_state_without_boot_id_is_trusted(repo):
     write_state(repo, {"size": 1000, "done": [[0, 600]]})
-    assert repo.read_partial_state(ETAG, 1000) == [(0, 600)]
+    assert repo.partials.read_partial_state(ETAG, 1000) == [(0, 600)]
 
 
 @pytest.mark.parametrize(
@@ -93,18 +93,18 @@ def test_state_without_boot_id_is_trusted(repo):
 )
 def test_unusable_state_means_start_over(repo, state):
     write_state(repo, state)
-    assert repo.read_partial_state(ETAG, 1000) == []
+    assert repo.partials.read_partial_state(ETAG, 1000) == []
 
 
 def test_ranges_beyond_the_partial_file_are_dropped(repo):
     write_state(repo, {"size": 1000, "done": [[0, 100], [500, 1000], [-5, 3]]}, partial_size=600)
-    assert repo.read_partial_state(ETAG, 1000) == [(0, 100)]
+    assert repo.partials.read_partial_state(ETAG, 1000) == [(0, 100)]
 
 
 def test_state_without_its_partial_file_is_ignored(repo):
     write_state(repo, {"size": 1000, "done": [[0, 100]]})
     repo.partial_path(ETAG).unlink()
-    assert repo.read_partial_state(ETAG, 1000) == []
+    assert repo.partials.read_partial_state(ETAG, 1000) == []
 
 
 def test_a_full_disk_while_saving_state_is_a_disk_space_error(repo, monkeypatch):
@@ -113,7 +113,7 @@ def test_a_full_disk_while_saving_state_is_a_disk_space_error(repo, monkeypatch)
 
     monkeypatch.setattr(cache_mod, "atomic_write_at", full)
     with pytest.raises(DiskSpaceError, match="disk full"):
-        repo.write_partial_state(ETAG, 10, [(0, 5)])
+        repo.partials.write_partial_state(ETAG, 10, [(0, 5)])
 
 
 def test_atomic_write_leaves_no_temporary_file_when_it_fails(tmp_path, monkeypatch):
@@ -139,7 +139,7 @@ def test_install_blob_makes_the_partial_the_blob(repo, umask):
     umask(0o002)
     write_state(repo, {"size": 1000, "done": [[0, 1000]]})
     os.chmod(repo.partial_path(ETAG), 0o600)
-    repo.install_blob(ETAG)
+    repo.installer.install_blob(ETAG)
     blob = repo.blob_path(ETAG)
     assert blob.stat().st_size == 1000 and blob.stat().st_mode & 0o777 == 0o664
     assert not repo.partial_path(ETAG).exists() and not repo.state_path(ETAG).exists()
@@ -154,7 +154,7 @@ def test_install_blob_installs_only_the_file_that_was_verified(repo):
         repo.partial_path(ETAG).unlink()
         repo.partial_path(ETAG).write_bytes(b"swapped in" * 100)
         with pytest.raises(IntegrityError, match="replaced by another file while it was being installed"):
-            repo.install_blob(ETAG, verified_fd=fd)
+            repo.installer.install_blob(ETAG, verified_fd=fd)
     finally:
         os.close(fd)
     assert not repo.blob_path(ETAG).exists()
@@ -250,12 +250,12 @@ def test_blob_lock_is_taken_once_the_holder_releases_it(repo):
 
 def test_a_stale_partial_is_removed_once_its_blob_is_complete(repo):
     write_state(repo, {"size": 1000, "done": [[0, 400]]})
-    assert not repo.discard_stale_partial(ETAG, 1000)  # no blob yet: the partial is still useful
-    assert repo.has_partial(ETAG)
+    assert not repo.partials.discard_stale_partial(ETAG, 1000)  # no blob yet: the partial is still useful
+    assert repo.partials.has_partial(ETAG)
     repo.blob_path(ETAG).write_bytes(b"\0" * 1000)  # e.g. huggingface_hub finished the download
-    assert repo.discard_stale_partial(ETAG, 1000)
-    assert not repo.has_partial(ETAG) and repo.has_blob(ETAG, 1000)
-    assert not repo.discard_stale_partial(ETAG, 1000)
+    assert repo.partials.discard_stale_partial(ETAG, 1000)
+    assert not repo.partials.has_partial(ETAG) and repo.has_blob(ETAG, 1000)
+    assert not repo.partials.discard_stale_partial(ETAG, 1000)
 
 
 def test_a_garbage_ref_is_replaced_not_a_crash(tmp_path):
@@ -314,5 +314,5 @@ def test_a_folder_kept_open_is_still_reached_without_following_links(tmp_path: P
     cache.folder.mkdir(parents=True)
     (cache.folder / "blobs").symlink_to(elsewhere)
     with cache.folders_kept_open(), pytest.raises(UnsafeFolder):
-        cache.write_new_blob("c" * 40, b"data")
+        cache.installer.write_new_blob("c" * 40, b"data")
     assert list(elsewhere.iterdir()) == []

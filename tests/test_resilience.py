@@ -1020,7 +1020,7 @@ def test_bytes_hashed_and_on_disk_leave_the_page_cache(tmp_path):
     assert not any(resident[:behind]), f"{sum(resident[:behind])} of {behind} pages still cached"
     assert all(resident[-RELEASE_LAG // mmap.PAGESIZE :])  # the hash's last bytes: not waited for yet
     assert partial.digest() == job.etag
-    job.cache.install_blob(job.etag, verified_fd=partial.fd)
+    job.cache.installer.install_blob(job.etag, verified_fd=partial.fd)
     partial.close(keep_state=False)
     blob = job.cache.blob_path(job.etag)
     assert not any(resident_pages(blob)), "an installed blob's pages are still cached"

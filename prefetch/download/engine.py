@@ -202,7 +202,7 @@ class Transfer:
             return self._fetch_new(job, locked=False)
         with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
             if self.cached(job):  # another process fetched (or repaired) it while we waited
-                cache.discard_partial(job.etag)  # our own earlier partial of it is garbage now
+                cache.partials.discard_partial(job.etag)  # our own earlier partial of it is garbage now
                 return self.done(job, "cached")
             if self._link_from_other_repo(job):
                 return self.done(job, "linked")
@@ -251,7 +251,7 @@ class Transfer:
                 name = self.ranges.download(job)
                 if name is not None:
                     return self._fetched(job, name)
-                job.cache.discard_partial(job.etag)  # never resume from bytes that failed their hash
+                job.cache.partials.discard_partial(job.etag)  # never resume from bytes that failed their hash
             if attempt == 1:
                 message = f"hash mismatch for {job.label}: discarded, fetching it again"
                 log.warning(message)
@@ -284,7 +284,7 @@ class Transfer:
         before = source.lstat()
         if hash_file(source, job.lfs, job.size)[1] != job.etag:
             return False
-        if not job.cache.install_hard_link(job.etag, source, before):
+        if not job.cache.installer.install_hard_link(job.etag, source, before):
             return False
         self.installed(job, job.etag)
         return True
@@ -305,14 +305,14 @@ class Transfer:
         name = job.blob_name(h)
         if name is None:
             return False
-        new = job.cache.write_new_blob(name, data)
+        new = job.cache.installer.write_new_blob(name, data)
         if new is not None:
             self._new_blobs.add(job, new)
             return True
         with contextlib.ExitStack() as held:
             if not locked:
                 held.enter_context(job.cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled))
-            job.cache.install_bytes(job.etag, data, name=name)
+            job.cache.installer.install_bytes(job.etag, data, name=name)
         self._fetched(job, name)
         return True
 

@@ -99,7 +99,7 @@ class NewBlobs:
                     sync_filesystem(fd)
         except BaseException as exc:
             for job, new in batch:
-                new.cache.discard_new_blob(new)
+                new.cache.installer.discard_new_blob(new)
                 if isinstance(exc, Exception):
                     self._failed(exc, job)
             if not isinstance(exc, Exception):
@@ -107,12 +107,12 @@ class NewBlobs:
             return
         for i, (job, new) in enumerate(batch):
             try:
-                new.cache.install_new_blob(new)
+                new.cache.installer.install_new_blob(new)
             except Exception as exc:
                 self._failed(exc, job)
             except BaseException:
                 for _, unnamed in batch[i + 1 :]:
-                    unnamed.cache.discard_new_blob(unnamed)
+                    unnamed.cache.installer.discard_new_blob(unnamed)
                 raise
             else:
                 self._installed(job, new.name)

@@ -82,7 +82,7 @@ class PartialFile:
 
     def __init__(self, job: FileJob, done: list[tuple[int, int]]) -> None:
         self.job = job
-        self.fd, kept = job.cache.open_partial(job.etag, job.label)  # never through a link
+        self.fd, kept = job.cache.partials.open_partial(job.etag, job.label)  # never through a link
         if not kept:
             done = []
         try:
@@ -178,7 +178,7 @@ class PartialFile:
                 version, done, synced = self._version, list(self.done.ranges), list(self._synced)
                 self._unsaved = 0
             try:
-                self.job.cache.write_partial_state(self.job.etag, self.job.size, done, synced)
+                self.job.cache.partials.write_partial_state(self.job.etag, self.job.size, done, synced)
             except DiskSpaceError as e:
                 raise self._disk_full() from e
             self._saved_version = version

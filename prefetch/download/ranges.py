@@ -86,7 +86,7 @@ class RangeFetcher:
 
         Returns the blob's name (None: the server sent bytes that cannot be this file).
         """
-        done = job.cache.read_partial_state(job.etag, job.size)
+        done = job.cache.partials.read_partial_state(job.etag, job.size)
         partial = PartialFile(job, done)
         hashed: Any = None
         name: str | None = None
@@ -104,13 +104,15 @@ class RangeFetcher:
             except RangeIgnored:
                 log.warning("%s: server ignored the Range request; starting the file over", job.label)
                 partial.close(keep_state=False)
-                job.cache.discard_partial(job.etag)
+                job.cache.partials.discard_partial(job.etag)
                 partial = PartialFile(job, [])
                 self._run_segments(job, partial, source, [(0, job.size)], use_range=False)
             hashed = partial.hashed()
             name = job.blob_name(hashed)
             if name is not None:  # installed while open: only the very file that was hashed can be
-                job.cache.install_blob(job.etag, name=name, sync_folder=False, verified_fd=partial.fd)
+                job.cache.installer.install_blob(
+                    job.etag, name=name, sync_folder=False, verified_fd=partial.fd
+                )
         except BadBytes as e:
             log.warning("%s", e)
             return None

@@ -31,7 +31,8 @@ from prefetch.oci.credentials import find_login
 from prefetch.oci.layout import write_layout
 from prefetch.oci.modelpack import Artifact, modelpack
 from prefetch.oci.reference import DEFAULT_TAG, LayoutRef, Reference, RegistryRef, parse_reference
-from prefetch.oci.registry import DEFAULT_CHUNK, Registry, UploadStates, default_upload_state_dir
+from prefetch.oci.registry import DEFAULT_CHUNK, Registry
+from prefetch.oci.upload import BlobUpload, UploadStates, default_upload_state_dir
 from prefetch.oci.volume import DEFAULT_PLATFORMS, volume_image
 from prefetch.offline.shared import Report, cache_root, locked_blobs, verify_error
 from prefetch.progress import human_bytes
@@ -245,6 +246,7 @@ def _push_to_registry(
         secrets=secrets,
     ) as registry:
         known = _KnownRepositories(state_dir, registry.base)
+        uploads = BlobUpload(registry)
         sources = [r for r in (*mount_from, *known.load()) if r != repo]
         sources = list(dict.fromkeys(sources))[:MAX_MOUNT_SOURCES]
         registry.ping(repo)
@@ -263,7 +265,7 @@ def _push_to_registry(
                             report.mounted += 1
                         advance(blob.size)
                         return
-            result = registry.upload(repo, blob, chunk_size=chunk_size, states=states, progress=advance)
+            result = uploads.send(repo, blob, chunk_size=chunk_size, states=states, progress=advance)
             with lock:
                 report.uploaded += 1
                 report.uploaded_bytes += result.sent

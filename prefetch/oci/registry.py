@@ -16,15 +16,12 @@ registry 2.8 does when a broken request left bytes past the offset) gets a fresh
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
@@ -34,17 +31,14 @@ from prefetch.cancel import CancelToken
 from prefetch.errors import (
     AccessError,
     HubHttpError,
-    IntegrityError,
     NetworkError,
     TransportError,
     UnusableAnswer,
     hub_http_error,
 )
-from prefetch.files import atomic_write
 from prefetch.net.connection import FileBody, Response
 from prefetch.net.retry import RetryPolicy, is_retryable, retry_after_seconds
 from prefetch.net.session import Http
-from prefetch.oci.blobs import Blob
 from prefetch.oci.credentials import RegistryLogin
 from prefetch.oci.reference import RegistryRef
 from prefetch.settings import RetrySettings
@@ -65,7 +59,7 @@ MANIFEST_ACCEPT = ", ".join(
     )
 )
 _PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
-_RANGE = re.compile(r"(?:bytes=)?0-([0-9]{1,19})")
+UPLOAD_RANGE = re.compile(r"(?:bytes=)?0-([0-9]{1,19})")  # where an upload stands (its `Range`)
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]{1,16384}")
 
 
@@ -235,65 +229,6 @@ class _RealmLogin:
         return f"Basic {self.login.basic_value}" if _origin(url) == _origin(self.realm) else None
 
 
-@dataclass(frozen=True)
-class SavedUpload:
-    location: str
-    offset: int
-
-
-class UploadStates:
-    """Unfinished chunked uploads, one small JSON file each (`folder`, mode 0700; files 0600): the upload
-    URL and the offset the registry acknowledged. None: nothing is remembered (uploads still resume
-    within a run)."""
-
-    def __init__(self, folder: Path | None) -> None:
-        self.folder = folder
-
-    def _path(self, base: str, repository: str, digest: str) -> Path | None:
-        if self.folder is None:
-            return None
-        name = hashlib.sha256(f"{base}/{repository}@{digest}".encode()).hexdigest()[:40]
-        return self.folder / f"{name}.json"
-
-    def load(self, base: str, repository: str, digest: str) -> SavedUpload | None:
-        path = self._path(base, repository, digest)
-        try:
-            data = json.loads(path.read_bytes()[:65536]) if path is not None else None
-            return SavedUpload(str(data["location"]), int(data["offset"])) if isinstance(data, dict) else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def save(self, base: str, repository: str, digest: str, saved: SavedUpload) -> None:
-        path = self._path(base, repository, digest)
-        if path is None:
-            return
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data = json.dumps({"location": saved.location, "offset": saved.offset}).encode()
-        old = os.umask(0o077)
-        try:
-            atomic_write(path, data, durable=False)
-        finally:
-            os.umask(old)
-
-    def clear(self, base: str, repository: str, digest: str) -> None:
-        path = self._path(base, repository, digest)
-        if path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
-def default_upload_state_dir(env: Mapping[str, str] | None = None) -> Path:
-    """`${XDG_STATE_HOME:-~/.local/state}/prefetch/oci-uploads`."""
-    return settings.state_home(env) / "prefetch" / "oci-uploads"
-
-
-@dataclass
-class UploadResult:
-    sent: int  # bytes sent in this run
-    resumed_at: int  # offset a remembered or broken upload resumed from (0: from the start)
-    restarts: int = 0  # uploads the registry refused to resume, started again
-
-
 class Registry:
     """One registry, its auth, and the requests of the distribution spec prefetch makes."""
 
@@ -342,7 +277,7 @@ class Registry:
     def url(self, repository: str, kind: str, reference: str = "") -> str:
         return f"{self.base}/v2/{repository}/{kind}/{quote(reference, safe=':')}"
 
-    def _send(
+    def send(
         self,
         method: str,
         url: str,
@@ -362,7 +297,7 @@ class Registry:
                 raise AccessError(f"{self.auth.refused()} ({error.status} {error.message})")
         raise AssertionError("unreachable")
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    def call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
             return self.http.retry.call(fn, what)
         except (TransportError, HubHttpError) as exc:
@@ -377,12 +312,12 @@ class Registry:
         """`GET /v2/`: is it a registry, and which auth does it ask for (learnt, and a token fetched)."""
 
         def attempt() -> None:
-            response = self._send("GET", f"{self.base}/v2/", (pull_scope(repository),))
+            response = self.send("GET", f"{self.base}/v2/", (pull_scope(repository),))
             if response.status_code != 200:
                 raise registry_error(response.url, response, "GET /v2/ (is it an OCI registry?)")
             response.close()
 
-        self._call("GET /v2/", attempt)
+        self.call("GET /v2/", attempt)
 
     def blob_size(self, repository: str, digest: str, push: bool = False) -> int | None:
         """The size of a blob the repository has (HEAD), None when it has not."""
@@ -390,7 +325,7 @@ class Registry:
         scopes = (push_scope(repository) if push else pull_scope(repository),)
 
         def attempt() -> int | None:
-            response = self._send("HEAD", url, scopes)
+            response = self.send("HEAD", url, scopes)
             response.close()
             if response.status_code == 404:
                 return None
@@ -399,7 +334,7 @@ class Registry:
             length = response.headers.get("content-length", "")
             return int(length) if length.isdigit() else -1
 
-        result: int | None = self._call(f"HEAD blob {digest}", attempt)
+        result: int | None = self.call(f"HEAD blob {digest}", attempt)
         return result
 
     def mount(self, repository: str, digest: str, source: str) -> bool:
@@ -408,7 +343,7 @@ class Registry:
         scopes = (push_scope(repository), pull_scope(source))
 
         def attempt() -> bool:
-            response = self._send("POST", url, scopes, body=b"")
+            response = self.send("POST", url, scopes, body=b"")
             if response.status_code == 201:
                 response.close()
                 return True
@@ -416,170 +351,23 @@ class Registry:
                 location = urljoin(url, response.headers.get("location", ""))
                 response.close()
                 with contextlib.suppress(TransportError, HubHttpError, AccessError):
-                    self._send("DELETE", location, scopes).close()
+                    self.send("DELETE", location, scopes).close()
                 return False
             raise registry_error(url, response, f"mount {digest} from {source}")
 
-        mounted: bool = self._call(f"mount {digest}", attempt)
+        mounted: bool = self.call(f"mount {digest}", attempt)
         return mounted
-
-    def _start_upload(self, repository: str) -> tuple[str, int]:
-        url = f"{self.base}/v2/{repository}/blobs/uploads/"
-
-        def attempt() -> tuple[str, int]:
-            response = self._send("POST", url, (push_scope(repository),), body=b"")
-            if response.status_code != 202 or "location" not in response.headers:
-                raise registry_error(url, response, "start an upload")
-            location = urljoin(url, response.headers["location"])
-            minimum = response.headers.get("oci-chunk-min-length", "")
-            response.close()
-            return location, int(minimum) if minimum.isdigit() else 0
-
-        started: tuple[str, int] = self._call("start an upload", attempt)
-        return started
-
-    def _upload_status(self, repository: str, location: str) -> SavedUpload | None:
-        """Where an upload stands (GET: 204 + Range); None when the registry does not know or refuses it."""
-        try:
-            response = self._send("GET", location, (push_scope(repository),))
-        except (TransportError, AccessError):
-            return None
-        try:
-            if response.status_code != 204:
-                return None
-            match = _RANGE.fullmatch(response.headers.get("range", "").strip())
-            offset = int(match.group(1)) + 1 if match else 0
-            if match and match.group(1) == "0":
-                offset = 0  # "0-0" is empty or one byte: restart that byte rather than skip it
-            return SavedUpload(urljoin(location, response.headers.get("location") or location), offset)
-        finally:
-            response.close()
-
-    def _finish(self, repository: str, location: str, blob: Blob, body: bytes | FileBody) -> None:
-        sep = "&" if urlsplit(location).query else "?"
-        url = f"{location}{sep}{urlencode({'digest': blob.digest})}"
-        headers = {"content-type": "application/octet-stream"}
-        response = self._send("PUT", url, (push_scope(repository),), headers, body)
-        if response.status_code == 201:
-            response.close()
-            return
-        error = registry_error(url, response, f"upload of {blob.digest}")
-        if error.error_code == "DIGEST_INVALID":
-            raise IntegrityError(
-                f"{self.base}/{repository}: the registry computed another digest than {blob.digest} for the "
-                f"{blob.size} bytes sent: the cache's blob is corrupt (run `prefetch verify`)"
-            )
-        raise error
-
-    def upload(
-        self,
-        repository: str,
-        blob: Blob,
-        *,
-        chunk_size: int = DEFAULT_CHUNK,
-        states: UploadStates | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> UploadResult:
-        """Upload `blob` (its bytes read from its parts): one PUT when it fits a chunk, else PATCHes of
-        `chunk_size` bytes (or the registry's `OCI-Chunk-Min-Length`) then the closing PUT. A remembered
-        upload (`states`) resumes where the registry says it stands; a failed chunk is retried from
-        the registry's offset, within the retry budget."""
-        states = states or UploadStates(None)
-        key = (self.base, repository, blob.digest)
-        result = UploadResult(0, 0)
-        saved = states.load(*key)
-        status = self._upload_status(repository, saved.location) if saved else None
-        if saved and status is None:
-            result.restarts += 1
-            states.clear(*key)
-        minimum = 0
-        if status is None:
-            location, minimum = self._start_upload(repository)
-            offset = 0
-        else:
-            location, offset = status.location, status.offset
-            result.resumed_at = offset
-        chunk = max(chunk_size, minimum, 1)
-        retried = False
-
-        def send_the_rest() -> None:
-            """One attempt: from where the registry says the upload stands (after a failure), the
-            remaining chunks, then the closing PUT."""
-            nonlocal location, offset, minimum, retried
-            if retried:
-                status = self._upload_status(repository, location)
-                if status is None:  # unknown to the registry, or refused at its offset: anew
-                    result.restarts += 1
-                    location, minimum = self._start_upload(repository)
-                    offset = 0
-                else:
-                    location, offset = status.location, status.offset
-            retried = True
-            while True:
-                if offset == 0 and blob.size <= chunk:
-                    self._finish(repository, location, blob, FileBody(reader, 0, blob.size))
-                    result.sent += blob.size
-                    if progress:
-                        progress(blob.size)
-                    return
-                if offset >= blob.size:
-                    self._finish(repository, location, blob, b"")
-                    return
-                before = offset
-                location, offset = self._patch(
-                    repository, location, reader, offset, min(chunk, blob.size - offset)
-                )
-                states.save(*key, SavedUpload(location, offset))
-                result.sent += offset - before
-                if progress:
-                    progress(offset - before)
-
-        with blob.open() as reader:
-            try:
-                self.http.retry.call(
-                    send_the_rest, f"upload of {blob.digest}", cancel=self.cancel, retryable=_upload_retryable
-                )
-            except (TransportError, HubHttpError) as exc:
-                if not _upload_retryable(exc):
-                    raise
-                raise NetworkError(
-                    f"{self.base}/{repository}: upload of {blob.digest}: {printable(str(exc))}"
-                ) from exc
-        states.clear(*key)
-        return result
-
-    def _patch(
-        self, repository: str, location: str, reader: Any, offset: int, length: int
-    ) -> tuple[str, int]:
-        headers = {
-            "content-type": "application/octet-stream",
-            "content-range": f"{offset}-{offset + length - 1}",
-        }
-        response = self._send(
-            "PATCH", location, (push_scope(repository),), headers, FileBody(reader, offset, length)
-        )
-        if response.status_code != 202:
-            raise registry_error(location, response, f"PATCH {offset}-{offset + length - 1}")
-        match = _RANGE.fullmatch(response.headers.get("range", "").strip())
-        new_location = urljoin(location, response.headers.get("location") or location)
-        response.close()
-        end = int(match.group(1)) + 1 if match else offset + length
-        if end != offset + length:
-            raise UnusableAnswer(
-                f"{self.base}: after a chunk ending at {offset + length} the registry stands at {end}"
-            )
-        return new_location, end
 
     def put_manifest(self, repository: str, reference: str, media_type: str, data: bytes) -> None:
         url = self.url(repository, "manifests", reference)
 
         def attempt() -> None:
-            response = self._send("PUT", url, (push_scope(repository),), {"content-type": media_type}, data)
+            response = self.send("PUT", url, (push_scope(repository),), {"content-type": media_type}, data)
             if response.status_code not in (200, 201):
                 raise registry_error(url, response, f"PUT manifest {reference}")
             response.close()
 
-        self._call(f"PUT manifest {reference}", attempt)
+        self.call(f"PUT manifest {reference}", attempt)
 
     def manifest_digest(self, repository: str, reference: str) -> str | None:
         """The digest of the manifest `reference` (a tag or digest) names (HEAD: `Docker-Content-Digest`);
@@ -587,7 +375,7 @@ class Registry:
         url = self.url(repository, "manifests", reference)
 
         def attempt() -> str | None:
-            response = self._send("HEAD", url, (push_scope(repository),), {"accept": MANIFEST_ACCEPT})
+            response = self.send("HEAD", url, (push_scope(repository),), {"accept": MANIFEST_ACCEPT})
             response.close()
             if response.status_code == 404:
                 return None
@@ -595,7 +383,7 @@ class Registry:
                 raise registry_error(url, response, f"HEAD manifest {reference}")
             return response.headers.get("docker-content-digest")
 
-        found: str | None = self._call(f"HEAD manifest {reference}", attempt)
+        found: str | None = self.call(f"HEAD manifest {reference}", attempt)
         return found
 
     def get_manifest(self, repository: str, reference: str) -> tuple[str, bytes]:
@@ -603,7 +391,7 @@ class Registry:
         url = self.url(repository, "manifests", reference)
 
         def attempt() -> tuple[str, bytes]:
-            response = self._send("GET", url, (pull_scope(repository),), {"accept": MANIFEST_ACCEPT})
+            response = self.send("GET", url, (pull_scope(repository),), {"accept": MANIFEST_ACCEPT})
             if response.status_code != 200:
                 raise registry_error(url, response, f"GET manifest {reference}")
             try:
@@ -612,15 +400,9 @@ class Registry:
                 response.close()
             return response.headers.get("content-type", "").split(";")[0].strip(), data
 
-        got: tuple[str, bytes] = self._call(f"GET manifest {reference}", attempt)
+        got: tuple[str, bytes] = self.call(f"GET manifest {reference}", attempt)
         return got
 
     def credential(self, repository: str) -> ScopedCredential:
         """The credential a blob download from `repository` uses (pull scope; the registry's origin only)."""
         return self.auth.credential((pull_scope(repository),))
-
-
-def _upload_retryable(exc: BaseException) -> bool:
-    """An upload is tried again (from where the registry says it stands) after what is worth a retry, and
-    after the registry's refusal of a chunk at its offset (400, 404, 416: it lost or moved the upload)."""
-    return is_retryable(exc) or (isinstance(exc, HubHttpError) and exc.status in (400, 404, 416))

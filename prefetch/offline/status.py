@@ -137,7 +137,9 @@ def cache_state(cache: RepoCache, locked: LockedEntry) -> str:
     ]
     if all(present):
         return CACHED
-    if any(present) or any(cache.has_blob(f.etag, f.size) or cache.has_partial(f.etag) for f in locked.files):
+    if any(present) or any(
+        cache.has_blob(f.etag, f.size) or cache.partials.has_partial(f.etag) for f in locked.files
+    ):
         return PARTIAL
     return MISSING
 

@@ -257,7 +257,7 @@ def _install(blob: LockedBlob, staged: Path, *, replace: bool) -> bool:
     with cache.blob_lock(blob.etag):
         if not replace and cache.has_blob(blob.etag, blob.size):  # another process installed it meanwhile
             return False
-        cache.install_blob(blob.etag, source=staged)
+        cache.installer.install_blob(blob.etag, source=staged)
     return True
 
 
