@@ -1118,7 +1118,7 @@ def machine() -> dict[str, str]:
         "huggingface_hub": versions.get("huggingface_hub", "?"),
         "hf_transfer": versions.get("hf_transfer", "none"),
         "hf_xet": versions.get("hf_xet", "none"),
-        "nginx": tool_version([NGINX, "-v"]).split()[-1] if NGINX else "none",
+        "nginx": tool_version([NGINX, "-v"]).split("/")[-1] if NGINX else "none",
         "curl": " ".join(tool_version(["curl", "--version"]).split()[:2]),
         "aria2c": tool_version(["aria2c", "--version"]),
         "openssl": " ".join(tool_version(["openssl", "version"]).split()[:2]),
@@ -1303,7 +1303,8 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         f"Machine: {info['cpu']}, {info['memory']} RAM, {info['os']}, Python {info['python']}. Peers: "
         f"huggingface_hub {info['huggingface_hub']} (hf_xet {info.get('hf_xet', 'none')}), {info['curl']}, "
-        f"{info['aria2c']}, hf_transfer {info['hf_transfer']}, {info['openssl']}. Rows marked (nginx) were served "
+        f"{'aria2c none' if info['aria2c'] == 'none' else info['aria2c']}, hf_transfer {info['hf_transfer']}, "
+        f"{info['openssl']}. Rows marked (nginx) were served "
         f"by nginx {info.get('nginx', 'none')} in front of the test Hub; the others by the Python test Hub. "
         "Both ran on the same machine (loopback), competing with the client for the cores. "
         f"Code measured: {run['sources']}.",
@@ -1345,22 +1346,23 @@ def readme_section(payload: dict[str, Any]) -> str:
         row = results.get(name)
         if not row or row["subject"] not in row["tools"]:
             continue
-        hf = row["ratios"].get("hf", float("nan"))
+        hf = fmt(row["ratios"]["hf"], "") if "hf" in row["ratios"] else ""
         ratios = {peer: row["ratios"][peer] for peer in peers if peer in row["ratios"]}
         against = ", ".join(f"{fmt(r, '')} × {peer}" for peer, r in ratios.items() if not math.isnan(r))
-        lines.append(
-            f"| {row['title']} | {spread(row['tools'][row['subject']])} | {fmt(hf, '')} | {against} |"
-        )
+        lines.append(f"| {row['title']} | {spread(row['tools'][row['subject']])} | {hf} | {against} |")
     notes = []
     if "large" in results:
         rss = {t: fmt(s["rss_mb"], "MB", 0) for t, s in results["large"]["tools"].items()}
         notes.append(f"Peak memory while syncing {results['large']['title'].removeprefix('peak RSS, ')}: "
                      f"{rss.get('prefetch', 'n/a')} (hf: {rss.get('hf', 'n/a')}).")  # fmt: skip
     if "resume" in results and "prefetch" in results["resume"]:
-        trials = [t["ratio"] for t in results["resume"]["prefetch"]["trials"]]
+        ratios = [t["ratio"] for t in results["resume"]["prefetch"]["trials"]]
+        low, high = fmt(min(ratios), "", 3), fmt(max(ratios), "", 3)
         hf = results["resume"].get("hf", {}).get("worst_ratio", float("nan"))
-        notes.append(f"Resumed after `kill -9` at half way, prefetch fetched {fmt(min(trials), '', 3)}–"
-                     f"{fmt(max(trials), '', 3)} × the missing bytes again (hf: {fmt(hf, '', 3)}).")  # fmt: skip
+        notes.append(
+            f"Resumed after `kill -9` at half way, prefetch fetched {low if low == high else f'{low}–{high}'} × "
+            f"the missing bytes again (hf: {fmt(hf, '', 3)})."
+        )
     return "\n".join(lines + (["", " ".join(notes)] if notes else [])) + "\n"
 
 
