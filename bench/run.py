@@ -727,7 +727,9 @@ def nginx_row(b: Bench, name: str, title: str, repo: str, *, tls: bool, cap_bps:
     print(f"{name}: starting nginx in front of the test Hub...", flush=True)
     front = NginxFront(b.hub, b.work / f"nginx-{name}", b.work / "blobs", [repo], tls=tls, cap_bps=cap_bps)
     with front, b.serving(front):
-        b.cold_row(name, title, [repo], tools)
+        row = b.cold_row(name, title, [repo], tools)
+    if cap_bps:
+        row["cap_mb_s"] = cap_bps / 1e6
 
 
 def bench_https(b: Bench) -> None:
