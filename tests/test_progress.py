@@ -13,6 +13,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -379,12 +380,16 @@ def test_bench_quick_runs() -> None:
     assert "| workload | tool | wall: median (min–max) | prefetch / tool |" in result.stdout
     for row in (
         "HTTP",
-        "HTTPS",
+        "HTTPS (nginx)",
+        "HTTPS (Python test Hub)",
         "1 × 32 MiB",
-        "per connection",
+        "per connection (nginx)",
+        "per connection (Python test Hub)",
         "small files",
         "900 files",
         "manifest of 10 repos",
     ):
         assert f"{row} | prefetch |" in result.stdout, row
     assert "| failed |" not in result.stdout  # a peer that is installed must work; others say "missing"
+    if shutil.which("nginx") or os.access("/usr/sbin/nginx", os.X_OK):  # .ci/run installs it
+        assert "| prefetch | missing: nginx" not in result.stdout
