@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prefetch import settings
@@ -84,6 +85,13 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{parts.username}:{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Authorizer(Protocol):
+    """A credential that decides per URL where it goes (a registry's, scoped to its own origin and its
+    token realm's; the Xet CAS's): the `Authorization` value for `url`, or None to send nothing there."""
+
+    def authorization(self, url: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -183,3 +191,6 @@ def entry_token(
         return default
     value = settings.token_env_value(token_env, env)
     return Token(_checked(value, token_env, secrets), token_env, env_var=token_env) if value else None
+
+
+Credential = Token | Authorizer  # a Hub token goes to the endpoint's origin only; an Authorizer decides

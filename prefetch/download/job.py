@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from prefetch.auth import Token
+from prefetch.auth import Credential
 from prefetch.cache import RepoCache
 from prefetch.errors import PrefetchError
 from prefetch.hashing import GitOidHash
@@ -30,12 +30,14 @@ class FileJob:
     resolve_url: str  # the entry's `{endpoint}/{repo}/resolve/{commit}/`, shared by its files
     repo: str
     path: str
-    token: Token | None
+    token: Credential | None  # the Hub token (sent to the Hub's origin only), or a source's own credential
     etag: str  # the expected hash, which names the blob and its partial file (a stand-in if not `published`)
     size: int
     lfs: bool  # etag is a sha256 of the content (else a git object id, see `hashing.GitOidHash`)
     published: bool = True  # False: the endpoint published no hash; the bytes' sha256 is learned on first use
     replace: bool = False  # the cached blob failed its hash (`sync --verify`): fetch it again, rename over it
+    source_url: str | None = None  # where the bytes are when not the Hub's /resolve (a registry's blob URL)
+    xet_hash: str | None = None  # a Xet-backed file's hash: fetched through the Hub's Xet storage
 
     @property
     def small(self) -> bool:
@@ -49,8 +51,8 @@ class FileJob:
 
     @property
     def url(self) -> str:
-        """/resolve/{commit}/{path} on the Hub."""
-        return self.resolve_url + quote(self.path)
+        """Where its bytes are asked for: /resolve/{commit}/{path} on the Hub, or its `source_url`."""
+        return self.source_url or self.resolve_url + quote(self.path)
 
     @property
     def label(self) -> str:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from prefetch import __version__
-from prefetch.auth import Token
+from prefetch.auth import Credential, Token
 from prefetch.errors import (
     AccessError,
     CertificateError,
@@ -41,16 +41,6 @@ MAX_QUOTA_WAITS = 50  # windows one request may wait for (other clients may shar
 ERROR_BODY_LIMIT = 64 * 1024  # of an error answer's body, what is read (for its message); the rest is not
 
 Origin = tuple[str, str | None, int | None]
-
-
-class Authorizer(Protocol):
-    """A credential that decides per URL where it goes (a registry's, scoped to its own origin and its
-    token realm's): the `Authorization` value for `url`, or None to send nothing there."""
-
-    def authorization(self, url: str) -> str | None: ...
-
-
-Credential = Token | Authorizer  # a Hub token goes to the endpoint's origin only; an Authorizer decides
 
 
 @dataclass(frozen=True)
