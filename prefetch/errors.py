@@ -442,6 +442,11 @@ class Cancelled(Exception):
     """The run was cancelled (Ctrl-C, or its `CancelToken`), or another file failed fatally: stop now."""
 
 
+class QuotaClosed(Exception):
+    """A request in flight met a 429 of the Hub's quota (its bucket's window closed under it): not a failed
+    attempt; it is sent again once the window opens (`net.ratelimit`)."""
+
+
 class StaleUrl(Exception):
     """A signed CDN URL was refused (expired): it was asked for again, so the request is retried."""
 

@@ -223,9 +223,20 @@ class SmallFileHelper:
         yield from (job for job in ordered if not job.small)
         cpu = _CpuShare()
         while index := self._claims.take(1):
-            if not self._sharing.is_set() and cpu.bound() and self._claims.left() >= 2 * BATCH:
+            if (
+                not self._sharing.is_set()
+                and not self._quota_bound()
+                and cpu.bound()
+                and self._claims.left() >= 2 * BATCH
+            ):
                 self.share("this process is bound by its own CPU")
             yield self._files[index[0]]
+
+    def _quota_bound(self) -> bool:
+        """The Hub stated a quota for its resolvers: the run is bound by it, not by this process's CPU,
+        and a second process pacing on its own would only meet the quota's 429s."""
+        gate = self._transfer.http.gate
+        return gate is not None and gate.policy("resolvers") is not None
 
     def share(self, why: str) -> None:
         """From now on the helper gets files, and its share of the connections."""
@@ -285,7 +296,7 @@ class SmallFileHelper:
                     self._connection.send("cancel")
                 if self._asked and (self._sharing.is_set() or cancelled or not self._claims.left()):
                     self._asked = False
-                    given = [] if cancelled else list(self._claims.batch())
+                    given = [] if cancelled or self._quota_bound() else list(self._claims.batch())
                     self._unsettled.update(given)
                     self._connection.send([(index, self._files[index]) for index in given])
                 if not self._connection.poll(POLL):

@@ -19,6 +19,7 @@ from prefetch.download.engine import Transfer
 from prefetch.download.helper import BATCH, HelperOrder
 from prefetch.download.job import FileJob, Reporter
 from prefetch.download.scheduler import HostLimits
+from prefetch.net.ratelimit import RateGate
 from prefetch.net.retry import RetryPolicy
 from prefetch.net.session import Http
 
@@ -168,7 +169,11 @@ def serve(fd: int) -> None:
     threading.Thread(target=_listen, args=(connection, given, cancel), daemon=True).start()
     learned: dict[tuple[str, str], str] = {}
     reporter = _RelayReporter(outbox, given, learned)
-    http = Http.from_recipe(order.http, RetryPolicy(order.http.retry, on_retry=reporter.retry, cancel=cancel))
+    retry = RetryPolicy(order.http.retry, on_retry=reporter.retry, cancel=cancel)
+    gate = RateGate(
+        order.http.endpoint, cancel, order.http.retry.max_time
+    )  # (the parent stops sharing once paced)
+    http = Http.from_recipe(order.http, retry, gate)
     transfer = Transfer(
         http,
         jobs=order.jobs,

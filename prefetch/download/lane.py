@@ -39,7 +39,7 @@ from prefetch.download.job import FileJob, Reporter
 from prefetch.download.partial import Cursor, MemoryFile
 from prefetch.download.ranges import RangeFetcher
 from prefetch.download.scheduler import HostLimit
-from prefetch.errors import BadBytes
+from prefetch.errors import BadBytes, QuotaClosed
 from prefetch.net.session import FILE_HEADERS, Http, InFlight
 
 log = logging.getLogger("prefetch")
@@ -127,6 +127,8 @@ class SmallFileLane:
         self._connections = self._ranges.connections
         self._take_body = self._ranges.take_body
         self._in_flight: collections.deque[_Request] = collections.deque()
+        self._gate = transfer.http.gate  # the Hub's rate-limit buckets (None: not paced)
+        self._again: collections.deque[FileJob] = collections.deque()  # met a closed window: sent again
         self._handed_on: list[cf.Future[None]] = []  # files whose next attempts the segment pool makes
         self._connectors: cf.ThreadPoolExecutor | None = None  # made at the first new connection
 
@@ -136,9 +138,12 @@ class SmallFileLane:
         transfer = self._transfer
         try:
             job = take()
-            while not transfer.cancel.cancelled and (job is not None or self._in_flight):
+            while not transfer.cancel.cancelled and (job is not None or self._in_flight or self._again):
                 if job is None:
-                    self._finish(self._in_flight.popleft())
+                    if self._in_flight:
+                        self._finish(self._in_flight.popleft())
+                    else:
+                        job = self._again.popleft()
                     continue
                 if not job.small or not transfer.unlocked_small(job):
                     self._as_a_worker(job)  # a big file, a repair, a blob to link from another repo
@@ -147,7 +152,7 @@ class SmallFileLane:
                 else:
                     while not self._send(job, wait=not self._in_flight):
                         self._finish(self._in_flight.popleft())  # none free: the oldest gives one back
-                job = take()
+                job = self._again.popleft() if self._again else take()
         finally:
             for request in self._in_flight:  # cancelled: their answers are not read
                 with contextlib.suppress(Exception):
@@ -170,16 +175,22 @@ class SmallFileLane:
             self._transfer.failed(exc, job)
 
     def _send(self, job: FileJob, wait: bool) -> bool:
-        """Send `job`'s request; False: no connection was free (`wait=False`)."""
+        """Send `job`'s request; False: no connection was free, or its rate-limit bucket's window is spent
+        (`wait=False`: the requests in flight are read first)."""
         transfer = self._transfer
-        limit = self._connections.for_url(job.url)
+        url = job.url
+        ticket = self._gate.take(url, block=wait, cancel=transfer.cancel) if self._gate is not None else 0
+        if ticket is None:
+            return False
+        limit = self._connections.for_url(url)
         if not limit.acquire(wait):
+            if self._gate is not None:
+                self._gate.unused(url)
             return False
         started = time.monotonic()
         transfer.reporter.file_started(job)
-        url = job.url
         try:
-            sent = self._sent(job, url)
+            sent = self._sent(job, url, ticket)
         except Exception as exc:
             limit.release(started)
             self._hand_on(job, exc)
@@ -187,15 +198,16 @@ class SmallFileLane:
         self._in_flight.append(_Request(job, sent, limit, started, url))
         return True
 
-    def _sent(self, job: FileJob, url: str) -> InFlight | cf.Future[InFlight | None]:
-        """GET `url` for `job`: at once on a kept-alive connection, else by a connector thread."""
+    def _sent(self, job: FileJob, url: str, ticket: int) -> InFlight | cf.Future[InFlight | None]:
+        """GET `url` for `job` (`ticket`: its place in its rate-limit bucket): at once on a kept-alive
+        connection, else by a connector thread."""
         transfer = self._transfer
-        sent = transfer.http.send(url, job.token, FILE_HEADERS, connect=False)
+        sent = transfer.http.send(url, job.token, FILE_HEADERS, connect=False, ticket=ticket)
         if sent is not None:
             return sent
         if self._connectors is None:
             self._connectors = cf.ThreadPoolExecutor(transfer.jobs, thread_name_prefix="prefetch-connect")
-        return self._connectors.submit(transfer.http.send, url, job.token, FILE_HEADERS)
+        return self._connectors.submit(transfer.http.send, url, job.token, FILE_HEADERS, ticket=ticket)
 
     def _finish(self, request: _Request) -> None:
         """Read the oldest request's answer and install its file; or send its redirect's target, to
@@ -207,8 +219,9 @@ class SmallFileLane:
                 response = transfer.http.answer(request.in_flight())
                 check = redirect_check(job)
                 target = transfer.http.redirect_target(request.url, response, request.hop, check)
-                if target is not None:
-                    sent = self._sent(job, target)
+                if target is not None:  # (a redirect to the Hub's own origin waits for its window)
+                    ticket = self._gate.take(target, cancel=transfer.cancel) if self._gate is not None else 0
+                    sent = self._sent(job, target, ticket or 0)
                     self._in_flight.append(replace(request, sent=sent, url=target, hop=request.hop + 1))
                     redirected = True  # (its connection stays held)
                     return
@@ -222,6 +235,9 @@ class SmallFileLane:
         except BadBytes as e:
             log.warning("%s", e)
             return self._hand_on(job, None)
+        except QuotaClosed:  # not a failed attempt: sent again once its window opens (the loop waits)
+            self._again.append(job)
+            return None
         except Exception as exc:
             return self._hand_on(job, exc)
         try:

@@ -15,8 +15,10 @@ the reset, after which the run sends at most `q` per window; so the only 429s a 
 requests already in flight when the window closed, and none once the policy is known. Such a 429 is not a
 failure: the request is sent again when the window opens, spending none of its retry attempts.
 
-Windows are inferred from `t`, which the Hub rounds to whole seconds: the requests sent in the last
-`EDGE` seconds of a window may be counted in the next one, so they are charged to it too.
+Windows are inferred from `t`, which the Hub gives in whole seconds (rounded up): each answer bounds the
+window's end from above (`now + t`) and from below (`now + t - 1`); a request waits for the upper bound,
+so it is never early, and the requests sent after the lower bound may be counted in the next window, so
+they are charged to it too.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from huggingface_hub.utils import RateLimitInfo
 
 BUCKETS = ("api", "resolvers", "pages")
-EDGE = 1.0  # seconds: how far a window's inferred end may be off (the Hub's `t` is whole seconds)
+EDGE = 1.0  # seconds: how far a window's end may be before `now + t` (the Hub's `t` is whole seconds)
 POLL = 0.25  # seconds between two cancellation checks while a request waits for its window
 
 
@@ -74,9 +76,11 @@ class Wait:
 @dataclass
 class _Bucket:
     policy: Policy | None = None
-    window_end: float | None = None  # monotonic: when the current window ends (None: not known)
+    window_end: float | None = None  # monotonic: when the current window ends at the latest (None: not known)
+    earliest_end: float = 0.0  # ... and at the earliest
     allowance: int | None = None  # requests the run may still send in this window (None: unlimited so far)
     sent: collections.deque[float] = field(default_factory=collections.deque)  # send times, this window
+    others: int = 0  # requests of other clients sharing the quota (one NAT address...) seen this window
     counted: int = 0  # requests sent in all: each request's ticket is the count when it was sent
 
 
@@ -118,14 +122,15 @@ class RateGate:
             return {name: b.counted for name, b in self._buckets.items()}
 
     def policy(self, bucket: str) -> Policy | None:
+        """What the Hub stated of `bucket` (None: nothing yet: no answer of it carried the headers)."""
         with self._cond:
             return self._buckets[bucket].policy
 
     # -- before a request --------------------------------------------------------------------------------
-    def take(self, url: str, *, block: bool = True) -> int | None:
-        """A place for a request to `url` in its bucket's window, waiting (cancellable) until there is one.
-        Returns the request's ticket, for `observe` (0: another origin, not counted); `block=False`: None
-        instead of waiting."""
+    def take(self, url: str, *, block: bool = True, cancel: CancelToken | None = None) -> int | None:
+        """A place for a request to `url` in its bucket's window, waiting until there is one (`cancel`, by
+        default the run's, ends the wait). Returns the request's ticket, for `observe` (0: another origin,
+        not counted); `block=False`: None instead of waiting."""
         name = self.bucket(url)
         if name is None:
             return 0
@@ -154,7 +159,7 @@ class RateGate:
                 self._cond.wait(min(POLL, wait))
                 self._cond.release()
                 try:
-                    self.cancel.raise_if_cancelled()
+                    (cancel or self.cancel).raise_if_cancelled()
                 finally:
                     self._cond.acquire()
             if bucket.allowance is not None:
@@ -163,20 +168,36 @@ class RateGate:
             bucket.sent.append(now)
             return bucket.counted
 
+    def unused(self, url: str) -> None:
+        """A place `take` gave was not used (no connection was free): it goes back to its window."""
+        name = self.bucket(url)
+        if name is None:
+            return
+        with self._cond:
+            bucket = self._buckets[name]
+            if bucket.sent:
+                bucket.sent.pop()
+            if bucket.allowance is not None:
+                bucket.allowance += 1
+
     def _roll(self, bucket: _Bucket, now: float) -> None:
         """Open the next window once the current one ended: the policy's quota, less what was sent at its
         edge (those may count in this one)."""
         if bucket.window_end is None or now < bucket.window_end:
             return
         end = bucket.window_end
-        at_edge = sum(1 for t in bucket.sent if t >= end - EDGE)
+        at_edge = [t for t in bucket.sent if t >= bucket.earliest_end]  # may be counted in the next window
         bucket.sent.clear()
+        bucket.others = 0
         if bucket.policy is None:
             bucket.window_end, bucket.allowance = None, None
             return
         windows = max(1, math.ceil((now - end) / bucket.policy.window)) if now > end else 1
         bucket.window_end = end + windows * bucket.policy.window
-        bucket.allowance = max(0, bucket.policy.quota - (at_edge if windows == 1 else 0))
+        bucket.earliest_end += windows * bucket.policy.window
+        if windows == 1:
+            bucket.sent.extend(at_edge)
+        bucket.allowance = max(0, bucket.policy.quota - len(bucket.sent))
 
     # -- after its answer ----------------------------------------------------------------------------------
     def observe(self, url: str, ticket: int, status: int, headers: Headers) -> float | None:
@@ -195,10 +216,19 @@ class RateGate:
                 bucket.policy = Policy(info.limit, float(info.window_seconds))
             end = now + info.reset_in_seconds
             if bucket.window_end is None or abs(end - bucket.window_end) > EDGE:
-                bucket.window_end = end  # (a whole-second `t` moves by one: keep the first reading)
-            # `r` counted this request and those sent before it; the ones sent after it come off it.
-            remaining = max(0, info.remaining - (bucket.counted - ticket))
-            bucket.allowance = remaining if bucket.allowance is None else min(bucket.allowance, remaining)
+                bucket.window_end, bucket.earliest_end = end, end - EDGE  # a window it did not know of
+            else:  # the same window: each reading narrows where it ends
+                bucket.window_end = min(bucket.window_end, end)
+                bucket.earliest_end = min(bucket.window_end, max(bucket.earliest_end, end - EDGE))
+            if bucket.policy is not None:
+                # The Hub counts this window's requests as it handles them, in whatever order: what it has
+                # counted beyond all this run has sent are other clients' (sharing the quota).
+                used = bucket.policy.quota - info.remaining
+                bucket.others = max(bucket.others, used - len(bucket.sent))
+                remaining = bucket.policy.quota - len(bucket.sent) - bucket.others
+            else:  # no policy stated: `r` counted this request and those sent before it, not the later ones
+                remaining = info.remaining - (bucket.counted - ticket)
+            bucket.allowance = max(0, remaining)
             self._cond.notify_all()
             if status == 429 and info.remaining == 0:
                 bucket.allowance = 0

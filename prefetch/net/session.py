@@ -20,6 +20,7 @@ from prefetch.errors import (
     PrefetchError,
     ProxyError,
     ProxyRoutesFailed,
+    QuotaClosed,
     QuotaWaitTooLong,
     TooManyRedirects,
     TransportError,
@@ -45,10 +46,11 @@ Origin = tuple[str, str | None, int | None]
 
 @dataclass(frozen=True)
 class InFlight:
-    """A GET sent by `Http.send`, its answer not read yet."""
+    """A GET sent by `Http.send`, its answer not read yet; `ticket`: its place in its rate-limit bucket."""
 
     route: Route
     sent: Sent
+    ticket: int = 0
 
 
 @dataclass(frozen=True)
@@ -241,24 +243,32 @@ class Http:
         headers: dict[str, str] | None = None,
         *,
         connect: bool = True,
+        ticket: int = 0,
     ) -> InFlight | None:
         """GET `url` on the route it takes now, without waiting for the answer (`answer`, then `follow`,
         take it from there): for a thread that keeps several requests in flight. No failover: a
         failure is the caller's to retry, through `open`. `connect=False`: only on a kept-alive
-        connection, else None (`Pool.send`)."""
+        connection, else None (`Pool.send`). `ticket`: its place in its rate-limit bucket, which the
+        caller took (`gate.take`): a thread with requests in flight must not wait for a window."""
         self._check_online("GET", url)
         route = self.routes.for_url(url)[0]
         fields = {**(headers or {}), **self._auth(url, token)}
         sent = route.pool.send("GET", url, fields, connect=connect)
-        return None if sent is None else InFlight(route, sent)
+        return None if sent is None else InFlight(route, sent, ticket)
 
     def answer(self, request: InFlight) -> Response:
-        """The head of the answer to a request `send` made; a proxy's own failure is a ProxyError."""
+        """The head of the answer to a request `send` made; a proxy's own failure is a ProxyError, a 429 of
+        the Hub's quota a QuotaClosed (send it again once the window opens)."""
         response = request.sent.answer()
         reason = self._proxy_failure(request.route, response)
         if reason is not None:
             raise ProxyError(f"{request.route.label} {reason}", response.status_code)
         self._answered.add(_origin(request.sent.url))
+        if self.gate is not None:
+            url = request.sent.url
+            if self.gate.observe(url, request.ticket, response.status_code, response.headers) is not None:
+                response.close()
+                raise QuotaClosed(f"GET {urlsplit(url).path}: the Hub's rate-limit window closed")
         return response
 
     def follow(
