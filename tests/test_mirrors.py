@@ -25,6 +25,7 @@ from prefetch.resolve import endpoint_for_lock, trust_lock
 from tests.conftest import PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
 from tests.hubemu.fixtures import over_both_profiles
+from tests.hubemu.ratelimit import LOCAL_ANONYMOUS, RateLimiter
 from tests.olah_fixture import (
     LFS_ATTRIBUTES,
     OlahFactory,
@@ -424,3 +425,34 @@ def test_endpoint_flag_overrides_the_environment_and_is_recorded_in_the_lock_and
     bom = json.loads(prefetch("sbom", str(lock)).stdout)
     assert {"name": "prefetch:lockfile:endpoint", "value": hub.url} in bom["metadata"]["properties"]
     assert bom["components"][0]["externalReferences"] == [{"type": "vcs", "url": f"{hub.url}/{REPO}"}]
+
+
+@pytest.mark.soak  # ~30 s: four CLI syncs through olah
+def test_the_hubs_resolver_calls_of_nodes_behind_olah(
+    tmp_path: Path, hub: HubEmulator, olah_factory: OlahFactory
+) -> None:
+    """Issue 27's fleet arithmetic, measured (docs/fleet.md says it): olah online asks the Hub `HEAD
+    /resolve` for every file every node asks for (its access check: a private or gated file is never
+    served from its cache to someone the Hub would refuse), so each node behind it still spends one
+    resolver call per file of the Hub's quota; the bytes come from the Hub once. Only a path where the
+    nodes do not ask the Hub at all (a registry: docs/fleet.md) spends one node's quota for the fleet."""
+    files = {f"data/{i:02d}.parquet": b"PAR1%d" % i * 512 for i in range(40)} | repo_files()
+    hub.create_repo(REPO).commit(files)
+    limiter = RateLimiter(window=300.0, headers="always")  # (counts per bucket; the quota is not reached)
+    hub.rate_limiter = limiter
+    olah = olah_in_front_of(olah_factory, hub.url, hub.cdn_url)
+    resolver_calls = []
+    for n in range(4):
+        (tmp_path / f"node{n}").mkdir()
+        node = PrefetchRunner(tmp_path / f"node{n}", olah.url)
+        manifest = node.manifest([{"repo": REPO}])
+        before = limiter.count(LOCAL_ANONYMOUS, "resolvers").requests
+        result = node("sync", str(manifest))
+        assert result.code == 0, result
+        resolver_calls.append(limiter.count(LOCAL_ANONYMOUS, "resolvers").requests - before)
+    print(f"the Hub's resolver calls per node through olah: {resolver_calls} ({len(files)} files)")
+    assert all(len(files) <= calls <= len(files) + 5 for calls in resolver_calls[1:]), resolver_calls
+    assert resolver_calls[0] <= 2 * len(files) + 5, resolver_calls
+    assert hub.bytes_served(path_contains="/lfs/") <= 1.15 * sum(
+        len(data) for path, data in files.items() if path.endswith((".parquet", ".safetensors"))
+    )
