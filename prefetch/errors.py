@@ -123,6 +123,12 @@ class LockOutdatedError(PrefetchError):
     exit_code = ExitCode.LOCK_OUTDATED
 
 
+class LockDisagreesWithHub(LockOutdatedError):
+    """The Hub stated, before the bytes, another hash or size for a file than the lock says: the lock was
+    edited, or (the integrity error the orchestrator makes of it) the endpoint is not the one the lock
+    was resolved against and serves other bytes."""
+
+
 class VerifyError(PrefetchError):
     """`verify` (or an offline sync) found missing or corrupt files in the cache."""
 

@@ -83,7 +83,8 @@ def resolve(
     failures = [r for r in (precheck(e, ctx.token(e)) for e in todo) if r is not None]
     if failures:  # knowable without the network: report before any request
         raise AccessReport(failures).error()
-    resolution = _resolve_remote(ctx, todo, old)
+    upgraded = {e.key for e in todo if mode.upgrade or e.repo in mode.upgrade_repos}
+    resolution = _resolve_remote(ctx, todo, old, upgraded)
     resolution.locked.update(kept)
     return resolution
 
@@ -133,8 +134,12 @@ def _frozen(manifest: Manifest, lock: Lock, lock_path: Path) -> Resolution:
     return Resolution(entries, {e.key: e for e in lock.entries})
 
 
-def _resolve_remote(ctx: RunContext, entries: list[Entry], old: Lock | None) -> Resolution:
-    """Revision info + tree listing per entry, concurrently; access problems become report rows."""
+def _resolve_remote(
+    ctx: RunContext, entries: list[Entry], old: Lock | None, upgraded: set[str]
+) -> Resolution:
+    """Revision info + tree listing per entry, concurrently; access problems become report rows. At a
+    commit the lock holds, the lock's hashes are kept, except for the entries being upgraded: an upgrade
+    takes what this endpoint lists."""
     resolution = Resolution(ctx.manifest.entries, {}, resolved_here=bool(entries))
     if not entries:
         return resolution
@@ -145,7 +150,8 @@ def _resolve_remote(ctx: RunContext, entries: list[Entry], old: Lock | None) -> 
         info = hub.repo_info(entry.repo, entry.type, entry.revision, token)
         resolution.hub_gated[entry.key] = info.gated
         files = hub.list_files(entry.repo, entry.type, info.commit, token)
-        return trust_lock(locked_entry(entry, info.commit, files), old.entry(entry.key) if old else None)
+        trusted = old.entry(entry.key) if old and entry.key not in upgraded else None
+        return trust_lock(locked_entry(entry, info.commit, files), trusted)
 
     with cf.ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
         futures = {entry.key: (entry, pool.submit(one, entry)) for entry in entries}

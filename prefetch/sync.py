@@ -130,7 +130,7 @@ def sync(
                 transfer,
             )
 
-            result.stats = transfer(ctx, plan)
+            result.stats = transfer(ctx, plan, old.endpoint if old else None)
             record_learned(ctx, plan, result.stats.learned)
         resolution.locked.update({p.entry.key: p.locked for p in plan.entries})
         resolution.resolved_here = resolution.resolved_here or bool(result.stats.learned)

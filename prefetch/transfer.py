@@ -12,12 +12,23 @@ from dataclasses import replace
 
 from prefetch.download.engine import Transfer
 from prefetch.download.job import TransferStats
+from prefetch.errors import IntegrityError, LockDisagreesWithHub, PrefetchError
 from prefetch.plan import Plan, first_use_key
+from prefetch.resolve import endpoint_for_lock
 from prefetch.run import RunContext
 
 
-def transfer(ctx: RunContext, plan: Plan) -> TransferStats:
-    """Fetch every job of `plan` into the cache; raises the most severe failure once the others ended."""
+def transfer(ctx: RunContext, plan: Plan, locked_against: str | None = None) -> TransferStats:
+    """Fetch every job of `plan` into the cache; raises the most severe failure once the others ended.
+    `locked_against`: the endpoint the lock was resolved against (it says who to believe when this
+    endpoint states other hashes than the lock)."""
+    try:
+        return _run(ctx, plan)
+    except LockDisagreesWithHub as e:
+        raise _disagreement(e, ctx, locked_against) from None
+
+
+def _run(ctx: RunContext, plan: Plan) -> TransferStats:
     engine = Transfer(
         ctx.http,
         jobs=ctx.settings.jobs,
@@ -52,3 +63,19 @@ def record_learned(ctx: RunContext, plan: Plan, learned: dict[tuple[str, str], s
                 ctx.progress.event("first_use_hash", repo=locked.repo, path=f.path, sha256=sha256)
             files.append(replace(f, sha256=sha256, git_sha1=None) if sha256 else f)
         p.locked = replace(locked, files=tuple(files))
+
+
+def _disagreement(error: LockDisagreesWithHub, ctx: RunContext, locked_against: str | None) -> PrefetchError:
+    """What to say, and with which exit code, when the endpoint states other hashes than the lock: a lock
+    made against another endpoint is the root of trust (exit 5: this endpoint serves other bytes); one
+    made against this endpoint was edited (exit 6). Either way, with the command that trusts the endpoint
+    instead."""
+    repos = sorted({line.partition(":")[0] for line in str(error).splitlines() if ":" in line})
+    upgrade = " ".join(f"--upgrade-repo {repo}" for repo in repos) or "--upgrade"
+    fix = f"to take this endpoint's files instead, re-resolve: `prefetch lock {upgrade}`"
+    if locked_against and locked_against != endpoint_for_lock(ctx.endpoint):
+        return IntegrityError(
+            f"{error}\nthe lock was resolved against {locked_against}, and this run asks {ctx.endpoint_name}, "
+            f"which serves other files at the same commit (a mirror out of step, or not to be trusted); {fix}"
+        )
+    return LockDisagreesWithHub(f"{error}\nwas the lockfile edited? restore it, or {fix}")

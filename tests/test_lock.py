@@ -187,3 +187,52 @@ def test_lockfile_keeps_a_relative_cache_dir_relative(prefetch: PrefetchRunner, 
     assert lock["cache_dir"] == "../hub-cache"
     assert (prefetch.tmp / "hub-cache" / "models--org--other").is_dir()
     assert str(prefetch.tmp) not in (prefetch.tmp / "locks" / "m.lock").read_text()
+
+
+def lock_with_other_hashes(prefetch: PrefetchRunner, endpoint: str | None) -> None:
+    """The lock as if resolved against `endpoint` (None: this one), which lists other bytes for the
+    weights at the same commit: the sha256 in the lock is not the Hub's."""
+    lock = prefetch.tmp / "models.lock"
+    data = yaml.safe_load(lock.read_text())
+    if endpoint:
+        data["endpoint"] = endpoint
+    for entry in data["entries"]:
+        for f in entry["files"]:
+            if f.get("sha256"):
+                f["sha256"] = "ab" * 32
+    lock.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_a_lock_made_against_another_endpoint_that_disagrees_says_so_and_upgrade_trusts_this_one(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """Issue 30, item 1: the message says the lock was made against another endpoint (exit 5, the lock is
+    the root of trust) and names the real command; that command takes this endpoint's hashes."""
+    two_commits(hub)
+    prefetch.manifest([{"repo": "org/model"}])
+    assert prefetch("lock").code == 0
+    lock_with_other_hashes(prefetch, "https://hub.example")
+    result = prefetch("sync")
+    assert result.code == 5, result
+    assert "the lock was resolved against https://hub.example" in result.stderr, result
+    assert f"HF_ENDPOINT={hub.url}" in result.stderr
+    assert "`prefetch lock --upgrade-repo org/model`" in result.stderr and "REPO`" not in result.stderr
+    assert hub.count(kind="file", path_contains="safetensors", method="GET") <= 1  # no bytes taken
+    upgraded = prefetch("lock", "--upgrade-repo", "org/model")
+    assert upgraded.code == 0, upgraded
+    assert "ab" * 32 not in (prefetch.tmp / "models.lock").read_text()
+    assert prefetch("sync").code == 0
+
+
+def test_a_lock_made_against_this_endpoint_that_disagrees_was_edited(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    two_commits(hub)
+    prefetch.manifest([{"repo": "org/model"}])
+    assert prefetch("lock").code == 0
+    lock_with_other_hashes(prefetch, None)
+    result = prefetch("sync")
+    assert result.code == 6, result
+    assert "was the lockfile edited?" in result.stderr
+    assert "`prefetch lock --upgrade-repo org/model`" in result.stderr
+    assert prefetch("sync", "--upgrade").code == 0

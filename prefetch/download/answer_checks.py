@@ -2,9 +2,10 @@
 size, which the Hub states in headers (a redirect's `X-Linked-Etag` and `X-Linked-Size`, a non-LFS
 file's `ETag`), and the byte range that was asked (`Content-Range`).
 
-A lock that disagrees with the Hub was edited or is corrupt, which no download can fix: the run says so
-at once (`LockOutdatedError`, exit 6). A range that is not the one asked, or of a file of another size,
-is a failed attempt (retried) or bytes that cannot be this file (discarded).
+A lock that disagrees with the Hub was edited, or was made against another endpoint, which no download
+can fix: the run says so at once (`LockDisagreesWithHub`; `prefetch.sync` says which, and its exit code).
+A range that is not the one asked, or of a file of another size, is a failed attempt (retried) or bytes
+that cannot be this file (discarded).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from collections.abc import Callable
 
 from prefetch.download.job import FileJob
-from prefetch.errors import BadBytes, LockOutdatedError, TruncatedBody
+from prefetch.errors import BadBytes, LockDisagreesWithHub, TruncatedBody
 from prefetch.net.connection import Headers, Response
 
 
@@ -41,10 +42,9 @@ def check_lock_against_hub(job: FileJob, hub_etag: str | None, hub_size: str | N
     if hash_differs or size_differs:
         hub_says = f"hash {etag}" if hash_differs else f"size {int(hub_size or 0)}"
         lock_says = f"hash {job.etag}" if hash_differs else f"size {job.size}"
-        raise LockOutdatedError(
-            f"{job.label}: the lockfile disagrees with the Hub: the lock says {lock_says}, the Hub says {hub_says} "
-            "for this commit. Was the lockfile edited? Restore it, or re-resolve the repo with "
-            "`prefetch lock --upgrade-repo REPO`; nothing was downloaded."
+        raise LockDisagreesWithHub(
+            f"{job.label}: the lockfile disagrees with the endpoint: the lock says {lock_says}, the endpoint says "
+            f"{hub_says} for this commit; nothing of it was downloaded"
         )
 
 
