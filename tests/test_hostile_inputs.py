@@ -489,7 +489,7 @@ def test_a_hand_edited_lock_hash_is_named_before_downloading(prefetch, hub, path
     result = sync(prefetch, "--frozen")
     assert result.code == 6, result
     assert f"{model.repo_id}:{path}: the lockfile disagrees with the endpoint" in result.stderr
-    assert f"the lock says hash {edited}, the Hub says hash {real}" in result.stderr
+    assert f"the lock says hash {edited}, the endpoint says hash {real}" in result.stderr
     assert "corrupting" not in result.stderr
     assert hub.bytes_served(path_contains=real) <= (len(model.files[path]) if path == "tokenizer.json" else 0)
 
