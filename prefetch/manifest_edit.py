@@ -235,11 +235,14 @@ def add_entry(
         report = sync_mod.check(doc.path, settings=settings, cancel=cancel, keys={added.key})
         if not report.ok:
             raise report.error()
-        locked = sync_mod.lock(doc.path, settings=settings, cancel=cancel)
+        locked = sync_mod.lock(doc.path, settings=settings, required={added.key}, cancel=cancel)
     except BaseException:
         doc.restore()
         raise
     result.lock_path, result.lock_changes = locked.lock_path, locked.changes
+    if locked.report is not None:  # other entries this endpoint cannot serve: left out of the lock, said
+        left = "; ".join(f"{r.entry.label}: {r.problem}" for r in locked.report.results if not r.ok)
+        result.note = f"not locked (`prefetch check` says why and what to do): {left}"
     return result
 
 

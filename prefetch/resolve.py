@@ -234,7 +234,7 @@ def new_lock(
     return Lock(
         manifest_digest=manifest.digest(),
         tool_version=__version__,
-        entries=tuple(locked[e.key] for e in entries),
+        entries=tuple(locked[e.key] for e in entries if e.key in locked),
         cache_dir=cache_dir,
         endpoint=endpoint,
     )

@@ -192,10 +192,13 @@ def lock(
     settings: Settings | None = None,
     upgrade: bool = False,
     upgrade_repos: tuple[str, ...] = (),
+    required: Collection[str] | None = None,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
 ) -> SyncResult:
-    """Resolve and write the lockfile without downloading (sticky unless upgraded)."""
+    """Resolve and write the lockfile without downloading (sticky unless upgraded). `required`: the only
+    entries (`Entry.key`) whose failure fails the run; another that cannot be resolved is left out of the
+    lock (`SyncResult.report` says why): `add` must not fail on an entry it did not add."""
     settings = settings or Settings()
     manifest = load_manifest(manifest_path)
     lock_path = settings.lock_path or default_lock_path(manifest.path)
@@ -208,12 +211,14 @@ def lock(
         if lock_may_change(old, manifest, mode):
             ctx.write_before_requests(lock_path.absolute().parent, f"the lockfile's folder (for {lock_path})")
         resolution = resolve(ctx, manifest, old, lock_path, mode)
-        if resolution.failures:
-            raise AccessReport(resolution.failures).error()
+        failing = [f for f in resolution.failures if required is None or f.entry.key in required]
+        if failing:
+            raise AccessReport(failing).error()
         new = _lock(ctx, old, resolution, lock_path)
         if old != new:
             write_lock(new, lock_path)
-        return SyncResult([], new, lock_path, ctx.cache_dir, changes=lock_changes(old, new))
+        report = AccessReport(resolution.failures) if resolution.failures else None
+        return SyncResult([], new, lock_path, ctx.cache_dir, changes=lock_changes(old, new), report=report)
 
 
 def check(

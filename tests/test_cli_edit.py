@@ -214,3 +214,20 @@ def test_quickstart_manifest_syncs_its_pinned_commit_without_a_token(
         prefetch("path", "sentence-transformers/all-MiniLM-L6-v2", "--lock", "manifests/quickstart.lock").code
         == 0
     )
+
+
+def test_init_then_add_on_an_endpoint_without_the_sample_model(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """Issue 30, item 6: `init`'s sample entry is not on a private mirror or in an air gap; adding another
+    entry must not fail on it. The added entry is checked and locked; the sample is left out of the lock,
+    and the note says so."""
+    make_repos(hub)
+    assert prefetch("init").code == 0
+    result = prefetch("add", "org/decoder")
+    assert result.code == 0, result
+    assert "not locked" in result.stdout and "sentence-transformers/all-MiniLM-L6-v2" in result.stdout, result
+    lock = yaml.safe_load((prefetch.tmp / "models.lock").read_text())
+    assert [e["repo"] for e in lock["entries"]] == ["org/decoder"]
+    assert prefetch("remove", "sentence-transformers/all-MiniLM-L6-v2").code == 0
+    assert prefetch("sync", "--locked", "-q").code == 0
