@@ -67,6 +67,11 @@ def shown(text: str, secrets: Secrets) -> str:
     return escape_controls(secrets.redact(text))
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 file`, `2 files`."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def human_duration(value: float) -> str:
     """`75` -> `1m15s`; `3725` -> `1h02m`."""
     seconds = max(0, round(value))

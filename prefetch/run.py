@@ -9,6 +9,7 @@ imports the network stack, reads a token, or checks a folder it will not write.
 
 from __future__ import annotations
 
+import errno
 import functools
 import tempfile
 from dataclasses import dataclass, replace
@@ -191,10 +192,15 @@ class RunContext:
 
 
 def _check_writable(folder: Path, what: str) -> None:
-    """Create `folder` if needed and an (unnamed, never linked) file in it, or raise a FilesystemError."""
+    """Make an (unnamed, never linked) file in `folder`, or where it does not exist yet, in the nearest
+    folder above it that does (a run that then fails leaves no empty folder behind); else FilesystemError."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if existing.exists() and not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(existing))
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
         raise filesystem_error(e, f"{what} {folder}") or e from None

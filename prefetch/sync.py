@@ -46,6 +46,7 @@ class SyncResult:
     changes: list[str] = field(default_factory=list)
     report: AccessReport | None = None
     forecast: RequestForecast | None = None  # the requests per rate-limit bucket (a plan's)
+    lock_written: bool = False  # the lockfile was (re)written: its content changed
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -139,6 +140,7 @@ def sync(
         materialise(ctx, plan)
         if mode.writes_lock and old != lock:  # written last, and only when it changed (it may be read-only)
             write_lock(lock, lock_path)
+            result.lock_written = True
         return result
 
 
@@ -218,7 +220,10 @@ def lock(
         if old != new:
             write_lock(new, lock_path)
         report = AccessReport(resolution.failures) if resolution.failures else None
-        return SyncResult([], new, lock_path, ctx.cache_dir, changes=lock_changes(old, new), report=report)
+        changes = lock_changes(old, new)
+        return SyncResult(
+            [], new, lock_path, ctx.cache_dir, changes=changes, report=report, lock_written=old != new
+        )
 
 
 def check(

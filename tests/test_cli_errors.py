@@ -149,3 +149,33 @@ def test_an_endpoint_that_is_not_an_http_url_is_a_usage_error(
     assert "proxy" not in result.stderr and "None" not in result.stderr
     assert time.monotonic() - started < 5
     assert hub.count() == 0
+
+
+def test_a_failed_sync_leaves_no_empty_cache_folder(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    """Issue 30, item 12: the cache's writability is checked before the first request without making it."""
+    prefetch.manifest([{"repo": "org/missing"}])
+    result = prefetch("sync")
+    assert result.code == 3, result
+    assert not prefetch.cache_dir.exists()
+
+
+def test_counts_read_as_english_and_lock_says_when_nothing_was_written(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    hub.create_repo("org/one").commit({"config.json": b"{}"})
+    prefetch.manifest([{"repo": "org/one"}])
+    synced = prefetch("sync")
+    assert synced.code == 0, synced
+    assert "synced 1 entry (1 file; fetched 1 file, 2 B)" in synced.stdout, synced
+    again = prefetch("lock")
+    assert again.code == 0 and "models.lock is up to date" in again.stdout and "wrote" not in again.stdout
+
+
+def test_path_is_absolute_for_a_relative_cache_dir(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    """As huggingface_hub's `snapshot_download` returns it: an absolute path."""
+    hub.create_repo("org/one").commit({"config.json": b"{}"})
+    prefetch.manifest([{"repo": "org/one"}], cache_dir="rel-cache")
+    assert prefetch("sync").code == 0
+    result = prefetch("path", "org/one", "--cache-dir", "rel-cache")
+    assert result.code == 0, result
+    assert result.stdout.strip().startswith("/") and (prefetch.tmp / "rel-cache").exists()

@@ -54,7 +54,7 @@ def test_output_options_work_before_and_after_the_command(
 
     verbose = run("sync", "-v")
     assert verbose.code == 0, verbose
-    assert "synced 1 entries" in verbose.stdout
+    assert "synced 1 entry" in verbose.stdout
 
     events = json_lines(run("sync", "--json").stdout)
     assert [e["event"] for e in events][-1] == "summary"

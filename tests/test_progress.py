@@ -114,7 +114,7 @@ def test_ci_lines_every_interval(prefetch: PrefetchRunner, hub: HubEmulator) -> 
     assert all("/s, ETA " in line and "files " in line for line in status)
     assert any("active: model.safetensors" in line for line in status), status
     assert "\r" not in result.stderr  # no bar redraws in a log
-    assert "synced 1 entries" in result.stdout
+    assert "synced 1 entry" in result.stdout
 
 
 def test_quiet_prints_nothing(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
@@ -176,7 +176,7 @@ def test_terminal_shows_one_bar_with_files(prefetch: PrefetchRunner, hub: HubEmu
     assert "prefetch 100%|" in screen, screen
     assert "files 3/3" in screen and "active: model.safetensors" in screen, screen
     assert "\r" in screen  # redrawn in place, not one line per update
-    assert "synced 1 entries" in screen
+    assert "synced 1 entry" in screen
 
 
 @pytest.mark.parametrize("value", ["1", "true", "YES"])
@@ -192,7 +192,7 @@ def test_hf_hub_disable_progress_bars_gives_lines_on_a_terminal(
     assert code == 0, screen
     assert "100%|" not in screen and "\r" not in screen.replace("\r\n", ""), screen  # no bar redraws
     assert any(line.startswith("prefetch: ") and "ETA" in line for line in screen.splitlines()), screen
-    assert "synced 1 entries" in screen
+    assert "synced 1 entry" in screen
 
 
 def test_hf_hub_disable_progress_bars_false_keeps_the_bar(prefetch: PrefetchRunner, hub: HubEmulator) -> None:

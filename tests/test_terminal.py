@@ -121,6 +121,6 @@ def test_bar_and_plan_fit_the_terminal(
     assert len(fetch_lines) == 3 and len(cached_lines) == 3, record  # the plan before and after
     long_file = next(line for line in fetch_lines if "3.0 MiB" in line)
     assert long_file.endswith("model-00001-of-00002.safetensors") or "…" in long_file, record
-    assert any("synced 1 entries" in line for line in final), record
+    assert any("synced 1 entry" in line for line in final), record
     assert "\x1b" not in record and "\r" not in record
     assert not re.search(r"\d ?[kKMG]B/s", record), record  # tqdm's own units said MB/s for MiB/s

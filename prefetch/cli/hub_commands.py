@@ -25,7 +25,7 @@ from prefetch.cli.options import (
     transfer_options,
     upgrade_options,
 )
-from prefetch.progress import Progress, QuietProgress, human_bytes, shown
+from prefetch.progress import Progress, QuietProgress, counted, human_bytes, shown
 from prefetch.run import Settings
 from prefetch.sync import SyncResult
 
@@ -96,10 +96,11 @@ def sync(
     if dry_run:
         c.say("dry run: nothing downloaded, lockfile not written")
     else:
+        entries = "1 entry" if summary["entries"] == 1 else f"{summary['entries']:,} entries"
         c.say(
-            f"synced {summary['entries']} entries ({summary['files']} files; fetched {summary['fetched_files']} "
-            f"files, {human_bytes(summary['fetched_bytes'])}) into {summary['cache_dir']}; "
-            f"lockfile {summary['lockfile']}"
+            f"synced {entries} ({counted(summary['files'], 'file')}; fetched "
+            f"{counted(summary['fetched_files'], 'file')}, {human_bytes(summary['fetched_bytes'])}) into "
+            f"{summary['cache_dir']}; lockfile {summary['lockfile']}"
         )
 
 
@@ -175,8 +176,8 @@ def lock(c: Context, manifest: Path, upgrade: bool, upgrade_repos: tuple[str, ..
         manifest, settings=settings_from(kw), upgrade=upgrade, upgrade_repos=upgrade_repos, cancel=c.cancel
     )
     if c.as_json:
-        c.emit({"lockfile": str(result.lock_path), "changes": result.changes})
+        c.emit({"lockfile": str(result.lock_path), "changes": result.changes, "written": result.lock_written})
         return
     for line in result.changes or ["no changes"]:
         c.say(line)
-    c.say(f"wrote {result.lock_path}")
+    c.say(f"wrote {result.lock_path}" if result.lock_written else f"{result.lock_path} is up to date")

@@ -7,6 +7,7 @@ revision, the locked commit and content, whether the cache holds it, and whether
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,4 +179,4 @@ def snapshot_path(
             f"{label(locked)} ({locked.commit[:12]}) is not fully in the cache {cache.root}: run `prefetch sync`",
             [label(locked)],
         )
-    return folder
+    return Path(os.path.abspath(folder))  # absolute, as huggingface_hub's `snapshot_download` returns it
