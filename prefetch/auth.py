@@ -77,7 +77,11 @@ class Secrets:
 
 def redact_url(url: str) -> str:
     """A URL safe to print: its password (if any) replaced by `***`."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed authority, as urlsplit may
+    except ValueError:  # a URL no reader can take apart: mask whatever looks like a password
+        return mask_patterns(url)
     if parts.password is None:
         return url
     host = parts.hostname or ""

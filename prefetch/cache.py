@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from prefetch.errors import DiskSpaceError, IntegrityError
+from prefetch.errors import DiskSpaceError, IntegrityError, filesystem_error
 from prefetch.files import (
     NOFOLLOW_READ,
     atomic_write_at,
@@ -358,7 +358,12 @@ class RepoCache:
             with contextlib.suppress(OSError):
                 if read_regular(dir_fd, rel.name) == commit.encode():
                     return
-            atomic_write_at(dir_fd, rel.name, commit.encode())
+            try:
+                atomic_write_at(dir_fd, rel.name, commit.encode())
+            except OSError as e:  # named by the ref, not by the temporary file renamed onto it
+                raise (
+                    filesystem_error(e, f"the ref {self.ref_path(revision)}", with_filename=False) or e
+                ) from None
 
 
 class PartialFiles:

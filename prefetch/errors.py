@@ -44,7 +44,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.VERIFY_FAILED: "verify found missing or corrupt files",
     ExitCode.DISK_FULL: "not enough disk space",
     ExitCode.FILESYSTEM: "filesystem: cannot write the cache or the lockfile's folder (permissions, read-only, "
-    "a file in the way, a name too long)",
+    "a file in the way, a name too long, too many open files)",
     ExitCode.QUOTA: "quota: the Hub's rate limit or egress limit refuses more requests for now",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C / SIGTERM)",
 }
@@ -171,14 +171,18 @@ _FILESYSTEM_HINTS = {
     errno.EISDIR: "a folder is in the way where a file should be",
     errno.ENAMETOOLONG: "a name is longer than the filesystem allows",
     errno.ELOOP: "too many levels of symbolic links",
+    errno.EMFILE: "too many open files: raise the limit (`ulimit -n 4096`) or lower --jobs",
+    errno.ENFILE: "the system has too many open files: lower --jobs, or raise fs.file-max",
 }
 
 
-def filesystem_error(exc: BaseException, what: str) -> FilesystemError | None:
-    """The named error for an ordinary OS failure while writing `what` (None: not one of those)."""
+def filesystem_error(exc: BaseException, what: str, *, with_filename: bool = True) -> FilesystemError | None:
+    """The named error for an ordinary OS failure while writing `what` (None: not one of those);
+    `with_filename=False` where `what` names the file better than the OS's filename (a temporary one)."""
     if not isinstance(exc, OSError) or exc.errno not in _FILESYSTEM_HINTS:
         return None
-    where = f" ({exc.filename})" if exc.filename else ""
+    named = with_filename and exc.filename and exc.errno not in (errno.EMFILE, errno.ENFILE)
+    where = f" ({exc.filename})" if named else ""
     return FilesystemError(f"cannot write {what}{where}: {_FILESYSTEM_HINTS[exc.errno]}")
 
 
@@ -383,7 +387,10 @@ def exit_code_for(exc: BaseException) -> ExitCode:
 # Raised inside the HTTP layer and the download engine; they become the typed errors above (with
 # an exit code) where a request fails for good (`prefetch.net.session.network_error`).
 class TransportError(Exception):
-    """The request did not complete over the network: worth a retry, or another proxy."""
+    """The request did not complete over the network: worth a retry, or another proxy. `origin`: the
+    server it was for (the Hub's, a CDN's...), which the final message names."""
+
+    origin = ""
 
 
 class ConnectError(TransportError):

@@ -123,14 +123,23 @@ class HubApi:
         url: str | None = self._api(repo, repo_type, "tree", commit) + "?recursive=true&expand=false"
         files: list[RemoteFile] = []
         seen: set[str] = set()
+        entries = 0
         while url:
             if url in seen or len(seen) >= settings.MAX_LISTING_PAGES:
-                why = "repeats a page" if url in seen else f"has more than {settings.MAX_LISTING_PAGES} pages"
+                why = (
+                    "repeats a page" if url in seen else f"has more than {settings.MAX_LISTING_PAGES:,} pages"
+                )
                 raise UnusableAnswer(f"{repo}@{commit}: the Hub's file listing {why}; refused")
             seen.add(url)
             data, headers = self._get_json(url, token)
             if not isinstance(data, list):
                 raise IntegrityError(f"{repo}@{commit}: unexpected tree listing from {self.endpoint}")
+            entries += len(data)
+            if entries > settings.MAX_LISTING_ENTRIES:
+                raise UnusableAnswer(
+                    f"{repo}@{commit}: the Hub's file listing has more than {settings.MAX_LISTING_ENTRIES:,} "
+                    "entries, ten times the most files the Hub recommends for a repo; refused"
+                )
             files += [
                 _remote_file(repo, item)
                 for item in data

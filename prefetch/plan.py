@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefetch.cache import folders_kept_open
+from prefetch.cache import RepoCache, folders_kept_open
 from prefetch.download.job import FileJob
 from prefetch.errors import DiskSpaceError, FilesystemError
 from prefetch.hfhub import resolve_url
@@ -213,15 +213,15 @@ def _file_jobs(ctx: RunContext, plans: list[EntryPlan]) -> tuple[list[FileJob], 
 
 # -------------------------------------------------------------------------- what can fail before a byte
 def check_names(plan: Plan, cache_dir: Path) -> None:
-    """Every file name fits the cache's filesystem (a snapshot link per path component): refused before
-    the download, not after it."""
-    try:
-        name_max = os.pathconf(cache_dir, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
+    """Every file name fits the cache's filesystem: each path component (a snapshot link per component)
+    and the whole path of its snapshot link, which the system must be able to name. Refused before the
+    download (exit 9), not found by `verify` after it."""
+    name_max, path_max = _limit(cache_dir, "PC_NAME_MAX", 255), _limit(cache_dir, "PC_PATH_MAX", 4096)
     for p in plan.entries:
+        snapshot = len(os.fsencode(os.path.abspath(_snapshot_folder(cache_dir, p.locked)))) + 1
         for f in p.locked.files:
-            if len(f.path.encode()) <= name_max:
+            size = len(f.path.encode())
+            if size <= name_max and snapshot + size < path_max:
                 continue
             long = [part for part in f.path.split("/") if len(part.encode()) > name_max]
             if long:
@@ -230,6 +230,26 @@ def check_names(plan: Plan, cache_dir: Path) -> None:
                     f"{printable(long[0][:40])}... is {len(long[0].encode())} bytes, the filesystem of "
                     f"{cache_dir} allows {name_max}"
                 )
+            if snapshot + size >= path_max:
+                raise FilesystemError(
+                    f"{p.locked.repo}: cannot store {printable(f.path[:80])}...: its path in the cache would be "
+                    f"{snapshot + size} bytes, the system allows {path_max - 1} (a shorter --cache-dir helps)"
+                )
+
+
+def _snapshot_folder(cache_dir: Path, locked: LockedEntry) -> Path:
+    """The snapshot folder of `locked` in `cache_dir` (its files' links are made under it)."""
+    return RepoCache(cache_dir, locked.repo, locked.type).snapshot_dir(locked.commit)
+
+
+def _limit(folder: Path, name: str, default: int) -> int:
+    """A limit of the filesystem of `folder` (or of the nearest folder above it that exists)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError):
+        return default
 
 
 def check_space(plan: Plan, cache_dir: Path, min_free: int | None) -> None:

@@ -26,6 +26,9 @@ DEFAULT_SEGMENT_THRESHOLD = 64 * 1024 * 1024  # files of at least this size are 
 DEFAULT_PROGRESS_INTERVAL = 5.0  # seconds between two status lines without a terminal
 MAX_JSON_BYTES = 64 * 1024 * 1024  # a bigger JSON answer from a server is refused, not read whole
 MAX_LISTING_PAGES = 10_000  # a tree listing of more pages is refused (the Hub sends ~1000 files per page)
+# ... or of more entries in all: ten times the Hub's recommended most files per repo (100k), so a hostile
+# endpoint that pages forever with new entries stops long before it fills the memory.
+MAX_LISTING_ENTRIES = 1_000_000
 FIRST_CONTACT_ATTEMPTS = 3  # a host that never answered this run: attempts before giving up (~1 s)
 MIN_BODY_RATE = 1024  # bytes/s: a body slower than this over the window is abandoned (and retried)
 DEFAULT_MIN_RATE_WINDOW = 60.0  # seconds

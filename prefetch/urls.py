@@ -89,4 +89,20 @@ def parse_proxy_url(value: str) -> str:
         raise BadProxyUrl(f"the proxy URL has no valid host name (expected {PROXY_EXAMPLE})")
     if port is not None and not (port.isdigit() and port.isascii() and 0 < int(port) <= 65535):
         raise BadProxyUrl("the proxy port must be a number from 1 to 65535")
+    try:  # what every later reader of the URL will do with it (a stray '[' in a password breaks it)
+        urlsplit(f"http://{authority}").port  # noqa: B018
+    except ValueError:
+        raise BadProxyUrl(
+            "the proxy user name or password contains '[' or ']': percent-encode it (%5B, %5D)"
+        ) from None
     return f"http://{authority}"
+
+
+def origin_of(url: str) -> str:
+    """`scheme://host[:port]` of `url`, for messages: which server; never a password or a path."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return ""
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")

@@ -359,6 +359,22 @@ def test_a_listing_of_more_pages_than_the_cap_stops(hub, monkeypatch):
     assert hub.count(path_contains="/tree/") == 3
 
 
+def test_a_listing_of_more_entries_than_the_cap_stops_whatever_its_pages(hub, monkeypatch):
+    """Issue 30, item 15: a cap on one listing's entries in all, not only per answer: an endpoint that
+    pages on with new entries is stopped long before memory runs out, and says why."""
+    repo = hub.create_repo("org/many")
+    commit = repo.commit({f"f{i:03d}.json": b"{}" for i in range(100)})
+    hub.page_size = 20
+    monkeypatch.setattr(prefetch_settings, "MAX_LISTING_ENTRIES", 50)
+    http = Http(hub.url, [], RetryPolicy(RetrySettings()))
+    try:
+        with pytest.raises(UnusableAnswer, match="has more than 50 entries"):
+            HubApi(http).list_files("org/many", "model", commit, None)
+    finally:
+        http.close()
+    assert hub.count(path_contains="/tree/") == 3
+
+
 def test_a_json_answer_over_the_cap_is_refused_without_reading_it(prefetch, hub):
     model = make_model(hub, big=MiB)
     big = b'{"sha": "' + b"0" * (prefetch_settings.MAX_JSON_BYTES + 1) + b'"}'
@@ -565,3 +581,76 @@ def test_a_loopback_hub_over_http_still_gets_the_token(prefetch, hub, host):
     assert all(
         r.headers.get("authorization") == f"Bearer {CANARY_TOKEN}" for r in hub.requests if r.kind == "meta"
     )
+
+
+def test_too_many_open_files_is_named_with_what_to_do(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    """Issue 30, item 16: `ulimit -n 32` with hundreds of files is an ordinary condition (exit 9, named),
+    not an internal error."""
+    hub.create_repo("org/many").commit({f"data/{i:05d}.json": b'{"i": %d}\n' % i for i in range(300)})
+    prefetch.manifest([{"repo": "org/many"}])
+    command = " ".join(prefetch.command("sync", *FAST))
+    proc = subprocess.run(
+        ["sh", "-c", f"ulimit -n 32; exec {command}"],
+        cwd=prefetch.tmp, env=prefetch.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 9, proc.stderr
+    assert "too many open files: raise the limit (`ulimit -n 4096`) or lower --jobs" in proc.stderr
+    assert "internal error" not in proc.stderr and "Errno" not in proc.stderr
+
+
+@pytest.mark.parametrize("location", ["http://localhost:99999/x", "http://[::1:/x", "http://[::1"])
+def test_a_redirect_to_an_unusable_url_is_the_servers_fault_named(
+    prefetch: PrefetchRunner, hub: HubEmulator, location: str
+) -> None:
+    """Issue 30, item 16: not a raw ValueError (exit 1)."""
+    make_model(hub)
+    prefetch.manifest([{"repo": "org/model"}])
+    hub.inject(Fault("status", times=None, match="/resolve/", status=302, headers={"Location": location}))
+    result = sync(prefetch)
+    assert result.code == 5, result
+    assert "redirected to a URL that cannot be used" in result.stderr, result
+    assert "internal error" not in result.stderr
+
+
+def test_a_proxy_password_with_a_stray_bracket_is_refused_plainly(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    make_model(hub)
+    prefetch.manifest([{"repo": "org/model"}])
+    result = sync(prefetch, "--proxy", "http://user:pa[ss@127.0.0.1:3128")
+    assert result.code == 2, result
+    assert "percent-encode it (%5B, %5D)" in result.stderr and "pa[ss" not in result.stderr
+
+
+def test_a_path_longer_than_the_system_allows_is_refused_before_downloading(prefetch, hub):
+    """Issue 30, item 17: 20 folders of 250 bytes each: every name fits, the path does not (over 4,096
+    bytes); refused up front (exit 9) rather than synced and then failed by `verify`."""
+    deep = "/".join(["d" * 250] * 20) + "/config.json"
+    hub.create_repo("org/deep").commit({deep: b"{}", "config.json": b"{}"})
+    prefetch.manifest([{"repo": "org/deep"}])
+    result = sync(prefetch)
+    assert result.code == 9, result
+    assert "its path in the cache would be" in result.stderr and "the system allows 4095" in result.stderr
+    assert hub.count(kind="file") == 0
+
+
+def test_a_failing_cdn_is_named_not_the_hub(prefetch, hub):
+    """Issue 30, item 19: the message names the server whose answer failed (the CDN), not the Hub's."""
+    model = make_model(hub, big=2 * MiB)
+    prefetch.manifest([{"repo": model.repo_id}])
+    hub.inject(Fault("reset", times=None, origin="cdn"))
+    result = sync(prefetch)
+    assert result.code == 4, result
+    cdn = hub.cdn_url.rstrip("/")
+    assert f"tried {cdn} (direct)" in result.stderr, result
+    assert f"tried {hub.url} (direct)" not in result.stderr
+
+
+def test_a_folder_where_a_ref_goes_is_named_by_the_ref(prefetch, hub):
+    """Issue 30, item 19: not by the temporary file it would have been renamed from."""
+    model = make_model(hub)
+    prefetch.manifest([{"repo": model.repo_id}])
+    (prefetch.cache_dir / "models--org--model" / "refs" / "main").mkdir(parents=True)
+    result = sync(prefetch)
+    assert result.code == 9, result
+    assert "refs/main" in result.stderr and ".tmp" not in result.stderr, result

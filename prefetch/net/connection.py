@@ -50,6 +50,7 @@ from prefetch.errors import (
     TransportError,
     UnusableAnswer,
 )
+from prefetch.urls import origin_of
 
 READ_SIZE = 64 * 1024  # `Response.read` collects a whole (small) body in reads of this size
 DRAIN_LIMIT = 64 * 1024  # a body left unread up to this size is read at `close`, to keep the connection
@@ -250,10 +251,14 @@ class Response:
                 n += self._take_arrived(self._tls_sock, buffer[n:])
         except (OSError, http.client.HTTPException) as e:
             self._broken = True
-            raise _body_error(e, self._read_timeout) from e
+            error = _body_error(e, self._read_timeout)
+            error.origin = origin_of(self.url)
+            raise error from e
         if not n and answer.length:  # http.client ends a body cut short quietly; its length tells
             self._broken = True
-            raise RemoteProtocolError("the server closed the connection before the end of the body")
+            cut = RemoteProtocolError("the server closed the connection before the end of the body")
+            cut.origin = origin_of(self.url)
+            raise cut
         return n
 
     def _take_arrived(self, sock: ssl.SSLSocket, buffer: memoryview) -> int:

@@ -32,7 +32,8 @@ from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_h
 from prefetch.net.ratelimit import RateGate
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
 from prefetch.settings import RetrySettings
-from prefetch.urls import plain_http_token_problem
+from prefetch.terminal import printable
+from prefetch.urls import origin_of, plain_http_token_problem
 
 FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of the stored bytes
 CONNECT_TIMEOUT = 10.0  # seconds to connect (TLS handshake and proxy tunnel included)
@@ -133,8 +134,9 @@ class Http:
     def close(self) -> None:
         self.routes.close()
 
-    def describe_routes(self) -> str:
-        return self.routes.describe(self.endpoint)
+    def describe_routes(self, origin: str = "") -> str:
+        """`http://host (direct)` or `http://host via proxy ...`: the routes to `origin` (default: the Hub's)."""
+        return self.routes.describe(origin or self.endpoint)
 
     def _send_once(
         self, method: str, url: str, headers: dict[str, str], body: Body | None = None
@@ -171,6 +173,7 @@ class Http:
             try:
                 response = route.pool.request(method, url, headers, body)
             except TransportError as e:
+                e.origin = origin_of(url)
                 if route.proxy is None and isinstance(e, ConnectError):
                     e.first_contact = _origin(url) not in self._answered
                 # Not a proxy's failure: no route left to try, or a certificate no other proxy verifies either.
@@ -301,7 +304,17 @@ class Http:
         response.close()
         if hop == 0 and on_redirect is not None:
             on_redirect(response.headers)
-        target = urljoin(url, location)
+        try:
+            target = urljoin(url, location)
+            parts = urlsplit(target)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port out of range, a broken IPv6 literal...
+            usable = False
+        if not usable:
+            raise UnusableAnswer(
+                f"GET {urlsplit(url).path}: the server redirected to a URL that cannot be used: "
+                f"{printable(location[:200])!r}"
+            )
         if hop + 1 >= MAX_REDIRECTS:
             raise TooManyRedirects(
                 f"GET {urlsplit(url).path}: more than {MAX_REDIRECTS} redirects; last to {target}"
@@ -389,4 +402,5 @@ def network_error(exc: BaseException, http: Http, what: str) -> PrefetchError:
     if isinstance(exc, ProxyRoutesFailed):
         lines = "\n".join(f"  - {route}: {reason}" for route, reason in exc.failures)
         return NetworkError(f"{what}: every proxy failed (endpoint {http.endpoint}):\n{lines}")
-    return NetworkError(f"{what}: {describe(exc)} ({gave_up}tried {http.describe_routes()})")
+    origin = getattr(exc, "origin", "")  # the server the failing request was for: the Hub's, or a CDN's
+    return NetworkError(f"{what}: {describe(exc)} ({gave_up}tried {http.describe_routes(origin)})")
