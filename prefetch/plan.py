@@ -124,12 +124,13 @@ class Plan:
         return self.first + self.later
 
 
-def make_plan(ctx: RunContext, resolution: Resolution, *, verify: bool = False) -> Plan:
+def make_plan(ctx: RunContext, resolution: Resolution, *, verify: bool = False, hub: bool = True) -> Plan:
     """What each resolved entry still lacks in the cache (entries that failed to resolve are left out),
     and the jobs that fetch it.
 
     A cached blob of the right size is trusted (it was verified when it was installed); with `verify` it
-    is hashed first, and one that does not match is fetched again (`EntryPlan.corrupt`).
+    is hashed first, and one that does not match is fetched again (`EntryPlan.corrupt`). `hub` False: the
+    jobs' bytes come from elsewhere (an OCI source routes them), so no Hub token is looked up for them.
     """
     entries = []
     for entry in resolution.entries:
@@ -148,7 +149,7 @@ def make_plan(ctx: RunContext, resolution: Resolution, *, verify: bool = False) 
     if verify:
         _find_corrupt(ctx, entries)
     plan = Plan(entries)
-    plan.first, plan.later = _file_jobs(ctx, entries)
+    plan.first, plan.later = _file_jobs(ctx, entries, hub)
     return plan
 
 
@@ -173,7 +174,7 @@ def _find_corrupt(ctx: RunContext, plans: list[EntryPlan]) -> None:
             ctx.progress.event("warning", repo=p.entry.repo, revision=p.entry.revision, message=message)
 
 
-def _file_jobs(ctx: RunContext, plans: list[EntryPlan]) -> tuple[list[FileJob], list[FileJob]]:
+def _file_jobs(ctx: RunContext, plans: list[EntryPlan], hub: bool) -> tuple[list[FileJob], list[FileJob]]:
     """(first, later) jobs: one job per blob; a blob a second repo shares waits and is hard-linked."""
     first: dict[str, FileJob] = {}
     seen: dict[str, set[str]] = {}  # repo folder -> its blobs with a job (no tuple per file)
@@ -185,7 +186,7 @@ def _file_jobs(ctx: RunContext, plans: list[EntryPlan]) -> tuple[list[FileJob], 
         cache = ctx.repo_cache(locked.repo, locked.type)
         corrupt = {f.etag for f in p.corrupt}
         files_url = resolve_url(ctx.endpoint, locked.repo, locked.type, locked.commit)
-        token = ctx.token(p.entry)
+        token = ctx.token(p.entry) if hub else None
         in_folder = seen.setdefault(cache.folder.name, set())
         for f in p.missing:
             etag = f.etag or first_use_key(locked.commit, f"{locked.repo}:{printable(f.path)}")

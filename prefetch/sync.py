@@ -7,6 +7,7 @@ this module only runs them in order over one `RunContext`, and is the library AP
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ class SyncResult:
     changes: list[str] = field(default_factory=list)
     report: AccessReport | None = None
     forecast: RequestForecast | None = None  # the requests per rate-limit bucket (a plan's)
+    source: str | None = None  # the OCI artifact the files came from, instead of the Hub
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -58,6 +60,7 @@ class SyncResult:
             "cache_dir": str(self.cache_dir),
             "changes": self.changes,
             **(self.forecast.to_json() if self.forecast else {}),
+            **({"source": self.source} if self.source else {}),
         }
 
     def render_plan(self, width: int | None = None) -> str:
@@ -86,8 +89,10 @@ def sync(
 
     `locked`: fail (exit 6) unless the lock exists and matches the manifest; `frozen`: use the lock as
     it is. Neither writes the lockfile. `verify`: hash the cached blobs first and fetch again those that
-    do not match. Cancelling `cancel` (from another thread, or a signal handler) stops the run with
-    `Cancelled`; its partial downloads are kept for the next run to resume.
+    do not match. With a source (`settings.source`, the manifest's `source:`), the files come from that
+    OCI artifact and nothing goes to the Hub (`_sync_from_source`). Cancelling `cancel` (from another
+    thread, or a signal handler) stops the run with `Cancelled`; its partial downloads are kept for the
+    next run to resume.
     """
     settings = settings or Settings()
     manifest = load_manifest(manifest_path)
@@ -95,6 +100,8 @@ def sync(
     old = load_lock(lock_path) if lock_path.exists() else None
     mode = LockMode(locked, frozen, upgrade, upgrade_repos)
     with RunContext(manifest, settings, progress, cancel) as ctx:
+        if settings.source is not None or manifest.source is not None:
+            return _sync_from_source(ctx, old, lock_path, mode, dry_run=dry_run, verify=verify)
         if not ctx.offline:
             ctx.check_token_transport(manifest.entries)
         if not dry_run:
@@ -142,6 +149,39 @@ def sync(
         return result
 
 
+def _sync_from_source(
+    ctx: RunContext, old: Lock | None, lock_path: Path, mode: LockMode, *, dry_run: bool, verify: bool
+) -> SyncResult:
+    """The locked files from an OCI artifact (`prefetch.oci.source`): the lock as `--locked` (or
+    `--frozen`) takes it, no request to the Hub, the lockfile not written; then the same cache, links
+    and refs as a Hub sync's."""
+    from prefetch.oci.source import OciSource, source_lock_mode, source_of
+
+    source = source_of(ctx.settings.source, ctx.manifest)
+    assert source is not None
+    mode = source_lock_mode(mode, old, lock_path, ctx.manifest, source)
+    assert old is not None
+    if not dry_run:
+        ctx.write_before_requests(ctx.cache_dir, "the cache")
+    plan = make_plan(ctx, resolve(ctx, ctx.manifest, old, lock_path, mode), verify=verify, hub=False)
+    if not dry_run:
+        check_names(plan, ctx.cache_dir)
+    result = SyncResult(plan.entries, old, lock_path, ctx.cache_dir, source=str(source))
+    with contextlib.ExitStack() as opened:  # the source is read only for files to fetch (warm: no request)
+        oci = opened.enter_context(OciSource.open(ctx, source, old)) if plan.jobs else None
+        if oci is not None:
+            oci.route(ctx, plan)
+        _announce(ctx, plan, None, dry_run)
+        if dry_run:
+            return result
+        ctx.check_writable()
+        check_space(plan, ctx.cache_dir, ctx.settings.min_free)
+        if oci is not None:
+            result.stats = oci.transfer(ctx, plan)
+    materialise(ctx, plan)
+    return result
+
+
 def _lock(ctx: RunContext, old: Lock | None, resolution: Resolution, lock_path: Path) -> Lock:
     endpoint = lock_endpoint(old, resolution.resolved_here, ctx.endpoint)
     return new_lock(ctx.manifest, resolution.entries, resolution.locked, lock_path, endpoint)
@@ -170,18 +210,21 @@ def _check_access(ctx: RunContext, plan: Plan, resolution: Resolution) -> Access
     return report
 
 
-def _announce(ctx: RunContext, plan: Plan, forecast: RequestForecast, dry_run: bool) -> None:
+def _announce(ctx: RunContext, plan: Plan, forecast: RequestForecast | None, dry_run: bool) -> None:
+    """The plan (an event, and a header per entry) and the display's start; `forecast`: the Hub's
+    requests (None: the files come from an OCI source)."""
     jobs = plan.jobs
     total = sum(j.size for j in jobs)
     entries = [p.to_json() for p in plan.entries]
-    fields = {"fetch_files": len(jobs), "fetch_bytes": total, "dry_run": dry_run, **forecast.to_json()}
-    ctx.progress.event("plan", entries=entries, **fields)
+    fields = {"fetch_files": len(jobs), "fetch_bytes": total, "dry_run": dry_run}
+    ctx.progress.event("plan", entries=entries, **fields, **(forecast.to_json() if forecast else {}))
     if dry_run:  # the caller prints the whole plan (`SyncResult.render_plan`); no bar for what won't move
         return
     for p in plan.entries:
         ctx.progress.message(p.header())
-    for line in forecast.floors() and forecast.lines():
-        ctx.progress.message(line)
+    if forecast is not None and forecast.floors():
+        for line in forecast.lines():
+            ctx.progress.message(line)
     ctx.progress.start(total, len(jobs))
 
 

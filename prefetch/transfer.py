@@ -9,23 +9,30 @@ plan's locked files, so the lock written last records it.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from prefetch.download.engine import Transfer
 from prefetch.download.job import TransferStats
 from prefetch.plan import Plan, first_use_key
 from prefetch.run import RunContext
 
+if TYPE_CHECKING:
+    from prefetch.net.session import Http
 
-def transfer(ctx: RunContext, plan: Plan) -> TransferStats:
-    """Fetch every job of `plan` into the cache; raises the most severe failure once the others ended."""
+
+def transfer(ctx: RunContext, plan: Plan, source: Http | None = None) -> TransferStats:
+    """Fetch every job of `plan` into the cache; raises the most severe failure once the others ended.
+
+    `source`: the session of where the jobs' `source_url`s are (a registry's), instead of the Hub's; its
+    files stay in this process (a helper process could not be handed the registry's credential)."""
     engine = Transfer(
-        ctx.http,
+        source or ctx.http,
         jobs=ctx.settings.jobs,
         segment_threshold=ctx.settings.segment_threshold,
         segment_size=ctx.settings.segment_size,
         reporter=ctx.progress,
         cancel=ctx.cancel,
-        processes=ctx.settings.processes,
+        processes=1 if source is not None else ctx.settings.processes,
     )
     engine.run(plan.first)
     if plan.later:

@@ -22,6 +22,7 @@ from prefetch.cli.options import (
     lock_opt,
     manifest_arg,
     settings_from,
+    source_opt,
     transfer_options,
     upgrade_options,
 )
@@ -37,15 +38,16 @@ def _stdout_columns() -> int | None:
 
 @command(
     "prefetch sync                     # models.yaml -> cache + models.lock",
-    "prefetch sync manifests/quickstart.yaml --json",
     "prefetch sync --locked            # CI: exit 6 if models.lock is stale",
     "prefetch sync --frozen --offline  # air gap: the lock as it is",
+    "prefetch sync --source oci://registry.internal/ml/models:prod  # the lock's files from a registry",
 )
 @manifest_arg
 @lock_opt
 @hub_options
 @transfer_options
 @lock_mode_options
+@source_opt
 @click.option(
     "--offline",
     "offline_flag",
@@ -96,9 +98,10 @@ def sync(
     if dry_run:
         c.say("dry run: nothing downloaded, lockfile not written")
     else:
+        source = f" from {summary['source']}" if "source" in summary else ""
         c.say(
             f"synced {summary['entries']} entries ({summary['files']} files; fetched {summary['fetched_files']} "
-            f"files, {human_bytes(summary['fetched_bytes'])}) into {summary['cache_dir']}; "
+            f"files, {human_bytes(summary['fetched_bytes'])}{source}) into {summary['cache_dir']}; "
             f"lockfile {summary['lockfile']}"
         )
 
@@ -122,6 +125,7 @@ def _run_sync(c: Context, manifest: Path, settings: Settings, **options: Any) ->
 @lock_opt
 @hub_options
 @lock_mode_options
+@source_opt
 @pass_ctx
 def plan(c: Context, manifest: Path, locked: bool, frozen: bool, **kw: Any) -> None:
     """List the files `sync` would fetch, per entry, with their sizes (same as `sync --dry-run`)."""
