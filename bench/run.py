@@ -35,6 +35,9 @@ Rows run only when named in --only (their features are still being built):
             429 only, then on every answer): prefetch and hf, the quota's floor, the 429s each met
   xet       4 x 256 MiB Xet-backed files (seeded content; chunk lists cached in --xet-cache):
             prefetch against hf download with hf_xet
+  registry  the cold row's files as OCI artifacts, to and from a local Distribution registry:
+            `prefetch push` (into a fresh registry each time) against `skopeo copy` of the same OCI
+            layout, then `prefetch sync --source` against `skopeo copy` back into a layout
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ if str(ROOT) not in sys.path:  # run as a script: `bench` is not importable from
 
 from bench.nginx import INSTALL_HINT as NGINX_MISSING  # noqa: E402
 from bench.nginx import NGINX, NginxFront  # noqa: E402
+from bench.registry import INSTALL_HINT as REGISTRY_MISSING  # noqa: E402
+from bench.registry import REGISTRY, SKOPEO, LocalRegistry  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 DOC_BEGIN, DOC_END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -229,7 +234,7 @@ class Hub:
 def hub_specs(sizes: Sizes, wanted: Sequence[str]) -> list[str]:
     """The repos the wanted workloads read (generating 1 GiB or 100k files takes a while)."""
     specs = []
-    if {"cold", "https", "cap", "cap-python", "warm", "resume", "verify"} & set(wanted):
+    if {"cold", "https", "cap", "cap-python", "warm", "resume", "verify", "registry"} & set(wanted):
         specs.append(f"{BIG}:{sizes.big_files}:{sizes.big_size}:lfs")
     if {"one", "cap-one", "cap-one-python"} & set(wanted):
         specs.append(f"{ONE}:1:{sizes.one_size}:lfs")
@@ -833,6 +838,72 @@ def bench_xet(b: Bench) -> None:
     row["counters"] = True
 
 
+def bench_registry(b: Bench) -> None:
+    """The cold row's files as OCI artifacts, to and from the same local Distribution registry (issue 29).
+
+    Push: `prefetch push` of the lock from the cache (ModelPack, raw layers) against `skopeo copy --all`
+    of the very OCI layout that `prefetch push` wrote of it, each into a fresh registry, so no blob is
+    there already. Pull: `prefetch sync --source` into an empty HF cache (every byte verified against the
+    lock, fsynced, linked) against `skopeo copy --all` of the same artifact into an empty OCI layout.
+    """
+    title = f"{b.sizes.big_label} as OCI artifacts, local Distribution registry"
+    tools = ["prefetch", "skopeo"]
+    if REGISTRY is None or SKOPEO is None:
+        why = {t: f"docker-registry or skopeo {REGISTRY_MISSING}" for t in tools}
+        for name in ("registry-push", "registry-pull"):
+            b.row(name, f"{name.removeprefix('registry-')}, {title}", [BIG], {}, why)
+        return
+    setup = b.fresh("registry-setup")
+    b.measure("prefetch", "registry-setup", b.prefetch_cmd(setup, [BIG]), setup, record=False)
+    lock, cache, layout = setup / "models.lock", setup / "cache", setup / "layout"
+    prefetch = [sys.executable, "-m", "prefetch", "--quiet"]
+    b.measure("prefetch", "registry-setup", [*prefetch, "push", str(lock), f"oci:{layout}:v1", "--cache-dir",
+              str(cache)], setup, record=False)  # fmt: skip
+    total = b.hub.repos[BIG]["bytes"]
+
+    def env(folder: Path) -> dict[str, str]:  # upload state and known repositories: this run's own
+        return {**b.env(folder / "hf_home"), "XDG_STATE_HOME": str(folder / "state")}
+
+    push_runs: dict[str, list[Run]] = {t: [] for t in tools}
+    for rep in range(b.sizes.reps):
+        for tool in tools if rep % 2 == 0 else tools[::-1]:
+            folder = b.fresh(f"registry-push-{tool}")
+            with LocalRegistry(folder / "registry") as registry:
+                target = f"{registry.host}/bench/models:v1"
+                argv = (
+                    [*prefetch, "push", str(lock), f"oci://{target}", "--cache-dir", str(cache)]
+                    if tool == "prefetch"
+                    else [SKOPEO, "copy", "--all", "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{target}"]
+                )  # fmt: skip
+                push_runs[tool].append(
+                    b.measure(tool, "registry-push", argv, folder, env=env(folder), touch=total)
+                )
+            shutil.rmtree(folder, ignore_errors=True)
+    b.row("registry-push", f"push, {title}", [BIG], push_runs, {})
+
+    pull_runs: dict[str, list[Run]] = {t: [] for t in tools}
+    with LocalRegistry(setup / "registry") as registry:
+        source = f"{registry.host}/bench/models:v1"
+        b.measure("prefetch", "registry-setup", [*prefetch, "push", str(lock), f"oci://{source}", "--cache-dir",
+                  str(cache)], setup, env=env(setup), record=False)  # fmt: skip
+        for rep in range(b.sizes.reps):
+            for tool in tools if rep % 2 == 0 else tools[::-1]:
+                folder = b.fresh(f"registry-pull-{tool}")
+                argv = (
+                    [*prefetch, "sync", str(setup / "models.yaml"), "--lock", str(lock), "--frozen", "--source",
+                     f"oci://{source}", "--cache-dir", str(folder / "cache")]
+                    if tool == "prefetch"
+                    else [SKOPEO, "copy", "--all", "--src-tls-verify=false", f"docker://{source}",
+                          f"oci:{folder / 'layout'}:v1"]
+                )  # fmt: skip
+                pull_runs[tool].append(
+                    b.measure(tool, "registry-pull", argv, folder, env=env(folder), touch=total)
+                )
+                shutil.rmtree(folder, ignore_errors=True)
+    b.row("registry-pull", f"pull, {title}", [BIG], pull_runs, {})
+    shutil.rmtree(setup, ignore_errors=True)
+
+
 def bench_small(b: Bench) -> None:
     b.cold_row(
         "small", f"cold, {b.sizes.small_files:,} small files", [SMALL], [*b.prefetch_tools(), *DOWNLOADERS]
@@ -1079,9 +1150,11 @@ WORKLOADS: dict[str, Callable[[Bench], None]] = {
     "large": bench_large,
     "ratelimit": bench_ratelimit,
     "xet": bench_xet,
+    "registry": bench_registry,
 }
-# Run only when `--only` names them: the features they measure are still being built (issues 27, 28).
-OPT_IN = ("ratelimit", "xet")
+# Run only when `--only` names them: the features they measure are still being built (issues 27, 28),
+# or need servers beside the Hub (29: the Distribution registry and skopeo).
+OPT_IN = ("ratelimit", "xet", "registry")
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -1205,6 +1278,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         row = results["ratelimit-always"]
         check(f"{row['title']}: prefetch's 429 answers", get(row, "tools", "prefetch", "rejected"), 0, "", 0)
     versus("xet", "hf", 1.0)  # issue 28
+    versus("registry-push", "skopeo", 1.2)  # issue 29
+    versus("registry-pull", "skopeo", 1.2)
     return rows
 
 

@@ -19,16 +19,17 @@ from urllib.parse import urlsplit
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from prefetch.errors import BadProxyUrl, ManifestError
+from prefetch.errors import BadProxyUrl, ManifestError, UsageError
 from prefetch.hfhub import REPO_TYPES, repo_id_problem
 from prefetch.located_yaml import STR, Item, YamlReader, join, line_of
+from prefetch.oci.reference import LayoutRef, Reference, parse_reference
 from prefetch.paths import revision_problem
 from prefetch.settings import RetrySettings
 from prefetch.urls import endpoint_problem, parse_proxy_url
 
 MANIFEST_VERSION = 1
 
-TOP_KEYS = ("version", "cache_dir", "endpoint", "proxies", "retry", "defaults", "repos")
+TOP_KEYS = ("version", "cache_dir", "endpoint", "source", "proxies", "retry", "defaults", "repos")
 RETRY_KEYS = ("attempts", "max_wait", "max_time")
 DEFAULT_KEYS = ("revision", "include", "exclude", "gated", "token_env", "allow_empty")
 ENTRY_KEYS = ("repo", "type", "revision", "include", "exclude", "gated", "token_env", "allow_empty")
@@ -92,6 +93,7 @@ class Manifest:
     cache_dir: Path | None = None  # absolute (a relative one is resolved against the manifest's folder)
     cache_dir_text: str | None = None  # as written, for the lockfile (an absolute path is machine-specific)
     endpoint: str | None = None
+    source: Reference | None = None  # an OCI artifact a sync takes the locked files from, instead of the Hub
     proxies: tuple[str, ...] = ()
     retry: RetrySettings = field(default_factory=RetrySettings)
 
@@ -231,6 +233,21 @@ class _Parser(YamlReader):
         except BadProxyUrl as e:
             self.fail(node, key_path, str(e))
 
+    def source(self, node: Node, key_path: str) -> Reference:
+        """`oci://REGISTRY/REPO[:TAG|@DIGEST]` or `oci:DIR[:TAG]`, whose relative DIR is relative to the
+        manifest's folder (as `cache_dir`)."""
+        value = self.string(node, key_path)
+        try:
+            reference = parse_reference(value)
+        except UsageError as e:
+            self.fail(node, key_path, str(e))
+        if isinstance(reference, LayoutRef):
+            folder = Path(os.path.expanduser(reference.path))
+            if not folder.is_absolute():
+                folder = Path(self.path).parent / folder
+            reference = LayoutRef(folder.absolute(), reference.tag)
+        return reference
+
     def cache_dir(self, node: Node, key_path: str) -> Path:
         """`~` expands; a relative path is relative to the manifest's folder, not the working directory."""
         value = self.string(node, key_path)
@@ -277,6 +294,7 @@ class _Parser(YamlReader):
         cache_dir = self.optional(items, "cache_dir", "", self.cache_dir)
         cache_dir_text = self.optional(items, "cache_dir", "", self.string)
         endpoint = self.optional(items, "endpoint", "", self.url)
+        source = self.optional(items, "source", "", self.source)
         proxies = self.optional(items, "proxies", "", self.proxies) or ()
         retry = self.optional(items, "retry", "", self.retry) or RetrySettings()
         defaults = self.optional(items, "defaults", "", lambda n, p: self.mapping(n, p, DEFAULT_KEYS)) or {}
@@ -289,6 +307,7 @@ class _Parser(YamlReader):
             cache_dir=cache_dir,
             cache_dir_text=cache_dir_text,
             endpoint=endpoint.rstrip("/") if endpoint else None,
+            source=source,
             proxies=proxies,
             retry=retry,
         )

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prefetch.access import AccessReport
 from prefetch.cache import RepoCache, folders_kept_open
-from prefetch.download.job import FileJob
+from prefetch.download.job import FileJob, TransferStats
 from prefetch.errors import DiskSpaceError, FilesystemError
 from prefetch.hfhub import resolve_url
-from prefetch.lockfile import LockedEntry, LockedFile
+from prefetch.lockfile import Lock, LockedEntry, LockedFile
 from prefetch.manifest import Entry
 from prefetch.offline.shared import LockedBlob, mismatches
 from prefetch.progress import human_bytes, human_duration
@@ -124,12 +125,13 @@ class Plan:
         return self.first + self.later
 
 
-def make_plan(ctx: RunContext, resolution: Resolution, *, verify: bool = False) -> Plan:
+def make_plan(ctx: RunContext, resolution: Resolution, *, verify: bool = False, hub: bool = True) -> Plan:
     """What each resolved entry still lacks in the cache (entries that failed to resolve are left out),
     and the jobs that fetch it.
 
     A cached blob of the right size is trusted (it was verified when it was installed); with `verify` it
-    is hashed first, and one that does not match is fetched again (`EntryPlan.corrupt`).
+    is hashed first, and one that does not match is fetched again (`EntryPlan.corrupt`). `hub` False: the
+    jobs' bytes come from elsewhere (an OCI source routes them), so no Hub token is looked up for them.
     """
     entries = []
     for entry in resolution.entries:
@@ -148,7 +150,7 @@ def make_plan(ctx: RunContext, resolution: Resolution, *, verify: bool = False) 
     if verify:
         _find_corrupt(ctx, entries)
     plan = Plan(entries)
-    plan.first, plan.later = _file_jobs(ctx, entries)
+    plan.first, plan.later = _file_jobs(ctx, entries, hub)
     return plan
 
 
@@ -173,7 +175,7 @@ def _find_corrupt(ctx: RunContext, plans: list[EntryPlan]) -> None:
             ctx.progress.event("warning", repo=p.entry.repo, revision=p.entry.revision, message=message)
 
 
-def _file_jobs(ctx: RunContext, plans: list[EntryPlan]) -> tuple[list[FileJob], list[FileJob]]:
+def _file_jobs(ctx: RunContext, plans: list[EntryPlan], hub: bool) -> tuple[list[FileJob], list[FileJob]]:
     """(first, later) jobs: one job per blob; a blob a second repo shares waits and is hard-linked."""
     first: dict[str, FileJob] = {}
     seen: dict[str, set[str]] = {}  # repo folder -> its blobs with a job (no tuple per file)
@@ -185,7 +187,7 @@ def _file_jobs(ctx: RunContext, plans: list[EntryPlan]) -> tuple[list[FileJob], 
         cache = ctx.repo_cache(locked.repo, locked.type)
         corrupt = {f.etag for f in p.corrupt}
         files_url = resolve_url(ctx.endpoint, locked.repo, locked.type, locked.commit)
-        token = ctx.token(p.entry)
+        token = ctx.token(p.entry) if hub else None
         in_folder = seen.setdefault(cache.folder.name, set())
         for f in p.missing:
             etag = f.etag or first_use_key(locked.commit, f"{locked.repo}:{printable(f.path)}")
@@ -333,3 +335,60 @@ QUOTA_ADVICE = (
     "for a fleet, sync through an in-cluster mirror (docs/fleet.md) so the Hub sees one node's requests; "
     "PRO, Team and Enterprise accounts have higher quotas"
 )
+
+
+@dataclass
+class SyncResult:
+    """What a sync (or a plan, or `lock`) did: its plan, the lock it wrote (or would), what changed."""
+
+    plans: list[EntryPlan]
+    lock: Lock
+    lock_path: Path
+    cache_dir: Path
+    stats: TransferStats = field(default_factory=TransferStats)
+    changes: list[str] = field(default_factory=list)
+    report: AccessReport | None = None
+    forecast: RequestForecast | None = None  # the requests per rate-limit bucket (a plan's)
+    lock_written: bool = False  # the lockfile was (re)written: its content changed
+    source: str | None = None  # the OCI artifact the files came from, instead of the Hub
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "entries": len(self.plans),
+            "files": sum(len(p.locked.files) for p in self.plans),
+            "fetched_files": self.stats.files_fetched,
+            "linked_files": self.stats.files_linked,
+            "fetched_bytes": self.stats.bytes_fetched,
+            "lockfile": str(self.lock_path),
+            "cache_dir": str(self.cache_dir),
+            "changes": self.changes,
+            **(self.forecast.to_json() if self.forecast else {}),
+            **({"source": self.source} if self.source else {}),
+        }
+
+    def render_plan(self, width: int | None = None) -> str:
+        """Every entry and its files, for `plan` and `sync --dry-run` (lines fitted to `width` when given)."""
+        lines = [line for p in self.plans for line in p.render(width)]
+        if not lines:
+            return "nothing to do: the manifest lists no entry"
+        return "\n".join([*lines, *(self.forecast.lines() if self.forecast else [])])
+
+
+def announce(ctx: RunContext, plan: Plan, forecast: RequestForecast | None, dry_run: bool) -> None:
+    """The plan (an event, and a header per entry) and the display's start; `forecast`: the Hub's
+    requests (None: the files come from an OCI source)."""
+    """Tell the progress display what the sync will do: the `plan` event, each entry's header line, the
+    quota's floors, and the bar's totals (a dry run: the event only; its caller prints the plan)."""
+    jobs = plan.jobs
+    total = sum(j.size for j in jobs)
+    entries = [p.to_json() for p in plan.entries]
+    fields = {"fetch_files": len(jobs), "fetch_bytes": total, "dry_run": dry_run}
+    ctx.progress.event("plan", entries=entries, **fields, **(forecast.to_json() if forecast else {}))
+    if dry_run:  # the caller prints the whole plan (`SyncResult.render_plan`); no bar for what won't move
+        return
+    for p in plan.entries:
+        ctx.progress.message(p.header())
+    if forecast is not None and forecast.floors():
+        for line in forecast.lines():
+            ctx.progress.message(line)
+    ctx.progress.start(total, len(jobs))

@@ -53,6 +53,7 @@ class Settings:
     segment_size: int = env_settings.DEFAULT_SEGMENT_SIZE
     min_free: int | None = None  # bytes to keep free after the download (default: scales with the plan)
     processes: int | None = None  # that share many small files: 1 or 2 (default: `settings.processes`)
+    source: str | None = None  # `--source oci://...`: take the locked files from an OCI artifact, not the Hub
 
 
 class RunContext:

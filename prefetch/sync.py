@@ -8,19 +8,16 @@ this module only runs them in order over one `RunContext`, and is the library AP
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from prefetch.access import AccessReport, check_entries
 from prefetch.cancel import CancelToken
-from prefetch.download.job import TransferStats
 from prefetch.errors import UsageError
 from prefetch.gcpause import paused_gc
 from prefetch.lockfile import Lock, default_lock_path, load_lock, write_lock
 from prefetch.manifest import load_manifest
 from prefetch.materialise import materialise, refuse_corrupt_offline
-from prefetch.plan import EntryPlan, Plan, RequestForecast, check_names, check_space, make_plan
+from prefetch.plan import Plan, RequestForecast, SyncResult, announce, check_names, check_space, make_plan
 from prefetch.progress import Progress
 from prefetch.resolve import (
     LockMode,
@@ -32,41 +29,6 @@ from prefetch.resolve import (
     resolve,
 )
 from prefetch.run import RunContext, Settings
-
-
-@dataclass
-class SyncResult:
-    """What a sync (or a plan, or `lock`) did: its plan, the lock it wrote (or would), what changed."""
-
-    plans: list[EntryPlan]
-    lock: Lock
-    lock_path: Path
-    cache_dir: Path
-    stats: TransferStats = field(default_factory=TransferStats)
-    changes: list[str] = field(default_factory=list)
-    report: AccessReport | None = None
-    forecast: RequestForecast | None = None  # the requests per rate-limit bucket (a plan's)
-    lock_written: bool = False  # the lockfile was (re)written: its content changed
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "entries": len(self.plans),
-            "files": sum(len(p.locked.files) for p in self.plans),
-            "fetched_files": self.stats.files_fetched,
-            "linked_files": self.stats.files_linked,
-            "fetched_bytes": self.stats.bytes_fetched,
-            "lockfile": str(self.lock_path),
-            "cache_dir": str(self.cache_dir),
-            "changes": self.changes,
-            **(self.forecast.to_json() if self.forecast else {}),
-        }
-
-    def render_plan(self, width: int | None = None) -> str:
-        """Every entry and its files, for `plan` and `sync --dry-run` (lines fitted to `width` when given)."""
-        lines = [line for p in self.plans for line in p.render(width)]
-        if not lines:
-            return "nothing to do: the manifest lists no entry"
-        return "\n".join([*lines, *(self.forecast.lines() if self.forecast else [])])
 
 
 @paused_gc()
@@ -87,8 +49,10 @@ def sync(
 
     `locked`: fail (exit 6) unless the lock exists and matches the manifest; `frozen`: use the lock as
     it is. Neither writes the lockfile. `verify`: hash the cached blobs first and fetch again those that
-    do not match. Cancelling `cancel` (from another thread, or a signal handler) stops the run with
-    `Cancelled`; its partial downloads are kept for the next run to resume.
+    do not match. With a source (`settings.source`, the manifest's `source:`), the files come from that
+    OCI artifact and nothing goes to the Hub (`prefetch.oci.source`). Cancelling `cancel` (from another
+    thread, or a signal handler) stops the run with `Cancelled`; its partial downloads are kept for the
+    next run to resume.
     """
     settings = settings or Settings()
     manifest = load_manifest(manifest_path)
@@ -96,6 +60,10 @@ def sync(
     old = load_lock(lock_path) if lock_path.exists() else None
     mode = LockMode(locked, frozen, upgrade, upgrade_repos)
     with RunContext(manifest, settings, progress, cancel) as ctx:
+        if settings.source is not None or manifest.source is not None:
+            from prefetch.oci.source import sync_from_source  # only for a sync from a registry
+
+            return sync_from_source(ctx, old, lock_path, mode, dry_run=dry_run, verify=verify)
         if not ctx.offline:
             ctx.check_token_transport(manifest.entries)
         if not dry_run:
@@ -120,7 +88,7 @@ def sync(
         made, policies = ctx.rate_limits()
         token = any(ctx.token(p.entry) for p in plan.entries if p.missing)
         result.forecast = RequestForecast.of(plan, made, policies, token)
-        _announce(ctx, plan, result.forecast, dry_run)
+        announce(ctx, plan, result.forecast, dry_run)
         if dry_run:
             return result
         ctx.check_writable()  # a warm run makes no request, but rewrites what links or refs are stale
@@ -170,21 +138,6 @@ def _check_access(ctx: RunContext, plan: Plan, resolution: Resolution) -> Access
     if not report.ok:
         raise report.error()
     return report
-
-
-def _announce(ctx: RunContext, plan: Plan, forecast: RequestForecast, dry_run: bool) -> None:
-    jobs = plan.jobs
-    total = sum(j.size for j in jobs)
-    entries = [p.to_json() for p in plan.entries]
-    fields = {"fetch_files": len(jobs), "fetch_bytes": total, "dry_run": dry_run, **forecast.to_json()}
-    ctx.progress.event("plan", entries=entries, **fields)
-    if dry_run:  # the caller prints the whole plan (`SyncResult.render_plan`); no bar for what won't move
-        return
-    for p in plan.entries:
-        ctx.progress.message(p.header())
-    for line in forecast.floors() and forecast.lines():
-        ctx.progress.message(line)
-    ctx.progress.start(total, len(jobs))
 
 
 @paused_gc()

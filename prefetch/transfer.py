@@ -9,6 +9,7 @@ plan's locked files, so the lock written last records it.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from prefetch.download.engine import Transfer
 from prefetch.download.job import TransferStats
@@ -17,26 +18,34 @@ from prefetch.plan import Plan, first_use_key
 from prefetch.resolve import endpoint_for_lock
 from prefetch.run import RunContext
 
+if TYPE_CHECKING:
+    from prefetch.net.session import Http
 
-def transfer(ctx: RunContext, plan: Plan, locked_against: str | None = None) -> TransferStats:
+
+def transfer(
+    ctx: RunContext, plan: Plan, locked_against: str | None = None, source: Http | None = None
+) -> TransferStats:
     """Fetch every job of `plan` into the cache; raises the most severe failure once the others ended.
+
     `locked_against`: the endpoint the lock was resolved against (it says who to believe when this
-    endpoint states other hashes than the lock)."""
+    endpoint states other hashes than the lock). `source`: the session of where the jobs' `source_url`s
+    are (a registry's), instead of the Hub's; its files stay in this process (a helper process could not
+    be handed the registry's credential)."""
     try:
-        return _run(ctx, plan)
+        return _run(ctx, plan, source)
     except LockDisagreesWithHub as e:
         raise _disagreement(e, ctx, locked_against) from None
 
 
-def _run(ctx: RunContext, plan: Plan) -> TransferStats:
+def _run(ctx: RunContext, plan: Plan, source: Http | None) -> TransferStats:
     engine = Transfer(
-        ctx.http,
+        source or ctx.http,
         jobs=ctx.settings.jobs,
         segment_threshold=ctx.settings.segment_threshold,
         segment_size=ctx.settings.segment_size,
         reporter=ctx.progress,
         cancel=ctx.cancel,
-        processes=ctx.settings.processes,
+        processes=1 if source is not None else ctx.settings.processes,
     )
     engine.run(plan.first)
     if plan.later:

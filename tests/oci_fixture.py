@@ -139,6 +139,7 @@ class Recorded:
     method: str
     path: str
     length: int  # request body bytes
+    range: str = ""  # the Range header asked, if any
 
 
 @dataclass
@@ -173,7 +174,9 @@ class RecordingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 with proxy._lock:
-                    proxy.requests.append(Recorded(self.command, self.path, length))
+                    proxy.requests.append(
+                        Recorded(self.command, self.path, length, self.headers.get("range") or "")
+                    )
                     if self.command == "PATCH":
                         proxy._patches += 1
                         number = proxy._patches

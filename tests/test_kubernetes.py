@@ -32,6 +32,8 @@ from kubernetes_validate.utils import SchemaNotFoundError  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
 OLDEST_SUPPORTED = "1.30.0"  # podFailurePolicy, sidecar-free init containers: fine from 1.30 on
+# Files that need a newer Kubernetes than OLDEST_SUPPORTED, validated from that version on.
+NEWER = {"image-volume.yaml": "1.31.0"}  # `volumes[].image` (KEP-4639): its schema exists from 1.31
 PREFETCH_USER = 10001
 HF_TOKEN_LITERAL = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 
@@ -62,15 +64,28 @@ def one(kind: str) -> Doc:
     return found[0]
 
 
-def validation_versions() -> list[str]:
+def named(kind: str, name: str) -> Doc:
+    found = [d for d in all_documents() if d.get("kind") == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name} in {DEPLOY}, found {len(found)}"
+    return found[0]
+
+
+def validation_versions(path: Path | None = None) -> list[str]:
+    oldest = NEWER.get(path.name, OLDEST_SUPPORTED) if path else OLDEST_SUPPORTED
     latest = kubernetes_validate.latest_version()
-    return [OLDEST_SUPPORTED] if latest == OLDEST_SUPPORTED else [OLDEST_SUPPORTED, latest]
+    return [oldest] if latest == oldest else [oldest, latest]
 
 
 # ------------------------------------------------------------------------------------------ schemas
 def test_there_are_manifests() -> None:
     names = {p.name for p in manifest_files()}
-    assert {"daemonset.yaml", "job-shared-volume.yaml", "mirror.yaml", "priorityclass.yaml"} <= names, names
+    assert {
+        "daemonset.yaml",
+        "job-shared-volume.yaml",
+        "mirror.yaml",
+        "priorityclass.yaml",
+        "image-volume.yaml",
+    } <= names, names
 
 
 @pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -78,7 +93,7 @@ def test_manifest_validates_against_kubernetes_schemas(path: Path) -> None:
     docs = documents(path)
     assert docs, f"{path} holds no document"
     for doc in docs:
-        for version in validation_versions():
+        for version in validation_versions(path):
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
             except SchemaNotFoundError as e:  # a CRD or a typo in kind/apiVersion: not checkable, so fail
@@ -460,7 +475,7 @@ def test_daemonset_and_job_read_the_same_configmap_keys() -> None:
 
 # --------------------------------------------------------------------------------------------- mirror
 def test_mirror_serves_on_its_service_with_its_cache_on_a_volume() -> None:
-    deployment = one("Deployment")
+    deployment = named("Deployment", "hf-mirror")
     spec = pod_spec(deployment)
     olah = spec["containers"][0]
     config_mount = mount_of(olah, "/etc/olah/configs.toml")
@@ -571,6 +586,36 @@ def test_job_is_non_root_with_requests_and_token_from_secret_file() -> None:
     }
     assert 6 in fail_codes, "an outdated lockfile (exit 6) cannot be fixed by a retry"
     assert any(r["action"] == "Ignore" for r in rules), "preemption must not count as a failure"
+
+
+# ------------------------------------------------------------------------------------- image volumes
+def test_image_volume_deployment_reads_the_mounted_cache_offline() -> None:
+    """The registry path: the image-volume profile's image mounted read-only where HF_HUB_CACHE points,
+    HF_HUB_OFFLINE=1, no token anywhere, and no more privilege than a server needs. (That such an image
+    mounts and huggingface_hub loads from it offline is tests/test_oci.py's podman test.)"""
+    workload = named("Deployment", "inference-from-image-volume")
+    spec = pod_spec(workload)
+    (server,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in server.get("env", [])}
+    assert env["HF_HUB_OFFLINE"] == "1"
+    mount = mount_of(server, env["HF_HUB_CACHE"])
+    assert mount["mountPath"] == env["HF_HUB_CACHE"] and mount.get("readOnly") is True, mount
+    image = volume(workload, mount["name"])["image"]
+    assert re.fullmatch(
+        r"[a-z0-9.-]+(:\d+)?/[a-z0-9/._-]+(:[\w.-]+|@sha256:[0-9a-f]{64})", image["reference"]
+    )
+    assert image.get("pullPolicy") == "IfNotPresent"
+    assert not any(re.search(r"TOKEN|SECRET", name, re.I) for name in env)
+    assert not any("secret" in v for v in spec.get("volumes", []))
+    assert (
+        spec["securityContext"]["runAsNonRoot"] is True and spec.get("automountServiceAccountToken") is False
+    )
+    assert server["securityContext"]["allowPrivilegeEscalation"] is False
+    assert server["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    text = (DEPLOY / "image-volume.yaml").read_text(encoding="utf-8")
+    assert "prefetch push --profile image-volume" in text
+    with pytest.raises(kubernetes_validate.ValidationError):  # why NEWER names it: 1.30 has no image volume
+        kubernetes_validate.validate(workload, OLDEST_SUPPORTED, strict=True)
 
 
 # --------------------------------------------------------------------------------------------- README

@@ -271,7 +271,7 @@ def test_unknown_top_level_key_lists_allowed() -> None:
     exc = check(
         "version: 1\nfoo: 1\nrepos: [{repo: a/b}]\n", 2, 1, "foo", "unknown key 'foo' (allowed keys: "
     )
-    assert "version, cache_dir, endpoint, proxies, retry, defaults, repos" in exc.message
+    assert "version, cache_dir, endpoint, source, proxies, retry, defaults, repos" in exc.message
 
 
 def test_unknown_key_in_retry_and_defaults() -> None:
@@ -652,3 +652,18 @@ def test_no_hint_to_quote_where_a_string_would_not_do() -> None:
     assert error("version: 1\nretry: 5\nrepos: [{repo: a/b}]\n").message == "expected a mapping, got a number"
     assert error("version: 1\nrepos: 5\n").message == "expected a list of entries (- repo: …), got a number"
     assert "quote it" in error("version: 1\nrepos: [{repo: a/b, include: 5}]\n").message  # a string would do
+
+
+def test_source_is_an_oci_reference_and_a_layout_folder_is_relative_to_the_manifest() -> None:
+    from prefetch.oci.reference import LayoutRef, RegistryRef
+
+    registry = parse_manifest(
+        "version: 1\nsource: oci://r.io:5000/ml/models:prod\nrepos: [{repo: a/b}]\n", "m.yaml"
+    )
+    assert registry.source == RegistryRef("r.io:5000", "ml/models", "prod")
+    layout = parse_manifest("version: 1\nsource: oci:layout:v1\nrepos: [{repo: a/b}]\n", "/srv/cfg/m.yaml")
+    assert layout.source == LayoutRef(Path("/srv/cfg/layout"), "v1")
+    assert parse_manifest("version: 1\nrepos: [{repo: a/b}]\n", "m.yaml").source is None
+    check(
+        "version: 1\nsource: docker://r.io/m\nrepos: [{repo: a/b}]\n", 2, 9, "source", "invalid OCI reference"
+    )

@@ -1,5 +1,6 @@
-"""The `prefetch` command: a click group of thin commands over `prefetch.sync`, `prefetch.manifest_edit`
-and `prefetch.offline`, and `main()`, the one place errors become exit codes (via `errors.exit_code_for`).
+"""The `prefetch` command: a click group of thin commands over `prefetch.sync`, `prefetch.manifest_edit`,
+`prefetch.offline` and `prefetch.oci`, and `main()`, the one place errors become exit codes (via
+`errors.exit_code_for`).
 
 Every command is one library call. The commands live in one module per command group, and the group
 imports a command's module only when that command runs (`LazyGroup`), so a command loads only the
@@ -31,6 +32,7 @@ COMMAND_MODULES = {
     "prefetch.cli.hub_commands": ("sync", "plan", "check", "lock"),
     "prefetch.cli.edit_commands": ("init", "add", "remove"),
     "prefetch.cli.cache_commands": ("status", "path", "verify", "env", "sbom", "prune", "bundle", "unbundle"),
+    "prefetch.cli.oci_commands": ("push",),
 }
 
 

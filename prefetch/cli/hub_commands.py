@@ -22,12 +22,13 @@ from prefetch.cli.options import (
     lock_opt,
     manifest_arg,
     settings_from,
+    source_opt,
     transfer_options,
     upgrade_options,
 )
 from prefetch.progress import Progress, QuietProgress, counted, human_bytes, shown
 from prefetch.run import Settings
-from prefetch.sync import SyncResult
+from prefetch.plan import SyncResult
 
 
 def _stdout_columns() -> int | None:
@@ -37,15 +38,16 @@ def _stdout_columns() -> int | None:
 
 @command(
     "prefetch sync                     # models.yaml -> cache + models.lock",
-    "prefetch sync manifests/quickstart.yaml --json",
     "prefetch sync --locked            # CI: exit 6 if models.lock is stale",
     "prefetch sync --frozen --offline  # air gap: the lock as it is",
+    "prefetch sync --source oci://registry.internal/ml/models:prod  # the lock's files from a registry",
 )
 @manifest_arg
 @lock_opt
 @hub_options
 @transfer_options
 @lock_mode_options
+@source_opt
 @click.option(
     "--offline",
     "offline_flag",
@@ -97,10 +99,11 @@ def sync(
         c.say("dry run: nothing downloaded, lockfile not written")
     else:
         entries = "1 entry" if summary["entries"] == 1 else f"{summary['entries']:,} entries"
+        source = f" from {summary['source']}" if "source" in summary else ""
         c.say(
             f"synced {entries} ({counted(summary['files'], 'file')}; fetched "
-            f"{counted(summary['fetched_files'], 'file')}, {human_bytes(summary['fetched_bytes'])}) into "
-            f"{summary['cache_dir']}; lockfile {summary['lockfile']}"
+            f"{counted(summary['fetched_files'], 'file')}, {human_bytes(summary['fetched_bytes'])}{source}) "
+            f"into {summary['cache_dir']}; lockfile {summary['lockfile']}"
         )
 
 
@@ -123,6 +126,7 @@ def _run_sync(c: Context, manifest: Path, settings: Settings, **options: Any) ->
 @lock_opt
 @hub_options
 @lock_mode_options
+@source_opt
 @pass_ctx
 def plan(c: Context, manifest: Path, locked: bool, frozen: bool, **kw: Any) -> None:
     """List the files `sync` would fetch, per entry, with their sizes (same as `sync --dry-run`)."""

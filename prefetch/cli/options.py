@@ -39,6 +39,12 @@ manifest_opt = click.option(
     show_default=True,
     help="The manifest to edit.",
 )
+source_opt = click.option(
+    "--source",
+    metavar="oci://REGISTRY/REPO[:TAG|@DIGEST] | oci:DIR[:TAG]",
+    help="Take the locked files from this OCI artifact (`prefetch push`), not the Hub: the lock as --locked "
+    "takes it (or --frozen), no request to the Hub, every byte checked (default: the manifest's `source:`).",
+)
 type_opt = click.option(
     "--type", "repo_type", type=click.Choice(REPO_TYPES), default="model", show_default=True
 )
@@ -141,4 +147,5 @@ def settings_from(kw: dict[str, Any], offline_flag: bool = False) -> Settings:
         segment_size=(kw.get("segment_size") or DEFAULTS.segment_size // MiB) * MiB,
         segment_threshold=(kw.get("segment_threshold") or DEFAULTS.segment_threshold // MiB) * MiB,
         min_free=kw.get("min_free"),
+        source=kw.get("source"),
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,15 +211,26 @@ def resolve_pull(
     retry: RetrySettings | None = None,
     cancel: CancelToken | None = None,
     secrets: Secrets | None = None,
+    pool_size: int = 8,
+    on_retry: Callable[[str], None] | None = None,
 ) -> PullPlan:
     """Where every locked file's bytes are in the artifact `reference` names (see the module's
-    docstring). The plan keeps the registry's session open for its credentials: `close()` it."""
+    docstring). The plan keeps the registry's session open for its credentials and for the download
+    engine (`pool_size`: the connections it keeps alive): `close()` it."""
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     registry = None
     if isinstance(ref, RegistryRef):
         login = find_login(ref.registry, ref.repository, env)
         registry = Registry(
-            ref, login, plain_http=plain_http, retry=retry, cancel=cancel, env=env, secrets=secrets
+            ref,
+            login,
+            plain_http=plain_http,
+            retry=retry,
+            cancel=cancel,
+            env=env,
+            pool_size=pool_size,
+            secrets=secrets,
+            on_retry=on_retry,
         )
     try:
         reader = _Reader(ref, registry)

@@ -17,8 +17,8 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,17 +30,27 @@ from prefetch.oci.blobs import Blob
 from prefetch.oci.credentials import find_login
 from prefetch.oci.layout import write_layout
 from prefetch.oci.modelpack import Artifact, modelpack
-from prefetch.oci.reference import DEFAULT_TAG, LayoutRef, Reference, RegistryRef, parse_reference
+from prefetch.oci.reference import (
+    DEFAULT_TAG,
+    MAX_NAME,
+    NAME,
+    LayoutRef,
+    Reference,
+    RegistryRef,
+    parse_reference,
+)
 from prefetch.oci.registry import DEFAULT_CHUNK, Registry
 from prefetch.oci.upload import BlobUpload, UploadStates, default_upload_state_dir
 from prefetch.oci.volume import DEFAULT_PLATFORMS, volume_image
 from prefetch.offline.shared import Report, cache_root, locked_blobs, verify_error
 from prefetch.progress import human_bytes
 from prefetch.settings import RetrySettings
+from prefetch.terminal import printable
 
 PROFILES = ("modelpack", "image-volume")
 MAX_MOUNT_SOURCES = 4  # repositories tried per blob for a mount
 MAX_KNOWN_REPOSITORIES = 32  # remembered per registry
+END_WAIT = 2.0  # seconds an interrupted push waits for its requests to end before it leaves them
 
 
 @dataclass
@@ -77,6 +87,34 @@ class PushReport(Report):
             f"pushed {self.entries} entries ({self.files} files, {self.blobs} blobs, {human_bytes(self.bytes)}) "
             f"as {self.profile} to {self.target}\n  {moved}\n  index {self.digest}"
         )
+
+
+@dataclass(frozen=True)
+class Moved:
+    """How far a push is: bytes and blobs handled (sent, mounted, or found there) of the artifact's."""
+
+    bytes: int
+    total_bytes: int
+    blobs: int
+    total_blobs: int
+
+
+class _Tally:
+    """A push's `Moved`, counted from many threads, told to `progress` after each step."""
+
+    def __init__(self, artifact: Artifact, progress: Callable[[Moved], None] | None) -> None:
+        self.total_bytes, self.total_blobs = artifact.bytes, len(artifact.blobs)
+        self.progress = progress
+        self.bytes = self.blobs = 0
+        self._lock = threading.Lock()
+
+    def advance(self, nbytes: int, blobs: int = 0) -> None:
+        with self._lock:
+            self.bytes += nbytes
+            self.blobs += blobs
+            moved = Moved(self.bytes, self.total_bytes, self.blobs, self.total_blobs)
+        if self.progress:
+            self.progress(moved)
 
 
 def _check_cache(lock: Lock, lock_path: Path, root: Path) -> None:
@@ -129,6 +167,48 @@ class _KnownRepositories:
             self.path.write_text(json.dumps(known))
 
 
+def _in_parallel(fn: Callable[[Blob], None], blobs: list[Blob], jobs: int, cancel: CancelToken) -> None:
+    """`fn` over `blobs` in order by at most `jobs` threads; the first failure cancels the others and is
+    raised once they ended. Interrupted (Ctrl-C reaches this thread), the others are cancelled and given
+    `END_WAIT` seconds: a request the registry holds unanswered may take the read timeout to fail, so it is
+    left to its (daemon) thread, which the process does not wait for; the chunks the registry
+    acknowledged are remembered, and the next push resumes after them."""
+    todo = iter(blobs)
+    take = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        while not cancel.cancelled:
+            with take:
+                blob = next(todo, None)
+            if blob is None:
+                return
+            try:
+                fn(blob)
+            except BaseException as exc:
+                errors.append(exc)
+                cancel.cancel()
+
+    threads = [
+        threading.Thread(target=work, name=f"prefetch-push-{i}", daemon=True)
+        for i in range(max(1, min(jobs, len(blobs))))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        cancel.cancel()
+        deadline = time.monotonic() + END_WAIT
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        raise
+    failure = next((e for e in errors if not isinstance(e, Cancelled)), None)
+    if failure is not None:
+        raise failure
+
+
 def push(
     lock_path: str | Path,
     target: str | Reference,
@@ -136,7 +216,7 @@ def push(
     cache_dir: str | Path | None = None,
     profile: str = "modelpack",
     jobs: int = 4,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[Moved], None] | None = None,
     cancel: CancelToken | None = None,
     env: Mapping[str, str] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
@@ -149,7 +229,7 @@ def push(
 ) -> PushReport:
     """Push the lock's entries as `profile` artifacts to `target` (see the module's docstring).
 
-    `progress(done, total)`: bytes of blobs handled (sent, or found there). `state_dir`: where
+    `progress(Moved)`: bytes and blobs handled (sent, or found there), first with none yet. `state_dir`: where
     unfinished uploads and known repositories are remembered (default
     `${XDG_STATE_HOME:-~/.local/state}/prefetch/oci-uploads`). `cancel`: stops between requests and
     chunks (Cancelled). Errors are prefetch's: exit 7 for a cache that lacks a blob, 3 for refused
@@ -174,13 +254,13 @@ def push(
         manifests={m.entry.key: m.digest for m in artifact.manifests if m.entry is not None},
     )
     cancel = cancel or CancelToken()
+    tally = _Tally(artifact, progress)
+    tally.advance(0)
     if isinstance(ref, LayoutRef):
-        done = [0]
 
         def written(blob: Blob) -> None:
-            done[0] += blob.size
-            if progress:
-                progress(done[0], artifact.bytes)
+            if blob.digest in artifact.blobs:  # (the manifests and the index are not counted)
+                tally.advance(blob.size, 1)
 
         stats, report.tag = write_layout(artifact, ref, written)
         report.uploaded, report.linked, report.present = stats.written, stats.linked, stats.present
@@ -188,12 +268,15 @@ def push(
         return report
     if ref.digest is not None:
         raise UsageError(f"{ref}: push to a tag (oci://REGISTRY/REPO:TAG), not a digest")
+    for source in mount_from:
+        if len(source) > MAX_NAME or not NAME.fullmatch(source):
+            raise UsageError(f"cannot mount from {printable(source[:100])!r}: not a repository name (a/b)")
     _push_to_registry(
         artifact,
         ref,
         report,
         jobs,
-        progress,
+        tally,
         cancel,
         env,
         chunk_size,
@@ -211,7 +294,7 @@ def _push_to_registry(
     ref: RegistryRef,
     report: PushReport,
     jobs: int,
-    progress: Callable[[int, int], None] | None,
+    tally: _Tally,
     cancel: CancelToken,
     env: Mapping[str, str] | None,
     chunk_size: int,
@@ -226,14 +309,6 @@ def _push_to_registry(
     login = find_login(ref.registry, ref.repository, env)
     repo = ref.repository
     lock = threading.Lock()
-    done = [0]
-
-    def advance(n: int) -> None:
-        with lock:
-            done[0] += n
-            value = done[0]
-        if progress:
-            progress(value, artifact.bytes)
 
     with Registry(
         ref,
@@ -256,35 +331,24 @@ def _push_to_registry(
             if registry.blob_size(repo, blob.digest, push=True) is not None:
                 with lock:
                     report.present += 1
-                advance(blob.size)
+                tally.advance(blob.size, 1)
                 return
             for source in sources:
                 with contextlib.suppress(HubHttpError):
                     if registry.mount(repo, blob.digest, source):
                         with lock:
                             report.mounted += 1
-                        advance(blob.size)
+                        tally.advance(blob.size, 1)
                         return
-            result = uploads.send(repo, blob, chunk_size=chunk_size, states=states, progress=advance)
+            result = uploads.send(repo, blob, chunk_size=chunk_size, states=states, progress=tally.advance)
             with lock:
                 report.uploaded += 1
                 report.uploaded_bytes += result.sent
                 report.resumed += bool(result.resumed_at)
-            advance(blob.size - result.sent)
+            tally.advance(blob.size - result.sent, 1)
 
         blobs = sorted(artifact.blobs.values(), key=lambda b: (-b.size, b.digest))
-        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(blobs) or 1))) as pool:
-            futures = [pool.submit(one, blob) for blob in blobs]
-            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = next((f for f in finished if f.exception() is not None), None)
-            if failed is not None:
-                cancel.cancel()
-                for future in futures:
-                    future.cancel()
-                error = failed.exception()
-                wait(futures)
-                assert error is not None
-                raise error
+        _in_parallel(one, blobs, jobs, cancel)
         for manifest in artifact.manifests:
             if registry.manifest_digest(repo, manifest.digest) != manifest.digest:
                 registry.put_manifest(repo, manifest.digest, manifest.media_type, manifest.data)

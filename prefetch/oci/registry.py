@@ -243,10 +243,12 @@ class Registry:
         env: Mapping[str, str] | None = None,
         pool_size: int = 8,
         secrets: Secrets | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         """`plain_http` None: https, except to a loopback host (as Docker treats 127.0.0.0/8 as an
         insecure registry): traffic that never leaves the machine. `secrets`: the run's, which the
-        login's values and the realm's tokens join."""
+        login's values and the realm's tokens join. `on_retry`: told of each request tried again (the
+        run's display)."""
         use_http = plain_http if plain_http is not None else ref.is_loopback
         self.ref = ref
         self.base = f"{'http' if use_http else 'https'}://{ref.registry}"
@@ -255,7 +257,7 @@ class Registry:
         self.http = Http(
             self.base,
             proxies,
-            RetryPolicy(retry or RetrySettings(), cancel=self.cancel),
+            RetryPolicy(retry or RetrySettings(), on_retry=on_retry, cancel=self.cancel),
             no_proxy=no_proxy,
             pool_size=pool_size,
         )
