@@ -26,9 +26,9 @@ from prefetch.cli.options import (
     transfer_options,
     upgrade_options,
 )
+from prefetch.plan import SyncResult
 from prefetch.progress import Progress, QuietProgress, counted, human_bytes, shown
 from prefetch.run import Settings
-from prefetch.plan import SyncResult
 
 
 def _stdout_columns() -> int | None:
