@@ -2,6 +2,7 @@
 
     {cache}/models--org--name/blobs/{etag}                  complete, verified bytes only
     {cache}/models--org--name/blobs/{etag}.prefetch-partial  bytes in flight (+ `.json` state: done ranges)
+    {cache}/models--org--name/blobs/{sha256}.prefetch-xet    a Xet-backed blob's chunk runs (`xet.sources`)
     {cache}/models--org--name/snapshots/{commit}/{path}     relative symlink to ../../blobs/{etag}
     {cache}/models--org--name/refs/{revision}               commit hash, no trailing newline
     {cache}/models--org--name/trees/{commit}.json           huggingface_hub's listing (prefetch writes none)
@@ -57,6 +58,9 @@ log = logging.getLogger("prefetch")
 
 PARTIAL_SUFFIX = ".prefetch-partial"
 STATE_SUFFIX = ".prefetch-partial.json"
+XET_SUFFIX = (
+    ".prefetch-xet"  # beside a blob fetched through Xet: where its chunks lie (what an update reuses)
+)
 # The resume state's temp file (`files.temp_name`), which a kill -9 mid-write leaves behind.
 STATE_TEMP = re.compile(r"\.([0-9a-f]{40}|[0-9a-f]{64})\.prefetch-partial\.json\.\d+\.\d+\.tmp")
 

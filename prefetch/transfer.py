@@ -26,11 +26,18 @@ def transfer(ctx: RunContext, plan: Plan) -> TransferStats:
         reporter=ctx.progress,
         cancel=ctx.cancel,
         processes=ctx.settings.processes,
+        secrets=ctx.secrets,
+        warn=lambda message: _warn(ctx, message),
     )
     engine.run(plan.first)
     if plan.later:
         engine.run(plan.later)
     return engine.stats
+
+
+def _warn(ctx: RunContext, message: str) -> None:
+    ctx.progress.message(f"warning: {ctx.endpoint_name}: {message}")
+    ctx.progress.event("warning", message=message)
 
 
 def record_learned(ctx: RunContext, plan: Plan, learned: dict[tuple[str, str], str]) -> None:

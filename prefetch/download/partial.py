@@ -73,15 +73,17 @@ class PartialFile:
     as it streams and a resumed file re-hashes only its kept prefix.
 
     The state file is saved after every chunk (a killed process loses at most one chunk per
-    connection); every `SYNC_EVERY` bytes the data is fdatasync'ed and the ranges covered so far are
-    recorded as `synced`, which is what a run after a reboot trusts.
+    connection; `save_every` sets how often for a reader whose writes are smaller: Xet's chunks);
+    every `SYNC_EVERY` bytes the data is fdatasync'ed and the ranges covered so far are recorded as
+    `synced`, which is what a run after a reboot trusts.
 
     Bytes both hashed and on disk leave the page cache (`files.release_pages`), `RELEASE_LAG` behind
     the hash; the cache drops the rest when the blob is installed.
     """
 
-    def __init__(self, job: FileJob, done: list[tuple[int, int]]) -> None:
+    def __init__(self, job: FileJob, done: list[tuple[int, int]], save_every: int = SAVE_STATE_EVERY) -> None:
         self.job = job
+        self.save_every = save_every  # bytes written between two saves of the state (what a kill -9 loses)
         self.fd, kept = job.cache.partials.open_partial(job.etag, job.label)  # never through a link
         if not kept:
             done = []
@@ -126,7 +128,7 @@ class PartialFile:
             version = self._version
             self._unsaved += size
             self._unsynced += size
-            must_save = self._unsaved >= SAVE_STATE_EVERY
+            must_save = self._unsaved >= self.save_every
             must_sync = self._unsynced >= SYNC_EVERY
         if must_sync:
             self._sync()
