@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from prefetch.cache import StateInPlace
 from prefetch.download.job import FileJob
 from prefetch.errors import DiskSpaceError, TruncatedBody
 from prefetch.files import is_disk_full, release_pages, start_writeback
@@ -73,7 +74,8 @@ class PartialFile:
     as it streams and a resumed file re-hashes only its kept prefix.
 
     The state file is saved after every chunk (a killed process loses at most one chunk per
-    connection; `save_every` sets how often for a reader whose writes are smaller: Xet's chunks);
+    connection; `save_every` sets how often for a reader whose writes are smaller, Xet's, which saves
+    it in place: `cache.StateInPlace`);
     every `SYNC_EVERY` bytes the data is fdatasync'ed and the ranges covered so far are recorded as
     `synced`, which is what a run after a reboot trusts.
 
@@ -81,9 +83,16 @@ class PartialFile:
     the hash; the cache drops the rest when the blob is installed.
     """
 
-    def __init__(self, job: FileJob, done: list[tuple[int, int]], save_every: int = SAVE_STATE_EVERY) -> None:
+    def __init__(
+        self,
+        job: FileJob,
+        done: list[tuple[int, int]],
+        save_every: int = SAVE_STATE_EVERY,
+        state: StateInPlace | None = None,
+    ) -> None:
         self.job = job
         self.save_every = save_every  # bytes written between two saves of the state (what a kill -9 loses)
+        self._state = state  # where the state is saved, when not through `write_partial_state`
         self.fd, kept = job.cache.partials.open_partial(job.etag, job.label)  # never through a link
         if not kept:
             done = []
@@ -180,7 +189,10 @@ class PartialFile:
                 version, done, synced = self._version, list(self.done.ranges), list(self._synced)
                 self._unsaved = 0
             try:
-                self.job.cache.partials.write_partial_state(self.job.etag, self.job.size, done, synced)
+                if self._state is not None:
+                    self._state.write(self.job.size, done, synced)
+                else:
+                    self.job.cache.partials.write_partial_state(self.job.etag, self.job.size, done, synced)
             except DiskSpaceError as e:
                 raise self._disk_full() from e
             self._saved_version = version
@@ -235,6 +247,8 @@ class PartialFile:
                 self._save_state(version)
         finally:
             os.close(self.fd)
+            if self._state is not None:
+                self._state.close()
 
 
 class MemoryFile:

@@ -17,6 +17,7 @@ slower than the network) and `ctypes` on the system's liblz4 4.6-4.9 GB/s (not e
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator
 
 import lz4.frame
@@ -28,14 +29,17 @@ MAX_CHUNK = 128 * 1024  # chunking.md: no chunk is longer
 MAX_STORED = 2 * MAX_CHUNK  # a stored chunk (compression that did not pay should not be used at all)
 READ_BLOCK = 1024 * 1024  # bytes asked of the socket at a time
 SCHEME_NONE, SCHEME_LZ4, SCHEME_BG4_LZ4 = 0, 1, 2
+# version (1 byte), stored length (3, little-endian: 2 + 1), scheme (1), unpacked length (3: 2 + 1)
+_HEADER = struct.Struct("<BHBBHB")
 
 
-def unpack(stored: memoryview, scheme: int, length: int) -> bytes:
-    """One chunk's bytes from its stored form; BadBytes when they cannot be `length` bytes of it."""
+def unpack(stored: memoryview, scheme: int, length: int) -> bytes | memoryview:
+    """One chunk's bytes from its stored form (a chunk stored as it is: that very view, not a copy);
+    BadBytes when they cannot be `length` bytes of it."""
     if scheme == SCHEME_NONE:
         if len(stored) != length:
             raise BadBytes(f"a stored chunk of {len(stored)} bytes says it holds {length}")
-        return bytes(stored)
+        return stored
     if scheme not in (SCHEME_LZ4, SCHEME_BG4_LZ4):
         raise BadBytes(f"unknown chunk compression scheme {scheme}")
     decompressor = lz4.frame.LZ4FrameDecompressor()
@@ -61,24 +65,25 @@ def _ungroup(grouped: bytes) -> bytes:
     return bytes(out)
 
 
-def chunks_of(read: Callable[[memoryview], int], count: int, size: int) -> Iterator[bytes]:
+def chunks_of(read: Callable[[memoryview], int], count: int, size: int) -> Iterator[bytes | memoryview]:
     """The `count` chunks of a xorb range of `size` bytes that `read` (a `readinto`) delivers, each
-    unpacked as soon as its last byte arrived. BadBytes when the bytes are not exactly those chunks;
-    TruncatedBody when the stream ends early (a retry asks again)."""
+    unpacked as soon as its last byte arrived (a view into the read buffer is valid until the next chunk
+    is asked for). BadBytes when the bytes are not exactly those chunks; TruncatedBody when the stream
+    ends early (a retry asks again)."""
     buffer = bytearray(READ_BLOCK + HEADER + MAX_STORED)
     view = memoryview(buffer)
     start = filled = received = made = 0
     while made < count:
         while filled - start >= HEADER:
-            head = buffer[start : start + HEADER]
-            stored = int.from_bytes(head[1:4], "little")
-            length = int.from_bytes(head[5:8], "little")
-            if head[0] != 0 or stored > MAX_STORED or not 0 < length <= MAX_CHUNK:
-                raise BadBytes(f"not a chunk header: {bytes(head).hex()}")
+            version, stored, stored_high, scheme, length, length_high = _HEADER.unpack_from(buffer, start)
+            stored |= stored_high << 16
+            length |= length_high << 16
+            if version != 0 or stored > MAX_STORED or not 0 < length <= MAX_CHUNK:
+                raise BadBytes(f"not a chunk header: {buffer[start : start + HEADER].hex()}")
             end = start + HEADER + stored
             if end > filled:
                 break
-            yield unpack(view[start + HEADER : end], head[4], length)
+            yield unpack(view[start + HEADER : end], scheme, length)
             start, made = end, made + 1
             if made == count:
                 break

@@ -81,8 +81,13 @@ class RangeWriter:
         for p in placements:  # a retried range starts its placements over
             p.lengths, p.done = [], False
 
-    def take(self, chunk: bytes) -> None:
-        """The next chunk of the range."""
+    def tick(self) -> None:
+        """Bytes arrived: what was gathered is written out if it waited `FLUSH_AFTER` (a slow connection)."""
+        if self._run and time.monotonic() - self._flushed >= FLUSH_AFTER:
+            self.flush()
+
+    def take(self, chunk: bytes | memoryview) -> None:
+        """The next chunk of the range (copied: it is not kept)."""
         index, self._index = self._index, self._index + 1
         while self._waiting and self._waiting[-1].term.start <= index:
             p = self._waiting.pop()
@@ -101,8 +106,6 @@ class RangeWriter:
                 p.done = finished = True
         if finished:
             self._active = [(p, c) for p, c in self._active if not p.done]
-        if time.monotonic() - self._flushed >= FLUSH_AFTER:
-            self.flush()
 
     def _write(self, sink: Sink, at: int, data: memoryview) -> None:
         if sink is not self._run_sink or at != self._run_at + len(self._run) or len(self._run) >= FLUSH_BYTES:

@@ -68,7 +68,7 @@ from prefetch.xet.sources import ChunkSources, RangeClaims, save_record
 
 log = logging.getLogger("prefetch")
 
-SAVE_EVERY = 256 * 1024  # a big file's resume state is saved this often (chunks are ~64 KiB)
+SAVE_EVERY = 256 * 1024  # a big file's resume state is saved this often, in place (chunks are ~64 KiB)
 MAX_GAPS = 16  # missing byte ranges asked for one by one at most (more are merged across the closest)
 WAIT_POLL = 0.1  # seconds between cancellation checks while another file's fetch of a range is awaited
 # What makes the Xet path give up for the run (after the retries these deserve): the endpoint or the
@@ -193,9 +193,8 @@ class XetReader:
     # -- a big file -----------------------------------------------------------------------------------
     def _download(self, job: FileJob, reuse: bool) -> str | None:
         cache = job.cache
-        partial = PartialFile(
-            job, cache.partials.read_partial_state(job.etag, job.size), save_every=SAVE_EVERY
-        )
+        done = cache.partials.read_partial_state(job.etag, job.size)
+        partial = PartialFile(job, done, save_every=SAVE_EVERY, state=cache.partials.state_in_place(job.etag))
         hashed = None
         name: str | None = None
         try:
@@ -332,7 +331,7 @@ class XetReader:
         writer = RangeWriter(source, placements, counted)
         try:
             with limit.slot(), contextlib.closing(engine.http.open(source.url, None, headers)) as response:
-                read = self._body(response, source, limit)
+                read = self._body(response, source, limit, writer)
                 for chunk in chunks_of(read, source.end - source.start, source.last - source.first + 1):
                     writer.take(chunk)
                 writer.finish()
@@ -344,7 +343,9 @@ class XetReader:
         finally:
             writer.flush()  # what was unpacked before a failure is kept
 
-    def _body(self, response: Response, source: XorbRange, limit: HostLimit) -> Callable[[memoryview], int]:
+    def _body(
+        self, response: Response, source: XorbRange, limit: HostLimit, writer: RangeWriter
+    ) -> Callable[[memoryview], int]:
         """The answer's body as a `readinto` of the range's bytes; a server that ignored the Range (200)
         has the range cut out of the whole xorb."""
         if response.status_code == 206:
@@ -369,6 +370,7 @@ class XetReader:
                     return 0
                 skip -= n
                 limit.progress(n)
+            writer.tick()
             n = response.readinto(view)
             cancel.raise_if_cancelled()
             limit.progress(n)
