@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from prefetch.cache import PARTIAL_SUFFIX, STATE_SUFFIX, RepoCache
 from prefetch.errors import BadBytes, TruncatedBody
 from prefetch.xet.chunks import chunks_of
 from prefetch.xet.reader import MAX_GAPS, fewer_gaps
@@ -28,6 +29,7 @@ from tests.hubemu.ratelimit import LOCAL_ANONYMOUS, RateLimiter
 from tests.hubemu.xet import changed_revision
 from tests.hubemu.xetformat import serialize_chunk
 from tests.olah_fixture import free_port, needs_olah, olah_in_front_of
+from tests.test_hf_cache_prune import hf
 from tests.test_interop import run_consumer
 
 MiB = 1 << 20
@@ -356,6 +358,46 @@ def test_through_olah_the_files_come(
     assert_consumers_read(xet, commit, files)
 
 
+def test_a_record_that_lies_costs_a_second_fetch_never_a_wrong_file(
+    xet: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """The records beside blobs are hints: chunks copied from where a record says are verified with the
+    rest of the file (its sha256), and a file that fails is fetched again without copies."""
+    old = rnd(13, 6 * MiB)
+    repo = hub.create_repo(REPO, xet=True)
+    repo.commit({BIG: old})
+    xet.manifest([{"repo": REPO}])
+    sync(xet)
+    (record,) = (xet.cache_dir / "models--org--xet" / "blobs").glob("*.prefetch-xet")
+    data = json.loads(record.read_text())
+    for run in data["runs"]:
+        run[4].reverse()  # the same total, each chunk elsewhere
+    record.write_text(json.dumps(data))
+    new = changed_revision(old, 0.1)
+    commit = repo.commit({BIG: new})
+    result = sync(xet, "--upgrade")
+    assert f"hash mismatch for {REPO}:{BIG}: discarded, fetching it again" in result.stderr
+    assert (snapshot(xet, commit) / BIG).read_bytes() == new
+
+
+def test_the_resume_state_rewritten_in_place_reads_back_as_the_last_one_written(tmp_path: Path) -> None:
+    cache = RepoCache(tmp_path, REPO, "model")
+    partials, etag = cache.partials, "e" * 64
+    (cache.blobs / (etag + PARTIAL_SUFFIX)).parent.mkdir(parents=True)
+    (cache.blobs / (etag + PARTIAL_SUFFIX)).write_bytes(bytes(1000))
+    state = partials.state_in_place(etag)
+    state.write(1000, [(0, 10), (20, 30), (40, 50)], [])
+    state.write(1000, [(0, 500)], [])  # shorter: padded over the longer one
+    assert partials.read_partial_state(etag, 1000) == [(0, 500)]
+    many = [(i * 3, i * 3 + 1) for i in range(333)]  # past one page: written through a rename
+    state.write(1000, many, [])
+    assert partials.read_partial_state(etag, 1000) == many
+    state.write(1000, [(0, 600)], [])
+    assert partials.read_partial_state(etag, 1000) == [(0, 600)]
+    state.close()
+    assert sorted(p.name for p in cache.blobs.iterdir()) == [etag + PARTIAL_SUFFIX, etag + STATE_SUFFIX]
+
+
 # --------------------------------------------------------------------------------- the cache's own tools
 def test_prune_takes_a_xet_record_with_its_blob(xet: PrefetchRunner, hub: HubEmulator) -> None:
     repo = hub.create_repo(REPO, xet=True)
@@ -367,8 +409,21 @@ def test_prune_takes_a_xet_record_with_its_blob(xet: PrefetchRunner, hub: HubEmu
     commit = repo.commit({BIG: rnd(12, 2 * MiB)})
     sync(xet, "--upgrade")
     assert len(list(blobs.glob("*.prefetch-xet"))) == 2
+    # huggingface_hub's own tools leave the records alone and count nothing of them
+    pruned = hf(xet, "cache", "prune", "--dry-run", "--cache-dir", str(xet.cache_dir)).stdout
+    assert "revisions: 1\n" in pruned and "incomplete: 0\n" in pruned, pruned  # the old revision, no record
+    listed = hf(
+        xet, "cache", "ls", "--revisions", "--cache-dir", str(xet.cache_dir), "--format", "json"
+    ).stdout
+    assert sorted(r["revision"] for r in json.loads(listed)) == sorted(
+        p.name for p in snapshot(xet, commit).parent.iterdir()
+    )
     result = xet("prune", "--lock", str(xet.tmp / "models.lock"))
     assert result.code == 0, result
+    assert (
+        "removed 1 snapshot(s), 0 stray link(s), 0 ref(s), 1 blob(s) and 0 partial download(s)"
+        in result.output
+    )
     assert not record.exists() and not (blobs / record.name.split(".")[0]).exists()
     assert [p.name.split(".")[0] for p in blobs.glob("*.prefetch-xet")] == [
         hashlib.sha256((snapshot(xet, commit) / BIG).read_bytes()).hexdigest()
