@@ -455,7 +455,27 @@ def test_chunks_are_unpacked_as_xet_core_packs_them(policy: str) -> None:
     weights = b"".join(i.to_bytes(4, "little") for i in range(30_000)) + b"xyz"  # not a multiple of 4
     pieces = [weights, b"a line of text\n" * 5_000, rnd(13, 9_000)]
     data = stream(*(serialize_chunk(p, policy) for p in pieces))
-    assert [bytes(c) for c in chunks_of(reader(data), len(pieces), len(data))] == pieces  # (views: copied)
+    assert [
+        bytes(c) for c in chunks_of(reader(data), len(pieces), len(data), lambda: None)
+    ] == pieces  # (views: copied)
+
+
+def test_views_into_the_read_buffer_hold_until_it_is_told_to_move() -> None:
+    """Chunks stored as they are come as views of the read buffer; a caller gathers them and writes them
+    out when told the buffer is about to move (`before_move`): none may change before that."""
+    pieces = [rnd(20 + i, 40_000 + 997 * i) for i in range(90)]  # ~4 MiB: the buffer moves many times
+    data = stream(*(serialize_chunk(p, "none") for p in pieces))
+    gathered: list[Any] = []
+    out: list[bytes] = []
+
+    def flush() -> None:
+        out.extend(bytes(v) for v in gathered)
+        gathered.clear()
+
+    for chunk in chunks_of(reader(data, step=300_000), len(pieces), len(data), flush):
+        gathered.append(chunk)
+    flush()
+    assert out == pieces
 
 
 @pytest.mark.parametrize(
@@ -475,7 +495,7 @@ def test_chunks_that_cannot_be_the_file_are_refused(damage: Any, error: type[Exc
     data = damage(serialize_chunk(b"a line of text\n" * 5_000, "lz4"))
     size = len(data) if error is not TruncatedBody else len(data) + 5
     with pytest.raises(error):
-        list(chunks_of(reader(data), 1, size))
+        list(chunks_of(reader(data), 1, size, lambda: None))
 
 
 def test_many_missing_ranges_are_asked_for_in_a_bounded_number_of_requests() -> None:

@@ -18,6 +18,7 @@ slower than the network) and `ctypes` on the system's liblz4 4.6-4.9 GB/s (not e
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Iterator
 
 import lz4.frame
@@ -31,6 +32,18 @@ READ_BLOCK = 1024 * 1024  # bytes asked of the socket at a time
 SCHEME_NONE, SCHEME_LZ4, SCHEME_BG4_LZ4 = 0, 1, 2
 # version (1 byte), stored length (3, little-endian: 2 + 1), scheme (1), unpacked length (3: 2 + 1)
 _HEADER = struct.Struct("<BHBBHB")
+_THREAD = threading.local()
+
+
+def thread_buffer(name: str, size: int) -> bytearray:
+    """A buffer of at least `size` bytes, this thread's own and reused: on this VM fresh pages cost more
+    than the bytes copied into them (~1.2 s of page faults per GiB), and a range's fetch runs on one
+    thread from start to end, one at a time."""
+    buffer: bytearray | None = getattr(_THREAD, name, None)
+    if buffer is None or len(buffer) < size:
+        buffer = bytearray(size)
+        setattr(_THREAD, name, buffer)
+    return buffer
 
 
 def unpack(stored: memoryview, scheme: int, length: int) -> bytes | memoryview:
@@ -65,12 +78,18 @@ def _ungroup(grouped: bytes) -> bytes:
     return bytes(out)
 
 
-def chunks_of(read: Callable[[memoryview], int], count: int, size: int) -> Iterator[bytes | memoryview]:
+def chunks_of(
+    read: Callable[[memoryview], int], count: int, size: int, before_move: Callable[[], None]
+) -> Iterator[bytes | memoryview]:
     """The `count` chunks of a xorb range of `size` bytes that `read` (a `readinto`) delivers, each
-    unpacked as soon as its last byte arrived (a view into the read buffer is valid until the next chunk
-    is asked for). BadBytes when the bytes are not exactly those chunks; TruncatedBody when the stream
-    ends early (a retry asks again)."""
-    buffer = bytearray(READ_BLOCK + HEADER + MAX_STORED)
+    unpacked as soon as its last byte arrived. A chunk stored as it is comes as a view into the read
+    buffer: valid until `before_move` is called (the buffer's tail is about to move to its front), so
+    that the caller may gather such views and write them together. BadBytes when the bytes are not
+    exactly those chunks; TruncatedBody when the stream ends early (a retry asks again)."""
+    # A range that fits in one block gets a buffer of its size; a longer one, the thread's block.
+    buffer = (
+        bytearray(size) if size <= READ_BLOCK else thread_buffer("read", READ_BLOCK + HEADER + MAX_STORED)
+    )
     view = memoryview(buffer)
     start = filled = received = made = 0
     while made < count:
@@ -89,7 +108,8 @@ def chunks_of(read: Callable[[memoryview], int], count: int, size: int) -> Itera
                 break
         if made == count:
             break
-        if start:  # the incomplete chunk moves to the front, and the block after it is read
+        if start and len(buffer) - filled < size - received:  # no room left: the incomplete chunk moves
+            before_move()
             buffer[: filled - start] = buffer[start:filled]
             filled, start = filled - start, 0
         room = min(len(buffer), filled + size - received)

@@ -8,7 +8,8 @@ missing byte, and ends with the chunk holding the last, whose other bytes are on
 
 Writes are gathered into runs of up to `FLUSH_BYTES` (a partial file's resume state is saved per write
 batch, so the run is what a `kill -9` may lose per connection) and flushed at least every `FLUSH_AFTER`
-seconds on a slow connection.
+seconds on a slow connection. A run is a list of views (of the read buffer, for chunks stored as they
+are), written with one `pwritev`: copying them together first took a fifth of the reader's time.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from prefetch.xet.cas import Reconstruction, Term, XorbRange
 
 FLUSH_BYTES = 256 * 1024
 FLUSH_AFTER = 0.5  # seconds
+MAX_PARTS = 256  # views in one write (the system's IOV_MAX is 1024)
 
 
 class Sink(Protocol):
     """A file being assembled: a partial file (`download.partial.PartialFile`) or a small file's memory."""
 
-    def write(self, offset: int, data: memoryview) -> None: ...
+    def write_parts(self, offset: int, parts: list[memoryview]) -> None: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -74,7 +76,8 @@ class RangeWriter:
         self._active: list[tuple[Placement, list[int]]] = []  # with the file offset of its next chunk
         self._counted = counted  # bytes written, reported (the engine's `advanced`)
         self._index = source.start
-        self._run = bytearray()
+        self._run: list[memoryview] = []
+        self._run_length = 0
         self._run_sink: Sink | None = None
         self._run_at = 0
         self._flushed = time.monotonic()
@@ -83,7 +86,7 @@ class RangeWriter:
 
     def tick(self) -> None:
         """Bytes arrived: what was gathered is written out if it waited `FLUSH_AFTER` (a slow connection)."""
-        if self._run and time.monotonic() - self._flushed >= FLUSH_AFTER:
+        if self._run_length and time.monotonic() - self._flushed >= FLUSH_AFTER:
             self.flush()
 
     def take(self, chunk: bytes | memoryview) -> None:
@@ -108,17 +111,26 @@ class RangeWriter:
             self._active = [(p, c) for p, c in self._active if not p.done]
 
     def _write(self, sink: Sink, at: int, data: memoryview) -> None:
-        if sink is not self._run_sink or at != self._run_at + len(self._run) or len(self._run) >= FLUSH_BYTES:
+        length = self._run_length
+        if (
+            sink is not self._run_sink
+            or at != self._run_at + length
+            or length >= FLUSH_BYTES
+            or len(self._run) >= MAX_PARTS
+        ):
             self.flush()
-            self._run_sink, self._run_at = sink, at
-        self._run += data
+            self._run_sink, self._run_at, length = sink, at, 0
+        self._run.append(data)
+        self._run_length = length + len(data)
 
     def flush(self) -> None:
-        """Write out the gathered run (also after a failure: what was unpacked is kept for a retry)."""
+        """Write out the gathered run (also after a failure: what was unpacked is kept for a retry; and
+        before the read buffer its views point into moves: `chunks.chunks_of`)."""
         if self._run_sink is not None and self._run:
-            self._run_sink.write(self._run_at, memoryview(self._run))
-            self._counted(len(self._run))
-        self._run = bytearray()
+            self._run_sink.write_parts(self._run_at, self._run)
+            self._counted(self._run_length)
+        self._run = []
+        self._run_length = 0
         self._run_sink = None
         self._flushed = time.monotonic()
 

@@ -332,7 +332,8 @@ class XetReader:
         try:
             with limit.slot(), contextlib.closing(engine.http.open(source.url, None, headers)) as response:
                 read = self._body(response, source, limit, writer)
-                for chunk in chunks_of(read, source.end - source.start, source.last - source.first + 1):
+                size = source.last - source.first + 1
+                for chunk in chunks_of(read, source.end - source.start, size, writer.flush):
                     writer.take(chunk)
                 writer.finish()
             limit.progress(0, requests=1)

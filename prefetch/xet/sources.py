@@ -146,7 +146,7 @@ class ChunkSources:
                     data = os.pread(fd, min(COPY_BLOCK, last - position), position)
                     if not data:
                         return False
-                    p.sink.write(p.lo + position - first, memoryview(data))
+                    p.sink.write_parts(p.lo + position - first, [memoryview(data)])
                     report(len(data))
                     position += len(data)
             finally:
