@@ -274,6 +274,25 @@ def test_kill_9_ten_times_then_a_rerun_completes_having_fetched_about_one_copy(
     assert served(hub, "transfer") <= 1.05 * one_copy, (served(hub, "transfer"), one_copy)
 
 
+def test_files_sharing_a_xorb_range_fetch_it_once(xet: PrefetchRunner, hub: HubEmulator) -> None:
+    """The second file holds all of the first and more: the Hub stores the shared chunks once, and the
+    files' reconstructions name that xorb (all of it for the first; all but its last chunk, which ends
+    the first file, for the second). Whichever file's fetch comes first, the other waits for it and
+    copies its chunks; only a chunk it lacks is asked for again (by byte range): the xorb's bytes are
+    fetched about once."""
+    first = rnd(14, 6 * MiB)
+    files = {"a.safetensors": first, "b.safetensors": first + rnd(15, 2 * MiB)}
+    commit = hub.create_repo(REPO, xet=True).commit(files)
+    xet.manifest([{"repo": REPO}])
+    sync(xet)
+    (shared,) = hub.xet.file(hub.repo(REPO).file_info(commit, "a.safetensors").xet_hash or "").xorbs
+    fetched = sum(r.body_bytes for r in hub.requests if r.origin == "transfer" and shared in r.path)
+    assert fetched <= hub.xet.xorb(shared).size + 136 * 1024  # (at most one chunk twice)
+    assert served(hub, "transfer") < 1.1 * len(files["b.safetensors"])
+    for path, data in files.items():
+        assert (snapshot(xet, commit) / path).read_bytes() == data, path
+
+
 @pytest.mark.parametrize("path", [BIG, XET_SMALL[0]], ids=["big", "small"])
 def test_a_corrupt_xorb_range_is_caught_and_the_file_fetched_again(
     xet: PrefetchRunner, hub: HubEmulator, path: str

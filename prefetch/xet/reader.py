@@ -34,7 +34,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -43,8 +42,7 @@ from prefetch.auth import Secrets, Token
 from prefetch.cancel import CancelToken
 from prefetch.download.job import FileJob, Reporter
 from prefetch.download.partial import MemoryFile, PartialFile
-from prefetch.download.ranges import RangeFetcher, RateFloor
-from prefetch.download.scheduler import HostLimit
+from prefetch.download.ranges import RangeFetcher
 from prefetch.errors import (
     AccessError,
     BadBytes,
@@ -58,13 +56,12 @@ from prefetch.errors import (
     UnusableAnswer,
     XetUnavailable,
 )
-from prefetch.net.connection import Response
-from prefetch.net.retry import describe, is_retryable
-from prefetch.net.session import FILE_HEADERS, Http
+from prefetch.net.retry import describe
+from prefetch.net.session import Http
 from prefetch.xet.cas import Cas, CasAccess, XetTokens, XorbRange
-from prefetch.xet.chunks import chunks_of
-from prefetch.xet.placement import Placement, RangeWriter, place
+from prefetch.xet.placement import Placement, place
 from prefetch.xet.sources import ChunkSources, RangeClaims, save_record
+from prefetch.xet.xorbs import XorbFetcher, uncounted
 
 log = logging.getLogger("prefetch")
 
@@ -83,7 +80,6 @@ XET_FAILURES = (
     TruncatedBody,
     AccessError,
 )
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class EngineForXet(Protocol):
@@ -107,6 +103,7 @@ class XetReader:
         self._engine = engine
         self._tokens = XetTokens(engine.http, secrets)
         self._cas = Cas(engine.http)
+        self._xorbs = XorbFetcher(engine)
         self._sources = ChunkSources()
         self._claims = RangeClaims()
         self._warn = warn or log.warning
@@ -158,7 +155,7 @@ class XetReader:
                 groups.setdefault(source.key, (source, []))[1].append(p)
             placed.append([p for p, _ in pairs])
         pool = self._engine.ranges.segments
-        futures = [pool.submit(0, self._fetch_range_retried, s, ps) for s, ps in groups.values()]
+        futures = [pool.submit(0, self._xorbs.fetch_retried, s, ps) for s, ps in groups.values()]
         for future in futures:
             with contextlib.suppress(Exception, cf.CancelledError):
                 future.result()  # a failure leaves its files incomplete: they are fetched again
@@ -205,11 +202,21 @@ class XetReader:
             if reuse:
                 self._sources.load(cache)
             record: list[Placement] = []
-            self._engine.http.retry.call(
-                lambda: self._round(job, partial, record, reuse),
-                lambda: f"GET {job.label} from the Xet storage ({partial.done.total()} of {job.size} bytes)",
-                cancel=self._engine.cancel,
-            )
+            stalled = 0
+            while partial.done.missing(job.size):
+                before = partial.done.total()
+                self._engine.http.retry.call(
+                    lambda: self._round(job, partial, record, reuse),
+                    lambda: (
+                        f"GET {job.label} from the Xet storage ({partial.done.total()} of {job.size} bytes)"
+                    ),
+                    cancel=self._engine.cancel,
+                )
+                stalled = stalled + 1 if partial.done.total() == before else 0
+                if stalled >= 2:  # (a round that waited for another file's fetch, which failed, may)
+                    raise TruncatedBody(
+                        f"{job.label}: the Xet storage's ranges did not bring its missing bytes"
+                    )
             hashed = partial.hashed()
             name = job.blob_name(hashed)
             if name is not None:  # installed while open: only the very file that was hashed can be
@@ -223,7 +230,9 @@ class XetReader:
         return name
 
     def _round(self, job: FileJob, partial: PartialFile, record: list[Placement], reuse: bool) -> None:
-        """Ask for what is missing, copy what is on disk, fetch the rest (see the module docstring)."""
+        """Ask for what is missing, copy what is on disk, fetch the rest, but for ranges another file is
+        fetching: wait for those and copy what they wrote (the next round asks for what is still
+        missing). Raises the most telling failure of its ranges (the round is retried)."""
         gaps = fewer_gaps(partial.done.missing(job.size))
         if not gaps:
             return
@@ -246,33 +255,29 @@ class XetReader:
         for p, run, source in local:  # (while the network works)
             if not self._sources.copy(run, p, self._engine.cancel, self._engine.reporter.advance):
                 futures += self._submit(job, [(source, [p])], claim=False)[0]
-        for event, source, placements in others:
-            while not event.wait(WAIT_POLL):
-                self._engine.cancel.raise_if_cancelled()
-            left = []
+        for events, _, placements in others:
+            for event in events:
+                while not event.wait(WAIT_POLL):
+                    self._engine.cancel.raise_if_cancelled()
             for p in placements:
                 run = self._sources.find(p.term)
                 if run is None or not self._sources.copy(
                     run, p, self._engine.cancel, self._engine.reporter.advance
                 ):
-                    left.append(p)
-            if left:
-                futures += self._submit(job, [(source, left)], claim=False)[0]
+                    self._sources.copy_part(p, self._engine.cancel, self._engine.reporter.advance)
         cf.wait(futures)
         _raise_most_telling(futures)
-        if partial.done.missing(job.size):
-            raise TruncatedBody(f"{job.label}: bytes are still missing after fetching its xorb ranges")
 
     def _submit(
         self, job: FileJob, groups: Iterable[tuple[XorbRange, list[Placement]]], claim: bool
-    ) -> tuple[list[cf.Future[None]], list[tuple[threading.Event, XorbRange, list[Placement]]]]:
+    ) -> tuple[list[cf.Future[None]], list[tuple[list[threading.Event], XorbRange, list[Placement]]]]:
         """Fetch each range on the segment pool (lowest file offset first), unless another file of the run
-        claimed it (`claim`): those are returned to be waited for."""
+        claimed one that overlaps it (`claim`): those are returned with the fetches to wait for."""
         futures, others = [], []
         for source, placements in groups:
-            event = self._claims.claim(source) if claim else None
-            if event is not None:
-                others.append((event, source, placements))
+            events = self._claims.claim(source) if claim else []
+            if events:
+                others.append((events, source, placements))
                 continue
             first = min(p.lo for p in placements)
             futures.append(
@@ -285,7 +290,7 @@ class XetReader:
     ) -> None:
         """One attempt at a range of a big file; what it wrote becomes a source for the run's other files."""
         try:
-            self._fetch_range(source, placements, self._engine.advanced)
+            self._xorbs.fetch(source, placements, self._engine.advanced)
             self._sources.add_written(job.cache.blobs, job.etag, placements)
         finally:
             if claimed:
@@ -302,87 +307,13 @@ class XetReader:
             for p, source in place(found, memory, whole):
                 groups.setdefault(source.key, (source, []))[1].append(p)
             for source, placements in groups.values():
-                self._fetch_range(source, placements, _uncounted)
+                self._xorbs.fetch(source, placements, uncounted)
 
         self._engine.http.retry.call(
             attempt, f"GET {job.label} from the Xet storage", cancel=self._engine.cancel
         )
         self._engine.advanced(job.size)
         return memory.data
-
-    def _fetch_range_retried(self, source: XorbRange, placements: list[Placement]) -> None:
-        """A batch's range, retried as a request (a refused URL is not: its files ask the CAS again)."""
-        self._engine.http.retry.call(
-            lambda: self._fetch_range(source, placements, _uncounted),
-            f"GET a xorb range of {len(placements)} files from the Xet storage",
-            cancel=self._engine.cancel,
-            retryable=lambda e: is_retryable(e) and not isinstance(e, StaleUrl),
-        )
-
-    # -- one xorb range -------------------------------------------------------------------------------
-    def _fetch_range(
-        self, source: XorbRange, placements: list[Placement], counted: Callable[[int], None]
-    ) -> None:
-        """One request for `source`, with exactly the Range its URL is signed for (and no credential):
-        its chunks unpacked into `placements` as they arrive."""
-        engine = self._engine
-        limit = engine.ranges.connections.for_url(source.url)
-        headers = {**FILE_HEADERS, "range": f"bytes={source.first}-{source.last}"}
-        writer = RangeWriter(source, placements, counted)
-        try:
-            with limit.slot(), contextlib.closing(engine.http.open(source.url, None, headers)) as response:
-                read = self._body(response, source, limit, writer)
-                size = source.last - source.first + 1
-                for chunk in chunks_of(read, source.end - source.start, size, writer.flush):
-                    writer.take(chunk)
-                writer.finish()
-            limit.progress(0, requests=1)
-        except HubHttpError as e:
-            if e.status in (401, 403, 410):  # an expired presigned URL: a new reconstruction gives new ones
-                raise StaleUrl(f"a presigned xorb URL was refused ({e.status}); asking the CAS again") from e
-            raise
-        finally:
-            writer.flush()  # what was unpacked before a failure is kept
-
-    def _body(
-        self, response: Response, source: XorbRange, limit: HostLimit, writer: RangeWriter
-    ) -> Callable[[memoryview], int]:
-        """The answer's body as a `readinto` of the range's bytes; a server that ignored the Range (200)
-        has the range cut out of the whole xorb."""
-        if response.status_code == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
-            if not match or (int(match.group(1)), int(match.group(2))) != (source.first, source.last):
-                raise BadBytes(
-                    f"the transfer host answered other bytes than the range asked of xorb {source.xorb}"
-                )
-            skip = 0
-        elif response.status_code == 200:
-            skip = source.first
-        else:
-            raise TruncatedBody(f"unexpected answer {response.status_code} for a xorb range")
-        floor = RateFloor(self._engine.ranges.min_rate_window)
-        cancel = self._engine.cancel
-
-        def read(view: memoryview) -> int:
-            nonlocal skip
-            while skip:
-                n = response.readinto(view[: min(skip, len(view))])
-                if n <= 0:
-                    return 0
-                skip -= n
-                limit.progress(n)
-            writer.tick()
-            n = response.readinto(view)
-            cancel.raise_if_cancelled()
-            limit.progress(n)
-            floor.check(n)
-            return n
-
-        return read
-
-
-def _uncounted(nbytes: int) -> None:
-    """A small file's bytes are counted once it is installed (a retry would count them twice)."""
 
 
 def fewer_gaps(gaps: list[tuple[int, int]]) -> list[tuple[int, int]]:

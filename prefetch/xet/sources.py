@@ -60,10 +60,10 @@ class ChunkRun:
     blobs: Path
     name: str
 
-    def span(self, term: Term) -> tuple[int, int]:
-        """Where `term`'s chunks (inside this run) lie in the file: (offset, length)."""
-        before = self.ends[term.start - self.start - 1] if term.start > self.start else 0
-        return self.at + before, self.ends[term.end - self.start - 1] - before
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """Where chunks [start, end) (inside this run) lie in the file: (offset, length)."""
+        before = self.ends[start - self.start - 1] if start > self.start else 0
+        return self.at + before, self.ends[end - self.start - 1] - before
 
     def lengths(self, term: Term) -> list[int]:
         first, last = term.start - self.start, term.end - self.start
@@ -122,16 +122,57 @@ class ChunkSources:
         with self._lock:
             runs = list(self._runs.get(term.xorb, ()))
         for run in reversed(runs):  # the latest first: this run's, then the newest records
-            if run.start <= term.start and term.end <= run.end and run.span(term)[1] == term.length:
+            if (
+                run.start <= term.start
+                and term.end <= run.end
+                and run.span(term.start, term.end)[1] == term.length
+            ):
                 return run
         return None
 
-    @staticmethod
-    def copy(run: ChunkRun, p: Placement, cancel: CancelToken, report: Callable[[int], None]) -> bool:
+    def copy(self, run: ChunkRun, p: Placement, cancel: CancelToken, report: Callable[[int], None]) -> bool:
         """Copy `p`'s window from the file `run` names (its blob, else its partial file); False when that
         file is not there (any more) or too short."""
-        offset, _ = run.span(p.term)
-        first, last = offset + p.lo - p.at, offset + p.hi - p.at
+        offset, _ = run.span(p.term.start, p.term.end)
+        if not self._copy(run, offset - p.at, p, p.lo, p.hi, cancel, report):
+            return False
+        p.lengths, p.done = run.lengths(p.term), True
+        return True
+
+    def copy_part(self, p: Placement, cancel: CancelToken, report: Callable[[int], None]) -> None:
+        """Copy the chunks of `p`'s term that a run holds at the term's start or at its end (a run in its
+        middle cannot be placed: the lengths of the chunks before it are not known). The rest stays
+        missing, for a reconstruction of exactly those bytes."""
+        term = p.term
+        with self._lock:
+            runs = list(self._runs.get(term.xorb, ()))
+        for run in reversed(runs):
+            if run.start <= term.start < run.end:  # the term's first chunks
+                offset, length = run.span(term.start, min(run.end, term.end))
+                lo, hi = max(p.lo, p.at), min(p.hi, p.at + length)
+                at = p.at
+            elif run.start < term.end <= run.end:  # its last ones
+                offset, length = run.span(max(run.start, term.start), term.end)
+                lo, hi = max(p.lo, p.end - length), min(p.hi, p.end)
+                at = p.end - length
+            else:
+                continue
+            if lo < hi and self._copy(run, offset - at, p, lo, hi, cancel, report):
+                return
+
+    @staticmethod
+    def _copy(
+        run: ChunkRun,
+        shift: int,
+        p: Placement,
+        lo: int,
+        hi: int,
+        cancel: CancelToken,
+        report: Callable[[int], None],
+    ) -> bool:
+        """Copy file bytes [lo, hi) of `p`'s file from the file `run` names, where they lie `shift` bytes
+        further; False when that file is not there (any more) or too short."""
+        first, last = lo + shift, hi + shift
         for name in (run.name, run.name + PARTIAL_SUFFIX):
             try:
                 fd = os.open(run.blobs / name, NOFOLLOW_READ)
@@ -146,37 +187,47 @@ class ChunkSources:
                     data = os.pread(fd, min(COPY_BLOCK, last - position), position)
                     if not data:
                         return False
-                    p.sink.write_parts(p.lo + position - first, [memoryview(data)])
+                    p.sink.write_parts(position - shift, [memoryview(data)])
                     report(len(data))
                     position += len(data)
             finally:
                 os.close(fd)
-            p.lengths, p.done = run.lengths(p.term), True
             return True
         return False
 
 
 class RangeClaims:
-    """Xorb ranges being fetched in this run, so that two files sharing one fetch it once: the first
-    claims it, the others wait for it and copy its chunks from where it wrote them."""
+    """Xorb ranges being fetched in this run, so that files sharing chunks fetch them once: the first
+    claims its range; a file whose range overlaps a claimed one waits for that fetch, copies what it
+    can of the chunks it wrote (`ChunkSources.copy`, `copy_part`), and asks the CAS again for exactly
+    the bytes still missing, whose range, narrower, is claimed or waited for in turn."""
 
     def __init__(self) -> None:
-        self._claimed: dict[tuple[str, int, int], threading.Event] = {}
+        self._claimed: dict[str, list[tuple[int, int, threading.Event]]] = {}  # xorb -> chunk ranges
         self._lock = threading.Lock()
 
-    def claim(self, source: XorbRange) -> threading.Event | None:
-        """None: this caller fetches it (then `release`s it); else the event set when the other fetch ends."""
+    def claim(self, source: XorbRange) -> list[threading.Event]:
+        """[]: this caller fetches it (then `release`s it); else the events set when the fetches of this
+        run that overlap it end."""
         with self._lock:
-            event = self._claimed.get(source.key)
-            if event is None:
-                self._claimed[source.key] = threading.Event()
-            return event
+            claimed = self._claimed.setdefault(source.xorb, [])
+            overlapping = [
+                event for start, end, event in claimed if start < source.end and source.start < end
+            ]
+            if not overlapping:
+                claimed.append((source.start, source.end, threading.Event()))
+            return overlapping
 
     def release(self, source: XorbRange) -> None:
         with self._lock:
-            event = self._claimed.pop(source.key, None)
-        if event is not None:
-            event.set()
+            claimed = self._claimed.get(source.xorb, [])
+            found = next((c for c in claimed if c[:2] == (source.start, source.end)), None)
+            if found is not None:
+                claimed.remove(found)
+                if not claimed:
+                    del self._claimed[source.xorb]
+        if found is not None:
+            found[2].set()
 
 
 # ------------------------------------------------------------------------------------------------ records
