@@ -14,6 +14,7 @@ import random
 import signal
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import pytest
@@ -155,6 +156,25 @@ def test_each_credential_goes_to_its_own_host_only(xet: PrefetchRunner, hub: Hub
     assert cas_auth is not None and cas_auth.startswith("Bearer xet_") and CANARY_TOKEN not in cas_auth
     assert seen["transfer"] == {None} and seen["cdn"] == {None}
     assert "bridge" not in seen
+
+
+def test_through_a_failing_proxy_the_xet_hosts_are_reached_by_the_next(
+    xet: PrefetchRunner, hub: HubEmulator, proxy_factory: Any
+) -> None:
+    """The Xet hosts go through the run's proxies, with their failover, as the Hub does."""
+    files = mixed_files()
+    commit = make_repo(hub, files, {BIG, *XET_SMALL})
+    bad, good = proxy_factory("503"), proxy_factory("ok")
+    xet.manifest([{"repo": REPO}], proxies=[bad.url, good.url])
+    result = sync(xet)
+    assert "proxy failover" in result.stderr
+    hosts = {f"127.0.0.1:{urlsplit(url).port}" for url in (hub.xet.cas_url, hub.xet.transfer_url)}
+    assert hosts <= {
+        urlsplit(target if "://" in target else f"//{target}").netloc for _, target, _ in good.requests
+    }
+    assert hub.xet.counts()["bridge"] == 0
+    for path, data in files.items():
+        assert (snapshot(xet, commit) / path).read_bytes() == data, path
 
 
 def test_a_cas_token_is_refreshed_before_it_expires(xet: PrefetchRunner, hub: HubEmulator) -> None:

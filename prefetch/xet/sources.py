@@ -88,13 +88,17 @@ class ChunkSources:
         self._chunks = 0
         self._loaded: set[Path] = set()
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # a file that asks while its folder is read waits for it
 
     def load(self, cache: RepoCache) -> None:
         """The records beside the blobs of `cache`'s folder (once per folder and run)."""
-        with self._lock:
+        with self._load_lock:
             if cache.blobs in self._loaded:
                 return
             self._loaded.add(cache.blobs)
+            self._load(cache)
+
+    def _load(self, cache: RepoCache) -> None:
         try:
             with cache.blobs_folder(create=False) as dir_fd:
                 names = [m.group(1) for n in os.listdir(dir_fd) if (m := _RECORD_NAME.fullmatch(n))]
