@@ -12,10 +12,11 @@ import hashlib
 import json
 import random
 import signal
+import tarfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -438,6 +439,26 @@ def test_the_resume_state_rewritten_in_place_reads_back_as_the_last_one_written(
 
 
 # --------------------------------------------------------------------------------- the cache's own tools
+def test_a_bundle_carries_the_blobs_not_the_records(xet: PrefetchRunner, hub: HubEmulator) -> None:
+    """A record is this cache's own hint: a bundle carries the locked blobs only, and the cache it is
+    unbundled into verifies (its lock keeps the Xet hashes)."""
+    files = mixed_files()
+    commit = make_repo(hub, files, {BIG, *XET_SMALL})
+    xet.manifest([{"repo": REPO}])
+    sync(xet)
+    lock = xet.tmp / "models.lock"
+    assert xet("bundle", str(lock), "-o", str(xet.tmp / "models.tar")).code == 0
+    with tarfile.open(xet.tmp / "models.tar") as tar:
+        names = tar.getnames()
+    assert any(name.endswith("/blobs/" + hashlib.sha256(files[BIG]).hexdigest()) for name in names)
+    assert not [name for name in names if ".prefetch-" in name]
+    elsewhere = xet.tmp / "elsewhere"
+    assert xet("unbundle", str(xet.tmp / "models.tar"), "--cache-dir", str(elsewhere)).code == 0
+    assert xet("verify", str(lock), "--cache-dir", str(elsewhere)).code == 0
+    for path, data in files.items():
+        assert (elsewhere / "models--org--xet" / "snapshots" / commit / path).read_bytes() == data
+
+
 def test_prune_takes_a_xet_record_with_its_blob(xet: PrefetchRunner, hub: HubEmulator) -> None:
     repo = hub.create_repo(REPO, xet=True)
     repo.commit({BIG: rnd(11, 2 * MiB)})
