@@ -314,6 +314,46 @@ def test_files_sharing_a_xorb_range_fetch_it_once(xet: PrefetchRunner, hub: HubE
         assert (snapshot(xet, commit) / path).read_bytes() == data, path
 
 
+def test_ctrl_c_stops_a_xet_sync_at_once_and_the_rerun_fetches_the_rest(
+    xet: PrefetchRunner, hub: HubEmulator
+) -> None:
+    size = 24 * MiB
+    files = {BIG: rnd(16, size), XET_SMALL[0]: rnd(17, 300_000)}
+    commit = hub.create_repo(REPO, xet=True).commit(files)
+    state = (
+        xet.cache_dir
+        / "models--org--xet"
+        / "blobs"
+        / f"{hashlib.sha256(files[BIG]).hexdigest()}.prefetch-partial.json"
+    )
+
+    def done() -> int:
+        try:
+            return sum(b - a for a, b in json.loads(state.read_text())["done"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    xet.manifest([{"repo": REPO}])
+    hub.bandwidth_per_connection = 8 * MiB
+    proc = xet.popen("sync", str(xet.tmp / "models.yaml"), *FAST)
+    deadline = time.monotonic() + 30
+    while done() < 4 * MiB and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 5
+    kept, first = done(), served(hub, "transfer")
+    assert 4 * MiB <= kept < size and first - kept <= 2 * MiB
+    hub.bandwidth_per_connection = None
+    hub.reset_counters()
+    sync(xet)
+    assert served(hub, "transfer") <= size - kept + 512 * 1024  # the rest (and the small file)
+    for path, data in files.items():
+        assert (snapshot(xet, commit) / path).read_bytes() == data, path
+
+
 @pytest.mark.parametrize("path", [BIG, XET_SMALL[0]], ids=["big", "small"])
 def test_a_corrupt_xorb_range_is_caught_and_the_file_fetched_again(
     xet: PrefetchRunner, hub: HubEmulator, path: str
