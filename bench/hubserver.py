@@ -97,8 +97,11 @@ def populate(hub: HubEmulator, specs: list[str]) -> dict[str, dict[str, Any]]:
             files.update(small_file(i, size) for i in range(count))
         elif kind == "xet":
             for i in range(count):
-                seeded = random.Random(f"{name}:{i}:{size}")
-                files[f"model-{i + 1:05d}-of-{count:05d}.safetensors"] = seeded.randbytes(size)
+                seeded = random.Random(
+                    f"{name}:{i}:{size}"
+                )  # (randbytes takes at most 2**28 bytes at a time)
+                pieces = [seeded.randbytes(min(1 << 24, size - at)) for at in range(0, size, 1 << 24)]
+                files[f"model-{i + 1:05d}-of-{count:05d}.safetensors"] = b"".join(pieces)
         elif kind == "model":
             rng = random.Random(name)
             files.update({n: rng.randbytes(700 + 300 * j) for j, n in enumerate(MODEL_CONFIG_FILES)})

@@ -824,8 +824,9 @@ def bench_ratelimit(b: Bench) -> None:
 
 
 def bench_xet(b: Bench) -> None:
-    """Cold Xet-backed files: hf download through hf_xet (the CAS, no /resolve per file) against prefetch
-    (today through /resolve and the CAS bridge) and curl + fsync on the same /resolve URLs."""
+    """Cold Xet-backed files: hf download through hf_xet against prefetch, both through the Xet storage (a
+    token, reconstructions, xorb ranges: no /resolve per file), and curl + fsync on the files' /resolve URLs
+    (the CAS bridge)."""
     title = f"cold, {size_label(b.sizes.xet_files, b.sizes.xet_size)} Xet-backed, HTTP (Python test Hub)"
     missing = (
         {} if importlib.util.find_spec("hf_xet") else {"hf": "hf_xet not installed (pip install hf_xet)"}

@@ -2,6 +2,7 @@
 
     {cache}/models--org--name/blobs/{etag}                  complete, verified bytes only
     {cache}/models--org--name/blobs/{etag}.prefetch-partial  bytes in flight (+ `.json` state: done ranges)
+    {cache}/models--org--name/blobs/{sha256}.prefetch-xet    a Xet-backed blob's chunk runs (`xet.sources`)
     {cache}/models--org--name/snapshots/{commit}/{path}     relative symlink to ../../blobs/{etag}
     {cache}/models--org--name/refs/{revision}               commit hash, no trailing newline
     {cache}/models--org--name/trees/{commit}.json           huggingface_hub's listing (prefetch writes none)
@@ -45,6 +46,7 @@ from prefetch.files import (
     opened_folder,
     read_regular,
     release_pages,
+    temp_name,
     unlink_at,
     write_all,
 )
@@ -57,6 +59,9 @@ log = logging.getLogger("prefetch")
 
 PARTIAL_SUFFIX = ".prefetch-partial"
 STATE_SUFFIX = ".prefetch-partial.json"
+XET_SUFFIX = (
+    ".prefetch-xet"  # beside a blob fetched through Xet: where its chunks lie (what an update reuses)
+)
 # The resume state's temp file (`files.temp_name`), which a kill -9 mid-write leaves behind.
 STATE_TEMP = re.compile(r"\.([0-9a-f]{40}|[0-9a-f]{64})\.prefetch-partial\.json\.\d+\.\d+\.tmp")
 
@@ -405,14 +410,17 @@ class PartialFiles:
         Not fsynced itself: across a process kill the page cache survives, so `done` holds; after a
         reboot `read_partial_state` falls back to `synced`, and the final hash check catches the rest.
         """
-        state = {"size": size, "done": done, "synced": synced or [], "boot_id": boot_id()}
         try:
             with self.cache.blobs_folder() as fd:
-                atomic_write_at(fd, etag + STATE_SUFFIX, json.dumps(state).encode(), durable=False)
+                atomic_write_at(fd, etag + STATE_SUFFIX, _state_json(size, done, synced), durable=False)
         except OSError as e:
             if is_disk_full(e):
                 raise DiskSpaceError(f"disk full while saving download state in {self.cache.blobs}") from e
             raise
+
+    def state_in_place(self, etag: str) -> StateInPlace:
+        """A writer of `etag`'s resume state that rewrites it in place (see `StateInPlace`)."""
+        return StateInPlace(self, etag)
 
     def discard_partial(self, etag: str) -> None:
         with contextlib.suppress(FileNotFoundError), self.cache.blobs_folder(create=False) as fd:
@@ -503,6 +511,75 @@ class PartialFiles:
         except FileNotFoundError:
             pass
         return partials
+
+
+def _state_json(size: int, done: list[tuple[int, int]], synced: list[tuple[int, int]] | None) -> bytes:
+    state = {"size": size, "done": done, "synced": synced or [], "boot_id": boot_id()}
+    return json.dumps(state).encode()
+
+
+IN_PLACE_MAX = 4096  # bytes: a state of one page at most is rewritten in place (one write, never cut)
+
+
+class StateInPlace:
+    """A partial file's resume state rewritten in place: the same JSON as `write_partial_state`, in one
+    `pwrite` at offset 0, padded with spaces over a longer earlier one (JSON allows them).
+
+    Why: replacing a file by a rename costs ~0.33 ms on ext4 here (it flushes the new file's data first)
+    where a `pwrite` costs 0.4 µs: saved every 256 KiB, as the Xet reader does to lose little to a
+    `kill -9`, renames took a third of its CPU time. A kill cannot cut a write of one page in two (the
+    kernel checks for a fatal signal between pages), so a state of at most `IN_PLACE_MAX` bytes is
+    written so; a longer one, and the first one (which makes the file, as `write_partial_state` does:
+    a temp file renamed over the name), go through the rename. Used by one writer at a time: the
+    holder of the blob's lock.
+    """
+
+    def __init__(self, partials: PartialFiles, etag: str) -> None:
+        self._partials = partials
+        self._etag = etag
+        self._fd: int | None = None
+        self._length = 0  # of the longest state written in place: a shorter one is padded to it
+
+    def write(self, size: int, done: list[tuple[int, int]], synced: list[tuple[int, int]] | None) -> None:
+        data = _state_json(size, done, synced)
+        try:
+            if self._fd is None or len(data) > IN_PLACE_MAX:
+                self.close()
+                if len(data) <= IN_PLACE_MAX:
+                    self._fd = self._made(data)
+                    self._length = len(data)
+                else:
+                    self._partials.write_partial_state(self._etag, size, done, synced)
+                return
+            os.pwrite(self._fd, data + b" " * (self._length - len(data)), 0)
+            self._length = max(self._length, len(data))
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskSpaceError(
+                    f"disk full while saving download state in {self._partials.cache.blobs}"
+                ) from e
+            raise
+
+    def _made(self, data: bytes) -> int:
+        """A new state file holding `data`, renamed over the name and kept open."""
+        name = self._etag + STATE_SUFFIX
+        tmp = temp_name(name)
+        with self._partials.cache.blobs_folder() as dir_fd:
+            fd = create_new(dir_fd, tmp, os.O_RDWR)
+            try:
+                write_all(fd, data)
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+                raise
+        return fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class BlobInstaller:

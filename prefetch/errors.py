@@ -464,5 +464,10 @@ class StaleUrl(Exception):
     """A signed CDN URL was refused (expired): it was asked for again, so the request is retried."""
 
 
+class XetUnavailable(Exception):
+    """The Xet path cannot serve a file (no token route, the CAS or its transfer host failed for good):
+    the run fetches it, and the next ones, through /resolve instead (`prefetch.xet.reader`)."""
+
+
 class BadBytes(Exception):
     """The server sent bytes that cannot be this file (too many, wrong total): treated as a mismatch."""

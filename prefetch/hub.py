@@ -54,12 +54,14 @@ class RemoteFile:
     `lfs.sha256` (or the revision info's), /resolve's `X-Linked-Etag` or a 64-hex `ETag` (`sha256`);
     else the listed git object id (`git_sha1`: the content's blob sha1, or for an LFS file on a mirror
     that omits `lfs`, its pointer's; the download accepts either, see `hashing.GitOidHash`); else nothing
-    (both None): the bytes are hashed on first use."""
+    (both None): the bytes are hashed on first use. `xet_hash`: the listing's `xetHash` of an LFS file
+    stored in Xet (the Xet hash string, 64 hex), which lets the download skip /resolve (`prefetch.xet`)."""
 
     path: str
     size: int
     git_sha1: str | None
     sha256: str | None
+    xet_hash: str | None = None
 
     @property
     def etag(self) -> str:
@@ -261,7 +263,13 @@ def _remote_file(repo: str, item: dict[str, Any]) -> RemoteFile:
         raise IntegrityError(f"{repo}: file listing entry for {path!r} has an invalid object id")
     if sha256 is not None and not (isinstance(sha256, str) and SHA256_RE.fullmatch(sha256)):
         raise IntegrityError(f"{repo}: file listing entry for {path!r} has an invalid LFS sha256")
-    return RemoteFile(path=path, size=size, git_sha1=oid, sha256=sha256)
+    xet_hash = item.get("xetHash")
+    if xet_hash is not None and not (isinstance(xet_hash, str) and SHA256_RE.fullmatch(xet_hash)):
+        raise IntegrityError(f"{repo}: file listing entry for {path!r} has an invalid xetHash")
+    # Only an LFS file's: its sha256 stays what the bytes are checked against.
+    return RemoteFile(
+        path=path, size=size, git_sha1=oid, sha256=sha256, xet_hash=xet_hash if sha256 else None
+    )
 
 
 def _check_coexisting(repo: str, files: list[RemoteFile]) -> None:

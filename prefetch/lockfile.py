@@ -46,7 +46,7 @@ LOCK_VERSION = 1
 
 _TOP_KEYS = ("version", "tool_version", "manifest_digest", "cache_dir", "endpoint", "entries")
 _ENTRY_KEYS = ("repo", "type", "revision", "commit", "include", "exclude", "entry_digest", "files")
-_FILE_KEYS = ("path", "size", "sha256", "git_sha1")
+_FILE_KEYS = ("path", "size", "sha256", "git_sha1", "xet_hash")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -60,6 +60,8 @@ class LockedFile:
     git_sha1: str | None = None  # set for regular files (git blob sha1; see `hashing.GitOidHash`)
     # Neither: the endpoint published no hash and no sync has downloaded the file yet (`prefetch lock`
     # alone); the first sync hashes the bytes and records their sha256.
+    xet_hash: str | None = None  # an LFS file stored in Xet: how it is fetched (`prefetch.xet`), never
+    # what it is checked against (its sha256 is); written only where the Hub gave one.
 
     @property
     def etag(self) -> str:
@@ -201,6 +203,8 @@ def _entry_data(entry: LockedEntry, with_files: bool = True) -> dict[str, object
             item["sha256"] = f.sha256
         elif f.git_sha1 is not None:
             item["git_sha1"] = f.git_sha1
+        if f.xet_hash is not None:
+            item["xet_hash"] = f.xet_hash
         files.append(item)
     return {
         "repo": entry.repo,
@@ -242,6 +246,7 @@ _ITEM = re.compile(
     rf"  - path: (?:({_PLAIN})|{_QUOTED})\n"
     r"    size: (0|[1-9][0-9]{0,18})\n"  # 19 digits at most: a longer one is the YAML reader's to refuse
     r"    (?:sha256: (?:([0-9a-f]{64})|'([0-9a-f]{64})')|git_sha1: (?:([0-9a-f]{40})|'([0-9a-f]{40})'))\n"
+    r"(?:    xet_hash: (?:([0-9a-f]{64})|'([0-9a-f]{64})')\n)?"  # (only after a sha256: else the YAML reader's)
 )
 _ITEM_CONTINUES = ("  - ", "    ")  # what a line of a files list starts with
 _FILES_KEY = re.compile(r"^  files:\n", re.MULTILINE)  # an entry's files list, as `_files_text` writes it
@@ -281,9 +286,11 @@ def _files_text(files: tuple[LockedFile, ...]) -> str | None:
     for f in sorted(files, key=_by_path):
         key, digest = ("sha256", f.sha256) if f.sha256 is not None else ("git_sha1", f.git_sha1 or "")
         path_text, digest_text = _value_text(f.path), _value_text(digest)
-        if path_text is None or digest_text is None:
+        xet_text = "" if f.xet_hash is None else _value_text(f.xet_hash)
+        if path_text is None or digest_text is None or xet_text is None:
             return None
-        lines.append(f"  - path: {path_text}\n    size: {f.size}\n    {key}: {digest_text}\n")
+        xet_line = f"    xet_hash: {xet_text}\n" if xet_text else ""
+        lines.append(f"  - path: {path_text}\n    size: {f.size}\n    {key}: {digest_text}\n{xet_line}")
     return "".join(lines)
 
 
@@ -299,7 +306,17 @@ def _split_files_blocks(text: str) -> tuple[str, dict[int, tuple[LockedFile, ...
         files: dict[str, LockedFile] = {}
         pos = key.end()
         while item := _ITEM.match(text, pos):
-            path_plain, path_quoted, size, sha256, sha256_quoted, git_sha1, git_sha1_quoted = item.groups()
+            (
+                path_plain,
+                path_quoted,
+                size,
+                sha256,
+                sha256_quoted,
+                git_sha1,
+                git_sha1_quoted,
+                xet,
+                xet_quoted,
+            ) = item.groups()
             path = path_quoted if path_plain is None else path_plain
             digest_plain = sha256 or git_sha1
             if (
@@ -307,10 +324,14 @@ def _split_files_blocks(text: str) -> tuple[str, dict[int, tuple[LockedFile, ...
                 or unsafe_path_reason(path)
                 or (path_plain is not None and not _plain_str(path_plain))
                 or (digest_plain is not None and not _plain_str(digest_plain))
+                or (xet is not None and not _plain_str(xet))
+                or ((xet or xet_quoted) and not (sha256 or sha256_quoted))
             ):
                 return None
             if sha256 or sha256_quoted:
-                files[path] = LockedFile(path, int(size), sha256=sha256 or sha256_quoted)
+                files[path] = LockedFile(
+                    path, int(size), sha256=sha256 or sha256_quoted, xet_hash=xet or xet_quoted
+                )
             else:
                 files[path] = LockedFile(path, int(size), git_sha1=git_sha1 or git_sha1_quoted)
             pos = item.end()
@@ -479,14 +500,21 @@ class _LockReader(YamlReader):
             self.fail(
                 node, key_path, "expected one of sha256 (LFS files) or git_sha1 (other files), not both"
             )
-        sha256 = git_sha1 = None
+        sha256 = git_sha1 = xet_hash = None
         if "sha256" in items:
             sha256 = self.matching(items["sha256"], f"{key_path}.sha256", _SHA256, "64 lowercase hex digits")
         elif "git_sha1" in items:
             git_sha1 = self.matching(
                 items["git_sha1"], f"{key_path}.git_sha1", _SHA1, "40 lowercase hex digits"
             )
-        return LockedFile(path=path, size=size, sha256=sha256, git_sha1=git_sha1), items["path"]
+        if "xet_hash" in items:
+            if sha256 is None:
+                self.fail(items["xet_hash"], f"{key_path}.xet_hash", "only an LFS file (with sha256) has one")
+            xet_hash = self.matching(
+                items["xet_hash"], f"{key_path}.xet_hash", _SHA256, "64 lowercase hex digits"
+            )
+        locked = LockedFile(path=path, size=size, sha256=sha256, git_sha1=git_sha1, xet_hash=xet_hash)
+        return locked, items["path"]
 
     def values(
         self, node: Node, key_path: str, allowed: tuple[str, ...], required: tuple[str, ...]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prefetch import settings
 from prefetch.access import AccessReport
 from prefetch.cache import RepoCache, folders_kept_open
 from prefetch.download.job import FileJob, TransferStats
@@ -180,6 +181,7 @@ def _file_jobs(ctx: RunContext, plans: list[EntryPlan], hub: bool) -> tuple[list
     first: dict[str, FileJob] = {}
     seen: dict[str, set[str]] = {}  # repo folder -> its blobs with a job (no tuple per file)
     later: list[FileJob] = []
+    xet = not settings.xet_disabled()
     for p in plans:
         if not p.missing:
             continue
@@ -205,6 +207,7 @@ def _file_jobs(ctx: RunContext, plans: list[EntryPlan], hub: bool) -> tuple[list
                 lfs=f.is_lfs,
                 published=bool(f.etag),
                 replace=f.etag in corrupt,
+                xet_hash=f.xet_hash if xet else None,
             )
             if etag in first:  # (a file without a published hash has a key of its own: never shared)
                 later.append(job)
@@ -284,8 +287,10 @@ def _bytes_on_disk(job: FileJob) -> int:
 class RequestForecast:
     """The requests a sync of this plan makes to the endpoint, per rate-limit bucket: those resolving
     and checking access made (counted as they were sent), and one resolver call per file to fetch
-    (none for a cached file; the bytes behind a redirect come from the CDN, which is not counted).
-    `policies`: what the Hub stated of each bucket (quota, window seconds), when it did."""
+    (none for a cached file; the bytes behind a redirect come from the CDN, which is not counted), but
+    for Xet-backed files one API call per repo revision (their Xet token; their bytes come from the Xet
+    storage, which is not counted either). `policies`: what the Hub stated of each bucket (quota, window
+    seconds), when it did."""
 
     requests: dict[str, int]
     policies: dict[str, tuple[int, float]]
@@ -296,7 +301,9 @@ class RequestForecast:
         cls, plan: Plan, made: dict[str, int], policies: dict[str, tuple[int, float]], token: bool
     ) -> RequestForecast:
         requests = {"api": 0, "resolvers": 0, "pages": 0, **made}
-        requests["resolvers"] += len(plan.jobs)
+        xet = [job for job in plan.jobs if job.xet_hash]
+        requests["resolvers"] += len(plan.jobs) - len(xet)
+        requests["api"] += len({(job.cache.folder.name, job.resolve_url) for job in xet})
         return cls(requests, policies, token)
 
     def floors(self) -> dict[str, float]:

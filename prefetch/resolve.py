@@ -170,7 +170,13 @@ def locked_entry(entry: Entry, commit: str, files: list[RemoteFile]) -> LockedEn
     selected = select_paths(by_path, entry.include, entry.exclude)
     check_selection(entry, list(by_path), selected)
     locked_files = tuple(
-        LockedFile(path=f.path, size=f.size, sha256=f.sha256, git_sha1=None if f.sha256 else f.git_sha1)
+        LockedFile(
+            path=f.path,
+            size=f.size,
+            sha256=f.sha256,
+            git_sha1=None if f.sha256 else f.git_sha1,
+            xet_hash=f.xet_hash,
+        )
         for f in sorted((by_path[p] for p in selected), key=lambda f: f.path)
     )
     return LockedEntry(
@@ -203,7 +209,8 @@ def check_selection(entry: Entry, paths: list[str], selected: list[str]) -> None
 
 def trust_lock(new: LockedEntry, old: LockedEntry | None) -> LockedEntry:
     """The lock is the root of trust: at the commit it locked, its hashes win over what this endpoint lists
-    now (a lock made against the Hub keeps a mirror to the Hub's hashes)."""
+    now (a lock made against the Hub keeps a mirror to the Hub's hashes). A locked file the lock knew no
+    Xet hash of takes the listing's, when both agree on its sha256 (how it is fetched, not what it is)."""
     if old is None or old.commit != new.commit:
         return new
     before = {f.path: f for f in old.files}
@@ -211,10 +218,16 @@ def trust_lock(new: LockedEntry, old: LockedEntry | None) -> LockedEntry:
     return replace(
         new,
         files=tuple(
-            k if k is not None and k.etag and k.size == f.size else f
+            _with_xet_hash(k, f) if k is not None and k.etag and k.size == f.size else f
             for k, f in zip(kept, new.files, strict=True)
         ),
     )
+
+
+def _with_xet_hash(kept: LockedFile, listed: LockedFile) -> LockedFile:
+    if kept.xet_hash is None and listed.xet_hash is not None and kept.sha256 == listed.sha256:
+        return replace(kept, xet_hash=listed.xet_hash)
+    return kept
 
 
 # ------------------------------------------------------------------------------------------ the new lock

@@ -108,6 +108,11 @@ def offline(env: Env | None = None) -> bool:
     return is_true(env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE"))
 
 
+def xet_disabled(env: Env | None = None) -> bool:
+    """`HF_HUB_DISABLE_XET`, as huggingface_hub reads it: Xet-backed files are fetched through /resolve."""
+    return is_true(_env(env).get("HF_HUB_DISABLE_XET"))
+
+
 def endpoint(env: Env | None = None) -> str | None:
     """`$HF_ENDPOINT` without its trailing `/`, or None when unset (the caller falls back further)."""
     value = _env(env).get("HF_ENDPOINT")

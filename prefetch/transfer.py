@@ -46,11 +46,18 @@ def _run(ctx: RunContext, plan: Plan, source: Http | None) -> TransferStats:
         reporter=ctx.progress,
         cancel=ctx.cancel,
         processes=1 if source is not None else ctx.settings.processes,
+        secrets=ctx.secrets,
+        warn=lambda message: _warn(ctx, message),
     )
     engine.run(plan.first)
     if plan.later:
         engine.run(plan.later)
     return engine.stats
+
+
+def _warn(ctx: RunContext, message: str) -> None:
+    ctx.progress.message(f"warning: {ctx.endpoint_name}: {message}")
+    ctx.progress.event("warning", message=message)
 
 
 def record_learned(ctx: RunContext, plan: Plan, learned: dict[tuple[str, str], str]) -> None:

@@ -657,6 +657,30 @@ def test_dump_writes_what_pyyaml_writes() -> None:
         assert [len(e.files) for e in parse_lock(text, "x.lock").entries] == [len(e.files) for e in chosen]
 
 
+def test_a_xet_hash_is_written_only_where_there_is_one_and_read_by_both_readers() -> None:
+    """Issue 28: the lock records an LFS file's Xet hash, as PyYAML writes it (quoted when all digits);
+    a lock without one keeps its bytes; a Xet hash without a sha256 is refused, by line and column."""
+    xet_files = (
+        LockedFile("a.safetensors", 1, sha256=SHA256, xet_hash="ab" * 32),
+        LockedFile("b.safetensors", 2, sha256=SHA256, xet_hash="1" * 64),
+        LockedFile("c.safetensors", 3, sha256=SHA256),
+        LockedFile("config.json", 4, git_sha1=SHA1),
+    )
+    lock = sample_lock(entries=(LockedEntry("acme/xet", "model", "main", SHA1, None, (), DIGEST, xet_files),))
+    text = dump_lock(lock)
+    whole = {**_top_data(lock), "entries": [_entry_data(e) for e in lock.entries]}
+    assert text.endswith(_yaml_text(whole))
+    assert f"    xet_hash: {'ab' * 32}\n" in text and f"    xet_hash: '{'1' * 64}'\n" in text
+    assert text.count("xet_hash") == 2
+    assert _split_files_blocks(text) is not None
+    assert parse_lock(text, "x.lock") == _LockReader("x.lock").parse(text) == lock
+    assert "xet_hash" not in dump_lock(sample_lock())
+    bad = VALID.replace(f"git_sha1: {SHA1}", f"git_sha1: {SHA1}\n    xet_hash: {'ab' * 32}")
+    assert f"m.lock:{FILE0_LINE + 3}:15: entries[0].files[0].xet_hash: only an LFS file" in lock_error(bad)
+    short = VALID.replace(f"sha256: {SHA256}", f"sha256: {SHA256}\n    xet_hash: abc")
+    assert "entries[0].files[1].xet_hash: expected 64 lowercase hex digits" in lock_error(short)
+
+
 # ---- what the shared reader (`located_yaml`) brings to the lockfile
 
 

@@ -7,8 +7,10 @@ hand-off of the interpreter lock between threads; they are fetched into memory w
 verified, and installed in durable batches (`new_blobs`). Many small files are shared with a second
 process (`prefetch.download.helper`). A file's bytes are fetched by `ranges` (Range segments into a
 resumable partial file, the source URL, the body stream); connections per host adapt to the measured
-rate within `jobs` (`scheduler`). A blob another repo's folder holds is hard-linked, once verified;
-the blobs folders are fsynced once per run.
+rate within `jobs` (`scheduler`). A Xet-backed file's bytes come from the Hub's Xet storage instead
+(`prefetch.xet.reader`, on the same segment pool and connection limits; the lane hands its small
+ones over in batches). A blob another repo's folder holds is hard-linked, once verified; the blobs
+folders are fsynced once per run.
 
 A file's failure is named here (disk full, the network, the filesystem) and kept: the run raises the
 most severe once the others ended. Cancellation is the run's `CancelToken` (and a child of it, which
@@ -20,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prefetch import settings
+from prefetch.auth import Secrets
 from prefetch.cache import BlobIndex, RepoCache, each_once, folders_kept_open
 from prefetch.cancel import CancelToken
 from prefetch.download.helper import SmallFileHelper
@@ -50,6 +53,7 @@ from prefetch.hashing import hash_file
 from prefetch.net.retry import describe, is_retryable
 from prefetch.net.session import Http, network_error
 from prefetch.workers import Workers
+from prefetch.xet.reader import XetReader
 
 log = logging.getLogger("prefetch")
 
@@ -67,7 +71,10 @@ class Transfer:
         reporter: Reporter | None = None,
         cancel: CancelToken | None = None,
         processes: int | None = None,
+        secrets: Secrets | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
+        """`secrets`: the run's (the CAS tokens join them); `warn`: where the Xet path says it gave up."""
         self.http = http
         self.jobs = max(1, jobs)
         # 1 or 2 processes for many small files; None: a second one once this one is CPU-bound.
@@ -89,6 +96,7 @@ class Transfer:
         self._new_blobs = NewBlobs(self._fetched, self.failed)
         self._stats_lock = threading.Lock()
         self._blob_folders: set[Path] = set()  # renamed blobs into these: fsync them before `run` returns
+        self.xet = XetReader(self, secrets, warn)
 
     # -- the pool ---------------------------------------------------------------------------------
     def run(self, jobs: list[FileJob]) -> TransferStats:
@@ -248,7 +256,7 @@ class Transfer:
                 if self._download_small(job, locked, lane_failure if attempt == 1 else None):
                     return
             else:
-                name = self.ranges.download(job)
+                name = self.xet.download(job, reuse=attempt == 1)  # (a Xet file; else /resolve's ranges)
                 if name is not None:
                     return self._fetched(job, name)
                 job.cache.partials.discard_partial(job.etag)  # never resume from bytes that failed their hash
@@ -293,7 +301,7 @@ class Transfer:
         """Fetch a small file into memory (`RangeFetcher.fetch_small`) and install it (`install_small`);
         False: the bytes cannot be this file. `lane_failure`: its first attempt was the lane's, and
         failed so."""
-        data = self.ranges.fetch_small(job, lane_failure)
+        data = self.xet.fetch_small(job, lane_failure)  # (a Xet file; else /resolve's ranges)
         return data is not None and self.install_small(job, data, locked)
 
     def install_small(self, job: FileJob, data: bytearray, locked: bool) -> bool:

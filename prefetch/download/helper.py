@@ -156,7 +156,7 @@ class SmallFileHelper:
     ) -> SmallFileHelper | None:
         """A started helper for `ordered`'s small files, given some `at_once` or once this process is
         bound by its CPU; None where it would not pay or cannot start."""
-        files = [job for job in ordered if job.small]
+        files = [job for job in ordered if job.small and not job.xet_hash]  # (Xet files are batched here)
         if len(files) < (MIN_FILES if at_once else AUTO_MIN_FILES) or transfer.jobs < 2:
             return None
         here, there = socket.socketpair()
@@ -218,9 +218,9 @@ class SmallFileHelper:
         self._relay.start()
 
     def items(self, ordered: list[FileJob]) -> Iterator[FileJob]:
-        """The parent's share: the big files, then the small files the helper has not taken (which
-        it may, once this process is bound by its CPU)."""
-        yield from (job for job in ordered if not job.small)
+        """The parent's share: the big files and the Xet-backed ones, then the small files the helper has
+        not taken (which it may, once this process is bound by its CPU)."""
+        yield from (job for job in ordered if not job.small or job.xet_hash)
         cpu = _CpuShare()
         while index := self._claims.take(1):
             if (

@@ -41,6 +41,8 @@ from prefetch.download.ranges import RangeFetcher
 from prefetch.download.scheduler import HostLimit
 from prefetch.errors import BadBytes, QuotaClosed
 from prefetch.net.session import FILE_HEADERS, Http, InFlight
+from prefetch.xet.batches import SmallXetBatches
+from prefetch.xet.reader import XetReader
 
 log = logging.getLogger("prefetch")
 
@@ -55,6 +57,7 @@ class EngineForLane(Protocol):
     cancel: CancelToken
     reporter: Reporter
     ranges: RangeFetcher
+    xet: XetReader
 
     def unlocked_small(self, job: FileJob) -> bool: ...
 
@@ -131,6 +134,7 @@ class SmallFileLane:
         self._again: collections.deque[FileJob] = collections.deque()  # met a closed window: sent again
         self._handed_on: list[cf.Future[None]] = []  # files whose next attempts the segment pool makes
         self._connectors: cf.ThreadPoolExecutor | None = None  # made at the first new connection
+        self._xet = SmallXetBatches(transfer)  # small Xet-backed files: batched, not sent one by one
 
     def run(self, take: Callable[[], FileJob | None]) -> None:
         """Fetch what `take` gives until it gives None or the run is cancelled; return once every file
@@ -149,11 +153,14 @@ class SmallFileLane:
                     self._as_a_worker(job)  # a big file, a repair, a blob to link from another repo
                 elif transfer.cached(job):
                     transfer.done(job, "cached")
+                elif self._xet.takes(job):
+                    self._xet.add(job)
                 else:
                     while not self._send(job, wait=not self._in_flight):
                         self._finish(self._in_flight.popleft())  # none free: the oldest gives one back
                 job = self._again.popleft() if self._again else take()
         finally:
+            self._xet.finish()  # (cancelled: only what has started, to its end)
             for request in self._in_flight:  # cancelled: their answers are not read
                 with contextlib.suppress(Exception):
                     request.in_flight().sent.abandon()

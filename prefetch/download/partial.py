@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from prefetch.cache import StateInPlace
 from prefetch.download.job import FileJob
 from prefetch.errors import DiskSpaceError, TruncatedBody
 from prefetch.files import is_disk_full, release_pages, start_writeback
@@ -73,15 +74,25 @@ class PartialFile:
     as it streams and a resumed file re-hashes only its kept prefix.
 
     The state file is saved after every chunk (a killed process loses at most one chunk per
-    connection); every `SYNC_EVERY` bytes the data is fdatasync'ed and the ranges covered so far are
-    recorded as `synced`, which is what a run after a reboot trusts.
+    connection; `save_every` sets how often for a reader whose writes are smaller, Xet's, which saves
+    it in place: `cache.StateInPlace`);
+    every `SYNC_EVERY` bytes the data is fdatasync'ed and the ranges covered so far are recorded as
+    `synced`, which is what a run after a reboot trusts.
 
     Bytes both hashed and on disk leave the page cache (`files.release_pages`), `RELEASE_LAG` behind
     the hash; the cache drops the rest when the blob is installed.
     """
 
-    def __init__(self, job: FileJob, done: list[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        job: FileJob,
+        done: list[tuple[int, int]],
+        save_every: int = SAVE_STATE_EVERY,
+        state: StateInPlace | None = None,
+    ) -> None:
         self.job = job
+        self.save_every = save_every  # bytes written between two saves of the state (what a kill -9 loses)
+        self._state = state  # where the state is saved, when not through `write_partial_state`
         self.fd, kept = job.cache.partials.open_partial(job.etag, job.label)  # never through a link
         if not kept:
             done = []
@@ -110,11 +121,22 @@ class PartialFile:
 
         A short write (nearly full disk) is continued from where it stopped.
         """
-        size = len(data)
+        self.write_parts(offset, [data])
+
+    def write_parts(self, offset: int, parts: list[memoryview]) -> None:
+        """`write` of `parts` laid end to end, in one system call (`pwritev`): a Xet range's chunks go
+        from the read buffer to the file without being copied together first."""
+        size = sum(len(part) for part in parts)
         try:
-            written = 0
-            while written < size:
-                written += os.pwrite(self.fd, data[written:], offset + written)
+            written = (
+                os.pwrite(self.fd, parts[0], offset)
+                if len(parts) == 1
+                else os.pwritev(self.fd, parts, offset)
+            )
+            if written < size:
+                rest = memoryview(b"".join(parts))
+                while written < size:
+                    written += os.pwrite(self.fd, rest[written:], offset + written)
             start_writeback(self.fd, offset, size)
         except OSError as e:
             if is_disk_full(e):
@@ -126,7 +148,7 @@ class PartialFile:
             version = self._version
             self._unsaved += size
             self._unsynced += size
-            must_save = self._unsaved >= SAVE_STATE_EVERY
+            must_save = self._unsaved >= self.save_every
             must_sync = self._unsynced >= SYNC_EVERY
         if must_sync:
             self._sync()
@@ -134,7 +156,10 @@ class PartialFile:
             self._save_state(version)
         if self._hash_lock.acquire(blocking=False):
             try:
-                self._advance_hash(offset, data)
+                for part in parts:
+                    self._hash_in_line(offset, part)
+                    offset += len(part)
+                self._advance_hash()
             finally:
                 self._hash_lock.release()
 
@@ -178,15 +203,22 @@ class PartialFile:
                 version, done, synced = self._version, list(self.done.ranges), list(self._synced)
                 self._unsaved = 0
             try:
-                self.job.cache.partials.write_partial_state(self.job.etag, self.job.size, done, synced)
+                if self._state is not None:
+                    self._state.write(self.job.size, done, synced)
+                else:
+                    self.job.cache.partials.write_partial_state(self.job.etag, self.job.size, done, synced)
             except DiskSpaceError as e:
                 raise self._disk_full() from e
             self._saved_version = version
 
-    def _advance_hash(self, offset: int = -1, data: memoryview | None = None) -> None:
-        if offset == self._hashed and data is not None:
+    def _hash_in_line(self, offset: int, data: memoryview) -> None:
+        """Hash bytes just written, from memory, if they are the next the hash takes."""
+        if offset == self._hashed:
             self._hash.update(data)
             self._hashed += len(data)
+
+    def _advance_hash(self) -> None:
+        """Hash what is written after the hashed prefix, read back from the file."""
         while True:
             if self._hashed - self._released >= RELEASE_LAG + RELEASE_STEP:
                 release_pages(self.fd, self._released, self._hashed - RELEASE_LAG - self._released)
@@ -233,6 +265,8 @@ class PartialFile:
                 self._save_state(version)
         finally:
             os.close(self.fd)
+            if self._state is not None:
+                self._state.close()
 
 
 class MemoryFile:
@@ -247,6 +281,11 @@ class MemoryFile:
 
     def write(self, offset: int, data: memoryview) -> None:
         self.data[offset : offset + len(data)] = data
+
+    def write_parts(self, offset: int, parts: list[memoryview]) -> None:
+        for part in parts:
+            self.write(offset, part)
+            offset += len(part)
 
 
 @dataclass

@@ -8,7 +8,7 @@ too (`take_body`).
 - **The body stream** (`RangeFetcher._stream`): socket reads into one reused buffer per connection
   (`_Buffers`), written out when full or every `FLUSH_AFTER` seconds; bytes received before a failure
   are written, so a retry resumes where the connection stopped. A body slower than
-  `settings.MIN_BODY_RATE` over a window is dropped (`_RateFloor`).
+  `settings.MIN_BODY_RATE` over a window is dropped (`RateFloor`).
 - **Segments** (`SegmentPool`): big files' Range segments, lowest file offset first across all files.
 
 The answers are checked against the lock first (`answer_checks`).
@@ -269,7 +269,7 @@ class RangeFetcher:
         with self._buffers.lease(end - cursor.position) as buffer:
             filled = 0
             last_flush = time.monotonic()
-            floor = _RateFloor(self.min_rate_window)
+            floor = RateFloor(self.min_rate_window)
 
             def flush() -> None:
                 nonlocal filled, last_flush
@@ -380,7 +380,7 @@ class _Source:
             return True
 
 
-class _RateFloor:
+class RateFloor:
     """Abandons a body that averages less than MIN_BODY_RATE over a window (a drip-feed that the read
     timeout never catches): the attempt fails as a timeout, and is retried within `retry.max_time`."""
 

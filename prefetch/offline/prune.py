@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefetch.cache import PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TEMP, RepoCache, repo_folders
+from prefetch.cache import PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TEMP, XET_SUFFIX, RepoCache, repo_folders
 from prefetch.errors import UsageError
 from prefetch.files import opened_folder
 from prefetch.lockfile import load_lock
@@ -66,7 +66,7 @@ def prune(
 
     In those folders: snapshots of other commits, links inside kept snapshots that no lock lists (their
     blobs go too, so no link dangles: scan_cache_dir would flag the repo), refs to removed commits, and
-    blobs no locked file uses (with their partial files). Other repos are never touched. Each blob is
+    blobs no locked file uses (with their partial files and Xet records). Other repos are never touched. Each blob is
     deleted under its per-blob lock, and a blob written after prune started is left alone (a concurrent
     sync may be about to link it).
     """
@@ -160,6 +160,8 @@ def _prune_repo(
                 report.blobs += 1
                 size, nlink, n = removed_inodes.get((st.st_dev, st.st_ino), (st.st_size, st.st_nlink, 0))
                 removed_inodes[(st.st_dev, st.st_ino)] = (size, nlink, n + 1)
+            elif blob.name == etag + XET_SUFFIX:  # the Xet record of a blob no lock needs: goes with it
+                report.freed_bytes += st.st_size
             else:
                 report.partials += 1
                 report.freed_bytes += st.st_size if st.st_nlink == 1 else 0
