@@ -266,7 +266,7 @@ class Transfer:
         """The blob is in place; for a repair, also with the bytes its name promises."""
         if not job.cache.has_blob(job.etag, job.size):
             return False
-        return not job.replace or hash_file(job.cache.blob_path(job.etag), job.lfs, job.size)[1] == job.etag
+        return not job.replace or _hashes_to(job.cache.blob_path(job.etag), job)
 
     def done(self, job: FileJob, how: str) -> None:
         with self._stats_lock:
@@ -282,7 +282,7 @@ class Transfer:
         if source is None:
             return False
         before = source.lstat()
-        if hash_file(source, job.lfs, job.size)[1] != job.etag:
+        if not _hashes_to(source, job):
             return False
         if not job.cache.installer.install_hard_link(job.etag, source, before):
             return False
@@ -315,6 +315,15 @@ class Transfer:
             job.cache.installer.install_bytes(job.etag, data, name=name)
         self._fetched(job, name)
         return True
+
+
+def _hashes_to(path: Path, job: FileJob) -> bool:
+    """`path` is a regular file whose bytes are `job`'s blob (anything planted there since it was looked at,
+    a FIFO in a shared cache, is not)."""
+    try:
+        return hash_file(path, job.lfs, job.size) == (job.size, job.etag)
+    except OSError:
+        return False
 
 
 _SEVERITY = (DiskSpaceError, LockOutdatedError, AccessError, NetworkError, IntegrityError)
