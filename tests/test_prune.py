@@ -80,3 +80,44 @@ def test_prune_keeps_needed_blobs_and_removes_old_revision(prefetch: PrefetchRun
         ("org/model", 1),
         ("org/other", 1),
     }
+
+
+def test_prune_follows_no_link_below_the_cache_root(prefetch: PrefetchRunner, hub: Any) -> None:
+    """Links planted in a repo's folders: a ref to a file outside the cache (its bytes must not be
+    printed), a ref to /dev/zero (it must not be read whole), a ref that is a FIFO, a folder of refs and a
+    kept snapshot's folder linked to folders outside (nothing there is listed or deleted). Each link is
+    left in place and named; what prune can judge is pruned as before."""
+    make_model(hub)
+    lock = sync(prefetch, [{"repo": "org/model"}])
+    folder = prefetch.cache_dir / "models--org--model"
+    secret = prefetch.tmp / "secret.txt"
+    secret.write_text("ssh-rsa AAAA the victim's key\n")
+    outside = prefetch.tmp / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "keep-me").write_text("not the cache's")
+    refs = folder / "refs"
+    (refs / "to-secret").symlink_to(secret)
+    (refs / "to-zero").symlink_to("/dev/zero")
+    os.mkfifo(refs / "fifo")
+    (refs / "linked-folder").symlink_to(outside)
+    commit = entries(lock)[0]["commit"]
+    (folder / "snapshots" / commit / "nested" / "linked").symlink_to(outside / "sub")
+    before = tree_state(outside)
+
+    dry = prefetch("prune", "--lock", str(lock), "--dry-run", timeout=30)
+    assert dry.code == 0, dry
+    assert "ssh-rsa" not in dry.output and "AAAA" not in dry.output
+    for name in ("to-secret", "to-zero", "fifo"):
+        assert f"models--org--model/refs/{name}" in dry.stdout, dry
+    assert (
+        f"left alone: models--org--model/refs/to-secret: a symlink to '{secret}' (not followed)" in dry.stdout
+    )
+    assert "left alone: models--org--model/refs/fifo: not a regular file" in dry.stdout, dry
+    done = prefetch("--json", "prune", "--lock", str(lock), timeout=30)
+    assert done.code == 0, done
+    report = json.loads(done.stdout)
+    assert report["removed_refs"] == [] and report["removed_snapshots"] == []
+    assert len(report["skipped"]) == 4, report["skipped"]
+    assert tree_state(outside) == before
+    assert secret.read_text().startswith("ssh-rsa") and (refs / "to-secret").is_symlink()
+    assert prefetch("verify", str(lock)).code == 0

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
+import errno
+import os
+import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefetch.cache import PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TEMP, RepoCache, repo_folders
+from prefetch.cache import MAX_REF_BYTES, PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TEMP, RepoCache, repo_folders
 from prefetch.errors import UsageError
-from prefetch.files import opened_folder
+from prefetch.files import FOLDER_FLAGS, open_folder, read_regular, unlink_at
 from prefetch.lockfile import load_lock
 from prefetch.offline.shared import Report, cache_root, json_name
 from prefetch.progress import human_bytes
+
+MAX_DEPTH = 64  # folders below `refs/` or a snapshot that prune enters (the Hub's paths are shallower)
 
 
 @dataclass
@@ -31,6 +36,7 @@ class PruneReport(Report):
     partials: int = field(default=0, metadata=json_name("removed_partials"))
     freed_bytes: int = 0
     busy: list[str] = field(default_factory=list)  # blobs written while prune ran: left in place
+    skipped: list[str] = field(default_factory=list)  # what prune would not read or enter (a link...): left
 
     def render(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
@@ -43,6 +49,7 @@ class PruneReport(Report):
         lines += [f"  ref {r}" for r in self.refs]
         if self.busy:
             lines.append(f"  left {len(self.busy)} blob(s) written while prune ran: {', '.join(self.busy)}")
+        lines += [f"  left alone: {s}" for s in self.skipped]
         lines.append(f"pruned only within the {len(self.repos)} repo(s) the lockfiles name")
         if self.untouched:
             lines.append(f"left alone (no lockfile names them): {', '.join(self.untouched)}")
@@ -101,81 +108,181 @@ def prune(
 def _prune_repo(
     k: _Keep, report: PruneReport, started: float, removed_inodes: dict[tuple[int, int], tuple[int, int, int]]
 ) -> None:
-    """Refs first, then snapshots, then blobs: the reverse of the order in which sync makes them visible."""
+    """Refs first, then snapshots, then blobs: the reverse of the order in which sync makes them visible.
+
+    Every folder is reached without following a link (`files.open_folder`: the repo's `blobs/`,
+    `snapshots/`, `refs/` or `trees/` as a link is refused, exit 5) and every name is judged by its
+    `lstat` and removed by its folder's fd: a link planted below them (a ref to another user's file, a
+    folder of a kept snapshot linked elsewhere) is named in the report and left alone, never followed.
+    """
+    for sub in ("blobs", "snapshots", "refs", "trees"):
+        with _folder(k.cache, sub):
+            pass
+    _prune_refs(k, report)
+    _prune_snapshots(k, report)
+    _prune_blobs(k, report, started, removed_inodes)
+
+
+@contextlib.contextmanager
+def _folder(cache: RepoCache, *parts: str) -> Iterator[int | None]:
+    """The fd of a folder of the repo, reached without following links (None: there is none)."""
+    try:
+        fd = open_folder(cache.root, (cache.folder.name, *parts), create=False)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _walk(
+    dir_fd: int, report: PruneReport, label: str, where: str = "", depth: int = 0
+) -> Iterator[tuple[int, str, str]]:
+    """(folder fd, path below the walked folder, name) of every entry that is not a folder, sorted, never
+    through a link; deeper than MAX_DEPTH is left alone (and said, under `label`, the walked folder's
+    name). With a writing prune, folders left empty are removed on the way back."""
+    for name in sorted(os.listdir(dir_fd)):
+        path = f"{where}/{name}" if where else name
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            yield dir_fd, path, name
+            continue
+        if depth >= MAX_DEPTH:
+            report.skipped.append(f"{label}/{path}: more than {MAX_DEPTH} folders deep")
+            continue
+        try:
+            child = os.open(name, FOLDER_FLAGS, dir_fd=dir_fd)  # swapped for a link meanwhile: ELOOP
+        except OSError as exc:
+            report.skipped.append(f"{label}/{path}: {exc.strerror or exc}")
+            continue
+        try:
+            yield from _walk(child, report, label, path, depth + 1)
+        finally:
+            os.close(child)
+        if not report.dry_run:
+            with contextlib.suppress(OSError):
+                os.rmdir(name, dir_fd=dir_fd)  # only if empty
+
+
+def _prune_refs(k: _Keep, report: PruneReport) -> None:
+    """Refs to commits no lock needs; a ref prune cannot read (a link, a FIFO, bigger than a ref) stays."""
     cache = k.cache
-    dry = report.dry_run
-    _refuse_linked_folders(cache)
-    if cache.refs.is_dir():
-        for ref in sorted(p for p in cache.refs.rglob("*") if p.is_file() or p.is_symlink()):
+    with _folder(cache, "refs") as refs:
+        if refs is None:
+            return
+        for dir_fd, path, name in _walk(refs, report, f"{cache.folder.name}/refs"):
+            where = f"{cache.folder.name}/refs/{path}"
             try:
-                commit = ref.read_text(errors="replace").strip()
-            except OSError:
+                commit = read_regular(dir_fd, name, MAX_REF_BYTES).decode(errors="replace").strip()
+            except OSError as exc:
+                report.skipped.append(f"{where}: {_why_unread(dir_fd, name, exc)}")
                 continue
             if commit not in k.commits:
-                report.refs.append(f"{cache.relpath(ref)} ({commit[:12]})")
-                if not dry:
-                    ref.unlink()
-        if not dry:
-            _remove_empty_dirs(cache.refs, keep_top=True)
-    if cache.snapshots.is_dir():
-        for snap in sorted(cache.snapshots.iterdir()):
-            if snap.name not in k.commits:
-                report.snapshots.append(f"{cache.folder.name}@{snap.name}")
-                if not dry:
-                    if snap.is_dir() and not snap.is_symlink():
-                        shutil.rmtree(snap)
-                    else:
-                        snap.unlink()
-                    with contextlib.suppress(FileNotFoundError):
-                        cache.tree_path(snap.name).unlink()
+                report.refs.append(f"{where} ({commit[:12]})")
+                if not report.dry_run:
+                    unlink_at(dir_fd, name)
+
+
+def _prune_snapshots(k: _Keep, report: PruneReport) -> None:
+    """Snapshots of commits no lock needs (with their `trees/` listing), and links no lock lists in kept ones."""
+    cache = k.cache
+    with _folder(cache, "snapshots") as snapshots:
+        if snapshots is None:
+            return
+        for commit in sorted(os.listdir(snapshots)):
+            if commit in k.commits:
+                _prune_stray_links(k, report, snapshots, commit)
                 continue
-            for link in sorted(p for p in snap.rglob("*") if p.is_symlink() or p.is_file()):
-                path = link.relative_to(snap).as_posix()
-                if (snap.name, path) not in k.links:
-                    report.links += 1
-                    if not dry:
-                        link.unlink()
-            if not dry:
-                _remove_empty_dirs(snap, keep_top=True)
-    if not cache.blobs.is_dir():
+            report.snapshots.append(f"{cache.folder.name}@{commit}")
+            if report.dry_run:
+                continue
+            _remove_tree(snapshots, commit, report)
+            with _folder(cache, "trees") as trees:
+                if trees is not None:
+                    unlink_at(trees, f"{commit}.json")
+
+
+def _prune_stray_links(k: _Keep, report: PruneReport, snapshots: int, commit: str) -> None:
+    label = f"{k.cache.folder.name}/snapshots/{commit}"
+    try:
+        snapshot = os.open(commit, FOLDER_FLAGS, dir_fd=snapshots)
+    except OSError as exc:
+        report.skipped.append(f"{label}: {exc.strerror or exc}")
         return
-    for blob in sorted(cache.blobs.iterdir()):
-        etag = _etag_of(blob.name)
-        temp = STATE_TEMP.fullmatch(blob.name) is not None  # litter by its exact name, even as a link
-        plain = blob.is_file() and not blob.is_symlink()
-        if etag is None or not (plain or (temp and blob.is_symlink())) or _needed(blob.name, etag, k):
-            continue  # not ours to judge, or needed
-        with contextlib.ExitStack() as stack:
-            if not dry:
-                stack.enter_context(cache.blob_lock(etag))
-            try:
-                st = blob.lstat()
-            except FileNotFoundError:
-                continue
-            ours = (st.st_dev, st.st_ino) in removed_inodes  # unlinking a hard link updates the ctime
-            if st.st_ctime > started and not ours:  # installed or linked while we ran: a sync may need it
-                report.busy.append(cache.relpath(blob))
-                continue
-            if blob.name == etag:
-                report.blobs += 1
-                size, nlink, n = removed_inodes.get((st.st_dev, st.st_ino), (st.st_size, st.st_nlink, 0))
-                removed_inodes[(st.st_dev, st.st_ino)] = (size, nlink, n + 1)
-            else:
-                report.partials += 1
-                report.freed_bytes += st.st_size if st.st_nlink == 1 else 0
-            if not dry:
-                blob.unlink()
+    try:
+        for dir_fd, path, name in _walk(snapshot, report, label):
+            if (commit, path) not in k.links:
+                report.links += 1
+                if not report.dry_run:
+                    unlink_at(dir_fd, name)
+    finally:
+        os.close(snapshot)
 
 
-def _refuse_linked_folders(cache: RepoCache) -> None:
-    """prune deletes by path: a folder of the repo replaced by a symlink (planted, in a shared cache)
-    would lead it to delete files elsewhere, so that is refused (`UnsafeFolder`, exit 5)."""
-    for sub in ("blobs", "snapshots", "refs", "trees"):
-        with (
-            contextlib.suppress(FileNotFoundError),
-            opened_folder(cache.root, (cache.folder.name, sub), create=False),
-        ):
-            pass
+def _remove_tree(parent: int, name: str, report: PruneReport) -> None:
+    """Remove the folder `name` of `parent` and what it holds, by fd, never through a link (a link to
+    a folder is removed itself); a non-folder is unlinked."""
+    try:
+        fd = os.open(name, FOLDER_FLAGS, dir_fd=parent)
+    except OSError:
+        unlink_at(parent, name)  # a link or a file where a snapshot folder should be
+        return
+    try:
+        for dir_fd, _, entry in _walk(fd, report, name):
+            unlink_at(dir_fd, entry)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(name, dir_fd=parent)
+
+
+def _prune_blobs(
+    k: _Keep, report: PruneReport, started: float, removed_inodes: dict[tuple[int, int], tuple[int, int, int]]
+) -> None:
+    cache = k.cache
+    with _folder(cache, "blobs") as blobs:
+        if blobs is None:
+            return
+        for name in sorted(os.listdir(blobs)):
+            etag = _etag_of(name)
+            if etag is None or _needed(name, etag, k):
+                continue  # not ours to judge, or needed
+            with contextlib.ExitStack() as stack:
+                if not report.dry_run:
+                    stack.enter_context(cache.blob_lock(etag))
+                try:
+                    st = os.stat(name, dir_fd=blobs, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                temp = STATE_TEMP.fullmatch(name) is not None  # litter by its exact name, even as a link
+                if not (stat.S_ISREG(st.st_mode) or (temp and stat.S_ISLNK(st.st_mode))):
+                    continue
+                ours = (st.st_dev, st.st_ino) in removed_inodes  # unlinking a hard link updates the ctime
+                if st.st_ctime > started and not ours:  # installed or linked while we ran: a sync may need it
+                    report.busy.append(f"{cache.folder.name}/blobs/{name}")
+                    continue
+                if name == etag:
+                    report.blobs += 1
+                    size, nlink, n = removed_inodes.get((st.st_dev, st.st_ino), (st.st_size, st.st_nlink, 0))
+                    removed_inodes[(st.st_dev, st.st_ino)] = (size, nlink, n + 1)
+                else:
+                    report.partials += 1
+                    report.freed_bytes += st.st_size if st.st_nlink == 1 and stat.S_ISREG(st.st_mode) else 0
+                if not report.dry_run:
+                    unlink_at(blobs, name)
+
+
+def _why_unread(dir_fd: int, name: str, exc: OSError) -> str:
+    """Why a ref was not read: a link is named with its target (the link's own text, not what it points at)."""
+    if exc.errno == errno.ELOOP:
+        with contextlib.suppress(OSError):
+            return f"a symlink to {os.readlink(name, dir_fd=dir_fd)!r} (not followed)"
+    return str(exc.strerror or exc)
 
 
 def _is_hex(text: str) -> bool:
@@ -199,13 +306,3 @@ def _needed(name: str, etag: str, k: _Keep) -> bool:
     if name not in (etag + PARTIAL_SUFFIX, etag + STATE_SUFFIX):
         return True
     return not k.cache.has_blob(etag, k.blobs[etag])
-
-
-def _remove_empty_dirs(top: Path, keep_top: bool = False) -> None:
-    """Remove folders left empty under `top` (deepest first), and `top` itself unless `keep_top`."""
-    for folder in sorted((p for p in top.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-    if not keep_top:
-        with contextlib.suppress(OSError):
-            top.rmdir()
