@@ -244,6 +244,21 @@ def test_a_wait_beyond_the_time_budget_fails_at_once(prefetch, hub):
     assert hub.count(path_contains="/revision/") == 1
 
 
+def test_a_small_file_has_one_time_budget_across_the_lane_and_the_pool(prefetch, hub):
+    """A small file's first attempt is the lane's; when it fails, its next attempts are the segment pool's.
+    They are one request's attempts, with one `retry.max_time`: an attempt that alone outlasted the budget
+    (here a drip-fed body dropped after its 2 s window, against a 1.5 s budget) is the last. The pool used to
+    start the budget again: a second attempt, and a 30 s budget took 120 s."""
+    config = os.urandom(8 * 1024)
+    commit = hub.create_repo("org/model").commit({"config.json": config})
+    prefetch.manifest([{"repo": "org/model"}], retry={"attempts": 100, "max_time": 1.5})
+    hub.inject(Fault(kind="slow", match="config.json", times=None, bytes_per_sec=100))
+    result = sync(prefetch, env={"PREFETCH_MIN_RATE_WINDOW": "2"})
+    assert result.code == 4, result
+    assert "too slow" in result.stderr, result
+    assert hub.count(path_contains=f"/resolve/{commit}/config.json") == 1, result
+
+
 @pytest.mark.parametrize(
     ("flags", "retry", "expected"),
     [

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from prefetch import settings
 from prefetch.cache import BlobIndex, RepoCache, each_once, folders_kept_open
 from prefetch.cancel import CancelToken
 from prefetch.download.helper import SmallFileHelper
-from prefetch.download.job import FileJob, Reporter, TransferStats
+from prefetch.download.job import FileJob, LaneTry, Reporter, TransferStats
 from prefetch.download.lane import SmallFileLane, SmallLast
 from prefetch.download.new_blobs import NewBlobs
 from prefetch.download.ranges import RangeFetcher, SegmentPool
@@ -218,34 +219,30 @@ class Transfer:
             and self._blob_index.find_elsewhere(job.cache, job.etag, job.size) is None
         )
 
-    def fetch_after_lane(self, job: FileJob, failure: Exception | None) -> None:
-        """The rest of a small file's attempts after the lane's (`SmallFileLane`) failed with `failure`,
-        or (None) brought bytes that did not match; failures are the run's, as a worker's are."""
+    def fetch_after_lane(self, job: FileJob, tried: LaneTry) -> None:
+        """The rest of a small file's attempts after the lane's (`SmallFileLane`) failed (`tried`);
+        failures are the run's, as a worker's are."""
         try:
-            self._fetch_new(job, locked=False, lane_failure=failure, lane_mismatch=failure is None)
+            self._fetch_new(job, locked=False, lane=tried)
         except BaseException as exc:
             self.failed(exc, job)
 
-    def _fetch_new(
-        self,
-        job: FileJob,
-        *,
-        locked: bool,
-        lane_failure: Exception | None = None,
-        lane_mismatch: bool = False,
-    ) -> None:
+    def _fetch_new(self, job: FileJob, *, locked: bool, lane: LaneTry | None = None) -> None:
         """Download the file (a small one whole, into memory: no resume state) and install it.
 
         After the lane's try (`fetch_after_lane`), that try was the first attempt: it failed with
-        `lane_failure` (retried as any attempt's failure) or its bytes did not match (`lane_mismatch`).
+        `lane.failure` (retried as any attempt's failure) or its bytes did not match (None). A small file
+        is one request: all its attempts, the lane's and both rounds' here, share one time budget.
         """
-        if lane_failure is None and not lane_mismatch:  # (the lane said so when it sent the request)
+        if lane is None:  # (else the lane said so when it sent the request)
             self.reporter.file_started(job)
+        since = lane.started if lane is not None else time.monotonic()
         for attempt in (1, 2):
-            if attempt == 1 and lane_mismatch:
+            if attempt == 1 and lane is not None and lane.failure is None:
                 pass
             elif job.small:
-                if self._download_small(job, locked, lane_failure if attempt == 1 else None):
+                lane_failure = lane.failure if attempt == 1 and lane is not None else None
+                if self._download_small(job, locked, lane_failure, since):
                     return
             else:
                 name = self.ranges.download(job)
@@ -289,11 +286,13 @@ class Transfer:
         self.installed(job, job.etag)
         return True
 
-    def _download_small(self, job: FileJob, locked: bool, lane_failure: Exception | None = None) -> bool:
+    def _download_small(
+        self, job: FileJob, locked: bool, lane_failure: Exception | None, since: float
+    ) -> bool:
         """Fetch a small file into memory (`RangeFetcher.fetch_small`) and install it (`install_small`);
         False: the bytes cannot be this file. `lane_failure`: its first attempt was the lane's, and
-        failed so."""
-        data = self.ranges.fetch_small(job, lane_failure)
+        failed so; `since`: when its first attempt began (its time budget counts from there)."""
+        data = self.ranges.fetch_small(job, lane_failure, since)
         return data is not None and self.install_small(job, data, locked)
 
     def install_small(self, job: FileJob, data: bytearray, locked: bool) -> bool:

@@ -77,6 +77,16 @@ class FileJob:
         return name
 
 
+@dataclass(frozen=True)
+class LaneTry:
+    """The first attempt of a small file, made by the lane of small files (`download.lane`), which failed:
+    `failure` (None: its bytes did not match). `started` (`time.monotonic()`) is when it was sent: the
+    file's next attempts share its time budget (`retry.max_time` counts from there)."""
+
+    failure: Exception | None
+    started: float
+
+
 @dataclass
 class TransferStats:
     files_fetched: int = 0

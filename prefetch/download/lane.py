@@ -35,7 +35,7 @@ from typing import Protocol
 
 from prefetch.cancel import CancelToken
 from prefetch.download.answer_checks import redirect_check
-from prefetch.download.job import FileJob, Reporter
+from prefetch.download.job import FileJob, LaneTry, Reporter
 from prefetch.download.partial import Cursor, MemoryFile
 from prefetch.download.ranges import RangeFetcher
 from prefetch.download.scheduler import HostLimit
@@ -62,7 +62,7 @@ class EngineForLane(Protocol):
 
     def fetch_file(self, job: FileJob) -> None: ...
 
-    def fetch_after_lane(self, job: FileJob, failure: Exception | None) -> None: ...
+    def fetch_after_lane(self, job: FileJob, tried: LaneTry) -> None: ...
 
     def install_small(self, job: FileJob, data: bytearray, locked: bool) -> bool: ...
 
@@ -182,7 +182,7 @@ class SmallFileLane:
             sent = self._sent(job, url)
         except Exception as exc:
             limit.release(started)
-            self._hand_on(job, exc)
+            self._hand_on(job, LaneTry(exc, started))
             return True
         self._in_flight.append(_Request(job, sent, limit, started, url))
         return True
@@ -221,18 +221,18 @@ class SmallFileLane:
             request.limit.progress(0, requests=1)
         except BadBytes as e:
             log.warning("%s", e)
-            return self._hand_on(job, None)
+            return self._hand_on(job, LaneTry(None, request.started))
         except Exception as exc:
-            return self._hand_on(job, exc)
+            return self._hand_on(job, LaneTry(exc, request.started))
         try:
             installed = transfer.install_small(job, memory.data, locked=False)
         except BaseException as exc:
             transfer.failed(exc, job)
             return
         if not installed:
-            self._hand_on(job, None)
+            self._hand_on(job, LaneTry(None, request.started))
 
-    def _hand_on(self, job: FileJob, tried: Exception | None) -> None:
-        """The lane's try of `job` failed (`tried`; None: its bytes were not the file's): its next
-        attempts go to the segment pool, and the lane goes on."""
+    def _hand_on(self, job: FileJob, tried: LaneTry) -> None:
+        """The lane's try of `job` failed (`tried`): its next attempts go to the segment pool (with the
+        same time budget), and the lane goes on."""
         self._handed_on.append(self._ranges.segments.submit(0, self._transfer.fetch_after_lane, job, tried))

@@ -122,16 +122,19 @@ class RangeFetcher:
             partial.close(keep_state=hashed is None)
         return name
 
-    def fetch_small(self, job: FileJob, lane_failure: Exception | None = None) -> bytearray | None:
+    def fetch_small(
+        self, job: FileJob, lane_failure: Exception | None = None, since: float | None = None
+    ) -> bytearray | None:
         """A small file's bytes, fetched whole into memory; None: they cannot be this file.
-        `lane_failure`: its first attempt was the lane's, and failed so.
+        `lane_failure`: its first attempt was the lane's, and failed so; `since`: when its first attempt
+        began, where its time budget counts from (`RetryPolicy.call`).
 
         Per file this saves the resume state, the per-chunk bookkeeping, the read-back and (batched)
         the fsync: for thousands of small files, the filesystem work was most of the time.
         """
         memory = MemoryFile(job.size)
         try:
-            self._fetch_segment(job, memory, _Source(job), 0, job.size, False, lane_failure)
+            self._fetch_segment(job, memory, _Source(job), 0, job.size, False, lane_failure, since)
         except BadBytes as e:
             log.warning("%s", e)
             return None
@@ -178,9 +181,11 @@ class RangeFetcher:
         end: int,
         use_range: bool,
         lane_failure: Exception | None = None,
+        since: float | None = None,
     ) -> None:
         """Fetch [start, end) into the partial file; a retry resumes at the first byte not yet written.
-        `lane_failure`: the first attempt was the lane's, and failed so (raised as this call's first)."""
+        `lane_failure`: the first attempt was the lane's, and failed so (raised as this call's first);
+        `since`: when the request's first attempt began (else: this call's)."""
         cursor = Cursor(start)
         first = [lane_failure] if lane_failure is not None else []
 
@@ -217,7 +222,10 @@ class RangeFetcher:
                 source.asked(generation)
 
         self.http.retry.call(
-            attempt, lambda: f"GET {job.label} bytes {cursor.position}-{end - 1}", cancel=self.cancel
+            attempt,
+            lambda: f"GET {job.label} bytes {cursor.position}-{end - 1}",
+            cancel=self.cancel,
+            since=since,
         )
 
     def take_body(

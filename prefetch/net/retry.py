@@ -109,12 +109,13 @@ class _HintBeyond(tenacity.stop.stop_base):
     """Stop at once when the server asks to wait past the time left: waiting could not end in success.
     (Says so: a silent stop after a 429 would read as a network failure.)"""
 
-    def __init__(self, max_time: float) -> None:
+    def __init__(self, max_time: float, since: float | None) -> None:
         self.max_time = max_time
+        self.since = since
 
     def __call__(self, state: tenacity.RetryCallState) -> bool:
         hint = _server_hint(state)
-        if hint is None or hint <= self.max_time - (state.seconds_since_start or 0.0):
+        if hint is None or hint <= self.max_time - _elapsed(state, self.since):
             return False
         log.warning(
             "giving up: the server asked to wait %.0fs, beyond the retry time budget (retry.max_time %ss)",
@@ -122,6 +123,25 @@ class _HintBeyond(tenacity.stop.stop_base):
             self.max_time,
         )
         return True
+
+
+class _OutOfTime(tenacity.stop.stop_base):
+    """Stop when the next wait would end past `max_time` after the request's first attempt: its
+    `since`, when that attempt was made before this call (a small file's, by the lane)."""
+
+    def __init__(self, max_time: float, since: float | None) -> None:
+        self.max_time = max_time
+        self.since = since
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
+        return _elapsed(state, self.since) + state.upcoming_sleep >= self.max_time
+
+
+def _elapsed(state: tenacity.RetryCallState, since: float | None) -> float:
+    """Seconds since the request's first attempt (this call's, or `since`, an earlier one's)."""
+    if since is None:
+        return state.seconds_since_start or 0.0
+    return time.monotonic() - since
 
 
 def _server_hint(state: tenacity.RetryCallState) -> float | None:
@@ -148,12 +168,6 @@ class RetryPolicy:
         self.on_retry = on_retry
         self.cancel = cancel or CancelToken()
         half = settings.max_wait / 2
-        self._stop = (  # (in this order: the first that says stop is the one that says why)
-            _HintBeyond(settings.max_time)
-            | _FirstContact()
-            | tenacity.stop_after_attempt(settings.attempts)
-            | tenacity.stop_before_delay(settings.max_time)
-        )
         self._wait = _ServerHintOr(
             tenacity.wait_exponential(multiplier=0.125, max=half)
             + tenacity.wait_random_exponential(multiplier=0.125, max=half)
@@ -165,13 +179,17 @@ class RetryPolicy:
         what: str | Callable[[], str],
         cancel: CancelToken | None = None,
         retryable: Callable[[BaseException], bool] = is_retryable,
+        since: float | None = None,
     ) -> T:
         """Run `fn` until it succeeds, fails for good, or the bounds are reached; log each retry once.
 
         `what` names the request in the log (a callable is asked at each retry, e.g. for the byte
         position a resumed download restarts from); `cancel` (by default the policy's token; a
         transfer passes its own child of it) ends the wait between attempts; `retryable` says which
-        failures are worth another attempt (by default the transient ones, `is_retryable`).
+        failures are worth another attempt (by default the transient ones, `is_retryable`); `since`
+        (`time.monotonic()`) is when the request's first attempt began, when it was made before this call:
+        the time budget (`max_time`) counts from there, so a request has one budget however its attempts
+        are shared out (a small file's first is the lane's, the rest the segment pool's).
         """
         token = cancel or self.cancel
 
@@ -187,8 +205,14 @@ class RetryPolicy:
             if self.on_retry:
                 self.on_retry(message)
 
+        stop = (  # (in this order: the first that says stop is the one that says why)
+            _HintBeyond(self.settings.max_time, since)
+            | _FirstContact()
+            | tenacity.stop_after_attempt(self.settings.attempts)
+            | _OutOfTime(self.settings.max_time, since)
+        )
         retrying = tenacity.Retrying(
-            stop=self._stop,
+            stop=stop,
             wait=self._wait,
             retry=tenacity.retry_if_exception(retryable),
             before=lambda _: token.raise_if_cancelled(),
