@@ -7,7 +7,8 @@ one JSON event per line for tools (`--json`), or nothing (`--quiet`). All text i
   every `interval` seconds (default 5, `PREFETCH_PROGRESS_INTERVAL` overrides), from a ticker thread,
   so a stalled or retrying transfer still shows up in the log.
 - `JsonProgress` (`--json`): one JSON object per line on stdout and nothing else there: `plan`,
-  `file` (one per file done), `retry`, `warning`, `summary` (and `error`, written by the CLI).
+  `file` (one per file done), `retry`, `warning`, `waiting` (another process holds a file's blob
+  lock), `summary` (and `error`, written by the CLI).
 - `QuietProgress` (`--quiet`): nothing; errors still reach stderr through the CLI.
 """
 
@@ -103,6 +104,13 @@ def short_name(label: str) -> str:
     return label.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
 
 
+def _names(files: dict[str, int], limit: int) -> str:
+    """`a.safetensors, b.safetensors (+3 more)` of these files' labels, or ``."""
+    names = [short_name(label) for label in files]
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
 class Progress(Reporter):
     """Counts bytes and files (thread-safe: the transfer engine reports from many threads); subclasses
     decide how to show them. `secrets`: the run's (every line it shows is redacted with them)."""
@@ -111,10 +119,13 @@ class Progress(Reporter):
         self.secrets = secrets or Secrets()
         self.total_bytes = 0
         self.total_files = 0
-        self.done_bytes = 0
+        self.done_bytes = 0  # in the cache now: fetched, or installed by another process or a hard link
+        self.fetched_bytes = 0  # of those, fetched by this run: what its rate is made of
         self.done_files = 0
         self.started = time.monotonic()
         self.active: dict[str, int] = {}  # label -> size, in start order
+        self.waiting: dict[str, int] = {}  # label -> size: files another process holds the lock of
+        self._said_waiting = False
         self._lock = threading.Lock()
 
     # -- what the engine and the orchestrator call --------------------------------------------------
@@ -126,16 +137,38 @@ class Progress(Reporter):
 
     def file_started(self, job: FileJob) -> None:
         with self._lock:
+            self.waiting.pop(job.label, None)
             self.active[job.label] = job.size
+
+    def file_waiting(self, job: FileJob) -> None:
+        """Said at the default level (once: the status line lists the files waited on), so a run that
+        waits looks like one that waits, not like one that hangs."""
+        with self._lock:
+            self.waiting[job.label] = job.size
+            first, self._said_waiting = not self._said_waiting, True
+        if first:
+            self.message(
+                f"waiting for another process downloading {job.label} ({human_bytes(job.size)}): it holds "
+                f"the blob's lock {job.cache.lock_path(job.etag)}; the bytes it installs are not fetched again"
+            )
+        self.event(
+            "waiting", repo=job.repo, path=job.path, size=job.size, lock=str(job.cache.lock_path(job.etag))
+        )
 
     def advance(self, nbytes: int) -> None:
         with self._lock:
             self.done_bytes += nbytes
+            self.fetched_bytes += nbytes
 
     def file_done(self, job: FileJob, how: str) -> None:
+        """`how`: fetched, cached (another process installed it meanwhile) or linked (from another repo's
+        folder): the bytes of the last two are in the cache now without having been fetched."""
         with self._lock:
             self.active.pop(job.label, None)
+            self.waiting.pop(job.label, None)
             self.done_files += 1
+            if how != "fetched":
+                self.done_bytes += job.size
 
     def retry(self, message: str) -> None:
         """A request failed and will be tried again (the engine also logs it as a warning)."""
@@ -172,22 +205,39 @@ class Progress(Reporter):
 
     # -- shared formatting ----------------------------------------------------------------------------
     def rate(self) -> float:
-        return self.done_bytes / max(time.monotonic() - self.started, 1e-6)
+        """Bytes per second this run fetched (not those another process installed meanwhile)."""
+        return self.fetched_bytes / max(time.monotonic() - self.started, 1e-6)
 
     def eta(self) -> float | None:
+        """Seconds until the bytes this run fetches are in, at its rate; None when unknown (no rate yet,
+        or only files another process is fetching are left)."""
         rate = self.rate()
-        if rate <= 0:
+        with self._lock:
+            left = self.total_bytes - self.done_bytes - sum(self.waiting.values())
+        if rate <= 0 or (left <= 0 and self.waiting):
             return None
-        return max(0.0, self.total_bytes - self.done_bytes) / rate
+        return max(0, left) / rate
 
     def active_names(self, limit: int = ACTIVE_SHOWN) -> str:
         """`a.safetensors, b.safetensors (+3 more)`, or `` when nothing is in flight."""
         with self._lock:
-            names = [short_name(label) for label in self.active]
-        if not names:
-            return ""
-        shown = ", ".join(names[:limit])
-        return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+            return _names(self.active, limit)
+
+    def waiting_names(self, limit: int = ACTIVE_SHOWN) -> str:
+        """The files another process holds the lock of, as `active_names` names them."""
+        with self._lock:
+            return _names(self.waiting, limit)
+
+    def in_flight(self) -> str:
+        """What the run is doing now: `active: a, b` and `waiting for another process: c` (either, both
+        or ``)."""
+        with self._lock:
+            active, waiting = _names(self.active, ACTIVE_SHOWN), _names(self.waiting, ACTIVE_SHOWN)
+        parts = [
+            f"active: {active}" if active else "",
+            f"waiting for another process: {waiting}" if waiting else "",
+        ]
+        return "; ".join(part for part in parts if part)
 
     def status_line(self) -> str:
         """`460.0 MiB / 1.0 GiB (45%), 215.3 MiB/s, ETA 3s, files 1/4; active: a, b`."""
@@ -200,8 +250,8 @@ class Progress(Reporter):
             f"{human_bytes(done)} / {human_bytes(total)} ({percent:.0f}%), {human_bytes(self.rate())}/s, "
             f"ETA {human_duration(eta) if eta is not None else '?'}, files {files}/{total_files}"
         )
-        active = self.active_names()
-        return line + (f"; active: {active}" if active else "")
+        now = self.in_flight()
+        return line + (f"; {now}" if now else "")
 
 
 class QuietProgress(Progress):
@@ -360,12 +410,12 @@ class TtyProgress(Progress):
         if self.bar is None or (not force and now - self._drawn < 0.2):
             return
         self._drawn = now
-        active = self.active_names()
+        doing = self.in_flight()
         with self._draw:
             if self.bar is None:
                 return
             self.bar.set_postfix_str(f"files {self.done_files}/{self.total_files}", refresh=False)
-            self.line.set_description_str(f"  active: {active}" if active else "", refresh=True)
+            self.line.set_description_str(f"  {doing}" if doing else "", refresh=True)
 
     def file_started(self, job: FileJob) -> None:
         super().file_started(job)
@@ -379,8 +429,16 @@ class TtyProgress(Progress):
                     self.bar.update(nbytes)
             self._refresh_files()
 
+    def file_waiting(self, job: FileJob) -> None:
+        super().file_waiting(job)
+        self._refresh_files(force=True)
+
     def file_done(self, job: FileJob, how: str) -> None:
         super().file_done(job, how)
+        if how != "fetched" and self.bar is not None:  # installed by another process, or linked
+            with self._draw:
+                if self.bar is not None:
+                    self.bar.update(job.size)
         self._refresh_files()
 
     def message(self, text: str) -> None:
@@ -425,7 +483,7 @@ class JsonProgress(LineProgress):
             )
         self.event(
             "progress", done_bytes=done, total_bytes=total, done_files=files, total_files=total_files,
-            bytes_per_second=round(self.rate()), active=self.active_names(),
+            bytes_per_second=round(self.rate()), active=self.active_names(), waiting=self.waiting_names(),
         )  # fmt: skip
 
     def event(self, kind: str, **fields: Any) -> None:

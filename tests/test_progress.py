@@ -117,6 +117,42 @@ def test_ci_lines_every_interval(prefetch: PrefetchRunner, hub: HubEmulator) -> 
     assert "synced 1 entries" in result.stdout
 
 
+def test_a_sync_waiting_for_another_process_says_so_and_what_it_awaits(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """Another process holds the big file's blob lock (as a second sync, or huggingface_hub, would while it
+    downloads it). At the default level the run says that it waits, for which file and on which lock; its
+    status lines name the file under "waiting", not as active, and make no estimate out of a rate of
+    nothing. When that process installs the blob, the file is done with its bytes counted, not fetched."""
+    from filelock import FileLock
+
+    repo = make_repo(hub, small=2, lfs_size=2 * MiB)
+    prefetch.manifest([{"repo": "org/model"}])
+    sha = repo.file_info("main", "model.safetensors").etag
+    lock = prefetch.cache_dir / ".locks" / "models--org--model" / f"{sha}.lock"
+    lock.parent.mkdir(parents=True)
+    with FileLock(str(lock)):
+        proc = prefetch.popen("sync", "models.yaml", env={"PREFETCH_PROGRESS_INTERVAL": "0.2"})
+        deadline = time.monotonic() + 30
+        while hub.count(path_contains="config-1.json") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # several status lines while it waits
+        blob = prefetch.cache_dir / "models--org--model" / "blobs" / sha
+        blob.write_bytes(repo.files()["model.safetensors"])  # as that process would install it
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert (
+        f"waiting for another process downloading org/model:model.safetensors (2.0 MiB): it holds the blob's "
+        f"lock {lock}" in err
+    ), err
+    status = [line for line in err.splitlines() if line.startswith("prefetch: ") and "ETA" in line]
+    waiting = [line for line in status if "waiting for another process: model.safetensors" in line]
+    assert len(waiting) >= 3, err
+    assert all("active: model.safetensors" not in line and "ETA ?" in line for line in waiting), waiting
+    assert hub.count(path_contains=sha) == 0
+    assert "fetched 2 files" in out, out
+
+
 def test_quiet_prints_nothing(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
     make_repo(hub)
     prefetch.manifest([{"repo": "org/model"}])

@@ -18,6 +18,7 @@ a fatal failure of one file cancels for the others).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -201,7 +202,8 @@ class Transfer:
             if self.cached(job):
                 return self.done(job, "cached")
             return self._fetch_new(job, locked=False)
-        with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
+        waiting = functools.partial(self.reporter.file_waiting, job)
+        with cache.blob_lock(job.etag, on_wait=waiting, interrupt=self.cancel.raise_if_cancelled):
             if self.cached(job):  # another process fetched (or repaired) it while we waited
                 cache.partials.discard_partial(job.etag)  # our own earlier partial of it is garbage now
                 return self.done(job, "cached")
