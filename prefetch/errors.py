@@ -377,7 +377,10 @@ def exit_code_for(exc: BaseException) -> ExitCode:
 # Raised inside the HTTP layer and the download engine; they become the typed errors above (with
 # an exit code) where a request fails for good (`prefetch.net.session.network_error`).
 class TransportError(Exception):
-    """The request did not complete over the network: worth a retry, or another proxy."""
+    """The request did not complete over the network: worth a retry, or another proxy. `host`: the host
+    (and port) it was sent to, when the session knows it (retry lines name it)."""
+
+    host: str | None = None
 
 
 class ConnectError(TransportError):
@@ -423,6 +426,8 @@ class ProxyRoutesFailed(Exception):
 
     `permanent` when every proxy refused our credentials (407): retrying cannot help, so fail fast.
     """
+
+    host: str | None = None  # the host the request was for (retry lines name it)
 
     def __init__(self, failures: list[tuple[str, str]], permanent: bool = False) -> None:
         self.failures = failures

@@ -8,7 +8,8 @@ one JSON event per line for tools (`--json`), or nothing (`--quiet`). All text i
   so a stalled or retrying transfer still shows up in the log.
 - `JsonProgress` (`--json`): one JSON object per line on stdout and nothing else there: `plan`,
   `file` (one per file done), `retry`, `warning`, `waiting` (another process holds a file's blob
-  lock), `summary` (and `error`, written by the CLI).
+  lock), `log` (the log's records: `JsonLogHandler`), `summary` (and `error`, written by the CLI);
+  nothing on stderr.
 - `QuietProgress` (`--quiet`): nothing; errors still reach stderr through the CLI.
 """
 
@@ -29,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from prefetch import settings
 from prefetch.auth import Secrets
 from prefetch.download.job import FileJob, Reporter
-from prefetch.terminal import escape_controls
+from prefetch.terminal import EVENT_ATTRIBUTE, escape_controls
 
 if TYPE_CHECKING:
     from prefetch.net.ratelimit import Wait
@@ -87,15 +88,54 @@ class RedactingFormatter(logging.Formatter):
         return shown(super().format(record), self.secrets)
 
 
-def setup_logging(verbosity: int, secrets: Secrets, stream: IO[str] | None = None) -> None:
-    """Route the `prefetch` logger to stderr through the run's redactor: warnings by default, more with -v."""
+_STDOUT = threading.Lock()  # one JSON line at a time on stdout: events and log records come from many threads
+
+
+def write_json_line(data: dict[str, Any], secrets: Secrets, stream: IO[str] | None = None) -> None:
+    """One JSON object on a line of `stream` (default stdout), redacted, whole."""
+    line = secrets.redact(json.dumps(data, sort_keys=True, default=str))
+    with _STDOUT:
+        print(line, file=stream or sys.stdout, flush=True)
+
+
+class JsonLogHandler(logging.Handler):
+    """Under --json, the log's records are events on stdout (`{"event": "log", "level": "warning", ...}`),
+    so stderr stays quiet and a tool reads one stream; a record that is an event already is left out."""
+
+    def __init__(self, secrets: Secrets, stream: IO[str] | None = None) -> None:
+        super().__init__()
+        self.secrets, self.stream = secrets, stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, EVENT_ATTRIBUTE, None):
+            return
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        write_json_line(
+            {"event": "log", "level": record.levelname.lower(), "message": message}, self.secrets, self.stream
+        )
+
+
+def setup_logging(
+    verbosity: int, secrets: Secrets, stream: IO[str] | None = None, *, as_json: bool = False
+) -> None:
+    """Route the `prefetch` logger through the run's redactor: to stderr, or under --json (`as_json`) as
+    events on stdout. Errors only with --quiet (verbosity -1), warnings by default, what is fetched from
+    where with -v, every request with -vv."""
     logger = logging.getLogger("prefetch")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(RedactingFormatter("prefetch: %(levelname)s: %(message)s", secrets))
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    handler: logging.Handler
+    if as_json:
+        handler = JsonLogHandler(secrets, stream)
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(RedactingFormatter("prefetch: %(levelname)s: %(message)s", secrets))
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity == 1 else logging.WARNING)
+    levels = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
+    logger.setLevel(levels.get(verbosity, logging.DEBUG if verbosity > 1 else logging.ERROR))
     logger.propagate = False
 
 
@@ -464,14 +504,14 @@ class TtyProgress(Progress):
 
 
 class JsonProgress(LineProgress):
-    """`--json`: one JSON object per line on stdout (plan, file, progress, retry, warning, summary); nothing
-    else. A `progress` event comes at least every second while the transfer runs, so a tool watching a
+    """`--json`: one JSON object per line on stdout (plan, file, progress, retry, warning, waiting, log,
+    summary); nothing else, and nothing on stderr (the log's records are `log` events: `JsonLogHandler`).
+    A `progress` event comes at least every second while the transfer runs, so a tool watching a
     multi-GB file sees bytes move between two `file` events."""
 
     def __init__(self, secrets: Secrets | None = None, stream: IO[str] | None = None) -> None:
         interval = min(JSON_PROGRESS_INTERVAL, settings.progress_interval())
         super().__init__(secrets, interval=interval, stream=stream)
-        self._out = threading.Lock()
 
     def tick(self) -> None:
         with self._lock:
@@ -487,9 +527,7 @@ class JsonProgress(LineProgress):
         )  # fmt: skip
 
     def event(self, kind: str, **fields: Any) -> None:
-        line = self.secrets.redact(json.dumps({"event": kind, **fields}, sort_keys=True, default=str))
-        with self._out:
-            print(line, file=self.stream or sys.stdout, flush=True)
+        write_json_line({"event": kind, **fields}, self.secrets, self.stream)
 
     def file_done(self, job: FileJob, how: str) -> None:
         super().file_done(job, how)

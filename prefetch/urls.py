@@ -31,6 +31,14 @@ def endpoint_problem(value: str) -> str | None:
     return None
 
 
+def loggable_url(url: str) -> str:
+    """`url` as a log may show it: without its user info and query (`?…`): a CDN's signed URL carries its
+    signature in the query, a proxy or mirror URL its password in the user info."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}" + ("?…" if parts.query else "")
+
+
 def is_loopback_host(host: str) -> bool:
     """`localhost`, 127.0.0.0/8 or ::1, by the name as written: never resolved, so no DNS answer (or
     /etc/hosts entry) can make a remote host count as this machine."""

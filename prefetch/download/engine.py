@@ -51,6 +51,7 @@ from prefetch.gcpause import young_objects_collected
 from prefetch.hashing import hash_file
 from prefetch.net.retry import describe, is_retryable
 from prefetch.net.session import Http, network_error
+from prefetch.terminal import EVENT_ATTRIBUTE
 from prefetch.workers import Workers
 
 log = logging.getLogger("prefetch")
@@ -253,7 +254,7 @@ class Transfer:
                 job.cache.partials.discard_partial(job.etag)  # never resume from bytes that failed their hash
             if attempt == 1:
                 message = f"hash mismatch for {job.label}: discarded, fetching it again"
-                log.warning(message)
+                log.warning(message, extra={EVENT_ATTRIBUTE: "retry"})
                 self.reporter.retry(message)
         raise IntegrityError(
             f"{job.label}: downloaded bytes do not match the expected hash {job.etag} twice; nothing was "

@@ -37,7 +37,7 @@ from prefetch.cancel import CancelToken
 from prefetch.download.answer_checks import redirect_check
 from prefetch.download.job import FileJob, LaneTry, Reporter
 from prefetch.download.partial import Cursor, MemoryFile
-from prefetch.download.ranges import RangeFetcher
+from prefetch.download.ranges import RangeFetcher, log_source
 from prefetch.download.scheduler import HostLimit
 from prefetch.errors import BadBytes
 from prefetch.net.session import FILE_HEADERS, Http, InFlight
@@ -212,6 +212,7 @@ class SmallFileLane:
                     self._in_flight.append(replace(request, sent=sent, url=target, hop=request.hop + 1))
                     redirected = True  # (its connection stays held)
                     return
+                log_source(job, request.url)
                 memory = MemoryFile(job.size)
                 with contextlib.closing(response):
                     self._take_body(job, memory, response, Cursor(0), 0, job.size, False, request.limit)

@@ -45,6 +45,7 @@ from prefetch.errors import (
 )
 from prefetch.net.connection import Response
 from prefetch.net.session import FILE_HEADERS, Http
+from prefetch.urls import loggable_url
 
 log = logging.getLogger("prefetch")
 
@@ -305,6 +306,12 @@ class RangeFetcher:
                 flush()
 
 
+def log_source(job: FileJob, url: str) -> None:
+    """-v: what is fetched from where (the URL the bytes come from, after redirects, without its query)."""
+    if log.isEnabledFor(logging.INFO):
+        log.info("fetching %s (%s bytes) from %s", job.label, f"{job.size:,}", loggable_url(url))
+
+
 class _Buffers:
     """Read buffers, reused: one per active connection (fresh pages cost more than the bytes' copy).
 
@@ -361,9 +368,11 @@ class _Source:
             return self.url, self.generation
 
     def served_from(self, url: str, generation: int) -> None:
-        """A request made in `generation` was answered from `url` (after redirects)."""
+        """A request made in `generation` was answered from `url` (after redirects); -v says so, once."""
         with self._cond:
             if generation == self.generation:
+                if not self._known:
+                    log_source(self.job, url)
                 self.url, self._known = url, True
                 self._cond.notify_all()
 

@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import tenacity
 
@@ -29,6 +30,7 @@ from prefetch.errors import (
 )
 from prefetch.net.connection import Headers
 from prefetch.settings import RetrySettings
+from prefetch.terminal import EVENT_ATTRIBUTE
 
 log = logging.getLogger("prefetch")
 T = TypeVar("T")
@@ -144,6 +146,15 @@ def _elapsed(state: tenacity.RetryCallState, since: float | None) -> float:
     return time.monotonic() - since
 
 
+def _host_of(exc: BaseException | None) -> str | None:
+    """The host (and port) a failed request went to: the session names it on transport failures, and an
+    error answer carries its URL."""
+    host = getattr(exc, "host", None)
+    if host is None and isinstance(exc, HubHttpError):
+        host = urlsplit(exc.url).netloc or None
+    return host
+
+
 def _server_hint(state: tenacity.RetryCallState) -> float | None:
     exc = state.outcome.exception() if state.outcome else None
     return getattr(exc, "retry_after", None)
@@ -173,6 +184,19 @@ class RetryPolicy:
             + tenacity.wait_random_exponential(multiplier=0.125, max=half)
         )
 
+    def retry_line(self, attempt: int, wait: float, label: str, exc: BaseException | None) -> str:
+        """`retry 1/7 in 0.3s: GET /api/models/x (hub.example): 503 ...`: the retries left are counted
+        against the bound that applies (a host that never answered gets FIRST_CONTACT_ATTEMPTS in all),
+        and the host the request went to is named."""
+        first_contact = getattr(exc, "first_contact", False)
+        attempts = settings.FIRST_CONTACT_ATTEMPTS if first_contact else self.settings.attempts
+        host = _host_of(exc)
+        line = f"retry {attempt}/{attempts - 1} in {wait:.1f}s: {label}{f' ({host})' if host else ''}: "
+        line += describe(exc) if exc else "?"
+        if first_contact:
+            line += f" (the host has not answered in this run: {attempts} attempts in all)"
+        return line
+
     def call(
         self,
         fn: Callable[[], T],
@@ -197,11 +221,8 @@ class RetryPolicy:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
             label = what() if callable(what) else what
-            message = (
-                f"retry {state.attempt_number}/{self.settings.attempts - 1} in {wait:.1f}s: "
-                f"{label}: {describe(exc) if exc else '?'}"
-            )
-            log.warning(message)
+            message = self.retry_line(state.attempt_number, wait, label, exc)
+            log.warning(message, extra={EVENT_ATTRIBUTE: "retry"} if self.on_retry else None)
             if self.on_retry:
                 self.on_retry(message)
 

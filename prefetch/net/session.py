@@ -4,6 +4,7 @@ the Hub's origin (redirects are followed by hand, so the `Authorization` header 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,9 @@ from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_h
 from prefetch.net.ratelimit import RateGate
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
 from prefetch.settings import RetrySettings
-from prefetch.urls import plain_http_token_problem
+from prefetch.urls import loggable_url, plain_http_token_problem
+
+log = logging.getLogger("prefetch")
 
 FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of the stored bytes
 CONNECT_TIMEOUT = 10.0  # seconds to connect (TLS handshake and proxy tunnel included)
@@ -169,6 +172,7 @@ class Http:
             try:
                 response = route.pool.request(method, url, headers, body)
             except TransportError as e:
+                e.host = urlsplit(url).netloc
                 if route.proxy is None and isinstance(e, ConnectError):
                     e.first_contact = _origin(url) not in self._answered
                 # Not a proxy's failure: no route left to try, or a certificate no other proxy verifies either.
@@ -189,8 +193,11 @@ class Http:
                 continue
             self.routes.stick_to(route, failures)
             self._answered.add(_origin(url))
+            _log_answer(method, url, response, route)
             return response
-        raise ProxyRoutesFailed(failures, permanent=needs_credentials == len(failures))
+        failed = ProxyRoutesFailed(failures, permanent=needs_credentials == len(failures))
+        failed.host = urlsplit(url).netloc
+        raise failed
 
     def _check_online(self, method: str, url: str) -> None:
         if self.offline:
@@ -249,16 +256,26 @@ class Http:
         self._check_online("GET", url)
         route = self.routes.for_url(url)[0]
         fields = {**(headers or {}), **self._auth(url, token)}
-        sent = route.pool.send("GET", url, fields, connect=connect)
+        try:
+            sent = route.pool.send("GET", url, fields, connect=connect)
+        except TransportError as e:
+            e.host = urlsplit(url).netloc
+            raise
         return None if sent is None else InFlight(route, sent)
 
     def answer(self, request: InFlight) -> Response:
         """The head of the answer to a request `send` made; a proxy's own failure is a ProxyError."""
-        response = request.sent.answer()
-        reason = self._proxy_failure(request.route, response)
-        if reason is not None:
-            raise ProxyError(f"{request.route.label} {reason}", response.status_code)
-        self._answered.add(_origin(request.sent.url))
+        url = request.sent.url
+        try:
+            response = request.sent.answer()
+            reason = self._proxy_failure(request.route, response)
+            if reason is not None:
+                raise ProxyError(f"{request.route.label} {reason}", response.status_code)
+        except TransportError as e:
+            e.host = urlsplit(url).netloc
+            raise
+        self._answered.add(_origin(url))
+        _log_answer("GET", url, response, request.route)
         return response
 
     def follow(
@@ -337,6 +354,16 @@ class Http:
                     raise UnusableAnswer(f"GET {urlsplit(url).path}: {e}") from None
 
         return self.retry.call(attempt, f"GET {urlsplit(url).path}")
+
+
+def _log_answer(method: str, url: str, response: Response, route: Route) -> None:
+    """-vv: every request, with its answer and its route (the URL without its query: a CDN's signed
+    URL carries its signature there)."""
+    if log.isEnabledFor(logging.DEBUG):
+        via = f" via {route.label}" if route.proxy else ""
+        log.debug(
+            "%s %s -> %d %s%s", method, loggable_url(url), response.status_code, response.reason_phrase, via
+        )
 
 
 def _origin(url: str) -> Origin:
