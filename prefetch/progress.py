@@ -15,6 +15,7 @@ one JSON event per line for tools (`--json`), or nothing (`--quiet`). All text i
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import logging
@@ -38,7 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefetch")
 
 ACTIVE_SHOWN = 3  # files named on the "active" line
-NARROW_COLUMNS = 80  # below this, the bar leaves out its name and the elapsed/remaining times
+NARROW_COLUMNS = 80  # below this, the bar leaves out its name and the elapsed time (the files count: line 2)
+RATE_WINDOW = 10.0  # seconds: the rate shown is the recent one (an estimate must follow a change of pace)
+RATE_SAMPLE = 0.5  # seconds between two samples of the bytes fetched
+ESTIMATE_AFTER = 2.0  # seconds of measured rate before an estimate is shown (`ETA ?` until then)
 JSON_PROGRESS_INTERVAL = 1.0  # seconds, at most, between two `progress` events under --json
 
 
@@ -159,10 +163,11 @@ class Progress(Reporter):
         self.secrets = secrets or Secrets()
         self.total_bytes = 0
         self.total_files = 0
-        self.done_bytes = 0  # in the cache now: fetched, or installed by another process or a hard link
+        self.done_bytes = 0  # on disk now: fetched, resumed, or installed by another process or a link
         self.fetched_bytes = 0  # of those, fetched by this run: what its rate is made of
         self.done_files = 0
         self.started = time.monotonic()
+        self._samples = collections.deque([(self.started, 0)])  # (when, fetched_bytes), for `rate`
         self.active: dict[str, int] = {}  # label -> size, in start order
         self.waiting: dict[str, int] = {}  # label -> size: files another process holds the lock of
         self._said_waiting = False
@@ -174,6 +179,7 @@ class Progress(Reporter):
         with self._lock:
             self.total_bytes, self.total_files = total_bytes, total_files
             self.started = time.monotonic()
+            self._samples = collections.deque([(self.started, self.fetched_bytes)])
 
     def file_started(self, job: FileJob) -> None:
         with self._lock:
@@ -199,6 +205,17 @@ class Progress(Reporter):
         with self._lock:
             self.done_bytes += nbytes
             self.fetched_bytes += nbytes
+            now = time.monotonic()
+            if now - self._samples[-1][0] >= RATE_SAMPLE:
+                self._samples.append((now, self.fetched_bytes))
+                while len(self._samples) > 2 and self._samples[1][0] <= now - RATE_WINDOW:
+                    self._samples.popleft()
+
+    def resumed(self, nbytes: int) -> None:
+        """Bytes of a partial download found on disk: they count as done, not in the rate (a resumed run
+        would otherwise show hundreds of MiB/s)."""
+        with self._lock:
+            self.done_bytes += nbytes
 
     def file_done(self, job: FileJob, how: str) -> None:
         """`how`: fetched, cached (another process installed it meanwhile) or linked (from another repo's
@@ -245,8 +262,12 @@ class Progress(Reporter):
 
     # -- shared formatting ----------------------------------------------------------------------------
     def rate(self) -> float:
-        """Bytes per second this run fetched (not those another process installed meanwhile)."""
-        return self.fetched_bytes / max(time.monotonic() - self.started, 1e-6)
+        """Bytes per second this run fetched over the last RATE_WINDOW seconds (not the bytes a resumed
+        file had on disk, nor those another process installed meanwhile)."""
+        with self._lock:
+            since, before = self._samples[0]
+            fetched = self.fetched_bytes
+        return (fetched - before) / max(time.monotonic() - since, 1e-6)
 
     def eta(self) -> float | None:
         """Seconds until the bytes this run fetches are in, at its rate; None when unknown (no rate yet,
@@ -254,8 +275,9 @@ class Progress(Reporter):
         rate = self.rate()
         with self._lock:
             left = self.total_bytes - self.done_bytes - sum(self.waiting.values())
-        if rate <= 0 or (left <= 0 and self.waiting):
-            return None
+            measured = time.monotonic() - self._samples[0][0]
+        if rate <= 0 or measured < ESTIMATE_AFTER or (left <= 0 and self.waiting):
+            return None  # (a rate of the first instants: an estimate of hours for a sync of seconds)
         return max(0, left) / rate
 
     def active_names(self, limit: int = ACTIVE_SHOWN) -> str:
@@ -379,20 +401,22 @@ def _terminal_width(stream: IO[str]) -> int | None:
     return None if _reported_columns(stream) > 0 else _columns(stream)
 
 
-def _binary_units_bar() -> Any:
-    """tqdm, with fields that name binary units: its own `unit_divisor=1024` still prints `MB/s` for MiB/s."""
+def _binary_units_bar(progress: Progress) -> Any:
+    """tqdm, with fields that name binary units (its own `unit_divisor=1024` still prints `MB/s` for
+    MiB/s), and the rate and estimate of `progress` (`speed`, `eta`): tqdm's own count the bytes of a
+    resumed file, or of one another process installed, as if fetched in an instant."""
     from tqdm import tqdm
 
     class BinaryUnitsBar(tqdm):  # type: ignore[misc]
         @property
         def format_dict(self) -> dict[str, Any]:
             fields = super().format_dict
-            elapsed = fields.get("elapsed") or 0
-            rate = fields.get("rate") or (fields["n"] / elapsed if elapsed else 0)
+            eta = progress.eta()
             fields.update(
                 done=human_bytes(fields["n"]),
                 size=human_bytes(fields["total"] or 0),
-                speed=f"{human_bytes(rate)}/s",
+                speed=f"{human_bytes(progress.rate())}/s",
+                eta=human_duration(eta) if eta is not None else "?",
             )
             return fields
 
@@ -408,6 +432,7 @@ class TtyProgress(Progress):
         self.stream = stream
         self.bar: Any = None
         self.line: Any = None
+        self.narrow = False  # the terminal is narrower than NARROW_COLUMNS (`start`)
         self._draw = threading.Lock()
         self._drawn = 0.0  # when the files line was last redrawn
 
@@ -419,8 +444,9 @@ class TtyProgress(Progress):
 
         out = self.stream or sys.stderr
         width = _terminal_width(out)
-        narrow = (width or _columns(out)) < NARROW_COLUMNS  # keep room for the bar itself
-        self.bar = _binary_units_bar()(
+        # Narrow: no name, no elapsed time, the files count on the second line; the estimate stays.
+        self.narrow = (width or _columns(out)) < NARROW_COLUMNS
+        self.bar = _binary_units_bar(self)(
             total=total_bytes,
             unit="B",
             file=out,
@@ -428,9 +454,10 @@ class TtyProgress(Progress):
             ncols=width,
             desc="prefetch",
             mininterval=0.2,
-            bar_format="{percentage:3.0f}%|{bar}| {done}/{size} {speed}{postfix}"
-            if narrow
-            else "{desc} {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}{postfix}]",
+            miniters=1,  # (tqdm's own would grow with a resumed file's bytes, and skip the redraws after it)
+            bar_format="{percentage:3.0f}%|{bar}| {done}/{size} ETA {eta} {speed}"
+            if self.narrow
+            else "{desc} {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{eta}, {speed}{postfix}]",
         )
         self.line = tqdm(
             total=0,
@@ -450,12 +477,14 @@ class TtyProgress(Progress):
         if self.bar is None or (not force and now - self._drawn < 0.2):
             return
         self._drawn = now
+        files = f"files {self.done_files}/{self.total_files}"
         doing = self.in_flight()
+        line = "; ".join(part for part in (files if self.narrow else "", doing) if part)
         with self._draw:
             if self.bar is None:
                 return
-            self.bar.set_postfix_str(f"files {self.done_files}/{self.total_files}", refresh=False)
-            self.line.set_description_str(f"  {doing}" if doing else "", refresh=True)
+            self.bar.set_postfix_str(files, refresh=False)
+            self.line.set_description_str(f"  {line}" if line else "", refresh=True)
 
     def file_started(self, job: FileJob) -> None:
         super().file_started(job)
@@ -472,6 +501,13 @@ class TtyProgress(Progress):
     def file_waiting(self, job: FileJob) -> None:
         super().file_waiting(job)
         self._refresh_files(force=True)
+
+    def resumed(self, nbytes: int) -> None:
+        super().resumed(nbytes)
+        if self.bar is not None:
+            with self._draw:
+                if self.bar is not None:
+                    self.bar.update(nbytes)
 
     def file_done(self, job: FileJob, how: str) -> None:
         super().file_done(job, how)

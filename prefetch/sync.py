@@ -174,7 +174,9 @@ def _announce(ctx: RunContext, plan: Plan, forecast: RequestForecast, dry_run: b
     jobs = plan.jobs
     total = sum(j.size for j in jobs)
     entries = [p.to_json() for p in plan.entries]
-    fields = {"fetch_files": len(jobs), "fetch_bytes": total, "dry_run": dry_run, **forecast.to_json()}
+    on_disk = sum(p.on_disk for p in plan.entries)
+    fields = {"fetch_files": len(jobs), "fetch_bytes": total, "on_disk_bytes": on_disk, "dry_run": dry_run}
+    fields.update(forecast.to_json())
     ctx.progress.event("plan", entries=entries, **fields)
     if dry_run:  # the caller prints the whole plan (`SyncResult.render_plan`); no bar for what won't move
         return

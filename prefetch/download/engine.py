@@ -30,7 +30,7 @@ from prefetch.cache import BlobIndex, RepoCache, each_once, folders_kept_open
 from prefetch.cancel import CancelToken
 from prefetch.download.helper import SmallFileHelper
 from prefetch.download.job import FileJob, LaneTry, Reporter, TransferStats
-from prefetch.download.lane import SmallFileLane, SmallLast
+from prefetch.download.lane import BigAndSmall, SmallFileLane
 from prefetch.download.new_blobs import NewBlobs
 from prefetch.download.ranges import RangeFetcher, SegmentPool
 from prefetch.download.scheduler import HostLimits
@@ -124,7 +124,7 @@ class Transfer:
         self.ranges.connections = connections
         self._blob_index = BlobIndex()
         self.ranges.segments = SegmentPool(self.jobs)
-        files = SmallLast(items)
+        files = BigAndSmall(items)
         workers = Workers(
             min(connections.ceiling, count),
             self.fetch_file,

@@ -99,7 +99,7 @@ class RangeFetcher:
                 log.info(
                     "resuming %s: %d of %d bytes already on disk", job.label, partial.done.total(), job.size
                 )
-                self.reporter.advance(partial.done.total())
+                self.reporter.resumed(partial.done.total())
             try:
                 self._run_segments(job, partial, source, self._split(missing, job.size), use_range=True)
             except RangeIgnored:
