@@ -22,7 +22,7 @@ from ruamel.yaml.util import load_yaml_guess_indent
 
 from prefetch import manifest_text
 from prefetch.cancel import CancelToken
-from prefetch.errors import PrefetchError, UsageError
+from prefetch.errors import ManifestError, PrefetchError, UsageError
 from prefetch.files import atomic_write
 from prefetch.hfhub import REPO_TYPES, repo_id_problem
 from prefetch.lockfile import default_lock_path, load_lock, write_lock
@@ -271,11 +271,28 @@ def add_entry(
         if not report.ok:
             raise report.error()
         locked = sync_mod.lock(doc.path, settings=settings, cancel=cancel)
+    except ManifestError as e:
+        doc.restore()
+        raise _in_the_added_entry(e, f"repos[{added.index}]", request, doc.path) or e from None
     except BaseException:
         doc.restore()
         raise
     result.lock_path, result.lock_changes = locked.lock_path, locked.changes
     return result
+
+
+def _in_the_added_entry(
+    error: ManifestError, key: str, request: EntryRequest, path: Path
+) -> UsageError | None:
+    """A problem found in the entry `add` wrote at `key` (`repos[3]`), said of the command, not of a line:
+    the manifest was restored, and has no such line."""
+    if error.key_path != key and not error.key_path.startswith((f"{key}.", f"{key}[")):
+        return None  # about another entry, whose lines are as they were
+    within = error.key_path[len(key) :].lstrip(".")
+    return UsageError(
+        f"prefetch add {request.label}: {f'{within}: ' if within else ''}{error.message}; "
+        f"{path} was left as it was"
+    )
 
 
 def remove_entry(path: str | Path, request: EntryRequest, *, lock_path: Path | None = None) -> EditResult:

@@ -154,6 +154,24 @@ def test_add_refuses_what_the_hub_does_not_have_and_changes_nothing(
     assert "repo: org/missing" in manifest.read_text() and "prefetch lock" in offline.stdout
 
 
+def test_a_failed_add_names_the_entry_it_would_have_added_not_a_line_of_the_restored_file(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """The manifest is restored when `add` fails: an error located at a line of the edited file would
+    point past the end of the file the user then opens. It names the command's entry instead."""
+    make_repos(hub)
+    manifest = prefetch.tmp / "models.yaml"
+    manifest.write_text(HAND_WRITTEN)
+    result = prefetch("add", "org/decoder", "--include", "*.safetensor")
+    assert result.code == 2, result
+    assert manifest.read_text() == HAND_WRITTEN
+    assert "models.yaml:" not in result.stderr, result
+    assert (
+        "prefetch add org/decoder: include[0]: pattern '*.safetensor' matches no file of the repo "
+        "(closest file names: model.safetensors); models.yaml was left as it was"
+    ) in result.stderr, result
+
+
 def test_remove_drops_the_entry_from_manifest_and_lock_offline(
     prefetch: PrefetchRunner, hub: HubEmulator
 ) -> None:
