@@ -121,9 +121,11 @@ class EditResult:
     lock_path: Path | None = None
     lock_changes: list[str] | None = None
     note: str = ""
+    warnings: list[str] = dataclasses.field(default_factory=list)  # the access check's, about the entry
 
     def render(self) -> str:
         lines = [f"{self.action} {self.entry} in {self.manifest}"]
+        lines += [f"warning: {w}" for w in self.warnings]
         if self.lock_path is not None:
             lines += [*(self.lock_changes or []), f"updated {self.lock_path}"]
         if self.note:
@@ -137,6 +139,7 @@ class EditResult:
             "entry": self.entry,
             "lockfile": str(self.lock_path) if self.lock_path else None,
             "lock_changes": self.lock_changes,
+            "warnings": self.warnings,
         }
 
 
@@ -278,6 +281,7 @@ def add_entry(
         doc.restore()
         raise
     result.lock_path, result.lock_changes = locked.lock_path, locked.changes
+    result.warnings = [w for row in report.results for w in row.warnings]
     return result
 
 

@@ -277,6 +277,27 @@ def test_a_repo_not_found_under_its_type_is_looked_for_under_the_others_once(
     )
 
 
+def test_a_warning_is_said_once_when_another_entry_fails(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    """A gated repo the manifest does not mark gated (a warning) beside a missing one (a failure): the
+    failing report lists the warning with its row; it used to be printed before the report too."""
+    hub.add_user("alice", token=CANARY_TOKEN)
+    add_repo(hub, "org/gated", gated="auto")
+    hub.grant_gated("org/gated", "alice")
+    prefetch.manifest([{"repo": "org/gated"}, {"repo": "org/missing"}])
+    result = run(prefetch, "sync", env={"HF_TOKEN": CANARY_TOKEN})
+    assert result.code == 3, result
+    assert result.output.count("the Hub reports this repo as gated (auto)") == 1, result
+    fine = prefetch.manifest([{"repo": "org/gated"}])
+    result = run(prefetch, "sync", env={"HF_TOKEN": CANARY_TOKEN})
+    assert result.code == 0, (fine, result)
+    assert result.output.count("the Hub reports this repo as gated (auto)") == 1, result
+    add_repo(hub, "org/public")
+    prefetch.manifest([{"repo": "org/public"}], name="other.yaml")
+    added = prefetch("add", "org/gated", "-m", "other.yaml", env={"HF_TOKEN": CANARY_TOKEN})
+    assert added.code == 0, added
+    assert added.stdout.count("warning: the Hub reports this repo as gated (auto)") == 1, added
+
+
 def _expect(case: Case, endpoint: str) -> list[str]:
     return [s.replace("{endpoint}", endpoint) for s in case.remedy]
 
@@ -526,7 +547,7 @@ def test_locked_entry_with_missing_files_is_checked_again(prefetch: PrefetchRunn
     result = run(prefetch, "sync", env=env)
     assert result.code == 3, result
     assert "open " + hub.url + "/org/gated" in result.stderr
-    assert "warning: repos[0] (org/gated@main): the Hub reports this repo as gated" in result.stderr
+    assert result.stderr.count("warning: the Hub reports this repo as gated") == 1, result  # in the report
     assert hub.count(kind="file") == 0
 
 
