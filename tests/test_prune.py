@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from prefetch.progress import human_bytes
 from tests.conftest import PrefetchRunner
 from tests.offline_helpers import LFS, blob_of, entries, make_model, tree_state
 from tests.test_interop import sync
@@ -47,7 +48,7 @@ def test_prune_keeps_needed_blobs_and_removes_old_revision(prefetch: PrefetchRun
     assert dry.code == 0, dry
     assert tree_state(prefetch.cache_dir) == before
     assert dry.stdout.startswith("would remove 1 snapshot(s), 1 stray link(s), 1 ref(s), 1 blob(s)")
-    assert "left alone (no lockfile names them): models--org--other" in dry.stdout
+    assert "left alone, no lockfile names them: models--org--other (" in dry.stdout
 
     both = prefetch("--json", "prune", "--lock", str(lock), "--lock", str(prefetch.tmp / "old.lock"))
     assert both.code == 0, both
@@ -121,3 +122,40 @@ def test_prune_follows_no_link_below_the_cache_root(prefetch: PrefetchRunner, hu
     assert tree_state(outside) == before
     assert secret.read_text().startswith("ssh-rsa") and (refs / "to-secret").is_symlink()
     assert prefetch("verify", str(lock)).code == 0
+
+
+def test_prune_after_remove_says_how_to_free_the_removed_repo_and_unlocked_does(
+    prefetch: PrefetchRunner, hub: Any
+) -> None:
+    """`prefetch remove` takes an entry out of the manifest and the lock; its repo stays in the cache, and
+    a plain `prune` (models.lock by default, as every command) must not remove what no lock names (a
+    shared cache holds other projects' repos): it says what it left, with the size, and how to remove it.
+    `--unlocked` removes it whole; the repos the lock names stay intact."""
+    from huggingface_hub import scan_cache_dir
+
+    make_model(hub)
+    lock = sync(prefetch, [{"repo": "org/model"}, {"repo": "org/data", "type": "dataset"}])
+    data = prefetch.cache_dir / "datasets--org--data"
+    size = sum(p.stat().st_size for p in (data / "blobs").iterdir())
+    assert prefetch("remove", "org/data", "--type", "dataset").code == 0
+
+    plain = prefetch("prune")
+    assert plain.code == 0, plain
+    assert (
+        f"left alone, no lockfile names them: datasets--org--data ({human_bytes(size)}). Give their lockfiles "
+        "with --lock to prune within them, or remove them whole with `prefetch prune --unlocked`"
+    ) in " ".join(plain.stdout.split()), plain
+    assert data.is_dir()
+    before = tree_state(prefetch.cache_dir)
+    dry = prefetch("prune", "--unlocked", "--dry-run")
+    assert dry.code == 0 and "repo datasets--org--data (whole: no lockfile names it)" in dry.stdout, dry
+    assert tree_state(prefetch.cache_dir) == before
+    done = prefetch("--json", "prune", "--unlocked")
+    assert done.code == 0, done
+    report = json.loads(done.stdout)
+    assert report["removed_repos"] == ["datasets--org--data"] and report["untouched"] == []
+    assert report["freed_bytes"] == size
+    assert not data.exists()
+    assert prefetch("verify", str(lock)).code == 0
+    info = scan_cache_dir(prefetch.cache_dir)
+    assert info.warnings == [] and [r.repo_id for r in info.repos] == ["org/model"]

@@ -1,4 +1,5 @@
-"""`prefetch prune`: remove what no given lockfile needs, only inside the repo folders those lockfiles name."""
+"""`prefetch prune`: remove what no given lockfile needs, inside the repo folders those lockfiles name; with
+`unlocked`, also the repo folders no given lockfile names, whole."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefetch.cache import MAX_REF_BYTES, PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TEMP, RepoCache, repo_folders
-from prefetch.errors import UsageError
+from prefetch.errors import UnsafeFolder, UsageError
 from prefetch.files import FOLDER_FLAGS, open_folder, read_regular, unlink_at
 from prefetch.lockfile import load_lock
 from prefetch.offline.shared import Report, cache_root, json_name
@@ -25,8 +26,8 @@ MAX_DEPTH = 64  # folders below `refs/` or a snapshot that prune enters (the Hub
 class PruneReport(Report):
     cache_dir: Path
     dry_run: bool
-    repos: list[str]  # repo folders some lock names: the only ones pruned
-    untouched: list[str]  # other repo folders in the cache, left alone
+    repos: list[str]  # repo folders some lock names: pruned of what no lock needs
+    untouched: list[str]  # other repo folders in the cache, left alone (without `unlocked`)
     snapshots: list[str] = field(  # "{folder}@{commit}"
         default_factory=list, metadata=json_name("removed_snapshots")
     )
@@ -37,6 +38,9 @@ class PruneReport(Report):
     freed_bytes: int = 0
     busy: list[str] = field(default_factory=list)  # blobs written while prune ran: left in place
     skipped: list[str] = field(default_factory=list)  # what prune would not read or enter (a link...): left
+    unlocked: bool = False  # the repo folders no lockfile names are removed whole (`untouched` is empty)
+    removed_repos: list[str] = field(default_factory=list)  # those folders (with `unlocked`)
+    untouched_bytes: dict[str, int] = field(default_factory=dict, metadata=json_name(None))  # their blobs
 
     def render(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
@@ -50,9 +54,23 @@ class PruneReport(Report):
         if self.busy:
             lines.append(f"  left {len(self.busy)} blob(s) written while prune ran: {', '.join(self.busy)}")
         lines += [f"  left alone: {s}" for s in self.skipped]
-        lines.append(f"pruned only within the {len(self.repos)} repo(s) the lockfiles name")
+        lines += [f"  repo {r} (whole: no lockfile names it)" for r in self.removed_repos]
+        if self.unlocked:
+            lines.append(
+                f"pruned within the {len(self.repos)} repo(s) the lockfiles name; {verb} whole the "
+                f"{len(self.removed_repos)} repo(s) no lockfile names"
+            )
+        else:
+            lines.append(f"pruned only within the {len(self.repos)} repo(s) the lockfiles name")
         if self.untouched:
-            lines.append(f"left alone (no lockfile names them): {', '.join(self.untouched)}")
+            sizes = ", ".join(
+                f"{name} ({human_bytes(self.untouched_bytes.get(name, 0))})" for name in self.untouched
+            )
+            lines.append(
+                f"left alone, no lockfile names them: {sizes}. Give their lockfiles with --lock to prune "
+                "within them, or remove them whole with `prefetch prune --unlocked` (a shared cache holds "
+                "other projects' repos too: with --unlocked, name every lockfile whose repos must stay)"
+            )
         return "\n".join(lines)
 
 
@@ -67,15 +85,21 @@ class _Keep:
 
 
 def prune(
-    lock_paths: list[Path], *, cache_dir: str | Path | None = None, dry_run: bool = False
+    lock_paths: list[Path],
+    *,
+    cache_dir: str | Path | None = None,
+    dry_run: bool = False,
+    unlocked: bool = False,
 ) -> PruneReport:
-    """Remove what no given lockfile needs, only inside the repo folders those lockfiles name.
+    """Remove what no given lockfile needs, inside the repo folders those lockfiles name.
 
     In those folders: snapshots of other commits, links inside kept snapshots that no lock lists (their
     blobs go too, so no link dangles: scan_cache_dir would flag the repo), refs to removed commits, and
-    blobs no locked file uses (with their partial files). Other repos are never touched. Each blob is
-    deleted under its per-blob lock, and a blob written after prune started is left alone (a concurrent
-    sync may be about to link it).
+    blobs no locked file uses (with their partial files). Other repos are left alone (the cache may be
+    shared with other projects and tools), and said with their size; with `unlocked` they are removed
+    whole (an entry `prefetch remove` took out of the manifest and the lock). Each blob is deleted under
+    its per-blob lock, and a blob written after prune started is left alone (a concurrent sync may be
+    about to link it).
     """
     if not lock_paths:
         raise UsageError("prune needs at least one --lock")
@@ -96,13 +120,54 @@ def prune(
                 k.links.add((entry.commit, f.path))
                 k.blobs[f.etag] = f.size
     present = [folder.name for folder in repo_folders(root)]
-    report = PruneReport(root, dry_run, sorted(keep), [name for name in present if name not in keep])
+    others = [name for name in present if name not in keep]
+    report = PruneReport(root, dry_run, sorted(keep), [] if unlocked else others, unlocked=unlocked)
     removed_inodes: dict[tuple[int, int], tuple[int, int, int]] = {}  # inode -> (size, nlink, removed)
     for name in sorted(keep):
         if name in present:
             _prune_repo(keep[name], report, started, removed_inodes)
+    for name in others:
+        if unlocked:  # nothing of it is needed: pruned as a named repo that keeps nothing, then its folders
+            _prune_repo(_Keep(_unnamed_repo(root, name)), report, started, removed_inodes)
+            report.removed_repos.append(name)
+            if not dry_run:
+                _remove_emptied(root, name, report)
+        else:
+            report.untouched_bytes[name] = _blob_bytes(root, name)
     report.freed_bytes += sum(size for size, nlink, n in removed_inodes.values() if n >= nlink)
     return report
+
+
+def _remove_emptied(root: Path, name: str, report: PruneReport) -> None:
+    """The folders of a repo pruned of everything: its snapshots' and refs' leftovers (a link prune would
+    not read is removed itself), huggingface_hub's `.no_exist/` and `trees/`, then `blobs/` and the repo
+    folder if empty (a blob written meanwhile keeps them)."""
+    with _folder(_unnamed_repo(root, name)) as repo:
+        if repo is None:
+            return
+        for sub in ("snapshots", "refs", "trees", ".no_exist"):
+            _remove_tree(repo, sub, report)
+        with contextlib.suppress(OSError):
+            os.rmdir("blobs", dir_fd=repo)
+    with contextlib.suppress(OSError):
+        (root / name).rmdir()  # (never follows a link: a folder of that name only, and only if empty)
+
+
+def _blob_bytes(root: Path, name: str) -> int:
+    """The bytes of the regular files in a repo folder's `blobs/` (not followed through a link)."""
+    total = 0
+    with contextlib.suppress(OSError, UnsafeFolder), _folder(_unnamed_repo(root, name), "blobs") as fd:
+        for entry in os.listdir(fd) if fd is not None else ():
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
+
+
+def _unnamed_repo(root: Path, name: str) -> RepoCache:
+    """A repo folder of the cache known by its name only (no lockfile names its repo): its blob locks
+    and folders are reached by that name."""
+    return RepoCache(root, name, "model", folder_name=name)
 
 
 def _prune_repo(
