@@ -40,7 +40,7 @@ from prefetch.errors import (
     TransportError,
     UnauthorizedError,
 )
-from prefetch.hfhub import url_prefix
+from prefetch.hfhub import REPO_TYPES, url_prefix
 from prefetch.hub import HubApi, RepoInfo, lacks_route
 from prefetch.manifest import Entry
 from prefetch.net.retry import is_retryable
@@ -428,6 +428,14 @@ def _classify(
         result.problem = (
             f"{entry.type} repo {entry.repo!r} not found, or private and not visible to {seen_by}"
         )
+        other = _as_other_type(hub, entry, token)
+        if other is not None:
+            result.remedy = (
+                f"{entry.repo} is a {other} repo on this Hub: write `type: {other}` in its entry (it says "
+                f"`type: {entry.type}`; `prefetch add {entry.repo} --type {other}`)"
+            )
+            _masked(result)
+            return
         result.remedy = (
             f"check the repo id and type (`type: {entry.type}`: is it a model, dataset or space?), "
             "and that the token's account can see it (private repos: a member of the owning org)"
@@ -440,8 +448,29 @@ def _classify(
         result.status = AccessStatus.FORBIDDEN
         result.problem = f"the Hub answered {e.status}: {e.message}"
         result.remedy = f"check the token's permissions at {endpoint}/settings/tokens"
+    _masked(result)
+
+
+def _masked(result: AccessResult) -> None:
     result.problem = mask_patterns(result.problem)
     result.remedy = mask_patterns(result.remedy)
+
+
+def _as_other_type(hub: HubApi, entry: Entry, token: Token | None) -> str | None:
+    """The other repo type under which the Hub knows `entry.repo` (a dataset listed as a model...), asked
+    only once the entry's own type was not found: one request per other type. A revision missing there
+    still says the repo exists."""
+    for other in REPO_TYPES:
+        if other == entry.type:
+            continue
+        try:
+            hub.repo_info(entry.repo, other, entry.revision, token)
+        except RevisionNotFoundError:
+            return other
+        except Exception:  # not there either (or no answer): this only helps
+            continue
+        return other
+    return None
 
 
 def _revision_help(hub: HubApi, entry: Entry, token: Token | None, relock: bool) -> str:

@@ -42,7 +42,7 @@ from prefetch.files import (
     file_mode,
     is_disk_full,
     open_folder,
-    open_nofollow,
+    open_regular,
     opened_folder,
     read_regular,
     release_pages,
@@ -64,6 +64,9 @@ XET_SUFFIX = (
 )
 # The resume state's temp file (`files.temp_name`), which a kill -9 mid-write leaves behind.
 STATE_TEMP = re.compile(r"\.([0-9a-f]{40}|[0-9a-f]{64})\.prefetch-partial\.json\.\d+\.\d+\.tmp")
+# The most bytes read of a file another member of a shared cache may have planted (`files.read_regular`):
+MAX_REF_BYTES = 4096  # a ref holds a commit hash (40 hex digits)
+MAX_STATE_BYTES = 8 * 1024 * 1024  # resume state: a range per segment (a 1 TB file in 16 MiB segments: ~2 MB)
 
 
 _MISSING = -1  # a kept folder found missing (no fd)
@@ -347,12 +350,19 @@ class RepoCache:
         return self.refs / safe_relpath(revision)
 
     def read_ref(self, revision: str) -> str | None:
-        """The commit a ref names, as huggingface_hub reads it (verbatim); None when there is none."""
+        """The commit a ref names, as huggingface_hub reads it (verbatim); None when there is none.
+
+        Reached without following a link below the cache root (`UnsafeFolder`), read only if it is a
+        regular file of at most MAX_REF_BYTES (else OSError, `files.read_regular`): whatever another
+        member of a shared cache planted there is reported, never waited on or read whole.
+        """
+        rel = safe_relpath(revision)
         try:
-            with open(self.ref_path(revision), "rb", opener=open_nofollow) as f:
-                return f.read().decode("utf-8", errors="replace")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            with opened_folder(self.root, (self.folder.name, "refs", *rel.parts[:-1]), create=False) as fd:
+                data = read_regular(fd, rel.name, MAX_REF_BYTES)
+        except FileNotFoundError:
             return None
+        return data.decode("utf-8", errors="replace")
 
     def write_ref(self, revision: str, commit: str) -> None:
         """refs/{revision} = commit, without newline; nothing to write when the revision is the commit."""
@@ -361,7 +371,7 @@ class RepoCache:
         rel = safe_relpath(revision)
         with opened_folder(self.root, (self.folder.name, "refs", *rel.parts[:-1])) as dir_fd:
             with contextlib.suppress(OSError):
-                if read_regular(dir_fd, rel.name) == commit.encode():
+                if read_regular(dir_fd, rel.name, MAX_REF_BYTES) == commit.encode():
                     return
             try:
                 atomic_write_at(dir_fd, rel.name, commit.encode())
@@ -386,7 +396,7 @@ class PartialFiles:
         """
         try:
             with self.cache.blobs_folder(create=False) as fd:
-                state = json.loads(read_regular(fd, etag + STATE_SUFFIX))
+                state = json.loads(read_regular(fd, etag + STATE_SUFFIX, MAX_STATE_BYTES))
                 partial = os.stat(etag + PARTIAL_SUFFIX, dir_fd=fd, follow_symlinks=False)
             partial_size = partial.st_size if stat.S_ISREG(partial.st_mode) else 0
             if not isinstance(state, dict) or state.get("size") != size:
@@ -782,12 +792,11 @@ def is_regular_blob(path: Path) -> bool:
 def _is_blob_at(dir_fd: int, name: str, size: int) -> bool:
     """Whether `name` in `dir_fd` is a regular file of `size` bytes that hash to `name` (a blob name)."""
     try:
-        fd = os.open(name, NOFOLLOW_READ, dir_fd=dir_fd)
+        fd = open_regular(name, dir_fd)
     except OSError:
         return False
     try:
-        st = os.fstat(fd)
-        return stat.S_ISREG(st.st_mode) and hash_fd(fd, len(name) == 64, size) == (size, name)
+        return hash_fd(fd, len(name) == 64, size) == (size, name)
     finally:
         os.close(fd)
 

@@ -437,6 +437,8 @@ class ProxyRoutesFailed(Exception):
     `permanent` when every proxy refused our credentials (407): retrying cannot help, so fail fast.
     """
 
+    origin: str = ""  # the origin the request was for (retry lines name it)
+
     def __init__(self, failures: list[tuple[str, str]], permanent: bool = False) -> None:
         self.failures = failures
         self.permanent = permanent

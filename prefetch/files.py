@@ -139,11 +139,6 @@ NEW_FILE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 NOFOLLOW_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a planted FIFO must not block
 
 
-def open_nofollow(path: str, flags: int) -> int:
-    """An `open()` opener: read-only, and never through a symlink (ELOOP instead)."""
-    return os.open(path, NOFOLLOW_READ)
-
-
 def open_folder(root: Path, parts: Iterable[str], *, create: bool = True) -> int:
     """An fd of `root/parts...`: `root` is the operator's (it may be a link), every part below it is
     opened without following links and made (umask applies) when missing and `create`.
@@ -235,14 +230,42 @@ def unlink_at(dir_fd: int, *names: str) -> int:
     return removed
 
 
-def read_regular(dir_fd: int, name: str) -> bytes:
-    """The content of the regular file `name` in `dir_fd`; a link or anything else is OSError (ELOOP...)."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+def open_regular(name: str | Path, dir_fd: int | None = None, *, follow: bool = False) -> int:
+    """A read-only fd of the regular file `name` (in `dir_fd`): never through a link (unless `follow`), and
+    never waiting. Anything else under the name is an OSError: a link (ELOOP), or a FIFO, a device or a
+    folder (EINVAL, "not a regular file"), checked on the open fd, so nothing can be swapped in between.
+
+    Why: in a shared cache another user may plant anything under a name prefetch reads. A FIFO opened the
+    usual way blocks until someone writes to it (a node-warming loop would wait forever), and one with a
+    writer never ends; O_NONBLOCK opens it at once, and the type check refuses it before any read.
+    """
+    flags = NOFOLLOW_READ & ~(0 if not follow else os.O_NOFOLLOW)
+    fd = os.open(name, flags, dir_fd=dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", name)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read()
+            raise OSError(errno.EINVAL, "not a regular file", str(name))
+        os.set_blocking(fd, True)  # (a regular file never blocks; reads of it must not fail with EAGAIN)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(dir_fd: int | None, name: str | Path, limit: int, *, follow: bool = False) -> bytes:
+    """The content of the regular file `name` in `dir_fd` (`open_regular`), at most `limit` bytes: a
+    bigger file is an OSError (EFBIG), refused before it is read, so a planted file of gigabytes (or one
+    that grows while it is read) costs nothing."""
+    fd = open_regular(name, dir_fd, follow=follow)
+    try:
+        if os.fstat(fd).st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(name))
+        chunks, total = [], 0
+        while total <= limit and (chunk := os.read(fd, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(name))
+        return b"".join(chunks)
     finally:
         os.close(fd)
 

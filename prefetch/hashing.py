@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prefetch.files import NOFOLLOW_READ
+from prefetch.files import open_regular
 
 READ_BLOCK = 8 * 1024 * 1024  # read size for hashing blobs at disk speed
 
@@ -57,10 +57,10 @@ class GitOidHash:
 
 
 def hash_file(path: str | Path, lfs: bool, size: int) -> tuple[int, str]:
-    """(bytes read, blob name) of a file (never through a symlink), read in large blocks (hashlib
-    releases the GIL meanwhile) with plain `os.read`: for 100k tiny files a file object each cost
-    more than their bytes."""
-    fd = os.open(path, NOFOLLOW_READ)
+    """(bytes read, blob name) of a regular file (never through a symlink, never a FIFO: OSError,
+    `files.open_regular`), read in large blocks (hashlib releases the GIL meanwhile) with plain
+    `os.read`: for 100k tiny files a file object each cost more than their bytes."""
+    fd = open_regular(path)
     try:
         return hash_fd(fd, lfs, size)
     finally:
@@ -68,11 +68,12 @@ def hash_file(path: str | Path, lfs: bool, size: int) -> tuple[int, str]:
 
 
 def hash_fd(fd: int, lfs: bool, size: int) -> tuple[int, str]:
-    """`hash_file` of an open file, from its current offset."""
+    """`hash_file` of an open file, from its current offset: at most `size` + 1 bytes are read (a file that
+    grows while it is read, in a shared cache, is longer than `size`, which is all the answer needs)."""
     h = blob_hasher(lfs, size)
     n = 0
     step = min(READ_BLOCK, size + 1)  # a small file is not read into a READ_BLOCK-sized allocation
-    while block := os.read(fd, step):
+    while n <= size and (block := os.read(fd, min(step, size + 1 - n))):
         h.update(block)
         n += len(block)
     return n, h.hexdigest()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from prefetch.hfhub import api_path, url_prefix
 from prefetch.net.connection import Headers
 from prefetch.net.session import Http
 from prefetch.terminal import printable
+
+log = logging.getLogger("prefetch")
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -87,6 +90,7 @@ class HubApi:
     def repo_info(self, repo: str, repo_type: str, revision: str, token: Token | None) -> RepoInfo:
         """Resolve `revision` (branch, tag or commit) to a commit. Says nothing about gated access."""
         url = self._api(repo, repo_type, "revision", quote(revision, safe=""))
+        log.info("resolving %s %s@%s at %s", repo_type, repo, revision, self.endpoint)
         try:
             data, _ = self._get_json(url, token)
         except HubHttpError as e:
@@ -112,6 +116,7 @@ class HubApi:
     def list_files(self, repo: str, repo_type: str, commit: str, token: Token | None) -> list[RemoteFile]:
         """Every file at `commit`, with size and hashes: the tree listing (following its pagination), or on
         an endpoint without one, the revision info's `siblings` (and HEADs where those lack a size or hash)."""
+        log.info("listing the files of %s %s@%s at %s", repo_type, repo, commit[:12], self.endpoint)
         try:
             files = self._tree(repo, repo_type, commit, token)
         except HubHttpError as e:

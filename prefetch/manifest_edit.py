@@ -1,8 +1,10 @@
 """Editing a manifest from the command line (`prefetch init`, `add`, `remove`), as `uv init/add/remove` do.
 
-Edits go through ruamel.yaml's round-trip mode, which keeps the file's comments, key order, quoting
-and indentation (pyyaml drops comments); reading and validating stay with `manifest.py`. Every edit
-is validated as a whole manifest before it is written, atomically, so a failed edit changes nothing.
+An entry is added or removed as lines of the file's text (`manifest_text`), so every other byte is kept:
+comments, order, quoting, spacing. ruamel.yaml's round-trip tree (quotes preserved) says where entries
+are, and its dump is the fallback where the list is not a block list; reading and validating stay with
+`manifest.py`. Every edit is validated as a whole manifest before it is written, atomically, so a
+failed edit changes nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 from ruamel.yaml.util import load_yaml_guess_indent
 
+from prefetch import manifest_text
 from prefetch.cancel import CancelToken
-from prefetch.errors import UsageError
+from prefetch.errors import ManifestError, PrefetchError, UsageError
 from prefetch.files import atomic_write
 from prefetch.hfhub import REPO_TYPES, repo_id_problem
 from prefetch.lockfile import default_lock_path, load_lock, write_lock
@@ -88,8 +92,9 @@ class EntryRequest:
         kind = "" if self.type == "model" else f"{self.type}:"
         return f"{kind}{self.repo}" + (f"@{self.revision}" if self.revision else "")
 
-    def yaml_entry(self) -> CommentedMap:
-        """The entry as it is written: only the keys that were given, lists in flow style."""
+    def yaml_entry(self, double_quoted: bool = False) -> CommentedMap:
+        """The entry as it is written: only the keys that were given, lists in flow style (their patterns
+        in double quotes if `double_quoted`: as the file writes its own)."""
         entry = CommentedMap(repo=self.repo)
         if self.type != "model":
             entry["type"] = self.type
@@ -97,7 +102,8 @@ class EntryRequest:
             entry["revision"] = self.revision
         for key, patterns in (("include", self.include), ("exclude", self.exclude)):
             if patterns:
-                entry[key] = flow_list(patterns)
+                quoted = tuple(DoubleQuotedScalarString(p) for p in patterns) if double_quoted else patterns
+                entry[key] = flow_list(quoted)
         if self.gated is not None:
             entry["gated"] = self.gated
         if self.token_env:
@@ -115,9 +121,11 @@ class EditResult:
     lock_path: Path | None = None
     lock_changes: list[str] | None = None
     note: str = ""
+    warnings: list[str] = dataclasses.field(default_factory=list)  # the access check's, about the entry
 
     def render(self) -> str:
         lines = [f"{self.action} {self.entry} in {self.manifest}"]
+        lines += [f"warning: {w}" for w in self.warnings]
         if self.lock_path is not None:
             lines += [*(self.lock_changes or []), f"updated {self.lock_path}"]
         if self.note:
@@ -131,10 +139,11 @@ class EditResult:
             "entry": self.entry,
             "lockfile": str(self.lock_path) if self.lock_path else None,
             "lock_changes": self.lock_changes,
+            "warnings": self.warnings,
         }
 
 
-def flow_list(items: tuple[str, ...]) -> CommentedSeq:
+def flow_list(items: tuple[str, ...] | tuple[DoubleQuotedScalarString, ...]) -> CommentedSeq:
     seq = CommentedSeq(items)
     seq.fa.set_flow_style()
     return seq
@@ -162,7 +171,9 @@ class RoundTrip:
                 f"{path}: no such manifest file: create one with `prefetch init {path}`"
             ) from None
         self.manifest = parse_manifest(self.original, str(path))  # edit only valid manifests
-        self.data, indent, sequence_offset = load_yaml_guess_indent(self.original)
+        loader = YAML()
+        loader.preserve_quotes = True  # (else `"v1.0"` is dumped as `v1.0`, `["*.json"]` as `['*.json']`)
+        self.data, indent, sequence_offset = load_yaml_guess_indent(self.original, yaml=loader)
         self.yaml = self._layout(indent or 2, sequence_offset or 0)
 
     def _layout(self, indent: int, sequence_offset: int) -> YAML:
@@ -183,6 +194,34 @@ class RoundTrip:
 
     def dump(self) -> str:
         return _dump(self.yaml, self.data)
+
+    def append(self, request: EntryRequest) -> str:
+        """The text with `request`'s entry after the last one: the file's own lines kept byte for byte
+        (`manifest_text.appended`), or where its list is not a block list, ruamel's dump."""
+        entry = request.yaml_entry(double_quoted='["' in self.original or '[ "' in self.original)
+        spliced = manifest_text.appended(self.original, self.repos, _dump(self.yaml, entry).splitlines())
+        self.repos.append(entry)
+        return self._checked(spliced)
+
+    def remove(self, index: int) -> str:
+        """The text without the entry `index`, every other line kept (`manifest_text.removed`)."""
+        spliced = manifest_text.removed(self.original, self.repos, index)
+        del self.repos[index]
+        return self._checked(spliced)
+
+    def _checked(self, spliced: str | None) -> str:
+        """The spliced text if it means what the edited tree means (else, or without one, the tree's dump)."""
+        dumped = self.dump()
+        if spliced is not None:
+            try:
+                if (
+                    parse_manifest(spliced, str(self.path)).digest()
+                    == parse_manifest(dumped, str(self.path)).digest()
+                ):
+                    return spliced
+            except PrefetchError:
+                pass
+        return dumped
 
     def write(self, text: str) -> Manifest:
         """Validate the edited text as a whole manifest, then replace the file atomically."""
@@ -222,8 +261,7 @@ def add_entry(
     doc = RoundTrip(Path(path))
     if any(_matches(e.repo, e.type, e.revision, request) for e in doc.manifest.entries):
         raise UsageError(f"{doc.path} already lists {request.label}: edit that entry instead")
-    doc.repos.append(request.yaml_entry())
-    manifest = doc.write(doc.dump())
+    manifest = doc.write(doc.append(request))
     added = manifest.entries[-1]
     result = EditResult(
         "added", doc.path, added.key.split(":", 1)[1] if request.type == "model" else added.key
@@ -236,6 +274,9 @@ def add_entry(
         if not report.ok:
             raise report.error()
         locked = sync_mod.lock(doc.path, settings=settings, required={added.key}, cancel=cancel)
+    except ManifestError as e:
+        doc.restore()
+        raise _in_the_added_entry(e, f"repos[{added.index}]", request, doc.path) or e from None
     except BaseException:
         doc.restore()
         raise
@@ -243,7 +284,22 @@ def add_entry(
     if locked.report is not None:  # other entries this endpoint cannot serve: left out of the lock, said
         left = "; ".join(f"{r.entry.label}: {r.problem}" for r in locked.report.results if not r.ok)
         result.note = f"not locked (`prefetch check` says why and what to do): {left}"
+    result.warnings = [w for row in report.results for w in row.warnings]
     return result
+
+
+def _in_the_added_entry(
+    error: ManifestError, key: str, request: EntryRequest, path: Path
+) -> UsageError | None:
+    """A problem found in the entry `add` wrote at `key` (`repos[3]`), said of the command, not of a line:
+    the manifest was restored, and has no such line."""
+    if error.key_path != key and not error.key_path.startswith((f"{key}.", f"{key}[")):
+        return None  # about another entry, whose lines are as they were
+    within = error.key_path[len(key) :].lstrip(".")
+    return UsageError(
+        f"prefetch add {request.label}: {f'{within}: ' if within else ''}{error.message}; "
+        f"{path} was left as it was"
+    )
 
 
 def remove_entry(path: str | Path, request: EntryRequest, *, lock_path: Path | None = None) -> EditResult:
@@ -259,8 +315,7 @@ def remove_entry(path: str | Path, request: EntryRequest, *, lock_path: Path | N
     if len(doc.manifest.entries) == 1:
         raise UsageError(f"{matches[0].key} is the only entry of {doc.path}: a manifest needs at least one")
     removed = matches[0]
-    del doc.repos[removed.index]
-    manifest = doc.write(doc.dump())
+    manifest = doc.write(doc.remove(removed.index))
     result = EditResult("removed", doc.path, removed.key)
     lock_file = lock_path or default_lock_path(doc.path)
     if lock_file.exists():

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from prefetch import settings
 from prefetch.access import AccessReport
 from prefetch.cache import RepoCache, folders_kept_open
-from prefetch.download.job import FileJob, TransferStats
+from prefetch.download.job import SMALL_FILE, FileJob, TransferStats
 from prefetch.errors import DiskSpaceError, FilesystemError
 from prefetch.hfhub import resolve_url
 from prefetch.lockfile import Lock, LockedEntry, LockedFile
@@ -44,6 +44,7 @@ class EntryPlan:
     locked: LockedEntry
     missing: list[LockedFile] = field(default_factory=list)
     corrupt: list[LockedFile] = field(default_factory=list)  # cached but failed their hash (in `missing` too)
+    on_disk: int = 0  # bytes of `missing` files already in partial downloads: resumed, not fetched again
 
     def file_rows(self) -> list[dict[str, Any]]:
         """Every locked file: path, size, and whether the cache already holds it."""
@@ -51,15 +52,17 @@ class EntryPlan:
         return [{"path": f.path, "size": f.size, "cached": f.path not in missing} for f in self.locked.files]
 
     def header(self) -> str:
-        """`repos[0] (org/x@main) -> 0123456789ab: 3 files (1.2 MiB), 1 cached, 2 to fetch (1.1 MiB)`."""
+        """`repos[0] (org/x@main) -> 0123456789ab: 3 files (1.2 MiB), 1 cached, 2 to fetch (1.1 MiB)`, and
+        when partial downloads will be resumed, `(1.1 MiB, 512.0 KiB of it already on disk)`."""
         files, missing = self.locked.files, self.missing
         size, missing_size = (
             human_bytes(sum(f.size for f in files)),
             human_bytes(sum(f.size for f in missing)),
         )
+        resumed = f", {human_bytes(self.on_disk)} of it already on disk" if self.on_disk else ""
         return (
             f"{self.entry.label} -> {self.locked.commit[:12]}: {len(files)} files ({size}), "
-            f"{len(files) - len(missing)} cached, {len(missing)} to fetch ({missing_size})"
+            f"{len(files) - len(missing)} cached, {len(missing)} to fetch ({missing_size}{resumed})"
         )
 
     def render(self, width: int | None = None) -> list[str]:
@@ -85,6 +88,7 @@ class EntryPlan:
             "cached_files": len(files) - len(self.missing),
             "missing_files": len(self.missing),
             "missing_bytes": sum(f.size for f in self.missing),
+            "on_disk_bytes": self.on_disk,
             "corrupt_files": len(self.corrupt),
         }
 
@@ -142,12 +146,15 @@ def make_plan(ctx: RunContext, resolution: Resolution, *, verify: bool = False, 
         cache = ctx.repo_cache(locked.repo, locked.type)
         partials = cache.partials.sweep_partials()
         missing = []
+        on_disk = 0
         for f in locked.files:
             if not cache.has_blob(f.etag, f.size):
                 missing.append(f)
+                if f.etag in partials and f.size >= SMALL_FILE:  # (a small file has no partial to resume)
+                    on_disk += _bytes_in_partial(cache, f.etag, f.size)
             elif f.etag in partials:
                 cache.partials.discard_stale_partial(f.etag, f.size)  # left by a run that another one beat
-        entries.append(EntryPlan(entry, locked, missing))
+        entries.append(EntryPlan(entry, locked, missing, on_disk=on_disk))
     if verify:
         _find_corrupt(ctx, entries)
     plan = Plan(entries)
@@ -277,9 +284,12 @@ def check_space(plan: Plan, cache_dir: Path, min_free: int | None) -> None:
 
 def _bytes_on_disk(job: FileJob) -> int:
     """Bytes of a blob already in its partial file (they need no new space; a small file has none)."""
-    if job.small:
-        return 0
-    return sum(b - a for a, b in job.cache.partials.read_partial_state(job.etag, job.size))
+    return 0 if job.small else _bytes_in_partial(job.cache, job.etag, job.size)
+
+
+def _bytes_in_partial(cache: RepoCache, etag: str, size: int) -> int:
+    """Bytes of a blob already in its partial file, as its resume state records them."""
+    return sum(b - a for a, b in cache.partials.read_partial_state(etag, size))
 
 
 # -------------------------------------------------------------------------------- what the quota means
@@ -382,14 +392,14 @@ class SyncResult:
 
 
 def announce(ctx: RunContext, plan: Plan, forecast: RequestForecast | None, dry_run: bool) -> None:
-    """The plan (an event, and a header per entry) and the display's start; `forecast`: the Hub's
-    requests (None: the files come from an OCI source)."""
     """Tell the progress display what the sync will do: the `plan` event, each entry's header line, the
-    quota's floors, and the bar's totals (a dry run: the event only; its caller prints the plan)."""
+    quota's floors, and the bar's totals (a dry run: the event only; its caller prints the plan).
+    `forecast`: the Hub's requests (None: the files come from an OCI source)."""
     jobs = plan.jobs
     total = sum(j.size for j in jobs)
     entries = [p.to_json() for p in plan.entries]
-    fields = {"fetch_files": len(jobs), "fetch_bytes": total, "dry_run": dry_run}
+    on_disk = sum(p.on_disk for p in plan.entries)
+    fields = {"fetch_files": len(jobs), "fetch_bytes": total, "on_disk_bytes": on_disk, "dry_run": dry_run}
     ctx.progress.event("plan", entries=entries, **fields, **(forecast.to_json() if forecast else {}))
     if dry_run:  # the caller prints the whole plan (`SyncResult.render_plan`); no bar for what won't move
         return

@@ -7,12 +7,15 @@ one JSON event per line for tools (`--json`), or nothing (`--quiet`). All text i
   every `interval` seconds (default 5, `PREFETCH_PROGRESS_INTERVAL` overrides), from a ticker thread,
   so a stalled or retrying transfer still shows up in the log.
 - `JsonProgress` (`--json`): one JSON object per line on stdout and nothing else there: `plan`,
-  `file` (one per file done), `retry`, `warning`, `summary` (and `error`, written by the CLI).
+  `file` (one per file done), `retry`, `warning`, `waiting` (another process holds a file's blob
+  lock), `log` (the log's records: `JsonLogHandler`), `summary` (and `error`, written by the CLI);
+  nothing on stderr.
 - `QuietProgress` (`--quiet`): nothing; errors still reach stderr through the CLI.
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import logging
@@ -27,16 +30,19 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prefetch import settings
 from prefetch.auth import Secrets
-from prefetch.download.job import FileJob, Reporter
-from prefetch.terminal import escape_controls
+from prefetch.terminal import EVENT_ATTRIBUTE, escape_controls
 
 if TYPE_CHECKING:
+    from prefetch.download.job import FileJob
     from prefetch.net.ratelimit import Wait
 
 log = logging.getLogger("prefetch")
 
 ACTIVE_SHOWN = 3  # files named on the "active" line
-NARROW_COLUMNS = 80  # below this, the bar leaves out its name and the elapsed/remaining times
+NARROW_COLUMNS = 80  # below this, the bar leaves out its name and the elapsed time (the files count: line 2)
+RATE_WINDOW = 10.0  # seconds: the rate shown is the recent one (an estimate must follow a change of pace)
+RATE_SAMPLE = 0.5  # seconds between two samples of the bytes fetched
+ESTIMATE_AFTER = 2.0  # seconds of measured rate before an estimate is shown (`ETA ?` until then)
 JSON_PROGRESS_INTERVAL = 1.0  # seconds, at most, between two `progress` events under --json
 
 
@@ -91,15 +97,54 @@ class RedactingFormatter(logging.Formatter):
         return shown(super().format(record), self.secrets)
 
 
-def setup_logging(verbosity: int, secrets: Secrets, stream: IO[str] | None = None) -> None:
-    """Route the `prefetch` logger to stderr through the run's redactor: warnings by default, more with -v."""
+_STDOUT = threading.Lock()  # one JSON line at a time on stdout: events and log records come from many threads
+
+
+def write_json_line(data: dict[str, Any], secrets: Secrets, stream: IO[str] | None = None) -> None:
+    """One JSON object on a line of `stream` (default stdout), redacted, whole."""
+    line = secrets.redact(json.dumps(data, sort_keys=True, default=str))
+    with _STDOUT:
+        print(line, file=stream or sys.stdout, flush=True)
+
+
+class JsonLogHandler(logging.Handler):
+    """Under --json, the log's records are events on stdout (`{"event": "log", "level": "warning", ...}`),
+    so stderr stays quiet and a tool reads one stream; a record that is an event already is left out."""
+
+    def __init__(self, secrets: Secrets, stream: IO[str] | None = None) -> None:
+        super().__init__()
+        self.secrets, self.stream = secrets, stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, EVENT_ATTRIBUTE, None):
+            return
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        write_json_line(
+            {"event": "log", "level": record.levelname.lower(), "message": message}, self.secrets, self.stream
+        )
+
+
+def setup_logging(
+    verbosity: int, secrets: Secrets, stream: IO[str] | None = None, *, as_json: bool = False
+) -> None:
+    """Route the `prefetch` logger through the run's redactor: to stderr, or under --json (`as_json`) as
+    events on stdout. Errors only with --quiet (verbosity -1), warnings by default, what is fetched from
+    where with -v, every request with -vv."""
     logger = logging.getLogger("prefetch")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(RedactingFormatter("prefetch: %(levelname)s: %(message)s", secrets))
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    handler: logging.Handler
+    if as_json:
+        handler = JsonLogHandler(secrets, stream)
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(RedactingFormatter("prefetch: %(levelname)s: %(message)s", secrets))
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity == 1 else logging.WARNING)
+    levels = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
+    logger.setLevel(levels.get(verbosity, logging.DEBUG if verbosity > 1 else logging.ERROR))
     logger.propagate = False
 
 
@@ -108,18 +153,30 @@ def short_name(label: str) -> str:
     return label.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
 
 
-class Progress(Reporter):
-    """Counts bytes and files (thread-safe: the transfer engine reports from many threads); subclasses
-    decide how to show them. `secrets`: the run's (every line it shows is redacted with them)."""
+def _names(files: dict[str, int], limit: int) -> str:
+    """`a.safetensors, b.safetensors (+3 more)` of these files' labels, or ``."""
+    names = [short_name(label) for label in files]
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+class Progress:
+    """Counts bytes and files (thread-safe: the transfer engine reports from many threads; a
+    `download.job.Reporter`); subclasses decide how to show them. `secrets`: the run's (every line it
+    shows is redacted with them)."""
 
     def __init__(self, secrets: Secrets | None = None) -> None:
         self.secrets = secrets or Secrets()
         self.total_bytes = 0
         self.total_files = 0
-        self.done_bytes = 0
+        self.done_bytes = 0  # on disk now: fetched, resumed, or installed by another process or a link
+        self.fetched_bytes = 0  # of those, fetched by this run: what its rate is made of
         self.done_files = 0
         self.started = time.monotonic()
+        self._samples = collections.deque([(self.started, 0)])  # (when, fetched_bytes), for `rate`
         self.active: dict[str, int] = {}  # label -> size, in start order
+        self.waiting: dict[str, int] = {}  # label -> size: files another process holds the lock of
+        self._said_waiting = False
         self._lock = threading.Lock()
 
     # -- what the engine and the orchestrator call --------------------------------------------------
@@ -128,19 +185,53 @@ class Progress(Reporter):
         with self._lock:
             self.total_bytes, self.total_files = total_bytes, total_files
             self.started = time.monotonic()
+            self._samples = collections.deque([(self.started, self.fetched_bytes)])
 
     def file_started(self, job: FileJob) -> None:
         with self._lock:
+            self.waiting.pop(job.label, None)
             self.active[job.label] = job.size
+
+    def file_waiting(self, job: FileJob) -> None:
+        """Said at the default level (once: the status line lists the files waited on), so a run that
+        waits looks like one that waits, not like one that hangs."""
+        with self._lock:
+            self.waiting[job.label] = job.size
+            first, self._said_waiting = not self._said_waiting, True
+        if first:
+            self.message(
+                f"waiting for another process downloading {job.label} ({human_bytes(job.size)}): it holds "
+                f"the blob's lock {job.cache.lock_path(job.etag)}; the bytes it installs are not fetched again"
+            )
+        self.event(
+            "waiting", repo=job.repo, path=job.path, size=job.size, lock=str(job.cache.lock_path(job.etag))
+        )
 
     def advance(self, nbytes: int) -> None:
         with self._lock:
             self.done_bytes += nbytes
+            self.fetched_bytes += nbytes
+            now = time.monotonic()
+            if now - self._samples[-1][0] >= RATE_SAMPLE:
+                self._samples.append((now, self.fetched_bytes))
+                while len(self._samples) > 2 and self._samples[1][0] <= now - RATE_WINDOW:
+                    self._samples.popleft()
+
+    def resumed(self, nbytes: int) -> None:
+        """Bytes of a partial download found on disk: they count as done, not in the rate (a resumed run
+        would otherwise show hundreds of MiB/s)."""
+        with self._lock:
+            self.done_bytes += nbytes
 
     def file_done(self, job: FileJob, how: str) -> None:
+        """`how`: fetched, cached (another process installed it meanwhile) or linked (from another repo's
+        folder): the bytes of the last two are in the cache now without having been fetched."""
         with self._lock:
             self.active.pop(job.label, None)
+            self.waiting.pop(job.label, None)
             self.done_files += 1
+            if how != "fetched":
+                self.done_bytes += job.size
 
     def retry(self, message: str) -> None:
         """A request failed and will be tried again (the engine also logs it as a warning)."""
@@ -177,22 +268,44 @@ class Progress(Reporter):
 
     # -- shared formatting ----------------------------------------------------------------------------
     def rate(self) -> float:
-        return self.done_bytes / max(time.monotonic() - self.started, 1e-6)
+        """Bytes per second this run fetched over the last RATE_WINDOW seconds (not the bytes a resumed
+        file had on disk, nor those another process installed meanwhile)."""
+        with self._lock:
+            since, before = self._samples[0]
+            fetched = self.fetched_bytes
+        return (fetched - before) / max(time.monotonic() - since, 1e-6)
 
     def eta(self) -> float | None:
+        """Seconds until the bytes this run fetches are in, at its rate; None when unknown (no rate yet,
+        or only files another process is fetching are left)."""
         rate = self.rate()
-        if rate <= 0:
-            return None
-        return max(0.0, self.total_bytes - self.done_bytes) / rate
+        with self._lock:
+            left = self.total_bytes - self.done_bytes - sum(self.waiting.values())
+            measured = time.monotonic() - self._samples[0][0]
+        if rate <= 0 or measured < ESTIMATE_AFTER or (left <= 0 and self.waiting):
+            return None  # (a rate of the first instants: an estimate of hours for a sync of seconds)
+        return max(0, left) / rate
 
     def active_names(self, limit: int = ACTIVE_SHOWN) -> str:
         """`a.safetensors, b.safetensors (+3 more)`, or `` when nothing is in flight."""
         with self._lock:
-            names = [short_name(label) for label in self.active]
-        if not names:
-            return ""
-        shown = ", ".join(names[:limit])
-        return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+            return _names(self.active, limit)
+
+    def waiting_names(self, limit: int = ACTIVE_SHOWN) -> str:
+        """The files another process holds the lock of, as `active_names` names them."""
+        with self._lock:
+            return _names(self.waiting, limit)
+
+    def in_flight(self) -> str:
+        """What the run is doing now: `active: a, b` and `waiting for another process: c` (either, both
+        or ``)."""
+        with self._lock:
+            active, waiting = _names(self.active, ACTIVE_SHOWN), _names(self.waiting, ACTIVE_SHOWN)
+        parts = [
+            f"active: {active}" if active else "",
+            f"waiting for another process: {waiting}" if waiting else "",
+        ]
+        return "; ".join(part for part in parts if part)
 
     def status_line(self) -> str:
         """`460.0 MiB / 1.0 GiB (45%), 215.3 MiB/s, ETA 3s, files 1/4; active: a, b`."""
@@ -205,8 +318,8 @@ class Progress(Reporter):
             f"{human_bytes(done)} / {human_bytes(total)} ({percent:.0f}%), {human_bytes(self.rate())}/s, "
             f"ETA {human_duration(eta) if eta is not None else '?'}, files {files}/{total_files}"
         )
-        active = self.active_names()
-        return line + (f"; active: {active}" if active else "")
+        now = self.in_flight()
+        return line + (f"; {now}" if now else "")
 
 
 class QuietProgress(Progress):
@@ -294,20 +407,22 @@ def _terminal_width(stream: IO[str]) -> int | None:
     return None if _reported_columns(stream) > 0 else _columns(stream)
 
 
-def _binary_units_bar() -> Any:
-    """tqdm, with fields that name binary units: its own `unit_divisor=1024` still prints `MB/s` for MiB/s."""
+def _binary_units_bar(progress: Progress) -> Any:
+    """tqdm, with fields that name binary units (its own `unit_divisor=1024` still prints `MB/s` for
+    MiB/s), and the rate and estimate of `progress` (`speed`, `eta`): tqdm's own count the bytes of a
+    resumed file, or of one another process installed, as if fetched in an instant."""
     from tqdm import tqdm
 
     class BinaryUnitsBar(tqdm):  # type: ignore[misc]
         @property
         def format_dict(self) -> dict[str, Any]:
             fields = super().format_dict
-            elapsed = fields.get("elapsed") or 0
-            rate = fields.get("rate") or (fields["n"] / elapsed if elapsed else 0)
+            eta = progress.eta()
             fields.update(
                 done=human_bytes(fields["n"]),
                 size=human_bytes(fields["total"] or 0),
-                speed=f"{human_bytes(rate)}/s",
+                speed=f"{human_bytes(progress.rate())}/s",
+                eta=human_duration(eta) if eta is not None else "?",
             )
             return fields
 
@@ -323,6 +438,7 @@ class TtyProgress(Progress):
         self.stream = stream
         self.bar: Any = None
         self.line: Any = None
+        self.narrow = False  # the terminal is narrower than NARROW_COLUMNS (`start`)
         self._draw = threading.Lock()
         self._drawn = 0.0  # when the files line was last redrawn
 
@@ -334,8 +450,9 @@ class TtyProgress(Progress):
 
         out = self.stream or sys.stderr
         width = _terminal_width(out)
-        narrow = (width or _columns(out)) < NARROW_COLUMNS  # keep room for the bar itself
-        self.bar = _binary_units_bar()(
+        # Narrow: no name, no elapsed time, the files count on the second line; the estimate stays.
+        self.narrow = (width or _columns(out)) < NARROW_COLUMNS
+        self.bar = _binary_units_bar(self)(
             total=total_bytes,
             unit="B",
             file=out,
@@ -343,9 +460,10 @@ class TtyProgress(Progress):
             ncols=width,
             desc="prefetch",
             mininterval=0.2,
-            bar_format="{percentage:3.0f}%|{bar}| {done}/{size} {speed}{postfix}"
-            if narrow
-            else "{desc} {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}{postfix}]",
+            miniters=1,  # (tqdm's own would grow with a resumed file's bytes, and skip the redraws after it)
+            bar_format="{percentage:3.0f}%|{bar}| {done}/{size} ETA {eta} {speed}"
+            if self.narrow
+            else "{desc} {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{eta}, {speed}{postfix}]",
         )
         self.line = tqdm(
             total=0,
@@ -365,12 +483,14 @@ class TtyProgress(Progress):
         if self.bar is None or (not force and now - self._drawn < 0.2):
             return
         self._drawn = now
-        active = self.active_names()
+        files = f"files {self.done_files}/{self.total_files}"
+        doing = self.in_flight()
+        line = "; ".join(part for part in (files if self.narrow else "", doing) if part)
         with self._draw:
             if self.bar is None:
                 return
-            self.bar.set_postfix_str(f"files {self.done_files}/{self.total_files}", refresh=False)
-            self.line.set_description_str(f"  active: {active}" if active else "", refresh=True)
+            self.bar.set_postfix_str(files, refresh=False)
+            self.line.set_description_str(f"  {line}" if line else "", refresh=True)
 
     def file_started(self, job: FileJob) -> None:
         super().file_started(job)
@@ -384,8 +504,23 @@ class TtyProgress(Progress):
                     self.bar.update(nbytes)
             self._refresh_files()
 
+    def file_waiting(self, job: FileJob) -> None:
+        super().file_waiting(job)
+        self._refresh_files(force=True)
+
+    def resumed(self, nbytes: int) -> None:
+        super().resumed(nbytes)
+        if self.bar is not None:
+            with self._draw:
+                if self.bar is not None:
+                    self.bar.update(nbytes)
+
     def file_done(self, job: FileJob, how: str) -> None:
         super().file_done(job, how)
+        if how != "fetched" and self.bar is not None:  # installed by another process, or linked
+            with self._draw:
+                if self.bar is not None:
+                    self.bar.update(job.size)
         self._refresh_files()
 
     def message(self, text: str) -> None:
@@ -411,14 +546,14 @@ class TtyProgress(Progress):
 
 
 class JsonProgress(LineProgress):
-    """`--json`: one JSON object per line on stdout (plan, file, progress, retry, warning, summary); nothing
-    else. A `progress` event comes at least every second while the transfer runs, so a tool watching a
+    """`--json`: one JSON object per line on stdout (plan, file, progress, retry, warning, waiting, log,
+    summary); nothing else, and nothing on stderr (the log's records are `log` events: `JsonLogHandler`).
+    A `progress` event comes at least every second while the transfer runs, so a tool watching a
     multi-GB file sees bytes move between two `file` events."""
 
     def __init__(self, secrets: Secrets | None = None, stream: IO[str] | None = None) -> None:
         interval = min(JSON_PROGRESS_INTERVAL, settings.progress_interval())
         super().__init__(secrets, interval=interval, stream=stream)
-        self._out = threading.Lock()
 
     def tick(self) -> None:
         with self._lock:
@@ -430,13 +565,11 @@ class JsonProgress(LineProgress):
             )
         self.event(
             "progress", done_bytes=done, total_bytes=total, done_files=files, total_files=total_files,
-            bytes_per_second=round(self.rate()), active=self.active_names(),
+            bytes_per_second=round(self.rate()), active=self.active_names(), waiting=self.waiting_names(),
         )  # fmt: skip
 
     def event(self, kind: str, **fields: Any) -> None:
-        line = self.secrets.redact(json.dumps({"event": kind, **fields}, sort_keys=True, default=str))
-        with self._out:
-            print(line, file=self.stream or sys.stdout, flush=True)
+        write_json_line({"event": kind, **fields}, self.secrets, self.stream)
 
     def file_done(self, job: FileJob, how: str) -> None:
         super().file_done(job, how)

@@ -119,7 +119,7 @@ def _lock(ctx: RunContext, old: Lock | None, resolution: Resolution, lock_path: 
 
 def _check_access(ctx: RunContext, plan: Plan, resolution: Resolution) -> AccessReport:
     """The entries that failed to resolve, plus an access check of every entry with bytes to fetch;
-    warnings shown; raises the report's error if any entry cannot be read."""
+    raises the report's error if any entry cannot be read (it shows the warnings), else shows them."""
     needing = [p for p in plan.entries if p.missing]
     rows = list(resolution.failures)
     if needing:
@@ -131,12 +131,12 @@ def _check_access(ctx: RunContext, plan: Plan, resolution: Resolution) -> Access
             probes={p.entry.key: p.missing[0].path for p in needing},
         ).results
     report = AccessReport(rows)
+    if not report.ok:
+        raise report.error()  # (its report lists every row with its warnings: they are said there, once)
     for row in rows:
         for warning in row.warnings:
             ctx.progress.message(f"warning: {row.entry.label}: {warning}")
             ctx.progress.event("warning", repo=row.entry.repo, revision=row.entry.revision, message=warning)
-    if not report.ok:
-        raise report.error()
     return report
 
 

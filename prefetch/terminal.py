@@ -5,6 +5,9 @@ name or an error message cannot move the cursor, retitle the terminal, erase a l
 escaped, newlines included. `escape_controls` is for a whole message about to be printed: our own layout
 (newlines, tabs) stays, every other control character is escaped (defence in depth for a string that
 reached a message without `printable`).
+
+`EVENT_ATTRIBUTE` marks a log record that is shown as an event of its own (a retry): under `--json` it is
+not written a second time as a `log` event.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import re
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _CONTROLS_BUT_LAYOUT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+EVENT_ATTRIBUTE = "prefetch_event"  # `log.warning(..., extra={EVENT_ATTRIBUTE: "retry"})`
 
 
 def _escape(match: re.Match[str]) -> str:

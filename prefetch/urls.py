@@ -31,6 +31,14 @@ def endpoint_problem(value: str) -> str | None:
     return None
 
 
+def loggable_url(url: str) -> str:
+    """`url` as a log may show it: without its user info and query (`?…`): a CDN's signed URL carries its
+    signature in the query, a proxy or mirror URL its password in the user info."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}" + ("?…" if parts.query else "")
+
+
 def is_loopback_host(host: str) -> bool:
     """`localhost`, 127.0.0.0/8 or ::1, by the name as written: never resolved, so no DNS answer (or
     /etc/hosts entry) can make a remote host count as this machine."""
@@ -106,3 +114,14 @@ def origin_of(url: str) -> str:
     except ValueError:
         return ""
     return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
+
+
+def origin_key(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of `url`, its port made explicit: two URLs are one origin (a credential's
+    scope, a server that answered) when their keys are equal."""
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def same_origin(url: str, other: str) -> bool:
+    return origin_key(url) == origin_key(other)

@@ -214,7 +214,11 @@ CASES = {
         _private_no_token,
     ),
     "unknown-type": Case(
-        "not-found", 3, ["check the repo id and type", "dataset"], "HF_TOKEN", _unknown_dataset
+        "not-found",
+        3,
+        ["org/thing is a model repo on this Hub: write `type: model` in its entry (it says `type: dataset`"],
+        "HF_TOKEN",
+        _unknown_dataset,
     ),
     "revision-not-found": Case(
         "revision-not-found",
@@ -247,6 +251,51 @@ CASES = {
     "proxy-502": Case("network", 4, ["{endpoint}", "proxy http://127.0.0.1:", "502"], None, _proxy("502")),
     "endpoint-down": Case("network", 4, ["http://127.0.0.1:", "direct"], None, _dead_endpoint),
 }
+
+
+def test_a_repo_not_found_under_its_type_is_looked_for_under_the_others_once(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """Only an entry found nowhere costs one request per other type; a readable entry costs none."""
+    add_repo(hub, "org/data", repo_type="dataset")
+    add_repo(hub, "org/model")
+    prefetch.manifest([{"repo": "org/data"}, {"repo": "org/nowhere"}, {"repo": "org/model"}])
+    result = run(prefetch, "check")
+    assert result.code == 3, result
+    assert "org/data is a dataset repo on this Hub: write `type: dataset`" in result.stdout, result
+    assert "check the repo id and type" in result.stdout  # org/nowhere: not found as any type
+    for repo, asked in (
+        ("org/data", ["models", "datasets"]),
+        ("org/nowhere", ["models", "datasets", "spaces"]),
+    ):
+        for kind in ("models", "datasets", "spaces"):
+            count = hub.count(path_contains=f"/api/{kind}/{repo}/revision/")
+            assert count == (kind in asked), (repo, kind, count)
+    assert (
+        hub.count(path_contains="/api/datasets/org/model") + hub.count(path_contains="/api/spaces/org/model")
+        == 0
+    )
+
+
+def test_a_warning_is_said_once_when_another_entry_fails(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    """A gated repo the manifest does not mark gated (a warning) beside a missing one (a failure): the
+    failing report lists the warning with its row; it used to be printed before the report too."""
+    hub.add_user("alice", token=CANARY_TOKEN)
+    add_repo(hub, "org/gated", gated="auto")
+    hub.grant_gated("org/gated", "alice")
+    prefetch.manifest([{"repo": "org/gated"}, {"repo": "org/missing"}])
+    result = run(prefetch, "sync", env={"HF_TOKEN": CANARY_TOKEN})
+    assert result.code == 3, result
+    assert result.output.count("the Hub reports this repo as gated (auto)") == 1, result
+    fine = prefetch.manifest([{"repo": "org/gated"}])
+    result = run(prefetch, "sync", env={"HF_TOKEN": CANARY_TOKEN})
+    assert result.code == 0, (fine, result)
+    assert result.output.count("the Hub reports this repo as gated (auto)") == 1, result
+    add_repo(hub, "org/public")
+    prefetch.manifest([{"repo": "org/public"}], name="other.yaml")
+    added = prefetch("add", "org/gated", "-m", "other.yaml", env={"HF_TOKEN": CANARY_TOKEN})
+    assert added.code == 0, added
+    assert added.stdout.count("warning: the Hub reports this repo as gated (auto)") == 1, added
 
 
 def _expect(case: Case, endpoint: str) -> list[str]:
@@ -498,7 +547,7 @@ def test_locked_entry_with_missing_files_is_checked_again(prefetch: PrefetchRunn
     result = run(prefetch, "sync", env=env)
     assert result.code == 3, result
     assert "open " + hub.url + "/org/gated" in result.stderr
-    assert "warning: repos[0] (org/gated@main): the Hub reports this repo as gated" in result.stderr
+    assert result.stderr.count("warning: the Hub reports this repo as gated") == 1, result  # in the report
     assert hub.count(kind="file") == 0
 
 

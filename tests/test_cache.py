@@ -16,6 +16,7 @@ import prefetch.cache as cache_mod
 from prefetch.cache import RepoCache, boot_id, repo_folders, safe_relpath
 from prefetch.errors import DiskSpaceError, IntegrityError, UnsafeFolder
 from prefetch.files import atomic_write, file_mode
+from prefetch.hashing import hash_file
 
 ETAG = "ab" * 32
 COMMIT = "c" * 40
@@ -316,3 +317,39 @@ def test_a_folder_kept_open_is_still_reached_without_following_links(tmp_path: P
     with cache.folders_kept_open(), pytest.raises(UnsafeFolder):
         cache.installer.write_new_blob("c" * 40, b"data")
     assert list(elsewhere.iterdir()) == []
+
+
+def test_what_a_shared_cache_member_planted_is_never_read_whole(repo: RepoCache) -> None:
+    """A ref, a resume state or a blob of gigabytes (sparse: a member of a shared cache makes one for
+    free) is refused from its size, not read into memory; a blob that is longer than its lock says is
+    read one byte past its size, which is all the answer needs."""
+    repo.refs.mkdir(parents=True)
+    with open(repo.ref_path("main"), "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    with pytest.raises(OSError) as refused:
+        repo.read_ref("main")
+    assert refused.value.errno == errno.EFBIG
+    write_state(repo, {"size": 1000, "done": [[0, 500]]})
+    with open(repo.state_path(ETAG), "ab") as f:
+        f.truncate(64 * 1024 * 1024)
+    assert repo.partials.read_partial_state(ETAG, 1000) == []
+    blob = repo.blob_path(ETAG)
+    blob.write_bytes(b"x" * (3 * 1024 * 1024))
+    assert hash_file(blob, True, 10)[0] == 11
+
+
+def test_a_fifo_in_the_cache_is_refused_without_waiting(repo: RepoCache) -> None:
+    """Opened the usual way, a FIFO with no writer blocks forever: a ref, a resume state and a blob planted
+    as FIFOs are refused at once."""
+    repo.refs.mkdir(parents=True)
+    repo.blobs.mkdir(parents=True)
+    for path in (repo.ref_path("main"), repo.state_path(ETAG), repo.blob_path(ETAG)):
+        os.mkfifo(path)
+    with pytest.raises(OSError) as refused:
+        repo.read_ref("main")
+    assert refused.value.errno == errno.EINVAL
+    assert repo.partials.read_partial_state(ETAG, 1000) == []
+    with pytest.raises(OSError):
+        hash_file(repo.blob_path(ETAG), True, 10)
+    repo.write_ref("main", COMMIT)  # replaced
+    assert repo.read_ref("main") == COMMIT

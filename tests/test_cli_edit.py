@@ -86,6 +86,51 @@ def test_add_keeps_comments_and_layout_checks_the_hub_and_updates_the_lock(
     assert prefetch("sync", "--locked", "-q").code == 0  # manifest and lock agree
 
 
+QUOTED = """\
+version: 1
+defaults:
+  include: [ "*.json", "*.safetensors" ]   # both kinds
+repos:
+  - repo: org/encoder
+    revision:  "main"
+    include: ["*.json",
+              "*.safetensors"]
+
+  - repo: "org/data"
+    type: dataset
+    include: [ 'data/*.csv' ]
+  # - repo: org/later   (not yet)
+"""
+
+
+def test_add_and_remove_keep_every_other_entrys_quotes_and_spacing(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """Quotes, spaces inside flow lists and after a colon, a flow list over two lines, blank lines
+    between entries, a commented-out entry at the end: `add` leaves every byte of them (ruamel's dump
+    wrote `['*.json', ...]` and `main` unquoted), writes its entry as the file writes its lists, and
+    `remove` takes exactly that entry out again."""
+    make_repos(hub)
+    manifest = prefetch.tmp / "models.yaml"
+    manifest.write_text(QUOTED)
+    result = prefetch("add", "org/decoder@main", "--include", "*.json")
+    assert result.code == 0, result
+    head, tail = QUOTED.split("  # - repo: org/later")
+    assert manifest.read_text() == (
+        head
+        + '\n  - repo: org/decoder\n    revision: main\n    include: ["*.json"]\n  # - repo: org/later'
+        + tail
+    )
+    removed = prefetch("remove", "org/decoder")
+    assert removed.code == 0, removed
+    assert manifest.read_text() == QUOTED
+    data = prefetch("remove", "org/data", "--type", "dataset")
+    assert data.code == 0, data
+    assert manifest.read_text() == QUOTED.replace(
+        "\n  - repo: \"org/data\"\n    type: dataset\n    include: [ 'data/*.csv' ]\n", ""
+    )
+
+
 def test_add_refuses_what_the_hub_does_not_have_and_changes_nothing(
     prefetch: PrefetchRunner, hub: HubEmulator
 ) -> None:
@@ -107,6 +152,24 @@ def test_add_refuses_what_the_hub_does_not_have_and_changes_nothing(
     offline = prefetch("add", "org/missing", "--no-check", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
     assert offline.code == 0, offline
     assert "repo: org/missing" in manifest.read_text() and "prefetch lock" in offline.stdout
+
+
+def test_a_failed_add_names_the_entry_it_would_have_added_not_a_line_of_the_restored_file(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """The manifest is restored when `add` fails: an error located at a line of the edited file would
+    point past the end of the file the user then opens. It names the command's entry instead."""
+    make_repos(hub)
+    manifest = prefetch.tmp / "models.yaml"
+    manifest.write_text(HAND_WRITTEN)
+    result = prefetch("add", "org/decoder", "--include", "*.safetensor")
+    assert result.code == 2, result
+    assert manifest.read_text() == HAND_WRITTEN
+    assert "models.yaml:" not in result.stderr, result
+    assert (
+        "prefetch add org/decoder: include[0]: pattern '*.safetensor' matches no file of the repo "
+        "(closest file names: model.safetensors); models.yaml was left as it was"
+    ) in result.stderr, result
 
 
 def test_remove_drops_the_entry_from_manifest_and_lock_offline(

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import click
-import pytest
 
 from prefetch.cli import COMMAND_MODULES, cli
 from tests.conftest import PrefetchRunner
@@ -31,16 +30,6 @@ NETWORK_STACK = (
     "httpx",
     "httpx2",
 )
-# Modules outside prefetch/cli/ that load part of it for `prefetch env` today, each for a reason the
-# restructure of issue 26 removes: when the last goes, `test_env_loads_no_network_stack` passes and its
-# xfail marker goes too.
-KNOWN_IMPORTERS = {
-    "prefetch.progress": "imports prefetch.download.job (FileJob, Reporter) for its types",
-    "prefetch.offline.shared": "imports prefetch.download.scheduler (Workers) to hash in parallel",
-    "prefetch.hfhub": "repo_id_problem's validate_repo_id loads huggingface_hub.errors, which imports httpx2 "
-    "(and so http.client, ssl) at its top",
-}
-
 # Runs `prefetch ARGS...` as `python -m prefetch` would, with a finder that notes, for each module of the
 # network stack the first time it is imported, the innermost prefetch module on the stack (its importer),
 # then writes {module: importer} as JSON to REPORT.
@@ -106,18 +95,10 @@ def test_version_loads_no_network_stack(prefetch: PrefetchRunner) -> None:
     assert network_imports(prefetch, "--version") == {}
 
 
-def test_env_imports_nothing_of_the_network_stack_itself(prefetch: PrefetchRunner, hub: object) -> None:
-    """What `prefetch env` loads of the network stack today comes only through the known modules outside
-    the CLI, never from the CLI's own imports."""
-    loaded = network_imports(prefetch, "env", str(synced_lock(prefetch, hub)))
-    unexpected = {
-        m: who for m, who in loaded.items() if who not in KNOWN_IMPORTERS and not in_network_stack(who)
-    }
-    assert not unexpected, f"prefetch env loads the network stack through: {unexpected}"
-
-
-@pytest.mark.xfail(strict=True, reason="; ".join(f"{m} {why}" for m, why in KNOWN_IMPORTERS.items()))
 def test_env_loads_no_network_stack(prefetch: PrefetchRunner, hub: object) -> None:
+    """`prefetch env` (an entrypoint's first line) loads nothing that talks to a server: not the CLI's
+    network commands, not the engine (`progress` reports to it through a protocol), not huggingface_hub's
+    HTTP client (a plain repo id needs no `validate_repo_id`: `hfhub.repo_id_problem`)."""
     assert network_imports(prefetch, "env", str(synced_lock(prefetch, hub))) == {}
 
 
@@ -125,7 +106,7 @@ def test_the_watcher_sees_a_command_that_loads_the_network_stack(prefetch: Prefe
     """The control: `sync --help` loads `prefetch.sync`'s module, and with it the HTTP layer."""
     loaded = network_imports(prefetch, "sync", "--help")
     assert {"http.client", "ssl", "prefetch.net.session"} <= set(loaded), loaded
-    assert any(who not in KNOWN_IMPORTERS and not in_network_stack(who) for who in loaded.values()), loaded
+    assert any(not in_network_stack(who) for who in loaded.values()), loaded
 
 
 def test_every_command_is_registered_under_its_module() -> None:

@@ -7,7 +7,9 @@ Restated, because huggingface_hub keeps them private (see prefetch/hfhub.py for 
   constants at import from `os.environ`, and prefetch reads an injectable mapping at call time. The
   test runs `huggingface_hub.constants` in a fresh interpreter per environment and compares;
 - where the cache keeps a blob's lock file (`prefetch.cache.RepoCache.lock_path`), so that prefetch and
-  huggingface_hub exclude each other from the same blob.
+  huggingface_hub exclude each other from the same blob;
+- which repo ids are certainly valid without asking `validate_repo_id` (`prefetch.hfhub`'s fast path
+  for the offline commands): a subset of what it accepts, so it can never let through one it refuses.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from prefetch import settings
 from prefetch.cache import RepoCache
+from prefetch.hfhub import repo_id_problem
 
 HF_PROBE = """
 import json
@@ -123,3 +129,25 @@ def test_the_blob_lock_is_where_huggingface_hub_takes_it(tmp_path: Path) -> None
     etag = "a" * 64
     expected = tmp_path / ".locks" / repo_folder_name(repo_id="org/name", repo_type="model") / f"{etag}.lock"
     assert RepoCache(tmp_path, "org/name", "model").lock_path(etag) == expected
+
+
+def _hf_accepts(repo_id: str) -> bool:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
+
+
+@given(st.text(alphabet="aZ09_.-/-\u00e9\u0661 \n", max_size=200))
+@example("a" * 96 + "/" + "b" * 96)
+@example("a" * 97)
+@example("org/model.git")
+@example("org--x/model")
+@example("_org/model_")
+@example("org/model.")
+@example("\u00e9t\u00e9/mod\u00e8le")
+def test_repo_ids_prefetch_accepts_are_the_ones_huggingface_hub_accepts(repo_id: str) -> None:
+    """The fast path never accepts an id huggingface_hub refuses; what it does not know gets
+    huggingface_hub's verdict: so prefetch's verdict is huggingface_hub's, for every id."""
+    assert (repo_id_problem(repo_id) is None) == _hf_accepts(repo_id)

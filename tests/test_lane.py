@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from prefetch.download import new_blobs
-from prefetch.download.lane import SmallLast
+from prefetch.download.lane import BigAndSmall
 from prefetch.offline.verify import verify
 from prefetch.progress import QuietProgress
 from prefetch.run import Settings
@@ -112,23 +112,26 @@ class Job:
         self.name, self.small = name, small
 
 
-def test_workers_take_the_big_files_and_stop_at_the_first_small_one() -> None:
-    """The workers' iterator ends at the first small file; the lane takes it, and every file after it."""
+def test_the_lane_takes_the_small_files_from_the_start_and_workers_the_big_ones() -> None:
+    """The lane's first file is the first small one, however many big files come before it (it used to
+    take a big one as a worker, and the small files waited for it); workers get the big ones, the lane
+    takes big ones only once no small one is left."""
     jobs = [
         Job("big1", False),
         Job("big2", False),
-        Job("small1", True),
         Job("big3", False),
+        Job("small1", True),
         Job("small2", True),
     ]
-    files = SmallLast(jobs)  # type: ignore[arg-type]
+    files = BigAndSmall(jobs)  # type: ignore[arg-type]
     workers = files.big()
     assert next(workers).name == "big1"
-    assert files.take().name == "big2"  # type: ignore[union-attr]
-    assert list(workers) == []  # stopped at small1, which stays for the lane
-    assert [files.take().name for _ in range(3)] == ["small1", "big3", "small2"]  # type: ignore[union-attr]
-    assert files.take() is None
-    assert list(files.big()) == []
+    assert files.take().name == "small1"  # type: ignore[union-attr]
+    assert [job.name for job in workers] == ["big2", "big3"]  # stopped at small2, which stays for the lane
+    assert files.take().name == "small2"  # type: ignore[union-attr]
+    assert files.take() is None and list(files.big()) == []
+    files = BigAndSmall([Job("big1", False), Job("big2", False), Job("small1", True)])  # type: ignore[arg-type]
+    assert [files.take().name for _ in range(3)] == ["small1", "big1", "big2"]  # type: ignore[union-attr]
 
 
 def test_a_batch_named_by_its_timer_thread_keeps_its_folder_open(

@@ -26,7 +26,7 @@ import pytest
 
 from prefetch.auth import Secrets
 from prefetch.progress import JsonProgress, LineProgress, Progress, human_bytes, human_duration, make_progress
-from tests.conftest import ROOT, PrefetchRunner
+from tests.conftest import CANARY_TOKEN, ROOT, PrefetchRunner
 from tests.hubemu import Fault, HubEmulator
 
 MiB = 1024 * 1024
@@ -117,6 +117,42 @@ def test_ci_lines_every_interval(prefetch: PrefetchRunner, hub: HubEmulator) -> 
     assert "synced 1 entry" in result.stdout
 
 
+def test_a_sync_waiting_for_another_process_says_so_and_what_it_awaits(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """Another process holds the big file's blob lock (as a second sync, or huggingface_hub, would while it
+    downloads it). At the default level the run says that it waits, for which file and on which lock; its
+    status lines name the file under "waiting", not as active, and make no estimate out of a rate of
+    nothing. When that process installs the blob, the file is done with its bytes counted, not fetched."""
+    from filelock import FileLock
+
+    repo = make_repo(hub, small=2, lfs_size=2 * MiB)
+    prefetch.manifest([{"repo": "org/model"}])
+    sha = repo.file_info("main", "model.safetensors").etag
+    lock = prefetch.cache_dir / ".locks" / "models--org--model" / f"{sha}.lock"
+    lock.parent.mkdir(parents=True)
+    with FileLock(str(lock)):
+        proc = prefetch.popen("sync", "models.yaml", env={"PREFETCH_PROGRESS_INTERVAL": "0.2"})
+        deadline = time.monotonic() + 30
+        while hub.count(path_contains="config-1.json") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # several status lines while it waits
+        blob = prefetch.cache_dir / "models--org--model" / "blobs" / sha
+        blob.write_bytes(repo.files()["model.safetensors"])  # as that process would install it
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert (
+        f"waiting for another process downloading org/model:model.safetensors (2.0 MiB): it holds the blob's "
+        f"lock {lock}" in err
+    ), err
+    status = [line for line in err.splitlines() if line.startswith("prefetch: ") and "ETA" in line]
+    waiting = [line for line in status if "waiting for another process: model.safetensors" in line]
+    assert len(waiting) >= 3, err
+    assert all("active: model.safetensors" not in line and "ETA ?" in line for line in waiting), waiting
+    assert hub.count(path_contains=sha) == 0
+    assert "fetched 2 files" in out, out
+
+
 def test_quiet_prints_nothing(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
     make_repo(hub)
     prefetch.manifest([{"repo": "org/model"}])
@@ -130,6 +166,78 @@ def test_quiet_still_reports_errors(prefetch: PrefetchRunner, hub: HubEmulator) 
     result = prefetch("--quiet", "sync", "models.yaml")
     assert result.code != 0
     assert result.stdout == "" and "error" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- levels
+def test_quiet_shows_no_retry(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    """`-q` is "only errors": a retry that succeeded is not one."""
+    make_repo(hub)
+    prefetch.manifest([{"repo": "org/model"}])
+    hub.inject(Fault(kind="status", status=503, origin="cdn"))
+    result = prefetch("-q", "sync", "models.yaml", "--max-wait", "0.1")
+    assert result.code == 0, result
+    assert result.stdout == "" and result.stderr == "", result
+
+
+def test_verbose_says_what_is_fetched_from_where_and_very_verbose_every_request(
+    prefetch: PrefetchRunner, hub: HubEmulator
+) -> None:
+    """A cold sync: -v names each entry's resolution and each file with the URL its bytes come from (a CDN
+    URL without its signed query); -vv adds every request with its answer. The token is never shown."""
+    hub.add_user("alice", token=CANARY_TOKEN)
+    make_repo(hub, small=1)
+    prefetch.manifest([{"repo": "org/model"}])
+    env = {"HF_TOKEN": CANARY_TOKEN}
+    verbose = prefetch("-v", "sync", "models.yaml", env=env)
+    assert verbose.code == 0, verbose
+    lines = verbose.stderr.splitlines()
+    assert f"prefetch: INFO: resolving model org/model@main at {hub.url}" in lines, verbose
+    fetching = [line for line in lines if line.startswith("prefetch: INFO: fetching org/model:")]
+    assert len(fetching) == 2, verbose
+    big = next(line for line in fetching if "model.safetensors (2,097,152 bytes) from " in line)
+    assert "/lfs/" in big and big.endswith("?…") and "=" not in big, big  # the signed query is left out
+    config = next(line for line in fetching if "config-0.json" in line)
+    assert config.endswith(f"from {hub.url}/org/model/resolve/{hub.repo('org/model').head()}/config-0.json")
+    shutil.rmtree(prefetch.cache_dir)
+    (prefetch.tmp / "models.lock").unlink()
+    hub.reset_counters()
+    debug = prefetch("-vv", "sync", "models.yaml", env=env)
+    assert debug.code == 0, debug
+    requests = [line for line in debug.stderr.splitlines() if line.startswith("prefetch: DEBUG: GET ")]
+    assert f"prefetch: DEBUG: GET {hub.url}/api/models/org/model/revision/main -> 200 OK" in requests, debug
+    assert any(" -> 302 Found" in line and "model.safetensors" in line for line in requests), requests
+    assert len(requests) == len(hub.requests), (requests, [r.path for r in hub.requests])
+    assert CANARY_TOKEN not in debug.output and "Bearer" not in debug.output
+
+
+def test_json_is_all_on_stdout_and_stderr_stays_quiet(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
+    """Under --json a retry is one `retry` event (not also a text warning), and an error is the last
+    event (not also text on stderr); a usage error too."""
+    make_repo(hub)
+    prefetch.manifest([{"repo": "org/model"}])
+    hub.inject(Fault(kind="status", status=503, origin="cdn"))
+    hub.inject(Fault(kind="status", status=404, times=None, match="/config-1.json"))
+    result = prefetch("--json", "sync", "models.yaml", "--max-wait", "0.1")
+    assert result.code == 3, result
+    assert result.stderr == "", result
+    events = json_lines(result.stdout)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("retry") == 1 and kinds[-1] == "error" and "log" not in kinds, kinds
+    usage = prefetch("--json", "sync", "--no-such-flag")
+    assert usage.code == 2 and usage.stderr == "", usage
+    assert json_lines(usage.stdout)[-1]["exit_code"] == 2
+
+
+def test_retry_lines_count_against_the_real_bound_and_name_the_host(prefetch: PrefetchRunner) -> None:
+    """A host that never answered gets 3 attempts (not the 8 of `retry.attempts`): its retry lines say
+    `1/2`, `2/2`, then the error says 3 attempts, and each line names the host's origin."""
+    prefetch.manifest([{"repo": "org/model"}])
+    result = prefetch("sync", "models.yaml", "--max-wait", "0.1", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert result.code == 4, result
+    retries = [line for line in result.stderr.splitlines() if "retry " in line]
+    assert [line.split("retry ", 1)[1].split(" ", 1)[0] for line in retries] == ["1/2", "2/2"], result
+    assert all("(http://127.0.0.1:9): ConnectError" in line for line in retries), retries
+    assert "gave up after 3 attempts" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------- terminal

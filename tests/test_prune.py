@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from prefetch.progress import human_bytes
 from tests.conftest import PrefetchRunner
 from tests.offline_helpers import LFS, blob_of, entries, make_model, tree_state
 from tests.test_interop import sync
@@ -47,7 +48,7 @@ def test_prune_keeps_needed_blobs_and_removes_old_revision(prefetch: PrefetchRun
     assert dry.code == 0, dry
     assert tree_state(prefetch.cache_dir) == before
     assert dry.stdout.startswith("would remove 1 snapshot(s), 1 stray link(s), 1 ref(s), 1 blob(s)")
-    assert "left alone (no lockfile names them): models--org--other" in dry.stdout
+    assert "left alone, no lockfile names them: models--org--other (" in dry.stdout
 
     both = prefetch("--json", "prune", "--lock", str(lock), "--lock", str(prefetch.tmp / "old.lock"))
     assert both.code == 0, both
@@ -80,3 +81,81 @@ def test_prune_keeps_needed_blobs_and_removes_old_revision(prefetch: PrefetchRun
         ("org/model", 1),
         ("org/other", 1),
     }
+
+
+def test_prune_follows_no_link_below_the_cache_root(prefetch: PrefetchRunner, hub: Any) -> None:
+    """Links planted in a repo's folders: a ref to a file outside the cache (its bytes must not be
+    printed), a ref to /dev/zero (it must not be read whole), a ref that is a FIFO, a folder of refs and a
+    kept snapshot's folder linked to folders outside (nothing there is listed or deleted). Each link is
+    left in place and named; what prune can judge is pruned as before."""
+    make_model(hub)
+    lock = sync(prefetch, [{"repo": "org/model"}])
+    folder = prefetch.cache_dir / "models--org--model"
+    secret = prefetch.tmp / "secret.txt"
+    secret.write_text("ssh-rsa AAAA the victim's key\n")
+    outside = prefetch.tmp / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "keep-me").write_text("not the cache's")
+    refs = folder / "refs"
+    (refs / "to-secret").symlink_to(secret)
+    (refs / "to-zero").symlink_to("/dev/zero")
+    os.mkfifo(refs / "fifo")
+    (refs / "linked-folder").symlink_to(outside)
+    commit = entries(lock)[0]["commit"]
+    (folder / "snapshots" / commit / "nested" / "linked").symlink_to(outside / "sub")
+    before = tree_state(outside)
+
+    dry = prefetch("prune", "--lock", str(lock), "--dry-run", timeout=30)
+    assert dry.code == 0, dry
+    assert "ssh-rsa" not in dry.output and "AAAA" not in dry.output
+    for name in ("to-secret", "to-zero", "fifo"):
+        assert f"models--org--model/refs/{name}" in dry.stdout, dry
+    assert (
+        f"left alone: models--org--model/refs/to-secret: a symlink to '{secret}' (not followed)" in dry.stdout
+    )
+    assert "left alone: models--org--model/refs/fifo: not a regular file" in dry.stdout, dry
+    done = prefetch("--json", "prune", "--lock", str(lock), timeout=30)
+    assert done.code == 0, done
+    report = json.loads(done.stdout)
+    assert report["removed_refs"] == [] and report["removed_snapshots"] == []
+    assert len(report["skipped"]) == 4, report["skipped"]
+    assert tree_state(outside) == before
+    assert secret.read_text().startswith("ssh-rsa") and (refs / "to-secret").is_symlink()
+    assert prefetch("verify", str(lock)).code == 0
+
+
+def test_prune_after_remove_says_how_to_free_the_removed_repo_and_unlocked_does(
+    prefetch: PrefetchRunner, hub: Any
+) -> None:
+    """`prefetch remove` takes an entry out of the manifest and the lock; its repo stays in the cache, and
+    a plain `prune` (models.lock by default, as every command) must not remove what no lock names (a
+    shared cache holds other projects' repos): it says what it left, with the size, and how to remove it.
+    `--unlocked` removes it whole; the repos the lock names stay intact."""
+    from huggingface_hub import scan_cache_dir
+
+    make_model(hub)
+    lock = sync(prefetch, [{"repo": "org/model"}, {"repo": "org/data", "type": "dataset"}])
+    data = prefetch.cache_dir / "datasets--org--data"
+    size = sum(p.stat().st_size for p in (data / "blobs").iterdir())
+    assert prefetch("remove", "org/data", "--type", "dataset").code == 0
+
+    plain = prefetch("prune")
+    assert plain.code == 0, plain
+    assert (
+        f"left alone, no lockfile names them: datasets--org--data ({human_bytes(size)}). Give their lockfiles "
+        "with --lock to prune within them, or remove them whole with `prefetch prune --unlocked`"
+    ) in " ".join(plain.stdout.split()), plain
+    assert data.is_dir()
+    before = tree_state(prefetch.cache_dir)
+    dry = prefetch("prune", "--unlocked", "--dry-run")
+    assert dry.code == 0 and "repo datasets--org--data (whole: no lockfile names it)" in dry.stdout, dry
+    assert tree_state(prefetch.cache_dir) == before
+    done = prefetch("--json", "prune", "--unlocked")
+    assert done.code == 0, done
+    report = json.loads(done.stdout)
+    assert report["removed_repos"] == ["datasets--org--data"] and report["untouched"] == []
+    assert report["freed_bytes"] == size
+    assert not data.exists()
+    assert prefetch("verify", str(lock)).code == 0
+    info = scan_cache_dir(prefetch.cache_dir)
+    assert info.warnings == [] and [r.repo_id for r in info.repos] == ["org/model"]

@@ -199,7 +199,13 @@ def test_503_bursts_on_metadata_and_resolve_are_retried(prefetch, hub):
     assert [f.fired for f in faults] == [3, 1, 2, 2, 2]
     lines = retry_lines(result.stderr)
     assert len(lines) == 10, lines
-    assert sum("/revision/main: 503" in line for line in lines) == 3
+    assert (
+        sum(
+            re.search(r"/revision/main \(https?://127\.0\.0\.1:\d+\): 503", line) is not None
+            for line in lines
+        )
+        == 3
+    )
     assert sum("reset" in line.lower() for line in lines) == 1
     assert_cache_verifies(prefetch.cache_dir, model)
 
@@ -242,6 +248,21 @@ def test_a_wait_beyond_the_time_budget_fails_at_once(prefetch, hub):
     assert time.monotonic() - started < 4
     assert "the server asked to wait 30s, beyond the retry time budget" in result.stderr
     assert hub.count(path_contains="/revision/") == 1
+
+
+def test_a_small_file_has_one_time_budget_across_the_lane_and_the_pool(prefetch, hub):
+    """A small file's first attempt is the lane's; when it fails, its next attempts are the segment pool's.
+    They are one request's attempts, with one `retry.max_time`: an attempt that alone outlasted the budget
+    (here a drip-fed body dropped after its 2 s window, against a 1.5 s budget) is the last. The pool used to
+    start the budget again: a second attempt, and a 30 s budget took 120 s."""
+    config = os.urandom(8 * 1024)
+    commit = hub.create_repo("org/model").commit({"config.json": config})
+    prefetch.manifest([{"repo": "org/model"}], retry={"attempts": 100, "max_time": 1.5})
+    hub.inject(Fault(kind="slow", match="config.json", times=None, bytes_per_sec=100))
+    result = sync(prefetch, env={"PREFETCH_MIN_RATE_WINDOW": "2"})
+    assert result.code == 4, result
+    assert "too slow" in result.stderr, result
+    assert hub.count(path_contains=f"/resolve/{commit}/config.json") == 1, result
 
 
 @pytest.mark.parametrize(
@@ -636,11 +657,14 @@ def test_two_syncs_on_one_cache_fetch_each_blob_once(prefetch, hub):
     for code, _, err in results:
         assert code == 0, err
     fetched = [int(re.search(r"fetched (\d+) files?", out).group(1)) for _, out, _ in results]
-    assert all(n >= 1 for n in fetched) and sum(fetched) == len(files), fetched  # both worked, no overlap
+    # Both worked; the shards do not overlap. The small config.json takes no lock (README, "Shared caches"):
+    # both syncs fetch it at their start, the second while the first's waits for its one connection.
+    assert all(n >= 1 for n in fetched) and sum(fetched) in (len(files), len(files) + 1), fetched
     for path, data in files.items():
         etag = model.etag(path)
         key = etag if len(etag) == 64 else path
-        assert hub.bytes_served(path_contains=key) == len(data), path  # each blob fetched once
+        served = hub.bytes_served(path_contains=key)
+        assert served == len(data) if len(data) >= MiB else served in (len(data), 2 * len(data)), path
     assert_cache_verifies(prefetch.cache_dir, model)
 
 

@@ -12,6 +12,7 @@ import grp
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -59,7 +60,9 @@ class Shared:
     def folder(self) -> Path:
         return self.cache / FOLDER
 
-    def run(self, user: str, *command: str, **more_env: str) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, user: str, *command: str, timeout: float = 120, **more_env: str
+    ) -> subprocess.CompletedProcess[str]:
         """`command` as `user` (group pfshare, umask 002). The ambient CAP_DAC_READ_SEARCH only lets the
         user reach this interpreter where it lives (under /root here): reading, never writing."""
         home = self.base / user
@@ -88,7 +91,7 @@ class Shared:
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
 
@@ -305,3 +308,82 @@ def test_files_the_helper_process_fetched_are_the_groups_like_the_others(shared:
     second = sync(ATTACKER)
     assert second.returncode == 0, second.stderr
     assert shared.hub.count(kind="file") == fetched
+
+
+# -------------------------------------------------------------------- files planted where prefetch reads
+# Every kind of file a command reads below the cache root, in a cache one sync made; another member
+# plants a FIFO under its name. `True`: the big blob is removed too, as the file is read only while that
+# blob is fetched (the partial file, its resume state, its lock file).
+READ_BY_NAME = {
+    "ref": (f"{FOLDER}/refs/main", False),
+    "blob": (f"{FOLDER}/blobs/BIG", False),
+    "small blob": (f"{FOLDER}/blobs/SMALL", False),
+    "partial file": (f"{FOLDER}/blobs/BIG.prefetch-partial", True),
+    "resume state": (f"{FOLDER}/blobs/BIG.prefetch-partial.json", True),
+    "blob lock": (f".locks/{FOLDER}/BIG.lock", True),
+    "snapshot entry": (f"{FOLDER}/snapshots/COMMIT/config.json", False),
+}
+# Each command that reads the cache, and the exit codes that are an answer (not a hang, not a bug): the
+# network commands replace what was planted; the offline ones may only report it.
+READERS = {
+    "sync": (("sync", "MANIFEST"), {0}),
+    "sync --verify": (("sync", "--verify", "MANIFEST"), {0}),
+    "sync --offline": (("sync", "--offline", "MANIFEST"), {0, 7}),
+    "verify": (("verify", "LOCK"), {0, 7}),
+    "verify --repair": (("verify", "--repair", "LOCK"), {0}),
+    "status": (("status", "MANIFEST"), {0, 7}),
+    "prune": (("prune", "--lock", "LOCK", "--dry-run"), {0}),
+    "bundle": (("bundle", "LOCK", "-o", "OUT"), {0, 7}),
+}
+STALL = 20  # seconds: a command of a few files that takes this long is stalled on what was planted
+
+
+@pytest.mark.parametrize("writer", [False, True], ids=["fifo", "fifo-with-a-writer"])
+@pytest.mark.parametrize("command", list(READERS))
+def test_a_fifo_planted_where_prefetch_reads_never_stalls_it(
+    shared: Shared, command: str, writer: bool
+) -> None:
+    """A FIFO under each name a command reads: opened without a writer, a blocking open waits forever;
+    with a writer that never stops (`cat /dev/zero`), a read that is not bounded never ends. Either way a
+    node-warming loop would stall on another user's file. Each command must answer within seconds,
+    replacing what it writes (the network commands) or reporting it (the offline ones)."""
+    first = shared.victim_sync()
+    assert first.returncode == 0, first.stderr
+    pristine = shared.base / "pristine"
+    subprocess.run(["cp", "-a", str(shared.cache), str(pristine)], check=True)
+    names = {"BIG": hashlib.sha256(BIG).hexdigest(), "SMALL": git_sha1(CONFIG), "COMMIT": shared.commit}
+    home = shared.victim_home
+    args, answers = READERS[command]
+    values = {
+        "MANIFEST": str(home / "models.yaml"),
+        "LOCK": str(home / "models.lock"),
+        "OUT": str(home / "b.tar"),
+    }
+    args = tuple(values.get(a, a) for a in args)
+    stalled = []
+    for kind, (template, refetch) in READ_BY_NAME.items():
+        subprocess.run(["rm", "-rf", str(shared.cache)], check=True)
+        subprocess.run(["cp", "-a", str(pristine), str(shared.cache)], check=True)
+        planted = re.sub("BIG|SMALL|COMMIT", lambda m: names[m.group(0)], template)
+        remove = f"rm -f {FOLDER}/blobs/{names['BIG']} && " if refetch else ""
+        shared.plant(f"{remove}mkdir -p {Path(planted).parent} && rm -f {planted} && mkfifo -m 664 {planted}")
+        feeder = None
+        if writer:  # the attacker's endless writer, waiting for a reader
+            feeder = subprocess.Popen(
+                ["setpriv", f"--reuid={ATTACKER}", f"--regid={GROUP}", "--init-groups",
+                 "sh", "-c", f"exec cat /dev/zero > {shared.cache / planted}"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        try:
+            result = shared.run(VICTIM, sys.executable, "-m", "prefetch", *args, timeout=STALL)
+        except subprocess.TimeoutExpired:
+            stalled.append(f"{kind} ({planted}): stalled for {STALL}s")
+            continue
+        finally:
+            if feeder is not None:
+                feeder.kill()
+                feeder.wait()
+        if result.returncode not in answers or "internal error" in result.stderr:
+            stalled.append(f"{kind} ({planted}): exit {result.returncode}: {result.stderr[-600:]}")
+    assert not stalled, "\n".join(stalled)
+    shared.assert_secret_untouched()

@@ -7,10 +7,13 @@ line. The bar must redraw in place: while bytes move, the screen holds one bar l
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from prefetch.progress import human_bytes
 from tests.conftest import PrefetchRunner
 from tests.hubemu.hub import Fault, HubEmulator
 
@@ -124,3 +128,73 @@ def test_bar_and_plan_fit_the_terminal(
     assert any("synced 1 entry" in line for line in final), record
     assert "\x1b" not in record and "\r" not in record
     assert not re.search(r"\d ?[kKMG]B/s", record), record  # tqdm's own units said MB/s for MiB/s
+
+
+BAR = re.compile(r"(\d+)%\|.*\| [\d.]+ \w?i?B/[\d.]+ \w?i?B")
+SPEED = re.compile(r"([\d.]+) (B|KiB|MiB|GiB)/s")
+FILES = re.compile(r"files (\d+)/(\d+)")
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_a_resumed_sync_says_what_is_on_disk_and_its_bar_keeps_the_estimate(
+    prefetch: PrefetchRunner, hub: HubEmulator, terminals: list[Tmux], width: int
+) -> None:
+    """A sync cut off halfway, then run again on a terminal: the plan says how much is already on disk;
+    the bar's rate counts only what is fetched (a resumed file's bytes used to make it jump to hundreds
+    of MiB/s) and keeps its estimate at 60 columns; the small files are fetched alongside the big one,
+    not after it (`files 0/31` until the end)."""
+    repo = hub.create_repo("org/model")
+    files = {f"configs/{i:02d}.json": b'{"i": %d}' % i for i in range(30)}
+    repo.commit({**files, "model.safetensors": os.urandom(6 * MiB)})
+    prefetch.manifest([{"repo": "org/model"}])
+    hub.inject(Fault("slow", times=None, origin="cdn", bytes_per_sec=MiB))
+    blobs = prefetch.cache_dir / "models--org--model" / "blobs"
+    first = prefetch.popen("sync", "models.yaml")
+    on_disk = 0
+    deadline = time.monotonic() + 30
+    while on_disk < 3 * MiB and time.monotonic() < deadline:  # Ctrl-C once 3 MiB are on disk
+        time.sleep(0.1)
+        with contextlib.suppress(OSError, ValueError, StopIteration):
+            state = json.loads(next(blobs.glob("*.prefetch-partial.json")).read_text())
+            on_disk = sum(b - a for a, b in state["done"])
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=30) == 130
+    state = json.loads(next(blobs.glob("*.prefetch-partial.json")).read_text())
+    on_disk = sum(b - a for a, b in state["done"])
+    assert on_disk >= 3 * MiB
+    for blob in blobs.iterdir():
+        if ".prefetch-partial" not in blob.name:
+            blob.unlink()  # the small files are fetched again, beside the big one
+    prefetch_cmd = f"{shlex.quote(prefetch.command()[0])} -m prefetch"
+    terminal = Tmux(width)
+    terminals.append(terminal)
+    terminal.start(session_script(prefetch, width, f"{prefetch_cmd} sync"))
+
+    screens: list[list[str]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        screen = terminal.screen()
+        screens.append(screen)
+        if any("SESSION-DONE" in line for line in screen):
+            break
+        time.sleep(0.1)
+    record = "\n".join(screens[-1])
+    plan = " ".join(record.split())  # (the line is wrapped at spaces)
+    assert f"to fetch (6.0 MiB, {human_bytes(on_disk)} of it already on disk)" in plan, record
+    during = []  # (percent, files done, speed in MiB/s, the bar's line) while bytes move
+    for screen in screens:
+        text = "\n".join(screen)
+        bar = next((line for line in screen if BAR.search(line)), None)
+        files_done = FILES.search(text)
+        speed = SPEED.search(bar or "")
+        if bar is None or files_done is None or speed is None or "100%|" in bar:
+            continue
+        value = float(speed.group(1)) / {"B": MiB, "KiB": 1024, "MiB": 1, "GiB": 1 / 1024}[speed.group(2)]
+        during.append((int(BAR.search(bar).group(1)), int(files_done.group(1)), value, bar))  # type: ignore[union-attr]
+    assert during, record
+    estimates = [re.search(r"(?:ETA |<)(\d+m?\d*s|\?)", bar) for *_, bar in during]
+    assert all(estimates), during  # the estimate, at any width
+    assert any(e.group(1) != "?" for e in estimates if e), during
+    assert max(speed for _, _, speed, _ in during) < 8, during  # ~1 MiB/s: not the resumed 3 MiB at once
+    assert any(percent < 90 and done >= 30 for percent, done, _, _ in during), during
+    assert any("synced 1 entry " in line for line in screens[-1]), record

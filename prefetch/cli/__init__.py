@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(code, int) and code:  # click returns (not raises) ctx.exit codes here
             raise SystemExit(code)
     except click.ClickException as e:
-        e.show()
+        if as_json:  # stdout is the JSON events, stderr stays quiet: the error is an event too
+            click.echo(secrets.redact(json.dumps(_error_event(ExitCode.USAGE, e.format_message()))))
+        else:
+            e.show()
         raise SystemExit(ExitCode.USAGE) from None
     except SystemExit:
         raise
@@ -91,11 +94,16 @@ def main(argv: list[str] | None = None) -> None:
                 message += "\n" + "".join(traceback.format_exception(e))
             else:
                 message += " (run with -vv for the traceback; please report it)"
-        if as_json:
-            event: dict[str, Any] = {"event": "error", "exit_code": int(code), "message": message}
+        if as_json:  # stdout is the JSON events, stderr stays quiet: the error is the last event
+            event = _error_event(code, message)
             rows = getattr(e, "rows", None)  # an access check failure carries its rows
             if rows is not None:
                 event["entries"] = rows
             click.echo(secrets.redact(json.dumps(event)))
-        click.echo(shown(f"prefetch: error: {message}", secrets), err=True)
+        else:
+            click.echo(shown(f"prefetch: error: {message}", secrets), err=True)
         raise SystemExit(int(code)) from None
+
+
+def _error_event(code: int, message: str) -> dict[str, Any]:
+    return {"event": "error", "exit_code": int(code), "message": message}

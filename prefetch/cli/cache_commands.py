@@ -149,25 +149,35 @@ def sbom(lockfile: Path, output: Path | None) -> None:
 
 
 @command(
-    "prefetch prune --lock models.lock --dry-run",
+    "prefetch prune --dry-run          # what models.lock does not need",
     "prefetch prune --lock serving.lock --lock batch.lock",
+    "prefetch prune --unlocked         # also the repos no lockfile names (after `prefetch remove`)",
 )
 @click.option(
     "--lock",
     "lock_paths",
     multiple=True,
-    required=True,
+    default=("models.lock",),
+    show_default=True,
     type=click.Path(path_type=Path),
     help="Keep what this lockfile needs (repeatable).",
 )
 @cache_opt
 @click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
+@click.option(
+    "--unlocked",
+    is_flag=True,
+    help="Also remove, whole, the cached repos that no given lockfile names (the cache may be shared: "
+    "give every lockfile whose repos must stay).",
+)
 @pass_ctx
-def prune(c: Context, lock_paths: tuple[Path, ...], cache_dir: Path | None, dry_run: bool) -> None:
+def prune(
+    c: Context, lock_paths: tuple[Path, ...], cache_dir: Path | None, dry_run: bool, unlocked: bool
+) -> None:
     """Remove cached revisions and blobs that no given lockfile needs."""
     from prefetch.offline import prune as prune_mod
 
-    report = prune_mod.prune(list(lock_paths), cache_dir=cache_dir, dry_run=dry_run)
+    report = prune_mod.prune(list(lock_paths), cache_dir=cache_dir, dry_run=dry_run, unlocked=unlocked)
     c.show(report)
 
 

@@ -26,7 +26,7 @@ class Context:
         self.verbose, self.quiet, self.as_json = verbose, quiet, as_json
         self.cancel = cancel  # the command's run: Ctrl-C / SIGTERM cancel it
         self.secrets = secrets  # the run's: every output of the command is redacted with them
-        setup_logging(self.verbosity, secrets)
+        setup_logging(self.verbosity, secrets, as_json=as_json)
 
     @property
     def verbosity(self) -> int:
@@ -38,7 +38,7 @@ class Context:
             self.verbose += value
         else:
             setattr(self, name, getattr(self, name) or value)
-        setup_logging(self.verbosity, self.secrets)
+        setup_logging(self.verbosity, self.secrets, as_json=self.as_json)
 
     def progress(self) -> Progress:
         return make_progress("json" if self.as_json else "quiet" if self.quiet else "auto", self.secrets)

@@ -20,8 +20,10 @@ a fatal failure of one file cancels for the others).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -30,8 +32,8 @@ from prefetch.auth import Secrets
 from prefetch.cache import BlobIndex, RepoCache, each_once, folders_kept_open
 from prefetch.cancel import CancelToken
 from prefetch.download.helper import SmallFileHelper
-from prefetch.download.job import FileJob, Reporter, TransferStats
-from prefetch.download.lane import SmallFileLane, SmallLast
+from prefetch.download.job import FileJob, LaneTry, Reporter, SilentReporter, TransferStats
+from prefetch.download.lane import BigAndSmall, SmallFileLane
 from prefetch.download.new_blobs import NewBlobs
 from prefetch.download.ranges import RangeFetcher, SegmentPool
 from prefetch.download.scheduler import HostLimits
@@ -52,6 +54,7 @@ from prefetch.gcpause import young_objects_collected
 from prefetch.hashing import hash_file
 from prefetch.net.retry import describe, is_retryable
 from prefetch.net.session import Http, network_error
+from prefetch.terminal import EVENT_ATTRIBUTE
 from prefetch.workers import Workers
 from prefetch.xet.reader import XetReader
 
@@ -79,7 +82,7 @@ class Transfer:
         self.jobs = max(1, jobs)
         # 1 or 2 processes for many small files; None: a second one once this one is CPU-bound.
         self.processes = settings.processes() if processes is None else processes
-        self.reporter = reporter or Reporter()
+        self.reporter = reporter or SilentReporter()
         # Cancelled with the run's token, or by a fatal failure of one file (to stop the others).
         self.cancel = CancelToken(parent=cancel or http.retry.cancel)
         self.stats = TransferStats()
@@ -129,7 +132,7 @@ class Transfer:
         self.ranges.connections = connections
         self._blob_index = BlobIndex()
         self.ranges.segments = SegmentPool(self.jobs)
-        files = SmallLast(items)
+        files = BigAndSmall(items)
         workers = Workers(
             min(connections.ceiling, count),
             self.fetch_file,
@@ -208,7 +211,8 @@ class Transfer:
             if self.cached(job):
                 return self.done(job, "cached")
             return self._fetch_new(job, locked=False)
-        with cache.blob_lock(job.etag, interrupt=self.cancel.raise_if_cancelled):
+        waiting = functools.partial(self.reporter.file_waiting, job)
+        with cache.blob_lock(job.etag, on_wait=waiting, interrupt=self.cancel.raise_if_cancelled):
             if self.cached(job):  # another process fetched (or repaired) it while we waited
                 cache.partials.discard_partial(job.etag)  # our own earlier partial of it is garbage now
                 return self.done(job, "cached")
@@ -226,34 +230,30 @@ class Transfer:
             and self._blob_index.find_elsewhere(job.cache, job.etag, job.size) is None
         )
 
-    def fetch_after_lane(self, job: FileJob, failure: Exception | None) -> None:
-        """The rest of a small file's attempts after the lane's (`SmallFileLane`) failed with `failure`,
-        or (None) brought bytes that did not match; failures are the run's, as a worker's are."""
+    def fetch_after_lane(self, job: FileJob, tried: LaneTry) -> None:
+        """The rest of a small file's attempts after the lane's (`SmallFileLane`) failed (`tried`);
+        failures are the run's, as a worker's are."""
         try:
-            self._fetch_new(job, locked=False, lane_failure=failure, lane_mismatch=failure is None)
+            self._fetch_new(job, locked=False, lane=tried)
         except BaseException as exc:
             self.failed(exc, job)
 
-    def _fetch_new(
-        self,
-        job: FileJob,
-        *,
-        locked: bool,
-        lane_failure: Exception | None = None,
-        lane_mismatch: bool = False,
-    ) -> None:
+    def _fetch_new(self, job: FileJob, *, locked: bool, lane: LaneTry | None = None) -> None:
         """Download the file (a small one whole, into memory: no resume state) and install it.
 
         After the lane's try (`fetch_after_lane`), that try was the first attempt: it failed with
-        `lane_failure` (retried as any attempt's failure) or its bytes did not match (`lane_mismatch`).
+        `lane.failure` (retried as any attempt's failure) or its bytes did not match (None). A small file
+        is one request: all its attempts, the lane's and both rounds' here, share one time budget.
         """
-        if lane_failure is None and not lane_mismatch:  # (the lane said so when it sent the request)
+        if lane is None:  # (else the lane said so when it sent the request)
             self.reporter.file_started(job)
+        since = lane.started if lane is not None else time.monotonic()
         for attempt in (1, 2):
-            if attempt == 1 and lane_mismatch:
+            if attempt == 1 and lane is not None and lane.failure is None:
                 pass
             elif job.small:
-                if self._download_small(job, locked, lane_failure if attempt == 1 else None):
+                lane_failure = lane.failure if attempt == 1 and lane is not None else None
+                if self._download_small(job, locked, lane_failure, since):
                     return
             else:
                 name = self.xet.download(job, reuse=attempt == 1)  # (a Xet file; else /resolve's ranges)
@@ -262,7 +262,7 @@ class Transfer:
                 job.cache.partials.discard_partial(job.etag)  # never resume from bytes that failed their hash
             if attempt == 1:
                 message = f"hash mismatch for {job.label}: discarded, fetching it again"
-                log.warning(message)
+                log.warning(message, extra={EVENT_ATTRIBUTE: "retry"})
                 self.reporter.retry(message)
         raise IntegrityError(
             f"{job.label}: downloaded bytes do not match the expected hash {job.etag} twice; nothing was "
@@ -274,7 +274,7 @@ class Transfer:
         """The blob is in place; for a repair, also with the bytes its name promises."""
         if not job.cache.has_blob(job.etag, job.size):
             return False
-        return not job.replace or hash_file(job.cache.blob_path(job.etag), job.lfs, job.size)[1] == job.etag
+        return not job.replace or _hashes_to(job.cache.blob_path(job.etag), job)
 
     def done(self, job: FileJob, how: str) -> None:
         with self._stats_lock:
@@ -290,18 +290,20 @@ class Transfer:
         if source is None:
             return False
         before = source.lstat()
-        if hash_file(source, job.lfs, job.size)[1] != job.etag:
+        if not _hashes_to(source, job):
             return False
         if not job.cache.installer.install_hard_link(job.etag, source, before):
             return False
         self.installed(job, job.etag)
         return True
 
-    def _download_small(self, job: FileJob, locked: bool, lane_failure: Exception | None = None) -> bool:
+    def _download_small(
+        self, job: FileJob, locked: bool, lane_failure: Exception | None, since: float
+    ) -> bool:
         """Fetch a small file into memory (`RangeFetcher.fetch_small`) and install it (`install_small`);
         False: the bytes cannot be this file. `lane_failure`: its first attempt was the lane's, and
-        failed so."""
-        data = self.xet.fetch_small(job, lane_failure)  # (a Xet file; else /resolve's ranges)
+        failed so; `since`: when its first attempt began (its time budget counts from there)."""
+        data = self.xet.fetch_small(job, lane_failure, since)  # (a Xet file; else /resolve's ranges)
         return data is not None and self.install_small(job, data, locked)
 
     def install_small(self, job: FileJob, data: bytearray, locked: bool) -> bool:
@@ -323,6 +325,15 @@ class Transfer:
             job.cache.installer.install_bytes(job.etag, data, name=name)
         self._fetched(job, name)
         return True
+
+
+def _hashes_to(path: Path, job: FileJob) -> bool:
+    """`path` is a regular file whose bytes are `job`'s blob (anything planted there since it was looked at,
+    a FIFO in a shared cache, is not)."""
+    try:
+        return hash_file(path, job.lfs, job.size) == (job.size, job.etag)
+    except OSError:
+        return False
 
 
 _SEVERITY = (DiskSpaceError, LockOutdatedError, AccessError, NetworkError, IntegrityError)

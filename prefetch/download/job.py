@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from prefetch.auth import Credential
@@ -77,6 +77,16 @@ class FileJob:
         return name
 
 
+@dataclass(frozen=True)
+class LaneTry:
+    """The first attempt of a small file, made by the lane of small files (`download.lane`), which failed:
+    `failure` (None: its bytes did not match). `started` (`time.monotonic()`) is when it was sent: the
+    file's next attempts share its time budget (`retry.max_time` counts from there)."""
+
+    failure: Exception | None
+    started: float
+
+
 @dataclass
 class TransferStats:
     files_fetched: int = 0
@@ -87,10 +97,32 @@ class TransferStats:
     learned: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-class Reporter:
-    """What the engine tells the outside world; `prefetch.progress` implements the displays."""
+class Reporter(Protocol):
+    """What the engine tells the outside world; `prefetch.progress` implements the displays (a protocol,
+    so the displays need not import the engine: `prefetch env` loads none of it). Each method does
+    nothing unless a reporter says otherwise."""
 
-    def file_started(self, job: FileJob) -> None: ...
-    def advance(self, nbytes: int) -> None: ...
-    def file_done(self, job: FileJob, how: str) -> None: ...
-    def retry(self, message: str) -> None: ...
+    def file_started(self, job: FileJob) -> None:
+        return None
+
+    def file_waiting(self, job: FileJob) -> None:
+        """Another process (a sync, huggingface_hub) holds `job`'s blob lock: this run waits for it
+        (until `file_started`, or `file_done` when that process installed the blob)."""
+        return None
+
+    def advance(self, nbytes: int) -> None:
+        return None
+
+    def resumed(self, nbytes: int) -> None:
+        """`nbytes` of a file were on disk already (a partial download resumed): done, not fetched."""
+        return None
+
+    def file_done(self, job: FileJob, how: str) -> None:
+        return None
+
+    def retry(self, message: str) -> None:
+        return None
+
+
+class SilentReporter(Reporter):
+    """Reports nothing: the engine of a library caller that gave no display."""

@@ -45,6 +45,7 @@ from prefetch.errors import (
 )
 from prefetch.net.connection import Response
 from prefetch.net.session import FILE_HEADERS, Http
+from prefetch.urls import loggable_url
 
 log = logging.getLogger("prefetch")
 
@@ -98,7 +99,7 @@ class RangeFetcher:
                 log.info(
                     "resuming %s: %d of %d bytes already on disk", job.label, partial.done.total(), job.size
                 )
-                self.reporter.advance(partial.done.total())
+                self.reporter.resumed(partial.done.total())
             try:
                 self._run_segments(job, partial, source, self._split(missing, job.size), use_range=True)
             except RangeIgnored:
@@ -122,16 +123,19 @@ class RangeFetcher:
             partial.close(keep_state=hashed is None)
         return name
 
-    def fetch_small(self, job: FileJob, lane_failure: Exception | None = None) -> bytearray | None:
+    def fetch_small(
+        self, job: FileJob, lane_failure: Exception | None = None, since: float | None = None
+    ) -> bytearray | None:
         """A small file's bytes, fetched whole into memory; None: they cannot be this file.
-        `lane_failure`: its first attempt was the lane's, and failed so.
+        `lane_failure`: its first attempt was the lane's, and failed so; `since`: when its first attempt
+        began, where its time budget counts from (`RetryPolicy.call`).
 
         Per file this saves the resume state, the per-chunk bookkeeping, the read-back and (batched)
         the fsync: for thousands of small files, the filesystem work was most of the time.
         """
         memory = MemoryFile(job.size)
         try:
-            self._fetch_segment(job, memory, _Source(job), 0, job.size, False, lane_failure)
+            self._fetch_segment(job, memory, _Source(job), 0, job.size, False, lane_failure, since)
         except BadBytes as e:
             log.warning("%s", e)
             return None
@@ -178,9 +182,11 @@ class RangeFetcher:
         end: int,
         use_range: bool,
         lane_failure: Exception | None = None,
+        since: float | None = None,
     ) -> None:
         """Fetch [start, end) into the partial file; a retry resumes at the first byte not yet written.
-        `lane_failure`: the first attempt was the lane's, and failed so (raised as this call's first)."""
+        `lane_failure`: the first attempt was the lane's, and failed so (raised as this call's first);
+        `since`: when the request's first attempt began (else: this call's)."""
         cursor = Cursor(start)
         first = [lane_failure] if lane_failure is not None else []
 
@@ -217,7 +223,10 @@ class RangeFetcher:
                 source.asked(generation)
 
         self.http.retry.call(
-            attempt, lambda: f"GET {job.label} bytes {cursor.position}-{end - 1}", cancel=self.cancel
+            attempt,
+            lambda: f"GET {job.label} bytes {cursor.position}-{end - 1}",
+            cancel=self.cancel,
+            since=since,
         )
 
     def take_body(
@@ -297,6 +306,12 @@ class RangeFetcher:
                 flush()
 
 
+def log_source(job: FileJob, url: str) -> None:
+    """-v: what is fetched from where (the URL the bytes come from, after redirects, without its query)."""
+    if log.isEnabledFor(logging.INFO):
+        log.info("fetching %s (%s bytes) from %s", job.label, f"{job.size:,}", loggable_url(url))
+
+
 class _Buffers:
     """Read buffers, reused: one per active connection (fresh pages cost more than the bytes' copy).
 
@@ -353,9 +368,11 @@ class _Source:
             return self.url, self.generation
 
     def served_from(self, url: str, generation: int) -> None:
-        """A request made in `generation` was answered from `url` (after redirects)."""
+        """A request made in `generation` was answered from `url` (after redirects); -v says so, once."""
         with self._cond:
             if generation == self.generation:
+                if not self._known:
+                    log_source(self.job, url)
                 self.url, self._known = url, True
                 self._cond.notify_all()
 

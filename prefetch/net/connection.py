@@ -32,6 +32,7 @@ import re
 import select
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
@@ -54,6 +55,7 @@ from prefetch.urls import origin_of
 
 READ_SIZE = 64 * 1024  # `Response.read` collects a whole (small) body in reads of this size
 DRAIN_LIMIT = 64 * 1024  # a body left unread up to this size is read at `close`, to keep the connection
+DRAIN_SECONDS = 1.0  # ... if it arrives within this time (else the connection is closed instead)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # What may stay as it is in a request target: RFC 3986's reserved and unreserved characters and `%`
 # (escapes already made). Anything else (a space or a control character from a server's `Location`,
@@ -229,6 +231,7 @@ class Response:
         self._tls_readers = tls_readers
         self._failed: Exception | None = None  # while taking arrived records: raised at the next read
         self._broken = False
+        self._started = False  # the caller read some of the body: what it left is not drained
         self._content: bytes | None = None
 
     @property
@@ -241,6 +244,7 @@ class Response:
         raises RemoteProtocolError after what arrived."""
         if not len(buffer):
             return 0
+        self._started = True
         answer = self._answer
         try:
             if self._failed is not None:
@@ -308,25 +312,41 @@ class Response:
             raise UnusableAnswer(f"the answer is not JSON ({str(e)[:80]})") from None
 
     def close(self) -> None:
-        """Hand the connection back, after reading what is left of a small body (a redirect's, a
-        HEAD's): closing instead would cost a new connection per redirect, one per LFS file."""
+        """Hand the connection back, after reading what is left of a small body the caller did not read
+        (a redirect's, a HEAD's): closing instead would cost a new connection per redirect, one per LFS
+        file. A body the caller started and left (a failed attempt: too slow, bytes that cannot be the
+        file) is not read to its end: a server drip-feeding it would hold the caller for as long."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
         answer = self._answer
         if (
-            not (answer.isclosed() or answer.will_close or self._broken)
+            not (answer.isclosed() or answer.will_close or self._broken or self._started)
             and (answer.length or 0) <= DRAIN_LIMIT
         ):
-            try:
-                answer.read()
-            except (OSError, http.client.HTTPException):
-                self._broken = True
+            self._drain(conn)
         if answer.isclosed() and not answer.will_close and not self._broken:
             self._release(conn)
         else:
             answer.close()
             conn.close()
+
+    def _drain(self, conn: Connection) -> None:
+        """Read the rest of a small unread body, within DRAIN_SECONDS (else the connection is broken)."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        buffer = memoryview(bytearray(READ_SIZE))
+        try:
+            if conn.sock is not None:
+                conn.sock.settimeout(DRAIN_SECONDS)
+            while self._answer.readinto(buffer):
+                if time.monotonic() > deadline:
+                    self._broken = True
+                    return
+        except (OSError, http.client.HTTPException):
+            self._broken = True
+        finally:
+            if conn.sock is not None and not self._broken:
+                conn.sock.settimeout(self._read_timeout)
 
 
 class Sent:

@@ -29,6 +29,8 @@ from prefetch.errors import (
 )
 from prefetch.net.connection import Headers
 from prefetch.settings import RetrySettings
+from prefetch.terminal import EVENT_ATTRIBUTE
+from prefetch.urls import origin_of
 
 log = logging.getLogger("prefetch")
 T = TypeVar("T")
@@ -109,12 +111,13 @@ class _HintBeyond(tenacity.stop.stop_base):
     """Stop at once when the server asks to wait past the time left: waiting could not end in success.
     (Says so: a silent stop after a 429 would read as a network failure.)"""
 
-    def __init__(self, max_time: float) -> None:
+    def __init__(self, max_time: float, since: float | None) -> None:
         self.max_time = max_time
+        self.since = since
 
     def __call__(self, state: tenacity.RetryCallState) -> bool:
         hint = _server_hint(state)
-        if hint is None or hint <= self.max_time - (state.seconds_since_start or 0.0):
+        if hint is None or hint <= self.max_time - _elapsed(state, self.since):
             return False
         log.warning(
             "giving up: the server asked to wait %.0fs, beyond the retry time budget (retry.max_time %ss)",
@@ -122,6 +125,34 @@ class _HintBeyond(tenacity.stop.stop_base):
             self.max_time,
         )
         return True
+
+
+class _OutOfTime(tenacity.stop.stop_base):
+    """Stop when the next wait would end past `max_time` after the request's first attempt: its
+    `since`, when that attempt was made before this call (a small file's, by the lane)."""
+
+    def __init__(self, max_time: float, since: float | None) -> None:
+        self.max_time = max_time
+        self.since = since
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
+        return _elapsed(state, self.since) + state.upcoming_sleep >= self.max_time
+
+
+def _elapsed(state: tenacity.RetryCallState, since: float | None) -> float:
+    """Seconds since the request's first attempt (this call's, or `since`, an earlier one's)."""
+    if since is None:
+        return state.seconds_since_start or 0.0
+    return time.monotonic() - since
+
+
+def _host_of(exc: BaseException | None) -> str | None:
+    """The server (`scheme://host:port`) a failed request went to: the session names it on transport
+    failures, and an error answer carries its URL."""
+    origin = getattr(exc, "origin", "") or None
+    if origin is None and isinstance(exc, HubHttpError):
+        origin = origin_of(exc.url) or None
+    return origin
 
 
 def _server_hint(state: tenacity.RetryCallState) -> float | None:
@@ -148,16 +179,23 @@ class RetryPolicy:
         self.on_retry = on_retry
         self.cancel = cancel or CancelToken()
         half = settings.max_wait / 2
-        self._stop = (  # (in this order: the first that says stop is the one that says why)
-            _HintBeyond(settings.max_time)
-            | _FirstContact()
-            | tenacity.stop_after_attempt(settings.attempts)
-            | tenacity.stop_before_delay(settings.max_time)
-        )
         self._wait = _ServerHintOr(
             tenacity.wait_exponential(multiplier=0.125, max=half)
             + tenacity.wait_random_exponential(multiplier=0.125, max=half)
         )
+
+    def retry_line(self, attempt: int, wait: float, label: str, exc: BaseException | None) -> str:
+        """`retry 1/7 in 0.3s: GET /api/models/x (hub.example): 503 ...`: the retries left are counted
+        against the bound that applies (a host that never answered gets FIRST_CONTACT_ATTEMPTS in all),
+        and the host the request went to is named."""
+        first_contact = getattr(exc, "first_contact", False)
+        attempts = settings.FIRST_CONTACT_ATTEMPTS if first_contact else self.settings.attempts
+        host = _host_of(exc)
+        line = f"retry {attempt}/{attempts - 1} in {wait:.1f}s: {label}{f' ({host})' if host else ''}: "
+        line += describe(exc) if exc else "?"
+        if first_contact:
+            line += f" (the host has not answered in this run: {attempts} attempts in all)"
+        return line
 
     def call(
         self,
@@ -165,13 +203,17 @@ class RetryPolicy:
         what: str | Callable[[], str],
         cancel: CancelToken | None = None,
         retryable: Callable[[BaseException], bool] = is_retryable,
+        since: float | None = None,
     ) -> T:
         """Run `fn` until it succeeds, fails for good, or the bounds are reached; log each retry once.
 
         `what` names the request in the log (a callable is asked at each retry, e.g. for the byte
         position a resumed download restarts from); `cancel` (by default the policy's token; a
         transfer passes its own child of it) ends the wait between attempts; `retryable` says which
-        failures are worth another attempt (by default the transient ones, `is_retryable`).
+        failures are worth another attempt (by default the transient ones, `is_retryable`); `since`
+        (`time.monotonic()`) is when the request's first attempt began, when it was made before this call:
+        the time budget (`max_time`) counts from there, so a request has one budget however its attempts
+        are shared out (a small file's first is the lane's, the rest the segment pool's).
         """
         token = cancel or self.cancel
 
@@ -179,16 +221,19 @@ class RetryPolicy:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
             label = what() if callable(what) else what
-            message = (
-                f"retry {state.attempt_number}/{self.settings.attempts - 1} in {wait:.1f}s: "
-                f"{label}: {describe(exc) if exc else '?'}"
-            )
-            log.warning(message)
+            message = self.retry_line(state.attempt_number, wait, label, exc)
+            log.warning(message, extra={EVENT_ATTRIBUTE: "retry"} if self.on_retry else None)
             if self.on_retry:
                 self.on_retry(message)
 
+        stop = (  # (in this order: the first that says stop is the one that says why)
+            _HintBeyond(self.settings.max_time, since)
+            | _FirstContact()
+            | tenacity.stop_after_attempt(self.settings.attempts)
+            | _OutOfTime(self.settings.max_time, since)
+        )
         retrying = tenacity.Retrying(
-            stop=self._stop,
+            stop=stop,
             wait=self._wait,
             retry=tenacity.retry_if_exception(retryable),
             before=lambda _: token.raise_if_cancelled(),

@@ -4,6 +4,7 @@ the Hub's origin (redirects are followed by hand, so the `Authorization` header 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,9 @@ from prefetch.net.ratelimit import RateGate
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
 from prefetch.settings import RetrySettings
 from prefetch.terminal import printable
-from prefetch.urls import origin_of, plain_http_token_problem
+from prefetch.urls import loggable_url, origin_key, origin_of, plain_http_token_problem, same_origin
+
+log = logging.getLogger("prefetch")
 
 FILE_HEADERS = {"accept-encoding": "identity"}  # byte offsets and hashes are of the stored bytes
 CONNECT_TIMEOUT = 10.0  # seconds to connect (TLS handshake and proxy tunnel included)
@@ -41,8 +44,6 @@ READ_TIMEOUT = 60.0  # seconds without a byte from the server
 MAX_REDIRECTS = 5
 MAX_QUOTA_WAITS = 50  # windows one request may wait for (other clients may share its quota), then it fails
 ERROR_BODY_LIMIT = 64 * 1024  # of an error answer's body, what is read (for its message); the rest is not
-
-Origin = tuple[str, str | None, int | None]
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ class HttpRecipe:
     no_proxy: str
     pool_size: int
     offline: bool
-    answered: frozenset[Origin]  # origins that answered: their connect failures are not a first contact
+    answered: frozenset[
+        tuple[str, str, int]
+    ]  # origins that answered: their connect failures are not a first contact
 
 
 class Http:
@@ -85,7 +88,7 @@ class Http:
         self.retry = retry
         self.offline = offline
         self.gate = gate  # the endpoint's rate-limit buckets (None: not paced, e.g. a registry)
-        self._answered: set[Origin] = set()  # origins that answered this run
+        self._answered: set[tuple[str, str, int]] = set()  # origins that answered this run
         self._made_with = (tuple(proxies), no_proxy, pool_size)
 
         tls = tls_context()  # this session's: SSL_CERT_FILE / SSL_CERT_DIR as they are now
@@ -175,7 +178,7 @@ class Http:
             except TransportError as e:
                 e.origin = origin_of(url)
                 if route.proxy is None and isinstance(e, ConnectError):
-                    e.first_contact = _origin(url) not in self._answered
+                    e.first_contact = origin_key(url) not in self._answered
                 # Not a proxy's failure: no route left to try, or a certificate no other proxy verifies either.
                 if route.proxy is None or isinstance(e, CertificateError):
                     raise
@@ -193,9 +196,12 @@ class Http:
                 failures.append((route.label, refused))
                 continue
             self.routes.stick_to(route, failures)
-            self._answered.add(_origin(url))
+            self._answered.add(origin_key(url))
+            _log_answer(method, url, response, route)
             return response
-        raise ProxyRoutesFailed(failures, permanent=needs_credentials == len(failures))
+        failed = ProxyRoutesFailed(failures, permanent=needs_credentials == len(failures))
+        failed.origin = origin_of(url)
+        raise failed
 
     def _check_online(self, method: str, url: str) -> None:
         if self.offline:
@@ -256,22 +262,34 @@ class Http:
         self._check_online("GET", url)
         route = self.routes.for_url(url)[0]
         fields = {**(headers or {}), **self._auth(url, token)}
-        sent = route.pool.send("GET", url, fields, connect=connect)
+        try:
+            sent = route.pool.send("GET", url, fields, connect=connect)
+        except TransportError as e:
+            e.origin = origin_of(url)
+            raise
         return None if sent is None else InFlight(route, sent, ticket)
 
     def answer(self, request: InFlight) -> Response:
         """The head of the answer to a request `send` made; a proxy's own failure is a ProxyError, a 429 of
         the Hub's quota a QuotaClosed (send it again once the window opens)."""
-        response = request.sent.answer()
-        reason = self._proxy_failure(request.route, response)
-        if reason is not None:
-            raise ProxyError(f"{request.route.label} {reason}", response.status_code)
-        self._answered.add(_origin(request.sent.url))
-        if self.gate is not None:
-            url = request.sent.url
-            if self.gate.observe(url, request.ticket, response.status_code, response.headers) is not None:
-                response.close()
-                raise QuotaClosed(f"GET {urlsplit(url).path}: the Hub's rate-limit window closed")
+        url = request.sent.url
+        try:
+            response = request.sent.answer()
+            reason = self._proxy_failure(request.route, response)
+            if reason is not None:
+                raise ProxyError(f"{request.route.label} {reason}", response.status_code)
+        except TransportError as e:
+            e.origin = origin_of(url)
+            raise
+        self._answered.add(origin_key(url))
+        _log_answer("GET", url, response, request.route)
+        gate = self.gate
+        if (
+            gate is not None
+            and gate.observe(url, request.ticket, response.status_code, response.headers) is not None
+        ):
+            response.close()
+            raise QuotaClosed(f"GET {urlsplit(url).path}: the Hub's rate-limit window closed")
         return response
 
     def follow(
@@ -284,42 +302,10 @@ class Http:
     ) -> Response:
         """`open`'s rest, from the answer to the GET of `url`: its redirects, then its status."""
         hop = 0
-        while (target := self.redirect_target(url, response, hop, on_redirect)) is not None:
+        while (target := redirect_target(url, response, hop, on_redirect)) is not None:
             url, hop = target, hop + 1
             response = self._send_once("GET", url, {**(headers or {}), **self._auth(url, token)})
         return response
-
-    @staticmethod
-    def redirect_target(
-        url: str, response: Response, hop: int, on_redirect: Callable[[Headers], None] | None = None
-    ) -> str | None:
-        """Where the answer to the GET of `url` (after `hop` redirects) leads, once closed (`on_redirect`
-        sees the first redirect's headers); None: it is the answer itself. HubHttpError for a status
-        >= 400 or past MAX_REDIRECTS."""
-        if not response.is_redirect:
-            if response.status_code >= 400:
-                raise http_status_error(url, response)
-            return None
-        location = response.headers.get("location", "")
-        response.close()
-        if hop == 0 and on_redirect is not None:
-            on_redirect(response.headers)
-        try:
-            target = urljoin(url, location)
-            parts = urlsplit(target)
-            usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-        except ValueError:  # a port out of range, a broken IPv6 literal...
-            usable = False
-        if not usable:
-            raise UnusableAnswer(
-                f"GET {urlsplit(url).path}: the server redirected to a URL that cannot be used: "
-                f"{printable(location[:200])!r}"
-            )
-        if hop + 1 >= MAX_REDIRECTS:
-            raise TooManyRedirects(
-                f"GET {urlsplit(url).path}: more than {MAX_REDIRECTS} redirects; last to {target}"
-            )
-        return target
 
     def head(self, url: str, token: Credential | None) -> Headers:
         """HEAD `url` with retries, redirects not followed (a 3xx is an answer); HubHttpError if >= 400."""
@@ -339,7 +325,7 @@ class Http:
         if token is None:
             return {}
         if isinstance(token, Token):
-            value = f"Bearer {token.value}" if _same_origin(url, self.endpoint) else None
+            value = f"Bearer {token.value}" if same_origin(url, self.endpoint) else None
         else:
             value = token.authorization(url)
         if value is None:
@@ -362,19 +348,54 @@ class Http:
         return self.retry.call(attempt, f"GET {urlsplit(url).path}")
 
 
-def _origin(url: str) -> Origin:
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname, parts.port
+def redirect_target(
+    url: str, response: Response, hop: int, on_redirect: Callable[[Headers], None] | None = None
+) -> str | None:
+    """Where the answer to the GET of `url` (after `hop` redirects) leads, once closed (`on_redirect`
+    sees the first redirect's headers); None: it is the answer itself. HubHttpError for a status
+    >= 400 or past MAX_REDIRECTS."""
+    if not response.is_redirect:
+        if response.status_code >= 400:
+            raise http_status_error(url, response)
+        return None
+    location = response.headers.get("location", "")
+    response.close()
+    if hop == 0 and on_redirect is not None:
+        on_redirect(response.headers)
+    try:
+        target = urljoin(url, location)
+        parts = urlsplit(target)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port out of range, a broken IPv6 literal...
+        usable = False
+    if not usable:
+        raise UnusableAnswer(
+            f"GET {urlsplit(url).path}: the server redirected to a URL that cannot be used: "
+            f"{printable(location[:200])!r}"
+        )
+    if hop + 1 >= MAX_REDIRECTS:
+        raise TooManyRedirects(
+            f"GET {urlsplit(url).path}: more than {MAX_REDIRECTS} redirects; last to {target}"
+        )
+    return target
 
 
-def _same_origin(url: str, other: str) -> bool:
-    a, b = urlsplit(url), urlsplit(other)
-    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+def _log_answer(method: str, url: str, response: Response, route: Route) -> None:
+    """-vv: every request, with its answer and its route (the URL without its query: a CDN's signed
+    URL carries its signature there)."""
+    if log.isEnabledFor(logging.DEBUG):
+        via = f" via {route.label}" if route.proxy else ""
+        log.debug(
+            "%s %s -> %d %s%s", method, loggable_url(url), response.status_code, response.reason_phrase, via
+        )
 
 
-def http_status_error(url: str, response: Response) -> HubHttpError:
+def http_status_error(
+    url: str, response: Response, code_in_body: Callable[[bytes], str | None] | None = None
+) -> HubHttpError:
     """The error for an HTTP answer >= 400, through `errors.hub_http_error` (the one translator), with the
-    wait a 429 / 503 asked for. (Reads and closes the response.)"""
+    wait a 429 / 503 asked for. (Reads, bounded, and closes the response.) `code_in_body`: the error
+    code a protocol states in its body rather than in `X-Error-Code` (a registry's `errors[0].code`)."""
     try:
         body = response.read(ERROR_BODY_LIMIT)
     except (UnusableAnswer, TransportError):
@@ -383,7 +404,7 @@ def http_status_error(url: str, response: Response) -> HubHttpError:
         response.close()
     headers = response.headers
     retry_after = retry_after_seconds(headers) if response.status_code in (429, 503) else None
-    return hub_http_error(
+    error = hub_http_error(
         url,
         response.status_code,
         headers.items(),
@@ -391,6 +412,9 @@ def http_status_error(url: str, response: Response) -> HubHttpError:
         reason=response.reason_phrase,
         retry_after=retry_after,
     )
+    if code_in_body is not None:
+        error.error_code = code_in_body(body) or error.error_code
+    return error
 
 
 def network_error(exc: BaseException, http: Http, what: str) -> PrefetchError:

@@ -1,16 +1,12 @@
 """A client of one OCI registry (the OCI distribution spec) over prefetch's HTTP layer: the auth
 challenge (`WWW-Authenticate: Basic` or `Bearer realm=,service=,scope=`), blob HEAD, cross-repository
-mount, uploads (monolithic for small blobs; chunked and resumable for the others), manifests.
+mount, manifests; blob uploads are `prefetch.oci.upload`'s (monolithic for small blobs; chunked and
+resumable for the others).
 
 Credentials go only where they belong (`RegistryAuth.credential`, an `Authorizer`): the login as
 `Basic` or the token as `Bearer` to the registry's origin; the login to the token realm's origin for
 the token request alone; nothing to any other origin, such as the storage a blob GET is redirected
 to. Over plain http, the net layer refuses to send any of it to a host off this machine.
-
-An unfinished chunked upload is remembered (`UploadStates`: its URL and acknowledged offset, in a
-file only its owner can read) after each chunk the registry acknowledged, so a later run asks the
-registry where it stands and resumes there; a registry that refuses that upload (the Distribution
-registry 2.8 does when a broken request left bytes past the offset) gets a fresh one.
 """
 
 from __future__ import annotations
@@ -34,18 +30,17 @@ from prefetch.errors import (
     NetworkError,
     TransportError,
     UnusableAnswer,
-    hub_http_error,
 )
 from prefetch.net.connection import FileBody, Response
-from prefetch.net.retry import RetryPolicy, is_retryable, retry_after_seconds
-from prefetch.net.session import Http
+from prefetch.net.retry import RetryPolicy, is_retryable
+from prefetch.net.session import Http, http_status_error
 from prefetch.oci.credentials import RegistryLogin
 from prefetch.oci.reference import RegistryRef
 from prefetch.settings import RetrySettings
 from prefetch.terminal import printable
+from prefetch.urls import same_origin
 
 MAX_MANIFEST = 4 * 1024 * 1024  # bytes of a manifest or index read (distribution's own limit is 4 MiB)
-MAX_ERROR_BODY = 64 * 1024
 MAX_TOKEN_ANSWER = 1024 * 1024
 MAX_CHALLENGE = 8192
 DEFAULT_CHUNK = 64 * 1024 * 1024  # bytes per PATCH: what a broken connection costs at most
@@ -67,29 +62,13 @@ def registry_error(url: str, response: Response, what: str) -> HubHttpError:
     """Read (bounded) and close an error answer, through the one translator of HTTP answers (its class
     decides the exit code: 401/403/404 access, 408/429/5xx retried), with the distribution spec's
     `errors[0].code` (`BLOB_UNKNOWN`...) as its error code."""
-    try:
-        body = response.read(MAX_ERROR_BODY)
-    except (UnusableAnswer, TransportError):
-        body = b""
-    finally:
-        response.close()
-    retry_after = retry_after_seconds(response.headers) if response.status_code in (429, 503) else None
-    error = hub_http_error(
-        url, response.status_code, response.headers.items(), body, reason=response.reason_phrase,
-        retry_after=retry_after,
-    ).in_context(what)  # fmt: skip
+    return http_status_error(url, response, _distribution_error_code).in_context(what)
+
+
+def _distribution_error_code(body: bytes) -> str | None:
     with contextlib.suppress(ValueError, RecursionError, AttributeError, IndexError, TypeError, KeyError):
-        error.error_code = str(json.loads(body)["errors"][0].get("code"))[:64] or None
-    return error
-
-
-def _origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    return (
-        parts.scheme,
-        (parts.hostname or "").lower(),
-        parts.port or (443 if parts.scheme == "https" else 80),
-    )
+        return str(json.loads(body)["errors"][0].get("code"))[:64] or None
+    return None
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -211,7 +190,7 @@ class ScopedCredential:
     scopes: tuple[str, ...]
 
     def authorization(self, url: str) -> str | None:
-        if _origin(url) != _origin(self.auth.base):
+        if not same_origin(url, self.auth.base):
             return None  # a redirect to storage, another host: nothing
         return self.auth.header(self.scopes)
 
@@ -226,7 +205,7 @@ class _RealmLogin:
     def authorization(self, url: str) -> str | None:
         if self.login is None or not (self.login.username or self.login.password):
             return None
-        return f"Basic {self.login.basic_value}" if _origin(url) == _origin(self.realm) else None
+        return f"Basic {self.login.basic_value}" if same_origin(url, self.realm) else None
 
 
 class Registry:

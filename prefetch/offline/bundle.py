@@ -16,7 +16,7 @@ from typing import IO, Any, cast
 
 from prefetch.cache import is_regular_blob
 from prefetch.errors import UsageError
-from prefetch.files import fsync_dir
+from prefetch.files import fsync_dir, open_regular
 from prefetch.hashing import READ_BLOCK, blob_hasher
 from prefetch.lockfile import load_lock
 from prefetch.offline.bundle_layout import BUNDLE_LOCK_NAME, bundle_layout
@@ -112,7 +112,7 @@ def _add_blobs(tar: tarfile.TarFile, blobs: Iterable[LockedBlob]) -> list[str]:
     for blob in blobs:
         h = blob_hasher(blob.lfs, blob.size)
         try:
-            with open(blob.path, "rb") as f:
+            with os.fdopen(open_regular(blob.path), "rb") as f:  # a FIFO planted since is refused
                 tar.addfile(_tarinfo(blob.member, size=blob.size), _HashingReader(f, h))  # type: ignore[arg-type]
         except OSError as exc:  # vanished or shrank since the size check: the tar cannot be finished
             problem = f"blob {blob.etag} for {blob.who()}: {exc.strerror or exc}"

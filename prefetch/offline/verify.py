@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefetch.cache import RepoCache
+from prefetch.errors import UnsafeFolder
 from prefetch.gcpause import paused_gc
 from prefetch.lockfile import LockedEntry, load_lock
 from prefetch.offline.shared import (
@@ -131,8 +132,10 @@ def _check_links(cache: RepoCache, entry: LockedEntry) -> list[str]:
         where = cache.ref_path(entry.revision)
         try:
             ref = cache.read_ref(entry.revision)
-        except (OSError, UnicodeDecodeError) as exc:
-            return [*problems, f"{name}: cannot read {where}: {exc}"]
+        except OSError as exc:  # (planted in a shared cache: a FIFO, a file of gigabytes)
+            return [*problems, f"{name}: cannot read the ref {where}: {exc.strerror or exc}"]
+        except UnsafeFolder as exc:
+            return [*problems, f"{name}: cannot read the ref {where}: {exc}"]
         if ref is None:
             problems.append(f"{name}: missing ref {where} (should contain {entry.commit})")
         elif ref.rstrip("\r\n") == entry.commit and ref != entry.commit:

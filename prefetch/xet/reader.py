@@ -123,7 +123,9 @@ class XetReader:
                 self._turn_off(e)
         return self._engine.ranges.download(job)
 
-    def fetch_small(self, job: FileJob, lane_failure: Exception | None = None) -> bytearray | None:
+    def fetch_small(
+        self, job: FileJob, lane_failure: Exception | None = None, since: float | None = None
+    ) -> bytearray | None:
         """A small file's bytes (`RangeFetcher.fetch_small`'s contract)."""
         if self.serves(job):
             try:
@@ -133,7 +135,7 @@ class XetReader:
             except BadBytes as e:
                 log.warning("%s: %s", job.label, e)
                 return None
-        return self._engine.ranges.fetch_small(job, lane_failure)
+        return self._engine.ranges.fetch_small(job, lane_failure, since)
 
     def fetch_batch(self, jobs: list[FileJob]) -> list[bytearray | None]:
         """Small files of one repo revision, in one reconstruction call: their bytes (None: not got, for

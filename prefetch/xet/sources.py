@@ -254,9 +254,7 @@ def _read_record(dir_fd: int, name: str, blobs: Path) -> list[ChunkRun]:
     """The runs of `name`'s record, if it is one and its blob is there with the recorded size; else none."""
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if os.stat(name + XET_SUFFIX, dir_fd=dir_fd, follow_symlinks=False).st_size > MAX_RECORD_BYTES:
-            return []
-        record = json.loads(read_regular(dir_fd, name + XET_SUFFIX))
+        record = json.loads(read_regular(dir_fd, name + XET_SUFFIX, MAX_RECORD_BYTES))
         size = record["size"]
         if record["version"] != RECORD_VERSION or not stat.S_ISREG(st.st_mode) or st.st_size != size:
             return []
