@@ -35,6 +35,7 @@ def bundle_setup(prefetch: PrefetchRunner, hub: Any) -> tuple[dict[str, Any], Pa
     return r, lock, archive
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("mode", OFFLINE_MODES)
 def test_bundle_unbundles_into_empty_cache_and_loads_offline(
     prefetch: PrefetchRunner, hub: Any, mode: str
@@ -102,6 +103,7 @@ def test_bundle_unbundles_into_empty_cache_and_loads_offline(
     assert results[-1]["ok"]["warnings"] == []
 
 
+@pytest.mark.soak
 def test_unbundle_merges_into_existing_cache(prefetch: PrefetchRunner, hub: Any) -> None:
     _, lock, archive = bundle_setup(prefetch, hub)
     target = prefetch.tmp / "airgap" / "hub"
@@ -184,6 +186,7 @@ def _file(name: str, data: bytes, kind: bytes = tarfile.REGTYPE, linkname: str =
     return info, None
 
 
+@pytest.mark.soak
 def test_unbundle_rejects_hostile_archives_and_leaves_cache_untouched(
     prefetch: PrefetchRunner, hub: Any
 ) -> None:

@@ -31,6 +31,7 @@ def json_lines(text: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("position", ["before", "after"])
 def test_output_options_work_before_and_after_the_command(
     prefetch: PrefetchRunner, hub: HubEmulator, position: str
@@ -113,6 +114,7 @@ def test_plan_prints_every_file_with_size_and_cache_state(prefetch: PrefetchRunn
     assert hub.count(kind="file") == 2  # only the first sync's two json files were ever downloaded
 
 
+@pytest.mark.soak
 def test_json_emits_a_progress_event_every_second_while_bytes_move(
     prefetch: PrefetchRunner, hub: HubEmulator
 ) -> None:
@@ -137,6 +139,7 @@ def test_json_emits_a_progress_event_every_second_while_bytes_move(
     assert progress[0]["total_bytes"] == 3 * 1024 * 1024 + 10
 
 
+@pytest.mark.soak
 def test_bar_and_lines_say_mib_for_binary_units(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
     make_model(hub, big=2 * 1024 * 1024)
     hub.inject(Fault("slow", times=None, origin="cdn", bytes_per_sec=1024 * 1024))

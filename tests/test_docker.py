@@ -42,6 +42,9 @@ import prefetch
 from tests.gitignore_check import files_under, not_ignored
 from tests.hubemu.hub import Fault
 
+# Image builds and containers: about two minutes in all, run by CI with -m soak.
+pytestmark = pytest.mark.soak
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_APP = ROOT / "docs" / "examples" / "app"
 BASE_IMAGE = "python:3.11-slim"

@@ -126,6 +126,7 @@ def test_the_helper_does_not_import_the_manifests_yaml(tmp_path: Path, hub: HubE
     assert "_yaml." in Path("/proc/self/maps").read_text()  # the test itself imported it: it would show
 
 
+@pytest.mark.soak
 def test_one_process_when_told_or_when_there_are_few_small_files(tmp_path: Path, hub: HubEmulator) -> None:
     manifest = small_repo(hub, tmp_path)
     progress = Recorder()
@@ -142,6 +143,7 @@ def test_one_process_when_told_or_when_there_are_few_small_files(tmp_path: Path,
     assert COUNT < helper.AUTO_MIN_FILES and progress.by_side == {"parent": COUNT}
 
 
+@pytest.mark.soak
 def test_a_killed_helper_leaves_its_files_to_the_parent(
     tmp_path: Path, hub: HubEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -175,6 +177,7 @@ def test_cancelling_the_run_stops_the_helper(tmp_path: Path, hub: HubEmulator) -
     assert all(len(p.name) == 40 for p in blobs.iterdir())  # complete blobs only, no leftovers
 
 
+@pytest.mark.soak
 def test_the_helpers_failures_reach_the_run_with_their_exit_code(tmp_path: Path, hub: HubEmulator) -> None:
     """Every file arrives corrupted: each side fails its own files, and the run's error lists them all."""
     manifest = small_repo(hub, tmp_path)
@@ -211,6 +214,7 @@ def test_the_helper_gets_the_token_through_its_pipe_only(
     assert len(seen) == 2 and not any(CANARY_TOKEN.encode() in text for text in seen)
 
 
+@pytest.mark.soak
 def test_once_the_helper_ended_its_connections_are_the_parents_again(
     tmp_path: Path, hub: HubEmulator
 ) -> None:
@@ -231,6 +235,7 @@ def test_once_the_helper_ended_its_connections_are_the_parents_again(
     assert jobs // 2 < len(connections) <= jobs
 
 
+@pytest.mark.soak
 def test_a_process_bound_by_its_cpu_shares_its_small_files(
     prefetch: PrefetchRunner, hub: HubEmulator
 ) -> None:
@@ -254,6 +259,7 @@ def test_a_process_bound_by_its_cpu_shares_its_small_files(
     assert loaded == {"ok": {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}}
 
 
+@pytest.mark.soak
 def test_a_library_callers_unguarded_script_runs_once(tmp_path: Path, hub: HubEmulator) -> None:
     """The helper is not started by importing the caller's main script again (as multiprocessing's
     spawn would): a script without `if __name__ == "__main__"` runs once."""
@@ -279,6 +285,7 @@ def test_a_library_callers_unguarded_script_runs_once(tmp_path: Path, hub: HubEm
     assert ran.read_text() == "ran\n"
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("hub", ["mirror"], indirect=True)
 def test_names_the_helper_learned_from_the_bytes_reach_the_lock(tmp_path: Path, hub: HubEmulator) -> None:
     """An endpoint that publishes no hash: each file's sha256 is learned from its bytes, by whichever

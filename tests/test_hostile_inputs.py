@@ -87,6 +87,7 @@ def malformed_proxy(draw: st.DrawFn) -> tuple[str, list[str]]:
     return template.format(**parts), list(parts.values())
 
 
+@pytest.mark.soak
 @given(case=malformed_proxy())
 @settings(max_examples=150, deadline=None, database=None)
 def test_a_malformed_proxy_url_is_refused_without_quoting_any_part_of_it(case):
@@ -101,6 +102,7 @@ def test_a_malformed_proxy_url_is_refused_without_quoting_any_part_of_it(case):
             assert not [s for s in secrets if s in text], text
 
 
+@pytest.mark.soak
 @given(case=malformed_proxy(), where=st.sampled_from(["env", "flag", "manifest"]), as_json=st.booleans())
 @settings(
     max_examples=24,
@@ -385,6 +387,7 @@ def test_a_json_answer_over_the_cap_is_refused_without_reading_it(prefetch, hub)
     assert "refused an answer of" in result.stderr
 
 
+@pytest.mark.soak
 def test_a_drip_fed_body_is_abandoned_and_retry_max_time_caps_the_file(prefetch, hub):
     """200 B/s: below the floor (1 KiB/s over PREFETCH_MIN_RATE_WINDOW), so each attempt is dropped, and
     `retry.max_time` ends the retries (the drip-feed used to hold one attempt for minutes)."""

@@ -235,6 +235,7 @@ def downloaded(proc: subprocess.CompletedProcess[str]) -> dict[str, bytes]:
     return {name: bytes.fromhex(data) for name, data in json.loads(proc.stdout).items()}
 
 
+@pytest.mark.soak
 def test_real_client_hf_hub_download_waits_for_the_reset(hub: HubEmulator, tmp_path: Path) -> None:
     model(hub)
     hub.rate_limiter = limiter = RateLimiter(window=1)
@@ -258,6 +259,7 @@ def test_real_client_hf_hub_download_waits_for_the_reset(hub: HubEmulator, tmp_p
     assert "Rate limited. Waiting 2.0s before retry" in proc.stderr
 
 
+@pytest.mark.soak
 def test_real_client_snapshot_download_waits_in_a_paginated_listing(hub: HubEmulator, tmp_path: Path) -> None:
     files = {f"part{i}.txt": f"part {i}\n".encode() for i in range(4)}
     model(hub, **files)

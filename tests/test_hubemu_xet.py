@@ -428,6 +428,7 @@ def test_a_revision_changing_a_tenth_of_the_chunks_is_deduplicated(hub: HubEmula
     assert download(hub, "org/model", "m.safetensors", tmp_path) == new
 
 
+@pytest.mark.soak
 def test_tokens_expire_and_the_client_refreshes_them(hub: HubEmulator, tmp_path: Path) -> None:
     hub.xet.token_ttl = 2.0  # shorter than both clients' margins: they refresh before every CAS call
     repo = hub.create_repo("org/model", xet=True)

@@ -153,6 +153,7 @@ def test_huggingface_hub_downloads_from_the_mirror_profile(
     assert got == {"ok": digests(files)}
 
 
+@pytest.mark.soak
 @over_both_profiles
 def test_sync_lock_check_verify_on_both_profiles(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
     files = repo_files()
@@ -331,6 +332,7 @@ def test_huggingface_hub_downloads_through_olah_in_front_of_the_hub(
     assert load_online(prefetch, olah.url, prefetch.tmp / "hf-cache") == {"ok": digests(files)}
 
 
+@pytest.mark.soak
 def test_sync_through_olah_in_front_of_the_hub(
     prefetch: PrefetchRunner, hub: HubEmulator, olah_factory: OlahFactory
 ) -> None:
@@ -387,6 +389,7 @@ def test_many_small_files_shared_with_a_helper_process_through_olah(
     assert loaded == [{"ok": digests(files)}]
 
 
+@pytest.mark.soak
 def test_mirror_bytes_that_mismatch_the_lock_fail_with_exit_5_naming_the_file(
     prefetch: PrefetchRunner, hub: HubEmulator, olah_factory: OlahFactory
 ) -> None:
@@ -404,6 +407,7 @@ def test_mirror_bytes_that_mismatch_the_lock_fail_with_exit_5_naming_the_file(
     assert not list(prefetch.cache_dir.glob(f"models--*/snapshots/*/{WEIGHTS}"))
 
 
+@pytest.mark.soak
 def test_endpoint_flag_overrides_the_environment_and_is_recorded_in_the_lock_and_sbom(
     prefetch: PrefetchRunner, hub: HubEmulator, olah_factory: OlahFactory
 ) -> None:

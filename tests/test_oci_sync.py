@@ -132,6 +132,7 @@ def counted_push(prefetch: PrefetchRunner, *args: str) -> tuple[CliResult, int]:
 
 
 # ========================================================================================= round trip
+@pytest.mark.soak
 def test_round_trip_lock_push_sync_from_the_registry_is_the_hub_synced_cache(
     prefetch: PrefetchRunner,
     hub: HubEmulator,
@@ -174,6 +175,7 @@ def test_round_trip_lock_push_sync_from_the_registry_is_the_hub_synced_cache(
     assert yaml.safe_load((prefetch.tmp / "models.lock").read_text())["entries"][0]["commit"] == commits["v1"]
 
 
+@pytest.mark.soak
 def test_a_download_from_the_registry_resumes_and_takes_range_segments(
     prefetch: PrefetchRunner,
     hub: HubEmulator,
@@ -203,6 +205,7 @@ def test_a_download_from_the_registry_resumes_and_takes_range_segments(
 
 
 # ============================================================================================ air gap
+@pytest.mark.soak
 def test_air_gap_skopeo_copy_to_a_second_registry_then_sync_without_the_hub(
     prefetch: PrefetchRunner,
     hub: HubEmulator,
@@ -345,6 +348,7 @@ def test_source_in_the_manifest_is_validated_and_a_lock_is_required(prefetch: Pr
 
 
 # ================================================================================ credentials, canary
+@pytest.mark.soak
 def test_credentials_from_the_auth_file_never_reach_an_output(
     prefetch: PrefetchRunner,
     hub: HubEmulator,
@@ -385,6 +389,7 @@ def test_credentials_from_the_auth_file_never_reach_an_output(
 
 
 # ================================================================================== push: the command
+@pytest.mark.soak
 def test_push_exit_codes_and_ctrl_c(
     prefetch: PrefetchRunner,
     hub: HubEmulator,

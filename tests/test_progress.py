@@ -287,6 +287,7 @@ def test_terminal_shows_one_bar_with_files(prefetch: PrefetchRunner, hub: HubEmu
     assert "synced 1 entry" in screen
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("value", ["1", "true", "YES"])
 def test_hf_hub_disable_progress_bars_gives_lines_on_a_terminal(
     prefetch: PrefetchRunner, hub: HubEmulator, value: str

@@ -31,6 +31,7 @@ def rejected(hub: HubEmulator) -> list[str]:
     return [r.path for r in hub.requests if r.status == 429]
 
 
+@pytest.mark.soak
 def test_a_paged_listing_beyond_the_api_quota_waits_for_the_window_once(
     prefetch: PrefetchRunner, hub: HubEmulator
 ) -> None:
@@ -50,6 +51,7 @@ def test_a_paged_listing_beyond_the_api_quota_waits_for_the_window_once(
     assert "rate-limited by the Hub (api: 20 per 2 s): waiting" in result.stderr, result
 
 
+@pytest.mark.soak
 def test_with_the_headers_on_every_answer_no_request_meets_a_429(
     prefetch: PrefetchRunner, hub: HubEmulator
 ) -> None:
@@ -62,6 +64,7 @@ def test_with_the_headers_on_every_answer_no_request_meets_a_429(
     assert rejected(hub) == []
 
 
+@pytest.mark.soak
 def test_a_quota_wait_spends_no_retry_attempt(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
     """Three closed windows in a row for the revision call, with one attempt allowed: waiting for a window
     is not a failed attempt, so the run completes."""
@@ -119,6 +122,7 @@ def test_plan_reports_the_requests_per_bucket_that_the_sync_then_makes(
     assert limiter.count(LOCAL_ANONYMOUS, "resolvers").requests == 0
 
 
+@pytest.mark.soak
 def test_plan_says_how_long_the_quota_makes_the_sync(prefetch: PrefetchRunner, hub: HubEmulator) -> None:
     hub.create_repo("org/model").commit({f"cfg/{i:02d}.json": b"{%d}" % i for i in range(30)})
     prefetch.manifest([{"repo": "org/model"}])
@@ -153,6 +157,7 @@ def sync_under_the_resolver_quota(
     return elapsed, limiter.count(LOCAL_ANONYMOUS, "resolvers").rejected
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("headers", ["on-429", "always"])
 def test_many_small_files_are_paced_to_the_resolver_quota(
     prefetch: PrefetchRunner, hub: HubEmulator, headers: str

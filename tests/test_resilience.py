@@ -250,6 +250,7 @@ def test_a_wait_beyond_the_time_budget_fails_at_once(prefetch, hub):
     assert hub.count(path_contains="/revision/") == 1
 
 
+@pytest.mark.soak
 def test_a_small_file_has_one_time_budget_across_the_lane_and_the_pool(prefetch, hub):
     """A small file's first attempt is the lane's; when it fails, its next attempts are the segment pool's.
     They are one request's attempts, with one `retry.max_time`: an attempt that alone outlasted the budget
@@ -310,6 +311,7 @@ def test_byte_requests_ask_for_identity_encoding(prefetch, hub):
     assert file_gets and {r.headers.get("accept-encoding") for r in file_gets} == {"identity"}
 
 
+@pytest.mark.soak
 def test_an_expired_cdn_url_is_asked_for_again(prefetch, hub):
     """Signed CDN URLs expire; a retry after the remembered URL expired asks /resolve again, and is no
     access error."""
@@ -455,6 +457,7 @@ def test_a_server_ignoring_range_restarts_the_file_cleanly(prefetch, hub):
     assert_cache_verifies(prefetch.cache_dir, model)
 
 
+@pytest.mark.soak
 def test_sigkill_halfway_then_the_rerun_fetches_only_the_remainder(prefetch, hub):
     size = 96 * MiB  # above the segment threshold: three 32 MiB segments in parallel
     model = make_model(hub, big=size)
@@ -686,6 +689,7 @@ def hf_download(prefetch: PrefetchRunner) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("who_first", ["prefetch", "huggingface_hub"])
 def test_beside_a_huggingface_hub_download_each_blob_is_fetched_once(prefetch, hub, who_first):
     model = make_model(hub, big=8 * MiB)

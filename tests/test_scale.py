@@ -144,6 +144,7 @@ needs_strace = pytest.mark.skipif(
 )
 
 
+@pytest.mark.soak
 @needs_strace
 def test_a_warm_no_op_sync_asks_the_filesystem_twice_per_file(hub: Any, prefetch: PrefetchRunner) -> None:
     """An up-to-date cache: one stat of each blob (the plan) and one readlink of each snapshot link.
@@ -160,6 +161,7 @@ def test_a_warm_no_op_sync_asks_the_filesystem_twice_per_file(hub: Any, prefetch
         assert sum(calls.values()) <= 2 * count + 10, calls
 
 
+@pytest.mark.soak
 @needs_strace
 def test_small_files_are_made_durable_in_batches_without_a_lock_file_each(
     hub: Any, prefetch: PrefetchRunner
@@ -210,6 +212,7 @@ def test_a_per_connection_cap_makes_the_engine_use_its_connections_within_jobs(
     assert jobs // 2 < cdn_connections(hub, sha) <= jobs
 
 
+@pytest.mark.soak
 def test_where_more_connections_do_not_pay_the_engine_uses_fewer(hub: Any, prefetch: PrefetchRunner) -> None:
     """Behind a link all connections share, more connections only compete: the limit comes down from
     `--jobs`, so the last files are fetched over a few connections at once (most of the time: now and

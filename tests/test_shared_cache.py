@@ -338,6 +338,7 @@ READERS = {
 STALL = 20  # seconds: a command of a few files that takes this long is stalled on what was planted
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("writer", [False, True], ids=["fifo", "fifo-with-a-writer"])
 @pytest.mark.parametrize("command", list(READERS))
 def test_a_fifo_planted_where_prefetch_reads_never_stalls_it(

@@ -93,6 +93,7 @@ def session_script(prefetch: PrefetchRunner, width: int, *commands: str) -> Path
     return path
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("width", [80, 60])
 def test_bar_and_plan_fit_the_terminal(
     prefetch: PrefetchRunner, hub: HubEmulator, terminals: list[Tmux], width: int
@@ -135,6 +136,7 @@ SPEED = re.compile(r"([\d.]+) (B|KiB|MiB|GiB)/s")
 FILES = re.compile(r"files (\d+)/(\d+)")
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("width", [80, 60])
 def test_a_resumed_sync_says_what_is_on_disk_and_its_bar_keeps_the_estimate(
     prefetch: PrefetchRunner, hub: HubEmulator, terminals: list[Tmux], width: int

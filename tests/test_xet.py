@@ -178,6 +178,7 @@ def test_through_a_failing_proxy_the_xet_hosts_are_reached_by_the_next(
         assert (snapshot(xet, commit) / path).read_bytes() == data, path
 
 
+@pytest.mark.soak
 def test_a_cas_token_is_refreshed_before_it_expires(xet: PrefetchRunner, hub: HubEmulator) -> None:
     """Tokens that live 2 s, files that take 1.5 s each on one connection: the third file (the first two
     start together, a worker's and the lane's) asks for a new token past half the first one's life, and
@@ -206,6 +207,7 @@ def test_a_refused_cas_token_is_replaced(xet: PrefetchRunner, hub: HubEmulator) 
     assert (snapshot(xet, commit) / BIG).read_bytes() == files[BIG]
 
 
+@pytest.mark.soak
 def test_1500_small_xet_files_spend_no_resolver_quota(xet: PrefetchRunner, hub: HubEmulator) -> None:
     """The issue's case: 1,500 small Xet files with the resolver bucket at 250 per 3 s window. No resolver
     call, so no wait: about the time of the same sync without any limit."""
@@ -237,6 +239,7 @@ def test_1500_small_xet_files_spend_no_resolver_quota(xet: PrefetchRunner, hub: 
     assert all((folder / path).read_bytes() == data for path, data in files.items())
 
 
+@pytest.mark.soak
 def test_a_new_revision_fetches_only_the_chunks_that_changed(xet: PrefetchRunner, hub: HubEmulator) -> None:
     size = 24 * MiB
     old = rnd(9, size)
@@ -256,6 +259,7 @@ def test_a_new_revision_fetches_only_the_chunks_that_changed(xet: PrefetchRunner
     assert_consumers_read(xet, commit, {BIG: new})
 
 
+@pytest.mark.soak
 def test_kill_9_ten_times_then_a_rerun_completes_having_fetched_about_one_copy(
     xet: PrefetchRunner, hub: HubEmulator
 ) -> None:
@@ -405,6 +409,7 @@ def test_hf_hub_disable_xet_fetches_through_resolve(xet: PrefetchRunner, hub: Hu
     assert all((snapshot(xet, commit) / p).read_bytes() == data for p, data in files.items())
 
 
+@pytest.mark.soak
 @needs_olah
 @pytest.mark.parametrize("cas_reachable", [True, False], ids=["cas-reachable", "cas-unreachable"])
 def test_through_olah_the_files_come(
@@ -501,6 +506,7 @@ def test_a_bundle_carries_the_blobs_not_the_records(xet: PrefetchRunner, hub: Hu
         assert (elsewhere / "models--org--xet" / "snapshots" / commit / path).read_bytes() == data
 
 
+@pytest.mark.soak
 def test_prune_takes_a_xet_record_with_its_blob(xet: PrefetchRunner, hub: HubEmulator) -> None:
     repo = hub.create_repo(REPO, xet=True)
     repo.commit({BIG: rnd(11, 2 * MiB)})
