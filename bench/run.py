@@ -30,7 +30,7 @@ Workloads (see docs/benchmarks.md for the targets and the reading of each row):
   files     one repo of 10k / 30k / 100k small files: cold, warm, verify, peak RSS, growth
   manifest  a manifest of 200 repos (a few config files and one LFS file each): cold and warm
   large     peak RSS while syncing 4 x 1 GiB (full mode only)
-Rows run only when named in --only (their features are still being built):
+Rows run only when named in --only (each needs more than the Hub: waiting windows, chunked content, a registry):
   ratelimit 1,500 small files, the resolver bucket at 250 requests per 3 s window (headers on the
             429 only, then on every answer): prefetch and hf, the quota's floor, the 429s each met
   xet       4 x 256 MiB Xet-backed files (seeded content; chunk lists cached in --xet-cache):
@@ -1153,8 +1153,9 @@ WORKLOADS: dict[str, Callable[[Bench], None]] = {
     "xet": bench_xet,
     "registry": bench_registry,
 }
-# Run only when `--only` names them: the features they measure are still being built (issues 27, 28),
-# or need servers beside the Hub (29: the Distribution registry and skopeo).
+# Run only when `--only` names them: they wait out quota windows (ratelimit), chunk their content once
+# into a cache of their own (xet), or need servers beside the Hub (registry: the Distribution registry
+# and skopeo).
 OPT_IN = ("ratelimit", "xet", "registry")
 
 

@@ -25,7 +25,7 @@ from email.message import Message
 import pytest
 
 from prefetch.errors import ConnectError, ProxyError, ReadTimeout, RemoteProtocolError
-from prefetch.net.connection import Pool, Response, tls_context
+from prefetch.net.connection import Pool, Response, SessionTls, tls_context
 from tests.hubemu import HubEmulator
 from tests.hubemu.fixtures import tls_hub  # noqa: F401  (a fixture)
 
@@ -112,7 +112,7 @@ def server() -> Iterator[Callable[..., ScriptedServer]]:
 
 def make_pool(proxy: str | None = None, read_timeout: float = 5.0, tls: ssl.SSLContext | None = None) -> Pool:
     return Pool(
-        tls or tls_context(),
+        (lambda: tls) if tls else tls_context,
         proxy,
         user_agent="test",
         max_idle=4,
@@ -146,6 +146,30 @@ def test_content_length_bodies_reuse_one_connection(server: Callable[..., Script
     assert s.requests[0].startswith(b"GET /a?x=1 HTTP/1.1\r\n")
     sent = fields_of(s.requests[0])
     assert sent["host"] == f"127.0.0.1:{s.port}" and sent["range"] == "bytes=0-"
+
+
+def test_the_trust_store_is_read_at_the_first_https_connection_only(
+    server: Callable[..., ScriptedServer],
+    tls_hub: HubEmulator,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading the system's trust store costs ~30 ms: a run that speaks only plain HTTP (an in-cluster
+    mirror) does not pay it; the first https:// connection does, once for the session."""
+    reads: list[str | None] = []
+    monkeypatch.setenv("SSL_CERT_FILE", tls_hub.ca_file)
+    real = ssl.SSLContext.set_default_verify_paths
+    monkeypatch.setattr(
+        ssl.SSLContext, "set_default_verify_paths", lambda ctx: reads.append("read") or real(ctx)
+    )
+    tls = SessionTls()
+    pool = Pool(tls.context, None, user_agent="test", max_idle=4, connect_timeout=5.0, read_timeout=5.0)
+    s = server(ok(b"plain"))
+    assert read_all(pool.request("GET", f"{s.url}/a", {})) == b"plain"
+    assert reads == []
+    tls_hub.create_repo("org/tls").commit({"a.txt": b"over tls"})
+    for _ in range(2):
+        assert read_all(pool.request("GET", f"{tls_hub.url}/org/tls/resolve/main/a.txt", {})) == b"over tls"
+    assert reads == ["read"]
 
 
 def test_a_small_unread_body_is_drained_to_keep_the_connection(server: Callable[..., ScriptedServer]) -> None:

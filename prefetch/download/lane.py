@@ -209,13 +209,12 @@ class SmallFileLane:
         (`wait=False`: the requests in flight are read first)."""
         transfer = self._transfer
         url = job.url
-        ticket = self._gate.take(url, block=wait, cancel=transfer.cancel) if self._gate is not None else 0
-        if ticket is None:
-            return False
         limit = self._connections.for_url(url)
         if not limit.acquire(wait):
-            if self._gate is not None:
-                self._gate.unused(url)
+            return False
+        ticket = self._gate.take(url, block=wait, cancel=transfer.cancel) if self._gate is not None else 0
+        if ticket is None:
+            limit.give_back()
             return False
         started = time.monotonic()
         transfer.reporter.file_started(job)

@@ -162,6 +162,14 @@ class HostLimit:
             self._cond.notify()
         return False
 
+    def give_back(self) -> None:
+        """Give back a connection `acquire` took for a request that was not sent (its rate-limit window
+        was spent): not a request that ended."""
+        self._total.leave()
+        with self._cond:
+            self._active -= 1
+            self._cond.notify()
+
     def release(self, started: float) -> None:
         """Give back a connection `acquire` took (`started`: when its request began)."""
         self._total.leave()

@@ -96,7 +96,8 @@ Body = bytes | FileBody
 def tls_context() -> ssl.SSLContext:
     """The system's trust store; OpenSSL reads SSL_CERT_FILE / SSL_CERT_DIR when set (as huggingface_hub
     does through httpx2). certifi's bundle only where the system has no CA certificates at all. One per
-    HTTP session (made when the session is), so a process's next run sees a changed SSL_CERT_FILE."""
+    HTTP session (made at its first https:// connection: `SessionTls`), so a process's next run sees a
+    changed SSL_CERT_FILE."""
     context = ssl.create_default_context()
     if not context.cert_store_stats()["x509_ca"] and not context.get_ca_certs():
         try:
@@ -105,6 +106,22 @@ def tls_context() -> ssl.SSLContext:
             return context
         context.load_verify_locations(certifi.where())
     return context
+
+
+class SessionTls:
+    """A session's TLS context, made at its first https:// connection (`context`): reading the system's
+    trust store costs ~30 ms, which a run that speaks only plain HTTP (an in-cluster mirror, a registry
+    on the node) need not pay."""
+
+    def __init__(self) -> None:
+        self._context: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+
+    def context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._context is None:
+                self._context = tls_context()
+            return self._context
 
 
 def basic_auth(username: str | None, password: str | None) -> str | None:
@@ -402,7 +419,7 @@ class Pool:
 
     def __init__(
         self,
-        tls: ssl.SSLContext,
+        tls: Callable[[], ssl.SSLContext],
         proxy: str | None,
         *,
         user_agent: str,
@@ -511,7 +528,7 @@ class Pool:
         address = (host, port) if self.proxy is None else (self.proxy.hostname or "", self.proxy.port or 80)
         if scheme == "http":
             return _HTTPConnection(*address, timeout=self.connect_timeout)
-        conn = _HTTPSConnection(*address, timeout=self.connect_timeout, context=self.tls)
+        conn = _HTTPSConnection(*address, timeout=self.connect_timeout, context=self.tls())
         if self.proxy is not None:
             tunnel = {"User-Agent": self.user_agent}
             if self._proxy_auth:

@@ -102,6 +102,7 @@ class RateGate:
     ) -> None:
         parts = urlsplit(endpoint)
         self._origin = (parts.scheme, parts.hostname, parts.port)
+        self._prefix = f"{parts.scheme}://{parts.netloc}/"  # the URLs the run makes of the endpoint begin so
         self.cancel = cancel
         self.max_wait = max_wait
         self.on_wait = on_wait
@@ -110,7 +111,10 @@ class RateGate:
         self._cond = threading.Condition()
 
     def bucket(self, url: str) -> str | None:
-        """The bucket `url` counts in; None: another origin (the CDN), not counted."""
+        """The bucket `url` counts in; None: another origin (the CDN), not counted. (Asked twice per
+        request: URLs made of the endpoint are told by their prefix, without parsing them.)"""
+        if url.startswith(self._prefix):
+            return bucket_of(url[len(self._prefix) - 1 :].partition("?")[0].partition("#")[0])
         parts = urlsplit(url)
         if (parts.scheme, parts.hostname, parts.port) != self._origin:
             return None
@@ -168,18 +172,6 @@ class RateGate:
             bucket.sent.append(now)
             return bucket.counted
 
-    def unused(self, url: str) -> None:
-        """A place `take` gave was not used (no connection was free): it goes back to its window."""
-        name = self.bucket(url)
-        if name is None:
-            return
-        with self._cond:
-            bucket = self._buckets[name]
-            if bucket.sent:
-                bucket.sent.pop()
-            if bucket.allowance is not None:
-                bucket.allowance += 1
-
     def _roll(self, bucket: _Bucket, now: float) -> None:
         """Open the next window once the current one ended: the policy's quota, less what was sent at its
         edge (those may count in this one)."""
@@ -204,7 +196,7 @@ class RateGate:
         """Update `url`'s bucket from the answer to the request `ticket` names. A 429 of the quota closes
         the bucket until the reset; the returned seconds (not None) say the request must be sent again then."""
         name = self.bucket(url) if ticket else None
-        if name is None or "ratelimit" not in headers:
+        if name is None or headers.get("ratelimit") is None:  # (get: no list of every field made)
             return None
         info = _parse(headers)
         if info is None:

@@ -28,7 +28,7 @@ from prefetch.errors import (
     UnusableAnswer,
     hub_http_error,
 )
-from prefetch.net.connection import Body, Headers, Pool, Response, Sent, tls_context
+from prefetch.net.connection import Body, Headers, Pool, Response, Sent, SessionTls
 from prefetch.net.proxies import Route, Routes, checked_proxy_url, credentials_hint, is_proxy_failure
 from prefetch.net.ratelimit import RateGate
 from prefetch.net.retry import RetryPolicy, describe, retry_after_seconds
@@ -91,7 +91,7 @@ class Http:
         self._answered: set[tuple[str, str, int]] = set()  # origins that answered this run
         self._made_with = (tuple(proxies), no_proxy, pool_size)
 
-        tls = tls_context()  # this session's: SSL_CERT_FILE / SSL_CERT_DIR as they are now
+        tls = SessionTls().context  # this session's: SSL_CERT_FILE / SSL_CERT_DIR as at its first https://
 
         def pool(proxy: str | None) -> Pool:
             return Pool(
