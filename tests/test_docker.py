@@ -1322,7 +1322,7 @@ def test_container_tests_fail_instead_of_skipping_under_ci(tmp_path: Path) -> No
     for ci in ("", "true"):
         env = {**os.environ, "PATH": str(python_only), "CI": ci, "PYTHONPATH": str(ROOT)}
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", test],
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "soak", test],
             cwd=ROOT,
             env=env,
             capture_output=True,
