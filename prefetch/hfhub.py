@@ -8,10 +8,9 @@ next release's change reaches prefetch without anyone copying it.
 
 Its cheap parts (`huggingface_hub.constants`, ~1 ms) are imported here; the rest is imported by the
 function that needs it, the first time it is called (`huggingface_hub.utils` brings its HTTP client,
-~30 ms; `file_download` another ~50 ms, and 10 MB of memory together): a sync that uses none of them
-must not pay for them. So the two one-line rules every sync needs, the cache folder's name and the
-`/resolve` URL, are written here from huggingface_hub's constants, as `repo_folder_name` and
-`hf_hub_url` write them, and held to those two functions by tests/test_hf_rules.py.
+~30 ms; `file_download` another ~50 ms, and 10 MB of memory together): the offline commands do not
+pay for them. A sync does, for the cache folder's name and the `/resolve` URL: those rules are
+huggingface_hub's to state (`repo_folder_name`, `hf_hub_url`), not prefetch's to copy.
 
 What huggingface_hub has only privately (how it reads its environment variables; the cache's lock,
 ref and snapshot paths) is restated in `prefetch.settings` and `prefetch.cache`, each held to
@@ -24,7 +23,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from huggingface_hub import constants
 
@@ -91,8 +89,10 @@ def select_paths(paths: Iterable[str], include: Iterable[str] | None, exclude: I
 
 
 def repo_folder_name(repo_id: str, repo_type: str) -> str:
-    """The cache folder of a repo: `models--org--name`, as huggingface_hub's `repo_folder_name` names it."""
-    return constants.REPO_ID_SEPARATOR.join((f"{repo_type}s", *repo_id.split("/")))
+    """The cache folder of a repo: `models--org--name` (huggingface_hub's `repo_folder_name`)."""
+    from huggingface_hub.file_download import repo_folder_name as folder_name
+
+    return folder_name(repo_id=repo_id, repo_type=repo_type)
 
 
 @dataclass(frozen=True)
@@ -138,4 +138,6 @@ def read_error_answer(url: str, status: int, headers: Sequence[tuple[str, str]],
 def resolve_url(endpoint: str, repo_id: str, repo_type: str, revision: str, path: str = "") -> str:
     """`{endpoint}/{prefix}{repo_id}/resolve/{revision}/{path}`, quoted as huggingface_hub's `hf_hub_url`
     quotes it (with `path` "": the prefix a repo's files share)."""
-    return f"{endpoint}/{url_prefix(repo_type)}{repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}"
+    from huggingface_hub.file_download import hf_hub_url
+
+    return hf_hub_url(repo_id, path, repo_type=repo_type, revision=revision, endpoint=endpoint)

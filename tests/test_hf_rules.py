@@ -10,9 +10,6 @@ Restated, because huggingface_hub keeps them private (see prefetch/hfhub.py for 
   huggingface_hub exclude each other from the same blob;
 - which repo ids are certainly valid without asking `validate_repo_id` (`prefetch.hfhub`'s fast path
   for the offline commands): a subset of what it accepts, so it can never let through one it refuses.
-- the two one-line rules every sync needs, which live in huggingface_hub's costly `file_download`
-  (`prefetch.hfhub`): a repo's cache folder name (`repo_folder_name`) and its `/resolve` URL
-  (`hf_hub_url`).
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ from hypothesis import strategies as st
 
 from prefetch import settings
 from prefetch.cache import RepoCache
-from prefetch.hfhub import REPO_TYPES, repo_folder_name, repo_id_problem, resolve_url
+from prefetch.hfhub import repo_id_problem
 
 HF_PROBE = """
 import json
@@ -154,36 +151,3 @@ def test_repo_ids_prefetch_accepts_are_the_ones_huggingface_hub_accepts(repo_id:
     """The fast path never accepts an id huggingface_hub refuses; what it does not know gets
     huggingface_hub's verdict: so prefetch's verdict is huggingface_hub's, for every id."""
     assert (repo_id_problem(repo_id) is None) == _hf_accepts(repo_id)
-
-
-# Repo ids, revisions and paths as a hostile listing could give them: separators, spaces, `%`, `?`, `#`,
-# non-ASCII, every character that quoting treats apart.
-_URL_TEXT = st.text(alphabet="aZ09_.-/ %?#&+=:~@!$'()*,;\u00e9\u4e2d", max_size=40)
-
-
-@given(repo_id=_URL_TEXT.filter(bool), repo_type=st.sampled_from(REPO_TYPES))
-@example(repo_id="org/name", repo_type="dataset")
-def test_the_cache_folder_is_named_as_huggingface_hub_names_it(repo_id: str, repo_type: str) -> None:
-    from huggingface_hub.file_download import repo_folder_name as hf_repo_folder_name
-
-    expected = hf_repo_folder_name.__wrapped__(repo_id=repo_id, repo_type=repo_type)  # (no id check)
-    assert repo_folder_name(repo_id, repo_type) == expected
-
-
-@given(
-    repo_id=_URL_TEXT.filter(bool),
-    repo_type=st.sampled_from(REPO_TYPES),
-    revision=_URL_TEXT.filter(bool),
-    path=_URL_TEXT,
-)
-@example(repo_id="org/name", repo_type="space", revision="refs/pr/1", path="dir/a b#c?.json")
-def test_resolve_urls_are_written_as_huggingface_hub_writes_them(
-    repo_id: str, repo_type: str, revision: str, path: str
-) -> None:
-    from huggingface_hub.file_download import hf_hub_url
-
-    endpoint = "https://hub.example:8443"
-    expected = hf_hub_url.__wrapped__(
-        repo_id, path, repo_type=repo_type, revision=revision, endpoint=endpoint
-    )
-    assert resolve_url(endpoint, repo_id, repo_type, revision, path) == expected
