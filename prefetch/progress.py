@@ -498,10 +498,7 @@ class TtyProgress(Progress):
 
     def advance(self, nbytes: int) -> None:
         super().advance(nbytes)
-        if self.bar is not None:
-            with self._draw:
-                if self.bar is not None:
-                    self.bar.update(nbytes)
+        if self._bar_update(nbytes):
             self._refresh_files()
 
     def file_waiting(self, job: FileJob) -> None:
@@ -510,10 +507,16 @@ class TtyProgress(Progress):
 
     def resumed(self, nbytes: int) -> None:
         super().resumed(nbytes)
-        if self.bar is not None:
-            with self._draw:
-                if self.bar is not None:
-                    self.bar.update(nbytes)
+        self._bar_update(nbytes)
+
+    def _bar_update(self, nbytes: int) -> bool:
+        """Move the bar by `nbytes`; False: there is no bar (yet, or any more)."""
+        if self.bar is None:
+            return False
+        with self._draw:
+            if self.bar is not None:  # (closed meanwhile by another thread)
+                self.bar.update(nbytes)
+        return True
 
     def file_done(self, job: FileJob, how: str) -> None:
         super().file_done(job, how)

@@ -86,6 +86,15 @@ def served(hub: HubEmulator, origin: str) -> int:
     return sum(r.body_bytes for r in hub.requests if r.origin == origin and r.method == "GET")
 
 
+def bytes_done(state: Path) -> int:
+    """The bytes a partial Xet download's resume state records as written (0: no state yet, or one
+    caught mid-write)."""
+    try:
+        return sum(b - a for a, b in json.loads(state.read_text())["done"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def snapshot(prefetch: PrefetchRunner, commit: str) -> Path:
     return prefetch.cache_dir / "models--org--xet" / "snapshots" / commit
 
@@ -276,24 +285,18 @@ def test_kill_9_ten_times_then_a_rerun_completes_having_fetched_about_one_copy(
     sha = hashlib.sha256(files[BIG]).hexdigest()
     state = xet.cache_dir / "models--org--xet" / "blobs" / f"{sha}.prefetch-partial.json"
 
-    def done() -> int:
-        try:
-            return sum(b - a for a, b in json.loads(state.read_text())["done"])
-        except (OSError, ValueError, KeyError):
-            return 0
-
     xet.manifest([{"repo": REPO}])
     hub.bandwidth_per_connection = 24 * MiB
     for kill in range(10):
-        before = done()
+        before = bytes_done(state)
         proc = xet.popen("sync", str(xet.tmp / "models.yaml"), *FAST)
         deadline = time.monotonic() + 30
-        while done() < before + size // 14 and time.monotonic() < deadline and proc.poll() is None:
+        while bytes_done(state) < before + size // 14 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL, f"sync {kill} ended before it was killed"
-    assert 0 < done() < size
+    assert 0 < bytes_done(state) < size
     hub.bandwidth_per_connection = None
     sync(xet)
     assert (snapshot(xet, commit) / BIG).read_bytes() == files[BIG]
@@ -333,24 +336,18 @@ def test_ctrl_c_stops_a_xet_sync_at_once_and_the_rerun_fetches_the_rest(
         / f"{hashlib.sha256(files[BIG]).hexdigest()}.prefetch-partial.json"
     )
 
-    def done() -> int:
-        try:
-            return sum(b - a for a, b in json.loads(state.read_text())["done"])
-        except (OSError, ValueError, KeyError):
-            return 0
-
     xet.manifest([{"repo": REPO}])
     hub.bandwidth_per_connection = 8 * MiB
     proc = xet.popen("sync", str(xet.tmp / "models.yaml"), *FAST)
     deadline = time.monotonic() + 30
-    while done() < 4 * MiB and time.monotonic() < deadline:
+    while bytes_done(state) < 4 * MiB and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 130, err
     assert time.monotonic() - started < 5
-    kept, first = done(), served(hub, "transfer")
+    kept, first = bytes_done(state), served(hub, "transfer")
     assert 4 * MiB <= kept < size and first - kept <= 2 * MiB
     hub.bandwidth_per_connection = None
     hub.reset_counters()
