@@ -188,9 +188,10 @@ class Progress:
             self._samples = collections.deque([(self.started, self.fetched_bytes)])
 
     def file_started(self, job: FileJob) -> None:
+        label = job.label  # (made per call: once)
         with self._lock:
-            self.waiting.pop(job.label, None)
-            self.active[job.label] = job.size
+            self.waiting.pop(label, None)
+            self.active[label] = job.size
 
     def file_waiting(self, job: FileJob) -> None:
         """Said at the default level (once: the status line lists the files waited on), so a run that
@@ -226,9 +227,10 @@ class Progress:
     def file_done(self, job: FileJob, how: str) -> None:
         """`how`: fetched, cached (another process installed it meanwhile) or linked (from another repo's
         folder): the bytes of the last two are in the cache now without having been fetched."""
+        label = job.label
         with self._lock:
-            self.active.pop(job.label, None)
-            self.waiting.pop(job.label, None)
+            self.active.pop(label, None)
+            self.waiting.pop(label, None)
             self.done_files += 1
             if how != "fetched":
                 self.done_bytes += job.size

@@ -135,6 +135,62 @@ def read_all(response: Response, size: int = 7) -> bytes:
     return bytes(data)
 
 
+def test_header_fields_by_any_case_first_value_all_values_and_folded(
+    server: Callable[..., ScriptedServer],
+) -> None:
+    s = server(
+        send(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Dup: one\r\nx-dup: two \r\n"
+            b"X-Folded: a\r\n \t b\r\nX-Empty:\r\n\r\nhi"
+        )
+    )
+    response = make_pool().request("GET", f"{s.url}/a", {})
+    headers = response.headers
+    assert (headers.get("X-DUP"), headers["x-dup"], headers.get_all("X-Dup")) == (
+        "one",
+        "one",
+        ["one", "two"],
+    )
+    assert headers["x-folded"] == "a b" and headers.get("x-empty") == "" and "CONTENT-LENGTH" in headers
+    assert (
+        headers.get("x-missing") is None and headers.get("x-missing", "") == "" and "x-missing" not in headers
+    )
+    assert [name for name in headers] == ["Content-Length", "X-Dup", "x-dup", "X-Folded", "X-Empty"]
+    assert read_all(response) == b"hi"
+
+
+def test_a_line_that_is_not_a_header_field_ends_the_fields(server: Callable[..., ScriptedServer]) -> None:
+    """As http.client's email parser reads it: what follows such a line is not a field."""
+    s = server(send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nnot a field\r\nX-B: 2\r\n\r\nok"))
+    response = make_pool().request("GET", f"{s.url}/a", {})
+    assert response.headers.get("x-a") == "1" and "x-b" not in response.headers
+    assert read_all(response) == b"ok"
+
+
+def test_an_answer_with_too_many_header_lines_is_refused(server: Callable[..., ScriptedServer]) -> None:
+    fields = b"".join(b"X-%d: v\r\n" % i for i in range(101))
+    s = server(send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + fields + b"\r\n", keep=False))
+    with pytest.raises(RemoteProtocolError, match="bad headers: got more than 100 headers"):
+        make_pool().request("GET", f"{s.url}/a", {})
+
+
+def test_a_content_length_of_other_than_digits_is_no_length(server: Callable[..., ScriptedServer]) -> None:
+    """`int()` reads `1_0` as 10 (and `+5` as 5): the body would be cut short. It is read until the
+    connection closes instead, as for no Content-Length."""
+    s = server(send(b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\nhello", keep=False))
+    response = make_pool().request("GET", f"{s.url}/a", {})
+    assert read_all(response) == b"hello"
+
+
+def test_an_interim_100_answer_is_passed_over(server: Callable[..., ScriptedServer]) -> None:
+    s = server(
+        send(b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    )
+    response = make_pool().request("GET", f"{s.url}/a", {})
+    assert response.status_code == 200 and "x-interim" not in response.headers
+    assert read_all(response) == b"ok"
+
+
 def test_content_length_bodies_reuse_one_connection(server: Callable[..., ScriptedServer]) -> None:
     s = server(ok(b"hello world"), ok(b"again"))
     pool = make_pool()

@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from prefetch.download.engine import Transfer
 from prefetch.download.job import FileJob
 from prefetch.download.partial import CHUNK, PartialFile, RangeSet
 from prefetch.errors import Cancelled, ConnectError, DiskSpaceError, ProxyRoutesFailed
+from prefetch.net.connection import Headers
 from prefetch.net.proxies import bypasses_proxy
 from prefetch.net.retry import RetryPolicy, is_retryable, retry_after_seconds
 from prefetch.net.session import Http
@@ -873,10 +873,8 @@ def test_a_hostile_tree_listing_is_refused_and_nothing_is_written(prefetch, hub,
     ],
 )
 def test_retry_after_seconds(headers, seconds):
-    message = Message()  # the response headers' type: case-insensitive, as a server may spell them
-    for name, value in headers.items():
-        message[name] = value
-    assert retry_after_seconds(message) == seconds
+    fields = Headers(headers.items())  # the answers' type: case-insensitive, as a server may spell them
+    assert retry_after_seconds(fields) == seconds
 
 
 def test_retry_policy_waits_are_capped_and_cancellable():

@@ -111,7 +111,7 @@ class RateGate:
         self._cond = threading.Condition()
 
     def bucket(self, url: str) -> str | None:
-        """The bucket `url` counts in; None: another origin (the CDN), not counted. (Asked twice per
+        """The bucket `url` counts in; None: another origin (the CDN), not counted. (Asked for every
         request: URLs made of the endpoint are told by their prefix, without parsing them.)"""
         if url.startswith(self._prefix):
             return bucket_of(url[len(self._prefix) - 1 :].partition("?")[0].partition("#")[0])
@@ -195,8 +195,10 @@ class RateGate:
     def observe(self, url: str, ticket: int, status: int, headers: Headers) -> float | None:
         """Update `url`'s bucket from the answer to the request `ticket` names. A 429 of the quota closes
         the bucket until the reset; the returned seconds (not None) say the request must be sent again then."""
-        name = self.bucket(url) if ticket else None
-        if name is None or headers.get("ratelimit") is None:  # (get: no list of every field made)
+        if not ticket or headers.get("ratelimit") is None:  # (most answers: no bucket to tell)
+            return None
+        name = self.bucket(url)
+        if name is None:
             return None
         info = _parse(headers)
         if info is None:
