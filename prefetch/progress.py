@@ -188,7 +188,7 @@ class Progress:
             self._samples = collections.deque([(self.started, self.fetched_bytes)])
 
     def file_started(self, job: FileJob) -> None:
-        label = job.label  # (made per call: once)
+        label = job.label  # (a property that formats the path: made once per call)
         with self._lock:
             self.waiting.pop(label, None)
             self.active[label] = job.size

@@ -156,7 +156,18 @@ def test_header_fields_by_any_case_first_value_all_values_and_folded(
         headers.get("x-missing") is None and headers.get("x-missing", "") == "" and "x-missing" not in headers
     )
     assert [name for name in headers] == ["Content-Length", "X-Dup", "x-dup", "X-Folded", "X-Empty"]
+    assert "one" not in repr(headers) and "X-Dup" in repr(headers)  # names only: a value may be a token
     assert read_all(response) == b"hi"
+
+
+def test_a_header_value_keeps_bytes_that_are_not_http_whitespace(
+    server: Callable[..., ScriptedServer],
+) -> None:
+    """Only spaces and tabs surround a value (RFC 9110 OWS): latin-1 0x85 and 0xA0 are part of it."""
+    s = server(send(b'HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: \t"abc"\xa0\x85 \r\n\r\n'))
+    response = make_pool().request("GET", f"{s.url}/a", {})
+    assert response.headers["etag"] == '"abc"\xa0\x85'
+    read_all(response)
 
 
 def test_a_line_that_is_not_a_header_field_ends_the_fields(server: Callable[..., ScriptedServer]) -> None:

@@ -62,6 +62,9 @@ FIELDS_LIMIT = 100  # ... and so is an answer with more header lines than this
 # (escapes already made). Anything else (a space or a control character from a server's `Location`,
 # non-ASCII) is percent-encoded, never sent raw into the request line.
 _TARGET_SAFE = "!$%&'()*+,/:;=?@[]~"
+# The whitespace around a field's value (RFC 9110's OWS, and the line's end); not `str.strip`'s, which
+# would also take a value's trailing latin-1 byte 0x85 or 0xA0.
+_OWS = " \t\r\n"
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # visible ASCII but ':' (a token, more loosely: as email reads one)
 _TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})\b ?(.*)")  # http.client's CONNECT failure
 
@@ -208,7 +211,8 @@ class Headers:
         return len(self._fields)
 
     def __repr__(self) -> str:
-        return f"Headers({self._fields!r})"
+        """The names only: an answer may carry a token (the Xet token route's `X-Xet-Access-Token`)."""
+        return f"Headers({self.keys()!r})"
 
 
 def read_fields(fp: Any) -> Headers:
@@ -229,13 +233,13 @@ def read_fields(fp: Any) -> Headers:
         text = line.decode("iso-8859-1")
         if text[0] in " \t" and fields:
             name, value = fields[-1]
-            fields[-1] = (name, f"{value} {text.strip()}".strip())
+            fields[-1] = (name, f"{value} {text.strip(_OWS)}".strip(_OWS))
             continue
         name, colon, value = text.partition(":")
         if not colon or not _FIELD_NAME.fullmatch(name):
             ended = True
             continue
-        fields.append((name, value.strip()))
+        fields.append((name, value.strip(_OWS)))
     raise http.client.HTTPException(f"got more than {FIELDS_LIMIT} headers")
 
 
@@ -253,7 +257,7 @@ class _Answer(http.client.HTTPResponse):
         if self.headers is not None:
             return
         while True:
-            version, status, reason = self._read_status()  # type: ignore[attr-defined]
+            version, status, reason = self._read_status()
             if status != http.client.CONTINUE:
                 break
             read_fields(self.fp)  # an interim 100 answer's fields
@@ -266,10 +270,10 @@ class _Answer(http.client.HTTPResponse):
         else:
             raise http.client.UnknownProtocol(version)
         headers = read_fields(self.fp)
-        self.headers = self.msg = headers  # type: ignore[assignment]
-        self.chunked = (headers.get("transfer-encoding") or "").lower() == "chunked"  # type: ignore[misc]
-        self.chunk_left = None  # type: ignore[misc]
-        self.will_close = self._check_close()  # type: ignore[attr-defined]
+        self.headers = self.msg = headers
+        self.chunked = (headers.get("transfer-encoding") or "").lower() == "chunked"
+        self.chunk_left = None
+        self.will_close = self._check_close()
         length = headers.get("content-length")
         self.length = (
             int(length) if length and length.isascii() and length.isdigit() and not self.chunked else None
@@ -278,7 +282,7 @@ class _Answer(http.client.HTTPResponse):
             status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED)
             or status < 200
             or self._method == "HEAD"
-        ):  # type: ignore[attr-defined]
+        ):
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True  # read until the connection closes
